@@ -1,0 +1,1 @@
+//! Shared helpers for the examples (see the `examples/` targets).

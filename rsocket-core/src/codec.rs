@@ -1,0 +1,141 @@
+//! Length-prefixed framing for byte-stream transports (TCP, TLS, Unix
+//! sockets): every frame is preceded by its length as a 24-bit big-endian
+//! integer.
+//!
+//! [`FrameCodec`] implements tokio-util's [`Decoder`] (yielding the bytes of
+//! one frame, prefix stripped, as a zero-copy [`Bytes`]) and [`Encoder`] for
+//! [`Frame`] (writing prefix and frame straight into the output buffer, with
+//! no intermediate copy). A length above the configured maximum is an error
+//! before anything of that size is allocated.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::frame::{Frame, HEADER_LEN, MAX_FRAME_LEN};
+
+/// Bytes of the length prefix.
+pub const LENGTH_PREFIX_LEN: usize = 3;
+
+/// Errors of the length-prefix codec.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The peer announced a frame larger than the configured maximum.
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    FrameTooLarge {
+        /// Announced or encoded length.
+        len: usize,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// The peer announced a frame too short to hold a header.
+    #[error("frame of {0} bytes is shorter than the 6-byte header")]
+    FrameTooShort(usize),
+    /// The underlying I/O failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// The 24-bit length-prefix codec.
+#[derive(Debug, Clone)]
+pub struct FrameCodec {
+    max_frame_len: usize,
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FrameCodec {
+    /// A codec accepting frames up to 16,777,215 bytes.
+    pub fn new() -> Self {
+        Self {
+            max_frame_len: MAX_FRAME_LEN,
+        }
+    }
+
+    /// A codec with a lower maximum frame size; values above 16,777,215 are
+    /// capped to it.
+    pub fn with_max_frame_len(max: usize) -> Self {
+        Self {
+            max_frame_len: max.clamp(HEADER_LEN, MAX_FRAME_LEN),
+        }
+    }
+
+    /// The configured maximum frame length (prefix excluded).
+    pub fn max_frame_len(&self) -> usize {
+        self.max_frame_len
+    }
+
+    fn check(&self, len: usize) -> Result<(), CodecError> {
+        if len > self.max_frame_len {
+            Err(CodecError::FrameTooLarge {
+                len,
+                max: self.max_frame_len,
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Bytes;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, CodecError> {
+        if src.len() < LENGTH_PREFIX_LEN {
+            return Ok(None);
+        }
+        let len = (usize::from(src[0]) << 16) | (usize::from(src[1]) << 8) | usize::from(src[2]);
+        self.check(len)?;
+        if len < HEADER_LEN {
+            return Err(CodecError::FrameTooShort(len));
+        }
+        let total = LENGTH_PREFIX_LEN + len;
+        if src.len() < total {
+            // Reserve room for the rest of this frame only: `len` has been
+            // checked against the maximum above.
+            src.reserve(total - src.len());
+            return Ok(None);
+        }
+        src.advance(LENGTH_PREFIX_LEN);
+        Ok(Some(src.split_to(len).freeze()))
+    }
+}
+
+impl Encoder<&Frame> for FrameCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        let len = frame.encoded_len();
+        self.check(len)?;
+        dst.reserve(LENGTH_PREFIX_LEN + len);
+        crate::frame::put_u24(dst, len);
+        frame.encode(dst);
+        Ok(())
+    }
+}
+
+impl Encoder<Frame> for FrameCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        Encoder::<&Frame>::encode(self, &frame, dst)
+    }
+}
+
+impl Encoder<Bytes> for FrameCodec {
+    type Error = CodecError;
+
+    /// Writes an already encoded frame behind its length prefix.
+    fn encode(&mut self, frame: Bytes, dst: &mut BytesMut) -> Result<(), CodecError> {
+        self.check(frame.len())?;
+        dst.reserve(LENGTH_PREFIX_LEN + frame.len());
+        crate::frame::put_u24(dst, frame.len());
+        dst.put_slice(&frame);
+        Ok(())
+    }
+}

@@ -1,0 +1,341 @@
+//! Frames that belong to a stream: the four requests, REQUEST_N, CANCEL,
+//! PAYLOAD, plus ERROR and EXT, which may be on stream 0 or a stream.
+
+use bytes::{BufMut, Bytes};
+
+use super::{
+    flag, flags, metadata_flag, put_header, put_payload, DecodeError, FrameType, Header, Reader,
+    RequestCount, StreamId,
+};
+use crate::{ErrorCode, Payload};
+
+fn request_n(r: &mut Reader, frame: FrameType, id: StreamId) -> Result<RequestCount, DecodeError> {
+    let n = r.u31("request-n")?;
+    RequestCount::new(n).ok_or(DecodeError::ZeroRequestN {
+        frame,
+        stream_id: id.get(),
+    })
+}
+
+/// REQUEST_RESPONSE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestResponse {
+    /// The new stream.
+    pub stream_id: StreamId,
+    /// F flag: more fragments follow.
+    pub follows: bool,
+    /// The request.
+    pub payload: Payload,
+}
+
+impl RequestResponse {
+    pub(super) fn decode(h: Header, id: StreamId, r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(Self {
+            stream_id: id,
+            follows: h.has(flags::FOLLOWS),
+            payload: r.payload(h.has(flags::METADATA))?,
+        })
+    }
+
+    pub(super) fn encode(&self, dst: &mut impl BufMut) {
+        let f = metadata_flag(&self.payload) | flag(self.follows, flags::FOLLOWS);
+        put_header(dst, self.stream_id.get(), FrameType::RequestResponse, f);
+        put_payload(dst, &self.payload);
+    }
+}
+
+/// REQUEST_FNF (fire-and-forget).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestFnf {
+    /// The new stream.
+    pub stream_id: StreamId,
+    /// F flag: more fragments follow.
+    pub follows: bool,
+    /// The request.
+    pub payload: Payload,
+}
+
+impl RequestFnf {
+    pub(super) fn decode(h: Header, id: StreamId, r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(Self {
+            stream_id: id,
+            follows: h.has(flags::FOLLOWS),
+            payload: r.payload(h.has(flags::METADATA))?,
+        })
+    }
+
+    pub(super) fn encode(&self, dst: &mut impl BufMut) {
+        let f = metadata_flag(&self.payload) | flag(self.follows, flags::FOLLOWS);
+        put_header(dst, self.stream_id.get(), FrameType::RequestFnf, f);
+        put_payload(dst, &self.payload);
+    }
+}
+
+/// REQUEST_STREAM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestStream {
+    /// The new stream.
+    pub stream_id: StreamId,
+    /// F flag: more fragments follow.
+    pub follows: bool,
+    /// Initial credit granted to the responder.
+    pub initial_request_n: RequestCount,
+    /// The request.
+    pub payload: Payload,
+}
+
+impl RequestStream {
+    pub(super) fn decode(h: Header, id: StreamId, r: &mut Reader) -> Result<Self, DecodeError> {
+        let initial_request_n = request_n(r, FrameType::RequestStream, id)?;
+        Ok(Self {
+            stream_id: id,
+            follows: h.has(flags::FOLLOWS),
+            initial_request_n,
+            payload: r.payload(h.has(flags::METADATA))?,
+        })
+    }
+
+    pub(super) fn encode(&self, dst: &mut impl BufMut) {
+        let f = metadata_flag(&self.payload) | flag(self.follows, flags::FOLLOWS);
+        put_header(dst, self.stream_id.get(), FrameType::RequestStream, f);
+        dst.put_u32(self.initial_request_n.get());
+        put_payload(dst, &self.payload);
+    }
+}
+
+/// REQUEST_CHANNEL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestChannel {
+    /// The new stream.
+    pub stream_id: StreamId,
+    /// F flag: more fragments follow.
+    pub follows: bool,
+    /// C flag: the requester's outbound half ends with this payload.
+    pub complete: bool,
+    /// Initial credit granted to the responder.
+    pub initial_request_n: RequestCount,
+    /// The first element of the requester's outbound half.
+    pub payload: Payload,
+}
+
+impl RequestChannel {
+    pub(super) fn decode(h: Header, id: StreamId, r: &mut Reader) -> Result<Self, DecodeError> {
+        let initial_request_n = request_n(r, FrameType::RequestChannel, id)?;
+        Ok(Self {
+            stream_id: id,
+            follows: h.has(flags::FOLLOWS),
+            complete: h.has(flags::COMPLETE),
+            initial_request_n,
+            payload: r.payload(h.has(flags::METADATA))?,
+        })
+    }
+
+    pub(super) fn encode(&self, dst: &mut impl BufMut) {
+        let f = metadata_flag(&self.payload)
+            | flag(self.follows, flags::FOLLOWS)
+            | flag(self.complete, flags::COMPLETE);
+        put_header(dst, self.stream_id.get(), FrameType::RequestChannel, f);
+        dst.put_u32(self.initial_request_n.get());
+        put_payload(dst, &self.payload);
+    }
+}
+
+/// REQUEST_N: more credit for the sender of PAYLOADs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestN {
+    /// The stream.
+    pub stream_id: StreamId,
+    /// Additional credit.
+    pub request_n: RequestCount,
+}
+
+impl RequestN {
+    pub(super) fn decode(id: StreamId, r: &mut Reader) -> Result<Self, DecodeError> {
+        let request_n = request_n(r, FrameType::RequestN, id)?;
+        r.finish()?;
+        Ok(Self {
+            stream_id: id,
+            request_n,
+        })
+    }
+
+    pub(super) fn encode(&self, dst: &mut impl BufMut) {
+        put_header(dst, self.stream_id.get(), FrameType::RequestN, 0);
+        dst.put_u32(self.request_n.get());
+    }
+}
+
+/// CANCEL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cancel {
+    /// The stream.
+    pub stream_id: StreamId,
+}
+
+/// PAYLOAD.
+///
+/// At least one of `next` and `complete` must be set; the decoder rejects a
+/// PAYLOAD with neither.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayloadFrame {
+    /// The stream.
+    pub stream_id: StreamId,
+    /// F flag: more fragments follow.
+    pub follows: bool,
+    /// C flag: the sender's half of the stream is complete.
+    pub complete: bool,
+    /// N flag: the frame carries an element.
+    pub next: bool,
+    /// The element (empty for a bare COMPLETE).
+    pub payload: Payload,
+}
+
+impl PayloadFrame {
+    /// An element (N).
+    pub fn next(stream_id: StreamId, payload: Payload) -> Self {
+        Self {
+            stream_id,
+            follows: false,
+            complete: false,
+            next: true,
+            payload,
+        }
+    }
+
+    /// The last element (N + C).
+    pub fn next_complete(stream_id: StreamId, payload: Payload) -> Self {
+        Self {
+            stream_id,
+            follows: false,
+            complete: true,
+            next: true,
+            payload,
+        }
+    }
+
+    /// Completion without an element (C).
+    pub fn complete(stream_id: StreamId) -> Self {
+        Self {
+            stream_id,
+            follows: false,
+            complete: true,
+            next: false,
+            payload: Payload::default(),
+        }
+    }
+
+    pub(super) fn decode(h: Header, id: StreamId, r: &mut Reader) -> Result<Self, DecodeError> {
+        let next = h.has(flags::NEXT);
+        let complete = h.has(flags::COMPLETE);
+        if !next && !complete {
+            return Err(DecodeError::PayloadWithoutNextOrComplete {
+                stream_id: id.get(),
+            });
+        }
+        Ok(Self {
+            stream_id: id,
+            follows: h.has(flags::FOLLOWS),
+            complete,
+            next,
+            payload: r.payload(h.has(flags::METADATA))?,
+        })
+    }
+
+    pub(super) fn encode(&self, dst: &mut impl BufMut) {
+        let f = metadata_flag(&self.payload)
+            | flag(self.follows, flags::FOLLOWS)
+            | flag(self.complete, flags::COMPLETE)
+            | flag(self.next, flags::NEXT);
+        put_header(dst, self.stream_id.get(), FrameType::Payload, f);
+        put_payload(dst, &self.payload);
+    }
+}
+
+/// ERROR: ends a stream, or the connection when `stream_id` is `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorFrame {
+    /// The stream; `None` for a connection-level error (stream 0).
+    pub stream_id: Option<StreamId>,
+    /// The error code.
+    pub code: ErrorCode,
+    /// UTF-8 message (not validated on receipt).
+    pub data: Bytes,
+}
+
+impl ErrorFrame {
+    /// Builds an ERROR frame from a message.
+    pub fn new(stream_id: Option<StreamId>, code: ErrorCode, message: &str) -> Self {
+        Self {
+            stream_id,
+            code,
+            data: Bytes::copy_from_slice(message.as_bytes()),
+        }
+    }
+
+    /// The message, with invalid UTF-8 replaced.
+    pub fn message(&self) -> String {
+        String::from_utf8_lossy(&self.data).into_owned()
+    }
+
+    pub(super) fn decode(id: Option<StreamId>, r: &mut Reader) -> Result<Self, DecodeError> {
+        let code = ErrorCode(r.u32()?);
+        Ok(Self {
+            stream_id: id,
+            code,
+            data: r.rest(),
+        })
+    }
+
+    pub(super) fn encode(&self, dst: &mut impl BufMut) {
+        put_header(
+            dst,
+            self.stream_id.map_or(0, StreamId::get),
+            FrameType::Error,
+            0,
+        );
+        dst.put_u32(self.code.0);
+        dst.put_slice(&self.data);
+    }
+}
+
+/// EXT: an extension frame. No extended types are registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ext {
+    /// The stream; `None` for stream 0.
+    pub stream_id: Option<StreamId>,
+    /// I flag: the receiver may drop the frame if it does not understand it.
+    pub ignore: bool,
+    /// Extended type (1 ..= 2^31 − 1).
+    pub extended_type: u32,
+    /// Body, laid out as metadata (with length) and data, as rsocket-java does.
+    pub payload: Payload,
+}
+
+impl Ext {
+    pub(super) fn decode(
+        h: Header,
+        id: Option<StreamId>,
+        r: &mut Reader,
+    ) -> Result<Self, DecodeError> {
+        let extended_type = r.u31("extended type")?;
+        if extended_type == 0 {
+            return Err(DecodeError::ZeroValue {
+                frame: FrameType::Ext,
+                field: "extended type",
+            });
+        }
+        Ok(Self {
+            stream_id: id,
+            ignore: h.has(flags::IGNORE),
+            extended_type,
+            payload: r.payload(h.has(flags::METADATA))?,
+        })
+    }
+
+    pub(super) fn encode(&self, dst: &mut impl BufMut) {
+        let f = metadata_flag(&self.payload) | flag(self.ignore, flags::IGNORE);
+        put_header(dst, self.stream_id.map_or(0, StreamId::get), FrameType::Ext, f);
+        dst.put_u32(self.extended_type & super::MAX_U31);
+        put_payload(dst, &self.payload);
+    }
+}
