@@ -22,8 +22,10 @@ mod types;
 use bytes::{Buf, BufMut, Bytes};
 
 pub use connection::{Keepalive, Lease, MetadataPush, Resume, ResumeOk, Setup};
-pub use stream::{Cancel, ErrorFrame, Ext, PayloadFrame, RequestChannel, RequestFnf, RequestN,
-    RequestResponse, RequestStream};
+pub use stream::{
+    Cancel, ErrorFrame, Ext, PayloadFrame, RequestChannel, RequestFnf, RequestN, RequestResponse,
+    RequestStream,
+};
 pub use types::{
     ErrorCode, FrameType, InvalidMimeType, MimeType, RequestCount, StreamId, Version, MAX_U31,
     MAX_U63,
@@ -405,7 +407,10 @@ impl Frame {
                 field: "stream id",
             });
         }
-        let mut r = Reader { buf: body, frame: ty };
+        let mut r = Reader {
+            buf: body,
+            frame: ty,
+        };
         let ignored = Self::Ignored(Ignored {
             stream_id: h.stream_id,
             frame_type: ty,

@@ -11,7 +11,7 @@ use crate::{ErrorCode, Payload};
 
 fn request_n(r: &mut Reader, frame: FrameType, id: StreamId) -> Result<RequestCount, DecodeError> {
     let n = r.u31("request-n")?;
-    RequestCount::new(n).ok_or(DecodeError::ZeroRequestN {
+    RequestCount::new(n).ok_or_else(|| DecodeError::ZeroRequestN {
         frame,
         stream_id: id.get(),
     })
@@ -334,7 +334,12 @@ impl Ext {
 
     pub(super) fn encode(&self, dst: &mut impl BufMut) {
         let f = metadata_flag(&self.payload) | flag(self.ignore, flags::IGNORE);
-        put_header(dst, self.stream_id.map_or(0, StreamId::get), FrameType::Ext, f);
+        put_header(
+            dst,
+            self.stream_id.map_or(0, StreamId::get),
+            FrameType::Ext,
+            f,
+        );
         dst.put_u32(self.extended_type & super::MAX_U31);
         put_payload(dst, &self.payload);
     }

@@ -44,12 +44,12 @@ impl StreamId {
 
     /// Odd ids are opened by the client.
     pub const fn is_client_initiated(self) -> bool {
-        self.0.get() % 2 == 1
+        !self.0.get().is_multiple_of(2)
     }
 
     /// Even ids are opened by the server.
     pub const fn is_server_initiated(self) -> bool {
-        self.0.get() % 2 == 0
+        self.0.get().is_multiple_of(2)
     }
 }
 
@@ -321,8 +321,9 @@ impl MimeType {
     /// `application/octet-stream`, a sensible default for data.
     pub const OCTET_STREAM: Self = Self(Bytes::from_static(b"application/octet-stream"));
     /// `message/x.rsocket.composite-metadata.v0`.
-    pub const COMPOSITE_METADATA: Self =
-        Self(Bytes::from_static(b"message/x.rsocket.composite-metadata.v0"));
+    pub const COMPOSITE_METADATA: Self = Self(Bytes::from_static(
+        b"message/x.rsocket.composite-metadata.v0",
+    ));
 
     /// Validates length (≤ 255) and US-ASCII.
     pub fn new(value: impl Into<Bytes>) -> Result<Self, InvalidMimeType> {
