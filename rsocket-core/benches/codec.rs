@@ -1,1 +1,2 @@
+//! Codec benchmarks (placeholder until the bench lands).
 fn main() {}

@@ -7,12 +7,60 @@
 //!  frame     typed frames <-> bytes (pure, zero-copy)
 //!  metadata  composite metadata, routing, auth, MIME, tracing (pure)
 //!  codec     24-bit length prefix for byte streams (tokio-util)
+//!  proto     the connection state machine: streams, credit, keepalive,
+//!            fragmentation (no I/O, no clock, no tokio)
+//!  runtime   tokio driver, Requester, ClientBuilder, Server, transports
+//! ```
+//!
+//! # Getting started
+//!
+//! ```
+//! use std::sync::Arc;
+//! use rsocket_core::{memory_pair, ClientBuilder, Payload, RSocket, RequestError, Server};
+//! use futures::future::BoxFuture;
+//!
+//! struct Echo;
+//! impl RSocket for Echo {
+//!     fn request_response(&self, req: Payload) -> BoxFuture<'static, Result<Option<Payload>, RequestError>> {
+//!         Box::pin(async move { Ok(Some(req)) })
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (client_end, server_end) = memory_pair(64 * 1024);
+//! let server = Server::new(|_setup, _requester| async {
+//!     Ok(Arc::new(Echo) as Arc<dyn RSocket>)
+//! });
+//! let incoming = futures::stream::iter([Ok::<_, std::io::Error>(server_end)]);
+//! tokio::spawn(server.serve(incoming, futures::future::pending()));
+//!
+//! let requester = ClientBuilder::new().connect(client_end)?;
+//! let reply = requester.request_response(Payload::from("hi")).await?;
+//! assert_eq!(reply.unwrap().data, "hi");
+//! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod config;
+pub mod error;
 pub mod frame;
+pub mod metadata;
 pub mod payload;
+pub mod proto;
+mod rsocket;
+#[cfg(feature = "runtime")]
+pub mod runtime;
 
-pub use frame::{ErrorCode, Frame, RequestCount, StreamId};
+pub use config::{Config, PeerInfo, SetupInfo, SetupParams};
+pub use error::{ConnectionError, Initiator, RequestError, StreamError};
+pub use frame::{ErrorCode, Frame, MimeType, RequestCount, StreamId};
 pub use payload::Payload;
+pub use rsocket::{boxed, PayloadStream, RSocket, RejectAll};
+#[cfg(feature = "runtime")]
+pub use runtime::{
+    accept, memory_pair, ClientBuilder, ConnectionDriver, MemoryTransport, Requester,
+    ResponseFuture, ResponseStream, Server, SocketAcceptor, StreamTransport, Transport,
+    TransportError,
+};

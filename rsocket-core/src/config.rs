@@ -1,0 +1,203 @@
+//! Connection configuration and SETUP parameters.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::error::ConfigError;
+use crate::frame::{MimeType, Setup, Version, MAX_FRAME_LEN, MAX_U31};
+use crate::Payload;
+
+/// The smallest MTU we fragment to. rsocket-java rejects non-final fragments
+/// shorter than 61 frame bytes, so we never produce smaller ones.
+pub const MIN_MTU: usize = 64;
+
+/// Limits and tuning for one connection. Every limit is enforced; the doc of
+/// each field says what happens when it is reached.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Largest frame accepted or sent, in bytes (prefix excluded). Default and
+    /// hard cap: 16,777,215. Longer inbound frames are a transport error;
+    /// longer outbound payloads are fragmented.
+    pub max_frame_len: usize,
+    /// Fragment outbound payloads whose frame would exceed this many bytes
+    /// (at least [`MIN_MTU`]). `None` fragments only at `max_frame_len`.
+    pub mtu: Option<usize>,
+    /// Bytes that may sit in inbound reassembly buffers at once, over all
+    /// streams. Exceeding it closes the connection with CONNECTION_ERROR.
+    /// Default 64 MiB.
+    pub max_reassembly_bytes: usize,
+    /// Streams the peer may have open against our responder at once. A
+    /// request beyond it is answered with ERROR[REJECTED]. Default 10,000.
+    pub max_concurrent_inbound_streams: usize,
+    /// Bytes of encoded frames waiting for the writer. When reached, request
+    /// producers and responder streams are not polled until the writer has
+    /// drained below it. Control frames (KEEPALIVE answers, REQUEST_N,
+    /// CANCEL, ERROR) are always queued; if they alone pass twice this
+    /// limit the peer is not reading and the connection is closed.
+    /// Default 1 MiB.
+    pub max_outbound_queue_bytes: usize,
+    /// Default credit window of request/stream and channel inbound halves:
+    /// the initial request-n, replenished with REQUEST_N when half of it has
+    /// been consumed. Items buffered per stream never exceed it.
+    /// Default 256; override per request with `Requester::with_prefetch`.
+    pub default_prefetch: u32,
+    /// How long a server waits for the first frame (SETUP) before closing.
+    /// Default 30 s.
+    pub setup_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_frame_len: MAX_FRAME_LEN,
+            mtu: None,
+            max_reassembly_bytes: 64 << 20,
+            max_concurrent_inbound_streams: 10_000,
+            max_outbound_queue_bytes: 1 << 20,
+            default_prefetch: 256,
+            setup_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    /// Checks that every value is in range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_frame_len < MIN_MTU || self.max_frame_len > MAX_FRAME_LEN {
+            return Err(ConfigError::new(format_args!(
+                "max_frame_len must be in {MIN_MTU}..={MAX_FRAME_LEN}"
+            )));
+        }
+        if let Some(mtu) = self.mtu {
+            if mtu < MIN_MTU || mtu > self.max_frame_len {
+                return Err(ConfigError::new(format_args!(
+                    "mtu must be in {MIN_MTU}..=max_frame_len"
+                )));
+            }
+        }
+        if self.default_prefetch == 0 {
+            return Err(ConfigError::new("default_prefetch must be > 0"));
+        }
+        if self.max_outbound_queue_bytes == 0 {
+            return Err(ConfigError::new("max_outbound_queue_bytes must be > 0"));
+        }
+        Ok(())
+    }
+
+    /// The frame size above which outbound payloads are fragmented.
+    pub(crate) fn fragment_at(&self) -> usize {
+        self.mtu
+            .unwrap_or(self.max_frame_len)
+            .min(self.max_frame_len)
+    }
+}
+
+/// What a client announces in SETUP.
+#[derive(Debug, Clone)]
+pub struct SetupParams {
+    /// MIME type of metadata (default `application/octet-stream`).
+    pub metadata_mime_type: MimeType,
+    /// MIME type of data (default `application/octet-stream`).
+    pub data_mime_type: MimeType,
+    /// Interval between the client's KEEPALIVE frames (default 20 s).
+    pub keepalive_interval: Duration,
+    /// Time without any frame from the peer after which it is considered
+    /// dead (default 90 s).
+    pub max_lifetime: Duration,
+    /// The setup payload.
+    pub payload: Payload,
+}
+
+impl Default for SetupParams {
+    fn default() -> Self {
+        Self {
+            metadata_mime_type: MimeType::OCTET_STREAM,
+            data_mime_type: MimeType::OCTET_STREAM,
+            keepalive_interval: Duration::from_secs(20),
+            max_lifetime: Duration::from_secs(90),
+            payload: Payload::default(),
+        }
+    }
+}
+
+pub(crate) fn duration_ms(d: Duration) -> u32 {
+    d.as_millis().clamp(1, u128::from(MAX_U31)) as u32
+}
+
+impl SetupParams {
+    pub(crate) fn to_frame(&self) -> Setup {
+        Setup {
+            version: Version::V1_0,
+            keepalive_interval_ms: duration_ms(self.keepalive_interval),
+            max_lifetime_ms: duration_ms(self.max_lifetime),
+            resume_token: None,
+            lease: false,
+            metadata_mime_type: self.metadata_mime_type.clone(),
+            data_mime_type: self.data_mime_type.clone(),
+            payload: self.payload.clone(),
+        }
+    }
+}
+
+/// What the server knows about the transport a connection arrived on.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct PeerInfo {
+    /// The peer's socket address, when the transport has one.
+    pub addr: Option<SocketAddr>,
+    /// The request path (WebSocket).
+    pub path: Option<String>,
+    /// Handshake headers (WebSocket), names lower-cased.
+    pub headers: Vec<(String, String)>,
+}
+
+impl PeerInfo {
+    /// Info with only a socket address.
+    pub fn from_addr(addr: SocketAddr) -> Self {
+        Self {
+            addr: Some(addr),
+            ..Self::default()
+        }
+    }
+
+    /// The first header with this (case-insensitive) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The peer's SETUP, as the server's acceptor sees it.
+#[derive(Debug, Clone)]
+pub struct SetupInfo {
+    /// Protocol version the client speaks.
+    pub version: Version,
+    /// Metadata MIME type.
+    pub metadata_mime_type: MimeType,
+    /// Data MIME type.
+    pub data_mime_type: MimeType,
+    /// The client's keepalive interval.
+    pub keepalive_interval: Duration,
+    /// The client's max lifetime.
+    pub max_lifetime: Duration,
+    /// The setup payload.
+    pub payload: Payload,
+    /// Transport details.
+    pub peer: PeerInfo,
+}
+
+impl SetupInfo {
+    pub(crate) fn from_frame(s: Setup, peer: PeerInfo) -> Self {
+        Self {
+            version: s.version,
+            metadata_mime_type: s.metadata_mime_type,
+            data_mime_type: s.data_mime_type,
+            keepalive_interval: Duration::from_millis(u64::from(s.keepalive_interval_ms)),
+            max_lifetime: Duration::from_millis(u64::from(s.max_lifetime_ms)),
+            payload: s.payload,
+            peer,
+        }
+    }
+}

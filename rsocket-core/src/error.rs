@@ -1,0 +1,179 @@
+//! Typed errors: what travels in a stream's ERROR frame ([`StreamError`]),
+//! why a connection ended ([`ConnectionError`]), and what a request observes
+//! ([`RequestError`]).
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+use crate::frame::ErrorCode;
+
+/// An error carried by an ERROR frame on a stream: the spec's code and a
+/// UTF-8 message. Application-defined codes round-trip unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct StreamError {
+    /// The error code.
+    pub code: ErrorCode,
+    /// The message.
+    pub message: String,
+}
+
+impl StreamError {
+    /// An error with any code.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// APPLICATION_ERROR.
+    pub fn application(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::APPLICATION_ERROR, message)
+    }
+
+    /// REJECTED: the request was not processed.
+    pub fn rejected(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::REJECTED, message)
+    }
+
+    /// CANCELED: the responder cancelled the request.
+    pub fn canceled(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::CANCELED, message)
+    }
+
+    /// INVALID: the request is invalid.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::INVALID, message)
+    }
+}
+
+/// Who brought a connection down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Initiator {
+    /// This side (a local close or a limit we enforce).
+    Local,
+    /// The remote peer (its ERROR frame, or a violation we detected in what
+    /// it sent).
+    Remote,
+}
+
+/// Why a connection ended. Cloned to every pending request when it does.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectionError {
+    /// The transport failed or was closed underneath us.
+    #[error("transport error: {0}")]
+    Io(Arc<io::Error>),
+    /// The peer closed the transport without an ERROR frame.
+    #[error("connection closed by the peer")]
+    ClosedByPeer,
+    /// The peer violated the protocol; we sent ERROR[CONNECTION_ERROR] and
+    /// closed.
+    #[error("protocol violation by the peer: {message}")]
+    Protocol {
+        /// The code we sent.
+        code: ErrorCode,
+        /// What was wrong.
+        message: String,
+    },
+    /// The peer sent an ERROR frame on stream 0.
+    #[error("peer closed the connection with {code}: {message}")]
+    Remote {
+        /// The code it sent.
+        code: ErrorCode,
+        /// Its message.
+        message: String,
+    },
+    /// The server rejected our SETUP (or, at a server, we rejected theirs).
+    #[error("setup rejected with {code}: {message}")]
+    SetupRejected {
+        /// INVALID_SETUP, UNSUPPORTED_SETUP, REJECTED_SETUP or REJECTED_RESUME.
+        code: ErrorCode,
+        /// The reason.
+        message: String,
+        /// Who rejected it.
+        initiator: Initiator,
+    },
+    /// Nothing was received from the peer within the max lifetime.
+    #[error("no frame received from the peer within the keepalive max lifetime")]
+    KeepaliveTimeout,
+    /// A local limit was exceeded (outbound queue, reassembly, …).
+    #[error("local limit exceeded: {0}")]
+    LimitExceeded(String),
+    /// The connection was closed on this side.
+    #[error("connection closed locally")]
+    LocallyClosed,
+}
+
+impl ConnectionError {
+    /// Who caused the connection to end.
+    pub fn initiator(&self) -> Initiator {
+        match self {
+            Self::Io(_) | Self::ClosedByPeer | Self::Protocol { .. } | Self::Remote { .. } => {
+                Initiator::Remote
+            }
+            Self::SetupRejected { initiator, .. } => *initiator,
+            Self::KeepaliveTimeout => Initiator::Remote,
+            Self::LimitExceeded(_) | Self::LocallyClosed => Initiator::Local,
+        }
+    }
+}
+
+impl From<io::Error> for ConnectionError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(Arc::new(e))
+    }
+}
+
+/// What a request (or a handler's stream) can fail with.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The other side answered with an ERROR frame on the stream.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// The connection ended before the request did.
+    #[error("connection: {0}")]
+    Connection(#[from] ConnectionError),
+    /// The stream was cancelled (by the peer, for a responder; locally, for
+    /// a requester).
+    #[error("stream cancelled")]
+    Cancelled,
+    /// The peer broke the protocol on this stream (for example by sending
+    /// more items than it was granted); the stream was cancelled.
+    #[error("protocol violation on the stream: {0}")]
+    Protocol(String),
+}
+
+impl RequestError {
+    /// The stream error, if the peer sent one.
+    pub fn as_stream_error(&self) -> Option<&StreamError> {
+        match self {
+            Self::Stream(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The ERROR frame a responder sends for this error.
+    pub(crate) fn to_stream_error(&self) -> StreamError {
+        match self {
+            Self::Stream(e) => e.clone(),
+            Self::Cancelled => StreamError::canceled("cancelled"),
+            other => StreamError::application(other.to_string()),
+        }
+    }
+}
+
+/// Returned by builders and entry points when a configuration value is out
+/// of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub(crate) String);
+
+impl ConfigError {
+    pub(crate) fn new(msg: impl fmt::Display) -> Self {
+        Self(msg.to_string())
+    }
+}

@@ -1,0 +1,161 @@
+//! The tokio runtime: transports, the connection driver, requester handles,
+//! and the client and server entry points.
+//!
+//! ```text
+//!   Requester (Clone) ──lock──┐            ┌── spawned responder tasks
+//!                             ▼            │   (one per request; pumps poll
+//!                    Mutex<proto::Connection>  user streams only with credit)
+//!                             ▲
+//!   ConnectionDriver ─────────┘  reads the transport, handles frames in
+//!                                batches, writes every queued frame and
+//!                                flushes once, arms the keepalive timer
+//! ```
+
+mod driver;
+mod requester;
+mod responder;
+mod server;
+mod transport;
+
+use std::sync::Arc;
+use std::time::Instant as StdInstant;
+
+use tracing::info_span;
+
+pub use driver::ConnectionDriver;
+pub use requester::{OpenFuture, Requester, ResponseFuture, ResponseStream};
+pub use server::{accept, ServeError, Server, SocketAcceptor};
+pub use transport::{
+    memory_pair, FrameReader, FrameWriter, MemoryTransport, StreamTransport, Transport,
+    TransportError,
+};
+
+use crate::config::{Config, SetupParams};
+use crate::error::ConfigError;
+use crate::proto::{Connection, KeepaliveParams, Side};
+use crate::rsocket::{RSocket, RejectAll};
+
+/// Builds and connects a client.
+///
+/// ```
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use rsocket_core::{memory_pair, ClientBuilder, Payload};
+/// let (client_end, _server_end) = memory_pair(64 * 1024);
+/// let requester = ClientBuilder::new()
+///     .keepalive(std::time::Duration::from_secs(10), std::time::Duration::from_secs(60))
+///     .connect(client_end)?;
+/// # let _ = requester; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ClientBuilder {
+    setup: SetupParams,
+    config: Config,
+    responder: Arc<dyn RSocket>,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("setup", &self.setup)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ClientBuilder {
+    /// Defaults: octet-stream MIME types, 20 s keepalive, 90 s lifetime,
+    /// no responder (requests from the server are rejected).
+    pub fn new() -> Self {
+        Self {
+            setup: SetupParams::default(),
+            config: Config::default(),
+            responder: Arc::new(RejectAll),
+        }
+    }
+
+    /// All SETUP parameters at once.
+    pub fn setup(mut self, setup: SetupParams) -> Self {
+        self.setup = setup;
+        self
+    }
+
+    /// Data MIME type.
+    pub fn data_mime_type(mut self, mime: crate::frame::MimeType) -> Self {
+        self.setup.data_mime_type = mime;
+        self
+    }
+
+    /// Metadata MIME type.
+    pub fn metadata_mime_type(mut self, mime: crate::frame::MimeType) -> Self {
+        self.setup.metadata_mime_type = mime;
+        self
+    }
+
+    /// Keepalive interval and max lifetime.
+    pub fn keepalive(
+        mut self,
+        interval: std::time::Duration,
+        max_lifetime: std::time::Duration,
+    ) -> Self {
+        self.setup.keepalive_interval = interval;
+        self.setup.max_lifetime = max_lifetime;
+        self
+    }
+
+    /// The SETUP payload.
+    pub fn setup_payload(mut self, payload: crate::Payload) -> Self {
+        self.setup.payload = payload;
+        self
+    }
+
+    /// Limits and tuning.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The client's own responder, for requests the server sends.
+    pub fn responder(mut self, responder: Arc<dyn RSocket>) -> Self {
+        self.responder = responder;
+        self
+    }
+
+    /// Sets up the connection without spawning: the caller polls the driver.
+    /// SETUP is queued first; requests may be issued right away.
+    pub fn connect_with_driver<T: Transport>(
+        self,
+        transport: T,
+    ) -> Result<(Requester, ConnectionDriver<T>), ConfigError> {
+        self.config.validate()?;
+        let span = info_span!("rsocket.conn", side = "client");
+        let keepalive = KeepaliveParams {
+            send_interval: Some(self.setup.keepalive_interval),
+            max_lifetime: self.setup.max_lifetime,
+        };
+        let mut conn = Connection::new(Side::Client, self.config, keepalive, tokio_now());
+        conn.queue_setup(self.setup.to_frame());
+        let shared = driver::Shared::new(conn, span);
+        let (reader, writer) = transport.split();
+        let driver = ConnectionDriver::new(shared.clone(), reader, writer, self.responder);
+        Ok((Requester::new(shared), driver))
+    }
+
+    /// Connects and spawns the driver on the current tokio runtime.
+    pub fn connect<T: Transport>(self, transport: T) -> Result<Requester, ConfigError> {
+        let (requester, driver) = self.connect_with_driver(transport)?;
+        drop(driver.spawn());
+        Ok(requester)
+    }
+}
+
+/// The current time on tokio's clock (which tests can pause), as a std
+/// `Instant` for the state machine.
+pub(crate) fn tokio_now() -> StdInstant {
+    tokio::time::Instant::now().into_std()
+}

@@ -1,0 +1,388 @@
+//! The requester handle and the futures and streams it returns.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream, StreamExt};
+
+use super::driver::Shared;
+use super::responder::Pump;
+use crate::error::{ConnectionError, RequestError};
+use crate::frame::{ErrorCode, StreamId};
+use crate::proto::Interaction;
+use crate::rsocket::{PayloadStream, RSocket};
+use crate::Payload;
+
+/// Sends requests over one connection. Cheap to clone; every clone talks to
+/// the same connection.
+#[derive(Clone)]
+pub struct Requester {
+    shared: Arc<Shared>,
+    prefetch: Option<u32>,
+}
+
+impl std::fmt::Debug for Requester {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Requester")
+            .field("prefetch", &self.prefetch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Requester {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            prefetch: None,
+        }
+    }
+
+    /// A handle whose request/stream and request/channel calls use `n` as
+    /// the credit window (initial request-n; REQUEST_N when half is
+    /// consumed) instead of `Config::default_prefetch`. `u32::MAX` or
+    /// 2^31 − 1 requests everything at once.
+    pub fn with_prefetch(&self, n: u32) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            prefetch: Some(n.clamp(1, crate::frame::MAX_U31)),
+        }
+    }
+
+    fn window(&self) -> u32 {
+        self.prefetch
+            .unwrap_or_else(|| self.shared.lock().config().default_prefetch)
+    }
+
+    /// Fire-and-forget: resolves once the frame is queued for sending (not
+    /// when it is delivered). Waits while the outbound queue is full.
+    pub fn fire_and_forget(&self, request: Payload) -> OpenFuture {
+        OpenFuture {
+            shared: self.shared.clone(),
+            request: Some(request),
+        }
+    }
+
+    /// Request/response. Resolves to `None` when the responder completes
+    /// without a payload. Dropping the future before it resolves sends
+    /// CANCEL.
+    pub fn request_response(&self, request: Payload) -> ResponseFuture {
+        ResponseFuture {
+            inner: Inbound::new(
+                self.shared.clone(),
+                Interaction::RequestResponse,
+                request,
+                1,
+            ),
+        }
+    }
+
+    /// Request/stream. The request is sent on the first poll; polling
+    /// grants credit, dropping early sends CANCEL.
+    pub fn request_stream(&self, request: Payload) -> ResponseStream {
+        let window = self.window();
+        ResponseStream {
+            inner: Inbound::new(
+                self.shared.clone(),
+                Interaction::RequestStream,
+                request,
+                window,
+            ),
+        }
+    }
+
+    /// Request/channel: `first` goes in REQUEST_CHANNEL, `rest` is sent as
+    /// the responder grants credit. The returned stream is the responder's
+    /// half. Dropping it cancels the whole channel.
+    pub fn request_channel(&self, first: Payload, rest: PayloadStream) -> ResponseStream {
+        let window = self.window();
+        let mut inner = Inbound::new(
+            self.shared.clone(),
+            Interaction::RequestChannel,
+            first,
+            window,
+        );
+        inner.outbound = Some(rest);
+        ResponseStream { inner }
+    }
+
+    /// Metadata push on stream 0; resolves once queued.
+    pub fn metadata_push(&self, metadata: Bytes) -> Result<(), ConnectionError> {
+        self.shared.lock().metadata_push(metadata)
+    }
+
+    /// Closes the connection at once: ERROR[CONNECTION_ERROR] to the peer,
+    /// and every pending request on both sides fails.
+    pub fn close(&self) {
+        self.shared.lock().close(
+            ErrorCode::CONNECTION_ERROR,
+            "closed by the application",
+            ConnectionError::LocallyClosed,
+        );
+    }
+
+    /// Closes with a given stream-0 error code.
+    pub(crate) fn close_with(&self, code: ErrorCode, message: &str) {
+        self.shared
+            .lock()
+            .close(code, message, ConnectionError::LocallyClosed);
+    }
+
+    /// Stops new streams in both directions; the connection closes with
+    /// ERROR[CONNECTION_CLOSE] once the open ones have finished.
+    pub(crate) fn start_drain(&self) {
+        self.shared.lock().start_drain();
+    }
+
+    /// Why the connection ended, or `None` while it is open.
+    pub fn closed_reason(&self) -> Option<ConnectionError> {
+        self.shared.lock().closed().cloned()
+    }
+
+    /// Number of streams currently open on the connection.
+    pub fn open_streams(&self) -> usize {
+        self.shared.lock().stream_count()
+    }
+}
+
+impl RSocket for Requester {
+    fn fire_and_forget(&self, request: Payload) -> BoxFuture<'static, Result<(), RequestError>> {
+        Self::fire_and_forget(self, request).boxed()
+    }
+
+    fn request_response(
+        &self,
+        request: Payload,
+    ) -> BoxFuture<'static, Result<Option<Payload>, RequestError>> {
+        Self::request_response(self, request).boxed()
+    }
+
+    fn request_stream(&self, request: Payload) -> PayloadStream {
+        Self::request_stream(self, request).boxed()
+    }
+
+    fn request_channel(&self, first: Payload, rest: PayloadStream) -> PayloadStream {
+        Self::request_channel(self, first, rest).boxed()
+    }
+
+    fn metadata_push(&self, metadata: Bytes) -> BoxFuture<'static, Result<(), RequestError>> {
+        futures::future::ready(Self::metadata_push(self, metadata).map_err(RequestError::from))
+            .boxed()
+    }
+}
+
+/// Future of [`Requester::fire_and_forget`].
+#[must_use = "futures do nothing unless polled"]
+pub struct OpenFuture {
+    shared: Arc<Shared>,
+    request: Option<Payload>,
+}
+
+impl std::fmt::Debug for OpenFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for OpenFuture {
+    type Output = Result<(), RequestError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(request) = self.request.take() else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut conn = self.shared.lock();
+        match conn.poll_open_ready(cx) {
+            Poll::Ready(Ok(())) => {
+                let r = conn
+                    .open(Interaction::FireAndForget, request, 1)
+                    .map(|_| ());
+                Poll::Ready(r)
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
+            Poll::Pending => {
+                drop(conn);
+                self.request = Some(request);
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// The inbound side of a request this connection opened: opens lazily on
+/// first poll, then pulls items from the state machine.
+struct Inbound {
+    shared: Arc<Shared>,
+    interaction: Interaction,
+    request: Option<Payload>,
+    window: u32,
+    id: Option<StreamId>,
+    outbound: Option<PayloadStream>,
+    done: bool,
+}
+
+impl Inbound {
+    fn new(shared: Arc<Shared>, interaction: Interaction, request: Payload, window: u32) -> Self {
+        Self {
+            shared,
+            interaction,
+            request: Some(request),
+            window,
+            id: None,
+            outbound: None,
+            done: false,
+        }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Payload, RequestError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let mut conn = self.shared.lock();
+        let id = match self.id {
+            Some(id) => id,
+            None => {
+                match conn.poll_open_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => {
+                        self.done = true;
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
+                let request = self.request.take().unwrap_or_default();
+                match conn.open(self.interaction, request, self.window) {
+                    Ok(id) => {
+                        self.id = Some(id);
+                        if let Some(rest) = self.outbound.take() {
+                            drop(conn);
+                            Pump::spawn(self.shared.clone(), id, rest, Interaction::RequestChannel);
+                            conn = self.shared.lock();
+                        }
+                        id
+                    }
+                    Err(e) => {
+                        self.done = true;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
+            }
+        };
+        let r = conn.poll_recv(id, cx);
+        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.done = true;
+        }
+        r
+    }
+}
+
+impl Drop for Inbound {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.shared.lock().release_recv(id);
+        }
+    }
+}
+
+/// Future of [`Requester::request_response`].
+#[must_use = "futures do nothing unless polled"]
+pub struct ResponseFuture {
+    inner: Inbound,
+}
+
+impl std::fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("stream_id", &self.inner.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Option<Payload>, RequestError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.inner.poll_next(cx) {
+            Poll::Ready(Some(Ok(p))) => {
+                self.inner.done = true;
+                Poll::Ready(Ok(Some(p)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Err(e)),
+            Poll::Ready(None) => Poll::Ready(Ok(None)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Stream of [`Requester::request_stream`] and
+/// [`Requester::request_channel`]: credit-aware, cancels on drop.
+#[must_use = "streams do nothing unless polled"]
+pub struct ResponseStream {
+    inner: Inbound,
+}
+
+impl ResponseStream {
+    /// The stream id, once the request has been sent.
+    pub fn stream_id(&self) -> Option<StreamId> {
+        self.inner.id
+    }
+}
+
+impl std::fmt::Debug for ResponseStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseStream")
+            .field("stream_id", &self.inner.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stream for ResponseStream {
+    type Item = Result<Payload, RequestError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.poll_next(cx)
+    }
+}
+
+/// The inbound half of a channel, as a responder's handler sees it:
+/// credit-aware (REQUEST_N is sent as it is polled), and dropping it before
+/// the end sends CANCEL, which closes only the requester's outbound half.
+pub(crate) struct ChannelInbound {
+    shared: Arc<Shared>,
+    id: StreamId,
+    done: bool,
+}
+
+impl ChannelInbound {
+    pub(crate) fn new(shared: Arc<Shared>, id: StreamId) -> Self {
+        Self {
+            shared,
+            id,
+            done: false,
+        }
+    }
+}
+
+impl Stream for ChannelInbound {
+    type Item = Result<Payload, RequestError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let r = self.shared.lock().poll_recv(self.id, cx);
+        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.done = true;
+        }
+        r
+    }
+}
+
+impl Drop for ChannelInbound {
+    fn drop(&mut self) {
+        self.shared.lock().release_recv(self.id);
+    }
+}

@@ -1,0 +1,241 @@
+//! Running the responder: one spawned task per inbound request, and the
+//! outbound pump that polls a stream only while the peer has granted credit.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use tracing::{debug_span, Instrument};
+
+use super::driver::Shared;
+use super::requester::ChannelInbound;
+use crate::error::RequestError;
+use crate::frame::StreamId;
+use crate::proto::{Event, Interaction, SendReady};
+use crate::rsocket::{PayloadStream, RSocket};
+use crate::Payload;
+
+/// Items taken from a user stream per lock of the connection state.
+const PUMP_BATCH: u64 = 64;
+/// Batches per task poll before yielding to other tasks.
+const PUMP_ROUNDS: usize = 16;
+
+/// Starts the work for one event from the state machine.
+pub(crate) fn dispatch(shared: &Arc<Shared>, responder: &Arc<dyn RSocket>, ev: Event) {
+    match ev {
+        Event::FireAndForget(payload) => {
+            let fut = responder.fire_and_forget(payload);
+            let shared = shared.clone();
+            tokio::spawn(
+                async move {
+                    let _ = fut.await;
+                    shared.lock().fnf_done();
+                }
+                .instrument(debug_span!("fnf")),
+            );
+        }
+        Event::MetadataPush(metadata) => {
+            let fut = responder.metadata_push(metadata);
+            tokio::spawn(
+                async move {
+                    let _ = fut.await;
+                }
+                .instrument(debug_span!("metadata_push")),
+            );
+        }
+        Event::Request {
+            stream_id,
+            interaction,
+            payload,
+        } => {
+            let span =
+                debug_span!(parent: &shared.span, "stream", id = stream_id.get(), ?interaction);
+            match interaction {
+                Interaction::RequestResponse => {
+                    let fut = responder.request_response(payload);
+                    tokio::spawn(
+                        Respond {
+                            shared: shared.clone(),
+                            id: stream_id,
+                            fut,
+                            released: false,
+                        }
+                        .instrument(span),
+                    );
+                }
+                Interaction::RequestStream => {
+                    let stream = responder.request_stream(payload);
+                    let _g = span.enter();
+                    Pump::spawn(shared.clone(), stream_id, stream, interaction);
+                }
+                Interaction::RequestChannel => {
+                    let inbound = ChannelInbound::new(shared.clone(), stream_id);
+                    let stream = responder.request_channel(payload, inbound.boxed());
+                    let _g = span.enter();
+                    Pump::spawn(shared.clone(), stream_id, stream, interaction);
+                }
+                Interaction::FireAndForget => {}
+            }
+        }
+    }
+}
+
+/// A request/response handler: its result becomes PAYLOAD(N+C), PAYLOAD(C)
+/// or ERROR. A CANCEL from the peer drops the handler's future.
+struct Respond {
+    shared: Arc<Shared>,
+    id: StreamId,
+    fut: BoxFuture<'static, Result<Option<Payload>, RequestError>>,
+    released: bool,
+}
+
+impl Future for Respond {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let stopped = self.shared.lock().poll_stopped(self.id, cx).is_ready();
+        if stopped {
+            self.release();
+            return Poll::Ready(());
+        }
+        let out = match self.fut.poll_unpin(cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => return Poll::Pending,
+        };
+        {
+            let mut conn = self.shared.lock();
+            match out {
+                Ok(Some(p)) => conn.send_items(self.id, &mut vec![p], true),
+                Ok(None) => conn.send_items(self.id, &mut Vec::new(), true),
+                Err(e) => conn.send_error(self.id, &e.to_stream_error()),
+            }
+        }
+        self.release();
+        Poll::Ready(())
+    }
+}
+
+impl Respond {
+    fn release(&mut self) {
+        if !self.released {
+            self.released = true;
+            self.shared.lock().release_send(self.id);
+        }
+    }
+}
+
+impl Drop for Respond {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Sends a user stream's items on a stream, polling it only while the peer
+/// has granted credit and the outbound queue has room. Used for a
+/// responder's stream and channel output and a requester's channel output.
+pub(crate) struct Pump {
+    shared: Arc<Shared>,
+    id: StreamId,
+    stream: PayloadStream,
+    batch: Vec<Payload>,
+    released: bool,
+}
+
+impl Pump {
+    pub(crate) fn spawn(
+        shared: Arc<Shared>,
+        id: StreamId,
+        stream: PayloadStream,
+        interaction: Interaction,
+    ) {
+        let span = debug_span!("pump", id = id.get(), ?interaction);
+        tokio::spawn(
+            Self {
+                shared,
+                id,
+                stream,
+                batch: Vec::new(),
+                released: false,
+            }
+            .instrument(span),
+        );
+    }
+
+    fn release(&mut self) {
+        if !self.released {
+            self.released = true;
+            self.shared.lock().release_send(self.id);
+        }
+    }
+}
+
+impl Future for Pump {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        for _ in 0..PUMP_ROUNDS {
+            let ready = this.shared.lock().poll_send_ready(this.id, cx);
+            let credit = match ready {
+                Poll::Ready(SendReady::Credit(c)) => c,
+                Poll::Ready(SendReady::Stopped) => {
+                    this.release();
+                    return Poll::Ready(());
+                }
+                Poll::Pending => return Poll::Pending,
+            };
+            let max = credit.min(PUMP_BATCH) as usize;
+            let mut end: Option<Result<(), RequestError>> = None;
+            let mut pending = false;
+            while this.batch.len() < max {
+                match this.stream.poll_next_unpin(cx) {
+                    Poll::Ready(Some(Ok(p))) => this.batch.push(p),
+                    Poll::Ready(Some(Err(e))) => {
+                        end = Some(Err(e));
+                        break;
+                    }
+                    Poll::Ready(None) => {
+                        end = Some(Ok(()));
+                        break;
+                    }
+                    Poll::Pending => {
+                        pending = true;
+                        break;
+                    }
+                }
+            }
+            if this.batch.is_empty() && end.is_none() {
+                return Poll::Pending;
+            }
+            {
+                let mut conn = this.shared.lock();
+                match &end {
+                    None => conn.send_items(this.id, &mut this.batch, false),
+                    Some(Ok(())) => conn.send_items(this.id, &mut this.batch, true),
+                    Some(Err(e)) => {
+                        conn.send_items(this.id, &mut this.batch, false);
+                        conn.send_error(this.id, &e.to_stream_error());
+                    }
+                }
+            }
+            if end.is_some() {
+                this.release();
+                return Poll::Ready(());
+            }
+            if pending {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        self.release();
+    }
+}

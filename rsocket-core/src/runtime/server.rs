@@ -1,0 +1,324 @@
+//! Server side: validating SETUP, the acceptor, and the accept loop with
+//! graceful shutdown.
+
+use std::future::Future;
+use std::io;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream, StreamExt};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, info_span, warn, Instrument};
+
+use super::driver::{flush_and_close, ConnectionDriver, Shared};
+use super::requester::Requester;
+use super::tokio_now;
+use super::transport::{Transport, TransportError};
+use crate::config::{Config, SetupInfo};
+use crate::error::{ConnectionError, Initiator, StreamError};
+use crate::frame::{ErrorCode, ErrorFrame, Frame, FrameType, Version};
+use crate::proto::{Connection, KeepaliveParams, Side};
+use crate::rsocket::RSocket;
+
+/// Decides whether to take a connection, given the client's SETUP and a
+/// requester for calling the client back; returns the responder for it.
+///
+/// Implemented for closures `Fn(SetupInfo, Requester) -> impl Future<Output =
+/// Result<Arc<dyn RSocket>, StreamError>>`. A rejection is sent to the
+/// client as ERROR[REJECTED_SETUP] with the error's message.
+pub trait SocketAcceptor: Send + Sync + 'static {
+    /// Accept or reject one connection.
+    fn accept(
+        &self,
+        setup: SetupInfo,
+        requester: Requester,
+    ) -> BoxFuture<'static, Result<Arc<dyn RSocket>, StreamError>>;
+}
+
+impl<F, Fut> SocketAcceptor for F
+where
+    F: Fn(SetupInfo, Requester) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Arc<dyn RSocket>, StreamError>> + Send + 'static,
+{
+    fn accept(
+        &self,
+        setup: SetupInfo,
+        requester: Requester,
+    ) -> BoxFuture<'static, Result<Arc<dyn RSocket>, StreamError>> {
+        self(setup, requester).boxed()
+    }
+}
+
+fn setup_error(code: ErrorCode, message: &str) -> (ErrorCode, String) {
+    (code, message.to_owned())
+}
+
+/// Takes one server-side connection through setup: reads the first frame
+/// (within `config.setup_timeout`), checks it, asks the acceptor, and
+/// returns the driver to poll. A rejected SETUP is answered with the ERROR
+/// frame the spec names, flushed before the transport is closed.
+pub async fn accept<T: Transport>(
+    transport: T,
+    config: Config,
+    acceptor: &dyn SocketAcceptor,
+) -> Result<(Requester, ConnectionDriver<T>), ConnectionError> {
+    config
+        .validate()
+        .map_err(|e| ConnectionError::LimitExceeded(e.to_string()))?;
+    let peer = transport.peer_info();
+    let (mut reader, mut writer) = transport.split();
+    let first = match tokio::time::timeout(config.setup_timeout, reader.next()).await {
+        Ok(f) => f,
+        Err(_) => {
+            debug!("no SETUP within the setup timeout");
+            return Err(ConnectionError::LimitExceeded(
+                "no SETUP received in time".into(),
+            ));
+        }
+    };
+    let checked = match first {
+        None => return Err(ConnectionError::ClosedByPeer),
+        Some(Err(TransportError::Io(e))) => return Err(e.into()),
+        Some(Err(TransportError::Decode(e))) => Err(if e.frame_type() == Some(FrameType::Setup) {
+            setup_error(ErrorCode::INVALID_SETUP, &format!("invalid SETUP: {e}"))
+        } else {
+            setup_error(
+                ErrorCode::INVALID_SETUP,
+                "first frame must be SETUP or RESUME",
+            )
+        }),
+        Some(Err(other)) => Err(setup_error(ErrorCode::INVALID_SETUP, &other.to_string())),
+        Some(Ok(Frame::Setup(s))) => {
+            if s.version != Version::V1_0 {
+                Err(setup_error(
+                    ErrorCode::INVALID_SETUP,
+                    &format!("unsupported protocol version {}", s.version),
+                ))
+            } else if s.resume_token.is_some() {
+                Err(setup_error(
+                    ErrorCode::REJECTED_SETUP,
+                    "resumption is not supported",
+                ))
+            } else if s.lease {
+                Err(setup_error(
+                    ErrorCode::UNSUPPORTED_SETUP,
+                    "lease is not supported",
+                ))
+            } else {
+                Ok(s)
+            }
+        }
+        Some(Ok(Frame::Resume(_))) => Err(setup_error(
+            ErrorCode::REJECTED_RESUME,
+            "resumption is not supported",
+        )),
+        Some(Ok(_)) => Err(setup_error(
+            ErrorCode::INVALID_SETUP,
+            "first frame must be SETUP or RESUME",
+        )),
+    };
+    let setup = match checked {
+        Ok(s) => s,
+        Err((code, message)) => {
+            debug!(%code, %message, "rejecting setup");
+            let _ = flush_and_close(
+                &mut writer,
+                Frame::Error(ErrorFrame::new(None, code, &message)),
+            )
+            .await;
+            return Err(ConnectionError::SetupRejected {
+                code,
+                message,
+                initiator: Initiator::Local,
+            });
+        }
+    };
+    let info = SetupInfo::from_frame(setup, peer);
+    let span = info_span!("rsocket.conn", side = "server", peer = ?info.peer.addr);
+    let keepalive = KeepaliveParams {
+        send_interval: None,
+        max_lifetime: info.max_lifetime,
+    };
+    let conn = Connection::new(Side::Server, config, keepalive, tokio_now());
+    let shared = Shared::new(conn, span);
+    let requester = Requester::new(shared.clone());
+    match acceptor.accept(info, requester.clone()).await {
+        Ok(responder) => Ok((
+            requester,
+            ConnectionDriver::new(shared, reader, writer, responder),
+        )),
+        Err(e) => {
+            let frame = Frame::Error(ErrorFrame::new(None, ErrorCode::REJECTED_SETUP, &e.message));
+            let _ = flush_and_close(&mut writer, frame).await;
+            Err(ConnectionError::SetupRejected {
+                code: ErrorCode::REJECTED_SETUP,
+                message: e.message,
+                initiator: Initiator::Local,
+            })
+        }
+    }
+}
+
+/// Errors that stop [`Server::serve`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::error::ConfigError),
+}
+
+/// Accepts connections from a stream of transports and serves each with the
+/// acceptor's responder, until a shutdown signal.
+#[derive(Clone)]
+pub struct Server {
+    acceptor: Arc<dyn SocketAcceptor>,
+    config: Config,
+    grace_period: Duration,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("config", &self.config)
+            .field("grace_period", &self.grace_period)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A server with default configuration and a 10 s grace period.
+    pub fn new(acceptor: impl SocketAcceptor) -> Self {
+        Self {
+            acceptor: Arc::new(acceptor),
+            config: Config::default(),
+            grace_period: Duration::from_secs(10),
+        }
+    }
+
+    /// Limits and tuning for every connection.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// How long in-flight streams may run after shutdown is signalled before
+    /// connections are closed regardless.
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.grace_period = grace;
+        self
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, lets open
+    /// streams finish (refusing new ones with ERROR[REJECTED]) for the grace
+    /// period, and closes what is left. Accept errors are logged and
+    /// skipped.
+    pub async fn serve<S, T>(
+        self,
+        incoming: S,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError>
+    where
+        S: Stream<Item = io::Result<T>>,
+        T: Transport,
+    {
+        self.config.validate()?;
+        let (drain_tx, drain_rx) = watch::channel(Phase::Running);
+        let mut tasks = JoinSet::new();
+        let mut incoming = pin!(incoming.fuse());
+        let mut shutdown = pin!(shutdown.fuse());
+        let mut accepting = true;
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                next = incoming.next(), if accepting => match next {
+                    Some(Ok(transport)) => {
+                        let acceptor = self.acceptor.clone();
+                        let config = self.config.clone();
+                        let rx = drain_rx.clone();
+                        tasks.spawn(serve_one(transport, config, acceptor, rx));
+                    }
+                    Some(Err(e)) => warn!(error = %e, "accept failed"),
+                    // The listener ended: serve what is open, then return.
+                    None => accepting = false,
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+            if !accepting && tasks.is_empty() {
+                return Ok(());
+            }
+        }
+        drop(incoming);
+        debug!(connections = tasks.len(), "draining");
+        let _ = drain_tx.send(Phase::Draining);
+        let drained = tokio::time::timeout(self.grace_period, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            debug!(connections = tasks.len(), "grace period over; closing");
+            let _ = drain_tx.send(Phase::Closing);
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                while tasks.join_next().await.is_some() {}
+            })
+            .await;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Draining,
+    Closing,
+}
+
+async fn serve_one<T: Transport>(
+    transport: T,
+    config: Config,
+    acceptor: Arc<dyn SocketAcceptor>,
+    mut phase: watch::Receiver<Phase>,
+) {
+    let (requester, driver) = match accept(transport, config, &*acceptor).await {
+        Ok(v) => v,
+        Err(e) => {
+            debug!(error = %e, "connection not established");
+            return;
+        }
+    };
+    let span = driver.span();
+    let mut driver = pin!(driver);
+    async move {
+        loop {
+            tokio::select! {
+                r = &mut driver => {
+                    if let Err(e) = r {
+                        debug!(error = %e, "connection ended");
+                    }
+                    return;
+                }
+                changed = phase.changed() => {
+                    if changed.is_err() {
+                        // The server is gone: close now.
+                        requester.close();
+                        continue;
+                    }
+                    match *phase.borrow_and_update() {
+                        Phase::Running => {}
+                        Phase::Draining => requester.start_drain(),
+                        Phase::Closing => requester.close_with(
+                            ErrorCode::CONNECTION_ERROR,
+                            "server shutting down",
+                        ),
+                    }
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}
