@@ -70,14 +70,11 @@ pub async fn accept<T: Transport>(
         .map_err(|e| ConnectionError::LimitExceeded(e.to_string()))?;
     let peer = transport.peer_info();
     let (mut reader, mut writer) = transport.split();
-    let first = match tokio::time::timeout(config.setup_timeout, reader.next()).await {
-        Ok(f) => f,
-        Err(_) => {
-            debug!("no SETUP within the setup timeout");
-            return Err(ConnectionError::LimitExceeded(
-                "no SETUP received in time".into(),
-            ));
-        }
+    let Ok(first) = tokio::time::timeout(config.setup_timeout, reader.next()).await else {
+        debug!("no SETUP within the setup timeout");
+        return Err(ConnectionError::LimitExceeded(
+            "no SETUP received in time".into(),
+        ));
     };
     let checked = match first {
         None => return Err(ConnectionError::ClosedByPeer),
@@ -228,7 +225,8 @@ impl Server {
         self.config.validate()?;
         let (drain_tx, drain_rx) = watch::channel(Phase::Running);
         let mut tasks = JoinSet::new();
-        let mut incoming = pin!(incoming.fuse());
+        // Boxed so that dropping it below closes the listener.
+        let mut incoming = Box::pin(incoming.fuse());
         let mut shutdown = pin!(shutdown.fuse());
         let mut accepting = true;
         loop {
