@@ -201,7 +201,8 @@ fn add_credit(credit: u64, n: u32) -> u64 {
 /// Outcome of a producer's readiness check.
 #[derive(Debug)]
 pub(crate) enum SendReady {
-    /// This many items may be sent now (at least 1).
+    /// This many items may be sent now (at least 1, or 0 when asked for
+    /// with `zero_ok`).
     Credit(u64),
     /// Stop producing: cancelled by the peer or the connection ended.
     Stopped,
@@ -976,7 +977,17 @@ impl Connection {
 
     /// Ready with the credit available when the producer may send, or with
     /// `Stopped` when it must give up.
-    pub(crate) fn poll_send_ready(&mut self, id: StreamId, cx: &Context<'_>) -> Poll<SendReady> {
+    ///
+    /// With `zero_ok`, a producer without credit gets `Credit(0)` (its waker
+    /// is registered for the next REQUEST_N): a requester's channel uses this
+    /// to look one item ahead, so that it can send COMPLETE, which needs no
+    /// credit, to a responder that never grants any.
+    pub(crate) fn poll_send_ready(
+        &mut self,
+        id: StreamId,
+        cx: &Context<'_>,
+        zero_ok: bool,
+    ) -> Poll<SendReady> {
         let has_space = self.has_space();
         let Some(s) = self
             .streams
@@ -990,6 +1001,13 @@ impl Connection {
         }
         if s.credit == 0 {
             register(&mut s.waker, cx);
+            if !zero_ok {
+                return Poll::Pending;
+            }
+            if has_space {
+                return Poll::Ready(SendReady::Credit(0));
+            }
+            self.wait_space(cx);
             return Poll::Pending;
         }
         if !has_space {

@@ -29,11 +29,14 @@ const WRITE_BUDGET: usize = 512;
 pub(crate) struct Shared {
     conn: Mutex<Connection>,
     pub(crate) span: Span,
+    /// `Config::default_prefetch`, readable without the lock.
+    pub(crate) default_prefetch: u32,
 }
 
 impl Shared {
     pub(crate) fn new(conn: Connection, span: Span) -> Arc<Self> {
         Arc::new(Self {
+            default_prefetch: conn.config().default_prefetch,
             conn: Mutex::new(conn),
             span,
         })

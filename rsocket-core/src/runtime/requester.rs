@@ -53,8 +53,7 @@ impl Requester {
     }
 
     fn window(&self) -> u32 {
-        self.prefetch
-            .unwrap_or_else(|| self.shared.lock().config().default_prefetch)
+        self.prefetch.unwrap_or(self.shared.default_prefetch)
     }
 
     /// Fire-and-forget: resolves once the frame is queued for sending (not
@@ -259,7 +258,13 @@ impl Inbound {
                         self.id = Some(id);
                         if let Some(rest) = self.outbound.take() {
                             drop(conn);
-                            Pump::spawn(self.shared.clone(), id, rest, Interaction::RequestChannel);
+                            Pump::spawn(
+                                self.shared.clone(),
+                                id,
+                                rest,
+                                Interaction::RequestChannel,
+                                true,
+                            );
                             conn = self.shared.lock();
                         }
                         id

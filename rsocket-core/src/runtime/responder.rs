@@ -69,13 +69,13 @@ pub(crate) fn dispatch(shared: &Arc<Shared>, responder: &Arc<dyn RSocket>, ev: E
                 Interaction::RequestStream => {
                     let stream = responder.request_stream(payload);
                     let _g = span.enter();
-                    Pump::spawn(shared.clone(), stream_id, stream, interaction);
+                    Pump::spawn(shared.clone(), stream_id, stream, interaction, false);
                 }
                 Interaction::RequestChannel => {
                     let inbound = ChannelInbound::new(shared.clone(), stream_id);
                     let stream = responder.request_channel(payload, inbound.boxed());
                     let _g = span.enter();
-                    Pump::spawn(shared.clone(), stream_id, stream, interaction);
+                    Pump::spawn(shared.clone(), stream_id, stream, interaction, false);
                 }
                 Interaction::FireAndForget => {}
             }
@@ -136,11 +136,19 @@ impl Drop for Respond {
 /// Sends a user stream's items on a stream, polling it only while the peer
 /// has granted credit and the outbound queue has room. Used for a
 /// responder's stream and channel output and a requester's channel output.
+///
+/// A requester's channel looks one item ahead when it has no credit: a Rust
+/// stream only reveals that it has ended when polled, and COMPLETE needs no
+/// credit, so without the look-ahead a channel whose responder never grants
+/// credit could never complete its outbound half. At most that one item is
+/// held.
 pub(crate) struct Pump {
     shared: Arc<Shared>,
     id: StreamId,
     stream: PayloadStream,
     batch: Vec<Payload>,
+    lookahead: bool,
+    held: Option<Payload>,
     released: bool,
 }
 
@@ -150,6 +158,7 @@ impl Pump {
         id: StreamId,
         stream: PayloadStream,
         interaction: Interaction,
+        local: bool,
     ) {
         let span = debug_span!("pump", id = id.get(), ?interaction);
         tokio::spawn(
@@ -158,6 +167,8 @@ impl Pump {
                 id,
                 stream,
                 batch: Vec::new(),
+                lookahead: local,
+                held: None,
                 released: false,
             }
             .instrument(span),
@@ -170,6 +181,28 @@ impl Pump {
             self.shared.lock().release_send(self.id);
         }
     }
+
+    /// Sends what was collected and, if the user stream ended, the terminal
+    /// frame. Returns true when the stream is finished.
+    fn flush(&mut self, end: Option<Result<(), RequestError>>) -> bool {
+        {
+            let mut conn = self.shared.lock();
+            match &end {
+                None => conn.send_items(self.id, &mut self.batch, false),
+                Some(Ok(())) => conn.send_items(self.id, &mut self.batch, true),
+                Some(Err(e)) => {
+                    conn.send_items(self.id, &mut self.batch, false);
+                    conn.send_error(self.id, &e.to_stream_error());
+                }
+            }
+        }
+        if end.is_some() {
+            self.release();
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Future for Pump {
@@ -178,7 +211,7 @@ impl Future for Pump {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
         for _ in 0..PUMP_ROUNDS {
-            let ready = this.shared.lock().poll_send_ready(this.id, cx);
+            let ready = this.shared.lock().poll_send_ready(this.id, cx, this.lookahead);
             let credit = match ready {
                 Poll::Ready(SendReady::Credit(c)) => c,
                 Poll::Ready(SendReady::Stopped) => {
@@ -187,7 +220,30 @@ impl Future for Pump {
                 }
                 Poll::Pending => return Poll::Pending,
             };
+            if credit == 0 {
+                // Look-ahead (requester channel only): hold one item, or
+                // complete without credit.
+                if this.held.is_some() {
+                    return Poll::Pending;
+                }
+                return match this.stream.poll_next_unpin(cx) {
+                    Poll::Ready(Some(Ok(p))) => {
+                        this.held = Some(p);
+                        Poll::Pending
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        this.flush(Some(Err(e)));
+                        Poll::Ready(())
+                    }
+                    Poll::Ready(None) => {
+                        this.flush(Some(Ok(())));
+                        Poll::Ready(())
+                    }
+                    Poll::Pending => Poll::Pending,
+                };
+            }
             let max = credit.min(PUMP_BATCH) as usize;
+            this.batch.extend(this.held.take());
             let mut end: Option<Result<(), RequestError>> = None;
             let mut pending = false;
             while this.batch.len() < max {
@@ -210,19 +266,7 @@ impl Future for Pump {
             if this.batch.is_empty() && end.is_none() {
                 return Poll::Pending;
             }
-            {
-                let mut conn = this.shared.lock();
-                match &end {
-                    None => conn.send_items(this.id, &mut this.batch, false),
-                    Some(Ok(())) => conn.send_items(this.id, &mut this.batch, true),
-                    Some(Err(e)) => {
-                        conn.send_items(this.id, &mut this.batch, false);
-                        conn.send_error(this.id, &e.to_stream_error());
-                    }
-                }
-            }
-            if end.is_some() {
-                this.release();
+            if this.flush(end) {
                 return Poll::Ready(());
             }
             if pending {
