@@ -53,3 +53,55 @@ async fn smoke() {
     let rejected = r.fire_and_forget(Payload::from("x")).await;
     assert!(rejected.is_ok());
 }
+
+struct Counting(Arc<std::sync::atomic::AtomicUsize>);
+impl RSocket for Counting {
+    fn request_response(
+        &self,
+        req: Payload,
+    ) -> BoxFuture<'static, Result<Option<Payload>, RequestError>> {
+        Box::pin(async move { Ok(Some(req)) })
+    }
+    fn request_stream(&self, _req: Payload) -> PayloadStream {
+        let produced = self.0.clone();
+        futures::stream::repeat_with(move || {
+            let i = produced.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Payload::from(i.to_string()))
+        })
+        .boxed()
+    }
+}
+
+#[tokio::test]
+async fn explicit_credit_is_exact() {
+    let produced = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (c, s) = memory_pair(64 * 1024);
+    let p = produced.clone();
+    let server = Server::new(move |_s, _r| {
+        let p = p.clone();
+        async move { Ok(Arc::new(Counting(p)) as Arc<dyn RSocket>) }
+    });
+    tokio::spawn(server.serve(
+        futures::stream::iter([Ok::<_, std::io::Error>(s)]),
+        futures::future::pending(),
+    ));
+    let r = ClientBuilder::new().connect(c).unwrap();
+    let mut stream = r.request_stream_with_credit(Payload::from("go"), 2);
+    for expected in ["0", "1"] {
+        assert_eq!(stream.next().await.unwrap().unwrap().data, expected);
+    }
+    stream.request(3);
+    for expected in ["2", "3", "4"] {
+        assert_eq!(stream.next().await.unwrap().unwrap().data, expected);
+    }
+    // Two round trips on the same connection: anything the producer made
+    // beyond the credit would have been sent before these answers.
+    for _ in 0..2 {
+        r.request_response(Payload::from("barrier")).await.unwrap();
+    }
+    assert_eq!(produced.load(std::sync::atomic::Ordering::SeqCst), 5);
+    assert_eq!(r.open_streams(), 1);
+    drop(stream);
+    r.request_response(Payload::from("barrier")).await.unwrap();
+    assert_eq!(r.open_streams(), 0);
+}

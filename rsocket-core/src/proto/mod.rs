@@ -110,6 +110,9 @@ struct RecvHalf {
     /// Whether the initial credit has been sent (a responder's channel
     /// inbound grants lazily, on first poll).
     granted: bool,
+    /// Credit is granted only by explicit [`Connection::request_credit`]
+    /// calls, not as items are consumed.
+    manual: bool,
     waker: Option<Waker>,
 }
 
@@ -122,6 +125,7 @@ impl RecvHalf {
             window,
             consumed: 0,
             granted,
+            manual: false,
             waker: None,
         }
     }
@@ -791,7 +795,8 @@ impl Connection {
                 self.push_control(Frame::Cancel(Cancel { stream_id: id }));
                 return;
             }
-            if r.window < MAX_U31 {
+            // At 2^31 - 1 credit is unbounded and is not counted down.
+            if r.outstanding < u64::from(MAX_U31) {
                 r.outstanding -= 1;
             }
             r.queue.push_back(payload);
@@ -823,12 +828,14 @@ impl Connection {
     }
 
     /// Opens a stream and queues its request frame(s). `window` is the
-    /// initial request-n for streams and channels.
+    /// initial request-n for streams and channels; with `manual`, credit is
+    /// only added by [`Connection::request_credit`].
     pub(crate) fn open(
         &mut self,
         interaction: Interaction,
         payload: Payload,
         window: u32,
+        manual: bool,
     ) -> Result<StreamId, RequestError> {
         match &self.state {
             State::Closed(e) => return Err(RequestError::Connection(e.clone())),
@@ -861,6 +868,10 @@ impl Connection {
                 Some(SendHalf::new(0)),
             ),
         };
+        let mut recv = recv;
+        if let Some(r) = recv.as_mut() {
+            r.manual = manual;
+        }
         if recv.is_some() || send.is_some() {
             self.streams.insert(
                 id.get(),
@@ -915,7 +926,7 @@ impl Connection {
             }
         }
         let item = if let Some(p) = r.queue.pop_front() {
-            if r.window < MAX_U31 && st.interaction != Interaction::RequestResponse {
+            if r.window < MAX_U31 && !r.manual && st.interaction != Interaction::RequestResponse {
                 r.consumed += 1;
                 if r.end.is_none() && r.consumed >= (r.window / 2).max(1) {
                     grant = r.consumed;
@@ -947,6 +958,31 @@ impl Connection {
             }
         }
         item
+    }
+
+    /// Grants the peer `n` more items on a stream opened with manual credit
+    /// (REQUEST_N). Ignored once the stream has ended.
+    pub(crate) fn request_credit(&mut self, id: StreamId, n: u32) {
+        let Some(st) = self.streams.get_mut(&id.get()) else {
+            return;
+        };
+        if st.terminated {
+            return;
+        }
+        let Some(r) = st.recv.as_mut() else {
+            return;
+        };
+        let Some(count) = RequestCount::new(n.min(MAX_U31)) else {
+            return;
+        };
+        if r.end.is_some() {
+            return;
+        }
+        r.outstanding = add_credit(r.outstanding, count.get());
+        self.push_control(Frame::RequestN(RequestN {
+            stream_id: id,
+            request_n: count,
+        }));
     }
 
     /// The consumer of an inbound half went away.

@@ -93,6 +93,21 @@ impl Requester {
         }
     }
 
+    /// Request/stream with explicit credit, like Reactive Streams'
+    /// `request(n)`: REQUEST_STREAM carries `initial` (at least 1) and more
+    /// is granted only by [`ResponseStream::request`]. Nothing is granted as
+    /// items are consumed, so at most the credit requested is ever buffered.
+    pub fn request_stream_with_credit(&self, request: Payload, initial: u32) -> ResponseStream {
+        let mut inner = Inbound::new(
+            self.shared.clone(),
+            Interaction::RequestStream,
+            request,
+            initial.clamp(1, crate::frame::MAX_U31),
+        );
+        inner.manual = true;
+        ResponseStream { inner }
+    }
+
     /// Request/channel: `first` goes in REQUEST_CHANNEL, `rest` is sent as
     /// the responder grants credit. The returned stream is the responder's
     /// half. Dropping it cancels the whole channel.
@@ -197,7 +212,7 @@ impl Future for OpenFuture {
         match conn.poll_open_ready(cx) {
             Poll::Ready(Ok(())) => {
                 let r = conn
-                    .open(Interaction::FireAndForget, request, 1)
+                    .open(Interaction::FireAndForget, request, 1, false)
                     .map(|_| ());
                 Poll::Ready(r)
             }
@@ -220,6 +235,9 @@ struct Inbound {
     window: u32,
     id: Option<StreamId>,
     outbound: Option<PayloadStream>,
+    manual: bool,
+    /// Credit requested before the stream was opened.
+    extra_credit: u32,
     done: bool,
 }
 
@@ -232,6 +250,8 @@ impl Inbound {
             window,
             id: None,
             outbound: None,
+            manual: false,
+            extra_credit: 0,
             done: false,
         }
     }
@@ -253,9 +273,12 @@ impl Inbound {
                     Poll::Pending => return Poll::Pending,
                 }
                 let request = self.request.take().unwrap_or_default();
-                match conn.open(self.interaction, request, self.window) {
+                match conn.open(self.interaction, request, self.window, self.manual) {
                     Ok(id) => {
                         self.id = Some(id);
+                        if self.extra_credit > 0 {
+                            conn.request_credit(id, std::mem::take(&mut self.extra_credit));
+                        }
                         if let Some(rest) = self.outbound.take() {
                             drop(conn);
                             Pump::spawn(
@@ -333,6 +356,24 @@ impl ResponseStream {
     /// The stream id, once the request has been sent.
     pub fn stream_id(&self) -> Option<StreamId> {
         self.inner.id
+    }
+}
+
+impl ResponseStream {
+    /// Grants the responder `n` more items (REQUEST_N). Meant for streams
+    /// from [`Requester::request_stream_with_credit`]; on other streams it
+    /// adds to the automatic window. Before the first poll it is added to
+    /// the initial request.
+    pub fn request(&mut self, n: u32) {
+        if n == 0 || self.inner.done {
+            return;
+        }
+        match self.inner.id {
+            Some(id) => self.inner.shared.lock().request_credit(id, n),
+            None => {
+                self.inner.extra_credit = self.inner.extra_credit.saturating_add(n);
+            }
+        }
     }
 }
 
