@@ -1,0 +1,111 @@
+//! Engine throughput without a network: request/response round trips and
+//! request/stream items over the in-memory transport, on a current-thread
+//! runtime (client, server and drivers share one thread).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use rsocket_core::{
+    memory_pair, ClientBuilder, Payload, PayloadStream, RSocket, RequestError, Requester, Server,
+};
+
+struct Bench;
+
+impl RSocket for Bench {
+    fn request_response(
+        &self,
+        req: Payload,
+    ) -> BoxFuture<'static, Result<Option<Payload>, RequestError>> {
+        Box::pin(futures::future::ready(Ok(Some(req))))
+    }
+
+    fn request_stream(&self, req: Payload) -> PayloadStream {
+        let n: usize = req.data_utf8().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let item = Payload::new(Bytes::from(vec![7u8; 64]));
+        futures::stream::iter(std::iter::repeat_n(item, n).map(Ok)).boxed()
+    }
+}
+
+fn setup(rt: &tokio::runtime::Runtime) -> Requester {
+    rt.block_on(async {
+        let (c, s) = memory_pair(256 * 1024);
+        let server = Server::new(|_s, _r| async { Ok(Arc::new(Bench) as Arc<dyn RSocket>) });
+        tokio::spawn(server.serve(
+            futures::stream::iter([Ok::<_, std::io::Error>(s)]),
+            futures::future::pending(),
+        ));
+        ClientBuilder::new().connect(c).expect("connect")
+    })
+}
+
+fn engine(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let requester = setup(&rt);
+    let payload = Payload::new(Bytes::from(vec![1u8; 64]));
+
+    let mut g = c.benchmark_group("memory");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("request_response_seq", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    requester
+                        .request_response(payload.clone())
+                        .await
+                        .expect("rr");
+                }
+                start.elapsed()
+            })
+        })
+    });
+    g.bench_function("request_response_c64", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                futures::stream::iter(0..iters)
+                    .map(|_| requester.request_response(payload.clone()))
+                    .buffer_unordered(64)
+                    .for_each(|r| {
+                        r.expect("rr");
+                        futures::future::ready(())
+                    })
+                    .await;
+                start.elapsed()
+            })
+        })
+    });
+    const ITEMS: u64 = 100_000;
+    g.throughput(Throughput::Elements(ITEMS));
+    g.bench_function("request_stream_100k_x64B", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    let n = requester
+                        .request_stream(Payload::from(ITEMS.to_string()))
+                        .fold(0u64, |n, r| {
+                            r.expect("item");
+                            futures::future::ready(n + 1)
+                        })
+                        .await;
+                    total += start.elapsed();
+                    assert_eq!(n, ITEMS);
+                }
+                total
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, engine);
+criterion_main!(benches);
