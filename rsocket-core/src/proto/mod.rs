@@ -759,7 +759,7 @@ impl Connection {
     fn on_payload_frame(&mut self, p: PayloadFrame) {
         let id = p.stream_id;
         let (next, complete) = (p.next, p.complete);
-        let Some((_, payload)) = self.reassemble(
+        let Some((kind, payload)) = self.reassemble(
             id,
             FragKind::Payload { next },
             p.payload,
@@ -767,7 +767,13 @@ impl Connection {
         ) else {
             return;
         };
-        self.on_payload(id, payload, next, complete);
+        match kind {
+            FragKind::Payload { .. } => self.on_payload(id, payload, next, complete),
+            // The last follow-up of a fragmented request: the request is
+            // whole now (C on a channel's last fragment completes its
+            // requester half).
+            request => self.on_request(id, request, payload, complete),
+        }
     }
 
     fn on_payload(&mut self, id: StreamId, payload: Payload, next: bool, complete: bool) {
@@ -1035,8 +1041,10 @@ impl Connection {
         if s.stopped || s.done {
             return Poll::Ready(SendReady::Stopped);
         }
+        // Registered even when credit is available: a producer whose user
+        // stream is pending must still be woken by CANCEL or close.
+        register(&mut s.waker, cx);
         if s.credit == 0 {
-            register(&mut s.waker, cx);
             if !zero_ok {
                 return Poll::Pending;
             }
@@ -1184,10 +1192,5 @@ impl Connection {
     /// Number of streams currently tracked (for tests and metrics).
     pub(crate) fn stream_count(&self) -> usize {
         self.streams.len()
-    }
-
-    #[cfg(test)]
-    pub(crate) fn set_next_stream_id(&mut self, next: u32) {
-        self.ids.set_next(next);
     }
 }

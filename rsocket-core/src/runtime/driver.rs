@@ -136,6 +136,18 @@ impl<T: Transport> ConnectionDriver<T> {
     }
 }
 
+/// A driver dropped before the connection ended (its task aborted, say)
+/// takes the transport with it: end the connection so that handles fail
+/// and responder tasks stop instead of waiting forever.
+impl<T: Transport> Drop for ConnectionDriver<T> {
+    fn drop(&mut self) {
+        let mut conn = self.shared.lock();
+        if conn.closed().is_none() {
+            conn.handle_transport_closed(ConnectionError::LocallyClosed);
+        }
+    }
+}
+
 impl<T: Transport> Future for ConnectionDriver<T> {
     type Output = Result<(), ConnectionError>;
 

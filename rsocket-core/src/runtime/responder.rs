@@ -263,6 +263,25 @@ impl Future for Pump {
                     }
                 }
             }
+            // Batch full (credit may be used up): a stream whose size hint
+            // says it has nothing left (e.g. one built from an iterator) is
+            // polled once more, so COMPLETE, which needs no credit, goes out
+            // with the last item instead of waiting for a REQUEST_N the
+            // requester may never send. Other streams are not polled
+            // without credit.
+            if end.is_none()
+                && !pending
+                && this.batch.len() == max
+                && this.stream.size_hint().1 == Some(0)
+            {
+                match this.stream.poll_next_unpin(cx) {
+                    Poll::Ready(None) => end = Some(Ok(())),
+                    Poll::Ready(Some(Err(e))) => end = Some(Err(e)),
+                    // The hint was wrong: keep the item for the next credit.
+                    Poll::Ready(Some(Ok(p))) => this.held = Some(p),
+                    Poll::Pending => pending = true,
+                }
+            }
             if this.batch.is_empty() && end.is_none() {
                 return Poll::Pending;
             }
