@@ -89,14 +89,37 @@ pub enum Frame {
 
 /// What is kept of a frame that decodes as [`Frame::Ignored`].
 ///
-/// Encoding it writes a bare header with the I flag, which decodes back to an
-/// equal `Ignored`.
+/// Encoding it writes a header with the I flag and, for the types where a
+/// bare header is itself a valid frame, the smallest malformed body
+/// (REQUEST_RESPONSE and REQUEST_FNF: the M flag without a metadata length;
+/// CANCEL: one extra byte). The bytes therefore decode back to an equal
+/// `Ignored`. The one value [`Frame::decode`] never produces, METADATA_PUSH
+/// on stream 0, has no such encoding and reads back as an empty
+/// METADATA_PUSH.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ignored {
     /// The raw 32-bit stream-id word.
     pub stream_id: u32,
     /// The frame type from the header.
     pub frame_type: FrameType,
+}
+
+impl Ignored {
+    /// Extra flags and number of zero body bytes that keep the encoded frame
+    /// malformed, so that it is ignored again on receipt.
+    fn filler(&self) -> (u16, usize) {
+        match self.frame_type {
+            FrameType::RequestResponse | FrameType::RequestFnf => (flags::METADATA, 0),
+            FrameType::Cancel => (0, 1),
+            _ => (0, 0),
+        }
+    }
+
+    fn encode(&self, dst: &mut impl BufMut) {
+        let (extra, body) = self.filler();
+        put_header(dst, self.stream_id, self.frame_type, flags::IGNORE | extra);
+        dst.put_bytes(0, body);
+    }
 }
 
 /// Why bytes are not a valid frame. One variant per failure.
@@ -504,7 +527,7 @@ impl Frame {
                 Self::Resume(f) => f.body_len(),
                 Self::ResumeOk(_) => 8,
                 Self::Ext(f) => 4 + payload_len(&f.payload),
-                Self::Ignored(_) => 0,
+                Self::Ignored(f) => f.filler().1,
             }
     }
 
@@ -532,7 +555,7 @@ impl Frame {
                 dst.put_u64(f.last_received_client_position);
             }
             Self::Ext(f) => f.encode(dst),
-            Self::Ignored(f) => put_header(dst, f.stream_id, f.frame_type, flags::IGNORE),
+            Self::Ignored(f) => f.encode(dst),
         }
     }
 
