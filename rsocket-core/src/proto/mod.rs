@@ -909,17 +909,39 @@ impl Connection {
 
     // ----- consumers of inbound halves ----------------------------------
 
-    /// Next inbound item of a stream, granting credit as items are consumed.
+    /// Moves up to `max` queued items of a stream into `into`, after
+    /// counting `consumed` items the caller has handed to its user since its
+    /// last call: consumption, not arrival, is what earns the peer more
+    /// credit, so a consumer that stops polling stops the producer. Ready
+    /// with `Some(Ok(()))` when items were moved, `None` at completion,
+    /// `Some(Err(_))` when the stream failed; both terminal answers release
+    /// the half.
     pub(crate) fn poll_recv(
         &mut self,
         id: StreamId,
         cx: &Context<'_>,
-    ) -> Poll<Option<Result<Payload, RequestError>>> {
+        consumed: u32,
+        max: usize,
+        into: &mut VecDeque<Payload>,
+    ) -> Poll<Option<Result<(), RequestError>>> {
+        self.poll_recv_inner(id, cx, consumed, max, into, true)
+    }
+
+    fn poll_recv_inner(
+        &mut self,
+        id: StreamId,
+        cx: &Context<'_>,
+        consumed: u32,
+        max: usize,
+        into: &mut VecDeque<Payload>,
+        take: bool,
+    ) -> Poll<Option<Result<(), RequestError>>> {
         let key = id.get();
         let Some(st) = self.streams.get_mut(&key) else {
             return Poll::Ready(None);
         };
         let terminated = st.terminated;
+        let rr = st.interaction == Interaction::RequestResponse;
         let Some(r) = st.recv.as_mut() else {
             return Poll::Ready(None);
         };
@@ -931,17 +953,17 @@ impl Connection {
                 grant = r.window;
             }
         }
-        let item = if let Some(p) = r.queue.pop_front() {
-            if r.window < MAX_U31 && !r.manual && st.interaction != Interaction::RequestResponse {
-                r.consumed += 1;
-                if r.end.is_none() && r.consumed >= (r.window / 2).max(1) {
-                    grant = r.consumed;
-                    r.outstanding += u64::from(r.consumed);
-                    r.consumed = 0;
-                }
+        if consumed > 0 && r.window < MAX_U31 && !r.manual && !rr {
+            r.consumed += consumed;
+            if r.end.is_none() && r.consumed >= (r.window / 2).max(1) {
+                grant = r.consumed;
+                r.outstanding += u64::from(r.consumed);
+                r.consumed = 0;
             }
-            Poll::Ready(Some(Ok(p)))
-        } else {
+        }
+        let result = if !take {
+            Poll::Pending
+        } else if r.queue.is_empty() {
             match r.end.take() {
                 Some(Ok(())) => Poll::Ready(None),
                 Some(Err(e)) => Poll::Ready(Some(Err(e))),
@@ -950,8 +972,12 @@ impl Connection {
                     Poll::Pending
                 }
             }
+        } else {
+            let n = max.clamp(1, r.queue.len());
+            into.extend(r.queue.drain(..n));
+            Poll::Ready(Some(Ok(())))
         };
-        if matches!(item, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+        if matches!(result, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
             // The terminal signal was delivered: the half is done.
             st.recv = None;
             self.maybe_remove(key);
@@ -963,7 +989,16 @@ impl Connection {
                 }));
             }
         }
-        item
+        result
+    }
+
+    /// Counts `n` items as handed to the user, replenishing credit when half
+    /// the window has been consumed.
+    pub(crate) fn report_consumed(&mut self, id: StreamId, n: u32) {
+        let mut noop = VecDeque::new();
+        let cx = Context::from_waker(Waker::noop());
+        // `max` 0 moves nothing; only the accounting and REQUEST_N happen.
+        let _ = self.poll_recv_inner(id, &cx, n, 0, &mut noop, false);
     }
 
     /// Grants the peer `n` more items on a stream opened with manual credit

@@ -1,5 +1,6 @@
 //! The requester handle and the futures and streams it returns.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,6 +17,9 @@ use crate::frame::{ErrorCode, StreamId};
 use crate::proto::Interaction;
 use crate::rsocket::{PayloadStream, RSocket};
 use crate::Payload;
+
+/// Items moved from the state machine to a consumer per lock.
+const RECV_BATCH: usize = 64;
 
 /// Sends requests over one connection. Cheap to clone; every clone talks to
 /// the same connection.
@@ -105,6 +109,7 @@ impl Requester {
             initial.clamp(1, crate::frame::MAX_U31),
         );
         inner.manual = true;
+        inner.threshold = 0;
         ResponseStream { inner }
     }
 
@@ -238,6 +243,15 @@ struct Inbound {
     manual: bool,
     /// Credit requested before the stream was opened.
     extra_credit: u32,
+    /// Items taken from the state machine in one lock, not yet handed out.
+    local: VecDeque<Payload>,
+    /// Items handed out and not yet reported to the state machine.
+    unreported: u32,
+    /// Items handed out since credit was last replenished, and the count
+    /// at which the state machine replenishes (half the window; 0: never).
+    /// Mirrors the state machine so that crossing it is reported at once.
+    since_grant: u32,
+    threshold: u32,
     done: bool,
 }
 
@@ -252,11 +266,51 @@ impl Inbound {
             outbound: None,
             manual: false,
             extra_credit: 0,
+            local: VecDeque::new(),
+            unreported: 0,
+            since_grant: 0,
+            threshold: if interaction == Interaction::RequestResponse
+                || window >= crate::frame::MAX_U31
+            {
+                0
+            } else {
+                (window / 2).max(1)
+            },
             done: false,
         }
     }
 
+    /// Counts an item handed to the user; reports consumption as soon as it
+    /// earns the peer more credit.
+    fn note_consumed(&mut self) {
+        self.unreported += 1;
+        if self.threshold == 0 {
+            return;
+        }
+        self.since_grant += 1;
+        if self.since_grant >= self.threshold {
+            self.since_grant = 0;
+            if let Some(id) = self.id {
+                let n = std::mem::take(&mut self.unreported);
+                self.shared.lock().report_consumed(id, n);
+            }
+        }
+    }
+
+    /// The inbound half of a channel this connection is responding to.
+    fn responder_channel(shared: Arc<Shared>, id: StreamId) -> Self {
+        let window = shared.default_prefetch;
+        let mut inbound = Self::new(shared, Interaction::RequestChannel, Payload::default(), window);
+        inbound.request = None;
+        inbound.id = Some(id);
+        inbound
+    }
+
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Payload, RequestError>>> {
+        if let Some(p) = self.local.pop_front() {
+            self.note_consumed();
+            return Poll::Ready(Some(Ok(p)));
+        }
         if self.done {
             return Poll::Ready(None);
         }
@@ -299,11 +353,28 @@ impl Inbound {
                 }
             }
         };
-        let r = conn.poll_recv(id, cx);
-        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            self.done = true;
+        let consumed = std::mem::take(&mut self.unreported);
+        match conn.poll_recv(id, cx, consumed, RECV_BATCH, &mut self.local) {
+            Poll::Ready(Some(Ok(()))) => {
+                drop(conn);
+                match self.local.pop_front() {
+                    Some(p) => {
+                        self.note_consumed();
+                        Poll::Ready(Some(Ok(p)))
+                    }
+                    None => Poll::Ready(None),
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.done = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
         }
-        r
     }
 }
 
@@ -397,17 +468,13 @@ impl Stream for ResponseStream {
 /// credit-aware (REQUEST_N is sent as it is polled), and dropping it before
 /// the end sends CANCEL, which closes only the requester's outbound half.
 pub(crate) struct ChannelInbound {
-    shared: Arc<Shared>,
-    id: StreamId,
-    done: bool,
+    inner: Inbound,
 }
 
 impl ChannelInbound {
     pub(crate) fn new(shared: Arc<Shared>, id: StreamId) -> Self {
         Self {
-            shared,
-            id,
-            done: false,
+            inner: Inbound::responder_channel(shared, id),
         }
     }
 }
@@ -416,19 +483,6 @@ impl Stream for ChannelInbound {
     type Item = Result<Payload, RequestError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        let r = self.shared.lock().poll_recv(self.id, cx);
-        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            self.done = true;
-        }
-        r
-    }
-}
-
-impl Drop for ChannelInbound {
-    fn drop(&mut self) {
-        self.shared.lock().release_recv(self.id);
+        self.inner.poll_next(cx)
     }
 }
