@@ -75,7 +75,12 @@ pub(crate) fn dispatch(shared: &Arc<Shared>, responder: &Arc<dyn RSocket>, ev: E
                     let inbound = ChannelInbound::new(shared.clone(), stream_id);
                     let stream = responder.request_channel(payload, inbound.boxed());
                     let _g = span.enter();
-                    Pump::spawn(shared.clone(), stream_id, stream, interaction, false);
+                    // Look ahead like a requester's channel: a channel's
+                    // output usually ends when its inbound does, which no
+                    // size hint tells, and a requester that grants exactly
+                    // as many credits as it expects items (as rsocket-py
+                    // clients may) must still get COMPLETE.
+                    Pump::spawn(shared.clone(), stream_id, stream, interaction, true);
                 }
                 Interaction::FireAndForget => {}
             }
@@ -137,11 +142,11 @@ impl Drop for Respond {
 /// has granted credit and the outbound queue has room. Used for a
 /// responder's stream and channel output and a requester's channel output.
 ///
-/// A requester's channel looks one item ahead when it has no credit: a Rust
-/// stream only reveals that it has ended when polled, and COMPLETE needs no
-/// credit, so without the look-ahead a channel whose responder never grants
-/// credit could never complete its outbound half. At most that one item is
-/// held.
+/// A channel (requester or responder side) looks one item ahead when it has
+/// no credit: a Rust stream only reveals that it has ended when polled, and
+/// COMPLETE needs no credit, so without the look-ahead a channel whose peer
+/// grants no more credit could never complete its outbound half. At most
+/// that one item is held.
 pub(crate) struct Pump {
     shared: Arc<Shared>,
     id: StreamId,
