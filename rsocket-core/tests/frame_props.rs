@@ -96,7 +96,7 @@ fn setup() -> impl Strategy<Value = Frame> {
     )
         .prop_map(
             |(version, keepalive, lifetime, resume_token, lease, md_mime, data_mime, payload)| {
-                Frame::Setup(Setup {
+                Frame::Setup(Box::new(Setup {
                     version,
                     keepalive_interval_ms: keepalive,
                     max_lifetime_ms: lifetime,
@@ -105,7 +105,7 @@ fn setup() -> impl Strategy<Value = Frame> {
                     metadata_mime_type: md_mime,
                     data_mime_type: data_mime,
                     payload,
-                })
+                }))
             },
         )
 }

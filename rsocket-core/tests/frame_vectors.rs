@@ -248,12 +248,12 @@ fn big_token() -> (Bytes, String) {
 
 #[test]
 fn s13_1_setup_octet_stream() {
-    let frame = Frame::Setup(plain_setup(
+    let frame = Frame::Setup(Box::new(plain_setup(
         30_000,
         90_000,
         "application/octet-stream",
         "application/octet-stream",
-    ));
+    )));
     known_answer_tcp(
         "00 00 44 00 00 00 00 04 00 00 01 00 00 00 00 75 30 00 01 5f 90 18 61 70 70 6c 69 63 61 74 69 6f
          6e 2f 6f 63 74 65 74 2d 73 74 72 65 61 6d 18 61 70 70 6c 69 63 61 74 69 6f 6e 2f 6f 63 74 65 74
@@ -307,7 +307,7 @@ fn s13_6_keepalive_and_reply() {
 
 #[test]
 fn s13_7_more_frames() {
-    let setup_mrl = Frame::Setup(Setup {
+    let setup_mrl = Frame::Setup(Box::new(Setup {
         version: Version::V1_0,
         keepalive_interval_ms: 500,
         max_lifetime_ms: 1500,
@@ -316,7 +316,7 @@ fn s13_7_more_frames() {
         metadata_mime_type: mime("x/m"),
         data_mime_type: mime("x/d"),
         payload: md_data("M", "D"),
-    });
+    }));
     let table: Vec<(&str, Frame)> = vec![
         ("00 00 00 01 24 00", cancel(1)),
         ("00 00 00 01 14 00 68 69", request_fnf(1, data("hi"))),
@@ -560,7 +560,7 @@ fn tck_resume_ok() {
 }
 
 fn tck_setup(resume_token: Option<Bytes>) -> Frame {
-    Frame::Setup(Setup {
+    Frame::Setup(Box::new(Setup {
         version: Version::V1_0,
         keepalive_interval_ms: 5,
         max_lifetime_ms: 500,
@@ -572,7 +572,7 @@ fn tck_setup(resume_token: Option<Bytes>) -> Frame {
             Bytes::from_static(&[5, 4, 3]),
             Bytes::from_static(&[1, 2, 3, 4]),
         ),
-    })
+    }))
 }
 
 const TCK_SETUP_TAIL: &str =
@@ -598,12 +598,12 @@ fn tck_setup_with_resume_token() {
 #[test]
 fn tck_connection_setup_feature() {
     // keepalive 500, lifetime 1500, composite metadata / text/plain, no flags.
-    let frame = Frame::Setup(plain_setup(
+    let frame = Frame::Setup(Box::new(plain_setup(
         500,
         1500,
         "message/x.rsocket.composite-metadata.v0",
         "text/plain",
-    ));
+    )));
     known_answer_tcp(
         "000045 00000000 0400 0001 0000 000001f4 000005dc
          27 6d6573736167652f782e72736f636b65742e636f6d706f736974652d6d657461646174612e7630
@@ -694,12 +694,12 @@ fn java_setup_frame_codec() {
         "000044 00000000 0400 0001 0000 00007530 00015f90
          18 6170706c69636174696f6e2f6f637465742d73747265616d
          18 6170706c69636174696f6e2f6f637465742d73747265616d",
-        &Frame::Setup(plain_setup(
+        &Frame::Setup(Box::new(plain_setup(
             30_000,
             90_000,
             "application/octet-stream",
             "application/octet-stream",
-        )),
+        ))),
     );
     // With a resume token and the lease flag (R + L, no metadata).
     let mut with_token = plain_setup(1, 2, "a", "b");
@@ -708,19 +708,19 @@ fn java_setup_frame_codec() {
     with_token.payload = data("x");
     known_answer_tcp(
         "00001b 00000000 04c0 0001 0000 00000001 00000002 0002 aabb 01 61 01 62 78",
-        &Frame::Setup(with_token),
+        &Frame::Setup(Box::new(with_token)),
     );
     // An R flag with an empty token keeps the token present.
     let mut empty_token = plain_setup(1, 2, "", "");
     empty_token.resume_token = Some(Bytes::new());
     known_answer(
         "00000000 0480 0001 0000 00000001 00000002 0000 00 00",
-        &Frame::Setup(empty_token),
+        &Frame::Setup(Box::new(empty_token)),
     );
     // Largest u31 intervals.
     known_answer(
         "00000000 0400 0001 0000 7fffffff 7fffffff 00 00",
-        &Frame::Setup(plain_setup(0x7FFF_FFFF, 0x7FFF_FFFF, "", "")),
+        &Frame::Setup(Box::new(plain_setup(0x7FFF_FFFF, 0x7FFF_FFFF, "", ""))),
     );
 }
 
@@ -753,7 +753,7 @@ fn java_version_codec() {
     let at = |major: u16, minor: u16| {
         let mut s = plain_setup(1, 1, "", "");
         s.version = Version { major, minor };
-        Frame::Setup(s)
+        Frame::Setup(Box::new(s))
     };
     known_answer("00000000 0400 0001 0000 00000001 00000001 00 00", &at(1, 0));
     // 4660.22136 = 0x1234.0x5678
@@ -794,7 +794,7 @@ fn header_word_for_every_type() {
         s.resume_token = resume.then(|| b("t"));
         s.lease = lease;
         s.payload = if meta { md_data("", "") } else { data("") };
-        Frame::Setup(s)
+        Frame::Setup(Box::new(s))
     };
     let rr = |md: bool, follows: bool| {
         Frame::RequestResponse(RequestResponse {

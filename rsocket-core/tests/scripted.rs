@@ -293,7 +293,7 @@ fn spawn_accept(
 /// A real server that has accepted the script's SETUP.
 async fn scripted_server(probe: &Arc<Probe>) -> (Raw, JoinHandle<Result<(), ConnectionError>>) {
     let (mut raw, task) = spawn_accept(Config::default(), probe_acceptor(probe));
-    send(&mut raw, Frame::Setup(good_setup())).await;
+    send(&mut raw, Frame::Setup(Box::new(good_setup()))).await;
     (raw, task)
 }
 
@@ -819,7 +819,7 @@ async fn setup_with_unsupported_version_is_invalid() {
         version: Version { major: 2, minor: 0 },
         ..good_setup()
     };
-    expect_setup_rejected(Frame::Setup(setup), ErrorCode::INVALID_SETUP).await;
+    expect_setup_rejected(Frame::Setup(Box::new(setup)), ErrorCode::INVALID_SETUP).await;
 }
 
 #[tokio::test]
@@ -828,7 +828,7 @@ async fn setup_with_lease_is_unsupported() {
         lease: true,
         ..good_setup()
     };
-    expect_setup_rejected(Frame::Setup(setup), ErrorCode::UNSUPPORTED_SETUP).await;
+    expect_setup_rejected(Frame::Setup(Box::new(setup)), ErrorCode::UNSUPPORTED_SETUP).await;
 }
 
 #[tokio::test]
@@ -837,7 +837,7 @@ async fn setup_with_resume_token_is_rejected() {
         resume_token: Some(Bytes::from_static(b"token")),
         ..good_setup()
     };
-    expect_setup_rejected(Frame::Setup(setup), ErrorCode::REJECTED_SETUP).await;
+    expect_setup_rejected(Frame::Setup(Box::new(setup)), ErrorCode::REJECTED_SETUP).await;
 }
 
 #[tokio::test]
@@ -876,7 +876,7 @@ async fn acceptor_rejection_is_flushed_before_close() {
     });
     let incoming = futures::stream::iter([Ok::<_, io::Error>(t)]);
     let serving = tokio::spawn(server.serve(incoming, futures::future::pending()));
-    send(&mut raw, Frame::Setup(good_setup())).await;
+    send(&mut raw, Frame::Setup(Box::new(good_setup()))).await;
     let message = assert_connection_error(&expect_frame(&mut raw).await, ErrorCode::REJECTED_SETUP);
     assert_eq!(message, "not welcome");
     expect_closed(&mut raw).await;
@@ -902,8 +902,8 @@ async fn protocol_violation_closes_only_that_connection() {
     tx.send(Ok(t1)).await.expect("server listening");
     let (t2, mut good) = raw_pair();
     tx.send(Ok(t2)).await.expect("server listening");
-    send(&mut bad, Frame::Setup(good_setup())).await;
-    send(&mut good, Frame::Setup(good_setup())).await;
+    send(&mut bad, Frame::Setup(Box::new(good_setup()))).await;
+    send(&mut good, Frame::Setup(Box::new(good_setup()))).await;
     server_barrier(&mut bad, 1).await;
 
     // PAYLOAD with neither N nor C is a protocol violation.
@@ -925,7 +925,7 @@ async fn protocol_violation_closes_only_that_connection() {
     // And the server still accepts new ones.
     let (t3, mut third) = raw_pair();
     tx.send(Ok(t3)).await.expect("server listening");
-    send(&mut third, Frame::Setup(good_setup())).await;
+    send(&mut third, Frame::Setup(Box::new(good_setup()))).await;
     server_barrier(&mut third, 1).await;
     assert!(!serving.is_finished());
 }
@@ -950,7 +950,7 @@ async fn stray_frames_are_ignored() {
     // METADATA_PUSH on a stream.
     send_bytes(&mut raw, &[0, 0, 0, 1, 0x31, 0x00, b'm']).await;
     // A second SETUP, and a LEASE (leasing is off).
-    send(&mut raw, Frame::Setup(good_setup())).await;
+    send(&mut raw, Frame::Setup(Box::new(good_setup()))).await;
     send_bytes(
         &mut raw,
         &[0, 0, 0, 0, 0x08, 0x00, 0, 0, 0x03, 0xe8, 0, 0, 0, 10],
@@ -1223,7 +1223,7 @@ async fn server_requests_client_over_memory_pair() {
 async fn server_requester_uses_even_stream_ids() {
     let (tx, mut rx) = tokio::sync::mpsc::channel(1);
     let (mut raw, _task) = spawn_accept(Config::default(), capturing_acceptor(tx));
-    send(&mut raw, Frame::Setup(good_setup())).await;
+    send(&mut raw, Frame::Setup(Box::new(good_setup()))).await;
     let to_client = prompt("acceptor", rx.recv()).await.expect("requester");
     let first = tokio::spawn(to_client.request_response(Payload::from("one")));
     assert_eq!(expect_frame(&mut raw).await, request_response(2, "one"));
@@ -1457,7 +1457,7 @@ async fn server_times_out_a_silent_client() {
         max_lifetime_ms: 3000,
         ..good_setup()
     };
-    send(&mut raw, Frame::Setup(setup)).await;
+    send(&mut raw, Frame::Setup(Box::new(setup))).await;
     server_barrier(&mut raw, 1).await;
     tokio::time::advance(Duration::from_millis(2999)).await;
     tokio::task::yield_now().await;
@@ -1495,7 +1495,7 @@ async fn requests_beyond_the_inbound_stream_limit_are_rejected() {
         ..Config::default()
     };
     let (mut raw, _task) = spawn_accept(config, probe_acceptor(&probe));
-    send(&mut raw, Frame::Setup(good_setup())).await;
+    send(&mut raw, Frame::Setup(Box::new(good_setup()))).await;
     send(&mut raw, request_response(1, "wait")).await;
     send(&mut raw, request_response(3, "x")).await;
     assert_stream_error(&expect_frame(&mut raw).await, 3, ErrorCode::REJECTED);
@@ -1516,7 +1516,7 @@ async fn graceful_shutdown_finishes_streams_then_closes() {
     let serving = tokio::spawn(server.serve(incoming, async move {
         let _ = stop_rx.await;
     }));
-    send(&mut raw, Frame::Setup(good_setup())).await;
+    send(&mut raw, Frame::Setup(Box::new(good_setup()))).await;
     send(&mut raw, request_response(1, "wait")).await;
     server_barrier(&mut raw, 3).await;
     stop_tx.send(()).expect("server running");

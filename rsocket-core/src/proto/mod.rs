@@ -271,7 +271,7 @@ impl Connection {
 
     /// Queues the client's SETUP; must be called before anything else.
     pub(crate) fn queue_setup(&mut self, setup: crate::frame::Setup) {
-        self.push(Frame::Setup(setup));
+        self.push(Frame::Setup(Box::new(setup)));
     }
 
     /// Draining and no stream left.

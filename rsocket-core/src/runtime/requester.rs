@@ -300,7 +300,12 @@ impl Inbound {
     /// The inbound half of a channel this connection is responding to.
     fn responder_channel(shared: Arc<Shared>, id: StreamId) -> Self {
         let window = shared.default_prefetch;
-        let mut inbound = Self::new(shared, Interaction::RequestChannel, Payload::default(), window);
+        let mut inbound = Self::new(
+            shared,
+            Interaction::RequestChannel,
+            Payload::default(),
+            window,
+        );
         inbound.request = None;
         inbound.id = Some(id);
         inbound

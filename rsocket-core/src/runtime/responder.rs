@@ -216,7 +216,10 @@ impl Future for Pump {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
         for _ in 0..PUMP_ROUNDS {
-            let ready = this.shared.lock().poll_send_ready(this.id, cx, this.lookahead);
+            let ready = this
+                .shared
+                .lock()
+                .poll_send_ready(this.id, cx, this.lookahead);
             let credit = match ready {
                 Poll::Ready(SendReady::Credit(c)) => c,
                 Poll::Ready(SendReady::Stopped) => {

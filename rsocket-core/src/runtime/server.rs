@@ -133,7 +133,7 @@ pub async fn accept<T: Transport>(
             });
         }
     };
-    let info = SetupInfo::from_frame(setup, peer);
+    let info = SetupInfo::from_frame(*setup, peer);
     let span = info_span!("rsocket.conn", side = "server", peer = ?info.peer.addr);
     let keepalive = KeepaliveParams {
         send_interval: None,
