@@ -1114,38 +1114,39 @@ impl Connection {
     /// Sends items (each spends one credit; callers never send more than
     /// [`SendReady::Credit`] allowed) and optionally completes in the last
     /// frame.
-    pub(crate) fn send_items(&mut self, id: StreamId, items: &mut Vec<Payload>, complete: bool) {
+    pub(crate) fn send_items(
+        &mut self,
+        id: StreamId,
+        items: impl ExactSizeIterator<Item = Payload>,
+        complete: bool,
+    ) {
         let Some(st) = self.streams.get_mut(&id.get()) else {
-            items.clear();
             return;
         };
         let Some(s) = st.send.as_mut() else {
-            items.clear();
             return;
         };
         if s.stopped || s.done {
-            items.clear();
             return;
         }
         let rr = st.interaction == Interaction::RequestResponse;
-        let n = items.len() as u64;
+        let count = items.len();
         if s.credit < u64::from(MAX_U31) {
-            s.credit = s.credit.saturating_sub(n);
+            s.credit = s.credit.saturating_sub(count as u64);
         }
-        if complete || rr {
+        let complete = complete || rr;
+        if complete {
             s.done = true;
         }
-        let count = items.len();
-        for (i, p) in items.drain(..).enumerate() {
-            let last = i + 1 == count;
-            let c = (complete || rr) && last;
-            let mtu = self.config.fragment_at();
+        let mtu = self.config.fragment_at();
+        for (i, p) in items.enumerate() {
+            let c = complete && i + 1 == count;
             fragment::fragment(FragKind::Payload { next: true }, id, p, c, mtu, |f| {
                 self.out_bytes += f.encoded_len();
                 self.out.push_back(f);
             });
         }
-        if count == 0 && (complete || rr) {
+        if count == 0 && complete {
             let f = Frame::Payload(PayloadFrame::complete(id));
             self.out_bytes += f.encoded_len();
             self.out.push_back(f);

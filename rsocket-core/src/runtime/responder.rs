@@ -113,8 +113,8 @@ impl Future for Respond {
         {
             let mut conn = self.shared.lock();
             match out {
-                Ok(Some(p)) => conn.send_items(self.id, &mut vec![p], true),
-                Ok(None) => conn.send_items(self.id, &mut Vec::new(), true),
+                Ok(Some(p)) => conn.send_items(self.id, std::iter::once(p), true),
+                Ok(None) => conn.send_items(self.id, std::iter::empty(), true),
                 Err(e) => conn.send_error(self.id, &e.to_stream_error()),
             }
         }
@@ -193,10 +193,10 @@ impl Pump {
         {
             let mut conn = self.shared.lock();
             match &end {
-                None => conn.send_items(self.id, &mut self.batch, false),
-                Some(Ok(())) => conn.send_items(self.id, &mut self.batch, true),
+                None => conn.send_items(self.id, self.batch.drain(..), false),
+                Some(Ok(())) => conn.send_items(self.id, self.batch.drain(..), true),
                 Some(Err(e)) => {
-                    conn.send_items(self.id, &mut self.batch, false);
+                    conn.send_items(self.id, self.batch.drain(..), false);
                     conn.send_error(self.id, &e.to_stream_error());
                 }
             }
