@@ -909,11 +909,11 @@ impl Connection {
 
     // ----- consumers of inbound halves ----------------------------------
 
-    /// Moves up to `max` queued items of a stream into `into`, after
+    /// Takes the next item and moves up to `max - 1` more into `into`, after
     /// counting `consumed` items the caller has handed to its user since its
     /// last call: consumption, not arrival, is what earns the peer more
     /// credit, so a consumer that stops polling stops the producer. Ready
-    /// with `Some(Ok(()))` when items were moved, `None` at completion,
+    /// with `Some(Ok(item))`, `None` at completion,
     /// `Some(Err(_))` when the stream failed; both terminal answers release
     /// the half.
     pub(crate) fn poll_recv(
@@ -923,7 +923,7 @@ impl Connection {
         consumed: u32,
         max: usize,
         into: &mut VecDeque<Payload>,
-    ) -> Poll<Option<Result<(), RequestError>>> {
+    ) -> Poll<Option<Result<Payload, RequestError>>> {
         self.poll_recv_inner(id, cx, consumed, max, into, true)
     }
 
@@ -935,7 +935,7 @@ impl Connection {
         max: usize,
         into: &mut VecDeque<Payload>,
         take: bool,
-    ) -> Poll<Option<Result<(), RequestError>>> {
+    ) -> Poll<Option<Result<Payload, RequestError>>> {
         let key = id.get();
         let Some(st) = self.streams.get_mut(&key) else {
             return Poll::Ready(None);
@@ -963,7 +963,13 @@ impl Connection {
         }
         let result = if !take {
             Poll::Pending
-        } else if r.queue.is_empty() {
+        } else if let Some(first) = r.queue.pop_front() {
+            // The first item is returned directly, so a single response
+            // never touches the caller's buffer.
+            let n = max.saturating_sub(1).min(r.queue.len());
+            into.extend(r.queue.drain(..n));
+            Poll::Ready(Some(Ok(first)))
+        } else {
             match r.end.take() {
                 Some(Ok(())) => Poll::Ready(None),
                 Some(Err(e)) => Poll::Ready(Some(Err(e))),
@@ -972,10 +978,6 @@ impl Connection {
                     Poll::Pending
                 }
             }
-        } else {
-            let n = max.clamp(1, r.queue.len());
-            into.extend(r.queue.drain(..n));
-            Poll::Ready(Some(Ok(())))
         };
         if matches!(result, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
             // The terminal signal was delivered: the half is done.

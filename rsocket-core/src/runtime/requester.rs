@@ -360,15 +360,10 @@ impl Inbound {
         };
         let consumed = std::mem::take(&mut self.unreported);
         match conn.poll_recv(id, cx, consumed, RECV_BATCH, &mut self.local) {
-            Poll::Ready(Some(Ok(()))) => {
+            Poll::Ready(Some(Ok(p))) => {
                 drop(conn);
-                match self.local.pop_front() {
-                    Some(p) => {
-                        self.note_consumed();
-                        Poll::Ready(Some(Ok(p)))
-                    }
-                    None => Poll::Ready(None),
-                }
+                self.note_consumed();
+                Poll::Ready(Some(Ok(p)))
             }
             Poll::Ready(Some(Err(e))) => {
                 self.done = true;
