@@ -69,7 +69,7 @@ pub enum ConnectionError {
     /// The peer closed the transport without an ERROR frame.
     #[error("connection closed by the peer")]
     ClosedByPeer,
-    /// The peer violated the protocol; we sent ERROR[CONNECTION_ERROR] and
+    /// The peer violated the protocol; we sent `ERROR[CONNECTION_ERROR]` and
     /// closed.
     #[error("protocol violation by the peer: {message}")]
     Protocol {

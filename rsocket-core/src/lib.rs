@@ -50,7 +50,7 @@ pub mod error;
 pub mod frame;
 pub mod metadata;
 pub mod payload;
-pub mod proto;
+mod proto;
 mod rsocket;
 #[cfg(feature = "runtime")]
 pub mod runtime;
@@ -59,6 +59,7 @@ pub use config::{Config, PeerInfo, SetupInfo, SetupParams};
 pub use error::{ConnectionError, Initiator, RequestError, StreamError};
 pub use frame::{ErrorCode, Frame, MimeType, RequestCount, StreamId};
 pub use payload::Payload;
+pub use proto::Interaction;
 pub use rsocket::{boxed, PayloadStream, RSocket, RejectAll};
 #[cfg(feature = "runtime")]
 pub use runtime::{

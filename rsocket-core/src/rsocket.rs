@@ -23,7 +23,7 @@ pub type PayloadStream = BoxStream<'static, Result<Payload, RequestError>>;
 
 /// Something that handles RSocket requests.
 ///
-/// Every method has a default that answers ERROR[REJECTED] ("not
+/// Every method has a default that answers `ERROR[REJECTED]` ("not
 /// processed"), so a responder implements only what it serves.
 ///
 /// Futures and streams are boxed because responders are stored as

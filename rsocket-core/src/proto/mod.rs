@@ -395,7 +395,7 @@ impl Connection {
     }
 
     /// Closes after a local limit or a peer's violation, telling the peer
-    /// with ERROR[CONNECTION_ERROR].
+    /// with `ERROR[CONNECTION_ERROR]`.
     fn fail(&mut self, err: ConnectionError) {
         if self.closed().is_some() {
             return;

@@ -133,7 +133,7 @@ impl Requester {
         self.shared.lock().metadata_push(metadata)
     }
 
-    /// Closes the connection at once: ERROR[CONNECTION_ERROR] to the peer,
+    /// Closes the connection at once: `ERROR[CONNECTION_ERROR]` to the peer,
     /// and every pending request on both sides fails.
     pub fn close(&self) {
         self.shared.lock().close(
@@ -151,7 +151,7 @@ impl Requester {
     }
 
     /// Stops new streams in both directions; the connection closes with
-    /// ERROR[CONNECTION_CLOSE] once the open ones have finished.
+    /// `ERROR[CONNECTION_CLOSE]` once the open ones have finished.
     pub(crate) fn start_drain(&self) {
         self.shared.lock().start_drain();
     }

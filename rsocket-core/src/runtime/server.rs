@@ -28,7 +28,7 @@ use crate::rsocket::RSocket;
 ///
 /// Implemented for closures `Fn(SetupInfo, Requester) -> impl Future<Output =
 /// Result<Arc<dyn RSocket>, StreamError>>`. A rejection is sent to the
-/// client as ERROR[REJECTED_SETUP] with the error's message.
+/// client as `ERROR[REJECTED_SETUP]` with the error's message.
 pub trait SocketAcceptor: Send + Sync + 'static {
     /// Accept or reject one connection.
     fn accept(
@@ -210,7 +210,7 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves; then stops accepting, lets open
-    /// streams finish (refusing new ones with ERROR[REJECTED]) for the grace
+    /// streams finish (refusing new ones with `ERROR[REJECTED]`) for the grace
     /// period, and closes what is left. Accept errors are logged and
     /// skipped.
     pub async fn serve<S, T>(
