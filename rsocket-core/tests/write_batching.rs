@@ -1,0 +1,75 @@
+//! The driver writes every ready frame and flushes once: a burst of small
+//! frames costs a handful of write calls, not one per frame.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::StreamExt;
+use rsocket_core::codec::FrameCodec;
+use rsocket_core::{ClientBuilder, Frame, Payload, StreamTransport};
+use tokio::io::AsyncWrite;
+use tokio_util::codec::FramedRead;
+
+/// Counts `poll_write` calls that wrote something.
+struct CountingWriter<W> {
+    inner: W,
+    writes: Arc<AtomicUsize>,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for CountingWriter<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_burst_of_small_frames_takes_few_writes() {
+    const BURST: usize = 1000;
+    let (ours, theirs) = tokio::io::duplex(1 << 20);
+    let (r, w) = tokio::io::split(ours);
+    let writes = Arc::new(AtomicUsize::new(0));
+    let transport = StreamTransport::new(
+        r,
+        CountingWriter {
+            inner: w,
+            writes: writes.clone(),
+        },
+    );
+    let requester = ClientBuilder::new().connect(transport).expect("connect");
+    // Queue the whole burst before the driver task gets to run.
+    for i in 0..BURST {
+        requester
+            .fire_and_forget(Payload::from(format!("m{i}")))
+            .await
+            .expect("queued");
+    }
+    let mut peer = FramedRead::new(theirs, FrameCodec::new());
+    let mut fnf = 0;
+    while fnf < BURST {
+        let bytes = peer.next().await.expect("frame").expect("codec");
+        if let Frame::RequestFnf(_) = Frame::decode(bytes).expect("decode") {
+            fnf += 1;
+        }
+    }
+    let n = writes.load(Ordering::SeqCst);
+    assert!(n <= 10, "{BURST} frames took {n} writes");
+}
