@@ -11,11 +11,14 @@ step() { printf '\n==> %s\n' "$*"; }
 step "format"
 cargo fmt --all -- --check
 
-step "clippy (all targets, warnings denied)"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+step "clippy (all targets, all features, warnings denied)"
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 step "tests"
 cargo test --workspace --locked
+
+step "TLS tests (rustls, certificates generated in the tests)"
+cargo test --locked -p rsocket-transport-tcp -p rsocket-transport-ws --features rsocket-transport-tcp/tls,rsocket-transport-ws/tls
 
 step "docs (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
@@ -27,3 +30,11 @@ step "quick start runs"
 timeout 120 cargo run --locked --example quickstart > target/quickstart.out
 grep -q '^done$' target/quickstart.out
 echo "quickstart ok"
+
+step "WebSocket example runs"
+timeout 120 cargo run --locked --example ws > target/ws-example.out
+grep -q '^done$' target/ws-example.out
+echo "ws example ok"
+
+step "interop"
+timeout 1800 interop/run.sh

@@ -1,7 +1,7 @@
 //! RSocket over TCP: frames carry the 24-bit length prefix
 //! (`rsocket_core::codec::FrameCodec`), `TCP_NODELAY` is on, and the peer
 //! address reaches the server's acceptor through
-//! [`PeerInfo`](rsocket_core::PeerInfo).
+//! [`PeerInfo`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -12,6 +12,9 @@
 //! # let _ = transport; Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
+
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use std::io;
 use std::net::SocketAddr;

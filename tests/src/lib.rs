@@ -157,6 +157,31 @@ impl TransportKind for Tcp {
     }
 }
 
+/// WebSocket on 127.0.0.1, port 0, path `/rsocket`: one frame per binary
+/// message.
+#[derive(Debug, Clone, Copy)]
+pub struct Ws;
+
+impl TransportKind for Ws {
+    type T = rsocket_transport_ws::WsClientTransport;
+
+    async fn start() -> io::Result<Listening<Self::T>> {
+        let listener = rsocket_transport_ws::WsListener::bind("127.0.0.1:0")
+            .await?
+            .with_path("/rsocket");
+        let url = format!("ws://{}/rsocket", listener.local_addr()?);
+        let connector = Connector::new(move || {
+            let url = url.clone();
+            async move {
+                rsocket_transport_ws::connect(&url)
+                    .await
+                    .map_err(io::Error::other)
+            }
+        });
+        Ok((listener.boxed(), connector))
+    }
+}
+
 /// A running [`Server`] on some transport.
 ///
 /// Every accepted connection's server-side [`Requester`] (the handle for

@@ -1,0 +1,273 @@
+//! Interop responder: serves the cross-implementation contract (see
+//! `docs/interop.md`) over TCP or WebSocket, so that rsocket-py and
+//! rsocket-js clients (and `interop_client`) can check this engine.
+//!
+//! ```text
+//! cargo run --release --example interop_server -- --transport tcp|ws \
+//!     --host 127.0.0.1 --port 0 [--fragment MTU]
+//! ```
+//!
+//! Once it accepts connections it prints exactly one line
+//! `READY <transport> <host> <port>` on stdout (port 0 picks a free port and
+//! the line carries the real one). It runs until SIGTERM or Ctrl-C.
+//!
+//! Contract, per connection:
+//! * request/response: `fnf-count`, `mp-count`, `mp-last`, `caps`, `fail`,
+//!   anything else is echoed as `echo:<data>` with the request's metadata;
+//! * fire-and-forget is counted, metadata push recorded;
+//! * request/stream `N` sends `0` .. `N-1` then completes; a negative or
+//!   non-numeric `N` fails with `bad n`;
+//! * request/channel upper-cases every inbound payload, the first included;
+//! * with composite metadata announced in SETUP, a routing entry must name
+//!   `echo`, `stream` or `channel` (matching the interaction).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{StreamExt, TryStreamExt};
+use rsocket_core::metadata::{CompositeMetadata, RoutingMetadata, WellKnownMimeType};
+use rsocket_core::{
+    Config, MimeType, Payload, PayloadStream, RSocket, RequestError, Server, SetupInfo, StreamError,
+};
+
+/// What one connection has seen.
+#[derive(Default)]
+struct ConnState {
+    fnf_count: AtomicU64,
+    mp_count: AtomicU64,
+    mp_last: Mutex<Option<Bytes>>,
+}
+
+/// The responder of one connection.
+struct Responder {
+    state: Arc<ConnState>,
+    /// SETUP announced composite metadata: routing entries are honoured.
+    routing: bool,
+}
+
+/// The route named by a request's metadata, if routing is on and the
+/// metadata holds a routing entry.
+fn route_of(routing: bool, payload: &Payload) -> Option<String> {
+    if !routing {
+        return None;
+    }
+    let metadata = payload.metadata.clone()?;
+    let entry = CompositeMetadata::new(metadata)
+        .find(WellKnownMimeType::MessageRSocketRouting)
+        .ok()??;
+    let tags = RoutingMetadata::new(entry).to_vec().ok()?;
+    // An empty routing entry names no route: it is an unknown route.
+    Some(
+        tags.first()
+            .map(|t| t.as_str().to_owned())
+            .unwrap_or_default(),
+    )
+}
+
+fn check_route(routing: bool, payload: &Payload, expected: &str) -> Result<(), StreamError> {
+    match route_of(routing, payload) {
+        Some(route) if route != expected => {
+            Err(StreamError::application(format!("unknown route: {route}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn failed_stream(e: StreamError) -> PayloadStream {
+    futures::stream::once(async move { Err(RequestError::from(e)) }).boxed()
+}
+
+impl Responder {
+    /// What this server supports. "fragmentation": fragmented requests are
+    /// reassembled (and replies fragmented with `--fragment`).
+    fn caps() -> String {
+        format!(
+            concat!(
+                r#"{{"impl": "rsocket-rust {}", "fragmentation": true, "metadataPush": true, "#,
+                r#""lease": false, "resume": false, "routing": true}}"#
+            ),
+            env!("CARGO_PKG_VERSION"),
+        )
+    }
+
+    fn answer(&self, request: Payload) -> Result<Payload, StreamError> {
+        check_route(self.routing, &request, "echo")?;
+        let reply = match &request.data[..] {
+            b"fnf-count" => Payload::from(self.state.fnf_count.load(Ordering::SeqCst).to_string()),
+            b"mp-count" => Payload::from(self.state.mp_count.load(Ordering::SeqCst).to_string()),
+            b"mp-last" => {
+                let last = self
+                    .state
+                    .mp_last
+                    .lock()
+                    .map_err(|_| StreamError::application("state poisoned"))?;
+                let mut data = b"mp:".to_vec();
+                data.extend_from_slice(last.as_deref().unwrap_or_default());
+                Payload::from(data)
+            }
+            b"caps" => Payload::from(Self::caps()),
+            b"fail" => return Err(StreamError::application("requested failure")),
+            data => {
+                let mut echoed = b"echo:".to_vec();
+                echoed.extend_from_slice(data);
+                Payload {
+                    metadata: request.metadata.clone(),
+                    data: echoed.into(),
+                }
+            }
+        };
+        Ok(reply)
+    }
+}
+
+impl RSocket for Responder {
+    fn request_response(
+        &self,
+        request: Payload,
+    ) -> BoxFuture<'static, Result<Option<Payload>, RequestError>> {
+        let reply = self.answer(request).map(Some).map_err(RequestError::from);
+        Box::pin(async move { reply })
+    }
+
+    fn fire_and_forget(&self, _request: Payload) -> BoxFuture<'static, Result<(), RequestError>> {
+        self.state.fnf_count.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn metadata_push(&self, metadata: Bytes) -> BoxFuture<'static, Result<(), RequestError>> {
+        if let Ok(mut last) = self.state.mp_last.lock() {
+            *last = Some(metadata);
+        }
+        self.state.mp_count.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn request_stream(&self, request: Payload) -> PayloadStream {
+        if let Err(e) = check_route(self.routing, &request, "stream") {
+            return failed_stream(e);
+        }
+        let n = request
+            .data_utf8()
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        match n {
+            // Items are produced only as the requester grants credit: the
+            // engine polls this stream only while credit is left.
+            Some(n) => futures::stream::iter(0..n)
+                .map(|i| Ok(Payload::from(i.to_string())))
+                .boxed(),
+            None => failed_stream(StreamError::application("bad n")),
+        }
+    }
+
+    fn request_channel(&self, first: Payload, rest: PayloadStream) -> PayloadStream {
+        if let Err(e) = check_route(self.routing, &first, "channel") {
+            return failed_stream(e);
+        }
+        futures::stream::once(async move { Ok(first) })
+            .chain(rest)
+            .map_ok(|p| Payload::from(String::from_utf8_lossy(&p.data).to_uppercase()))
+            .boxed()
+    }
+}
+
+struct Args {
+    transport: String,
+    host: String,
+    port: u16,
+    fragment: Option<usize>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        transport: "tcp".into(),
+        host: "127.0.0.1".into(),
+        port: 0,
+        fragment: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--transport" => args.transport = value()?,
+            "--host" => args.host = value()?,
+            "--port" => args.port = value()?.parse().context("--port")?,
+            "--fragment" => args.fragment = Some(value()?.parse().context("--fragment")?),
+            "-h" | "--help" => {
+                println!("interop_server --transport tcp|ws --host H --port P [--fragment MTU]");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    if args.transport != "tcp" && args.transport != "ws" {
+        bail!("--transport must be tcp or ws");
+    }
+    Ok(args)
+}
+
+fn ready(transport: &str, addr: SocketAddr) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "READY {transport} {} {}", addr.ip(), addr.port())?;
+    out.flush()?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let args = parse_args()?;
+    let config = Config {
+        mtu: args.fragment,
+        ..Config::default()
+    };
+    config.validate().context("--fragment")?;
+
+    let server = Server::new(move |setup: SetupInfo, _requester| async move {
+        let routing = setup.metadata_mime_type == MimeType::COMPOSITE_METADATA;
+        Ok(Arc::new(Responder {
+            state: Arc::default(),
+            routing,
+        }) as Arc<dyn RSocket>)
+    })
+    .config(config)
+    .grace_period(Duration::from_millis(200));
+
+    let bind = (args.host.as_str(), args.port);
+    match args.transport.as_str() {
+        "tcp" => {
+            let listener = rsocket_transport_tcp::TcpListener::bind(bind).await?;
+            ready("tcp", listener.local_addr()?)?;
+            server.serve(listener, shutdown_signal()).await?;
+        }
+        _ => {
+            let listener = rsocket_transport_ws::WsListener::bind(bind).await?;
+            ready("ws", listener.local_addr()?)?;
+            server.serve(listener, shutdown_signal()).await?;
+        }
+    }
+    Ok(())
+}

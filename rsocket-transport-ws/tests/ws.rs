@@ -1,0 +1,513 @@
+//! RSocket over WebSocket on ephemeral loopback ports: every interaction,
+//! the acceptor's view of the handshake, and the framing rules (text,
+//! close, size limit, permessage-deflate).
+
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use common::{raw_handshake, serve, within, Seen};
+use futures::{SinkExt, StreamExt, TryStreamExt};
+use rsocket_core::frame::{Setup, Version};
+use rsocket_core::{
+    ClientBuilder, ConnectionError, ErrorCode, Frame, MimeType, Payload, PeerInfo, RequestError,
+    Transport, TransportError,
+};
+use rsocket_transport_ws::tungstenite::protocol::Role;
+use rsocket_transport_ws::tungstenite::Message;
+use rsocket_transport_ws::{
+    connect, connect_with, IntoClientRequest, WsConfig, WsListener, WsTransport,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::WebSocketStream;
+
+async fn ws_server() -> (String, common::TestServer) {
+    let listener = WsListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .with_path("/rsocket");
+    let addr = listener.local_addr().unwrap();
+    (format!("ws://{addr}/rsocket"), serve(listener))
+}
+
+fn setup_frame() -> Frame {
+    Frame::Setup(Box::new(Setup {
+        version: Version::V1_0,
+        keepalive_interval_ms: 20_000,
+        max_lifetime_ms: 90_000,
+        resume_token: None,
+        lease: false,
+        metadata_mime_type: MimeType::OCTET_STREAM,
+        data_mime_type: MimeType::OCTET_STREAM,
+        payload: Payload::default(),
+    }))
+}
+
+fn encode(frame: &Frame) -> Bytes {
+    let mut buf = BytesMut::with_capacity(frame.encoded_len());
+    frame.encode(&mut buf);
+    buf.freeze()
+}
+
+#[tokio::test]
+async fn request_response() {
+    let (url, _server) = ws_server().await;
+    let client = ClientBuilder::new()
+        .connect(connect(&url).await.unwrap())
+        .unwrap();
+    for i in 0..10 {
+        let reply = within(client.request_response(Payload::from(format!("hello {i}"))))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply.data_utf8(), Some(format!("hello {i}").as_str()));
+    }
+    // A payload far above one TCP segment and tungstenite's read buffer.
+    let big = vec![7u8; 1 << 20];
+    let reply = within(client.request_response(Payload::from(big.clone())))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.data, big);
+}
+
+#[tokio::test]
+async fn stream_with_backpressure() {
+    let (url, server) = ws_server().await;
+    let client = ClientBuilder::new()
+        .connect(connect(&url).await.unwrap())
+        .unwrap();
+    let mut stream = client.with_prefetch(8).request_stream(Payload::from("100"));
+    let mut received = 0;
+    while let Some(item) = within(stream.next()).await {
+        let item = item.unwrap();
+        assert_eq!(item.data_utf8(), Some(received.to_string().as_str()));
+        received += 1;
+        // The producer is polled only with credit: it can never be more than
+        // one window ahead of what the client has taken.
+        let produced = server.produced.load(Ordering::SeqCst);
+        assert!(
+            produced <= received + 8 + 1, // one window, plus one look-ahead item at most
+            "producer ran ahead: {produced} produced, {received} received"
+        );
+    }
+    assert_eq!(received, 100);
+    assert_eq!(server.produced.load(Ordering::SeqCst), 100);
+}
+
+#[tokio::test]
+async fn channel() {
+    let (url, _server) = ws_server().await;
+    let client = ClientBuilder::new()
+        .connect(connect(&url).await.unwrap())
+        .unwrap();
+    let rest = futures::stream::iter((0..10).map(|i| Ok(Payload::from(format!("c{i}"))))).boxed();
+    let items: Vec<String> = within(
+        client
+            .request_channel(Payload::from("first"), rest)
+            .map_ok(|p| p.data_utf8().unwrap_or_default().to_owned())
+            .try_collect(),
+    )
+    .await
+    .unwrap();
+    let mut expected = vec!["FIRST".to_owned()];
+    expected.extend((0..10).map(|i| format!("C{i}")));
+    assert_eq!(items, expected);
+}
+
+#[tokio::test]
+async fn fire_and_forget_and_metadata_push() {
+    let (url, mut server) = ws_server().await;
+    let client = ClientBuilder::new()
+        .connect(connect(&url).await.unwrap())
+        .unwrap();
+    within(client.fire_and_forget(Payload::from("fnf-1")))
+        .await
+        .unwrap();
+    client
+        .metadata_push(Bytes::from_static(b"config=7"))
+        .unwrap();
+    match within(server.seen.recv()).await.unwrap() {
+        Seen::Fnf(data) => assert_eq!(data, "fnf-1"),
+        other => panic!("expected the fire-and-forget first, got {other:?}"),
+    }
+    match within(server.seen.recv()).await.unwrap() {
+        Seen::MetadataPush(m) => assert_eq!(&m[..], b"config=7"),
+        other => panic!("expected the metadata push, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn acceptor_sees_path_headers_and_peer_address() {
+    let (url, mut server) = ws_server().await;
+    let mut request = format!("{url}?tenant=7").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Authorization", "Bearer good".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("X-Custom", "Value".parse().unwrap());
+    let transport = connect_with(request, &WsConfig::default()).await.unwrap();
+    let local = transport.get_ref().local_addr().unwrap();
+    let client = ClientBuilder::new().connect(transport).unwrap();
+    let reply = within(client.request_response(Payload::from("ok")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.data_utf8(), Some("ok"));
+
+    let (setup, _requester) = within(server.setups.recv()).await.unwrap();
+    let peer: &PeerInfo = &setup.peer;
+    assert_eq!(peer.addr, Some(local));
+    assert_eq!(peer.path.as_deref(), Some("/rsocket?tenant=7"));
+    assert_eq!(peer.header("authorization"), Some("Bearer good"));
+    // Names are lower-cased, values kept.
+    assert!(
+        peer.headers
+            .iter()
+            .any(|(k, v)| k == "x-custom" && v == "Value"),
+        "{:?}",
+        peer.headers
+    );
+    assert!(peer.headers.iter().all(|(k, _)| *k == k.to_lowercase()));
+}
+
+#[tokio::test]
+async fn wrong_token_is_rejected_setup() {
+    let (url, _server) = ws_server().await;
+    let mut request = url.as_str().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", "Bearer wrong".parse().unwrap());
+    let transport = connect_with(request, &WsConfig::default()).await.unwrap();
+    let client = ClientBuilder::new().connect(transport).unwrap();
+    let err = within(client.request_response(Payload::from("x")))
+        .await
+        .unwrap_err();
+    match err {
+        RequestError::Connection(ConnectionError::SetupRejected { code, message, .. }) => {
+            assert_eq!(code, ErrorCode::REJECTED_SETUP);
+            assert!(message.contains("bad token"), "{message}");
+        }
+        other => panic!("expected REJECTED_SETUP, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn wrong_path_is_refused_with_404() {
+    let (url, _server) = ws_server().await;
+    let url = url.replace("/rsocket", "/elsewhere");
+    let err = connect(&url).await.unwrap_err();
+    assert_eq!(err.http_status(), Some(404), "{err}");
+}
+
+#[tokio::test]
+async fn wss_url_without_tls_is_an_error() {
+    let err = connect("wss://127.0.0.1:1/rsocket").await.unwrap_err();
+    assert!(
+        matches!(err, rsocket_transport_ws::WsError::InvalidRequest(_)),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn text_message_is_a_framing_error() {
+    let mut listener = WsListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = tokio::spawn(async move {
+        let (mut ws, _) = tokio_tungstenite::client_async(
+            format!("ws://{addr}/"),
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+        )
+        .await
+        .unwrap();
+        ws.send(Message::Binary(encode(&setup_frame())))
+            .await
+            .unwrap();
+        ws.send(Message::text("{\"hello\":1}")).await.unwrap();
+        // Keep the connection open until the server side is done.
+        while let Some(Ok(_)) = ws.next().await {}
+    });
+    let transport = within(listener.accept()).await.unwrap();
+    let (mut reader, _writer) = transport.split();
+    assert!(matches!(
+        within(reader.next()).await,
+        Some(Ok(Frame::Setup(_)))
+    ));
+    match within(reader.next()).await {
+        Some(Err(TransportError::Framing(msg))) => assert!(msg.contains("text"), "{msg}"),
+        other => panic!("expected a framing error, got {other:?}"),
+    }
+    assert!(reader.next().await.is_none(), "reader ends after the error");
+    drop((reader, _writer));
+    within(client).await.unwrap();
+}
+
+#[tokio::test]
+async fn text_message_closes_the_connection_with_an_error() {
+    let listener = WsListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut server = serve(listener);
+    let (mut ws, _) = tokio_tungstenite::client_async(
+        format!("ws://{addr}/"),
+        tokio::net::TcpStream::connect(addr).await.unwrap(),
+    )
+    .await
+    .unwrap();
+    ws.send(Message::Binary(encode(&setup_frame())))
+        .await
+        .unwrap();
+    let (_setup, requester) = within(server.setups.recv()).await.unwrap();
+    ws.send(Message::text("not a frame")).await.unwrap();
+    // The server ends the connection: we read its close (or the socket end).
+    loop {
+        match within(ws.next()).await {
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            // An ERROR frame before the close is fine.
+            Some(Ok(Message::Binary(_))) => {}
+            Some(Ok(other)) => panic!("unexpected message {other:?}"),
+        }
+    }
+    match requester.closed_reason() {
+        Some(ConnectionError::Protocol { code, message }) => {
+            assert_eq!(code, ErrorCode::CONNECTION_ERROR);
+            assert!(message.contains("text"), "{message}");
+        }
+        other => panic!("expected a connection error about text, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn close_frame_fails_pending_request() {
+    // A bare WebSocket server that answers nothing and sends a close frame
+    // once it has seen the request.
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (sock, _) = tcp.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(sock).await.unwrap();
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Message::Binary(b) = msg {
+                if let Ok(Frame::RequestResponse(_)) = Frame::decode(b) {
+                    ws.close(None).await.unwrap();
+                    break;
+                }
+            }
+        }
+        // Drain until the client is gone.
+        while let Some(Ok(_)) = ws.next().await {}
+    });
+    let client = ClientBuilder::new()
+        .connect(connect(&format!("ws://{addr}/")).await.unwrap())
+        .unwrap();
+    let err = within(client.request_response(Payload::from("never answered")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RequestError::Connection(ConnectionError::ClosedByPeer)),
+        "{err:?}"
+    );
+    // New requests fail the same way.
+    let err = within(client.request_response(Payload::from("late")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RequestError::Connection(_)), "{err:?}");
+    within(server).await.unwrap();
+}
+
+#[tokio::test]
+async fn oversized_message_is_rejected_from_its_header() {
+    let mut config = WsConfig::default();
+    config.max_frame_len = 1024;
+    let mut listener = WsListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .with_config(config);
+    let addr = listener.local_addr().unwrap();
+    // The listener performs the upgrade while it is polled.
+    let accepted = tokio::spawn(async move { listener.accept().await });
+    let (mut tcp, head) = raw_handshake(addr, "/", &[]).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // A masked binary WebSocket frame announcing 1 MiB, of which only 100
+    // bytes are ever sent: a server that buffered before checking the length
+    // would wait forever.
+    let announced: u64 = 1 << 20;
+    let mut frame = BytesMut::new();
+    frame.put_u8(0x82);
+    frame.put_u8(0x80 | 127);
+    frame.put_u64(announced);
+    frame.put_slice(&[1, 2, 3, 4]);
+    frame.put_slice(&[0u8; 100]);
+    tcp.write_all(&frame).await.unwrap();
+
+    let transport = within(accepted).await.unwrap().unwrap();
+    let (mut reader, _writer) = transport.split();
+    match within(reader.next()).await {
+        Some(Err(TransportError::FrameTooLarge { len, max })) => {
+            assert_eq!(len as u64, announced);
+            assert_eq!(max, 1024);
+        }
+        other => panic!("expected FrameTooLarge, got {other:?}"),
+    }
+    drop(tcp);
+}
+
+#[tokio::test]
+async fn oversized_message_ends_a_served_connection() {
+    let mut config = WsConfig::default();
+    config.max_frame_len = 1024;
+    let listener = WsListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .with_config(config);
+    let addr = listener.local_addr().unwrap();
+    let mut server = serve(listener);
+    let (mut ws, _) = tokio_tungstenite::client_async(
+        format!("ws://{addr}/"),
+        tokio::net::TcpStream::connect(addr).await.unwrap(),
+    )
+    .await
+    .unwrap();
+    ws.send(Message::Binary(encode(&setup_frame())))
+        .await
+        .unwrap();
+    let (_setup, requester) = within(server.setups.recv()).await.unwrap();
+    ws.send(Message::Binary(Bytes::from(vec![0u8; 4096])))
+        .await
+        .unwrap();
+    loop {
+        match within(ws.next()).await {
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            // An ERROR frame before the close is fine.
+            Some(Ok(Message::Binary(_))) => {}
+            Some(Ok(other)) => panic!("unexpected message {other:?}"),
+        }
+    }
+    assert!(requester.closed_reason().is_some());
+}
+
+#[tokio::test]
+async fn permessage_deflate_offer_is_declined_and_connection_works() {
+    let (url, mut server) = ws_server().await;
+    let addr = url
+        .trim_start_matches("ws://")
+        .trim_end_matches("/rsocket")
+        .parse()
+        .unwrap();
+    // What Node's `ws` and browsers offer.
+    let (tcp, head) = raw_handshake(
+        addr,
+        "/rsocket",
+        &[(
+            "Sec-WebSocket-Extensions",
+            "permessage-deflate; client_max_window_bits",
+        )],
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("sec-websocket-extensions"),
+        "the server must not accept an extension: {head}"
+    );
+    // Uncompressed RSocket over the upgraded socket.
+    let ws = WebSocketStream::from_raw_socket(tcp, Role::Client, None).await;
+    let transport = WsTransport::new(ws, PeerInfo::default());
+    let client = ClientBuilder::new().connect(transport).unwrap();
+    let reply = within(client.request_response(Payload::from("plain")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.data_utf8(), Some("plain"));
+    let (setup, _) = within(server.setups.recv()).await.unwrap();
+    assert!(setup
+        .peer
+        .header("sec-websocket-extensions")
+        .is_some_and(|v| v.contains("permessage-deflate")));
+}
+
+#[tokio::test]
+async fn compressed_message_is_a_connection_error() {
+    // A peer that compresses anyway (RSV1 set) without negotiating it.
+    let mut listener = WsListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = tokio::spawn(async move { listener.accept().await });
+    let (mut tcp, _head) = raw_handshake(addr, "/", &[]).await;
+    let mut frame = BytesMut::new();
+    frame.put_u8(0x80 | 0x40 | 0x02); // FIN, RSV1, binary
+    frame.put_u8(0x80 | 4);
+    frame.put_slice(&[0, 0, 0, 0]); // zero mask
+    frame.put_slice(&[1, 2, 3, 4]);
+    tcp.write_all(&frame).await.unwrap();
+    let transport = within(accepted).await.unwrap().unwrap();
+    let (mut reader, _writer) = transport.split();
+    assert!(
+        matches!(
+            within(reader.next()).await,
+            Some(Err(TransportError::Framing(_)))
+        ),
+        "a compressed message must not be taken for a frame"
+    );
+}
+
+#[tokio::test]
+async fn stalled_handshake_does_not_block_other_accepts() {
+    let (url, _server) = ws_server().await;
+    let addr = url
+        .trim_start_matches("ws://")
+        .trim_end_matches("/rsocket")
+        .to_owned();
+    // Connects and never sends its upgrade request.
+    let _stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let client = ClientBuilder::new()
+        .connect(within(connect(&url)).await.unwrap())
+        .unwrap();
+    let reply = within(client.request_response(Payload::from("still served")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.data_utf8(), Some("still served"));
+}
+
+#[tokio::test]
+async fn stalled_handshake_times_out() {
+    let mut config = WsConfig::default();
+    config.handshake_timeout = std::time::Duration::from_millis(200);
+    let listener = WsListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .with_config(config);
+    let addr = listener.local_addr().unwrap();
+    let _server = serve(listener);
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The server drops the connection: our read ends.
+    let mut buf = [0u8; 16];
+    let n = within(stalled.read(&mut buf)).await.unwrap_or(0);
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn server_close_ends_client_cleanly() {
+    let (url, mut server) = ws_server().await;
+    let client = ClientBuilder::new()
+        .connect(connect(&url).await.unwrap())
+        .unwrap();
+    within(client.request_response(Payload::from("x")))
+        .await
+        .unwrap();
+    let (_setup, server_side) = within(server.setups.recv()).await.unwrap();
+    server_side.close();
+    // The client sees the connection end and fails new requests.
+    let err = within(async {
+        loop {
+            match client.request_response(Payload::from("y")).await {
+                Err(e) => break e,
+                Ok(_) => tokio::task::yield_now().await,
+            }
+        }
+    })
+    .await;
+    assert!(matches!(err, RequestError::Connection(_)), "{err:?}");
+}
