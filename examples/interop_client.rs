@@ -583,7 +583,7 @@ async fn main() -> anyhow::Result<()> {
     // This engine has neither leasing nor resumption: say so, and what the
     // server claims.
     let lease = format!(
-        "rsocket-rust client has no lease support (server lease={})",
+        "rsocket-rs client has no lease support (server lease={})",
         ctx.caps.lease
     );
     run_case("lease", timeout, &mut totals, async {
@@ -591,7 +591,7 @@ async fn main() -> anyhow::Result<()> {
     })
     .await;
     let resume = format!(
-        "rsocket-rust client has no resumption support (server resume={})",
+        "rsocket-rs client has no resumption support (server resume={})",
         ctx.caps.resume
     );
     run_case("resume", timeout, &mut totals, async {

@@ -89,7 +89,7 @@ impl Responder {
     fn caps() -> String {
         format!(
             concat!(
-                r#"{{"impl": "rsocket-rust {}", "fragmentation": true, "metadataPush": true, "#,
+                r#"{{"impl": "rsocket-rs {}", "fragmentation": true, "metadataPush": true, "#,
                 r#""lease": false, "resume": false, "routing": true}}"#
             ),
             env!("CARGO_PKG_VERSION"),

@@ -54,12 +54,18 @@ impl RSocket for ServerResponder {
     }
 
     fn metadata_push(&self, metadata: Bytes) -> BoxFuture<'static, Result<(), RequestError>> {
-        println!("server: metadata push {:?}", String::from_utf8_lossy(&metadata));
+        println!(
+            "server: metadata push {:?}",
+            String::from_utf8_lossy(&metadata)
+        );
         Box::pin(async { Ok(()) })
     }
 
     fn request_stream(&self, request: Payload) -> PayloadStream {
-        let count: usize = request.data_utf8().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let count: usize = request
+            .data_utf8()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         // Each item is produced only when the pump polls, which it does only
         // while the client has granted credit.
         futures::stream::iter(0..count)
@@ -115,7 +121,10 @@ async fn main() -> anyhow::Result<()> {
         async move {
             println!(
                 "server: SETUP from {:?}, data {} / metadata {}, keepalive {:?}",
-                setup.peer.addr, setup.data_mime_type, setup.metadata_mime_type, setup.keepalive_interval
+                setup.peer.addr,
+                setup.data_mime_type,
+                setup.metadata_mime_type,
+                setup.keepalive_interval
             );
             // Keep the requester pointing back at the client.
             let _ = callback_tx.send(client).await;
@@ -123,9 +132,12 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server_task = tokio::spawn(server.grace_period(Duration::from_secs(2)).serve(listener, async {
-        let _ = stop_rx.await;
-    }));
+    let server_task = tokio::spawn(server.grace_period(Duration::from_secs(2)).serve(
+        listener,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
 
     // --- client -----------------------------------------------------------
     let client = ClientBuilder::new()
@@ -135,7 +147,10 @@ async fn main() -> anyhow::Result<()> {
 
     // request/response
     let reply = client.request_response(Payload::from("world")).await?;
-    println!("client: request/response -> {:?}", reply.as_ref().and_then(Payload::data_utf8));
+    println!(
+        "client: request/response -> {:?}",
+        reply.as_ref().and_then(Payload::data_utf8)
+    );
     match client.request_response(Payload::from("fail")).await {
         Err(e) => println!("client: request/response error -> {e}"),
         Ok(r) => println!("client: unexpected success {r:?}"),
@@ -165,11 +180,20 @@ async fn main() -> anyhow::Result<()> {
     println!("client: request/channel -> {echoed:?}");
 
     // the server calls the client over the same connection
-    let back = callback_rx.recv().await.ok_or_else(|| anyhow::anyhow!("no callback"))?;
+    let back = callback_rx
+        .recv()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no callback"))?;
     let answer = back.request_response(Payload::from("how are you?")).await?;
-    println!("server: client answered {:?}", answer.as_ref().and_then(Payload::data_utf8));
+    println!(
+        "server: client answered {:?}",
+        answer.as_ref().and_then(Payload::data_utf8)
+    );
 
-    println!("server: {} fire-and-forget received", fnf_count.load(Ordering::SeqCst));
+    println!(
+        "server: {} fire-and-forget received",
+        fnf_count.load(Ordering::SeqCst)
+    );
 
     // graceful shutdown
     let _ = stop_tx.send(());
