@@ -25,15 +25,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{Stream, StreamExt};
+use rsocket_core::runtime::Handshakes;
 use rsocket_core::{PeerInfo, StreamTransport};
 use rustls::pki_types::ServerName;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use tracing::debug;
 
 pub use rustls;
 pub use tokio_rustls;
@@ -91,7 +89,7 @@ pub struct TlsListener {
     acceptor: TlsAcceptor,
     handshake_timeout: Duration,
     max_pending: usize,
-    pending: FuturesUnordered<BoxFuture<'static, (SocketAddr, io::Result<TlsServerTransport>)>>,
+    handshakes: Handshakes<TlsServerTransport>,
 }
 
 impl fmt::Debug for TlsListener {
@@ -100,7 +98,7 @@ impl fmt::Debug for TlsListener {
             .field("local_addr", &self.inner.local_addr().ok())
             .field("handshake_timeout", &self.handshake_timeout)
             .field("max_pending", &self.max_pending)
-            .field("pending_handshakes", &self.pending.len())
+            .field("pending_handshakes", &self.handshakes.len())
             .finish_non_exhaustive()
     }
 }
@@ -122,19 +120,22 @@ impl TlsListener {
             acceptor: tls.into(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_pending: DEFAULT_MAX_PENDING,
-            pending: FuturesUnordered::new(),
+            handshakes: Handshakes::new("TLS", DEFAULT_MAX_PENDING, DEFAULT_HANDSHAKE_TIMEOUT),
         }
     }
 
     /// Time allowed for one TLS handshake; slower connections are dropped.
     pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
+        self.handshakes.set_limits(self.max_pending, timeout);
         self
     }
 
     /// Handshakes in progress at once (at least 1).
     pub fn with_max_pending_handshakes(mut self, max: usize) -> Self {
         self.max_pending = max.max(1);
+        self.handshakes
+            .set_limits(self.max_pending, self.handshake_timeout);
         self
     }
 
@@ -153,30 +154,6 @@ impl TlsListener {
             )),
         }
     }
-
-    fn start_handshake(&mut self, tcp: TcpStream, addr: SocketAddr) {
-        let acceptor = self.acceptor.clone();
-        let timeout = self.handshake_timeout;
-        let fut = async move {
-            tcp.set_nodelay(true)?;
-            let tls = acceptor.accept(tcp).await?;
-            let (r, w) = tokio::io::split(tls);
-            Ok(StreamTransport::new(r, w).with_peer_info(PeerInfo::from_addr(addr)))
-        };
-        self.pending.push(
-            async move {
-                let result = match tokio::time::timeout(timeout, fut).await {
-                    Ok(r) => r,
-                    Err(_) => Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "TLS handshake timed out",
-                    )),
-                };
-                (addr, result)
-            }
-            .boxed(),
-        );
-    }
 }
 
 impl Stream for TlsListener {
@@ -184,23 +161,20 @@ impl Stream for TlsListener {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        loop {
-            // At the limit no accept waker is registered; a finishing
-            // handshake wakes us instead.
-            while this.pending.len() < this.max_pending {
-                match this.inner.poll_accept(cx) {
-                    Poll::Ready(Ok((tcp, addr))) => this.start_handshake(tcp, addr),
-                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
-                    Poll::Pending => break,
+        let inner = &this.inner;
+        let acceptor = &this.acceptor;
+        this.handshakes.poll_next(
+            cx,
+            |cx| inner.poll_accept(cx),
+            |tcp: TcpStream, addr| {
+                let acceptor = acceptor.clone();
+                async move {
+                    tcp.set_nodelay(true)?;
+                    let tls = acceptor.accept(tcp).await?;
+                    let (r, w) = tokio::io::split(tls);
+                    Ok(StreamTransport::new(r, w).with_peer_info(PeerInfo::from_addr(addr)))
                 }
-            }
-            match this.pending.poll_next_unpin(cx) {
-                Poll::Ready(Some((_, Ok(transport)))) => return Poll::Ready(Some(Ok(transport))),
-                Poll::Ready(Some((addr, Err(e)))) => {
-                    debug!(%addr, error = %e, "TLS handshake failed");
-                }
-                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
-            }
-        }
+            },
+        )
     }
 }

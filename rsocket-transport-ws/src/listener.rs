@@ -8,14 +8,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
-use futures::stream::FuturesUnordered;
 use futures::{FutureExt, Stream, StreamExt};
+use rsocket_core::runtime::Handshakes;
 use rsocket_core::PeerInfo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
-use tracing::debug;
 
 use crate::transport::WsTransport;
 use crate::{header_list, WsConfig};
@@ -44,7 +43,7 @@ pub struct WsListener<S = TcpStream> {
     path: Option<Arc<str>>,
     config: WsConfig,
     upgrade: Upgrade<S>,
-    pending: FuturesUnordered<BoxFuture<'static, (SocketAddr, io::Result<WsTransport<S>>)>>,
+    handshakes: Handshakes<WsTransport<S>>,
 }
 
 impl<S> fmt::Debug for WsListener<S> {
@@ -53,7 +52,7 @@ impl<S> fmt::Debug for WsListener<S> {
             .field("local_addr", &self.inner.local_addr().ok())
             .field("path", &self.path)
             .field("config", &self.config)
-            .field("pending_handshakes", &self.pending.len())
+            .field("pending_handshakes", &self.handshakes.len())
             .finish_non_exhaustive()
     }
 }
@@ -74,7 +73,7 @@ impl WsListener<TcpStream> {
             path: None,
             config: WsConfig::default(),
             upgrade: Arc::new(|tcp| futures::future::ready(Ok(tcp)).boxed()),
-            pending: FuturesUnordered::new(),
+            handshakes: handshakes(&WsConfig::default()),
         }
     }
 }
@@ -88,9 +87,9 @@ where
         WsListener {
             inner: self.inner,
             path: self.path,
+            handshakes: handshakes(&self.config),
             config: self.config,
             upgrade,
-            pending: FuturesUnordered::new(),
         }
     }
 
@@ -103,6 +102,8 @@ where
 
     /// Frame limit, handshake timeout and concurrency.
     pub fn with_config(mut self, config: WsConfig) -> Self {
+        self.handshakes
+            .set_limits(config.max_pending_handshakes, config.handshake_timeout);
         self.config = config;
         self
     }
@@ -122,31 +123,14 @@ where
             )),
         }
     }
+}
 
-    fn start_handshake(&mut self, tcp: TcpStream, addr: SocketAddr) {
-        let upgrade = self.upgrade.clone();
-        let path = self.path.clone();
-        let config = self.config.clone();
-        let timeout = config.handshake_timeout;
-        let fut = async move {
-            tcp.set_nodelay(true)?;
-            let stream = upgrade(tcp).await?;
-            server_handshake(stream, addr, path, &config).await
-        };
-        self.pending.push(
-            async move {
-                let result = match tokio::time::timeout(timeout, fut).await {
-                    Ok(r) => r,
-                    Err(_) => Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "WebSocket handshake timed out",
-                    )),
-                };
-                (addr, result)
-            }
-            .boxed(),
-        );
-    }
+fn handshakes<S>(config: &WsConfig) -> Handshakes<WsTransport<S>> {
+    Handshakes::new(
+        "WebSocket",
+        config.max_pending_handshakes,
+        config.handshake_timeout,
+    )
 }
 
 /// The server side of the upgrade: checks the path, records what the
@@ -205,25 +189,21 @@ where
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        loop {
-            // Start handshakes for every waiting connection, up to the limit.
-            // At the limit no accept waker is registered; a finishing
-            // handshake wakes us instead.
-            while this.pending.len() < this.config.max_pending_handshakes.max(1) {
-                match this.inner.poll_accept(cx) {
-                    Poll::Ready(Ok((tcp, addr))) => this.start_handshake(tcp, addr),
-                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
-                    Poll::Pending => break,
+        let inner = &this.inner;
+        let (upgrade, path, config) = (&this.upgrade, &this.path, &this.config);
+        this.handshakes.poll_next(
+            cx,
+            |cx| inner.poll_accept(cx),
+            |tcp: TcpStream, addr| {
+                let upgrade = upgrade.clone();
+                let path = path.clone();
+                let config = config.clone();
+                async move {
+                    tcp.set_nodelay(true)?;
+                    let stream = upgrade(tcp).await?;
+                    server_handshake(stream, addr, path, &config).await
                 }
-            }
-            match this.pending.poll_next_unpin(cx) {
-                Poll::Ready(Some((_, Ok(transport)))) => return Poll::Ready(Some(Ok(transport))),
-                Poll::Ready(Some((addr, Err(e)))) => {
-                    debug!(%addr, error = %e, "WebSocket handshake failed");
-                }
-                // Empty (the accept above registered the waker) or waiting.
-                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
-            }
-        }
+            },
+        )
     }
 }

@@ -12,6 +12,7 @@
 //! ```
 
 mod driver;
+mod handshake;
 mod requester;
 mod responder;
 mod server;
@@ -23,6 +24,7 @@ use std::time::Instant as StdInstant;
 use tracing::info_span;
 
 pub use driver::ConnectionDriver;
+pub use handshake::Handshakes;
 pub use requester::{OpenFuture, Requester, ResponseFuture, ResponseStream};
 pub use server::{accept, ServeError, Server, SocketAcceptor};
 pub use transport::{
