@@ -63,13 +63,71 @@ async fn a_burst_of_small_frames_takes_few_writes() {
             .expect("queued");
     }
     let mut peer = FramedRead::new(theirs, FrameCodec::new());
-    let mut fnf = 0;
-    while fnf < BURST {
-        let bytes = peer.next().await.expect("frame").expect("codec");
-        if let Frame::RequestFnf(_) = Frame::decode(bytes).expect("decode") {
-            fnf += 1;
+    // Bounded: the default keepalive (20 s) must not be what flushes the
+    // rest of the burst.
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut fnf = 0;
+        while fnf < BURST {
+            let bytes = peer.next().await.expect("frame").expect("codec");
+            if let Frame::RequestFnf(_) = Frame::decode(bytes).expect("decode") {
+                fnf += 1;
+            }
         }
-    }
+    })
+    .await
+    .expect("the whole burst is written without waiting for a timer");
     let n = writes.load(Ordering::SeqCst);
     assert!(n <= 10, "{BURST} frames took {n} writes");
+}
+
+/// Regression: producers waiting for outbound-queue space were left waiting
+/// (until the next keepalive tick) when the writer stalled on a full socket
+/// and then drained its staged frames without looking at the queue again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbound_queue_keeps_draining() {
+    const SENDS: usize = 20_000;
+    let (ours, theirs) = tokio::io::duplex(4096);
+    let (r, w) = tokio::io::split(ours);
+    let config = rsocket_core::Config {
+        max_outbound_queue_bytes: 2048,
+        ..rsocket_core::Config::default()
+    };
+    let requester = ClientBuilder::new()
+        // Keepalive far away: it must not be what unsticks the writer.
+        .keepalive(
+            std::time::Duration::from_secs(3600),
+            std::time::Duration::from_secs(7200),
+        )
+        .config(config)
+        .connect(StreamTransport::new(r, w))
+        .expect("connect");
+    let reader = tokio::spawn(async move {
+        let mut peer = FramedRead::new(theirs, FrameCodec::new());
+        let mut fnf = 0;
+        while fnf < SENDS {
+            let bytes = peer.next().await.expect("frame").expect("codec");
+            if let Frame::RequestFnf(_) = Frame::decode(bytes).expect("decode") {
+                fnf += 1;
+            }
+        }
+        fnf
+    });
+    let sent = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        for i in 0..SENDS {
+            requester
+                .fire_and_forget(Payload::from(format!("m{i}")))
+                .await
+                .expect("queued");
+        }
+    })
+    .await;
+    assert!(
+        sent.is_ok(),
+        "fire-and-forget stalled waiting for queue space"
+    );
+    let received = tokio::time::timeout(std::time::Duration::from_secs(5), reader)
+        .await
+        .expect("all frames written")
+        .expect("reader");
+    assert_eq!(received, SENDS);
 }

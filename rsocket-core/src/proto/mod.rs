@@ -319,6 +319,11 @@ impl Connection {
         }
     }
 
+    /// Frames are waiting for the writer.
+    pub(crate) fn has_queued(&self) -> bool {
+        !self.out.is_empty()
+    }
+
     /// Moves up to `max` queued frames into `into` for the writer.
     pub(crate) fn poll_transmit(&mut self, max: usize, into: &mut VecDeque<Frame>) {
         let n = max.min(self.out.len());

@@ -186,7 +186,7 @@ impl<T: Transport> Future for ConnectionDriver<T> {
 
             // 2. Feed the state machine and collect its output under one lock.
             let now = Instant::now();
-            let (deadline, finished, more_to_write) = {
+            let (deadline, finished, queued) = {
                 let mut conn = this.shared.lock();
                 for item in this.inbox.drain(..) {
                     match item {
@@ -222,9 +222,7 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                 (
                     conn.poll_timeout(),
                     conn.is_finished(),
-                    !conn.is_finished()
-                        && conn.closed().is_none()
-                        && this.outbox.len() >= WRITE_BUDGET,
+                    conn.has_queued(),
                 )
             };
 
@@ -268,6 +266,11 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                 }
             }
 
+            // Frames still queued in the state machine once the staged ones
+            // are all handed to the writer: take them now. Nobody else would
+            // wake us for them (producers waiting for queue space are woken
+            // only when we drain it).
+            let more_to_write = queued && this.outbox.is_empty();
             if more_to_read || more_to_write {
                 continue;
             }
