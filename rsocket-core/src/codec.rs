@@ -113,8 +113,12 @@ impl Encoder<&Frame> for FrameCodec {
         let len = frame.encoded_len();
         self.check(len)?;
         dst.reserve(LENGTH_PREFIX_LEN + len);
-        crate::frame::put_u24(dst, len);
-        frame.encode(dst);
+        if let Frame::Payload(p) = frame {
+            p.encode_with_prefix(Some(len), dst);
+        } else {
+            crate::frame::put_u24(dst, len);
+            frame.encode(dst);
+        }
         Ok(())
     }
 }

@@ -242,12 +242,37 @@ impl PayloadFrame {
     }
 
     pub(super) fn encode(&self, dst: &mut impl BufMut) {
+        self.encode_with_prefix(None, dst);
+    }
+
+    /// Writes the frame, preceded by the 24-bit length `prefix` when given.
+    /// The hottest encoder: prefix, header and metadata length go out in one
+    /// write from a stack buffer, then metadata and data.
+    #[inline]
+    pub(crate) fn encode_with_prefix(&self, prefix: Option<usize>, dst: &mut impl BufMut) {
         let f = metadata_flag(&self.payload)
             | flag(self.follows, flags::FOLLOWS)
             | flag(self.complete, flags::COMPLETE)
             | flag(self.next, flags::NEXT);
-        put_header(dst, self.stream_id.get(), FrameType::Payload, f);
-        put_payload(dst, &self.payload);
+        let mut head = [0u8; 12];
+        let mut n = 0;
+        if let Some(len) = prefix {
+            head[..3].copy_from_slice(&(len as u32).to_be_bytes()[1..]);
+            n = 3;
+        }
+        head[n..n + 4].copy_from_slice(&self.stream_id.get().to_be_bytes());
+        let word = (u16::from(FrameType::Payload.code()) << 10) | f;
+        head[n + 4..n + 6].copy_from_slice(&word.to_be_bytes());
+        n += 6;
+        if let Some(m) = &self.payload.metadata {
+            head[n..n + 3].copy_from_slice(&((m.len() & 0xFF_FFFF) as u32).to_be_bytes()[1..]);
+            n += 3;
+        }
+        dst.put_slice(&head[..n]);
+        if let Some(m) = &self.payload.metadata {
+            dst.put_slice(m);
+        }
+        dst.put_slice(&self.payload.data);
     }
 }
 

@@ -42,6 +42,7 @@ impl FragKind {
     }
 
     /// Builds the frame for one fragment (or a whole logical frame).
+    #[inline]
     pub(crate) fn frame(
         self,
         stream_id: StreamId,
@@ -90,20 +91,35 @@ pub(crate) fn whole_len(kind: FragKind, payload: &Payload) -> usize {
 }
 
 /// Splits a logical frame into fragments of at most `mtu` bytes each and
-/// passes them to `emit` in order. `mtu` must be at least
-/// [`crate::config::MIN_MTU`]. A frame that already fits is emitted whole.
+/// passes them, with their encoded length, to `emit` in order. `mtu` must be
+/// at least [`crate::config::MIN_MTU`]. A frame that already fits is emitted
+/// whole.
+#[inline]
 pub(crate) fn fragment(
     kind: FragKind,
     stream_id: StreamId,
     payload: Payload,
     complete: bool,
     mtu: usize,
-    mut emit: impl FnMut(Frame),
+    mut emit: impl FnMut(Frame, usize),
 ) {
-    if whole_len(kind, &payload) <= mtu {
-        emit(kind.frame(stream_id, payload, false, complete));
+    let len = whole_len(kind, &payload);
+    if len <= mtu {
+        emit(kind.frame(stream_id, payload, false, complete), len);
         return;
     }
+    split(kind, stream_id, payload, complete, mtu, &mut emit);
+}
+
+#[cold]
+fn split(
+    kind: FragKind,
+    stream_id: StreamId,
+    payload: Payload,
+    complete: bool,
+    mtu: usize,
+    emit: &mut dyn FnMut(Frame, usize),
+) {
     let Payload { metadata, data } = payload;
     let mut md = metadata;
     let mut data = data;
@@ -136,7 +152,8 @@ pub(crate) fn fragment(
         } else {
             FragKind::Payload { next: true }.frame(stream_id, piece, more, complete && !more)
         };
-        emit(frame);
+        let len = frame.encoded_len();
+        emit(frame, len);
         first = false;
         if !more {
             return;
@@ -195,7 +212,10 @@ pub(crate) fn fragments(
     mtu: usize,
 ) -> Vec<Frame> {
     let mut v = Vec::new();
-    fragment(kind, stream_id, payload, complete, mtu, |f| v.push(f));
+    fragment(kind, stream_id, payload, complete, mtu, |f, len| {
+        assert_eq!(len, f.encoded_len());
+        v.push(f)
+    });
     v
 }
 

@@ -226,7 +226,8 @@ pub(crate) struct Connection {
     reassembly_bytes: usize,
     inbound_streams: usize,
     inflight_fnf: usize,
-    out: VecDeque<Frame>,
+    /// Frames for the writer, each with its encoded length.
+    out: VecDeque<(Frame, usize)>,
     out_bytes: usize,
     writer_waker: Option<Waker>,
     space_waiters: Vec<Waker>,
@@ -284,8 +285,9 @@ impl Connection {
     /// Queues a frame and wakes the writer.
     fn push(&mut self, frame: Frame) {
         trace!(?frame, "queue");
-        self.out_bytes += frame.encoded_len();
-        self.out.push_back(frame);
+        let len = frame.encoded_len();
+        self.out_bytes += len;
+        self.out.push_back((frame, len));
         wake(&mut self.writer_waker);
     }
 
@@ -302,9 +304,9 @@ impl Connection {
 
     fn push_fragmented(&mut self, kind: FragKind, id: StreamId, payload: Payload, complete: bool) {
         let mtu = self.config.fragment_at();
-        fragment::fragment(kind, id, payload, complete, mtu, |f| {
-            self.out_bytes += f.encoded_len();
-            self.out.push_back(f);
+        fragment::fragment(kind, id, payload, complete, mtu, |f, len| {
+            self.out_bytes += len;
+            self.out.push_back((f, len));
         });
         wake(&mut self.writer_waker);
     }
@@ -327,8 +329,8 @@ impl Connection {
     /// Moves up to `max` queued frames into `into` for the writer.
     pub(crate) fn poll_transmit(&mut self, max: usize, into: &mut VecDeque<Frame>) {
         let n = max.min(self.out.len());
-        for f in self.out.drain(..n) {
-            self.out_bytes -= f.encoded_len();
+        for (f, len) in self.out.drain(..n) {
+            self.out_bytes -= len;
             into.push_back(f);
         }
         if self.has_space() {
@@ -614,7 +616,8 @@ impl Connection {
         follows: bool,
     ) -> Option<(FragKind, Payload)> {
         let key = id.get();
-        let in_progress = self.frags.contains_key(&key);
+        // Most connections never fragment: skip the map lookup then.
+        let in_progress = !self.frags.is_empty() && self.frags.contains_key(&key);
         if !in_progress && !follows {
             return Some((kind, payload));
         }
@@ -1148,15 +1151,16 @@ impl Connection {
         let mtu = self.config.fragment_at();
         for (i, p) in items.enumerate() {
             let c = complete && i + 1 == count;
-            fragment::fragment(FragKind::Payload { next: true }, id, p, c, mtu, |f| {
-                self.out_bytes += f.encoded_len();
-                self.out.push_back(f);
+            fragment::fragment(FragKind::Payload { next: true }, id, p, c, mtu, |f, len| {
+                self.out_bytes += len;
+                self.out.push_back((f, len));
             });
         }
         if count == 0 && complete {
             let f = Frame::Payload(PayloadFrame::complete(id));
-            self.out_bytes += f.encoded_len();
-            self.out.push_back(f);
+            let len = f.encoded_len();
+            self.out_bytes += len;
+            self.out.push_back((f, len));
         }
         wake(&mut self.writer_waker);
     }

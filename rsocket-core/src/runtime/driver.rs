@@ -219,11 +219,7 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                     conn.poll_transmit(WRITE_BUDGET, &mut this.outbox);
                 }
                 conn.set_writer_waker(cx);
-                (
-                    conn.poll_timeout(),
-                    conn.is_finished(),
-                    conn.has_queued(),
-                )
+                (conn.poll_timeout(), conn.is_finished(), conn.has_queued())
             };
 
             // 3. Hand requests to the responder (spawned, off this task).
