@@ -105,9 +105,9 @@ impl<T: Transport> ConnectionDriver<T> {
         tokio::spawn(self.instrument(span))
     }
 
-    fn dispatch(&mut self) {
+    fn dispatch(&mut self, cx: &mut Context<'_>) {
         for ev in self.events.drain(..) {
-            responder::dispatch(&self.shared, &self.responder, ev);
+            responder::dispatch(&self.shared, &self.responder, ev, cx);
         }
     }
 
@@ -222,9 +222,17 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                 (conn.poll_timeout(), conn.is_finished(), conn.has_queued())
             };
 
-            // 3. Hand requests to the responder (spawned, off this task).
+            // 3. Hand requests to the responder. Request/response handlers
+            // that answer at once queue their answer right here: take it
+            // into this round's write.
+            let mut queued = queued;
             if !this.events.is_empty() {
-                this.dispatch();
+                this.dispatch(cx);
+                let mut conn = this.shared.lock();
+                if this.outbox.len() < WRITE_BUDGET {
+                    conn.poll_transmit(WRITE_BUDGET - this.outbox.len(), &mut this.outbox);
+                }
+                queued = conn.has_queued();
             }
 
             // 4. Write and flush once.

@@ -24,7 +24,19 @@ const PUMP_BATCH: u64 = 64;
 const PUMP_ROUNDS: usize = 16;
 
 /// Starts the work for one event from the state machine.
-pub(crate) fn dispatch(shared: &Arc<Shared>, responder: &Arc<dyn RSocket>, ev: Event) {
+///
+/// A request/response handler is polled once right here, on the
+/// connection's task: one that is ready at once (the common case for cheap
+/// handlers) is answered without spawning a task. One that is not gets its
+/// own task, like every other handler. Handlers must therefore not block in
+/// `poll` (the usual async rule); fire-and-forget and metadata push always
+/// run on their own tasks.
+pub(crate) fn dispatch(
+    shared: &Arc<Shared>,
+    responder: &Arc<dyn RSocket>,
+    ev: Event,
+    cx: &mut Context<'_>,
+) {
     match ev {
         Event::FireAndForget(payload) => {
             let fut = responder.fire_and_forget(payload);
@@ -55,16 +67,29 @@ pub(crate) fn dispatch(shared: &Arc<Shared>, responder: &Arc<dyn RSocket>, ev: E
                 debug_span!(parent: &shared.span, "stream", id = stream_id.get(), ?interaction);
             match interaction {
                 Interaction::RequestResponse => {
-                    let fut = responder.request_response(payload);
-                    tokio::spawn(
-                        Respond {
-                            shared: shared.clone(),
-                            id: stream_id,
-                            fut,
-                            released: false,
+                    let mut fut = responder.request_response(payload);
+                    let ready = {
+                        let _g = span.enter();
+                        fut.poll_unpin(cx)
+                    };
+                    match ready {
+                        Poll::Ready(out) => {
+                            let mut conn = shared.lock();
+                            answer(&mut conn, stream_id, out);
+                            conn.release_send(stream_id);
                         }
-                        .instrument(span),
-                    );
+                        Poll::Pending => {
+                            tokio::spawn(
+                                Respond {
+                                    shared: shared.clone(),
+                                    id: stream_id,
+                                    fut,
+                                    released: false,
+                                }
+                                .instrument(span),
+                            );
+                        }
+                    }
                 }
                 Interaction::RequestStream => {
                     let stream = responder.request_stream(payload);
@@ -110,16 +135,23 @@ impl Future for Respond {
             Poll::Ready(r) => r,
             Poll::Pending => return Poll::Pending,
         };
-        {
-            let mut conn = self.shared.lock();
-            match out {
-                Ok(Some(p)) => conn.send_items(self.id, std::iter::once(p), true),
-                Ok(None) => conn.send_items(self.id, std::iter::empty(), true),
-                Err(e) => conn.send_error(self.id, &e.to_stream_error()),
-            }
-        }
+        answer(&mut self.shared.lock(), self.id, out);
         self.release();
         Poll::Ready(())
+    }
+}
+
+/// Sends a request/response handler's result: PAYLOAD(N+C), PAYLOAD(C) for
+/// an empty answer, or ERROR.
+fn answer(
+    conn: &mut crate::proto::Connection,
+    id: StreamId,
+    out: Result<Option<Payload>, RequestError>,
+) {
+    match out {
+        Ok(Some(p)) => conn.send_items(id, std::iter::once(p), true),
+        Ok(None) => conn.send_items(id, std::iter::empty(), true),
+        Err(e) => conn.send_error(id, &e.to_stream_error()),
     }
 }
 
