@@ -27,7 +27,10 @@ pub struct Config {
     /// Default 64 MiB.
     pub max_reassembly_bytes: usize,
     /// Streams the peer may have open against our responder at once. A
-    /// request beyond it is answered with `ERROR[REJECTED]`. Default 10,000.
+    /// request beyond it is answered with `ERROR[REJECTED]`. With this many
+    /// fire-and-forget handlers still running, the connection reads no more
+    /// frames until one finishes, so load pushes back on the peer and no
+    /// fire-and-forget is dropped. Default 10,000.
     pub max_concurrent_inbound_streams: usize,
     /// Bytes of encoded frames waiting for the writer. When reached, request
     /// producers and responder streams are not polled until the writer has

@@ -677,10 +677,13 @@ impl Connection {
     fn on_request(&mut self, id: StreamId, kind: FragKind, payload: Payload, complete: bool) {
         let draining = matches!(self.state, State::Draining);
         if let FragKind::RequestFnf = kind {
-            if draining || self.inflight_fnf >= self.config.max_concurrent_inbound_streams {
-                debug!("dropping fire-and-forget: limit reached or draining");
+            if draining {
+                debug!("dropping fire-and-forget: connection is shutting down");
                 return;
             }
+            // Never dropped for load: at the limit the driver stops reading
+            // (see `read_paused`), which pushes back on the peer through the
+            // transport instead.
             self.inflight_fnf += 1;
             self.events.push_back(Event::FireAndForget(payload));
             return;
@@ -912,7 +915,20 @@ impl Connection {
 
     /// A spawned fire-and-forget handler finished.
     pub(crate) fn fnf_done(&mut self) {
+        let was_paused = self.read_paused();
         self.inflight_fnf = self.inflight_fnf.saturating_sub(1);
+        if was_paused && !self.read_paused() {
+            // The driver stopped reading; let it resume.
+            wake(&mut self.writer_waker);
+        }
+    }
+
+    /// Too many fire-and-forget handlers are running: the driver reads no
+    /// more frames until some finish. Backpressure reaches the peer through
+    /// the transport (its writer, then its requests, wait), and nothing is
+    /// dropped.
+    pub(crate) fn read_paused(&self) -> bool {
+        self.inflight_fnf >= self.config.max_concurrent_inbound_streams
     }
 
     // ----- consumers of inbound halves ----------------------------------

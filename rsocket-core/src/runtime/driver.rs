@@ -64,6 +64,9 @@ pub struct ConnectionDriver<T: Transport> {
     events: Vec<Event>,
     sleep: Pin<Box<Sleep>>,
     read_done: bool,
+    /// Reading is paused while too many handlers run (see
+    /// `Connection::read_paused`).
+    read_paused: bool,
     needs_flush: bool,
 }
 
@@ -90,6 +93,7 @@ impl<T: Transport> ConnectionDriver<T> {
             events: Vec::new(),
             sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
             read_done: false,
+            read_paused: false,
             needs_flush: false,
         }
     }
@@ -159,7 +163,10 @@ impl<T: Transport> Future for ConnectionDriver<T> {
             // 1. Read what is available, up to a budget.
             let mut eof = false;
             let mut more_to_read = false;
-            if !this.read_done {
+            if this.read_paused {
+                this.read_paused = this.shared.lock().read_paused();
+            }
+            if !this.read_done && !this.read_paused {
                 loop {
                     match this.reader.poll_next_unpin(cx) {
                         Poll::Ready(Some(item)) => {
@@ -219,6 +226,7 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                     conn.poll_transmit(WRITE_BUDGET, &mut this.outbox);
                 }
                 conn.set_writer_waker(cx);
+                this.read_paused = conn.read_paused();
                 (conn.poll_timeout(), conn.is_finished(), conn.has_queued())
             };
 
