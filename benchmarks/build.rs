@@ -1,0 +1,12 @@
+//! Generates the tonic/prost code for `proto/bench.proto` with protox (a
+//! protobuf compiler in Rust), so no system `protoc` is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/bench.proto");
+    let fds = protox::compile(["bench.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        // `bytes` fields as `bytes::Bytes`: clones are reference counts.
+        .bytes(".")
+        .compile_fds(fds)?;
+    Ok(())
+}

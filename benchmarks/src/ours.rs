@@ -1,0 +1,266 @@
+//! This project: `rsocket-core` over `rsocket-transport-tcp`, default
+//! configuration, the public API a user calls.
+
+use std::any::Any;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use rsocket_core::{
+    ClientBuilder, Config, Payload, PayloadStream, RSocket, RequestError, Requester, Server,
+};
+use rsocket_transport_tcp::{connect, TcpListener};
+
+use crate::common::*;
+use crate::Workload;
+
+struct Responder {
+    produced: Arc<Produced>,
+    arrivals: Arc<Arrivals>,
+}
+
+/// Stream request: "<count> <size>" or "hold".
+fn parse_stream_req(p: &Payload) -> (u64, usize, bool) {
+    let s = p.data_utf8().unwrap_or("");
+    if s == "hold" {
+        return (1, SMALL, true);
+    }
+    let mut it = s.split_whitespace();
+    let n = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let size = it.next().and_then(|v| v.parse().ok()).unwrap_or(SMALL);
+    (n, size, false)
+}
+
+impl RSocket for Responder {
+    fn request_response(
+        &self,
+        req: Payload,
+    ) -> BoxFuture<'static, Result<Option<Payload>, RequestError>> {
+        Box::pin(futures::future::ready(Ok(Some(req))))
+    }
+
+    fn fire_and_forget(&self, _req: Payload) -> BoxFuture<'static, Result<(), RequestError>> {
+        self.arrivals.arrive();
+        Box::pin(futures::future::ready(Ok(())))
+    }
+
+    fn request_stream(&self, req: Payload) -> PayloadStream {
+        let (n, size, hold) = parse_stream_req(&req);
+        let item = Payload::new(payload(size));
+        if hold {
+            return futures::stream::once(futures::future::ready(Ok(item)))
+                .chain(futures::stream::pending())
+                .boxed();
+        }
+        let produced = self.produced.clone();
+        futures::stream::iter(0..n)
+            .map(move |_| {
+                produced.inc();
+                Ok(item.clone())
+            })
+            .boxed()
+    }
+
+    fn request_channel(&self, first: Payload, rest: PayloadStream) -> PayloadStream {
+        futures::stream::once(futures::future::ready(Ok(first)))
+            .chain(rest)
+            .boxed()
+    }
+}
+
+struct Setup {
+    client: Requester,
+    produced: Arc<Produced>,
+    arrivals: Arc<Arrivals>,
+}
+
+async fn start_server(produced: Arc<Produced>, arrivals: Arc<Arrivals>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = Server::new(move |_setup, _requester| {
+        let r = Responder {
+            produced: produced.clone(),
+            arrivals: arrivals.clone(),
+        };
+        async move { Ok(Arc::new(r) as Arc<dyn RSocket>) }
+    });
+    tokio::spawn(server.serve(listener, futures::future::pending()));
+    addr
+}
+
+async fn setup() -> Setup {
+    let produced = Arc::new(Produced::default());
+    let arrivals = Arrivals::new();
+    let addr = start_server(produced.clone(), arrivals.clone()).await;
+    let client = ClientBuilder::new()
+        .connect(connect(addr).await.expect("connect"))
+        .expect("client");
+    // one round trip so the connection is established before measuring
+    client
+        .request_response(Payload::new(payload(SMALL)))
+        .await
+        .expect("first request");
+    Setup {
+        client,
+        produced,
+        arrivals,
+    }
+}
+
+pub async fn run(w: Workload, sizes: Sizes) -> Outcome {
+    let s = setup().await;
+    let small = payload(SMALL);
+    match w {
+        Workload::RrSeq | Workload::RrC64 | Workload::RrC256 => {
+            let client = s.client.clone();
+            rr_driver(sizes, w.concurrency(), move || {
+                let f = client.request_response(Payload::new(small.clone()));
+                async move { f.await.map(|_| ()).map_err(|e| e.to_string()) }
+            })
+            .await
+        }
+        Workload::Stream64 | Workload::Stream16k => {
+            let (n, size) = w.stream_shape(sizes);
+            let meter = Meter::start();
+            // the library's normal credit: default prefetch, REQUEST_N as consumed
+            let stream = s
+                .client
+                .request_stream(Payload::from(format!("{n} {size}")));
+            let (got, bytes, problem) =
+                consume(stream, n, sizes.cap, |p: &Payload| p.data.len()).await;
+            throughput(&meter, got, bytes, problem, n)
+        }
+        Workload::Channel64 => {
+            let n = sizes.channel_64;
+            let meter = Meter::start();
+            let item = Payload::new(small.clone());
+            let rest =
+                futures::stream::iter(std::iter::repeat_n(item.clone(), n as usize - 1).map(Ok))
+                    .boxed();
+            let stream = s.client.request_channel(item, rest);
+            let (got, bytes, problem) =
+                consume(stream, n, sizes.cap, |p: &Payload| p.data.len()).await;
+            throughput(&meter, got, bytes, problem, n)
+        }
+        Workload::Fnf64 => {
+            let n = sizes.fnf_64;
+            let meter = Meter::start();
+            let deadline = Instant::now() + sizes.cap;
+            let mut sent = 0u64;
+            let mut problem = None;
+            let mut stalled = None;
+            while sent < n {
+                // `fire_and_forget` resolves once queued; it waits only while
+                // the outbound queue is full, which a working writer drains
+                // in microseconds. Two seconds is a stall.
+                let send = s.client.fire_and_forget(Payload::new(small.clone()));
+                match tokio::time::timeout(Duration::from_secs(2), send).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        problem = Some(format!("send error: {e}"));
+                        break;
+                    }
+                    Err(_) => {
+                        stalled = Some(meter.elapsed());
+                        break;
+                    }
+                }
+                sent += 1;
+                if sent.is_multiple_of(64) && Instant::now() >= deadline {
+                    problem = Some(format!("capped at {} s", sizes.cap.as_secs()));
+                    break;
+                }
+            }
+            if let Some(at) = stalled {
+                let got = s.arrivals.get();
+                let mut o = Outcome {
+                    ops: got,
+                    failed: true,
+                    ..Outcome::default()
+                };
+                meter.finish(&mut o);
+                let before = at.as_secs_f64() - 2.0;
+                o.add_note(&format!(
+                    "STALLED: fire_and_forget waited > 2 s for outbound-queue space after {sent} sends \
+                     ({:.2} M msgs/s before the stall); the queue is drained again only by the keepalive tick",
+                    sent as f64 / before.max(1e-9) / 1e6
+                ));
+                return o;
+            }
+            let got = s.arrivals.wait(sent, sizes.cap).await;
+            let mut o = throughput(&meter, got, got * SMALL as u64, problem, n);
+            if got < sent {
+                o.failed = true;
+                o.add_note(&format!(
+                    "STALLED: only {got} of {sent} queued fire-and-forgets reached the server within {} s \
+                     (frames left in the outbound queue, writer not woken)",
+                    sizes.cap.as_secs()
+                ));
+            }
+            o
+        }
+        Workload::SlowConsumer => {
+            let before = rss_kb();
+            let mut stream = s
+                .client
+                .request_stream(Payload::from(format!("{} {}", sizes.slow_total, SMALL)));
+            for _ in 0..sizes.slow_consume {
+                stream.next().await.expect("item").expect("ok");
+            }
+            tokio::time::sleep(sizes.slow_hold).await;
+            let after = rss_kb();
+            let mut o = Outcome {
+                ops: sizes.slow_consume,
+                rss_growth_kb: Some(after as f64 - before as f64),
+                produced: Some(s.produced.get()),
+                credit: Some(Config::default().default_prefetch as u64),
+                peak_rss_kb: mem().hwm_kb,
+                ..Outcome::default()
+            };
+            o.add_note(
+                "credit = default prefetch (no REQUEST_N before half the window is consumed)",
+            );
+            drop(stream);
+            o
+        }
+        Workload::HeadOfLine => {
+            let mut stream = s
+                .client
+                .request_stream(Payload::from(format!("{} {}", sizes.slow_total, SMALL)));
+            for _ in 0..sizes.slow_consume {
+                stream.next().await.expect("item").expect("ok");
+            }
+            // let the stream fill its window before sampling
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let client = s.client.clone();
+            head_of_line(sizes, move || {
+                let f = client.request_response(Payload::new(small.clone()));
+                async move { f.await.map(|_| ()).map_err(|e| e.to_string()) }
+            })
+            .await
+        }
+        Workload::Conn10k => unreachable!("conn_10k runs through conn_server/conn_open"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// conn_10k
+
+pub async fn conn_server() -> SocketAddr {
+    start_server(Arc::new(Produced::default()), Arrivals::new()).await
+}
+
+pub async fn conn_open(addr: SocketAddr) -> Result<Box<dyn Any + Send>, String> {
+    let transport = connect(addr).await.map_err(|e| e.to_string())?;
+    let client = ClientBuilder::new()
+        .connect(transport)
+        .map_err(|e| e.to_string())?;
+    let mut stream = client.request_stream(Payload::from("hold"));
+    match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
+        Ok(Some(Ok(_))) => Ok(Box::new((client, stream))),
+        Ok(other) => Err(format!("stream: {other:?}")),
+        Err(_) => Err("no first item in 30 s".into()),
+    }
+}
