@@ -229,7 +229,11 @@ fn conn_10k(imp: Impl, flavor: Flavor, sizes: Sizes) -> Outcome {
         .and_then(|a| a.parse().ok())
     {
         Some(a) => a,
-        None => return Outcome::failed(format!("server said {line:?}")),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Outcome::failed(format!("server said {line:?}"));
+        }
     };
     let mut stat = move || -> (f64, f64, f64) {
         writeln!(to_server, "STAT").expect("ask server");
@@ -288,6 +292,7 @@ fn conn_10k(imp: Impl, flavor: Flavor, sizes: Sizes) -> Outcome {
         o
     });
     let _ = child.kill();
+    let _ = child.wait();
     o
 }
 

@@ -1,4 +1,4 @@
-//! `rsocket_rust` 0.7 with `rsocket_rust_transport_tcp` (crates.io), default
+//! `rsocket_rust` 0.7 with `rsocket_rust_transport_tcp`, default
 //! configuration.
 //!
 //! What it does, from its source: a requester sends REQUEST_STREAM and
