@@ -77,47 +77,33 @@ fn rejected_stream(what: &str) -> PayloadStream {
     futures::stream::once(futures::future::ready(Err(err.into()))).boxed()
 }
 
-impl<T: RSocket + ?Sized> RSocket for Arc<T> {
-    fn fire_and_forget(&self, request: Payload) -> BoxFuture<'static, Result<(), RequestError>> {
-        (**self).fire_and_forget(request)
-    }
-    fn request_response(
-        &self,
-        request: Payload,
-    ) -> BoxFuture<'static, Result<Option<Payload>, RequestError>> {
-        (**self).request_response(request)
-    }
-    fn request_stream(&self, request: Payload) -> PayloadStream {
-        (**self).request_stream(request)
-    }
-    fn request_channel(&self, first: Payload, rest: PayloadStream) -> PayloadStream {
-        (**self).request_channel(first, rest)
-    }
-    fn metadata_push(&self, metadata: Bytes) -> BoxFuture<'static, Result<(), RequestError>> {
-        (**self).metadata_push(metadata)
-    }
+/// Forwards every interaction through a smart pointer.
+macro_rules! forward_rsocket {
+    ($($ptr:ident),*) => {$(
+        impl<T: RSocket + ?Sized> RSocket for $ptr<T> {
+            fn fire_and_forget(&self, request: Payload) -> BoxFuture<'static, Result<(), RequestError>> {
+                (**self).fire_and_forget(request)
+            }
+            fn request_response(
+                &self,
+                request: Payload,
+            ) -> BoxFuture<'static, Result<Option<Payload>, RequestError>> {
+                (**self).request_response(request)
+            }
+            fn request_stream(&self, request: Payload) -> PayloadStream {
+                (**self).request_stream(request)
+            }
+            fn request_channel(&self, first: Payload, rest: PayloadStream) -> PayloadStream {
+                (**self).request_channel(first, rest)
+            }
+            fn metadata_push(&self, metadata: Bytes) -> BoxFuture<'static, Result<(), RequestError>> {
+                (**self).metadata_push(metadata)
+            }
+        }
+    )*};
 }
 
-impl<T: RSocket + ?Sized> RSocket for Box<T> {
-    fn fire_and_forget(&self, request: Payload) -> BoxFuture<'static, Result<(), RequestError>> {
-        (**self).fire_and_forget(request)
-    }
-    fn request_response(
-        &self,
-        request: Payload,
-    ) -> BoxFuture<'static, Result<Option<Payload>, RequestError>> {
-        (**self).request_response(request)
-    }
-    fn request_stream(&self, request: Payload) -> PayloadStream {
-        (**self).request_stream(request)
-    }
-    fn request_channel(&self, first: Payload, rest: PayloadStream) -> PayloadStream {
-        (**self).request_channel(first, rest)
-    }
-    fn metadata_push(&self, metadata: Bytes) -> BoxFuture<'static, Result<(), RequestError>> {
-        (**self).metadata_push(metadata)
-    }
-}
+forward_rsocket!(Arc, Box);
 
 /// A responder that rejects everything: the default when none is given.
 #[derive(Debug, Clone, Copy, Default)]
