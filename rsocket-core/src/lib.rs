@@ -56,14 +56,19 @@ mod rsocket;
 pub mod runtime;
 
 pub use config::{Config, PeerInfo, SetupInfo, SetupParams};
-pub use error::{ConnectionError, Initiator, RequestError, StreamError};
+pub use error::{
+    ConfigError, ConnectionError, Initiator, Limit, RequestError, StreamError, StreamViolation,
+};
 pub use frame::{ErrorCode, Frame, MimeType, RequestCount, StreamId};
 pub use payload::Payload;
 pub use proto::Interaction;
-pub use rsocket::{boxed, PayloadStream, RSocket, RejectAll};
+pub use rsocket::{
+    async_trait, error_stream, fire_and_forget_fn, fn_kind, request_channel_fn,
+    request_response_fn, request_stream_fn, FnResponder, PayloadStream, RSocket, RejectAll,
+};
 #[cfg(feature = "runtime")]
 pub use runtime::{
-    accept, memory_pair, ClientBuilder, ConnectionDriver, MemoryTransport, Requester,
-    ResponseFuture, ResponseStream, Server, SocketAcceptor, StreamTransport, Transport,
+    accept, memory_pair, ClientBuilder, ConnectionDriver, MemoryTransport, MetadataPushFuture,
+    Requester, ResponseFuture, ResponseStream, Server, SocketAcceptor, StreamTransport, Transport,
     TransportError,
 };
