@@ -15,25 +15,23 @@
 //! # Getting started
 //!
 //! ```
-//! use std::sync::Arc;
-//! use rsocket_core::{memory_pair, ClientBuilder, Payload, RSocket, RequestError, Server};
-//! use futures::future::BoxFuture;
+//! use rsocket_core::{async_trait, memory_pair, ClientBuilder, Payload, RSocket, RequestError, Server};
 //!
 //! struct Echo;
+//!
+//! #[async_trait]
 //! impl RSocket for Echo {
-//!     fn request_response(&self, req: Payload) -> BoxFuture<'static, Result<Option<Payload>, RequestError>> {
-//!         Box::pin(async move { Ok(Some(req)) })
+//!     async fn request_response(&self, req: Payload) -> Result<Option<Payload>, RequestError> {
+//!         Ok(Some(req))
 //!     }
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let (client_end, server_end) = memory_pair(64 * 1024);
-//! let server = Server::new(|_setup, _requester| async {
-//!     Ok(Arc::new(Echo) as Arc<dyn RSocket>)
-//! });
+//! let server = Server::new(|_setup, _requester| async { Ok(Echo) });
 //! let incoming = futures::stream::iter([Ok::<_, std::io::Error>(server_end)]);
-//! tokio::spawn(server.serve(incoming, futures::future::pending()));
+//! tokio::spawn(server.serve(incoming));
 //!
 //! let requester = ClientBuilder::new().connect(client_end)?;
 //! let reply = requester.request_response(Payload::from("hi")).await?;
