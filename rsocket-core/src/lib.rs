@@ -54,6 +54,7 @@ mod proto;
 mod rsocket;
 #[cfg(feature = "runtime")]
 pub mod runtime;
+pub mod stats;
 
 pub use config::{Config, PeerInfo, SetupInfo, SetupParams};
 pub use error::{ConnectionError, Initiator, RequestError, StreamError};
@@ -67,3 +68,4 @@ pub use runtime::{
     ResponseFuture, ResponseStream, Server, SocketAcceptor, StreamTransport, Transport,
     TransportError,
 };
+pub use stats::{ConnectionStats, ServerStats};

@@ -7,6 +7,10 @@ impl Connection {
 
     /// Handles a frame that failed to decode.
     pub(crate) fn handle_decode_error(&mut self, err: DecodeError) {
+        if self.closed().is_some() {
+            return;
+        }
+        self.counters.frames_in += 1;
         match err {
             // REQUEST_N of 0: ignored (rsocket-protocol.md §2.14).
             DecodeError::ZeroRequestN {
@@ -34,7 +38,18 @@ impl Connection {
             return;
         }
         trace!(?frame, "recv");
+        let len = frame.encoded_len();
+        self.counters.frames_in += 1;
+        self.counters.bytes_in += len as u64;
         self.last_received = now;
+        if len > self.config.max_frame_len {
+            // Transports that frame with a length prefix reject such a
+            // frame before reading it; this catches any other transport.
+            return self.protocol_violation(format!(
+                "frame of {len} bytes exceeds max_frame_len {}",
+                self.config.max_frame_len
+            ));
+        }
         if !self.established && !matches!(&frame, Frame::Error(e) if e.stream_id.is_none()) {
             self.established = true;
         }
@@ -50,7 +65,12 @@ impl Connection {
                     }));
                 }
             }
-            Frame::MetadataPush(m) => self.events.push_back(Event::MetadataPush(m.metadata)),
+            Frame::MetadataPush(m) => {
+                // Its handler counts like a fire-and-forget one: at the
+                // limit, reading pauses (`read_paused`).
+                self.inflight_oneway += 1;
+                self.events.push_back(Event::MetadataPush(m.metadata));
+            }
             Frame::Resume(_) | Frame::ResumeOk(_) => {
                 self.protocol_violation("RESUME frames after setup".into());
             }
@@ -119,9 +139,7 @@ impl Connection {
             });
             return;
         };
-        if self.frags.remove(&id.get()).is_some() {
-            self.recompute_reassembly();
-        }
+        self.drop_reassembly(id.get());
         let err = StreamError {
             code: e.code,
             message: e.message(),
@@ -138,11 +156,39 @@ impl Connection {
         }
     }
 
-    fn recompute_reassembly(&mut self) {
-        self.reassembly_bytes = self.frags.values().map(Reassembly::len).sum();
+    /// Discards the reassembly in progress on `key`, if any.
+    pub(super) fn drop_reassembly(&mut self, key: u32) {
+        if let Some(r) = self.frags.remove(&key) {
+            self.reassembly_bytes -= r.len();
+            if r.is_request() {
+                self.partial_requests -= 1;
+            }
+        }
     }
 
-    /// Appends a fragment; returns the whole payload when `follows` is clear.
+    /// Refuses every request whose fragments are still arriving (with
+    /// `ERROR[REJECTED]`; a fire-and-forget is dropped).
+    pub(super) fn refuse_partial_requests(&mut self, message: &str) {
+        if self.partial_requests == 0 {
+            return;
+        }
+        let keys: Vec<(u32, bool)> = self
+            .frags
+            .iter()
+            .filter(|(_, r)| r.is_request())
+            .map(|(k, r)| (*k, matches!(r.kind, FragKind::RequestFnf)))
+            .collect();
+        for (key, fnf) in keys {
+            self.drop_reassembly(key);
+            if let (false, Some(id)) = (fnf, StreamId::new(key)) {
+                self.reject(id, message);
+            }
+        }
+    }
+
+    /// Appends a fragment to the reassembly in progress on `id` (which the
+    /// caller has checked may take it, or started); returns the whole
+    /// payload when `follows` is clear.
     fn reassemble(
         &mut self,
         id: StreamId,
@@ -151,11 +197,6 @@ impl Connection {
         follows: bool,
     ) -> Option<(FragKind, Payload)> {
         let key = id.get();
-        // Most connections never fragment: skip the map lookup then.
-        let in_progress = !self.frags.is_empty() && self.frags.contains_key(&key);
-        if !in_progress && !follows {
-            return Some((kind, payload));
-        }
         let added = payload.len();
         if self.reassembly_bytes + added > self.config.max_reassembly_bytes {
             self.fail(ConnectionError::LimitExceeded(format!(
@@ -165,16 +206,25 @@ impl Connection {
             return None;
         }
         self.reassembly_bytes += added;
-        let r = self
-            .frags
-            .entry(key)
-            .or_insert_with(|| Reassembly::new(kind));
+        let r = match self.frags.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let r = Reassembly::new(kind);
+                if r.is_request() {
+                    self.partial_requests += 1;
+                }
+                e.insert(r)
+            }
+        };
         r.push(&payload);
         if follows {
             return None;
         }
         let r = self.frags.remove(&key)?;
         self.reassembly_bytes -= r.len();
+        if r.is_request() {
+            self.partial_requests -= 1;
+        }
         Some((r.kind, r.finish()))
     }
 
@@ -196,9 +246,31 @@ impl Connection {
             debug!(stream = key, "ignoring request with our own stream parity");
             return;
         }
-        if let Some((kind, payload)) = self.reassemble(id, kind, payload, follows) {
-            self.on_request(id, kind, payload, complete);
+        if !follows {
+            return self.on_request(id, kind, payload, complete);
         }
+        // The first fragment of a request: it takes a stream slot now, so
+        // that a peer cannot open unbounded partial requests.
+        let fnf = matches!(kind, FragKind::RequestFnf);
+        let refusal = if matches!(self.state, State::Draining) {
+            Some("connection is shutting down")
+        } else if self.inbound_streams + self.partial_requests
+            >= self.config.max_concurrent_inbound_streams
+        {
+            Some("too many concurrent streams")
+        } else {
+            None
+        };
+        if let Some(message) = refusal {
+            // Its follow-up fragments find no reassembly and are dropped.
+            if fnf {
+                debug!(stream = key, message, "dropping fragmented fire-and-forget");
+            } else {
+                self.reject(id, message);
+            }
+            return;
+        }
+        self.reassemble(id, kind, payload, true);
     }
 
     fn reject(&mut self, id: StreamId, message: &str) {
@@ -219,14 +291,16 @@ impl Connection {
             // Never dropped for load: at the limit the driver stops reading
             // (see `read_paused`), which pushes back on the peer through the
             // transport instead.
-            self.inflight_fnf += 1;
+            self.inflight_oneway += 1;
             self.events.push_back(Event::FireAndForget(payload));
             return;
         }
         if draining {
             return self.reject(id, "connection is shutting down");
         }
-        if self.inbound_streams >= self.config.max_concurrent_inbound_streams {
+        if self.inbound_streams + self.partial_requests
+            >= self.config.max_concurrent_inbound_streams
+        {
             return self.reject(id, "too many concurrent streams");
         }
         let (interaction, send, recv) = match kind {
@@ -275,6 +349,7 @@ impl Connection {
         {
             if !s.stopped {
                 s.credit = add_credit(s.credit, n.request_n.get());
+                s.awaiting_credit = false;
                 wake(&mut s.waker);
             }
         }
@@ -282,9 +357,7 @@ impl Connection {
 
     fn on_cancel(&mut self, id: StreamId) {
         let key = id.get();
-        if self.frags.remove(&key).is_some() {
-            self.recompute_reassembly();
-        }
+        self.drop_reassembly(key);
         let Some(st) = self.streams.get_mut(&key) else {
             return;
         };
@@ -305,12 +378,21 @@ impl Connection {
     fn on_payload_frame(&mut self, p: PayloadFrame) {
         let id = p.stream_id;
         let (next, complete) = (p.next, p.complete);
-        let Some((kind, payload)) = self.reassemble(
-            id,
-            FragKind::Payload { next },
-            p.payload,
-            p.follows && !complete,
-        ) else {
+        let follows = p.follows && !complete;
+        // Most connections never fragment: skip the map lookup then.
+        let in_progress = !self.frags.is_empty() && self.frags.contains_key(&id.get());
+        if !in_progress && !follows {
+            return self.on_payload(id, p.payload, next, complete);
+        }
+        if !in_progress && !self.may_receive(id) {
+            // Buffering fragments for a stream that cannot take them would
+            // let a peer fill memory with streams it never opened.
+            trace!(stream = id.get(), "ignoring fragment for an unknown stream");
+            return;
+        }
+        let Some((kind, payload)) =
+            self.reassemble(id, FragKind::Payload { next }, p.payload, follows)
+        else {
             return;
         };
         match kind {
@@ -320,6 +402,13 @@ impl Connection {
             // requester half).
             request => self.on_request(id, request, payload, complete),
         }
+    }
+
+    /// The stream exists and its inbound half is still open.
+    fn may_receive(&self, id: StreamId) -> bool {
+        self.streams
+            .get(&id.get())
+            .is_some_and(|st| !st.terminated && st.recv.as_ref().is_some_and(|r| r.end.is_none()))
     }
 
     fn on_payload(&mut self, id: StreamId, payload: Payload, next: bool, complete: bool) {
@@ -351,6 +440,7 @@ impl Connection {
             if r.outstanding < u64::from(MAX_U31) {
                 r.outstanding -= 1;
             }
+            self.in_bytes += payload.len();
             r.queue.push_back(payload);
         }
         if complete || rr {

@@ -81,7 +81,7 @@ impl Connection {
                 },
             );
         }
-        self.push_fragmented(kind, id, payload, false);
+        self.push_fragmented(kind, id, payload, false, Pace::Paced);
         Ok(id)
     }
 
@@ -89,26 +89,18 @@ impl Connection {
         if let Some(e) = self.closed() {
             return Err(e.clone());
         }
-        self.push(Frame::MetadataPush(MetadataPush { metadata }));
+        self.push_control(Frame::MetadataPush(MetadataPush { metadata }));
         Ok(())
     }
 
-    /// A spawned fire-and-forget handler finished.
-    pub(crate) fn fnf_done(&mut self) {
+    /// A fire-and-forget or metadata-push handler finished.
+    pub(crate) fn oneway_done(&mut self) {
         let was_paused = self.read_paused();
-        self.inflight_fnf = self.inflight_fnf.saturating_sub(1);
+        self.inflight_oneway = self.inflight_oneway.saturating_sub(1);
         if was_paused && !self.read_paused() {
             // The driver stopped reading; let it resume.
             wake(&mut self.writer_waker);
         }
-    }
-
-    /// Too many fire-and-forget handlers are running: the driver reads no
-    /// more frames until some finish. Backpressure reaches the peer through
-    /// the transport (its writer, then its requests, wait), and nothing is
-    /// dropped.
-    pub(crate) fn read_paused(&self) -> bool {
-        self.inflight_fnf >= self.config.max_concurrent_inbound_streams
     }
 
     // ----- consumers of inbound halves ----------------------------------
@@ -171,7 +163,12 @@ impl Connection {
             // The first item is returned directly, so a single response
             // never touches the caller's buffer.
             let n = max.saturating_sub(1).min(r.queue.len());
-            into.extend(r.queue.drain(..n));
+            let mut taken = first.len();
+            for p in r.queue.drain(..n) {
+                taken += p.len();
+                into.push_back(p);
+            }
+            self.in_bytes -= taken;
             Poll::Ready(Some(Ok(first)))
         } else {
             match r.end.take() {
@@ -242,6 +239,7 @@ impl Connection {
         let Some(r) = st.recv.take() else {
             return;
         };
+        self.in_bytes -= r.queue.iter().map(Payload::len).sum::<usize>();
         let open = r.end.is_none() && !st.terminated && conn_open;
         if open {
             if st.local {
@@ -285,6 +283,7 @@ impl Connection {
         // Registered even when credit is available: a producer whose user
         // stream is pending must still be woken by CANCEL or close.
         register(&mut s.waker, cx);
+        s.awaiting_credit = s.credit == 0;
         if s.credit == 0 {
             if !zero_ok {
                 return Poll::Pending;
@@ -344,19 +343,20 @@ impl Connection {
         if complete {
             s.done = true;
         }
+        // A request/response answer is written as soon as it is ready
+        // (see `Pace`); stream items waited for room.
+        let pace = if rr { Pace::Unpaced } else { Pace::Paced };
         let mtu = self.config.fragment_at();
         for (i, p) in items.enumerate() {
             let c = complete && i + 1 == count;
             fragment::fragment(FragKind::Payload { next: true }, id, p, c, mtu, |f, len| {
-                self.out_bytes += len;
-                self.out.push_back((f, len));
+                self.enqueue(f, len, pace);
             });
         }
         if count == 0 && complete {
             let f = Frame::Payload(PayloadFrame::complete(id));
             let len = f.encoded_len();
-            self.out_bytes += len;
-            self.out.push_back((f, len));
+            self.enqueue(f, len, pace);
         }
         wake(&mut self.writer_waker);
     }
@@ -420,6 +420,7 @@ impl Connection {
             .get(&key)
             .is_some_and(|st| st.recv.is_none() && st.send.is_none());
         if done {
+            self.drop_reassembly(key);
             if let Some(st) = self.streams.remove(&key) {
                 if !st.local {
                     self.inbound_streams = self.inbound_streams.saturating_sub(1);

@@ -52,6 +52,7 @@ use crate::frame::{
     Cancel, DecodeError, ErrorCode, ErrorFrame, Frame, FrameType, Keepalive, MetadataPush,
     PayloadFrame, RequestCount, RequestN, StreamId, MAX_U31,
 };
+use crate::stats::ConnectionStats;
 use crate::Payload;
 
 pub(crate) use fragment::FragKind;
@@ -148,6 +149,8 @@ struct SendHalf {
     stopped: bool,
     /// We sent our terminal frame.
     done: bool,
+    /// The producer found no credit and waits for REQUEST_N.
+    awaiting_credit: bool,
     waker: Option<Waker>,
 }
 
@@ -157,6 +160,7 @@ impl SendHalf {
             credit,
             stopped: false,
             done: false,
+            awaiting_credit: false,
             waker: None,
         }
     }
@@ -214,6 +218,37 @@ pub(crate) enum SendReady {
     Stopped,
 }
 
+/// How a queued frame counts against the outbound cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    /// Queued after waiting for room (requests, stream items): counted in
+    /// `out_bytes` only.
+    Paced,
+    /// Queued without waiting (control frames, request/response answers
+    /// written while reading): also counted in `unpaced_bytes`, which
+    /// pauses reading when it reaches the cap.
+    Unpaced,
+}
+
+/// A frame waiting for the writer.
+#[derive(Debug)]
+struct Queued {
+    frame: Frame,
+    len: usize,
+    pace: Pace,
+}
+
+/// Frames and bytes moved, for [`ConnectionStats`].
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    frames_in: u64,
+    bytes_in: u64,
+    frames_out: u64,
+    bytes_out: u64,
+    /// Frames ever queued (the harness uses it to find new ones).
+    frames_queued: u64,
+}
+
 /// One connection's protocol state. See the module docs.
 #[derive(Debug)]
 pub(crate) struct Connection {
@@ -226,11 +261,26 @@ pub(crate) struct Connection {
     ids: IdAllocator,
     frags: IdMap<Reassembly>,
     reassembly_bytes: usize,
+    /// Fragmented requests still being reassembled; they count against
+    /// `max_concurrent_inbound_streams` like open inbound streams.
+    partial_requests: usize,
     inbound_streams: usize,
-    inflight_fnf: usize,
-    /// Frames for the writer, each with its encoded length.
-    out: VecDeque<(Frame, usize)>,
+    /// Fire-and-forget and metadata-push handlers running.
+    inflight_oneway: usize,
+    /// Frames for the writer.
+    out: VecDeque<Queued>,
     out_bytes: usize,
+    /// Bytes of `out` queued without waiting for room (see [`Pace`]).
+    unpaced_bytes: usize,
+    /// Since when reading has been paused because `unpaced_bytes` reached
+    /// the cap (the peer is not reading what we answer).
+    stalled_since: Option<Instant>,
+    /// Payload bytes in the inbound queues, waiting for their consumers.
+    in_bytes: usize,
+    /// Closed because the peer read nothing for too long: the driver drops
+    /// the transport without writing what is left.
+    abandoned: bool,
+    counters: Counters,
     writer_waker: Option<Waker>,
     space_waiters: Vec<Waker>,
     events: VecDeque<Event>,
@@ -255,10 +305,16 @@ impl Connection {
             ids: IdAllocator::new(side == Side::Client),
             frags: IdMap::default(),
             reassembly_bytes: 0,
+            partial_requests: 0,
             inbound_streams: 0,
-            inflight_fnf: 0,
+            inflight_oneway: 0,
             out: VecDeque::new(),
             out_bytes: 0,
+            unpaced_bytes: 0,
+            stalled_since: None,
+            in_bytes: 0,
+            abandoned: false,
+            counters: Counters::default(),
             writer_waker: None,
             space_waiters: Vec::new(),
             events: VecDeque::new(),
@@ -284,31 +340,48 @@ impl Connection {
 
     // ----- output side -------------------------------------------------
 
+    fn enqueue(&mut self, frame: Frame, len: usize, pace: Pace) {
+        self.out_bytes += len;
+        if pace == Pace::Unpaced {
+            self.unpaced_bytes += len;
+        }
+        self.counters.frames_queued += 1;
+        self.out.push_back(Queued { frame, len, pace });
+    }
+
     /// Queues a frame and wakes the writer.
     fn push(&mut self, frame: Frame) {
         trace!(?frame, "queue");
         let len = frame.encoded_len();
-        self.out_bytes += len;
-        self.out.push_back((frame, len));
+        self.enqueue(frame, len, Pace::Unpaced);
         wake(&mut self.writer_waker);
     }
 
-    /// Queues a control frame (never held back); closes the connection if the
-    /// queue grows far past its cap, which means the peer is not reading.
+    /// Queues a control frame (never held back). Reading pauses once such
+    /// frames fill the cap; if they alone pass twice the cap (local handles
+    /// keep adding them while the peer reads nothing), the connection
+    /// closes.
     fn push_control(&mut self, frame: Frame) {
         self.push(frame);
-        if self.out_bytes > self.config.max_outbound_queue_bytes.saturating_mul(2) + (64 << 10) {
+        if self.unpaced_bytes > self.config.max_outbound_queue_bytes.saturating_mul(2) {
             self.fail(ConnectionError::LimitExceeded(
                 "outbound queue full: the peer is not reading".into(),
             ));
         }
     }
 
-    fn push_fragmented(&mut self, kind: FragKind, id: StreamId, payload: Payload, complete: bool) {
+    /// Queues a logical frame, fragmented at the MTU.
+    fn push_fragmented(
+        &mut self,
+        kind: FragKind,
+        id: StreamId,
+        payload: Payload,
+        complete: bool,
+        pace: Pace,
+    ) {
         let mtu = self.config.fragment_at();
         fragment::fragment(kind, id, payload, complete, mtu, |f, len| {
-            self.out_bytes += len;
-            self.out.push_back((f, len));
+            self.enqueue(f, len, pace);
         });
         wake(&mut self.writer_waker);
     }
@@ -328,12 +401,34 @@ impl Connection {
         !self.out.is_empty()
     }
 
-    /// Moves up to `max` queued frames into `into` for the writer.
-    pub(crate) fn poll_transmit(&mut self, max: usize, into: &mut VecDeque<Frame>) {
-        let n = max.min(self.out.len());
-        for (f, len) in self.out.drain(..n) {
-            self.out_bytes -= len;
-            into.push_back(f);
+    /// Moves queued frames into `into` for the writer: up to `max` frames,
+    /// and no more once `max_bytes` have been taken (at least one frame is
+    /// taken when any is queued).
+    pub(crate) fn poll_transmit(
+        &mut self,
+        max: usize,
+        max_bytes: usize,
+        into: &mut VecDeque<Frame>,
+    ) {
+        let mut taken = 0usize;
+        for _ in 0..max {
+            if taken >= max_bytes {
+                break;
+            }
+            let Some(q) = self.out.pop_front() else {
+                break;
+            };
+            taken += q.len;
+            self.out_bytes -= q.len;
+            if q.pace == Pace::Unpaced {
+                self.unpaced_bytes -= q.len;
+            }
+            self.counters.frames_out += 1;
+            self.counters.bytes_out += q.len as u64;
+            into.push_back(q.frame);
+        }
+        if self.unpaced_bytes < self.config.max_outbound_queue_bytes {
+            self.stalled_since = None;
         }
         if self.has_space() {
             for w in self.space_waiters.drain(..) {
@@ -356,7 +451,11 @@ impl Connection {
             return None;
         }
         let dead = self.last_received + self.keepalive.max_lifetime;
-        Some(self.next_keepalive.map_or(dead, |k| k.min(dead)))
+        let mut next = self.next_keepalive.map_or(dead, |k| k.min(dead));
+        if let Some(since) = self.stalled_since {
+            next = next.min(since + self.config.outbound_stall_timeout);
+        }
+        Some(next)
     }
 
     /// `Some` once the connection has ended.
@@ -367,14 +466,62 @@ impl Connection {
         }
     }
 
+    /// Closed because the peer stopped reading: drop the transport without
+    /// flushing it.
+    pub(crate) fn abandoned(&self) -> bool {
+        self.abandoned
+    }
+
     /// True once closed and every queued frame has been handed out.
     pub(crate) fn is_finished(&self) -> bool {
         self.closed().is_some() && self.out.is_empty()
     }
 
-    /// No streams are open.
+    /// No streams are open (a fragmented request still arriving counts as
+    /// one; payload reassembly belongs to an open stream).
     pub(crate) fn is_idle(&self) -> bool {
-        self.streams.is_empty() && self.frags.is_empty()
+        self.streams.is_empty() && self.partial_requests == 0
+    }
+
+    /// The driver must not read more frames: too many fire-and-forget or
+    /// metadata-push handlers are running, or what we queued in reply to
+    /// the peer has filled the outbound cap (the peer is not reading).
+    /// Backpressure then reaches the peer through the transport, and
+    /// nothing is dropped.
+    pub(crate) fn read_paused(&self) -> bool {
+        self.inflight_oneway >= self.config.max_concurrent_inbound_streams
+            || self.unpaced_bytes >= self.config.max_outbound_queue_bytes
+    }
+
+    /// A snapshot of the engine counters (see [`ConnectionStats`]).
+    pub(crate) fn stats(&self) -> ConnectionStats {
+        let mut s = ConnectionStats {
+            open_streams: self.streams.len(),
+            inbound_streams: self.inbound_streams + self.partial_requests,
+            partial_requests: self.partial_requests,
+            queued_out_bytes: self.out_bytes,
+            queued_in_bytes: self.in_bytes,
+            reassembly_bytes: self.reassembly_bytes,
+            handlers_running: self.inflight_oneway,
+            read_paused: self.read_paused(),
+            closed: self.closed().is_some(),
+            frames_in: self.counters.frames_in,
+            bytes_in: self.counters.bytes_in,
+            frames_out: self.counters.frames_out,
+            bytes_out: self.counters.bytes_out,
+            ..ConnectionStats::default()
+        };
+        for st in self.streams.values() {
+            if let Some(send) = &st.send {
+                if !st.local {
+                    s.handlers_running += 1;
+                }
+                if send.awaiting_credit {
+                    s.producers_awaiting_credit += 1;
+                }
+            }
+        }
+        s
     }
 
     // ----- lifecycle ----------------------------------------------------
@@ -385,7 +532,7 @@ impl Connection {
         if matches!(self.state, State::Closed(_)) {
             return;
         }
-        debug!(error = %err, "connection closed");
+        debug!(error = %err, stats = ?self.stats(), "connection closed");
         for st in self.streams.values_mut() {
             if let Some(r) = st.recv.as_mut() {
                 r.finish(Err(RequestError::Connection(err.clone())));
@@ -396,6 +543,8 @@ impl Connection {
         }
         self.frags.clear();
         self.reassembly_bytes = 0;
+        self.partial_requests = 0;
+        self.stalled_since = None;
         self.state = State::Closed(err);
         for w in self.space_waiters.drain(..) {
             w.wake();
@@ -426,6 +575,13 @@ impl Connection {
         });
     }
 
+    /// The transport broke its own framing (an oversized frame, a text
+    /// WebSocket message): a protocol violation by the peer, answered with
+    /// `ERROR[CONNECTION_ERROR]` before the transport is closed.
+    pub(crate) fn handle_transport_violation(&mut self, message: String) {
+        self.protocol_violation(message);
+    }
+
     /// Closes from this side with the given code on stream 0.
     pub(crate) fn close(&mut self, code: ErrorCode, message: &str, err: ConnectionError) {
         if self.closed().is_some() {
@@ -439,14 +595,35 @@ impl Connection {
     pub(crate) fn handle_transport_closed(&mut self, err: ConnectionError) {
         self.out.clear();
         self.out_bytes = 0;
+        self.unpaced_bytes = 0;
         self.close_streams(err);
     }
 
-    /// Stops accepting new streams; open ones continue.
+    /// Stops accepting new streams; open ones continue. Requests whose
+    /// fragments are still arriving are refused now, so that a peer that
+    /// never finishes one cannot hold the connection open.
     pub(crate) fn start_drain(&mut self) {
         if matches!(self.state, State::Open) {
             self.state = State::Draining;
+            self.refuse_partial_requests("connection is shutting down");
             wake(&mut self.writer_waker);
+        }
+    }
+
+    /// Call with the current time whenever the connection was worked on:
+    /// notes when a read pause for a full queue began, and runs the timers
+    /// that are due.
+    pub(crate) fn handle_tick(&mut self, now: Instant) {
+        if self.closed().is_some() {
+            return;
+        }
+        if self.unpaced_bytes >= self.config.max_outbound_queue_bytes {
+            self.stalled_since.get_or_insert(now);
+        } else {
+            self.stalled_since = None;
+        }
+        if self.poll_timeout().is_some_and(|d| d <= now) {
+            self.handle_timeout(now);
         }
     }
 
@@ -457,6 +634,18 @@ impl Connection {
         if now >= self.last_received + self.keepalive.max_lifetime {
             self.fail(ConnectionError::KeepaliveTimeout);
             return;
+        }
+        if let Some(since) = self.stalled_since {
+            if now >= since + self.config.outbound_stall_timeout {
+                // Nothing more can be written, not even an ERROR frame.
+                warn!(stats = ?self.stats(), "the peer is not reading; dropping the connection");
+                self.abandoned = true;
+                self.handle_transport_closed(ConnectionError::LimitExceeded(format!(
+                    "the peer read nothing of a full outbound queue for {:?}",
+                    self.config.outbound_stall_timeout
+                )));
+                return;
+            }
         }
         if let (Some(next), Some(interval)) = (self.next_keepalive, self.keepalive.send_interval) {
             if now >= next {
