@@ -87,6 +87,8 @@ pub struct ServerStats {
     pub reassembly_bytes: usize,
     /// Sum of `handlers_running`.
     pub handlers_running: usize,
+    /// Sum of `producers_awaiting_credit`.
+    pub producers_awaiting_credit: usize,
     /// Frames received, over all connections (closed ones included).
     pub frames_in: u64,
     /// Bytes received, over all connections.
@@ -109,6 +111,7 @@ impl ServerStats {
         self.queued_in_bytes += c.queued_in_bytes;
         self.reassembly_bytes += c.reassembly_bytes;
         self.handlers_running += c.handlers_running;
+        self.producers_awaiting_credit += c.producers_awaiting_credit;
         self.add_traffic(c);
     }
 
