@@ -176,7 +176,7 @@ impl<T: Transport> Future for ConnectionDriver<T> {
         // go out in the same wake-up; then yield.
         for _round in 0..4 {
             // 1. Read ahead, unless reading is paused.
-            let mut more_to_read = false;
+            let mut reader_pending = false;
             if this.read_paused {
                 this.read_paused = this.shared.lock().read_paused();
             }
@@ -195,7 +195,6 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                                 break;
                             }
                             if this.inbox.len() >= READ_BUDGET || bytes >= READ_AHEAD_BYTES {
-                                more_to_read = true;
                                 break;
                             }
                         }
@@ -204,7 +203,10 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                             this.eof = true;
                             break;
                         }
-                        Poll::Pending => break,
+                        Poll::Pending => {
+                            reader_pending = true;
+                            break;
+                        }
                     }
                 }
             }
@@ -316,6 +318,10 @@ impl<T: Transport> Future for ConnectionDriver<T> {
             // wake us for them (producers waiting for queue space are woken
             // only when we drain it).
             let more_to_write = queued && this.outbox.is_empty();
+            // Unless the reader itself said it has nothing (and will wake
+            // us), reading goes on in the next round: the budget was used,
+            // or frames read earlier were handled instead.
+            let more_to_read = !this.read_done && !this.read_paused && !reader_pending;
             if more_to_read || more_to_write {
                 continue;
             }
