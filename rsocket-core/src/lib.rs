@@ -60,6 +60,8 @@ pub use config::{Config, PeerInfo, SetupInfo, SetupParams};
 pub use error::{ConnectionError, Initiator, RequestError, StreamError};
 pub use frame::{ErrorCode, Frame, MimeType, RequestCount, StreamId};
 pub use payload::Payload;
+#[doc(hidden)]
+pub use proto::harness;
 pub use proto::Interaction;
 pub use rsocket::{boxed, PayloadStream, RSocket, RejectAll};
 #[cfg(feature = "runtime")]

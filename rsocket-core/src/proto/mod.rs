@@ -34,7 +34,9 @@
 //! unbounded (rsocket-java's convention). Producers are polled only while
 //! credit is above zero and the outbound queue is below its byte cap.
 
+mod check;
 mod fragment;
+pub mod harness;
 mod ids;
 mod inbound;
 mod local;
