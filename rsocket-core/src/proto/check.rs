@@ -57,7 +57,7 @@ impl Connection {
                 continue;
             }
             let held = r.queue.len() as u64 + r.outstanding + u64::from(r.consumed);
-            if held > u64::from(r.window) {
+            if held > u64::from(r.window) + r.extra {
                 return Err(format!(
                     "stream {id}: {} queued + {} outstanding + {} consumed exceed the window {}",
                     r.queue.len(),

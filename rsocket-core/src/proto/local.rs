@@ -223,6 +223,7 @@ impl Connection {
             return;
         }
         r.outstanding = add_credit(r.outstanding, count.get());
+        r.extra = add_credit(r.extra, count.get());
         self.push_control(Frame::RequestN(RequestN {
             stream_id: id,
             request_n: count,
@@ -241,6 +242,11 @@ impl Connection {
         };
         self.in_bytes -= r.queue.iter().map(Payload::len).sum::<usize>();
         let open = r.end.is_none() && !st.terminated && conn_open;
+        // Nobody will take the item being reassembled.
+        self.drop_reassembly(key);
+        let Some(st) = self.streams.get_mut(&key) else {
+            return;
+        };
         if open {
             if st.local {
                 // Requester gives up: the whole stream ends.
@@ -382,6 +388,7 @@ impl Connection {
         } else {
             err.code
         };
+        self.drop_reassembly(id.get());
         self.push(Frame::Error(ErrorFrame::new(Some(id), code, &err.message)));
     }
 
@@ -409,6 +416,7 @@ impl Connection {
                     "responder dropped the stream",
                 ))
             };
+            self.drop_reassembly(key);
             self.push_control(frame);
         }
         self.maybe_remove(key);

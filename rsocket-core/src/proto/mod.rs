@@ -118,6 +118,9 @@ struct RecvHalf {
     /// Credit is granted only by explicit [`Connection::request_credit`]
     /// calls, not as items are consumed.
     manual: bool,
+    /// Credit granted by [`Connection::request_credit`] on top of the
+    /// window (saturating).
+    extra: u64,
     waker: Option<Waker>,
 }
 
@@ -131,6 +134,7 @@ impl RecvHalf {
             consumed: 0,
             granted,
             manual: false,
+            extra: 0,
             waker: None,
         }
     }
