@@ -72,32 +72,43 @@ fn initial_n(id: u32) -> u32 {
 
 // ----- generated steps ---------------------------------------------------------
 
+/// How an inbound frame picks its stream id.
+#[derive(Debug, Clone)]
+enum Id {
+    /// One of the streams open in the model (ours or the peer's).
+    Live(usize),
+    /// The peer's next unused id.
+    Fresh,
+    /// Any id at all (unknown streams, our own parity, 0 is not built).
+    Raw(u32),
+}
+
 #[derive(Debug, Clone)]
 enum In {
     Request {
         kind: u8,
-        id: u32,
+        id: Id,
         follows: bool,
         complete: bool,
         len: usize,
         md: bool,
     },
     Payload {
-        id: u32,
+        id: Id,
         next: bool,
         complete: bool,
         follows: bool,
         len: usize,
     },
     RequestN {
-        id: u32,
+        id: Id,
         n: u32,
     },
     Cancel {
-        id: u32,
+        id: Id,
     },
     Error {
-        id: u32,
+        id: Option<Id>,
         code: u32,
     },
     Keepalive {
@@ -160,18 +171,26 @@ enum Op {
     TransportClosed,
 }
 
-fn inbound() -> impl Strategy<Value = In> {
-    let id = prop_oneof![8 => 1u32..=12, 1 => 13u32..=2000];
+fn stream_id(fresh: u32) -> impl Strategy<Value = Id> {
     prop_oneof![
-        6 => (0u8..4, id.clone(), any::<bool>(), any::<bool>(), 0usize..ITEM_MAX, any::<bool>())
+        6 => any::<usize>().prop_map(Id::Live),
+        fresh => Just(Id::Fresh),
+        2 => prop_oneof![1u32..=12, 13u32..=2000].prop_map(Id::Raw),
+    ]
+}
+
+fn inbound() -> impl Strategy<Value = In> {
+    prop_oneof![
+        6 => (0u8..4, stream_id(12), prop::bool::weighted(0.25), any::<bool>(), 0usize..ITEM_MAX, any::<bool>())
             .prop_map(|(kind, id, follows, complete, len, md)| In::Request { kind, id, follows, complete, len, md }),
-        6 => (id.clone(), any::<bool>(), any::<bool>(), any::<bool>(), 0usize..ITEM_MAX)
+        8 => (stream_id(0), any::<bool>(), prop::bool::weighted(0.3), prop::bool::weighted(0.3), 0usize..ITEM_MAX)
             .prop_map(|(id, next, complete, follows, len)| In::Payload {
                 id, next: next || !complete, complete, follows, len
             }),
-        3 => (id.clone(), prop_oneof![1u32..=4, Just(MAX_U31)]).prop_map(|(id, n)| In::RequestN { id, n }),
-        2 => id.clone().prop_map(|id| In::Cancel { id }),
-        1 => (prop_oneof![4 => id, 1 => Just(0u32)], prop_oneof![Just(0x201u32), Just(0x203), Just(0x204), Just(0x102)])
+        4 => (stream_id(0), prop_oneof![4 => 1u32..=4, 1 => Just(MAX_U31)]).prop_map(|(id, n)| In::RequestN { id, n }),
+        2 => stream_id(0).prop_map(|id| In::Cancel { id }),
+        1 => (prop_oneof![6 => stream_id(0).prop_map(Some), 1 => Just(None)],
+              prop_oneof![Just(0x201u32), Just(0x203), Just(0x204), Just(0x102)])
             .prop_map(|(id, code)| In::Error { id, code }),
         1 => any::<bool>().prop_map(|respond| In::Keepalive { respond }),
         1 => (0usize..ITEM_MAX).prop_map(|len| In::MetadataPush { len }),
@@ -271,6 +290,8 @@ struct Model {
     remote: BTreeMap<u32, Remote>,
     oneway: usize,
     last_in: Option<Frame>,
+    /// The peer's next fresh stream id (its parity).
+    next_peer_id: u32,
 }
 
 impl Model {
@@ -289,12 +310,37 @@ impl Model {
             remote: BTreeMap::new(),
             oneway: 0,
             last_in: None,
+            next_peer_id: if client { 2 } else { 1 },
         };
         m.observe();
         m
     }
 
-    fn build(spec: &In) -> Option<Frame> {
+    fn resolve(&mut self, id: &Id) -> u32 {
+        match *id {
+            Id::Live(i) => {
+                let ids: Vec<u32> = self
+                    .local
+                    .keys()
+                    .chain(self.remote.keys())
+                    .copied()
+                    .collect();
+                if ids.is_empty() {
+                    self.next_peer_id
+                } else {
+                    ids[i % ids.len()]
+                }
+            }
+            Id::Fresh => {
+                let id = self.next_peer_id;
+                self.next_peer_id += 2;
+                id
+            }
+            Id::Raw(n) => n,
+        }
+    }
+
+    fn build(&mut self, spec: &In) -> Option<Frame> {
         Some(match spec.clone() {
             In::Request {
                 kind,
@@ -304,6 +350,7 @@ impl Model {
                 len,
                 md,
             } => {
+                let id = self.resolve(&id);
                 let stream_id = sid(id)?;
                 let payload = body(len, md);
                 let n = RequestCount::new(initial_n(id))?;
@@ -340,20 +387,26 @@ impl Model {
                 follows,
                 len,
             } => Frame::Payload(PayloadFrame {
-                stream_id: sid(id)?,
+                stream_id: sid(self.resolve(&id))?,
                 follows,
                 complete,
                 next,
                 payload: body(len, false),
             }),
             In::RequestN { id, n } => Frame::RequestN(RequestN {
-                stream_id: sid(id)?,
+                stream_id: sid(self.resolve(&id))?,
                 request_n: RequestCount::new(n)?,
             }),
             In::Cancel { id } => Frame::Cancel(Cancel {
-                stream_id: sid(id)?,
+                stream_id: sid(self.resolve(&id))?,
             }),
-            In::Error { id, code } => Frame::Error(ErrorFrame::new(sid(id), ErrorCode(code), "e")),
+            In::Error { id, code } => {
+                let id = match id {
+                    Some(id) => Some(sid(self.resolve(&id))?),
+                    None => None,
+                };
+                Frame::Error(ErrorFrame::new(id, ErrorCode(code), "e"))
+            }
             In::Keepalive { respond } => Frame::Keepalive(Keepalive {
                 respond,
                 last_received_position: 0,
@@ -373,7 +426,7 @@ impl Model {
                 Some(f) => self.feed(f),
                 None => false,
             },
-            other => match Self::build(other) {
+            other => match self.build(other) {
                 Some(f) => {
                     self.last_in = Some(f.clone());
                     self.feed(f)
