@@ -181,7 +181,7 @@ fn stream_id(fresh: u32) -> impl Strategy<Value = Id> {
 
 fn inbound() -> impl Strategy<Value = In> {
     prop_oneof![
-        6 => (0u8..4, stream_id(12), prop::bool::weighted(0.25), any::<bool>(), 0usize..ITEM_MAX, any::<bool>())
+        6 => (0u8..4, stream_id(12), prop::bool::weighted(0.4), any::<bool>(), 0usize..ITEM_MAX, any::<bool>())
             .prop_map(|(kind, id, follows, complete, len, md)| In::Request { kind, id, follows, complete, len, md }),
         8 => (stream_id(0), any::<bool>(), prop::bool::weighted(0.3), prop::bool::weighted(0.3), 0usize..ITEM_MAX)
             .prop_map(|(id, next, complete, follows, len)| In::Payload {
@@ -292,6 +292,7 @@ struct Model {
     last_in: Option<Frame>,
     /// The peer's next fresh stream id (its parity).
     next_peer_id: u32,
+    draining: bool,
 }
 
 impl Model {
@@ -311,6 +312,7 @@ impl Model {
             oneway: 0,
             last_in: None,
             next_peer_id: if client { 2 } else { 1 },
+            draining: false,
         };
         m.observe();
         m
@@ -759,7 +761,10 @@ impl Model {
             Op::PushOut { len } => {
                 let _ = self.h.metadata_push(Bytes::from(vec![b'o'; len]));
             }
-            Op::Drain => self.h.start_drain(),
+            Op::Drain => {
+                self.h.start_drain();
+                self.draining = true;
+            }
             Op::Close => self.h.close(),
             Op::Advance { ms } => {
                 self.now += Duration::from_millis(ms);
@@ -804,6 +809,10 @@ impl Model {
         }
         if self.h.closed().is_some() {
             assert_eq!((s.reassembly_bytes, s.partial_requests), (0, 0), "{s:?}");
+        } else if self.draining && self.local.is_empty() && self.remote.is_empty() {
+            // Nothing open: graceful shutdown must have finished, whatever
+            // fragments the peer left behind.
+            panic!("draining with no stream open, yet not closed: {s:?}");
         }
     }
 
