@@ -37,7 +37,7 @@ use rsocket_core::{
 
 const CAP: usize = 2048;
 const MAX_REASSEMBLY: usize = 1024;
-const MAX_INBOUND: usize = 4;
+const MAX_INBOUND: usize = 2;
 const PREFETCH: u32 = 4;
 const ITEM_MAX: usize = 120;
 const BATCH: u64 = 4;
