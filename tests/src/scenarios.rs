@@ -11,20 +11,16 @@
 //! trips on the connection under test, never by sleeping.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::join_all;
 use futures::{Stream, StreamExt};
-use rsocket_core::{
-    ClientBuilder, Config, ErrorCode, Payload, PayloadStream, RSocket, RequestError, Requester,
-};
+use rsocket_core::{Config, ErrorCode, Payload, PayloadStream, RSocket, RequestError, Requester};
 use tokio::sync::{mpsc, watch};
 
 use crate::responder::{counting, drop_pair, error_message, guarded, items, pd, pm};
 use crate::{
-    pair, within, Direction, DropWatch, Pair, Probe, Signals, TckResponder, TestServer,
-    TransportKind,
+    pair, within, Direction, DropWatch, Pair, Probe, Signals, TckResponder, TransportKind,
 };
 
 // ----- helpers ---------------------------------------------------------------
@@ -42,7 +38,7 @@ async fn tck<K: TransportKind>(
 
 /// One request/response round trip that must succeed: proves the
 /// connection works, and orders everything sent before it on the wire.
-async fn ping(r: &Requester) {
+pub(crate) async fn ping(r: &Requester) {
     let reply = within("ping", r.request_response(pm("a", "b")))
         .await
         .expect("ping failed");
@@ -51,7 +47,7 @@ async fn ping(r: &Requester) {
 
 /// A compact, comparable rendering of stream items: data as text, a
 /// stream error as `#<code>:<message>`, anything else as `!<error>`.
-fn render(item: &Result<Payload, RequestError>) -> String {
+pub(crate) fn render(item: &Result<Payload, RequestError>) -> String {
     match item {
         Ok(p) => String::from_utf8_lossy(&p.data).into_owned(),
         Err(RequestError::Stream(e)) => format!("#{:#x}:{}", e.code.0, e.message),
@@ -60,13 +56,16 @@ fn render(item: &Result<Payload, RequestError>) -> String {
 }
 
 /// Collects a whole stream (guarded) and renders it.
-async fn collect(what: &str, s: impl Stream<Item = Result<Payload, RequestError>>) -> Vec<String> {
+pub(crate) async fn collect(
+    what: &str,
+    s: impl Stream<Item = Result<Payload, RequestError>>,
+) -> Vec<String> {
     let v: Vec<_> = within(what, s.collect::<Vec<_>>()).await;
     v.iter().map(render).collect()
 }
 
 /// The next item of a stream, which must be a payload.
-async fn next_item<S>(what: &str, s: &mut S) -> Payload
+pub(crate) async fn next_item<S>(what: &str, s: &mut S) -> Payload
 where
     S: Stream<Item = Result<Payload, RequestError>> + Unpin,
 {
@@ -76,7 +75,7 @@ where
     }
 }
 
-fn strings(v: &[&str]) -> Vec<String> {
+pub(crate) fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| (*s).to_owned()).collect()
 }
 
@@ -621,179 +620,6 @@ pub async fn large_payload<K: TransportKind>(dir: Direction) {
     assert!(reply == req, "1 MiB payload mangled");
 }
 
-// ----- server lifecycle -------------------------------------------------------
-
-/// The server dies mid-stream: pending requests fail promptly with a
-/// connection error, new ones fail too, and the dead side's handlers are
-/// dropped with its connection.
-pub async fn dead_peer<K: TransportKind>() {
-    let (probe, mut signals) = Probe::new(1);
-    let mut server = TestServer::<K>::start(
-        Arc::new(TckResponder::new(probe)),
-        Config::default(),
-        Duration::from_secs(10),
-    )
-    .await;
-    let client = server.connect(ClientBuilder::new()).await;
-    drop(server.accepted().await);
-
-    let mut s = client.with_prefetch(4).request_stream(pd("endless"));
-    assert_eq!(next_item("stream item", &mut s).await.data, "0");
-    let stream_handler = signals.started("endless").await;
-    let mut rr = Box::pin(client.request_response(pm("e", "f")));
-    let rr_handler = tokio::select! {
-        r = &mut rr => panic!("the never-answering handler answered: {r:?}"),
-        w = signals.started("e") => w,
-    };
-
-    server.abort();
-
-    let end = within("the stream to fail", async {
-        loop {
-            match s.next().await {
-                Some(Ok(_)) => continue,
-                other => break other,
-            }
-        }
-    })
-    .await;
-    assert!(
-        matches!(end, Some(Err(RequestError::Connection(_)))),
-        "stream must fail with a connection error: {end:?}"
-    );
-    let r = within("the pending response to fail", rr).await;
-    assert!(matches!(r, Err(RequestError::Connection(_))), "{r:?}");
-    let r = within(
-        "a new request to fail",
-        client.request_response(pm("a", "b")),
-    )
-    .await;
-    assert!(matches!(r, Err(RequestError::Connection(_))), "{r:?}");
-    assert!(client.closed_reason().is_some());
-
-    stream_handler
-        .dropped("the dead server's stream handler to be dropped")
-        .await;
-    rr_handler
-        .dropped("the dead server's response handler to be dropped")
-        .await;
-}
-
-/// Graceful shutdown with a long grace period: a stream started before
-/// shutdown runs to completion, a request made while draining is rejected,
-/// and the server then closes the connection and returns.
-pub async fn graceful_shutdown_drains<K: TransportKind>() {
-    let (probe, _signals) = Probe::new(1);
-    let responder: Arc<dyn RSocket> = Arc::new(TckResponder::new(probe));
-    let mut server = TestServer::<K>::start(
-        responder.clone(),
-        Config::default(),
-        Duration::from_secs(10),
-    )
-    .await;
-    let client = server
-        .connect(ClientBuilder::new().responder(responder))
-        .await;
-    let server_side = server.accepted().await;
-
-    // With a window of 1 the stream cannot finish before we consume it.
-    let mut s = client.with_prefetch(1).request_stream(pm("count", "d:5"));
-    assert_eq!(next_item("first item", &mut s).await.data, "d-0");
-
-    server.shutdown();
-    // The connection is draining once the server's own requests are refused.
-    within("the connection to start draining", async {
-        loop {
-            match server_side.request_response(pm("a", "b")).await {
-                Ok(_) => tokio::task::yield_now().await,
-                Err(RequestError::Connection(_)) => break,
-                Err(e) => panic!("unexpected error while waiting for drain: {e}"),
-            }
-        }
-    })
-    .await;
-
-    let r = within(
-        "a request during drain",
-        client.request_response(pm("a", "b")),
-    )
-    .await;
-    assert!(
-        matches!(&r, Err(RequestError::Stream(e)) if e.code == ErrorCode::REJECTED),
-        "a request during drain must be REJECTED: {r:?}"
-    );
-
-    let rest = collect("the in-flight stream", s).await;
-    assert_eq!(rest, strings(&["d-1", "d-2", "d-3", "d-4"]));
-
-    server.finished().await.expect("serve");
-    let r = within(
-        "a request after close",
-        client.request_response(pm("a", "b")),
-    )
-    .await;
-    assert!(matches!(r, Err(RequestError::Connection(_))), "{r:?}");
-}
-
-/// Graceful shutdown with a short grace period and a stream that never
-/// ends: once the grace period is over the client sees the connection end,
-/// the handler is dropped, and the server returns.
-pub async fn graceful_shutdown_grace_expires<K: TransportKind>() {
-    let (probe, mut signals) = Probe::new(1);
-    let mut server = TestServer::<K>::start(
-        Arc::new(TckResponder::new(probe)),
-        Config::default(),
-        Duration::from_millis(200),
-    )
-    .await;
-    let client = server.connect(ClientBuilder::new()).await;
-    drop(server.accepted().await);
-
-    let mut s = client.request_stream(pd("hang"));
-    assert_eq!(next_item("first item", &mut s).await.data, "first");
-    let handler = signals.started("hang").await;
-
-    server.shutdown();
-    let end = within("the connection to end after the grace period", s.next()).await;
-    assert!(
-        matches!(end, Some(Err(RequestError::Connection(_)))),
-        "{end:?}"
-    );
-    handler
-        .dropped("the hanging handler to be dropped at close")
-        .await;
-    server.finished().await.expect("serve");
-}
-
-/// Twenty clients at once against one server, each doing a
-/// request/response and a stream.
-pub async fn many_connections<K: TransportKind>() {
-    const CLIENTS: usize = 20;
-    let (probe, _signals) = Probe::new(1);
-    let mut server = TestServer::<K>::start(
-        Arc::new(TckResponder::new(probe)),
-        Config::default(),
-        Duration::from_secs(10),
-    )
-    .await;
-    let clients = (0..CLIENTS).map(|i| {
-        let server = &server;
-        async move {
-            let client = server.connect(ClientBuilder::new()).await;
-            ping(&client).await;
-            let s = client
-                .with_prefetch(3)
-                .request_stream(pm("count", &format!("c{i}:12")));
-            let got: Vec<_> = s.collect::<Vec<_>>().await;
-            (i, got.iter().map(render).collect::<Vec<_>>(), client)
-        }
-    });
-    let results = within("20 clients", join_all(clients)).await;
-    for (i, got, _client) in &results {
-        let want: Vec<String> = (0..12).map(|j| format!("c{i}-{j}")).collect();
-        assert_eq!(got, &want, "client {i}");
-    }
-    for _ in 0..CLIENTS {
-        drop(server.accepted().await);
-    }
-}
+pub use crate::lifecycle::{
+    dead_peer, graceful_shutdown_drains, graceful_shutdown_grace_expires, many_connections,
+};
