@@ -63,7 +63,7 @@ fn config(mtu: bool) -> Config {
 /// id, so that the credit of a request is known whichever of its
 /// (possibly duplicated) first fragments the connection took.
 fn initial_n(id: u32) -> u32 {
-    if id % 7 == 0 {
+    if id.is_multiple_of(7) {
         MAX_U31
     } else {
         id % 5 + 1

@@ -1,6 +1,20 @@
 //! Inbound frames: what the peer sent, checked and applied to the streams.
 
-use super::*;
+use std::time::Instant;
+
+use tracing::{debug, trace};
+
+use super::fragment::Reassembly;
+use super::{
+    add_credit, wake, Connection, Event, FragKind, Interaction, RecvHalf, SendHalf, Side, State,
+    StreamState,
+};
+use crate::error::{ConnectionError, Initiator, RequestError, StreamError};
+use crate::frame::{
+    Cancel, DecodeError, ErrorCode, ErrorFrame, Frame, FrameType, Keepalive, PayloadFrame,
+    RequestN, StreamId, MAX_U31,
+};
+use crate::Payload;
 
 impl Connection {
     // ----- inbound frames -----------------------------------------------

@@ -1,7 +1,21 @@
 //! Commands from local handles: opening requests, consuming inbound
 //! halves, producing on outbound halves.
 
-use super::*;
+use std::collections::VecDeque;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+
+use super::{
+    add_credit, fragment, register, wake, Connection, FragKind, Interaction, Pace, RecvHalf,
+    SendHalf, SendReady, State, StreamState,
+};
+use crate::error::{ConnectionError, RequestError, StreamError};
+use crate::frame::{
+    Cancel, ErrorCode, ErrorFrame, Frame, MetadataPush, PayloadFrame, RequestCount, RequestN,
+    StreamId, MAX_U31,
+};
+use crate::Payload;
 
 impl Connection {
     // ----- requester commands ------------------------------------------

@@ -42,18 +42,15 @@ mod inbound;
 mod local;
 
 use std::collections::VecDeque;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::{debug, trace, warn};
 
 use crate::config::Config;
-use crate::error::{ConnectionError, Initiator, RequestError, StreamError};
-use crate::frame::{
-    Cancel, DecodeError, ErrorCode, ErrorFrame, Frame, FrameType, Keepalive, MetadataPush,
-    PayloadFrame, RequestCount, RequestN, StreamId, MAX_U31,
-};
+use crate::error::{ConnectionError, RequestError};
+use crate::frame::{ErrorCode, ErrorFrame, Frame, Keepalive, StreamId, MAX_U31};
 use crate::stats::ConnectionStats;
 use crate::Payload;
 
