@@ -312,6 +312,27 @@ impl Ctx {
         }
         expect_eq("items", got, numbers(3))?;
         drop(s); // sends CANCEL
+                 // The server must see the CANCEL and stop, having produced no more
+                 // than the 5 items of credit.
+        let (produced, state) = loop {
+            let v: serde_json::Value =
+                serde_json::from_str(&rr_text(&self.client, "produced").await?)
+                    .context("`produced` is not JSON")?;
+            let state = v
+                .get("state")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("?")
+                .to_owned();
+            if state != "running" {
+                break (v.get("produced").and_then(serde_json::Value::as_u64), state);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        expect_eq("stream state after CANCEL", state, "cancelled".into())?;
+        match produced {
+            Some(n) if (3..=5).contains(&n) => {}
+            other => bail!("produced {other:?} items, expected 3 to 5 (credit 5)"),
+        }
         let reply = rr_text(&self.client, "after-cancel").await?;
         expect_eq("reply after cancel", reply, "echo:after-cancel".into())?;
         let again = collect_texts(self.client.request_stream(Payload::from("2"))).await?;

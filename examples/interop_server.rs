@@ -13,7 +13,10 @@
 //!
 //! Contract, per connection:
 //! * request/response: `fnf-count`, `mp-count`, `mp-last`, `caps`, `fail`,
-//!   anything else is echoed as `echo:<data>` with the request's metadata;
+//!   `produced` (JSON `{"produced": N, "state": S}`: items the last
+//!   request/stream produced, and whether it is `running`, `completed` or
+//!   `cancelled`; `none` before any), anything else is echoed as
+//!   `echo:<data>` with the request's metadata;
 //! * fire-and-forget is counted, metadata push recorded;
 //! * request/stream `N` sends `0` .. `N-1` then completes; a negative or
 //!   non-numeric `N` fails with `bad n`;
@@ -23,14 +26,15 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-
-use futures::{StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use rsocket::metadata::{CompositeMetadata, RoutingMetadata, WellKnownMimeType};
 use rsocket::{
     async_trait, Config, Listener, MimeType, Payload, PayloadStream, RSocket, RequestError, Server,
@@ -43,6 +47,73 @@ struct ConnState {
     fnf_count: AtomicU64,
     mp_count: AtomicU64,
     mp_last: Mutex<Option<Bytes>>,
+    /// The last request/stream, for the `produced` query.
+    last_stream: Mutex<Option<Arc<Progress>>>,
+}
+
+const RUNNING: u8 = 0;
+const COMPLETED: u8 = 1;
+const CANCELLED: u8 = 2;
+
+/// How far a request/stream got.
+#[derive(Default)]
+struct Progress {
+    produced: AtomicU64,
+    state: AtomicU8,
+}
+
+impl Progress {
+    fn to_json(&self) -> String {
+        let state = match self.state.load(Ordering::SeqCst) {
+            RUNNING => "running",
+            COMPLETED => "completed",
+            _ => "cancelled",
+        };
+        format!(
+            r#"{{"produced": {}, "state": "{state}"}}"#,
+            self.produced.load(Ordering::SeqCst)
+        )
+    }
+}
+
+/// `0` .. `n-1`, each counted when the engine takes it (only with credit).
+/// Dropped before its end (the requester's CANCEL), it records that.
+struct Counted {
+    next: u64,
+    n: u64,
+    progress: Arc<Progress>,
+}
+
+impl Stream for Counted {
+    type Item = Result<Payload, RequestError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        if self.next == self.n {
+            self.progress.state.store(COMPLETED, Ordering::SeqCst);
+            return Poll::Ready(None);
+        }
+        let i = self.next;
+        self.next += 1;
+        self.progress.produced.fetch_add(1, Ordering::SeqCst);
+        Poll::Ready(Some(Ok(Payload::from(i.to_string()))))
+    }
+
+    /// Exact, so that COMPLETE goes out with the last item.
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = usize::try_from(self.n - self.next).unwrap_or(usize::MAX);
+        (left, Some(left))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let _ = self.progress.state.compare_exchange(
+            RUNNING,
+            CANCELLED,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
 }
 
 /// The responder of one connection.
@@ -113,6 +184,17 @@ impl Responder {
                 Payload::from(data)
             }
             b"caps" => Payload::from(Self::caps()),
+            b"produced" => {
+                let last = self
+                    .state
+                    .last_stream
+                    .lock()
+                    .map_err(|_| StreamError::application("state poisoned"))?;
+                Payload::from(match last.as_deref() {
+                    Some(p) => p.to_json(),
+                    None => r#"{"produced": 0, "state": "none"}"#.to_owned(),
+                })
+            }
             b"fail" => return Err(StreamError::application("requested failure")),
             data => {
                 let mut echoed = b"echo:".to_vec();
@@ -156,9 +238,18 @@ impl RSocket for Responder {
         match n {
             // Items are produced only as the requester grants credit: the
             // engine polls this stream only while credit is left.
-            Some(n) => futures::stream::iter(0..n)
-                .map(|i| Ok(Payload::from(i.to_string())))
-                .boxed(),
+            Some(n) => {
+                let progress = Arc::new(Progress::default());
+                if let Ok(mut last) = self.state.last_stream.lock() {
+                    *last = Some(progress.clone());
+                }
+                Counted {
+                    next: 0,
+                    n,
+                    progress,
+                }
+                .boxed()
+            }
             None => failed_stream(StreamError::application("bad n")),
         }
     }

@@ -258,6 +258,17 @@ class Conformance {
     if (c.terminated) throw new Error(`ended after ${c.items.length} items: ${c.error}`);
     c.handle.cancel();
     expectEq("items", c.items.slice(0, 3), ["0", "1", "2"]);
+    // The server must see the CANCEL and stop, within the credit of 5.
+    let answer;
+    for (;;) {
+      answer = JSON.parse(await this.rrText(this.client, "produced"));
+      if (answer.state !== "running") break;
+      await sleep(20);
+    }
+    expectEq("stream state after CANCEL", answer.state, "cancelled");
+    if (!(answer.produced >= 3 && answer.produced <= 5)) {
+      throw new Error(`produced ${answer.produced} items, expected 3 to 5 (credit 5)`);
+    }
     expectEq("reply after cancel", await this.rrText(this.client, "after-cancel"), "echo:after-cancel");
     expectEq("stream after cancel", await this.stream(this.client, { data: Buffer.from("2") }).finish(), ["0", "1"]);
   }

@@ -79,7 +79,7 @@ class CreditEmitter {
 
 function responder(setup) {
   const routing = setup.metadataMimeType === COMPOSITE;
-  const state = { fnf: 0 };
+  const state = { fnf: 0, lastStream: null };
   const checkRoute = (payload, expected) => {
     if (!routing) return null;
     const route = routeOf(payload.metadata);
@@ -102,6 +102,11 @@ function responder(setup) {
             return sink.onNext({ data: Buffer.from("mp:") }, true);
           case "caps":
             return sink.onNext({ data: Buffer.from(CAPS) }, true);
+          case "produced": {
+            const last = state.lastStream;
+            const answer = last ? { produced: last.produced, state: last.state } : { produced: 0, state: "none" };
+            return sink.onNext({ data: Buffer.from(JSON.stringify(answer)) }, true);
+          }
           case "fail":
             return sink.onError(appError("requested failure"));
           default: {
@@ -127,7 +132,23 @@ function responder(setup) {
         setImmediate(() => sink.onError(appError(routeError || "bad n")));
         return noop;
       }
-      const emitter = new CreditEmitter(sink);
+      // Progress for the `produced` query.
+      const progress = { produced: 0, state: "running" };
+      state.lastStream = progress;
+      const counting = {
+        onNext(p, complete) {
+          progress.produced += 1;
+          sink.onNext(p, complete);
+        },
+        onComplete() {
+          progress.state = "completed";
+          sink.onComplete();
+        },
+        onError(e) {
+          sink.onError(e);
+        },
+      };
+      const emitter = new CreditEmitter(counting);
       let next = 0;
       emitter.finished = n === 0;
       emitter.produce = () => {
@@ -140,7 +161,10 @@ function responder(setup) {
       emitter.request(initialRequestN);
       return {
         request: (k) => emitter.request(k),
-        cancel: () => emitter.cancel(),
+        cancel: () => {
+          if (progress.state === "running") progress.state = "cancelled";
+          emitter.cancel();
+        },
         onExtension() {},
       };
     },

@@ -255,6 +255,15 @@ class Conformance:
             raise Fail('ended after %d items: %r' % (len(collector.items), collector.error))
         collector.subscription.cancel()
         expect_eq('items', collector.items[:3], ['0', '1', '2'])
+        # The server must see the CANCEL and stop, within the credit of 5.
+        while True:
+            answer = json.loads(await self.rr_text(self.client, 'produced'))
+            if answer.get('state') != 'running':
+                break
+            await asyncio.sleep(0.02)
+        expect_eq('stream state after CANCEL', answer.get('state'), 'cancelled')
+        if not 3 <= answer.get('produced', -1) <= 5:
+            raise Fail('produced %r items, expected 3 to 5 (credit 5)' % answer.get('produced'))
         expect_eq('reply after cancel', await self.rr_text(self.client, 'after-cancel'),
                   'echo:after-cancel')
         expect_eq('stream after cancel', await self.stream(self.client, '2').finish(),

@@ -95,13 +95,23 @@ class CreditPublisher(Publisher, Subscription):
 
 
 class CountingPublisher(CreditPublisher):
-    """`0` .. `n-1`, produced lazily as credit arrives."""
+    """`0` .. `n-1`, produced lazily as credit arrives; reports how far it
+    got for the `produced` query."""
 
     def __init__(self, n: int):
         super().__init__()
         self._n = n
         self._next = 0
         self._finished = n == 0
+        self.state = 'running'
+
+    def produced(self) -> int:
+        return self._next
+
+    def cancel(self):
+        if self.state == 'running':
+            self.state = 'cancelled'
+        super().cancel()
 
     async def _run(self):
         while not self._done:
@@ -115,6 +125,7 @@ class CountingPublisher(CreditPublisher):
                 await asyncio.sleep(0)
             elif self._finished:
                 self._done = True
+                self.state = 'completed'
                 self._subscriber.on_complete()
             else:
                 self._wakeup.clear()
@@ -154,6 +165,7 @@ class Handler(BaseRequestHandler):
         self.fnf_count = 0
         self.mp_count = 0
         self.mp_last = b''
+        self.last_stream = None
 
     async def on_setup(self, data_encoding, metadata_encoding, payload):
         self.routing = ensure_bytes(metadata_encoding) == COMPOSITE
@@ -189,6 +201,11 @@ class Handler(BaseRequestHandler):
             return create_future(Payload(b'mp:' + self.mp_last))
         if data == b'caps':
             return create_future(Payload(self._caps()))
+        if data == b'produced':
+            last = self.last_stream
+            answer = {'produced': 0, 'state': 'none'} if last is None else \
+                {'produced': last.produced(), 'state': last.state}
+            return create_future(Payload(json.dumps(answer).encode()))
         if data == b'fail':
             return create_error_future(AppError('requested failure'))
         metadata = payload.metadata if payload.metadata else None
@@ -212,7 +229,8 @@ class Handler(BaseRequestHandler):
             n = -1
         if n < 0:
             return ErrorPublisher('bad n')
-        return CountingPublisher(n)
+        self.last_stream = CountingPublisher(n)
+        return self.last_stream
 
     async def request_channel(self, payload: Payload):
         error = self._check_route(payload, 'channel')

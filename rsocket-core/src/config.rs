@@ -32,13 +32,20 @@ pub struct Config {
     /// frames until one finishes, so load pushes back on the peer and no
     /// fire-and-forget is dropped. Default 10,000.
     pub max_concurrent_inbound_streams: usize,
-    /// Bytes of encoded frames waiting for the writer. When reached, request
-    /// producers and responder streams are not polled until the writer has
-    /// drained below it. Control frames (KEEPALIVE answers, REQUEST_N,
-    /// CANCEL, ERROR) are always queued; if they alone pass twice this
-    /// limit the peer is not reading and the connection is closed.
-    /// Default 1 MiB.
+    /// Bytes of encoded frames waiting for the writer. When reached, new
+    /// requests, responder streams and request/response answers from
+    /// spawned handlers wait until the writer has drained below it. Frames
+    /// queued without waiting (control frames: KEEPALIVE answers,
+    /// REQUEST_N, CANCEL, ERROR; request/response answers written while
+    /// reading) pause reading once they fill this limit, so a peer that
+    /// sends requests without reading the answers is pushed back through
+    /// the transport; if they alone pass twice this limit (local handles
+    /// keep adding them), the connection is closed. Default 1 MiB.
     pub max_outbound_queue_bytes: usize,
+    /// How long reading may stay paused because the peer does not read
+    /// what we queued in reply (see `max_outbound_queue_bytes`) before the
+    /// connection is closed with `ERROR[CONNECTION_ERROR]`. Default 30 s.
+    pub outbound_stall_timeout: Duration,
     /// Default credit window of request/stream and channel inbound halves:
     /// the initial request-n, replenished with REQUEST_N when half of it has
     /// been consumed. Items buffered per stream never exceed it.
@@ -62,6 +69,7 @@ impl Default for Config {
             max_reassembly_bytes: 64 << 20,
             max_concurrent_inbound_streams: 10_000,
             max_outbound_queue_bytes: 1 << 20,
+            outbound_stall_timeout: Duration::from_secs(30),
             default_prefetch: 256,
             setup_timeout: Duration::from_secs(30),
             close_timeout: Duration::from_secs(30),
@@ -96,6 +104,15 @@ impl Config {
         }
         if self.close_timeout.is_zero() {
             return Err(ConfigError::Zero("close_timeout"));
+        }
+        if self.max_concurrent_inbound_streams == 0 {
+            return Err(ConfigError::Zero("max_concurrent_inbound_streams"));
+        }
+        if self.outbound_stall_timeout.is_zero() {
+            return Err(ConfigError::Zero("outbound_stall_timeout"));
+        }
+        if self.setup_timeout.is_zero() {
+            return Err(ConfigError::Zero("setup_timeout"));
         }
         Ok(())
     }

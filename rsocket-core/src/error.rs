@@ -193,6 +193,10 @@ pub enum Limit {
         /// `Config::max_reassembly_bytes`.
         cap: usize,
     },
+    /// The peer read nothing of a full outbound queue for
+    /// `outbound_stall_timeout`: the transport was dropped.
+    #[error("the peer read nothing of a full outbound queue for {0:?}")]
+    OutboundStall(std::time::Duration),
     /// No SETUP arrived within `setup_timeout`.
     #[error("no SETUP within {0:?}")]
     SetupTimeout(std::time::Duration),

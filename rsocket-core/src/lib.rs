@@ -52,6 +52,7 @@ mod proto;
 mod rsocket;
 #[cfg(feature = "runtime")]
 pub mod runtime;
+pub mod stats;
 
 pub use config::{Config, PeerInfo, SetupInfo, SetupParams};
 pub use error::{
@@ -59,6 +60,8 @@ pub use error::{
 };
 pub use frame::{ErrorCode, Frame, MimeType, RequestCount, StreamId};
 pub use payload::Payload;
+#[doc(hidden)]
+pub use proto::harness;
 pub use proto::Interaction;
 pub use rsocket::{
     async_trait, error_stream, fire_and_forget_fn, fn_kind, request_channel_fn,
@@ -70,3 +73,4 @@ pub use runtime::{
     Requester, ResponseFuture, ResponseStream, Server, SocketAcceptor, StreamTransport, Transport,
     TransportError,
 };
+pub use stats::{ConnectionStats, ServerStats};

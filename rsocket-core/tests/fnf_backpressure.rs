@@ -1,79 +1,148 @@
-//! Fire-and-forget under load: at the handler limit the server stops
-//! reading instead of dropping requests, so every one is handled once the
-//! handlers catch up.
+//! Fire-and-forget and metadata push under load: with
+//! `max_concurrent_inbound_streams` handlers running, the server stops
+//! reading (checked before every frame, so never one handler more), and
+//! nothing is dropped: every request is handled once the handlers catch up.
 
 use rsocket_core::async_trait;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rsocket_core::{memory_pair, ClientBuilder, Config, Payload, RSocket, RequestError, Server};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use rsocket_core::runtime::ServerStatsHandle;
+use rsocket_core::{
+    memory_pair, ClientBuilder, Config, Payload, RSocket, RequestError, Server, ServerStats,
+};
 use tokio::sync::Semaphore;
 
-/// Each fire-and-forget handler waits for a permit, then counts.
+const LIMIT: usize = 4;
+const SENT: usize = 50;
+const WAIT: Duration = Duration::from_secs(5);
+
+/// Each handler counts itself as started, waits for a permit, then counts
+/// itself as handled.
+#[derive(Clone)]
 struct Gated {
     gate: Arc<Semaphore>,
+    started: Arc<AtomicUsize>,
     handled: Arc<AtomicUsize>,
+}
+
+impl Gated {
+    fn new() -> Self {
+        Self {
+            gate: Arc::new(Semaphore::new(0)),
+            started: Arc::default(),
+            handled: Arc::default(),
+        }
+    }
+
+    fn run(&self) -> BoxFuture<'static, Result<(), RequestError>> {
+        let this = self.clone();
+        this.started.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            let permit = this
+                .gate
+                .acquire()
+                .await
+                .map_err(|_| RequestError::Cancelled)?;
+            permit.forget();
+            this.handled.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+    }
 }
 
 #[async_trait]
 
 impl RSocket for Gated {
     async fn fire_and_forget(&self, _req: Payload) -> Result<(), RequestError> {
-        let gate = self.gate.clone();
-        let handled = self.handled.clone();
-        Box::pin(async move {
-            let permit = gate.acquire().await.map_err(|_| RequestError::Cancelled)?;
-            permit.forget();
-            handled.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        })
-        .await
+        self.run().await
+    }
+
+    async fn metadata_push(&self, _metadata: Bytes) -> Result<(), RequestError> {
+        self.run().await
     }
 }
 
-#[tokio::test]
-async fn fire_and_forget_beyond_the_handler_limit_is_not_dropped() {
-    const SENT: usize = 50;
-    let gate = Arc::new(Semaphore::new(0));
-    let handled = Arc::new(AtomicUsize::new(0));
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    tokio::time::timeout(WAIT, async {
+        while !cond() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+/// Serves `gated` with a handler limit of [`LIMIT`]; sends [`SENT`]
+/// requests through `send`; checks that exactly [`LIMIT`] handlers ran
+/// while the gate was closed, then that all were handled.
+async fn flood(send: impl Fn(&rsocket_core::Requester, usize) -> BoxFuture<'static, ()>) {
+    let gated = Gated::new();
     let config = Config {
-        max_concurrent_inbound_streams: 4,
+        max_concurrent_inbound_streams: LIMIT,
         ..Config::default()
     };
     let (c, s) = memory_pair(64 * 1024);
-    let (g, h) = (gate.clone(), handled.clone());
+    let responder = gated.clone();
     let server = Server::new(move |_s, _r| {
-        let responder = Gated {
-            gate: g.clone(),
-            handled: h.clone(),
-        };
+        let responder = responder.clone();
         async move { Ok(Arc::new(responder) as Arc<dyn RSocket>) }
     })
     .config(config);
+    let stats: ServerStatsHandle = server.stats_handle();
     tokio::spawn(server.serve_with_shutdown(
         futures::stream::iter([Ok::<_, std::io::Error>(s)]),
         futures::future::pending(),
     ));
     let requester = ClientBuilder::new().connect(c).expect("connect");
     for i in 0..SENT {
-        requester
-            .fire_and_forget(Payload::from(format!("m{i}")))
+        tokio::time::timeout(WAIT, send(&requester, i))
             .await
-            .expect("queued");
+            .expect("request queued in time");
     }
-    // Let every handler through, then wait until all were handled.
-    gate.add_permits(SENT);
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while handled.load(Ordering::SeqCst) < SENT {
-            tokio::task::yield_now().await;
-        }
+    // Every handler the engine dispatched has started, and reading paused.
+    let mut last = ServerStats::default();
+    wait_until("the server to pause with its handlers started", || {
+        last = stats.snapshot();
+        last.paused_connections == 1
+            && gated.started.load(Ordering::SeqCst) == last.handlers_running
     })
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "only {} of {SENT} fire-and-forget requests were handled",
-            handled.load(Ordering::SeqCst)
-        )
-    });
+    .await;
+    assert_eq!(
+        gated.started.load(Ordering::SeqCst),
+        LIMIT,
+        "handlers started past the limit: {last:?}"
+    );
+    assert_eq!(last.handlers_running, LIMIT, "{last:?}");
+    // Let every handler through, then wait until all were handled.
+    gated.gate.add_permits(SENT);
+    wait_until("every request to be handled", || {
+        gated.handled.load(Ordering::SeqCst) == SENT
+    })
+    .await;
+    wait_until("the handlers to be counted out", || {
+        stats.snapshot().handlers_running == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn fire_and_forget_beyond_the_handler_limit_waits_and_is_not_dropped() {
+    flood(|requester, i| {
+        let fut = requester.fire_and_forget(Payload::from(format!("m{i}")));
+        Box::pin(async move { fut.await.expect("queued") })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn metadata_push_beyond_the_handler_limit_waits_and_is_not_dropped() {
+    flood(|requester, i| {
+        let fut = requester.metadata_push(Bytes::from(format!("md{i}")));
+        Box::pin(async move { fut.await.expect("queued") })
+    })
+    .await;
 }

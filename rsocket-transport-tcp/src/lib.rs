@@ -22,6 +22,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures::Stream;
+use rsocket_core::frame::MAX_FRAME_LEN;
 use rsocket_core::{PeerInfo, StreamTransport};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpStream, ToSocketAddrs};
@@ -50,19 +51,37 @@ pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpTransport> {
 #[derive(Debug)]
 pub struct TcpListener {
     inner: tokio::net::TcpListener,
+    max_frame_len: usize,
 }
 
 impl TcpListener {
     /// Binds to `addr` (use port 0 for a free port).
     pub async fn bind(addr: impl ToSocketAddrs) -> io::Result<Self> {
-        Ok(Self {
-            inner: tokio::net::TcpListener::bind(addr).await?,
-        })
+        Ok(Self::from_listener(
+            tokio::net::TcpListener::bind(addr).await?,
+        ))
     }
 
     /// Wraps a bound tokio listener.
     pub fn from_listener(inner: tokio::net::TcpListener) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            max_frame_len: MAX_FRAME_LEN,
+        }
+    }
+
+    /// Largest inbound frame (bytes, length prefix excluded) that accepted
+    /// connections take; a longer one is refused from its length prefix,
+    /// before it is buffered, and ends the connection with
+    /// `ERROR[CONNECTION_ERROR]`. Default and cap: 16,777,215. The server's
+    /// `Config::max_frame_len` applies as well: the lower of the two wins.
+    pub fn with_max_frame_len(mut self, max: usize) -> Self {
+        self.max_frame_len = max.min(MAX_FRAME_LEN);
+        self
+    }
+
+    fn wrap(&self, stream: TcpStream) -> io::Result<TcpTransport> {
+        Ok(from_stream(stream)?.with_max_frame_len(self.max_frame_len))
     }
 
     /// The bound address.
@@ -73,7 +92,7 @@ impl TcpListener {
     /// Accepts one connection.
     pub async fn accept(&self) -> io::Result<TcpTransport> {
         let (stream, _) = self.inner.accept().await?;
-        from_stream(stream)
+        self.wrap(stream)
     }
 }
 
@@ -82,7 +101,7 @@ impl Stream for TcpListener {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match self.inner.poll_accept(cx) {
-            Poll::Ready(Ok((stream, _))) => Poll::Ready(Some(from_stream(stream))),
+            Poll::Ready(Ok((stream, _))) => Poll::Ready(Some(self.wrap(stream))),
             Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
             Poll::Pending => Poll::Pending,
         }

@@ -89,6 +89,7 @@ pub struct TlsListener {
     acceptor: TlsAcceptor,
     handshake_timeout: Duration,
     max_pending: usize,
+    max_frame_len: usize,
     handshakes: Handshakes<TlsServerTransport>,
 }
 
@@ -120,6 +121,7 @@ impl TlsListener {
             acceptor: tls.into(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_pending: DEFAULT_MAX_PENDING,
+            max_frame_len: rsocket_core::frame::MAX_FRAME_LEN,
             handshakes: Handshakes::new("TLS", DEFAULT_MAX_PENDING, DEFAULT_HANDSHAKE_TIMEOUT),
         }
     }
@@ -136,6 +138,13 @@ impl TlsListener {
         self.max_pending = max.max(1);
         self.handshakes
             .set_limits(self.max_pending, self.handshake_timeout);
+        self
+    }
+
+    /// Largest inbound frame accepted connections take, as
+    /// [`TcpListener::with_max_frame_len`](crate::TcpListener::with_max_frame_len).
+    pub fn with_max_frame_len(mut self, max: usize) -> Self {
+        self.max_frame_len = max.min(rsocket_core::frame::MAX_FRAME_LEN);
         self
     }
 
@@ -163,6 +172,7 @@ impl Stream for TlsListener {
         let this = &mut *self;
         let inner = &this.inner;
         let acceptor = &this.acceptor;
+        let max_frame_len = this.max_frame_len;
         this.handshakes.poll_next(
             cx,
             |cx| inner.poll_accept(cx),
@@ -172,7 +182,9 @@ impl Stream for TlsListener {
                     tcp.set_nodelay(true)?;
                     let tls = acceptor.accept(tcp).await?;
                     let (r, w) = tokio::io::split(tls);
-                    Ok(StreamTransport::new(r, w).with_peer_info(PeerInfo::from_addr(addr)))
+                    Ok(StreamTransport::new(r, w)
+                        .with_peer_info(PeerInfo::from_addr(addr))
+                        .with_max_frame_len(max_frame_len))
                 }
             },
         )

@@ -2,6 +2,8 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
@@ -11,6 +13,8 @@ use rsocket_core::frame::MAX_FRAME_LEN;
 use rsocket_core::{Frame, PeerInfo, Transport, TransportError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsProtoError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, trace};
@@ -23,6 +27,7 @@ use tracing::{debug, trace};
 pub struct WsTransport<S> {
     ws: WebSocketStream<S>,
     peer: PeerInfo,
+    max_frame_len: usize,
 }
 
 impl<S> WsTransport<S>
@@ -34,7 +39,16 @@ where
     /// [`WsConfig::websocket_config`](crate::WsConfig::websocket_config));
     /// `peer` is what a server's acceptor will see.
     pub fn new(ws: WebSocketStream<S>, peer: PeerInfo) -> Self {
-        Self { ws, peer }
+        let max_frame_len = ws
+            .get_config()
+            .max_message_size
+            .unwrap_or(MAX_FRAME_LEN)
+            .min(MAX_FRAME_LEN);
+        Self {
+            ws,
+            peer,
+            max_frame_len,
+        }
     }
 
     /// What is known about the peer: address, request path (with query),
@@ -64,17 +78,51 @@ where
 
     fn split(self) -> (Self::Reader, Self::Writer) {
         let (sink, stream) = self.ws.split();
+        let close_code = Arc::new(AtomicU16::new(0));
         (
             WsReader {
                 inner: stream,
                 done: false,
+                max_frame_len: self.max_frame_len,
+                close_code: close_code.clone(),
             },
-            WsWriter { inner: sink },
+            WsWriter {
+                inner: sink,
+                close_code,
+                close_sent: false,
+            },
         )
     }
 
     fn peer_info(&self) -> PeerInfo {
         self.peer.clone()
+    }
+
+    /// Messages are still read whole (up to the `WsConfig::max_frame_len`
+    /// the stream was built with) before a longer one is refused; set that
+    /// too to refuse from the message header.
+    fn limit_frame_len(&mut self, max: usize) {
+        self.max_frame_len = self.max_frame_len.min(max);
+    }
+}
+
+/// WebSocket close codes (RFC 6455 §7.4.1) the writer sends when the
+/// connection ends: normal unless the reader saw the peer break the rules.
+const CLOSE_NORMAL: u16 = 1000;
+const CLOSE_PROTOCOL: u16 = 1002;
+const CLOSE_UNSUPPORTED: u16 = 1003;
+const CLOSE_TOO_BIG: u16 = 1009;
+
+fn close_frame(code: u16) -> CloseFrame {
+    let (code, reason) = match code {
+        CLOSE_UNSUPPORTED => (CloseCode::Unsupported, "binary messages only"),
+        CLOSE_TOO_BIG => (CloseCode::Size, "frame too large"),
+        CLOSE_PROTOCOL => (CloseCode::Protocol, "protocol error"),
+        _ => (CloseCode::Normal, ""),
+    };
+    CloseFrame {
+        code,
+        reason: reason.into(),
     }
 }
 
@@ -83,6 +131,21 @@ where
 pub struct WsReader<S> {
     inner: SplitStream<WebSocketStream<S>>,
     done: bool,
+    max_frame_len: usize,
+    /// Shared with the writer: the close code to send (0: normal).
+    close_code: Arc<AtomicU16>,
+}
+
+impl<S> WsReader<S> {
+    fn fail(
+        &mut self,
+        code: u16,
+        err: TransportError,
+    ) -> Poll<Option<Result<Frame, TransportError>>> {
+        self.done = true;
+        self.close_code.store(code, Ordering::Relaxed);
+        Poll::Ready(Some(Err(err)))
+    }
 }
 
 impl<S> Stream for WsReader<S>
@@ -105,23 +168,45 @@ where
                 Poll::Ready(Some(Ok(msg))) => msg,
                 Poll::Ready(Some(Err(e))) => {
                     self.done = true;
-                    return Poll::Ready(read_error(e).map(Err));
+                    return match read_error(e) {
+                        None => Poll::Ready(None),
+                        Some(err) => {
+                            let code = match err {
+                                TransportError::FrameTooLarge { .. } => CLOSE_TOO_BIG,
+                                TransportError::Io(_) => CLOSE_NORMAL,
+                                _ => CLOSE_PROTOCOL,
+                            };
+                            self.fail(code, err)
+                        }
+                    };
                 }
             };
             match msg {
                 Message::Binary(bytes) => {
+                    if bytes.len() > self.max_frame_len {
+                        debug!(
+                            len = bytes.len(),
+                            max = self.max_frame_len,
+                            "message over max_frame_len"
+                        );
+                        let err = TransportError::FrameTooLarge {
+                            len: bytes.len(),
+                            max: self.max_frame_len,
+                        };
+                        return self.fail(CLOSE_TOO_BIG, err);
+                    }
                     let frame = Frame::decode(bytes);
                     trace!(?frame, "recv");
                     return Poll::Ready(Some(frame.map_err(TransportError::Decode)));
                 }
                 Message::Text(text) => {
                     debug!(len = text.len(), "text message received; closing");
-                    self.done = true;
-                    return Poll::Ready(Some(Err(TransportError::Framing(
+                    let err = TransportError::Framing(
                         "received a text WebSocket message; RSocket frames travel in binary \
                          messages only"
                             .into(),
-                    ))));
+                    );
+                    return self.fail(CLOSE_UNSUPPORTED, err);
                 }
                 Message::Close(close) => {
                     debug!(?close, "WebSocket close frame received");
@@ -174,6 +259,8 @@ fn write_error(e: WsProtoError) -> TransportError {
 #[derive(Debug)]
 pub struct WsWriter<S> {
     inner: SplitSink<WebSocketStream<S>, Message>,
+    close_code: Arc<AtomicU16>,
+    close_sent: bool,
 }
 
 impl<S> Sink<Frame> for WsWriter<S>
@@ -210,7 +297,30 @@ where
             .map_err(write_error)
     }
 
+    /// Sends a close frame with a status code (1000, or 1003 / 1009 / 1002
+    /// when the peer broke the framing rules), then closes.
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if !self.close_sent {
+            match Pin::new(&mut self.inner).poll_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) => {
+                    let code = match self.close_code.load(Ordering::Relaxed) {
+                        0 => CLOSE_NORMAL,
+                        c => c,
+                    };
+                    self.close_sent = true;
+                    let frame = close_frame(code);
+                    debug!(code = u16::from(frame.code), "sending WebSocket close");
+                    if let Err(e) =
+                        Pin::new(&mut self.inner).start_send(Message::Close(Some(frame)))
+                    {
+                        return Poll::Ready(Err(write_error(e)));
+                    }
+                }
+                // Already closed or broken: nothing left to say.
+                Poll::Ready(Err(_)) => self.close_sent = true,
+            }
+        }
         Pin::new(&mut self.inner)
             .poll_close(cx)
             .map_err(write_error)

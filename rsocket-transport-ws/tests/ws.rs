@@ -14,6 +14,7 @@ use rsocket_core::{
     ClientBuilder, ConnectionError, ErrorCode, Frame, MimeType, Payload, PeerInfo, RequestError,
     Transport, TransportError,
 };
+use rsocket_transport_ws::tungstenite::protocol::frame::coding::CloseCode;
 use rsocket_transport_ws::tungstenite::protocol::Role;
 use rsocket_transport_ws::tungstenite::Message;
 use rsocket_transport_ws::{
@@ -261,15 +262,8 @@ async fn text_message_closes_the_connection_with_an_error() {
         .unwrap();
     let (_setup, requester) = within(server.setups.recv()).await.unwrap();
     ws.send(Message::text("not a frame")).await.unwrap();
-    // The server ends the connection: we read its close (or the socket end).
-    loop {
-        match within(ws.next()).await {
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-            // An ERROR frame before the close is fine.
-            Some(Ok(Message::Binary(_))) => {}
-            Some(Ok(other)) => panic!("unexpected message {other:?}"),
-        }
-    }
+    // ERROR[CONNECTION_ERROR], then a close with 1003 (unsupported data).
+    expect_error_then_close(&mut ws, CloseCode::Unsupported).await;
     match requester.closed_reason() {
         Some(ConnectionError::Protocol { code, message }) => {
             assert_eq!(code, ErrorCode::CONNECTION_ERROR);
@@ -277,6 +271,82 @@ async fn text_message_closes_the_connection_with_an_error() {
         }
         other => panic!("expected a connection error about text, got {other:?}"),
     }
+}
+
+/// The server's next messages must be one ERROR[CONNECTION_ERROR] frame and
+/// a close frame with `code`.
+async fn expect_error_then_close(ws: &mut WebSocketStream<tokio::net::TcpStream>, code: CloseCode) {
+    expect_stream0_error_then_close(ws, ErrorCode::CONNECTION_ERROR, code).await;
+}
+
+/// The server's next messages must be one ERROR frame on stream 0 with
+/// `error` and a close frame with `code`.
+async fn expect_stream0_error_then_close(
+    ws: &mut WebSocketStream<tokio::net::TcpStream>,
+    error: ErrorCode,
+    code: CloseCode,
+) {
+    match within(ws.next()).await {
+        Some(Ok(Message::Binary(b))) => match Frame::decode(b) {
+            Ok(Frame::Error(e)) => {
+                assert_eq!(e.stream_id, None);
+                assert_eq!(e.code, error);
+            }
+            other => panic!("expected ERROR[CONNECTION_ERROR], got {other:?}"),
+        },
+        other => panic!("expected an ERROR frame, got {other:?}"),
+    }
+    expect_close(ws, code).await;
+}
+
+async fn expect_close(ws: &mut WebSocketStream<tokio::net::TcpStream>, code: CloseCode) {
+    match within(ws.next()).await {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, code, "{frame:?}"),
+        other => panic!("expected a close frame with {code:?}, got {other:?}"),
+    }
+}
+
+async fn raw_client(addr: std::net::SocketAddr) -> WebSocketStream<tokio::net::TcpStream> {
+    let (mut ws, _) = tokio_tungstenite::client_async(
+        format!("ws://{addr}/"),
+        tokio::net::TcpStream::connect(addr).await.unwrap(),
+    )
+    .await
+    .unwrap();
+    ws.send(Message::Binary(encode(&setup_frame())))
+        .await
+        .unwrap();
+    ws
+}
+
+#[tokio::test]
+async fn a_normal_close_carries_status_1000() {
+    let listener = WsListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut server = serve(listener);
+    let mut ws = raw_client(addr).await;
+    let (_setup, requester) = within(server.setups.recv()).await.unwrap();
+    // A graceful close with nothing open: CONNECTION_CLOSE, then 1000.
+    requester.close();
+    expect_stream0_error_then_close(&mut ws, ErrorCode::CONNECTION_CLOSE, CloseCode::Normal).await;
+}
+
+#[tokio::test]
+async fn config_max_frame_len_closes_with_1009() {
+    let listener = WsListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = rsocket_core::Config {
+        max_frame_len: 1024,
+        ..rsocket_core::Config::default()
+    };
+    let mut server = common::serve_with(listener, config);
+    let mut ws = raw_client(addr).await;
+    let (_setup, requester) = within(server.setups.recv()).await.unwrap();
+    ws.send(Message::Binary(Bytes::from(vec![0u8; 1025])))
+        .await
+        .unwrap();
+    expect_error_then_close(&mut ws, CloseCode::Size).await;
+    assert!(requester.closed_reason().is_some());
 }
 
 #[tokio::test]
@@ -377,14 +447,8 @@ async fn oversized_message_ends_a_served_connection() {
     ws.send(Message::Binary(Bytes::from(vec![0u8; 4096])))
         .await
         .unwrap();
-    loop {
-        match within(ws.next()).await {
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-            // An ERROR frame before the close is fine.
-            Some(Ok(Message::Binary(_))) => {}
-            Some(Ok(other)) => panic!("unexpected message {other:?}"),
-        }
-    }
+    // ERROR[CONNECTION_ERROR], then a close with 1009 (message too big).
+    expect_error_then_close(&mut ws, CloseCode::Size).await;
     assert!(requester.closed_reason().is_some());
 }
 
@@ -483,9 +547,11 @@ async fn stalled_handshake_times_out() {
     let addr = listener.local_addr().unwrap();
     let _server = serve(listener);
     let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
-    // The server drops the connection: our read ends.
+    // The server drops the connection: our read ends cleanly.
     let mut buf = [0u8; 16];
-    let n = within(stalled.read(&mut buf)).await.unwrap_or(0);
+    let n = within(stalled.read(&mut buf))
+        .await
+        .expect("the listener closes the stalled socket, it does not reset it");
     assert_eq!(n, 0);
 }
 

@@ -29,6 +29,7 @@
 //! * [`within`]: the failure guard every wait goes through. Timeouts only
 //!   turn a hang into a failure; no test orders events by sleeping.
 
+mod lifecycle;
 pub mod responder;
 pub mod scenarios;
 

@@ -178,6 +178,11 @@ impl Reassembly {
         }
     }
 
+    /// A request being reassembled (not a PAYLOAD on an open stream).
+    pub(crate) fn is_request(&self) -> bool {
+        !matches!(self.kind, FragKind::Payload { .. })
+    }
+
     /// Bytes buffered so far.
     pub(crate) fn len(&self) -> usize {
         self.metadata.as_ref().map_or(0, BytesMut::len) + self.data.len()

@@ -34,22 +34,24 @@
 //! unbounded (rsocket-java's convention). Producers are polled only while
 //! credit is above zero and the outbound queue is below its byte cap.
 
+mod check;
 mod fragment;
+pub mod harness;
 mod ids;
+mod inbound;
+mod local;
 
 use std::collections::VecDeque;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::{debug, trace, warn};
 
 use crate::config::Config;
-use crate::error::{ConnectionError, Initiator, Limit, RequestError, StreamError, StreamViolation};
-use crate::frame::{
-    Cancel, DecodeError, ErrorCode, ErrorFrame, Frame, FrameType, Keepalive, MetadataPush,
-    PayloadFrame, RequestCount, RequestN, StreamId, MAX_U31,
-};
+use crate::error::{ConnectionError, Initiator, Limit, RequestError};
+use crate::frame::{ErrorCode, ErrorFrame, Frame, Keepalive, StreamId, MAX_U31};
+use crate::stats::ConnectionStats;
 use crate::Payload;
 
 pub(crate) use fragment::FragKind;
@@ -113,6 +115,9 @@ struct RecvHalf {
     /// Credit is granted only by explicit [`Connection::request_credit`]
     /// calls, not as items are consumed.
     manual: bool,
+    /// Credit granted by [`Connection::request_credit`] on top of the
+    /// window (saturating).
+    extra: u64,
     waker: Option<Waker>,
 }
 
@@ -126,6 +131,7 @@ impl RecvHalf {
             consumed: 0,
             granted,
             manual: false,
+            extra: 0,
             waker: None,
         }
     }
@@ -146,6 +152,8 @@ struct SendHalf {
     stopped: bool,
     /// We sent our terminal frame.
     done: bool,
+    /// The producer found no credit and waits for REQUEST_N.
+    awaiting_credit: bool,
     waker: Option<Waker>,
 }
 
@@ -155,6 +163,7 @@ impl SendHalf {
             credit,
             stopped: false,
             done: false,
+            awaiting_credit: false,
             waker: None,
         }
     }
@@ -219,6 +228,37 @@ pub(crate) enum SendReady {
     Stopped,
 }
 
+/// How a queued frame counts against the outbound cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    /// Queued after waiting for room (requests, stream items): counted in
+    /// `out_bytes` only.
+    Paced,
+    /// Queued without waiting (control frames, request/response answers
+    /// written while reading): also counted in `unpaced_bytes`, which
+    /// pauses reading when it reaches the cap.
+    Unpaced,
+}
+
+/// A frame waiting for the writer.
+#[derive(Debug)]
+struct Queued {
+    frame: Frame,
+    len: usize,
+    pace: Pace,
+}
+
+/// Frames and bytes moved, for [`ConnectionStats`].
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    frames_in: u64,
+    bytes_in: u64,
+    frames_out: u64,
+    bytes_out: u64,
+    /// Frames ever queued (the harness uses it to find new ones).
+    frames_queued: u64,
+}
+
 /// One connection's protocol state. See the module docs.
 #[derive(Debug)]
 pub(crate) struct Connection {
@@ -231,11 +271,26 @@ pub(crate) struct Connection {
     ids: IdAllocator,
     frags: IdMap<Reassembly>,
     reassembly_bytes: usize,
+    /// Fragmented requests still being reassembled; they count against
+    /// `max_concurrent_inbound_streams` like open inbound streams.
+    partial_requests: usize,
     inbound_streams: usize,
-    inflight_fnf: usize,
-    /// Frames for the writer, each with its encoded length.
-    out: VecDeque<(Frame, usize)>,
+    /// Fire-and-forget and metadata-push handlers running.
+    inflight_oneway: usize,
+    /// Frames for the writer.
+    out: VecDeque<Queued>,
     out_bytes: usize,
+    /// Bytes of `out` queued without waiting for room (see [`Pace`]).
+    unpaced_bytes: usize,
+    /// Since when reading has been paused because `unpaced_bytes` reached
+    /// the cap (the peer is not reading what we answer).
+    stalled_since: Option<Instant>,
+    /// Payload bytes in the inbound queues, waiting for their consumers.
+    in_bytes: usize,
+    /// Closed because the peer read nothing for too long: the driver drops
+    /// the transport without writing what is left.
+    abandoned: bool,
+    counters: Counters,
     writer_waker: Option<Waker>,
     space_waiters: Vec<Waker>,
     events: VecDeque<Event>,
@@ -260,10 +315,16 @@ impl Connection {
             ids: IdAllocator::new(side == Side::Client),
             frags: IdMap::default(),
             reassembly_bytes: 0,
+            partial_requests: 0,
             inbound_streams: 0,
-            inflight_fnf: 0,
+            inflight_oneway: 0,
             out: VecDeque::new(),
             out_bytes: 0,
+            unpaced_bytes: 0,
+            stalled_since: None,
+            in_bytes: 0,
+            abandoned: false,
+            counters: Counters::default(),
             writer_waker: None,
             space_waiters: Vec::new(),
             events: VecDeque::new(),
@@ -284,7 +345,7 @@ impl Connection {
 
     /// Draining and no stream left.
     pub(crate) fn drained(&self) -> bool {
-        matches!(self.state, State::Draining { .. }) && self.is_idle()
+        self.drained_state() && self.is_idle()
     }
 
     fn drained_state(&self) -> bool {
@@ -323,31 +384,48 @@ impl Connection {
 
     // ----- output side -------------------------------------------------
 
+    fn enqueue(&mut self, frame: Frame, len: usize, pace: Pace) {
+        self.out_bytes += len;
+        if pace == Pace::Unpaced {
+            self.unpaced_bytes += len;
+        }
+        self.counters.frames_queued += 1;
+        self.out.push_back(Queued { frame, len, pace });
+    }
+
     /// Queues a frame and wakes the writer.
     fn push(&mut self, frame: Frame) {
         trace!(?frame, "queue");
         let len = frame.encoded_len();
-        self.out_bytes += len;
-        self.out.push_back((frame, len));
+        self.enqueue(frame, len, Pace::Unpaced);
         wake(&mut self.writer_waker);
     }
 
-    /// Queues a control frame (never held back); closes the connection if the
-    /// queue grows far past its cap, which means the peer is not reading.
+    /// Queues a control frame (never held back). Reading pauses once such
+    /// frames fill the cap; if they alone pass twice the cap (local handles
+    /// keep adding them while the peer reads nothing), the connection
+    /// closes.
     fn push_control(&mut self, frame: Frame) {
         self.push(frame);
-        if self.out_bytes > self.config.max_outbound_queue_bytes.saturating_mul(2) + (64 << 10) {
+        if self.unpaced_bytes > self.config.max_outbound_queue_bytes.saturating_mul(2) {
             self.fail(ConnectionError::LimitExceeded(Limit::OutboundQueue {
                 cap: self.config.max_outbound_queue_bytes,
             }));
         }
     }
 
-    fn push_fragmented(&mut self, kind: FragKind, id: StreamId, payload: Payload, complete: bool) {
+    /// Queues a logical frame, fragmented at the MTU.
+    fn push_fragmented(
+        &mut self,
+        kind: FragKind,
+        id: StreamId,
+        payload: Payload,
+        complete: bool,
+        pace: Pace,
+    ) {
         let mtu = self.config.fragment_at();
         fragment::fragment(kind, id, payload, complete, mtu, |f, len| {
-            self.out_bytes += len;
-            self.out.push_back((f, len));
+            self.enqueue(f, len, pace);
         });
         wake(&mut self.writer_waker);
     }
@@ -367,12 +445,34 @@ impl Connection {
         !self.out.is_empty()
     }
 
-    /// Moves up to `max` queued frames into `into` for the writer.
-    pub(crate) fn poll_transmit(&mut self, max: usize, into: &mut VecDeque<Frame>) {
-        let n = max.min(self.out.len());
-        for (f, len) in self.out.drain(..n) {
-            self.out_bytes -= len;
-            into.push_back(f);
+    /// Moves queued frames into `into` for the writer: up to `max` frames,
+    /// and no more once `max_bytes` have been taken (at least one frame is
+    /// taken when any is queued).
+    pub(crate) fn poll_transmit(
+        &mut self,
+        max: usize,
+        max_bytes: usize,
+        into: &mut VecDeque<Frame>,
+    ) {
+        let mut taken = 0usize;
+        for _ in 0..max {
+            if taken >= max_bytes {
+                break;
+            }
+            let Some(q) = self.out.pop_front() else {
+                break;
+            };
+            taken += q.len;
+            self.out_bytes -= q.len;
+            if q.pace == Pace::Unpaced {
+                self.unpaced_bytes -= q.len;
+            }
+            self.counters.frames_out += 1;
+            self.counters.bytes_out += q.len as u64;
+            into.push_back(q.frame);
+        }
+        if self.unpaced_bytes < self.config.max_outbound_queue_bytes {
+            self.stalled_since = None;
         }
         if self.has_space() {
             for w in self.space_waiters.drain(..) {
@@ -394,9 +494,10 @@ impl Connection {
         if matches!(self.state, State::Closed(_)) {
             return None;
         }
-        let mut next = self.last_received + self.keepalive.max_lifetime;
-        if let Some(k) = self.next_keepalive {
-            next = next.min(k);
+        let dead = self.last_received + self.keepalive.max_lifetime;
+        let mut next = self.next_keepalive.map_or(dead, |k| k.min(dead));
+        if let Some(since) = self.stalled_since {
+            next = next.min(since + self.config.outbound_stall_timeout);
         }
         if let State::Draining { deadline, .. } = &self.state {
             next = next.min(*deadline);
@@ -412,14 +513,62 @@ impl Connection {
         }
     }
 
+    /// Closed because the peer stopped reading: drop the transport without
+    /// flushing it.
+    pub(crate) fn abandoned(&self) -> bool {
+        self.abandoned
+    }
+
     /// True once closed and every queued frame has been handed out.
     pub(crate) fn is_finished(&self) -> bool {
         self.closed().is_some() && self.out.is_empty()
     }
 
-    /// No streams are open.
+    /// No streams are open (a fragmented request still arriving counts as
+    /// one; payload reassembly belongs to an open stream).
     pub(crate) fn is_idle(&self) -> bool {
-        self.streams.is_empty() && self.frags.is_empty()
+        self.streams.is_empty() && self.partial_requests == 0
+    }
+
+    /// The driver must not read more frames: too many fire-and-forget or
+    /// metadata-push handlers are running, or what we queued in reply to
+    /// the peer has filled the outbound cap (the peer is not reading).
+    /// Backpressure then reaches the peer through the transport, and
+    /// nothing is dropped.
+    pub(crate) fn read_paused(&self) -> bool {
+        self.inflight_oneway >= self.config.max_concurrent_inbound_streams
+            || self.unpaced_bytes >= self.config.max_outbound_queue_bytes
+    }
+
+    /// A snapshot of the engine counters (see [`ConnectionStats`]).
+    pub(crate) fn stats(&self) -> ConnectionStats {
+        let mut s = ConnectionStats {
+            open_streams: self.streams.len(),
+            inbound_streams: self.inbound_streams + self.partial_requests,
+            partial_requests: self.partial_requests,
+            queued_out_bytes: self.out_bytes,
+            queued_in_bytes: self.in_bytes,
+            reassembly_bytes: self.reassembly_bytes,
+            handlers_running: self.inflight_oneway,
+            read_paused: self.read_paused(),
+            closed: self.closed().is_some(),
+            frames_in: self.counters.frames_in,
+            bytes_in: self.counters.bytes_in,
+            frames_out: self.counters.frames_out,
+            bytes_out: self.counters.bytes_out,
+            ..ConnectionStats::default()
+        };
+        for st in self.streams.values() {
+            if let Some(send) = &st.send {
+                if !st.local {
+                    s.handlers_running += 1;
+                }
+                if send.awaiting_credit {
+                    s.producers_awaiting_credit += 1;
+                }
+            }
+        }
+        s
     }
 
     // ----- lifecycle ----------------------------------------------------
@@ -430,7 +579,7 @@ impl Connection {
         if matches!(self.state, State::Closed(_)) {
             return;
         }
-        debug!(error = %err, "connection closed");
+        debug!(error = %err, stats = ?self.stats(), "connection closed");
         for st in self.streams.values_mut() {
             if let Some(r) = st.recv.as_mut() {
                 r.finish(Err(RequestError::Connection(err.clone())));
@@ -441,6 +590,8 @@ impl Connection {
         }
         self.frags.clear();
         self.reassembly_bytes = 0;
+        self.partial_requests = 0;
+        self.stalled_since = None;
         self.state = State::Closed(err);
         for w in self.space_waiters.drain(..) {
             w.wake();
@@ -471,6 +622,13 @@ impl Connection {
         });
     }
 
+    /// The transport broke its own framing (an oversized frame, a text
+    /// WebSocket message): a protocol violation by the peer, answered with
+    /// `ERROR[CONNECTION_ERROR]` before the transport is closed.
+    pub(crate) fn handle_transport_violation(&mut self, message: String) {
+        self.protocol_violation(message);
+    }
+
     /// Closes from this side with the given code on stream 0.
     pub(crate) fn close(&mut self, code: ErrorCode, message: &str, err: ConnectionError) {
         if self.closed().is_some() {
@@ -484,6 +642,7 @@ impl Connection {
     pub(crate) fn handle_transport_closed(&mut self, err: ConnectionError) {
         self.out.clear();
         self.out_bytes = 0;
+        self.unpaced_bytes = 0;
         let remote_drain = matches!(
             self.state,
             State::Draining {
@@ -507,8 +666,10 @@ impl Connection {
     }
 
     /// Graceful close begun by this side: sends `ERROR[CONNECTION_CLOSE]`,
-    /// refuses new streams in both directions, and closes once the open
-    /// ones have finished or `timeout` has passed.
+    /// refuses new streams in both directions (requests whose fragments are
+    /// still arriving too, so that a peer that never finishes one cannot
+    /// hold the connection open), and closes once the open ones have
+    /// finished or `timeout` has passed.
     pub(crate) fn start_drain(&mut self, now: Instant, timeout: Duration, message: &str) {
         if matches!(self.state, State::Open) {
             self.push_control(Frame::Error(ErrorFrame::new(
@@ -519,12 +680,38 @@ impl Connection {
             if self.closed().is_some() {
                 return;
             }
-            self.state = State::Draining {
-                initiator: Initiator::Local,
-                deadline: now + timeout,
-                message: String::new(),
-            };
-            wake(&mut self.writer_waker);
+            self.enter_drain(Initiator::Local, now + timeout, String::new());
+        }
+    }
+
+    /// Moves to draining (either side began it).
+    fn enter_drain(&mut self, initiator: Initiator, deadline: Instant, message: String) {
+        self.state = State::Draining {
+            initiator,
+            deadline,
+            message,
+        };
+        self.refuse_partial_requests("connection is shutting down");
+        for w in self.space_waiters.drain(..) {
+            w.wake();
+        }
+        wake(&mut self.writer_waker);
+    }
+
+    /// Call with the current time whenever the connection was worked on:
+    /// notes when a read pause for a full queue began, and runs the timers
+    /// that are due.
+    pub(crate) fn handle_tick(&mut self, now: Instant) {
+        if self.closed().is_some() {
+            return;
+        }
+        if self.unpaced_bytes >= self.config.max_outbound_queue_bytes {
+            self.stalled_since.get_or_insert(now);
+        } else {
+            self.stalled_since = None;
+        }
+        if self.poll_timeout().is_some_and(|d| d <= now) {
+            self.handle_timeout(now);
         }
     }
 
@@ -547,6 +734,17 @@ impl Connection {
             self.fail(ConnectionError::KeepaliveTimeout);
             return;
         }
+        if let Some(since) = self.stalled_since {
+            if now >= since + self.config.outbound_stall_timeout {
+                // Nothing more can be written, not even an ERROR frame.
+                warn!(stats = ?self.stats(), "the peer is not reading; dropping the connection");
+                self.abandoned = true;
+                self.handle_transport_closed(ConnectionError::LimitExceeded(Limit::OutboundStall(
+                    self.config.outbound_stall_timeout,
+                )));
+                return;
+            }
+        }
         if let (Some(next), Some(interval)) = (self.next_keepalive, self.keepalive.send_interval) {
             if now >= next {
                 self.push_control(Frame::Keepalive(Keepalive {
@@ -557,812 +755,5 @@ impl Connection {
                 self.next_keepalive = Some(now + interval);
             }
         }
-    }
-
-    // ----- inbound frames -----------------------------------------------
-
-    /// Handles a frame that failed to decode.
-    pub(crate) fn handle_decode_error(&mut self, err: DecodeError) {
-        match err {
-            // REQUEST_N of 0: ignored (rsocket-protocol.md §2.14).
-            DecodeError::ZeroRequestN {
-                frame: FrameType::RequestN,
-                ..
-            } => debug!("ignoring REQUEST_N of 0"),
-            // A request with initial request-n 0: ERROR[INVALID] on it.
-            DecodeError::ZeroRequestN { stream_id, .. } => {
-                if let Some(id) = StreamId::new(stream_id) {
-                    if !self.streams.contains_key(&stream_id) {
-                        self.push_control(Frame::Error(ErrorFrame::new(
-                            Some(id),
-                            ErrorCode::INVALID,
-                            "initial request-n must be greater than 0",
-                        )));
-                    }
-                }
-            }
-            other => self.protocol_violation(other.to_string()),
-        }
-    }
-
-    pub(crate) fn handle_frame(&mut self, frame: Frame, now: Instant) {
-        if self.closed().is_some() {
-            return;
-        }
-        trace!(?frame, "recv");
-        self.last_received = now;
-        if !self.established && !matches!(&frame, Frame::Error(e) if e.stream_id.is_none()) {
-            self.established = true;
-        }
-        match frame {
-            Frame::Setup(_) => debug!("ignoring SETUP on an established connection"),
-            Frame::Lease(_) => debug!("ignoring LEASE: leasing is not enabled"),
-            Frame::Keepalive(k) => {
-                if k.respond {
-                    self.push_control(Frame::Keepalive(Keepalive {
-                        respond: false,
-                        last_received_position: 0,
-                        data: k.data,
-                    }));
-                }
-            }
-            Frame::MetadataPush(m) => self.events.push_back(Event::MetadataPush(m.metadata)),
-            Frame::Resume(_) | Frame::ResumeOk(_) => {
-                self.protocol_violation("RESUME frames after setup".into());
-            }
-            Frame::Error(e) => self.on_error(e),
-            Frame::Ext(e) => {
-                if !e.ignore {
-                    self.protocol_violation(format!(
-                        "unsupported EXT frame type {}",
-                        e.extended_type
-                    ));
-                }
-            }
-            Frame::Ignored(i) => trace!(?i, "ignored frame"),
-            Frame::RequestResponse(r) => self.on_request_frame(
-                r.stream_id,
-                FragKind::RequestResponse,
-                r.payload,
-                r.follows,
-                false,
-            ),
-            Frame::RequestFnf(r) => self.on_request_frame(
-                r.stream_id,
-                FragKind::RequestFnf,
-                r.payload,
-                r.follows,
-                false,
-            ),
-            Frame::RequestStream(r) => self.on_request_frame(
-                r.stream_id,
-                FragKind::RequestStream(r.initial_request_n),
-                r.payload,
-                r.follows,
-                false,
-            ),
-            Frame::RequestChannel(r) => self.on_request_frame(
-                r.stream_id,
-                FragKind::RequestChannel(r.initial_request_n),
-                r.payload,
-                r.follows,
-                r.complete,
-            ),
-            Frame::RequestN(n) => self.on_request_n(n),
-            Frame::Cancel(c) => self.on_cancel(c.stream_id),
-            Frame::Payload(p) => self.on_payload_frame(p),
-        }
-    }
-
-    fn on_error(&mut self, e: ErrorFrame) {
-        let Some(id) = e.stream_id else {
-            let message = e.message();
-            if e.code.is_setup_error() {
-                if self.side == Side::Client && !self.established {
-                    self.close_streams(ConnectionError::SetupRejected {
-                        code: e.code,
-                        message,
-                        initiator: Initiator::Remote,
-                    });
-                } else {
-                    debug!(code = %e.code, "ignoring setup error after establishment");
-                }
-                return;
-            }
-            if e.code == ErrorCode::CONNECTION_CLOSE && matches!(self.state, State::Open) {
-                // Graceful close by the peer: open streams finish, new ones
-                // are refused on both sides.
-                debug!(%message, "peer began a graceful close");
-                self.state = State::Draining {
-                    initiator: Initiator::Remote,
-                    deadline: self.last_received + self.config.close_timeout,
-                    message,
-                };
-                for w in self.space_waiters.drain(..) {
-                    w.wake();
-                }
-                wake(&mut self.writer_waker);
-                return;
-            }
-            if e.code == ErrorCode::CONNECTION_CLOSE && self.drained() {
-                return self.finish_drain();
-            }
-            self.close_streams(ConnectionError::Remote {
-                code: e.code,
-                message,
-            });
-            return;
-        };
-        if self.frags.remove(&id.get()).is_some() {
-            self.recompute_reassembly();
-        }
-        let err = StreamError {
-            code: e.code,
-            message: e.message(),
-        };
-        if let Some(st) = self.streams.get_mut(&id.get()) {
-            // ERROR ends the whole stream, both halves (spec §5.4).
-            st.terminated = true;
-            if let Some(r) = st.recv.as_mut() {
-                r.finish(Err(RequestError::Stream(err)));
-            }
-            if let Some(s) = st.send.as_mut() {
-                s.stop();
-            }
-        }
-    }
-
-    fn recompute_reassembly(&mut self) {
-        self.reassembly_bytes = self.frags.values().map(Reassembly::len).sum();
-    }
-
-    /// Appends a fragment; returns the whole payload when `follows` is clear.
-    fn reassemble(
-        &mut self,
-        id: StreamId,
-        kind: FragKind,
-        payload: Payload,
-        follows: bool,
-    ) -> Option<(FragKind, Payload)> {
-        let key = id.get();
-        // Most connections never fragment: skip the map lookup then.
-        let in_progress = !self.frags.is_empty() && self.frags.contains_key(&key);
-        if !in_progress && !follows {
-            return Some((kind, payload));
-        }
-        let added = payload.len();
-        if self.reassembly_bytes + added > self.config.max_reassembly_bytes {
-            self.fail(ConnectionError::LimitExceeded(Limit::ReassemblyBytes {
-                cap: self.config.max_reassembly_bytes,
-            }));
-            return None;
-        }
-        self.reassembly_bytes += added;
-        let r = self
-            .frags
-            .entry(key)
-            .or_insert_with(|| Reassembly::new(kind));
-        r.push(&payload);
-        if follows {
-            return None;
-        }
-        let r = self.frags.remove(&key)?;
-        self.reassembly_bytes -= r.len();
-        Some((r.kind, r.finish()))
-    }
-
-    fn on_request_frame(
-        &mut self,
-        id: StreamId,
-        kind: FragKind,
-        payload: Payload,
-        follows: bool,
-        complete: bool,
-    ) {
-        let key = id.get();
-        if self.streams.contains_key(&key) || self.frags.contains_key(&key) {
-            debug!(stream = key, "ignoring request on a stream id in use");
-            return;
-        }
-        let ours = id.is_client_initiated() == (self.side == Side::Client);
-        if ours {
-            debug!(stream = key, "ignoring request with our own stream parity");
-            return;
-        }
-        if let Some((kind, payload)) = self.reassemble(id, kind, payload, follows) {
-            self.on_request(id, kind, payload, complete);
-        }
-    }
-
-    fn reject(&mut self, id: StreamId, message: &str) {
-        self.push_control(Frame::Error(ErrorFrame::new(
-            Some(id),
-            ErrorCode::REJECTED,
-            message,
-        )));
-    }
-
-    fn on_request(&mut self, id: StreamId, kind: FragKind, payload: Payload, complete: bool) {
-        let draining = matches!(self.state, State::Draining { .. });
-        if let FragKind::RequestFnf = kind {
-            if draining {
-                debug!("dropping fire-and-forget: connection is shutting down");
-                return;
-            }
-            // Never dropped for load: at the limit the driver stops reading
-            // (see `read_paused`), which pushes back on the peer through the
-            // transport instead.
-            self.inflight_fnf += 1;
-            self.events.push_back(Event::FireAndForget(payload));
-            return;
-        }
-        if draining {
-            return self.reject(id, "connection is shutting down");
-        }
-        if self.inbound_streams >= self.config.max_concurrent_inbound_streams {
-            return self.reject(id, "too many concurrent streams");
-        }
-        let (interaction, send, recv) = match kind {
-            FragKind::RequestResponse => (Interaction::RequestResponse, SendHalf::new(1), None),
-            FragKind::RequestStream(n) => (
-                Interaction::RequestStream,
-                SendHalf::new(u64::from(n.get())),
-                None,
-            ),
-            FragKind::RequestChannel(n) => {
-                let mut recv = RecvHalf::new(self.config.default_prefetch, false);
-                if complete {
-                    recv.end = Some(Ok(()));
-                }
-                (
-                    Interaction::RequestChannel,
-                    SendHalf::new(u64::from(n.get())),
-                    Some(recv),
-                )
-            }
-            FragKind::RequestFnf | FragKind::Payload { .. } => return,
-        };
-        self.inbound_streams += 1;
-        self.streams.insert(
-            id.get(),
-            StreamState {
-                interaction,
-                local: false,
-                terminated: false,
-                recv,
-                send: Some(send),
-            },
-        );
-        self.events.push_back(Event::Request {
-            stream_id: id,
-            interaction,
-            payload,
-        });
-    }
-
-    fn on_request_n(&mut self, n: RequestN) {
-        if let Some(s) = self
-            .streams
-            .get_mut(&n.stream_id.get())
-            .and_then(|st| st.send.as_mut())
-        {
-            if !s.stopped {
-                s.credit = add_credit(s.credit, n.request_n.get());
-                wake(&mut s.waker);
-            }
-        }
-    }
-
-    fn on_cancel(&mut self, id: StreamId) {
-        let key = id.get();
-        if self.frags.remove(&key).is_some() {
-            self.recompute_reassembly();
-        }
-        let Some(st) = self.streams.get_mut(&key) else {
-            return;
-        };
-        if let Some(s) = st.send.as_mut() {
-            s.stop();
-        }
-        if !st.local {
-            // The requester cancelled: the whole stream is over.
-            st.terminated = true;
-            if let Some(r) = st.recv.as_mut() {
-                r.finish(Err(RequestError::Cancelled));
-            }
-        }
-        // A responder's CANCEL on a channel only closes the requester's
-        // outbound half; the responder may still send to us.
-    }
-
-    fn on_payload_frame(&mut self, p: PayloadFrame) {
-        let id = p.stream_id;
-        let (next, complete) = (p.next, p.complete);
-        let Some((kind, payload)) = self.reassemble(
-            id,
-            FragKind::Payload { next },
-            p.payload,
-            p.follows && !complete,
-        ) else {
-            return;
-        };
-        match kind {
-            FragKind::Payload { .. } => self.on_payload(id, payload, next, complete),
-            // The last follow-up of a fragmented request: the request is
-            // whole now (C on a channel's last fragment completes its
-            // requester half).
-            request => self.on_request(id, request, payload, complete),
-        }
-    }
-
-    fn on_payload(&mut self, id: StreamId, payload: Payload, next: bool, complete: bool) {
-        let Some(st) = self.streams.get_mut(&id.get()) else {
-            trace!(stream = id.get(), "ignoring PAYLOAD for an unknown stream");
-            return;
-        };
-        let rr = st.interaction == Interaction::RequestResponse;
-        let Some(r) = st.recv.as_mut() else {
-            return;
-        };
-        if r.end.is_some() {
-            return;
-        }
-        if next {
-            if r.outstanding == 0 {
-                // More than we asked for: cancel and fail locally.
-                st.terminated = true;
-                r.finish(Err(RequestError::Protocol(StreamViolation::BeyondCredit)));
-                if let Some(s) = st.send.as_mut() {
-                    s.stop();
-                }
-                self.push_control(Frame::Cancel(Cancel { stream_id: id }));
-                return;
-            }
-            // At 2^31 - 1 credit is unbounded and is not counted down.
-            if r.outstanding < u64::from(MAX_U31) {
-                r.outstanding -= 1;
-            }
-            r.queue.push_back(payload);
-        }
-        if complete || rr {
-            r.end = Some(Ok(()));
-        }
-        wake(&mut r.waker);
-    }
-
-    // ----- requester commands ------------------------------------------
-
-    /// Ready when a new request may be queued (the outbound queue has room).
-    pub(crate) fn poll_open_ready(&mut self, cx: &Context<'_>) -> Poll<Result<(), RequestError>> {
-        if let Some(refusal) = self.refusal() {
-            return Poll::Ready(Err(refusal));
-        }
-        if self.has_space() {
-            Poll::Ready(Ok(()))
-        } else {
-            self.wait_space(cx);
-            Poll::Pending
-        }
-    }
-
-    /// Opens a stream and queues its request frame(s). `window` is the
-    /// initial request-n for streams and channels; with `manual`, credit is
-    /// only added by [`Connection::request_credit`].
-    pub(crate) fn open(
-        &mut self,
-        interaction: Interaction,
-        payload: Payload,
-        window: u32,
-        manual: bool,
-    ) -> Result<StreamId, RequestError> {
-        if let Some(refusal) = self.refusal() {
-            return Err(refusal);
-        }
-        let streams = &self.streams;
-        let id = self
-            .ids
-            .next(streams.len(), |id| streams.contains_key(&id))
-            .ok_or_else(|| RequestError::Stream(StreamError::rejected("no free stream ids")))?;
-        let n = RequestCount::new(window.min(MAX_U31)).unwrap_or(RequestCount::ONE);
-        let (kind, recv, send) = match interaction {
-            Interaction::FireAndForget => (FragKind::RequestFnf, None, None),
-            Interaction::RequestResponse => (
-                FragKind::RequestResponse,
-                Some(RecvHalf::new(1, true)),
-                None,
-            ),
-            Interaction::RequestStream => (
-                FragKind::RequestStream(n),
-                Some(RecvHalf::new(n.get(), true)),
-                None,
-            ),
-            Interaction::RequestChannel => (
-                FragKind::RequestChannel(n),
-                Some(RecvHalf::new(n.get(), true)),
-                Some(SendHalf::new(0)),
-            ),
-        };
-        let mut recv = recv;
-        if let Some(r) = recv.as_mut() {
-            r.manual = manual;
-        }
-        if recv.is_some() || send.is_some() {
-            self.streams.insert(
-                id.get(),
-                StreamState {
-                    interaction,
-                    local: true,
-                    terminated: false,
-                    recv,
-                    send,
-                },
-            );
-        }
-        self.push_fragmented(kind, id, payload, false);
-        Ok(id)
-    }
-
-    /// Queues a METADATA_PUSH once the outbound queue has room. Allowed
-    /// while a graceful close drains (it opens no stream).
-    pub(crate) fn poll_metadata_push(
-        &mut self,
-        cx: &Context<'_>,
-        metadata: &mut Option<Bytes>,
-    ) -> Poll<Result<(), RequestError>> {
-        if let Some(e) = self.closed() {
-            return Poll::Ready(Err(RequestError::Connection(e.clone())));
-        }
-        if !self.has_space() {
-            self.wait_space(cx);
-            return Poll::Pending;
-        }
-        if let Some(metadata) = metadata.take() {
-            self.push(Frame::MetadataPush(MetadataPush { metadata }));
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    /// A spawned fire-and-forget handler finished.
-    pub(crate) fn fnf_done(&mut self) {
-        let was_paused = self.read_paused();
-        self.inflight_fnf = self.inflight_fnf.saturating_sub(1);
-        if was_paused && !self.read_paused() {
-            // The driver stopped reading; let it resume.
-            wake(&mut self.writer_waker);
-        }
-    }
-
-    /// Too many fire-and-forget handlers are running: the driver reads no
-    /// more frames until some finish. Backpressure reaches the peer through
-    /// the transport (its writer, then its requests, wait), and nothing is
-    /// dropped.
-    pub(crate) fn read_paused(&self) -> bool {
-        self.inflight_fnf >= self.config.max_concurrent_inbound_streams
-    }
-
-    // ----- consumers of inbound halves ----------------------------------
-
-    /// Takes the next item and moves up to `max - 1` more into `into`, after
-    /// counting `consumed` items the caller has handed to its user since its
-    /// last call: consumption, not arrival, is what earns the peer more
-    /// credit, so a consumer that stops polling stops the producer. Ready
-    /// with `Some(Ok(item))`, `None` at completion,
-    /// `Some(Err(_))` when the stream failed; both terminal answers release
-    /// the half.
-    pub(crate) fn poll_recv(
-        &mut self,
-        id: StreamId,
-        cx: &Context<'_>,
-        consumed: u32,
-        max: usize,
-        into: &mut VecDeque<Payload>,
-    ) -> Poll<Option<Result<Payload, RequestError>>> {
-        self.poll_recv_inner(id, cx, consumed, max, into, true)
-    }
-
-    fn poll_recv_inner(
-        &mut self,
-        id: StreamId,
-        cx: &Context<'_>,
-        consumed: u32,
-        max: usize,
-        into: &mut VecDeque<Payload>,
-        take: bool,
-    ) -> Poll<Option<Result<Payload, RequestError>>> {
-        let key = id.get();
-        let Some(st) = self.streams.get_mut(&key) else {
-            return Poll::Ready(None);
-        };
-        let terminated = st.terminated;
-        let rr = st.interaction == Interaction::RequestResponse;
-        let Some(r) = st.recv.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let mut grant = 0;
-        if !r.granted {
-            r.granted = true;
-            if r.end.is_none() && !terminated {
-                r.outstanding = u64::from(r.window);
-                grant = r.window;
-            }
-        }
-        if consumed > 0 && r.window < MAX_U31 && !r.manual && !rr {
-            r.consumed += consumed;
-            if r.end.is_none() && r.consumed >= (r.window / 2).max(1) {
-                grant = r.consumed;
-                r.outstanding += u64::from(r.consumed);
-                r.consumed = 0;
-            }
-        }
-        let result = if !take {
-            Poll::Pending
-        } else if let Some(first) = r.queue.pop_front() {
-            // The first item is returned directly, so a single response
-            // never touches the caller's buffer.
-            let n = max.saturating_sub(1).min(r.queue.len());
-            into.extend(r.queue.drain(..n));
-            Poll::Ready(Some(Ok(first)))
-        } else {
-            match r.end.take() {
-                Some(Ok(())) => Poll::Ready(None),
-                Some(Err(e)) => Poll::Ready(Some(Err(e))),
-                None => {
-                    register(&mut r.waker, cx);
-                    Poll::Pending
-                }
-            }
-        };
-        if matches!(result, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            // The terminal signal was delivered: the half is done.
-            st.recv = None;
-            self.maybe_remove(key);
-        } else if grant > 0 && !terminated {
-            if let Some(n) = RequestCount::new(grant) {
-                self.push_control(Frame::RequestN(RequestN {
-                    stream_id: id,
-                    request_n: n,
-                }));
-            }
-        }
-        result
-    }
-
-    /// Counts `n` items as handed to the user, replenishing credit when half
-    /// the window has been consumed.
-    pub(crate) fn report_consumed(&mut self, id: StreamId, n: u32) {
-        let mut noop = VecDeque::new();
-        let cx = Context::from_waker(Waker::noop());
-        // `max` 0 moves nothing; only the accounting and REQUEST_N happen.
-        let _ = self.poll_recv_inner(id, &cx, n, 0, &mut noop, false);
-    }
-
-    /// Grants the peer `n` more items on a stream opened with manual credit
-    /// (REQUEST_N). Ignored once the stream has ended.
-    pub(crate) fn request_credit(&mut self, id: StreamId, n: u32) {
-        let Some(st) = self.streams.get_mut(&id.get()) else {
-            return;
-        };
-        if st.terminated {
-            return;
-        }
-        let Some(r) = st.recv.as_mut() else {
-            return;
-        };
-        let Some(count) = RequestCount::new(n.min(MAX_U31)) else {
-            return;
-        };
-        if r.end.is_some() {
-            return;
-        }
-        r.outstanding = add_credit(r.outstanding, count.get());
-        self.push_control(Frame::RequestN(RequestN {
-            stream_id: id,
-            request_n: count,
-        }));
-    }
-
-    /// The consumer of an inbound half went away.
-    pub(crate) fn release_recv(&mut self, id: StreamId) {
-        let key = id.get();
-        let conn_open = self.closed().is_none();
-        let Some(st) = self.streams.get_mut(&key) else {
-            return;
-        };
-        let Some(r) = st.recv.take() else {
-            return;
-        };
-        let open = r.end.is_none() && !st.terminated && conn_open;
-        if open {
-            if st.local {
-                // Requester gives up: the whole stream ends.
-                st.terminated = true;
-                if let Some(s) = st.send.as_mut() {
-                    s.stop();
-                }
-            }
-            self.push_control(Frame::Cancel(Cancel { stream_id: id }));
-        }
-        self.maybe_remove(key);
-    }
-
-    // ----- producers of outbound halves ---------------------------------
-
-    /// Ready with the credit available when the producer may send, or with
-    /// `Stopped` when it must give up.
-    ///
-    /// With `zero_ok`, a producer without credit gets `Credit(0)` (its waker
-    /// is registered for the next REQUEST_N): a requester's channel uses this
-    /// to look one item ahead, so that it can send COMPLETE, which needs no
-    /// credit, to a responder that never grants any.
-    pub(crate) fn poll_send_ready(
-        &mut self,
-        id: StreamId,
-        cx: &Context<'_>,
-        zero_ok: bool,
-    ) -> Poll<SendReady> {
-        let has_space = self.has_space();
-        let Some(s) = self
-            .streams
-            .get_mut(&id.get())
-            .and_then(|st| st.send.as_mut())
-        else {
-            return Poll::Ready(SendReady::Stopped);
-        };
-        if s.stopped || s.done {
-            return Poll::Ready(SendReady::Stopped);
-        }
-        // Registered even when credit is available: a producer whose user
-        // stream is pending must still be woken by CANCEL or close.
-        register(&mut s.waker, cx);
-        if s.credit == 0 {
-            if !zero_ok {
-                return Poll::Pending;
-            }
-            if has_space {
-                return Poll::Ready(SendReady::Credit(0));
-            }
-            self.wait_space(cx);
-            return Poll::Pending;
-        }
-        if !has_space {
-            self.wait_space(cx);
-            return Poll::Pending;
-        }
-        Poll::Ready(SendReady::Credit(s.credit))
-    }
-
-    /// Ready once the producer must stop (cancelled or connection closed).
-    pub(crate) fn poll_stopped(&mut self, id: StreamId, cx: &Context<'_>) -> Poll<()> {
-        match self
-            .streams
-            .get_mut(&id.get())
-            .and_then(|st| st.send.as_mut())
-        {
-            Some(s) if !s.stopped => {
-                register(&mut s.waker, cx);
-                Poll::Pending
-            }
-            _ => Poll::Ready(()),
-        }
-    }
-
-    /// Sends items (each spends one credit; callers never send more than
-    /// [`SendReady::Credit`] allowed) and optionally completes in the last
-    /// frame.
-    pub(crate) fn send_items(
-        &mut self,
-        id: StreamId,
-        items: impl ExactSizeIterator<Item = Payload>,
-        complete: bool,
-    ) {
-        let Some(st) = self.streams.get_mut(&id.get()) else {
-            return;
-        };
-        let Some(s) = st.send.as_mut() else {
-            return;
-        };
-        if s.stopped || s.done {
-            return;
-        }
-        let rr = st.interaction == Interaction::RequestResponse;
-        let count = items.len();
-        if s.credit < u64::from(MAX_U31) {
-            s.credit = s.credit.saturating_sub(count as u64);
-        }
-        let complete = complete || rr;
-        if complete {
-            s.done = true;
-        }
-        let mtu = self.config.fragment_at();
-        for (i, p) in items.enumerate() {
-            let c = complete && i + 1 == count;
-            fragment::fragment(FragKind::Payload { next: true }, id, p, c, mtu, |f, len| {
-                self.out_bytes += len;
-                self.out.push_back((f, len));
-            });
-        }
-        if count == 0 && complete {
-            let f = Frame::Payload(PayloadFrame::complete(id));
-            let len = f.encoded_len();
-            self.out_bytes += len;
-            self.out.push_back((f, len));
-        }
-        wake(&mut self.writer_waker);
-    }
-
-    /// Sends ERROR on the stream, ending it on both halves.
-    pub(crate) fn send_error(&mut self, id: StreamId, err: &StreamError) {
-        let Some(st) = self.streams.get_mut(&id.get()) else {
-            return;
-        };
-        let Some(s) = st.send.as_mut() else {
-            return;
-        };
-        if s.stopped || s.done {
-            return;
-        }
-        s.done = true;
-        st.terminated = true;
-        if let Some(r) = st.recv.as_mut() {
-            r.finish(Err(RequestError::Cancelled));
-        }
-        let code = if !st.local && err.code.is_connection_level() {
-            ErrorCode::APPLICATION_ERROR
-        } else {
-            err.code
-        };
-        self.push(Frame::Error(ErrorFrame::new(Some(id), code, &err.message)));
-    }
-
-    /// The producer of an outbound half went away.
-    pub(crate) fn release_send(&mut self, id: StreamId) {
-        let key = id.get();
-        let conn_open = self.closed().is_none();
-        let Some(st) = self.streams.get_mut(&key) else {
-            return;
-        };
-        let Some(s) = st.send.take() else {
-            return;
-        };
-        if !s.done && !s.stopped && !st.terminated && conn_open {
-            st.terminated = true;
-            if let Some(r) = st.recv.as_mut() {
-                r.finish(Err(RequestError::Cancelled));
-            }
-            let frame = if st.local {
-                Frame::Cancel(Cancel { stream_id: id })
-            } else {
-                Frame::Error(ErrorFrame::new(
-                    Some(id),
-                    ErrorCode::CANCELED,
-                    "responder dropped the stream",
-                ))
-            };
-            self.push_control(frame);
-        }
-        self.maybe_remove(key);
-    }
-
-    fn maybe_remove(&mut self, key: u32) {
-        let done = self
-            .streams
-            .get(&key)
-            .is_some_and(|st| st.recv.is_none() && st.send.is_none());
-        if done {
-            if let Some(st) = self.streams.remove(&key) {
-                if !st.local {
-                    self.inbound_streams = self.inbound_streams.saturating_sub(1);
-                }
-            }
-            if self.streams.is_empty() && matches!(self.state, State::Draining { .. }) {
-                // Let the driver notice that draining has finished.
-                wake(&mut self.writer_waker);
-            }
-        }
-    }
-
-    /// Number of streams currently tracked (for tests and metrics).
-    pub(crate) fn stream_count(&self) -> usize {
-        self.streams.len()
     }
 }

@@ -19,10 +19,18 @@ use crate::frame::Frame;
 use crate::proto::{Connection, Event};
 use crate::rsocket::RSocket;
 
-/// Frames read per poll before the driver yields to other tasks.
+/// Frames read ahead of handling, at most, per round.
 const READ_BUDGET: usize = 256;
+/// Bytes of frames read ahead of handling, at most (one frame may pass it).
+/// Frames read ahead wait in the driver while reading is paused, so this
+/// bounds what a paused connection holds beyond its queues.
+const READ_AHEAD_BYTES: usize = 64 << 10;
 /// Frames handed to the writer per lock.
 const WRITE_BUDGET: usize = 512;
+/// Bytes handed to the writer per lock (one frame may pass it): frames the
+/// writer holds are no longer counted in the outbound queue, so this bounds
+/// them.
+const WRITE_BUDGET_BYTES: usize = 64 << 10;
 
 /// State shared by the driver and every handle of one connection.
 #[derive(Debug)]
@@ -77,15 +85,22 @@ pub struct ConnectionDriver<T: Transport> {
     reader: T::Reader,
     writer: T::Writer,
     responder: Arc<dyn RSocket>,
-    inbox: Vec<Result<Frame, TransportError>>,
+    /// Frames read and not yet handled (reading may pause in between).
+    inbox: VecDeque<Result<Frame, TransportError>>,
     outbox: VecDeque<Frame>,
     events: Vec<Event>,
     sleep: Pin<Box<Sleep>>,
     read_done: bool,
+    /// The transport ended cleanly; handled once the inbox is empty.
+    eof: bool,
     /// Reading is paused while too many handlers run (see
     /// `Connection::read_paused`).
     read_paused: bool,
     needs_flush: bool,
+    /// Once the connection has closed: when to stop waiting for the writer
+    /// to flush the last frames (a peer that reads nothing must not keep
+    /// the driver alive).
+    close_deadline: Option<Instant>,
 }
 
 impl<T: Transport> std::fmt::Debug for ConnectionDriver<T> {
@@ -106,14 +121,20 @@ impl<T: Transport> ConnectionDriver<T> {
             reader,
             writer,
             responder,
-            inbox: Vec::new(),
+            inbox: VecDeque::new(),
             outbox: VecDeque::new(),
             events: Vec::new(),
             sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
             read_done: false,
+            eof: false,
             read_paused: false,
             needs_flush: false,
+            close_deadline: None,
         }
+    }
+
+    pub(crate) fn shared_state(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     pub(crate) fn span(&self) -> Span {
@@ -125,12 +146,6 @@ impl<T: Transport> ConnectionDriver<T> {
     pub fn spawn(self) -> tokio::task::JoinHandle<Result<(), ConnectionError>> {
         let span = self.shared.span.clone();
         tokio::spawn(self.instrument(span))
-    }
-
-    fn dispatch(&mut self, cx: &mut Context<'_>) {
-        for ev in self.events.drain(..) {
-            responder::dispatch(&self.shared, &self.responder, ev, cx);
-        }
     }
 
     /// Feeds staged frames to the writer; returns false if the writer failed.
@@ -181,84 +196,107 @@ impl<T: Transport> Future for ConnectionDriver<T> {
         // A few rounds per poll so that frames produced while handling input
         // go out in the same wake-up; then yield.
         for _round in 0..4 {
-            // 1. Read what is available, up to a budget.
-            let mut eof = false;
-            let mut more_to_read = false;
+            // 1. Read ahead, unless reading is paused.
+            let mut reader_pending = false;
             if this.read_paused {
                 this.read_paused = this.shared.lock().read_paused();
             }
-            if !this.read_done && !this.read_paused {
+            if !this.read_done && !this.read_paused && this.inbox.is_empty() {
+                let mut bytes = 0;
                 loop {
                     match this.reader.poll_next_unpin(cx) {
                         Poll::Ready(Some(item)) => {
                             let fatal = !matches!(item, Ok(_) | Err(TransportError::Decode(_)));
-                            this.inbox.push(item);
+                            if let Ok(frame) = &item {
+                                bytes += frame.encoded_len();
+                            }
+                            this.inbox.push_back(item);
                             if fatal {
                                 this.read_done = true;
                                 break;
                             }
-                            if this.inbox.len() >= READ_BUDGET {
-                                more_to_read = true;
+                            if this.inbox.len() >= READ_BUDGET || bytes >= READ_AHEAD_BYTES {
                                 break;
                             }
                         }
                         Poll::Ready(None) => {
                             this.read_done = true;
-                            eof = true;
+                            this.eof = true;
                             break;
                         }
-                        Poll::Pending => break,
+                        Poll::Pending => {
+                            reader_pending = true;
+                            break;
+                        }
                     }
                 }
             }
 
-            // 2. Feed the state machine and collect its output under one lock.
+            // 2. Feed the state machine one frame at a time, checking the
+            // pause before each: a fire-and-forget or an answer can reach a
+            // limit, and no frame is handled past it. Requests are
+            // dispatched at once, so that an answer a handler gives right
+            // away is queued (and counted) before the next frame.
             let now = Instant::now();
-            let (deadline, finished, queued) = {
-                let mut conn = this.shared.lock();
-                for item in this.inbox.drain(..) {
-                    match item {
-                        Ok(frame) => conn.handle_frame(frame, now.into_std()),
-                        Err(TransportError::Decode(e)) => conn.handle_decode_error(e),
-                        Err(TransportError::Io(e)) => conn.handle_transport_closed(e.into()),
-                        Err(other) => conn.handle_transport_closed(ConnectionError::Protocol {
-                            code: crate::ErrorCode::CONNECTION_ERROR,
-                            message: other.to_string(),
-                        }),
-                    }
+            let shared = &this.shared;
+            let mut conn = shared.lock();
+            while !conn.read_paused() {
+                let Some(item) = this.inbox.pop_front() else {
+                    break;
+                };
+                match item {
+                    Ok(frame) => conn.handle_frame(frame, now.into_std()),
+                    Err(TransportError::Decode(e)) => conn.handle_decode_error(e),
+                    Err(TransportError::Io(e)) => conn.handle_transport_closed(e.into()),
+                    Err(other) => conn.handle_transport_violation(other.to_string()),
                 }
-                if eof {
-                    conn.handle_transport_closed(ConnectionError::ClosedByPeer);
-                }
-                if conn.poll_timeout().is_some_and(|d| d <= now.into_std()) {
-                    conn.handle_timeout(now.into_std());
-                }
-                if conn.drained() {
-                    conn.finish_drain();
-                }
-                while let Some(ev) = conn.poll_event() {
+                if let Some(ev) = conn.poll_event() {
                     this.events.push(ev);
+                    while let Some(ev) = conn.poll_event() {
+                        this.events.push(ev);
+                    }
+                    drop(conn);
+                    for ev in this.events.drain(..) {
+                        responder::dispatch(shared, &this.responder, ev, cx);
+                    }
+                    conn = shared.lock();
                 }
-                if this.outbox.is_empty() {
-                    conn.poll_transmit(WRITE_BUDGET, &mut this.outbox);
-                }
-                conn.set_writer_waker(cx);
-                this.read_paused = conn.read_paused();
-                (conn.poll_timeout(), conn.is_finished(), conn.has_queued())
-            };
-
-            // 3. Hand requests to the responder. Request/response handlers
-            // that answer at once queue their answer right here: take it
-            // into this round's write.
-            let mut queued = queued;
-            if !this.events.is_empty() {
-                this.dispatch(cx);
-                let mut conn = this.shared.lock();
-                if this.outbox.len() < WRITE_BUDGET {
-                    conn.poll_transmit(WRITE_BUDGET - this.outbox.len(), &mut this.outbox);
-                }
-                queued = conn.has_queued();
             }
+            if this.eof && this.inbox.is_empty() {
+                this.eof = false;
+                conn.handle_transport_closed(ConnectionError::ClosedByPeer);
+            }
+            conn.handle_tick(now.into_std());
+            if conn.drained() {
+                conn.finish_drain();
+            }
+            if this.outbox.is_empty() {
+                conn.poll_transmit(WRITE_BUDGET, WRITE_BUDGET_BYTES, &mut this.outbox);
+            }
+            conn.set_writer_waker(cx);
+            let paused = conn.read_paused();
+            if paused != this.read_paused {
+                debug!(paused, stats = ?conn.stats(), "reading paused or resumed");
+            }
+            this.read_paused = paused;
+            let (mut deadline, finished, queued) =
+                (conn.poll_timeout(), conn.is_finished(), conn.has_queued());
+            let ended = conn.closed().cloned();
+            if let Some(err) = &ended {
+                if conn.abandoned() {
+                    shared.driver_finished();
+                    return Poll::Ready(Err(err.clone()));
+                }
+                let grace = conn.config().outbound_stall_timeout;
+                let close_by = *this.close_deadline.get_or_insert(now + grace);
+                if now >= close_by {
+                    debug!("the peer did not take the last frames in time; dropping the transport");
+                    shared.driver_finished();
+                    return Poll::Ready(Err(err.clone()));
+                }
+                deadline = Some(close_by.into_std());
+            }
+            drop(conn);
 
             // 4. Write and flush once.
             if let Err(e) = this.write_out(cx) {
@@ -280,9 +318,8 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                 if Pin::new(&mut this.writer).poll_close(cx).is_pending() {
                     return Poll::Pending;
                 }
-                let err = this.shared.lock().closed().cloned();
                 this.shared.driver_finished();
-                return Poll::Ready(match err {
+                return Poll::Ready(match ended {
                     Some(ConnectionError::LocallyClosed) | None => Ok(()),
                     Some(e) => Err(e),
                 });
@@ -304,6 +341,10 @@ impl<T: Transport> Future for ConnectionDriver<T> {
             // wake us for them (producers waiting for queue space are woken
             // only when we drain it).
             let more_to_write = queued && this.outbox.is_empty();
+            // Unless the reader itself said it has nothing (and will wake
+            // us), reading goes on in the next round: the budget was used,
+            // or frames read earlier were handled instead.
+            let more_to_read = !this.read_done && !this.read_paused && !reader_pending;
             if more_to_read || more_to_write {
                 continue;
             }

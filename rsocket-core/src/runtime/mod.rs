@@ -26,7 +26,7 @@ use tracing::info_span;
 pub use driver::ConnectionDriver;
 pub use handshake::Handshakes;
 pub use requester::{MetadataPushFuture, OpenFuture, Requester, ResponseFuture, ResponseStream};
-pub use server::{accept, ServeError, Server, SocketAcceptor};
+pub use server::{accept, ServeError, Server, ServerStatsHandle, SocketAcceptor};
 pub use transport::{
     memory_pair, FrameReader, FrameWriter, MemoryTransport, StreamTransport, Transport,
     TransportError,
@@ -140,9 +140,12 @@ impl ClientBuilder {
             send_interval: Some(self.setup.keepalive_interval),
             max_lifetime: self.setup.max_lifetime,
         };
+        let max_frame_len = self.config.max_frame_len;
         let mut conn = Connection::new(Side::Client, self.config, keepalive, tokio_now());
         conn.queue_setup(self.setup.to_frame());
         let shared = driver::Shared::new(conn, span);
+        let mut transport = transport;
+        transport.limit_frame_len(max_frame_len);
         let (reader, writer) = transport.split();
         let driver = ConnectionDriver::new(shared.clone(), reader, writer, self.responder);
         Ok((Requester::new(shared), driver))

@@ -226,6 +226,11 @@ impl Requester {
     pub fn open_streams(&self) -> usize {
         self.shared.lock().stream_count()
     }
+
+    /// The connection's engine counters now (see [`crate::stats`]).
+    pub fn stats(&self) -> crate::stats::ConnectionStats {
+        self.shared.lock().stats()
+    }
 }
 
 #[async_trait]

@@ -40,20 +40,22 @@ pub(crate) fn dispatch(
     match ev {
         Event::FireAndForget(payload) => {
             let responder = responder.clone();
-            let shared = shared.clone();
+            let done = OnewayDone(shared.clone());
             tokio::spawn(
                 async move {
                     let _ = responder.fire_and_forget(payload).await;
-                    shared.lock().fnf_done();
+                    drop(done);
                 }
                 .instrument(debug_span!("fnf")),
             );
         }
         Event::MetadataPush(metadata) => {
             let responder = responder.clone();
+            let done = OnewayDone(shared.clone());
             tokio::spawn(
                 async move {
                     let _ = responder.metadata_push(metadata).await;
+                    drop(done);
                 }
                 .instrument(debug_span!("metadata_push")),
             );
@@ -88,6 +90,7 @@ pub(crate) fn dispatch(
                                     shared: shared.clone(),
                                     id: stream_id,
                                     fut,
+                                    out: None,
                                     released: false,
                                 }
                                 .instrument(span),
@@ -117,12 +120,27 @@ pub(crate) fn dispatch(
     }
 }
 
+/// Counts a running fire-and-forget or metadata-push handler: dropped when
+/// the handler finishes (or its task is aborted), which may resume reading.
+struct OnewayDone(Arc<Shared>);
+
+impl Drop for OnewayDone {
+    fn drop(&mut self) {
+        self.0.lock().oneway_done();
+    }
+}
+
 /// A request/response handler: its result becomes PAYLOAD(N+C), PAYLOAD(C)
-/// or ERROR. A CANCEL from the peer drops the handler's future.
+/// or ERROR, queued once the outbound queue has room (a handler answered on
+/// the driver's task is queued at once instead; reading pauses if such
+/// answers fill the queue). A CANCEL from the peer drops the handler's
+/// future.
 struct Respond {
     shared: Arc<Shared>,
     id: StreamId,
     fut: BoxFuture<'static, Result<Option<Payload>, RequestError>>,
+    /// The handler's result, waiting for room in the outbound queue.
+    out: Option<Result<Option<Payload>, RequestError>>,
     released: bool,
 }
 
@@ -130,16 +148,29 @@ impl Future for Respond {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let stopped = self.shared.lock().poll_stopped(self.id, cx).is_ready();
-        if stopped {
-            self.release();
-            return Poll::Ready(());
+        if self.out.is_none() {
+            let stopped = self.shared.lock().poll_stopped(self.id, cx).is_ready();
+            if stopped {
+                self.release();
+                return Poll::Ready(());
+            }
+            match self.fut.poll_unpin(cx) {
+                Poll::Ready(r) => self.out = Some(r),
+                Poll::Pending => return Poll::Pending,
+            }
         }
-        let out = match self.fut.poll_unpin(cx) {
-            Poll::Ready(r) => r,
+        let this = &mut *self;
+        let mut conn = this.shared.lock();
+        match conn.poll_send_ready(this.id, cx, false) {
             Poll::Pending => return Poll::Pending,
-        };
-        answer(&mut self.shared.lock(), self.id, out);
+            Poll::Ready(SendReady::Credit(_)) => {
+                if let Some(out) = this.out.take() {
+                    answer(&mut conn, this.id, out);
+                }
+            }
+            Poll::Ready(SendReady::Stopped) => {}
+        }
+        drop(conn);
         self.release();
         Poll::Ready(())
     }

@@ -1,10 +1,12 @@
 //! Server side: validating SETUP, the acceptor, and the accept loop with
 //! graceful shutdown.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -22,6 +24,7 @@ use crate::error::{ConnectionError, Initiator, Limit, StreamError};
 use crate::frame::{ErrorCode, ErrorFrame, Frame, FrameType, Version};
 use crate::proto::{Connection, KeepaliveParams, Side};
 use crate::rsocket::RSocket;
+use crate::stats::ServerStats;
 
 /// Decides whether to take a connection, given the client's SETUP and a
 /// requester for calling the client back; returns the responder for it.
@@ -100,6 +103,8 @@ pub async fn accept<T: Transport>(
     acceptor: &dyn SocketAcceptor,
 ) -> Result<(Requester, ConnectionDriver<T>), ConnectionError> {
     config.validate()?;
+    let mut transport = transport;
+    transport.limit_frame_len(config.max_frame_len);
     let peer = transport.peer_info();
     let (mut reader, mut writer) = transport.split();
     let Ok(first) = tokio::time::timeout(config.setup_timeout, reader.next()).await else {
@@ -207,6 +212,115 @@ pub struct Server {
     acceptor: Arc<dyn SocketAcceptor>,
     config: Config,
     grace_period: Duration,
+    registry: Arc<Registry>,
+}
+
+/// The connections of one server, for [`ServerStatsHandle`].
+#[derive(Debug, Default)]
+struct Registry {
+    pending_setup: AtomicUsize,
+    accepted: AtomicU64,
+    next_key: AtomicU64,
+    live: Mutex<HashMap<u64, Weak<Shared>>>,
+    /// Frame and byte counters of the connections that have ended.
+    ended: Mutex<ServerStats>,
+}
+
+impl Registry {
+    fn snapshot(&self) -> ServerStats {
+        let mut s = *self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        s.pending_setup = self.pending_setup.load(Ordering::Relaxed);
+        s.connections_accepted = self.accepted.load(Ordering::Relaxed);
+        let live: Vec<Arc<Shared>> = self
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for shared in live {
+            s.add_open(&shared.lock().stats());
+        }
+        s
+    }
+}
+
+/// Counts a connection as waiting for its SETUP while alive.
+struct PendingSetup(Arc<Registry>);
+
+impl PendingSetup {
+    fn new(registry: &Arc<Registry>) -> Self {
+        registry.accepted.fetch_add(1, Ordering::Relaxed);
+        registry.pending_setup.fetch_add(1, Ordering::Relaxed);
+        Self(registry.clone())
+    }
+}
+
+impl Drop for PendingSetup {
+    fn drop(&mut self) {
+        self.0.pending_setup.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Keeps an established connection in the registry while alive; on drop,
+/// moves its counters to the totals of ended connections.
+struct Registered {
+    registry: Arc<Registry>,
+    key: u64,
+    shared: Arc<Shared>,
+}
+
+impl Registered {
+    fn new(registry: &Arc<Registry>, shared: Arc<Shared>) -> Self {
+        let key = registry.next_key.fetch_add(1, Ordering::Relaxed);
+        registry
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, Arc::downgrade(&shared));
+        Self {
+            registry: registry.clone(),
+            key,
+            shared,
+        }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let stats = self.shared.lock().stats();
+        self.registry
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+        self.registry
+            .ended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add_traffic(&stats);
+    }
+}
+
+/// Reads a [`Server`]'s counters while it serves (see
+/// [`crate::stats`]). Cheap to clone.
+#[derive(Clone)]
+pub struct ServerStatsHandle {
+    registry: Arc<Registry>,
+}
+
+impl std::fmt::Debug for ServerStatsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerStatsHandle").finish_non_exhaustive()
+    }
+}
+
+impl ServerStatsHandle {
+    /// The server's counters now: its connections and the sum of their
+    /// engine counters. Locks each open connection once.
+    pub fn snapshot(&self) -> ServerStats {
+        self.registry.snapshot()
+    }
 }
 
 impl std::fmt::Debug for Server {
@@ -225,6 +339,15 @@ impl Server {
             acceptor: Arc::new(acceptor),
             config: Config::default(),
             grace_period: Duration::from_secs(10),
+            registry: Arc::default(),
+        }
+    }
+
+    /// A handle on this server's counters, to read while
+    /// [`Server::serve`] runs.
+    pub fn stats_handle(&self) -> ServerStatsHandle {
+        ServerStatsHandle {
+            registry: self.registry.clone(),
         }
     }
 
@@ -283,8 +406,9 @@ impl Server {
                         let acceptor = self.acceptor.clone();
                         let config = self.config.clone();
                         let rx = drain_rx.clone();
+                        let pending = PendingSetup::new(&self.registry);
                         let grace = self.grace_period;
-                        tasks.spawn(serve_one(transport, config, acceptor, rx, grace));
+                        tasks.spawn(serve_one(transport, config, acceptor, rx, pending, grace));
                     }
                     Some(Err(e)) => warn!(error = %e, "accept failed"),
                     // The listener ended: serve what is open, then return.
@@ -297,14 +421,14 @@ impl Server {
             }
         }
         drop(incoming);
-        debug!(connections = tasks.len(), "draining");
+        debug!(stats = ?self.registry.snapshot(), "draining");
         let _ = drain_tx.send(Phase::Draining);
         let drained = tokio::time::timeout(self.grace_period, async {
             while tasks.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
-            debug!(connections = tasks.len(), "grace period over; closing");
+            debug!(stats = ?self.registry.snapshot(), "grace period over; closing");
             let _ = drain_tx.send(Phase::Closing);
             let _ = tokio::time::timeout(Duration::from_secs(5), async {
                 while tasks.join_next().await.is_some() {}
@@ -327,6 +451,7 @@ async fn serve_one<T: Transport>(
     config: Config,
     acceptor: Arc<dyn SocketAcceptor>,
     mut phase: watch::Receiver<Phase>,
+    pending: PendingSetup,
     grace: Duration,
 ) {
     let (requester, driver) = match accept(transport, config, &*acceptor).await {
@@ -336,6 +461,8 @@ async fn serve_one<T: Transport>(
             return;
         }
     };
+    let _registered = Registered::new(&pending.0, driver.shared_state().clone());
+    drop(pending);
     let span = driver.span();
     let mut driver = pin!(driver);
     async move {
@@ -349,9 +476,11 @@ async fn serve_one<T: Transport>(
                 }
                 changed = phase.changed() => {
                     if changed.is_err() {
-                        // The server is gone: close now.
-                        requester.abort();
-                        continue;
+                        // The server future was dropped (its task aborted):
+                        // its connections go with it, like the tasks the
+                        // drop aborts, by dropping the driver and with it
+                        // the transport.
+                        return;
                     }
                     match *phase.borrow_and_update() {
                         Phase::Running => {}

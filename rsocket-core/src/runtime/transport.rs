@@ -69,6 +69,17 @@ pub trait Transport: Send + 'static {
     fn peer_info(&self) -> PeerInfo {
         PeerInfo::default()
     }
+
+    /// Lowers the largest inbound frame this transport accepts to `max`
+    /// bytes; a limit the transport was built with that is already lower
+    /// stays. The engine calls it with `Config::max_frame_len` before
+    /// splitting the transport, so that a transport with a length prefix
+    /// refuses an oversized frame from its length, before buffering it.
+    /// The default does nothing: the engine then refuses such a frame once
+    /// it is decoded.
+    fn limit_frame_len(&mut self, max: usize) {
+        let _ = max;
+    }
 }
 
 /// Reads length-prefixed frames from any [`AsyncRead`].
@@ -179,6 +190,12 @@ where
 
     fn peer_info(&self) -> PeerInfo {
         self.peer.clone()
+    }
+
+    fn limit_frame_len(&mut self, max: usize) {
+        if max < self.codec.max_frame_len() {
+            self.codec = FrameCodec::with_max_frame_len(max);
+        }
     }
 }
 

@@ -47,7 +47,7 @@ pub struct Echo {
 
 impl RSocket for Echo {
     async fn request_response(&self, req: Payload) -> Result<Option<Payload>, RequestError> {
-        Ok(Some(req))
+        Box::pin(async move { Ok(Some(req)) }).await
     }
 
     async fn fire_and_forget(&self, req: Payload) -> Result<(), RequestError> {
@@ -104,6 +104,15 @@ where
     S: futures::Stream<Item = std::io::Result<T>> + Send + 'static,
     T: Transport,
 {
+    serve_with(incoming, rsocket_core::Config::default())
+}
+
+/// [`serve`] with a given engine configuration.
+pub fn serve_with<S, T>(incoming: S, config: rsocket_core::Config) -> TestServer
+where
+    S: futures::Stream<Item = std::io::Result<T>> + Send + 'static,
+    T: Transport,
+{
     let produced = Arc::new(AtomicUsize::new(0));
     let (seen_tx, seen) = mpsc::channel(16);
     let (setup_tx, setups) = mpsc::channel(16);
@@ -122,7 +131,8 @@ where
                 Some(_) => Err(rsocket_core::StreamError::rejected("bad token")),
             }
         }
-    });
+    })
+    .config(config);
     tokio::spawn(server.serve_with_shutdown(incoming, futures::future::pending()));
     TestServer {
         produced,

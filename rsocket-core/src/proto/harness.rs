@@ -1,0 +1,375 @@
+//! A frames-in / frames-out harness around the sans-IO connection, for
+//! model-based tests (`rsocket-core/tests/model.rs`).
+//!
+//! Inputs are inbound frames (or raw frame bytes), commands from local
+//! handles and the current time; outputs are the frames queued for the
+//! peer, the requests for the responder, the next deadline and the
+//! engine's counters. The harness applies the rules the tokio driver and
+//! the handles follow (no frame is read while reading is paused, a request
+//! is opened only when the outbound queue has room, a producer sends only
+//! the credit it was told about), so a test that goes through it exercises
+//! what the runtime can do and nothing more.
+//!
+//! The API names no internal type: a rebuild of the core keeps this module's
+//! signatures and ports only their bodies, and the tests keep guarding it.
+//! Not part of the supported API.
+
+use std::collections::VecDeque;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{Connection, KeepaliveParams, SendReady, Side};
+use crate::config::Config;
+use crate::error::{ConnectionError, RequestError, StreamError};
+use crate::frame::{ErrorCode, Frame, StreamId};
+use crate::stats::ConnectionStats;
+use crate::{Interaction, Payload};
+
+/// Work for the responder that the connection produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A request that opened a stream; `stream` identifies it in later
+    /// commands.
+    Request {
+        /// The stream the peer opened.
+        stream: StreamId,
+        /// Its interaction model.
+        interaction: Interaction,
+        /// The (reassembled) request payload.
+        payload: Payload,
+    },
+    /// A fire-and-forget request. Its handler counts until
+    /// [`Harness::handler_done`].
+    FireAndForget(Payload),
+    /// A metadata push. Its handler counts until [`Harness::handler_done`].
+    MetadataPush(Bytes),
+}
+
+/// What a consumer got from [`Harness::recv`].
+#[derive(Debug, Clone)]
+pub enum Recv {
+    /// Items, in order (at least one).
+    Items(Vec<Payload>),
+    /// The stream completed; the half is released.
+    End,
+    /// The stream failed; the half is released.
+    Failed(RequestError),
+    /// Nothing yet.
+    Pending,
+}
+
+/// What a producer got from [`Harness::send_ready`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    /// It may send this many items (0 only with `zero_ok`).
+    Credit(u64),
+    /// It must stop and release its half.
+    Stopped,
+    /// Not now (no credit, or no room in the outbound queue).
+    Pending,
+}
+
+/// One connection driven by hand. See the module docs.
+#[derive(Debug)]
+pub struct Harness {
+    conn: Connection,
+    now: Instant,
+    /// Frames queued since the last [`Harness::new_frames`].
+    log: Vec<Frame>,
+    /// `frames_queued` already copied into `log`.
+    seen: u64,
+}
+
+impl Harness {
+    /// A client that has just queued its SETUP.
+    pub fn client(
+        config: Config,
+        keepalive: Duration,
+        max_lifetime: Duration,
+        now: Instant,
+    ) -> Self {
+        let params = KeepaliveParams {
+            send_interval: Some(keepalive),
+            max_lifetime,
+        };
+        let mut conn = Connection::new(Side::Client, config, params, now);
+        let setup = crate::config::SetupParams {
+            keepalive_interval: keepalive,
+            max_lifetime,
+            ..crate::config::SetupParams::default()
+        };
+        conn.queue_setup(setup.to_frame());
+        Self::wrap(conn, now)
+    }
+
+    /// A server whose peer's SETUP announced `max_lifetime`.
+    pub fn server(config: Config, max_lifetime: Duration, now: Instant) -> Self {
+        let params = KeepaliveParams {
+            send_interval: None,
+            max_lifetime,
+        };
+        Self::wrap(Connection::new(Side::Server, config, params, now), now)
+    }
+
+    fn wrap(conn: Connection, now: Instant) -> Self {
+        let mut h = Self {
+            conn,
+            now,
+            log: Vec::new(),
+            seen: 0,
+        };
+        h.observe();
+        h
+    }
+
+    /// Copies newly queued frames into the log. Frames are appended at the
+    /// back of the queue, so the new ones are its last ones (unless the
+    /// queue was dropped meanwhile).
+    fn observe(&mut self) {
+        if self.conn.drained() {
+            // What the driver does once draining has finished.
+            self.conn.finish_drain();
+        }
+        let queued = self.conn.counters.frames_queued;
+        let new = usize::try_from(queued - self.seen).unwrap_or(usize::MAX);
+        let skip = self.conn.out.len().saturating_sub(new);
+        self.log
+            .extend(self.conn.out.iter().skip(skip).map(|q| q.frame.clone()));
+        self.seen = queued;
+    }
+
+    fn cx() -> Context<'static> {
+        Context::from_waker(Waker::noop())
+    }
+
+    // ----- inputs -------------------------------------------------------
+
+    /// The driver would read a frame now: not paused, not closed.
+    pub fn can_read(&self) -> bool {
+        self.conn.closed().is_none() && !self.conn.read_paused()
+    }
+
+    /// Handles an inbound frame, if the driver would read one now; returns
+    /// whether it was read.
+    pub fn frame_in(&mut self, frame: Frame) -> bool {
+        if !self.can_read() {
+            return false;
+        }
+        self.conn.handle_frame(frame, self.now);
+        self.observe();
+        true
+    }
+
+    /// Decodes one frame's bytes (length prefix stripped) and handles the
+    /// frame or the decode error, if the driver would read now.
+    pub fn bytes_in(&mut self, bytes: Bytes) -> bool {
+        if !self.can_read() {
+            return false;
+        }
+        match Frame::decode(bytes) {
+            Ok(frame) => self.conn.handle_frame(frame, self.now),
+            Err(e) => self.conn.handle_decode_error(e),
+        }
+        self.observe();
+        true
+    }
+
+    /// Moves the clock to `now` (never backwards) and runs what is due.
+    pub fn advance(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        self.conn.handle_tick(self.now);
+        self.observe();
+    }
+
+    /// The transport ended underneath the connection.
+    pub fn transport_closed(&mut self) {
+        self.observe();
+        self.conn
+            .handle_transport_closed(ConnectionError::ClosedByPeer);
+        self.observe();
+    }
+
+    // ----- local commands -------------------------------------------------
+
+    /// A new request may be opened now (the outbound queue has room and the
+    /// connection takes new streams).
+    pub fn can_open(&mut self) -> bool {
+        matches!(self.conn.poll_open_ready(&Self::cx()), Poll::Ready(Ok(())))
+    }
+
+    /// Opens a request (see [`Harness::can_open`]); `window` is the initial
+    /// credit of a stream or channel, `manual` stops automatic
+    /// replenishment.
+    pub fn open(
+        &mut self,
+        interaction: Interaction,
+        payload: Payload,
+        window: u32,
+        manual: bool,
+    ) -> Result<StreamId, RequestError> {
+        let r = self.conn.open(interaction, payload, window, manual);
+        self.observe();
+        r
+    }
+
+    /// Takes up to `max` items from an inbound half, first reporting
+    /// `consumed` items as handed to the user since the last call.
+    pub fn recv(&mut self, stream: StreamId, consumed: u32, max: usize) -> Recv {
+        let mut rest = VecDeque::new();
+        let r = self
+            .conn
+            .poll_recv(stream, &Self::cx(), consumed, max.max(1), &mut rest);
+        self.observe();
+        match r {
+            Poll::Ready(Some(Ok(first))) => {
+                let mut items = vec![first];
+                items.extend(rest);
+                Recv::Items(items)
+            }
+            Poll::Ready(Some(Err(e))) => Recv::Failed(e),
+            Poll::Ready(None) => Recv::End,
+            Poll::Pending => Recv::Pending,
+        }
+    }
+
+    /// Grants `n` more items on a stream opened with manual credit.
+    pub fn request_credit(&mut self, stream: StreamId, n: u32) {
+        self.conn.request_credit(stream, n);
+        self.observe();
+    }
+
+    /// The consumer of an inbound half goes away.
+    pub fn release_recv(&mut self, stream: StreamId) {
+        self.conn.release_recv(stream);
+        self.observe();
+    }
+
+    /// May the producer of an outbound half send, and how much?
+    pub fn send_ready(&mut self, stream: StreamId, zero_ok: bool) -> Ready {
+        let r = self.conn.poll_send_ready(stream, &Self::cx(), zero_ok);
+        self.observe();
+        match r {
+            Poll::Ready(SendReady::Credit(c)) => Ready::Credit(c),
+            Poll::Ready(SendReady::Stopped) => Ready::Stopped,
+            Poll::Pending => Ready::Pending,
+        }
+    }
+
+    /// Sends items (no more than [`Ready::Credit`] allowed), completing the
+    /// half after them if `complete`.
+    pub fn send(&mut self, stream: StreamId, items: Vec<Payload>, complete: bool) {
+        self.conn.send_items(stream, items.into_iter(), complete);
+        self.observe();
+    }
+
+    /// Fails the stream with ERROR.
+    pub fn send_error(&mut self, stream: StreamId, error: &StreamError) {
+        self.conn.send_error(stream, error);
+        self.observe();
+    }
+
+    /// The producer of an outbound half goes away.
+    pub fn release_send(&mut self, stream: StreamId) {
+        self.conn.release_send(stream);
+        self.observe();
+    }
+
+    /// Queues a metadata push if the outbound queue has room: `None` when
+    /// it must wait.
+    pub fn metadata_push(&mut self, metadata: Bytes) -> Option<Result<(), RequestError>> {
+        let mut slot = Some(metadata);
+        let r = match self.conn.poll_metadata_push(&Self::cx(), &mut slot) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
+        };
+        self.observe();
+        r
+    }
+
+    /// A fire-and-forget or metadata-push handler finished.
+    pub fn handler_done(&mut self) {
+        self.conn.oneway_done();
+        self.observe();
+    }
+
+    /// Graceful close begins here (`ERROR[CONNECTION_CLOSE]`, no new
+    /// streams, open ones finish within `timeout`).
+    pub fn start_drain(&mut self, timeout: Duration) {
+        self.conn
+            .start_drain(self.now, timeout, "closed by the application");
+        self.observe();
+    }
+
+    /// Closes from this side.
+    pub fn close(&mut self) {
+        self.conn.close(
+            ErrorCode::CONNECTION_ERROR,
+            "closed by the harness",
+            ConnectionError::LocallyClosed,
+        );
+        self.observe();
+    }
+
+    // ----- outputs --------------------------------------------------------
+
+    /// Every frame queued since the last call, in order (they may still be
+    /// waiting for [`Harness::transmit`]).
+    pub fn new_frames(&mut self) -> Vec<Frame> {
+        self.observe();
+        std::mem::take(&mut self.log)
+    }
+
+    /// Hands queued frames to the "writer": up to `max_bytes` (at least one
+    /// frame when any is queued).
+    pub fn transmit(&mut self, max_bytes: usize) -> Vec<Frame> {
+        self.observe();
+        let mut out = VecDeque::new();
+        self.conn.poll_transmit(usize::MAX, max_bytes, &mut out);
+        self.observe();
+        out.into()
+    }
+
+    /// Requests for the responder, in order.
+    pub fn events(&mut self) -> Vec<Event> {
+        let mut v = Vec::new();
+        while let Some(ev) = self.conn.poll_event() {
+            v.push(match ev {
+                super::Event::Request {
+                    stream_id,
+                    interaction,
+                    payload,
+                } => Event::Request {
+                    stream: stream_id,
+                    interaction,
+                    payload,
+                },
+                super::Event::FireAndForget(p) => Event::FireAndForget(p),
+                super::Event::MetadataPush(m) => Event::MetadataPush(m),
+            });
+        }
+        v
+    }
+
+    /// When [`Harness::advance`] must be called next.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.conn.poll_timeout()
+    }
+
+    /// The engine's counters.
+    pub fn stats(&self) -> ConnectionStats {
+        self.conn.stats()
+    }
+
+    /// Why the connection ended, once it has.
+    pub fn closed(&self) -> Option<ConnectionError> {
+        self.conn.closed().cloned()
+    }
+
+    /// The connection's own bookkeeping agrees with its contents (byte and
+    /// stream counts, credit windows). `Err` names the first mismatch.
+    pub fn check_consistency(&self) -> Result<(), String> {
+        self.conn.check_consistency()
+    }
+}

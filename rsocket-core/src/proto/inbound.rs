@@ -1,0 +1,473 @@
+//! Inbound frames: what the peer sent, checked and applied to the streams.
+
+use std::time::Instant;
+
+use tracing::{debug, trace};
+
+use super::fragment::Reassembly;
+use super::{
+    add_credit, wake, Connection, Event, FragKind, Interaction, RecvHalf, SendHalf, Side, State,
+    StreamState,
+};
+use crate::error::{ConnectionError, Initiator, Limit, RequestError, StreamError, StreamViolation};
+use crate::frame::{
+    Cancel, DecodeError, ErrorCode, ErrorFrame, Frame, FrameType, Keepalive, PayloadFrame,
+    RequestN, StreamId, MAX_U31,
+};
+use crate::Payload;
+
+impl Connection {
+    // ----- inbound frames -----------------------------------------------
+
+    /// Handles a frame that failed to decode.
+    pub(crate) fn handle_decode_error(&mut self, err: DecodeError) {
+        if self.closed().is_some() {
+            return;
+        }
+        self.counters.frames_in += 1;
+        match err {
+            // REQUEST_N of 0: ignored (rsocket-protocol.md §2.14).
+            DecodeError::ZeroRequestN {
+                frame: FrameType::RequestN,
+                ..
+            } => debug!("ignoring REQUEST_N of 0"),
+            // A request with initial request-n 0: ERROR[INVALID] on it.
+            DecodeError::ZeroRequestN { stream_id, .. } => {
+                if let Some(id) = StreamId::new(stream_id) {
+                    if !self.streams.contains_key(&stream_id) {
+                        self.push_control(Frame::Error(ErrorFrame::new(
+                            Some(id),
+                            ErrorCode::INVALID,
+                            "initial request-n must be greater than 0",
+                        )));
+                    }
+                }
+            }
+            other => self.protocol_violation(other.to_string()),
+        }
+    }
+
+    pub(crate) fn handle_frame(&mut self, frame: Frame, now: Instant) {
+        if self.closed().is_some() {
+            return;
+        }
+        trace!(?frame, "recv");
+        let len = frame.encoded_len();
+        self.counters.frames_in += 1;
+        self.counters.bytes_in += len as u64;
+        self.last_received = now;
+        if len > self.config.max_frame_len {
+            // Transports that frame with a length prefix reject such a
+            // frame before reading it; this catches any other transport.
+            return self.protocol_violation(format!(
+                "frame of {len} bytes exceeds max_frame_len {}",
+                self.config.max_frame_len
+            ));
+        }
+        if !self.established && !matches!(&frame, Frame::Error(e) if e.stream_id.is_none()) {
+            self.established = true;
+        }
+        match frame {
+            Frame::Setup(_) => debug!("ignoring SETUP on an established connection"),
+            Frame::Lease(_) => debug!("ignoring LEASE: leasing is not enabled"),
+            Frame::Keepalive(k) => {
+                if k.respond {
+                    self.push_control(Frame::Keepalive(Keepalive {
+                        respond: false,
+                        last_received_position: 0,
+                        data: k.data,
+                    }));
+                }
+            }
+            Frame::MetadataPush(m) => {
+                // Its handler counts like a fire-and-forget one: at the
+                // limit, reading pauses (`read_paused`).
+                self.inflight_oneway += 1;
+                self.events.push_back(Event::MetadataPush(m.metadata));
+            }
+            Frame::Resume(_) | Frame::ResumeOk(_) => {
+                self.protocol_violation("RESUME frames after setup".into());
+            }
+            Frame::Error(e) => self.on_error(e),
+            Frame::Ext(e) => {
+                if !e.ignore {
+                    self.protocol_violation(format!(
+                        "unsupported EXT frame type {}",
+                        e.extended_type
+                    ));
+                }
+            }
+            Frame::Ignored(i) => trace!(?i, "ignored frame"),
+            Frame::RequestResponse(r) => self.on_request_frame(
+                r.stream_id,
+                FragKind::RequestResponse,
+                r.payload,
+                r.follows,
+                false,
+            ),
+            Frame::RequestFnf(r) => self.on_request_frame(
+                r.stream_id,
+                FragKind::RequestFnf,
+                r.payload,
+                r.follows,
+                false,
+            ),
+            Frame::RequestStream(r) => self.on_request_frame(
+                r.stream_id,
+                FragKind::RequestStream(r.initial_request_n),
+                r.payload,
+                r.follows,
+                false,
+            ),
+            Frame::RequestChannel(r) => self.on_request_frame(
+                r.stream_id,
+                FragKind::RequestChannel(r.initial_request_n),
+                r.payload,
+                r.follows,
+                r.complete,
+            ),
+            Frame::RequestN(n) => self.on_request_n(n),
+            Frame::Cancel(c) => self.on_cancel(c.stream_id),
+            Frame::Payload(p) => self.on_payload_frame(p),
+        }
+    }
+
+    fn on_error(&mut self, e: ErrorFrame) {
+        let Some(id) = e.stream_id else {
+            let message = e.message();
+            if e.code.is_setup_error() {
+                if self.side == Side::Client && !self.established {
+                    self.close_streams(ConnectionError::SetupRejected {
+                        code: e.code,
+                        message,
+                        initiator: Initiator::Remote,
+                    });
+                } else {
+                    debug!(code = %e.code, "ignoring setup error after establishment");
+                }
+                return;
+            }
+            if e.code == ErrorCode::CONNECTION_CLOSE && matches!(self.state, State::Open) {
+                // Graceful close by the peer: open streams finish, new ones
+                // are refused on both sides.
+                debug!(%message, "peer began a graceful close");
+                let deadline = self.last_received + self.config.close_timeout;
+                self.enter_drain(Initiator::Remote, deadline, message);
+                return;
+            }
+            if e.code == ErrorCode::CONNECTION_CLOSE && self.drained() {
+                return self.finish_drain();
+            }
+            self.close_streams(ConnectionError::Remote {
+                code: e.code,
+                message,
+            });
+            return;
+        };
+        self.drop_reassembly(id.get());
+        let err = StreamError {
+            code: e.code,
+            message: e.message(),
+        };
+        if let Some(st) = self.streams.get_mut(&id.get()) {
+            // ERROR ends the whole stream, both halves (spec §5.4).
+            st.terminated = true;
+            if let Some(r) = st.recv.as_mut() {
+                r.finish(Err(RequestError::Stream(err)));
+            }
+            if let Some(s) = st.send.as_mut() {
+                s.stop();
+            }
+        }
+    }
+
+    /// Discards the reassembly in progress on `key`, if any.
+    pub(super) fn drop_reassembly(&mut self, key: u32) {
+        if let Some(r) = self.frags.remove(&key) {
+            self.reassembly_bytes -= r.len();
+            if r.is_request() {
+                self.partial_requests -= 1;
+            }
+        }
+    }
+
+    /// Refuses every request whose fragments are still arriving (with
+    /// `ERROR[REJECTED]`; a fire-and-forget is dropped).
+    pub(super) fn refuse_partial_requests(&mut self, message: &str) {
+        if self.partial_requests == 0 {
+            return;
+        }
+        let keys: Vec<(u32, bool)> = self
+            .frags
+            .iter()
+            .filter(|(_, r)| r.is_request())
+            .map(|(k, r)| (*k, matches!(r.kind, FragKind::RequestFnf)))
+            .collect();
+        for (key, fnf) in keys {
+            self.drop_reassembly(key);
+            if let (false, Some(id)) = (fnf, StreamId::new(key)) {
+                self.reject(id, message);
+            }
+        }
+    }
+
+    /// Appends a fragment to the reassembly in progress on `id` (which the
+    /// caller has checked may take it, or started); returns the whole
+    /// payload when `follows` is clear.
+    fn reassemble(
+        &mut self,
+        id: StreamId,
+        kind: FragKind,
+        payload: Payload,
+        follows: bool,
+    ) -> Option<(FragKind, Payload)> {
+        let key = id.get();
+        let added = payload.len();
+        if self.reassembly_bytes + added > self.config.max_reassembly_bytes {
+            self.fail(ConnectionError::LimitExceeded(Limit::ReassemblyBytes {
+                cap: self.config.max_reassembly_bytes,
+            }));
+            return None;
+        }
+        self.reassembly_bytes += added;
+        let r = match self.frags.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let r = Reassembly::new(kind);
+                if r.is_request() {
+                    self.partial_requests += 1;
+                }
+                e.insert(r)
+            }
+        };
+        r.push(&payload);
+        if follows {
+            return None;
+        }
+        let r = self.frags.remove(&key)?;
+        self.reassembly_bytes -= r.len();
+        if r.is_request() {
+            self.partial_requests -= 1;
+        }
+        Some((r.kind, r.finish()))
+    }
+
+    fn on_request_frame(
+        &mut self,
+        id: StreamId,
+        kind: FragKind,
+        payload: Payload,
+        follows: bool,
+        complete: bool,
+    ) {
+        let key = id.get();
+        if self.streams.contains_key(&key) || self.frags.contains_key(&key) {
+            debug!(stream = key, "ignoring request on a stream id in use");
+            return;
+        }
+        let ours = id.is_client_initiated() == (self.side == Side::Client);
+        if ours {
+            debug!(stream = key, "ignoring request with our own stream parity");
+            return;
+        }
+        if !follows {
+            return self.on_request(id, kind, payload, complete);
+        }
+        // The first fragment of a request: it takes a stream slot now, so
+        // that a peer cannot open unbounded partial requests.
+        let fnf = matches!(kind, FragKind::RequestFnf);
+        let refusal = if matches!(self.state, State::Draining { .. }) {
+            Some("connection is shutting down")
+        } else if self.inbound_streams + self.partial_requests
+            >= self.config.max_concurrent_inbound_streams
+        {
+            Some("too many concurrent streams")
+        } else {
+            None
+        };
+        if let Some(message) = refusal {
+            // Its follow-up fragments find no reassembly and are dropped.
+            if fnf {
+                debug!(stream = key, message, "dropping fragmented fire-and-forget");
+            } else {
+                self.reject(id, message);
+            }
+            return;
+        }
+        self.reassemble(id, kind, payload, true);
+    }
+
+    fn reject(&mut self, id: StreamId, message: &str) {
+        self.push_control(Frame::Error(ErrorFrame::new(
+            Some(id),
+            ErrorCode::REJECTED,
+            message,
+        )));
+    }
+
+    fn on_request(&mut self, id: StreamId, kind: FragKind, payload: Payload, complete: bool) {
+        let draining = matches!(self.state, State::Draining { .. });
+        if let FragKind::RequestFnf = kind {
+            if draining {
+                debug!("dropping fire-and-forget: connection is shutting down");
+                return;
+            }
+            // Never dropped for load: at the limit the driver stops reading
+            // (see `read_paused`), which pushes back on the peer through the
+            // transport instead.
+            self.inflight_oneway += 1;
+            self.events.push_back(Event::FireAndForget(payload));
+            return;
+        }
+        if draining {
+            return self.reject(id, "connection is shutting down");
+        }
+        if self.inbound_streams + self.partial_requests
+            >= self.config.max_concurrent_inbound_streams
+        {
+            return self.reject(id, "too many concurrent streams");
+        }
+        let (interaction, send, recv) = match kind {
+            FragKind::RequestResponse => (Interaction::RequestResponse, SendHalf::new(1), None),
+            FragKind::RequestStream(n) => (
+                Interaction::RequestStream,
+                SendHalf::new(u64::from(n.get())),
+                None,
+            ),
+            FragKind::RequestChannel(n) => {
+                let mut recv = RecvHalf::new(self.config.default_prefetch, false);
+                if complete {
+                    recv.end = Some(Ok(()));
+                }
+                (
+                    Interaction::RequestChannel,
+                    SendHalf::new(u64::from(n.get())),
+                    Some(recv),
+                )
+            }
+            FragKind::RequestFnf | FragKind::Payload { .. } => return,
+        };
+        self.inbound_streams += 1;
+        self.streams.insert(
+            id.get(),
+            StreamState {
+                interaction,
+                local: false,
+                terminated: false,
+                recv,
+                send: Some(send),
+            },
+        );
+        self.events.push_back(Event::Request {
+            stream_id: id,
+            interaction,
+            payload,
+        });
+    }
+
+    fn on_request_n(&mut self, n: RequestN) {
+        if let Some(s) = self
+            .streams
+            .get_mut(&n.stream_id.get())
+            .and_then(|st| st.send.as_mut())
+        {
+            if !s.stopped {
+                s.credit = add_credit(s.credit, n.request_n.get());
+                s.awaiting_credit = false;
+                wake(&mut s.waker);
+            }
+        }
+    }
+
+    fn on_cancel(&mut self, id: StreamId) {
+        let key = id.get();
+        self.drop_reassembly(key);
+        let Some(st) = self.streams.get_mut(&key) else {
+            return;
+        };
+        if let Some(s) = st.send.as_mut() {
+            s.stop();
+        }
+        if !st.local {
+            // The requester cancelled: the whole stream is over.
+            st.terminated = true;
+            if let Some(r) = st.recv.as_mut() {
+                r.finish(Err(RequestError::Cancelled));
+            }
+        }
+        // A responder's CANCEL on a channel only closes the requester's
+        // outbound half; the responder may still send to us.
+    }
+
+    fn on_payload_frame(&mut self, p: PayloadFrame) {
+        let id = p.stream_id;
+        let (next, complete) = (p.next, p.complete);
+        let follows = p.follows && !complete;
+        // Most connections never fragment: skip the map lookup then.
+        let in_progress = !self.frags.is_empty() && self.frags.contains_key(&id.get());
+        if !in_progress && !follows {
+            return self.on_payload(id, p.payload, next, complete);
+        }
+        if !in_progress && !self.may_receive(id) {
+            // Buffering fragments for a stream that cannot take them would
+            // let a peer fill memory with streams it never opened.
+            trace!(stream = id.get(), "ignoring fragment for an unknown stream");
+            return;
+        }
+        let Some((kind, payload)) =
+            self.reassemble(id, FragKind::Payload { next }, p.payload, follows)
+        else {
+            return;
+        };
+        match kind {
+            FragKind::Payload { .. } => self.on_payload(id, payload, next, complete),
+            // The last follow-up of a fragmented request: the request is
+            // whole now (C on a channel's last fragment completes its
+            // requester half).
+            request => self.on_request(id, request, payload, complete),
+        }
+    }
+
+    /// The stream exists and its inbound half is still open.
+    fn may_receive(&self, id: StreamId) -> bool {
+        self.streams
+            .get(&id.get())
+            .is_some_and(|st| !st.terminated && st.recv.as_ref().is_some_and(|r| r.end.is_none()))
+    }
+
+    fn on_payload(&mut self, id: StreamId, payload: Payload, next: bool, complete: bool) {
+        let Some(st) = self.streams.get_mut(&id.get()) else {
+            trace!(stream = id.get(), "ignoring PAYLOAD for an unknown stream");
+            return;
+        };
+        let rr = st.interaction == Interaction::RequestResponse;
+        let Some(r) = st.recv.as_mut() else {
+            return;
+        };
+        if r.end.is_some() {
+            return;
+        }
+        if next {
+            if r.outstanding == 0 {
+                // More than we asked for: cancel and fail locally.
+                st.terminated = true;
+                r.finish(Err(RequestError::Protocol(StreamViolation::BeyondCredit)));
+                if let Some(s) = st.send.as_mut() {
+                    s.stop();
+                }
+                self.push_control(Frame::Cancel(Cancel { stream_id: id }));
+                return;
+            }
+            // At 2^31 - 1 credit is unbounded and is not counted down.
+            if r.outstanding < u64::from(MAX_U31) {
+                r.outstanding -= 1;
+            }
+            self.in_bytes += payload.len();
+            r.queue.push_back(payload);
+        }
+        if complete || rr {
+            r.end = Some(Ok(()));
+        }
+        wake(&mut r.waker);
+    }
+}

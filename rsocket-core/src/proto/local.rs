@@ -1,0 +1,469 @@
+//! Commands from local handles: opening requests, consuming inbound
+//! halves, producing on outbound halves.
+
+use std::collections::VecDeque;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+
+use super::{
+    add_credit, fragment, register, wake, Connection, FragKind, Interaction, Pace, RecvHalf,
+    SendHalf, SendReady, State, StreamState,
+};
+use crate::error::{RequestError, StreamError};
+use crate::frame::{
+    Cancel, ErrorCode, ErrorFrame, Frame, MetadataPush, PayloadFrame, RequestCount, RequestN,
+    StreamId, MAX_U31,
+};
+use crate::Payload;
+
+impl Connection {
+    // ----- requester commands ------------------------------------------
+
+    /// Ready when a new request may be queued (the outbound queue has room).
+    pub(crate) fn poll_open_ready(&mut self, cx: &Context<'_>) -> Poll<Result<(), RequestError>> {
+        if let Some(refusal) = self.refusal() {
+            return Poll::Ready(Err(refusal));
+        }
+        if self.has_space() {
+            Poll::Ready(Ok(()))
+        } else {
+            self.wait_space(cx);
+            Poll::Pending
+        }
+    }
+
+    /// Opens a stream and queues its request frame(s). `window` is the
+    /// initial request-n for streams and channels; with `manual`, credit is
+    /// only added by [`Connection::request_credit`].
+    pub(crate) fn open(
+        &mut self,
+        interaction: Interaction,
+        payload: Payload,
+        window: u32,
+        manual: bool,
+    ) -> Result<StreamId, RequestError> {
+        if let Some(refusal) = self.refusal() {
+            return Err(refusal);
+        }
+        let streams = &self.streams;
+        let id = self
+            .ids
+            .next(streams.len(), |id| streams.contains_key(&id))
+            .ok_or_else(|| RequestError::Stream(StreamError::rejected("no free stream ids")))?;
+        let n = RequestCount::new(window.min(MAX_U31)).unwrap_or(RequestCount::ONE);
+        let (kind, recv, send) = match interaction {
+            Interaction::FireAndForget => (FragKind::RequestFnf, None, None),
+            Interaction::RequestResponse => (
+                FragKind::RequestResponse,
+                Some(RecvHalf::new(1, true)),
+                None,
+            ),
+            Interaction::RequestStream => (
+                FragKind::RequestStream(n),
+                Some(RecvHalf::new(n.get(), true)),
+                None,
+            ),
+            Interaction::RequestChannel => (
+                FragKind::RequestChannel(n),
+                Some(RecvHalf::new(n.get(), true)),
+                Some(SendHalf::new(0)),
+            ),
+        };
+        let mut recv = recv;
+        if let Some(r) = recv.as_mut() {
+            r.manual = manual;
+        }
+        if recv.is_some() || send.is_some() {
+            self.streams.insert(
+                id.get(),
+                StreamState {
+                    interaction,
+                    local: true,
+                    terminated: false,
+                    recv,
+                    send,
+                },
+            );
+        }
+        self.push_fragmented(kind, id, payload, false, Pace::Paced);
+        Ok(id)
+    }
+
+    /// Queues a METADATA_PUSH once the outbound queue has room (paced, like
+    /// a request). Allowed while a graceful close drains (it opens no
+    /// stream).
+    pub(crate) fn poll_metadata_push(
+        &mut self,
+        cx: &Context<'_>,
+        metadata: &mut Option<Bytes>,
+    ) -> Poll<Result<(), RequestError>> {
+        if let Some(e) = self.closed() {
+            return Poll::Ready(Err(RequestError::Connection(e.clone())));
+        }
+        if !self.has_space() {
+            self.wait_space(cx);
+            return Poll::Pending;
+        }
+        if let Some(metadata) = metadata.take() {
+            let frame = Frame::MetadataPush(MetadataPush { metadata });
+            let len = frame.encoded_len();
+            self.enqueue(frame, len, Pace::Paced);
+            wake(&mut self.writer_waker);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// A fire-and-forget or metadata-push handler finished.
+    pub(crate) fn oneway_done(&mut self) {
+        let was_paused = self.read_paused();
+        self.inflight_oneway = self.inflight_oneway.saturating_sub(1);
+        if was_paused && !self.read_paused() {
+            // The driver stopped reading; let it resume.
+            wake(&mut self.writer_waker);
+        }
+    }
+
+    // ----- consumers of inbound halves ----------------------------------
+
+    /// Takes the next item and moves up to `max - 1` more into `into`, after
+    /// counting `consumed` items the caller has handed to its user since its
+    /// last call: consumption, not arrival, is what earns the peer more
+    /// credit, so a consumer that stops polling stops the producer. Ready
+    /// with `Some(Ok(item))`, `None` at completion,
+    /// `Some(Err(_))` when the stream failed; both terminal answers release
+    /// the half.
+    pub(crate) fn poll_recv(
+        &mut self,
+        id: StreamId,
+        cx: &Context<'_>,
+        consumed: u32,
+        max: usize,
+        into: &mut VecDeque<Payload>,
+    ) -> Poll<Option<Result<Payload, RequestError>>> {
+        self.poll_recv_inner(id, cx, consumed, max, into, true)
+    }
+
+    fn poll_recv_inner(
+        &mut self,
+        id: StreamId,
+        cx: &Context<'_>,
+        consumed: u32,
+        max: usize,
+        into: &mut VecDeque<Payload>,
+        take: bool,
+    ) -> Poll<Option<Result<Payload, RequestError>>> {
+        let key = id.get();
+        let Some(st) = self.streams.get_mut(&key) else {
+            return Poll::Ready(None);
+        };
+        let terminated = st.terminated;
+        let rr = st.interaction == Interaction::RequestResponse;
+        let Some(r) = st.recv.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let mut grant = 0;
+        if !r.granted {
+            r.granted = true;
+            if r.end.is_none() && !terminated {
+                r.outstanding = u64::from(r.window);
+                grant = r.window;
+            }
+        }
+        if consumed > 0 && r.window < MAX_U31 && !r.manual && !rr {
+            r.consumed += consumed;
+            if r.end.is_none() && r.consumed >= (r.window / 2).max(1) {
+                grant = r.consumed;
+                r.outstanding += u64::from(r.consumed);
+                r.consumed = 0;
+            }
+        }
+        let result = if !take {
+            Poll::Pending
+        } else if let Some(first) = r.queue.pop_front() {
+            // The first item is returned directly, so a single response
+            // never touches the caller's buffer.
+            let n = max.saturating_sub(1).min(r.queue.len());
+            let mut taken = first.len();
+            for p in r.queue.drain(..n) {
+                taken += p.len();
+                into.push_back(p);
+            }
+            self.in_bytes -= taken;
+            Poll::Ready(Some(Ok(first)))
+        } else {
+            match r.end.take() {
+                Some(Ok(())) => Poll::Ready(None),
+                Some(Err(e)) => Poll::Ready(Some(Err(e))),
+                None => {
+                    register(&mut r.waker, cx);
+                    Poll::Pending
+                }
+            }
+        };
+        if matches!(result, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            // The terminal signal was delivered: the half is done.
+            st.recv = None;
+            self.maybe_remove(key);
+        } else if grant > 0 && !terminated {
+            if let Some(n) = RequestCount::new(grant) {
+                self.push_control(Frame::RequestN(RequestN {
+                    stream_id: id,
+                    request_n: n,
+                }));
+            }
+        }
+        result
+    }
+
+    /// Counts `n` items as handed to the user, replenishing credit when half
+    /// the window has been consumed.
+    pub(crate) fn report_consumed(&mut self, id: StreamId, n: u32) {
+        let mut noop = VecDeque::new();
+        let cx = Context::from_waker(Waker::noop());
+        // `max` 0 moves nothing; only the accounting and REQUEST_N happen.
+        let _ = self.poll_recv_inner(id, &cx, n, 0, &mut noop, false);
+    }
+
+    /// Grants the peer `n` more items on a stream opened with manual credit
+    /// (REQUEST_N). Ignored once the stream has ended.
+    pub(crate) fn request_credit(&mut self, id: StreamId, n: u32) {
+        let Some(st) = self.streams.get_mut(&id.get()) else {
+            return;
+        };
+        if st.terminated {
+            return;
+        }
+        let Some(r) = st.recv.as_mut() else {
+            return;
+        };
+        let Some(count) = RequestCount::new(n.min(MAX_U31)) else {
+            return;
+        };
+        if r.end.is_some() {
+            return;
+        }
+        r.outstanding = add_credit(r.outstanding, count.get());
+        r.extra = add_credit(r.extra, count.get());
+        self.push_control(Frame::RequestN(RequestN {
+            stream_id: id,
+            request_n: count,
+        }));
+    }
+
+    /// The consumer of an inbound half went away.
+    pub(crate) fn release_recv(&mut self, id: StreamId) {
+        let key = id.get();
+        let conn_open = self.closed().is_none();
+        let Some(st) = self.streams.get_mut(&key) else {
+            return;
+        };
+        let Some(r) = st.recv.take() else {
+            return;
+        };
+        self.in_bytes -= r.queue.iter().map(Payload::len).sum::<usize>();
+        let open = r.end.is_none() && !st.terminated && conn_open;
+        // Nobody will take the item being reassembled.
+        self.drop_reassembly(key);
+        let Some(st) = self.streams.get_mut(&key) else {
+            return;
+        };
+        if open {
+            if st.local {
+                // Requester gives up: the whole stream ends.
+                st.terminated = true;
+                if let Some(s) = st.send.as_mut() {
+                    s.stop();
+                }
+            }
+            self.push_control(Frame::Cancel(Cancel { stream_id: id }));
+        }
+        self.maybe_remove(key);
+    }
+
+    // ----- producers of outbound halves ---------------------------------
+
+    /// Ready with the credit available when the producer may send, or with
+    /// `Stopped` when it must give up.
+    ///
+    /// With `zero_ok`, a producer without credit gets `Credit(0)` (its waker
+    /// is registered for the next REQUEST_N): a requester's channel uses this
+    /// to look one item ahead, so that it can send COMPLETE, which needs no
+    /// credit, to a responder that never grants any.
+    pub(crate) fn poll_send_ready(
+        &mut self,
+        id: StreamId,
+        cx: &Context<'_>,
+        zero_ok: bool,
+    ) -> Poll<SendReady> {
+        let has_space = self.has_space();
+        let Some(s) = self
+            .streams
+            .get_mut(&id.get())
+            .and_then(|st| st.send.as_mut())
+        else {
+            return Poll::Ready(SendReady::Stopped);
+        };
+        if s.stopped || s.done {
+            return Poll::Ready(SendReady::Stopped);
+        }
+        // Registered even when credit is available: a producer whose user
+        // stream is pending must still be woken by CANCEL or close.
+        register(&mut s.waker, cx);
+        s.awaiting_credit = s.credit == 0;
+        if s.credit == 0 {
+            if !zero_ok {
+                return Poll::Pending;
+            }
+            if has_space {
+                return Poll::Ready(SendReady::Credit(0));
+            }
+            self.wait_space(cx);
+            return Poll::Pending;
+        }
+        if !has_space {
+            self.wait_space(cx);
+            return Poll::Pending;
+        }
+        Poll::Ready(SendReady::Credit(s.credit))
+    }
+
+    /// Ready once the producer must stop (cancelled or connection closed).
+    pub(crate) fn poll_stopped(&mut self, id: StreamId, cx: &Context<'_>) -> Poll<()> {
+        match self
+            .streams
+            .get_mut(&id.get())
+            .and_then(|st| st.send.as_mut())
+        {
+            Some(s) if !s.stopped => {
+                register(&mut s.waker, cx);
+                Poll::Pending
+            }
+            _ => Poll::Ready(()),
+        }
+    }
+
+    /// Sends items (each spends one credit; callers never send more than
+    /// [`SendReady::Credit`] allowed) and optionally completes in the last
+    /// frame.
+    pub(crate) fn send_items(
+        &mut self,
+        id: StreamId,
+        items: impl ExactSizeIterator<Item = Payload>,
+        complete: bool,
+    ) {
+        let Some(st) = self.streams.get_mut(&id.get()) else {
+            return;
+        };
+        let Some(s) = st.send.as_mut() else {
+            return;
+        };
+        if s.stopped || s.done {
+            return;
+        }
+        let rr = st.interaction == Interaction::RequestResponse;
+        let count = items.len();
+        if s.credit < u64::from(MAX_U31) {
+            s.credit = s.credit.saturating_sub(count as u64);
+        }
+        let complete = complete || rr;
+        if complete {
+            s.done = true;
+        }
+        // A request/response answer is written as soon as it is ready
+        // (see `Pace`); stream items waited for room.
+        let pace = if rr { Pace::Unpaced } else { Pace::Paced };
+        let mtu = self.config.fragment_at();
+        for (i, p) in items.enumerate() {
+            let c = complete && i + 1 == count;
+            fragment::fragment(FragKind::Payload { next: true }, id, p, c, mtu, |f, len| {
+                self.enqueue(f, len, pace);
+            });
+        }
+        if count == 0 && complete {
+            let f = Frame::Payload(PayloadFrame::complete(id));
+            let len = f.encoded_len();
+            self.enqueue(f, len, pace);
+        }
+        wake(&mut self.writer_waker);
+    }
+
+    /// Sends ERROR on the stream, ending it on both halves.
+    pub(crate) fn send_error(&mut self, id: StreamId, err: &StreamError) {
+        let Some(st) = self.streams.get_mut(&id.get()) else {
+            return;
+        };
+        let Some(s) = st.send.as_mut() else {
+            return;
+        };
+        if s.stopped || s.done {
+            return;
+        }
+        s.done = true;
+        st.terminated = true;
+        if let Some(r) = st.recv.as_mut() {
+            r.finish(Err(RequestError::Cancelled));
+        }
+        let code = if !st.local && err.code.is_connection_level() {
+            ErrorCode::APPLICATION_ERROR
+        } else {
+            err.code
+        };
+        self.drop_reassembly(id.get());
+        self.push(Frame::Error(ErrorFrame::new(Some(id), code, &err.message)));
+    }
+
+    /// The producer of an outbound half went away.
+    pub(crate) fn release_send(&mut self, id: StreamId) {
+        let key = id.get();
+        let conn_open = self.closed().is_none();
+        let Some(st) = self.streams.get_mut(&key) else {
+            return;
+        };
+        let Some(s) = st.send.take() else {
+            return;
+        };
+        if !s.done && !s.stopped && !st.terminated && conn_open {
+            st.terminated = true;
+            if let Some(r) = st.recv.as_mut() {
+                r.finish(Err(RequestError::Cancelled));
+            }
+            let frame = if st.local {
+                Frame::Cancel(Cancel { stream_id: id })
+            } else {
+                Frame::Error(ErrorFrame::new(
+                    Some(id),
+                    ErrorCode::CANCELED,
+                    "responder dropped the stream",
+                ))
+            };
+            self.drop_reassembly(key);
+            self.push_control(frame);
+        }
+        self.maybe_remove(key);
+    }
+
+    fn maybe_remove(&mut self, key: u32) {
+        let done = self
+            .streams
+            .get(&key)
+            .is_some_and(|st| st.recv.is_none() && st.send.is_none());
+        if done {
+            self.drop_reassembly(key);
+            if let Some(st) = self.streams.remove(&key) {
+                if !st.local {
+                    self.inbound_streams = self.inbound_streams.saturating_sub(1);
+                }
+            }
+            if self.streams.is_empty() && matches!(self.state, State::Draining { .. }) {
+                // Let the driver notice that draining has finished.
+                wake(&mut self.writer_waker);
+            }
+        }
+    }
+
+    /// Number of streams currently tracked (for tests and metrics).
+    pub(crate) fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+}

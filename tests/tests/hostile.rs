@@ -1,0 +1,631 @@
+//! Hostile clients against a real TCP server (issue 9): each test attacks
+//! one connection with raw frames and asserts the engine's own counters
+//! (`Server::stats_handle`), never timing, while a well-behaved client on
+//! the same server keeps getting answers.
+//!
+//! Timeouts only turn a hang into a failure; a few attacks are slow by
+//! nature (a trickle of bytes), and those use short configured timeouts.
+
+use rsocket_core::async_trait;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::{SinkExt, StreamExt};
+use rsocket_core::codec::FrameCodec;
+use rsocket_core::frame::{
+    MetadataPush, PayloadFrame, RequestFnf, RequestResponse, RequestStream, Setup, Version,
+};
+use rsocket_core::runtime::ServerStatsHandle;
+use rsocket_core::{
+    ClientBuilder, Config, ErrorCode, Frame, MimeType, Payload, PayloadStream, RSocket,
+    RequestCount, RequestError, Requester, Server, ServerStats, StreamId,
+};
+use rsocket_tests::within;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio_util::codec::Framed;
+
+type Raw = Framed<TcpStream, FrameCodec>;
+
+/// Echo for request/response, an endless stream, gated one-way handlers.
+#[derive(Clone)]
+struct Target {
+    gate: Arc<Semaphore>,
+    handled: Arc<AtomicUsize>,
+}
+
+impl Target {
+    fn new() -> Self {
+        Self {
+            gate: Arc::new(Semaphore::new(0)),
+            handled: Arc::default(),
+        }
+    }
+
+    fn one_way(&self) -> BoxFuture<'static, Result<(), RequestError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let permit = this
+                .gate
+                .acquire()
+                .await
+                .map_err(|_| RequestError::Cancelled)?;
+            permit.forget();
+            this.handled.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+    }
+}
+
+#[async_trait]
+
+impl RSocket for Target {
+    async fn request_response(&self, req: Payload) -> Result<Option<Payload>, RequestError> {
+        Box::pin(async move { Ok(Some(req)) }).await
+    }
+
+    fn request_stream(&self, _req: Payload) -> PayloadStream {
+        futures::stream::iter(0u64..)
+            .map(|i| Ok(Payload::from(i.to_string())))
+            .boxed()
+    }
+
+    async fn fire_and_forget(&self, _req: Payload) -> Result<(), RequestError> {
+        self.one_way().await
+    }
+
+    async fn metadata_push(&self, _metadata: Bytes) -> Result<(), RequestError> {
+        self.one_way().await
+    }
+}
+
+/// A server under attack and a bystander connected to it.
+struct Arena {
+    addr: SocketAddr,
+    stats: ServerStatsHandle,
+    target: Target,
+    bystander: Requester,
+}
+
+impl Arena {
+    async fn start(config: Config) -> Self {
+        Self::start_with(config, |l| l).await
+    }
+
+    async fn start_with(
+        config: Config,
+        listener: impl FnOnce(rsocket_transport_tcp::TcpListener) -> rsocket_transport_tcp::TcpListener,
+    ) -> Self {
+        let tcp = rsocket_transport_tcp::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = tcp.local_addr().expect("addr");
+        let target = Target::new();
+        let responder = target.clone();
+        let server = Server::new(move |_setup, _requester| {
+            let responder = responder.clone();
+            async move { Ok(Arc::new(responder) as Arc<dyn RSocket>) }
+        })
+        .config(config);
+        let stats = server.stats_handle();
+        tokio::spawn(server.serve_with_shutdown(listener(tcp), futures::future::pending()));
+        let bystander = ClientBuilder::new()
+            .keepalive(Duration::from_secs(600), Duration::from_secs(1200))
+            .connect(rsocket_transport_tcp::connect(addr).await.expect("connect"))
+            .expect("client");
+        let arena = Self {
+            addr,
+            stats,
+            target,
+            bystander,
+        };
+        arena.bystander_answers().await;
+        arena
+    }
+
+    /// The well-behaved client gets its answers.
+    async fn bystander_answers(&self) {
+        for i in 0..5 {
+            let req = Payload::from(format!("still here {i}"));
+            let reply = within(
+                "the bystander's answer",
+                self.bystander.request_response(req),
+            )
+            .await
+            .expect("the bystander is answered");
+            assert_eq!(
+                reply.map(|p| p.data),
+                Some(Bytes::from(format!("still here {i}")))
+            );
+        }
+    }
+
+    /// A raw connection that has sent SETUP with the given lifetime.
+    async fn attacker(&self, lifetime: Duration) -> Raw {
+        let mut raw = self.connect_raw().await;
+        send(&mut raw, setup(lifetime)).await;
+        raw
+    }
+
+    async fn connect_raw(&self) -> Raw {
+        let tcp = TcpStream::connect(self.addr).await.expect("connect");
+        Framed::new(tcp, FrameCodec::new())
+    }
+
+    async fn wait(&self, what: &str, cond: impl Fn(&ServerStats) -> bool) -> ServerStats {
+        within(what, async {
+            loop {
+                let s = self.stats.snapshot();
+                if cond(&s) {
+                    return s;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+    }
+}
+
+fn sid(n: u32) -> StreamId {
+    StreamId::new(n).expect("stream id")
+}
+
+fn setup(lifetime: Duration) -> Frame {
+    Frame::Setup(Box::new(Setup {
+        version: Version::V1_0,
+        keepalive_interval_ms: 500,
+        max_lifetime_ms: u32::try_from(lifetime.as_millis()).expect("lifetime"),
+        resume_token: None,
+        lease: false,
+        metadata_mime_type: MimeType::OCTET_STREAM,
+        data_mime_type: MimeType::OCTET_STREAM,
+        payload: Payload::default(),
+    }))
+}
+
+fn rr(id: u32, data: Bytes, follows: bool) -> Frame {
+    Frame::RequestResponse(RequestResponse {
+        stream_id: sid(id),
+        follows,
+        payload: Payload::new(data),
+    })
+}
+
+const LONG: Duration = Duration::from_secs(600);
+
+async fn send(raw: &mut Raw, frame: Frame) {
+    within("send", SinkExt::<Frame>::send(raw, frame))
+        .await
+        .expect("send");
+}
+
+/// Reads and decodes frames until `pred` matches one; fails on EOF.
+async fn read_until(raw: &mut Raw, what: &str, pred: impl Fn(&Frame) -> bool) -> Frame {
+    within(what, async {
+        loop {
+            match raw.next().await {
+                Some(Ok(b)) => {
+                    let f = Frame::decode(b).expect("the server sends valid frames");
+                    if pred(&f) {
+                        return f;
+                    }
+                }
+                other => panic!("connection ended while waiting for {what}: {other:?}"),
+            }
+        }
+    })
+    .await
+}
+
+/// Reads until the server closes the connection; returns the last frame.
+async fn read_to_end(raw: &mut Raw, what: &str) -> Option<Frame> {
+    within(what, async {
+        let mut last = None;
+        while let Some(Ok(b)) = raw.next().await {
+            last = Frame::decode(b).ok();
+        }
+        last
+    })
+    .await
+}
+
+fn is_connection_error(f: &Frame) -> bool {
+    matches!(f, Frame::Error(e) if e.stream_id.is_none() && e.code == ErrorCode::CONNECTION_ERROR)
+}
+
+/// Writes frames from `make(i)` for `i in 0..n` as fast as the socket
+/// takes them; then flushes.
+async fn flood(raw: &mut Raw, n: u32, make: impl Fn(u32) -> Frame) {
+    within("the flood to be written", async {
+        for i in 0..n {
+            SinkExt::<Frame>::feed(raw, make(i)).await.expect("feed");
+        }
+        SinkExt::<Frame>::flush(raw).await.expect("flush");
+    })
+    .await;
+}
+
+// ----- the attacks -------------------------------------------------------------
+
+/// Request/response pipelined by a peer that never reads the answers:
+/// reading pauses once the answers fill the outbound cap, so TCP pushes
+/// back on the peer, and the server holds no more than the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_with_the_reader_stalled() {
+    const CAP: usize = 64 << 10;
+    const DATA: usize = 1 << 10;
+    let config = Config {
+        max_outbound_queue_bytes: CAP,
+        ..Config::default()
+    };
+    let arena = Arena::start(config).await;
+    let raw = arena.attacker(LONG).await;
+    let (mut sink, unread) = raw.split();
+    let writer = tokio::spawn(async move {
+        let data = Bytes::from(vec![b'x'; DATA]);
+        let mut id = 1u32;
+        loop {
+            if sink.send(rr(id, data.clone(), false)).await.is_err() {
+                return id;
+            }
+            id += 2;
+        }
+    });
+    let paused = arena
+        .wait("the attacked connection to pause", |s| {
+            s.paused_connections == 1
+        })
+        .await;
+    assert!(
+        paused.queued_out_bytes < CAP + DATA + 6,
+        "answers past the cap: {paused:?}"
+    );
+    // The writer goes on draining the queue into the kernel's socket
+    // buffers until they are full too; from then on, while the attacker
+    // keeps writing, the bystander is answered and the server takes
+    // nothing more from the attacker. The queue stays under its cap
+    // throughout.
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        assert!(rounds < 2_000, "the attacker was never pushed back");
+        let before = arena.stats.snapshot();
+        assert!(before.queued_out_bytes < CAP + DATA + 6, "{before:?}");
+        arena.bystander_answers().await;
+        let after = arena.stats.snapshot();
+        assert!(after.queued_out_bytes < CAP + DATA + 6, "{after:?}");
+        if after.frames_in - before.frames_in == 5 && after.paused_connections == 1 {
+            break;
+        }
+    }
+    assert!(!writer.is_finished());
+    writer.abort();
+    drop(unread);
+}
+
+/// PAYLOAD fragments on stream ids that were never opened are dropped,
+/// not buffered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragments_on_invented_stream_ids() {
+    let config = Config {
+        max_reassembly_bytes: 1 << 20,
+        ..Config::default()
+    };
+    let arena = Arena::start(config).await;
+    let mut raw = arena.attacker(LONG).await;
+    let chunk = Bytes::from(vec![b'f'; 1 << 10]);
+    // 10 MiB of fragments, ten times the reassembly limit.
+    flood(&mut raw, 10_000, |i| {
+        Frame::Payload(PayloadFrame {
+            stream_id: sid(1_001 + 2 * (i % 50)),
+            follows: true,
+            complete: false,
+            next: true,
+            payload: Payload::new(chunk.clone()),
+        })
+    })
+    .await;
+    send(&mut raw, rr(1, Bytes::from_static(b"alive?"), false)).await;
+    read_until(
+        &mut raw,
+        "the attacker's own answer",
+        |f| matches!(f, Frame::Payload(p) if p.stream_id == sid(1)),
+    )
+    .await;
+    let s = arena.stats.snapshot();
+    assert_eq!((s.reassembly_bytes, s.partial_requests), (0, 0), "{s:?}");
+    arena.bystander_answers().await;
+}
+
+/// First fragments of requests, empty, on ever new ids: each takes a
+/// stream slot, so at most `max_concurrent_inbound_streams` are held and
+/// the rest are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_length_fragment_floods() {
+    const LIMIT: usize = 100;
+    let config = Config {
+        max_concurrent_inbound_streams: LIMIT,
+        ..Config::default()
+    };
+    let arena = Arena::start(config).await;
+    let raw = arena.attacker(LONG).await;
+    let (mut sink, mut stream) = raw.split();
+    // Count the refusals as they come, so the answers never back up.
+    let refusals = tokio::spawn(async move {
+        let mut n = 0u32;
+        while let Some(Ok(b)) = stream.next().await {
+            if matches!(Frame::decode(b), Ok(Frame::Error(e)) if e.code == ErrorCode::REJECTED) {
+                n += 1;
+                if n == 100_000 - LIMIT as u32 {
+                    return n;
+                }
+            }
+        }
+        n
+    });
+    within("the flood to be written", async {
+        for i in 0..100_000u32 {
+            sink.feed(rr(2 * i + 1, Bytes::new(), true))
+                .await
+                .expect("feed");
+        }
+        sink.flush().await.expect("flush");
+    })
+    .await;
+    let refused = within("every refusal", refusals).await.expect("reader");
+    assert_eq!(refused, 100_000 - LIMIT as u32);
+    let s = arena.stats.snapshot();
+    assert_eq!(s.partial_requests, LIMIT, "{s:?}");
+    assert_eq!(s.reassembly_bytes, 0, "{s:?}");
+    arena.bystander_answers().await;
+}
+
+/// One-way floods against handlers that do not finish: exactly the limit
+/// of handlers runs, reading pauses, nothing is dropped.
+async fn one_way_flood(make: impl Fn(u32) -> Frame) {
+    const LIMIT: usize = 16;
+    const SENT: u32 = 10_000;
+    let config = Config {
+        max_concurrent_inbound_streams: LIMIT,
+        ..Config::default()
+    };
+    let arena = Arena::start(config).await;
+    let mut raw = arena.attacker(LONG).await;
+    let attack = async {
+        flood(&mut raw, SENT, &make).await;
+    };
+    // The flood cannot finish while the handlers hang (TCP pushes back), so
+    // it runs beside the checks.
+    let checks = async {
+        let s = arena
+            .wait("the handler limit to pause reading", |s| {
+                s.paused_connections == 1
+            })
+            .await;
+        assert_eq!(s.handlers_running, LIMIT, "{s:?}");
+        arena.bystander_answers().await;
+        let s = arena.stats.snapshot();
+        assert_eq!(s.handlers_running, LIMIT, "{s:?}");
+        arena.target.gate.add_permits(SENT as usize);
+    };
+    futures::join!(attack, checks);
+    within("every request to be handled", async {
+        while arena.target.handled.load(Ordering::SeqCst) < SENT as usize {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    arena
+        .wait("the handlers to be counted out", |s| {
+            s.handlers_running == 0
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_push_floods() {
+    one_way_flood(|i| {
+        Frame::MetadataPush(MetadataPush {
+            metadata: Bytes::from(format!("md{i}")),
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fire_and_forget_floods_past_the_handler_limit() {
+    one_way_flood(|i| {
+        Frame::RequestFnf(RequestFnf {
+            stream_id: sid(2 * i + 1),
+            follows: false,
+            payload: Payload::from("fnf"),
+        })
+    })
+    .await;
+}
+
+/// A frame one byte over the limit, announced by its length prefix, ends
+/// the connection with `ERROR[CONNECTION_ERROR]` before its body arrives.
+async fn just_over(arena: Arena, max: usize) {
+    let mut raw = arena.attacker(LONG).await;
+    // Exactly at the limit: answered.
+    let data = Bytes::from(vec![b'm'; max - 6]);
+    send(&mut raw, rr(1, data, false)).await;
+    read_until(
+        &mut raw,
+        "the answer at the limit",
+        |f| matches!(f, Frame::Payload(p) if p.stream_id == sid(1)),
+    )
+    .await;
+    let mut over = BytesMut::new();
+    over.put_uint(max as u64 + 1, 3);
+    over.put_u32(3);
+    within("write", raw.get_mut().write_all_buf(&mut over))
+        .await
+        .expect("write");
+    let last = read_to_end(&mut raw, "the server to close").await;
+    assert!(last.as_ref().is_some_and(is_connection_error), "{last:?}");
+    arena
+        .wait("the connection to be gone", |s| s.connections == 1)
+        .await;
+    arena.bystander_answers().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_just_over_config_max_frame_len() {
+    let config = Config {
+        max_frame_len: 4096,
+        ..Config::default()
+    };
+    just_over(Arena::start(config).await, 4096).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_just_over_the_listener_max_frame_len() {
+    let arena = Arena::start_with(Config::default(), |l| l.with_max_frame_len(4096)).await;
+    just_over(arena, 4096).await;
+}
+
+/// SETUP, then nothing: closed when the lifetime it announced passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_then_silence() {
+    let arena = Arena::start(Config::default()).await;
+    let mut raw = arena.attacker(Duration::from_millis(500)).await;
+    arena
+        .wait("the attacker to be served", |s| s.connections == 2)
+        .await;
+    let last = read_to_end(&mut raw, "the keepalive lifetime to close it").await;
+    assert!(last.as_ref().is_some_and(is_connection_error), "{last:?}");
+    arena
+        .wait("the connection to be gone", |s| s.connections == 1)
+        .await;
+    arena.bystander_answers().await;
+}
+
+/// Writes `bytes` one at a time, every `every`, until the peer closes.
+async fn trickle(raw: &mut Raw, bytes: Bytes, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    for b in bytes.iter().cycle() {
+        tick.tick().await;
+        if raw.get_mut().write_all(&[*b]).await.is_err() {
+            return;
+        }
+        // A read of EOF means the server gave up on us.
+        if let Some(None) = futures::FutureExt::now_or_never(raw.next()) {
+            return;
+        }
+    }
+}
+
+/// A slowloris before SETUP: closed by `setup_timeout` although bytes keep
+/// arriving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_before_setup() {
+    let config = Config {
+        setup_timeout: Duration::from_millis(500),
+        ..Config::default()
+    };
+    let arena = Arena::start(config).await;
+    let mut raw = arena.connect_raw().await;
+    let mut whole = BytesMut::new();
+    let setup = setup(LONG);
+    whole.put_uint(setup.encoded_len() as u64, 3);
+    setup.encode(&mut whole);
+    arena
+        .wait("the attacker to await its SETUP", |s| s.pending_setup == 1)
+        .await;
+    within(
+        "setup_timeout to close the slowloris",
+        trickle(&mut raw, whole.freeze(), Duration::from_millis(50)),
+    )
+    .await;
+    let s = arena
+        .wait("no connection left waiting", |s| s.pending_setup == 0)
+        .await;
+    assert_eq!(s.connections, 1, "{s:?}");
+    arena.bystander_answers().await;
+}
+
+/// A slowloris after SETUP: a frame that never completes is not a sign of
+/// life, so the lifetime closes it; nothing of it is counted in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_after_setup() {
+    let arena = Arena::start(Config::default()).await;
+    let mut raw = arena.attacker(Duration::from_millis(500)).await;
+    let before = arena
+        .wait("the attacker to be served", |s| s.connections == 2)
+        .await;
+    // A length prefix announcing 60,000 bytes, then a trickle of its body.
+    let mut body = BytesMut::new();
+    body.put_uint(60_000, 3);
+    body.put_bytes(b's', 60_000);
+    within(
+        "the lifetime to close the slowloris",
+        trickle(&mut raw, body.freeze(), Duration::from_millis(50)),
+    )
+    .await;
+    let s = arena
+        .wait("the connection to be gone", |s| s.connections == 1)
+        .await;
+    // Only the bystander's traffic and the attacker's SETUP were counted.
+    assert!(s.bytes_in - before.bytes_in < 1_000, "{before:?} {s:?}");
+    arena.bystander_answers().await;
+}
+
+/// 10,000 streams opened with credit 1 and then left alone: the server
+/// holds them (each producer parked, no buffering), refuses the next, and
+/// frees everything when the peer goes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_streams_opened_and_abandoned() {
+    const N: u32 = 10_000;
+    let arena = Arena::start(Config::default()).await;
+    let raw = arena.attacker(LONG).await;
+    let (mut sink, mut stream) = raw.split();
+    // The attacker reads (and drops) what it is sent.
+    let reader = tokio::spawn(async move {
+        let mut refused = 0;
+        while let Some(Ok(b)) = stream.next().await {
+            if matches!(Frame::decode(b), Ok(Frame::Error(e)) if e.code == ErrorCode::REJECTED) {
+                refused += 1;
+            }
+        }
+        refused
+    });
+    within("the streams to be opened", async {
+        for i in 0..=N {
+            let frame = Frame::RequestStream(RequestStream {
+                stream_id: sid(2 * i + 1),
+                follows: false,
+                initial_request_n: RequestCount::ONE,
+                payload: Payload::from("go"),
+            });
+            sink.feed(frame).await.expect("feed");
+        }
+        sink.flush().await.expect("flush");
+    })
+    .await;
+    let s = arena
+        .wait("every producer to use its credit", |s| {
+            s.producers_awaiting_credit == N as usize
+        })
+        .await;
+    assert_eq!(s.inbound_streams, N as usize, "{s:?}");
+    assert_eq!(s.queued_in_bytes, 0, "{s:?}");
+    arena.bystander_answers().await;
+    // Half-close: the server sees the end of the stream.
+    within("close", sink.close()).await.expect("close");
+    let refused = within("the attacker's reader", reader).await;
+    // The stream past the limit was refused; the writer's half-close ends
+    // the connection.
+    assert_eq!(refused.expect("reader"), 1);
+    let s = arena
+        .wait("the abandoned streams to be freed", |s| s.connections == 1)
+        .await;
+    assert_eq!((s.open_streams, s.handlers_running), (0, 0), "{s:?}");
+    arena.bystander_answers().await;
+}
