@@ -1,11 +1,39 @@
-//! Protobuf RPC over RSocket: **not implemented yet**.
-//!
-//! This crate is a placeholder so that the workspace layout is final. The
-//! plan (see the project's design notes): services in `.proto` files become
-//! typed Rust servers and clients through a prost-build service generator
-//! (protox, so no system `protoc`), routed with the standard routing
-//! metadata extension, with unary calls on request/response, server
-//! streaming on request/stream, client streaming and bidirectional calls on
-//! request/channel, and fire-and-forget for marked methods. Nothing here is
-//! usable today.
+//! Protobuf RPC over RSocket (docs to come).
 #![forbid(unsafe_code)]
+
+mod call;
+mod client;
+mod codec;
+pub mod codegen;
+mod interceptor;
+mod metadata;
+mod request;
+mod router;
+mod server;
+mod status;
+mod streaming;
+
+pub use call::{CallInfo, MethodKind};
+pub use client::Client;
+pub use codec::DEFAULT_MAX_DECODING_MESSAGE_SIZE;
+pub use interceptor::{interceptor_fn, FnInterceptor, Interceptor};
+pub use metadata::{encode_rpc_v1, Metadata, RouteError, RpcV1Metadata};
+pub use request::{IntoRequest, IntoStreamingRequest, Request, Response};
+pub use router::Router;
+pub use server::{MethodInfo, ServerCall, ServerReply, Service};
+pub use status::{Code, Status};
+pub use streaming::Streaming;
+
+/// The stream type a server handler can name for its streaming methods:
+/// `type ChatStream = rsocket_rpc::BoxStream<HelloReply>;`.
+pub type BoxStream<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
+
+/// Includes the code generated for a protobuf package by
+/// `rsocket-rpc-build`: `include_proto!("greeter")` includes
+/// `$OUT_DIR/greeter.rs`.
+#[macro_export]
+macro_rules! include_proto {
+    ($package:tt) => {
+        include!(concat!(env!("OUT_DIR"), concat!("/", $package, ".rs")));
+    };
+}
