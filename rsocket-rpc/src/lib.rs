@@ -37,3 +37,21 @@ macro_rules! include_proto {
         include!(concat!(env!("OUT_DIR"), concat!("/", $package, ".rs")));
     };
 }
+
+/// The data MIME type of RPC connections: `application/vnd.google.protobuf`.
+pub const DATA_MIME_TYPE: &str = "application/vnd.google.protobuf";
+/// The metadata MIME type of RPC connections:
+/// `message/x.rsocket.composite-metadata.v0`.
+pub const METADATA_MIME_TYPE: &str = "message/x.rsocket.composite-metadata.v0";
+
+/// SETUP parameters for an RPC client: protobuf data, composite metadata,
+/// the other fields at their defaults.
+pub fn setup_params() -> rsocket_core::SetupParams {
+    rsocket_core::SetupParams {
+        // A short ASCII constant: validation cannot fail.
+        data_mime_type: rsocket_core::MimeType::from_static(DATA_MIME_TYPE)
+            .unwrap_or(rsocket_core::MimeType::OCTET_STREAM),
+        metadata_mime_type: rsocket_core::MimeType::COMPOSITE_METADATA,
+        ..rsocket_core::SetupParams::default()
+    }
+}

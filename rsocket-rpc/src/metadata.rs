@@ -165,6 +165,14 @@ impl Metadata {
         self.v1.as_ref()
     }
 
+    /// The metadata of a request frame for `route`, as clients send it:
+    /// composite metadata with a routing entry holding the single tag
+    /// `route` (`package.Service/Method`), then these entries. Useful for
+    /// calling an RPC service with a raw `RSocket`.
+    pub fn encode_request(&self, route: &str) -> Result<Bytes, MetadataError> {
+        self.encode(Some(route))
+    }
+
     /// Encoded length as composite metadata, with a routing entry for
     /// `route` when given.
     fn encoded_len(&self, route: Option<&str>) -> usize {
