@@ -215,7 +215,7 @@ struct Ctx {
 
 impl Ctx {
     async fn case_rr_echo(&self) -> CaseResult {
-        let reply = rr(&self.client, Payload::with_metadata("hello", "meta-1")).await?;
+        let reply = rr(&self.client, Payload::new("hello").with_metadata("meta-1")).await?;
         expect_eq("data", text(&reply), "echo:hello".into())?;
         expect_eq(
             "metadata",
@@ -328,7 +328,7 @@ impl Ctx {
     }
 
     async fn case_channel(&self) -> CaseResult {
-        let rest = futures::stream::iter(["b", "c", "d"].map(|s| Ok(Payload::from(s)))).boxed();
+        let rest = futures::stream::iter(["b", "c", "d"].map(Payload::from));
         // A window of 2 makes the responder wait for REQUEST_N.
         let got = collect_texts(
             self.client
@@ -362,6 +362,7 @@ impl Ctx {
         let marker = format!("mp-marker-{}", std::process::id());
         self.client
             .metadata_push(Bytes::from(marker.clone()))
+            .await
             .map_err(|e| anyhow!("metadata push: {e}"))?;
         poll_until(&self.client, "mp-last", &format!("mp:{marker}")).await?;
         expect_eq(
@@ -398,7 +399,7 @@ impl Ctx {
                 expect_eq("items", got, numbers(3))?;
             }
             "channel" => {
-                let rest = futures::stream::iter([Ok(Payload::from("y"))]).boxed();
+                let rest = futures::stream::iter([Payload::from("y")]);
                 let got =
                     collect_texts(client.request_channel(routed("channel", "x")?, rest)).await?;
                 expect_eq("items", got, ["X", "Y"].map(String::from).to_vec())?;
@@ -434,14 +435,14 @@ impl Ctx {
             .collect();
         let reply = rr(
             &client,
-            Payload::with_metadata(data.clone(), metadata.clone()),
+            Payload::new(data.clone()).with_metadata(metadata.clone()),
         )
         .await?;
         expect_eq("data", text(&reply), format!("echo:{data}"))?;
         expect_eq("metadata", reply.metadata, Some(Bytes::from(metadata)))?;
 
         let big = |c: char| c.to_string().repeat(400);
-        let rest = futures::stream::iter([Ok(Payload::from(big('y')))]).boxed();
+        let rest = futures::stream::iter([Payload::from(big('y'))]);
         let got = collect_texts(client.request_channel(Payload::from(big('x')), rest)).await?;
         expect_eq("channel items", got, vec![big('X'), big('Y')])?;
         client.close();

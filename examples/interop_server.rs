@@ -29,11 +29,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use futures::future::BoxFuture;
+
 use futures::{StreamExt, TryStreamExt};
 use rsocket_core::metadata::{CompositeMetadata, RoutingMetadata, WellKnownMimeType};
 use rsocket_core::{
-    Config, MimeType, Payload, PayloadStream, RSocket, RequestError, Server, SetupInfo, StreamError,
+    async_trait, Config, MimeType, Payload, PayloadStream, RSocket, RequestError, Server,
+    SetupInfo, StreamError,
 };
 
 /// What one connection has seen.
@@ -126,26 +127,23 @@ impl Responder {
     }
 }
 
+#[async_trait]
 impl RSocket for Responder {
-    fn request_response(
-        &self,
-        request: Payload,
-    ) -> BoxFuture<'static, Result<Option<Payload>, RequestError>> {
-        let reply = self.answer(request).map(Some).map_err(RequestError::from);
-        Box::pin(async move { reply })
+    async fn request_response(&self, request: Payload) -> Result<Option<Payload>, RequestError> {
+        Ok(Some(self.answer(request)?))
     }
 
-    fn fire_and_forget(&self, _request: Payload) -> BoxFuture<'static, Result<(), RequestError>> {
+    async fn fire_and_forget(&self, _request: Payload) -> Result<(), RequestError> {
         self.state.fnf_count.fetch_add(1, Ordering::SeqCst);
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
 
-    fn metadata_push(&self, metadata: Bytes) -> BoxFuture<'static, Result<(), RequestError>> {
+    async fn metadata_push(&self, metadata: Bytes) -> Result<(), RequestError> {
         if let Ok(mut last) = self.state.mp_last.lock() {
             *last = Some(metadata);
         }
         self.state.mp_count.fetch_add(1, Ordering::SeqCst);
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
 
     fn request_stream(&self, request: Payload) -> PayloadStream {
@@ -248,10 +246,10 @@ async fn main() -> anyhow::Result<()> {
 
     let server = Server::new(move |setup: SetupInfo, _requester| async move {
         let routing = setup.metadata_mime_type == MimeType::COMPOSITE_METADATA;
-        Ok(Arc::new(Responder {
+        Ok(Responder {
             state: Arc::default(),
             routing,
-        }) as Arc<dyn RSocket>)
+        })
     })
     .config(config)
     .grace_period(Duration::from_millis(200));
@@ -261,12 +259,16 @@ async fn main() -> anyhow::Result<()> {
         "tcp" => {
             let listener = rsocket_transport_tcp::TcpListener::bind(bind).await?;
             ready("tcp", listener.local_addr()?)?;
-            server.serve(listener, shutdown_signal()).await?;
+            server
+                .serve_with_shutdown(listener, shutdown_signal())
+                .await?;
         }
         _ => {
             let listener = rsocket_transport_ws::WsListener::bind(bind).await?;
             ready("ws", listener.local_addr()?)?;
-            server.serve(listener, shutdown_signal()).await?;
+            server
+                .serve_with_shutdown(listener, shutdown_signal())
+                .await?;
         }
     }
     Ok(())

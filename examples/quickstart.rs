@@ -11,54 +11,52 @@
 //!   batches (prefetch 8: 8 at once, then 4 each time the client has
 //!   consumed half the window);
 //! * a request/channel that upper-cases what the client sends;
-//! * the server calling the client back over the same connection.
+//! * the server calling the client back over the same connection;
+//! * a graceful close and a graceful server shutdown.
 //!
 //! Set `RUST_LOG=rsocket_core=trace` to see every frame.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
-use futures::{StreamExt, TryStreamExt};
-use rsocket_core::{
-    ClientBuilder, Payload, PayloadStream, RSocket, RequestError, Requester, Server, SetupInfo,
-    StreamError,
+use futures::TryStreamExt;
+use rsocket::prelude::*;
+use rsocket::{
+    request_response_fn, ClientBuilder, Listener, Payload, PayloadStream, RequestError, Requester,
+    Server, StreamError,
 };
-use rsocket_transport_tcp::{connect, TcpListener};
 
 /// The server's responder.
+#[derive(Default)]
 struct ServerResponder {
-    fnf_count: Arc<AtomicUsize>,
+    fnf_count: AtomicUsize,
 }
 
+#[async_trait]
 impl RSocket for ServerResponder {
-    fn request_response(
-        &self,
-        request: Payload,
-    ) -> BoxFuture<'static, Result<Option<Payload>, RequestError>> {
-        Box::pin(async move {
-            let name = request.data_utf8().unwrap_or("?").to_owned();
-            if name == "fail" {
-                return Err(StreamError::application("asked to fail").into());
-            }
-            Ok(Some(Payload::from(format!("hello, {name}"))))
-        })
+    async fn request_response(&self, request: Payload) -> Result<Option<Payload>, RequestError> {
+        match request.data_utf8() {
+            Some("fail") => Err(StreamError::application("asked to fail").into()),
+            name => Ok(Some(Payload::from(format!(
+                "hello, {}",
+                name.unwrap_or("?")
+            )))),
+        }
     }
 
-    fn fire_and_forget(&self, request: Payload) -> BoxFuture<'static, Result<(), RequestError>> {
+    async fn fire_and_forget(&self, request: Payload) -> Result<(), RequestError> {
         let n = self.fnf_count.fetch_add(1, Ordering::SeqCst) + 1;
         println!("server: fire-and-forget #{n}: {:?}", request.data_utf8());
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
 
-    fn metadata_push(&self, metadata: Bytes) -> BoxFuture<'static, Result<(), RequestError>> {
+    async fn metadata_push(&self, metadata: Bytes) -> Result<(), RequestError> {
         println!(
             "server: metadata push {:?}",
             String::from_utf8_lossy(&metadata)
         );
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
 
     fn request_stream(&self, request: Payload) -> PayloadStream {
@@ -66,8 +64,8 @@ impl RSocket for ServerResponder {
             .data_utf8()
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        // Each item is produced only when the pump polls, which it does only
-        // while the client has granted credit.
+        // Each item is produced only when the engine polls, which it does
+        // only while the client has granted credit.
         futures::stream::iter(0..count)
             .map(|i| {
                 println!("  server: produced item {i}");
@@ -77,28 +75,10 @@ impl RSocket for ServerResponder {
     }
 
     fn request_channel(&self, first: Payload, rest: PayloadStream) -> PayloadStream {
-        futures::stream::once(async move { Ok(first) })
+        futures::stream::once(async { Ok(first) })
             .chain(rest)
-            .map_ok(|p| {
-                let up = p.data_utf8().unwrap_or_default().to_uppercase();
-                Payload::from(up)
-            })
+            .map_ok(|p| Payload::from(p.data_utf8().unwrap_or_default().to_uppercase()))
             .boxed()
-    }
-}
-
-/// The client's responder: the server calls it back.
-struct ClientResponder;
-
-impl RSocket for ClientResponder {
-    fn request_response(
-        &self,
-        request: Payload,
-    ) -> BoxFuture<'static, Result<Option<Payload>, RequestError>> {
-        Box::pin(async move {
-            println!("client: server asked {:?}", request.data_utf8());
-            Ok(Some(Payload::from("client is fine")))
-        })
     }
 }
 
@@ -109,14 +89,11 @@ async fn main() -> anyhow::Result<()> {
         .init();
 
     // --- server -----------------------------------------------------------
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    println!("server: listening on {addr}");
-    let fnf_count = Arc::new(AtomicUsize::new(0));
+    let listener = Listener::bind("tcp://127.0.0.1:0").await?;
+    let uri = listener.local_uri();
+    println!("server: listening on {uri}");
     let (callback_tx, mut callback_rx) = tokio::sync::mpsc::channel::<Requester>(1);
-    let counter = fnf_count.clone();
-    let server = Server::new(move |setup: SetupInfo, client: Requester| {
-        let counter = counter.clone();
+    let server = Server::new(move |setup: rsocket::SetupInfo, client: Requester| {
         let callback_tx = callback_tx.clone();
         async move {
             println!(
@@ -128,22 +105,28 @@ async fn main() -> anyhow::Result<()> {
             );
             // Keep the requester pointing back at the client.
             let _ = callback_tx.send(client).await;
-            Ok(Arc::new(ServerResponder { fnf_count: counter }) as Arc<dyn RSocket>)
+            Ok(ServerResponder::default())
         }
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server_task = tokio::spawn(server.grace_period(Duration::from_secs(2)).serve(
-        listener,
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+    let server_task = tokio::spawn(
+        server
+            .grace_period(Duration::from_secs(2))
+            .serve_with_shutdown(listener, async {
+                let _ = stop_rx.await;
+            }),
+    );
 
     // --- client -----------------------------------------------------------
+    // The client answers the server's requests with a closure.
     let client = ClientBuilder::new()
         .keepalive(Duration::from_secs(5), Duration::from_secs(30))
-        .responder(Arc::new(ClientResponder))
-        .connect(connect(addr).await?)?;
+        .responder(request_response_fn(|request: Payload| async move {
+            println!("client: server asked {:?}", request.data_utf8());
+            Ok(Some(Payload::from("client is fine")))
+        }))
+        .connect_to(&uri)
+        .await?;
 
     // request/response
     let reply = client.request_response(Payload::from("world")).await?;
@@ -159,19 +142,20 @@ async fn main() -> anyhow::Result<()> {
     // fire-and-forget and metadata push
     client.fire_and_forget(Payload::from("ping 1")).await?;
     client.fire_and_forget(Payload::from("ping 2")).await?;
-    client.metadata_push(Bytes::from_static(b"config-version=7"))?;
+    client
+        .metadata_push(Bytes::from_static(b"config-version=7"))
+        .await?;
 
     // request/stream with a slow consumer: watch the producer run in batches
     println!("client: request/stream of 20 items, prefetch 8, slow consumer");
     let mut stream = client.with_prefetch(8).request_stream(Payload::from("20"));
     while let Some(item) = stream.next().await {
-        let item = item?;
-        println!("client: consumed item {}", item.data_utf8().unwrap_or("?"));
+        println!("client: consumed item {}", item?.data_utf8().unwrap_or("?"));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
     // request/channel
-    let outbound = futures::stream::iter(["b", "c", "d"].map(|s| Ok(Payload::from(s)))).boxed();
+    let outbound = futures::stream::iter(["b", "c", "d"].map(Payload::from));
     let echoed: Vec<String> = client
         .request_channel(Payload::from("a"), outbound)
         .map_ok(|p| p.data_utf8().unwrap_or_default().to_owned())
@@ -190,12 +174,9 @@ async fn main() -> anyhow::Result<()> {
         answer.as_ref().and_then(Payload::data_utf8)
     );
 
-    println!(
-        "server: {} fire-and-forget received",
-        fnf_count.load(Ordering::SeqCst)
-    );
-
-    // graceful shutdown
+    // graceful close from the client, then a graceful server shutdown
+    client.close();
+    println!("client: connection closed: {}", client.closed().await);
     let _ = stop_tx.send(());
     server_task.await??;
     println!("done");

@@ -9,24 +9,21 @@
 //! request/response and a request/stream. Each RSocket frame travels as one
 //! binary WebSocket message.
 
-use std::sync::Arc;
-
-use futures::future::BoxFuture;
-use futures::StreamExt;
-use rsocket_core::{
-    ClientBuilder, Payload, PayloadStream, RSocket, RequestError, Server, SetupInfo, StreamError,
+use rsocket::prelude::*;
+use rsocket::{
+    ClientBuilder, Listener, Payload, PayloadStream, RequestError, Server, SetupInfo, StreamError,
+    TransportOptions,
 };
-use rsocket_transport_ws::{connect_with, IntoClientRequest, WsConfig, WsListener};
 
 struct Greeter;
 
+#[async_trait]
 impl RSocket for Greeter {
-    fn request_response(
-        &self,
-        request: Payload,
-    ) -> BoxFuture<'static, Result<Option<Payload>, RequestError>> {
-        let name = request.data_utf8().unwrap_or("?").to_owned();
-        Box::pin(async move { Ok(Some(Payload::from(format!("hello, {name}")))) })
+    async fn request_response(&self, request: Payload) -> Result<Option<Payload>, RequestError> {
+        Ok(Some(Payload::from(format!(
+            "hello, {}",
+            request.data_utf8().unwrap_or("?")
+        ))))
     }
 
     fn request_stream(&self, request: Payload) -> PayloadStream {
@@ -45,31 +42,27 @@ async fn main() -> anyhow::Result<()> {
         .init();
 
     // --- server -----------------------------------------------------------
-    let listener = WsListener::bind("127.0.0.1:0").await?.with_path("/rsocket");
-    let addr = listener.local_addr()?;
-    println!("server: listening on ws://{addr}/rsocket");
+    let listener = Listener::bind("ws://127.0.0.1:0/rsocket").await?;
+    let uri = listener.local_uri();
+    println!("server: listening on {uri}");
     let server = Server::new(|setup: SetupInfo, _client| async move {
         println!(
             "server: connection from {:?} on {:?}",
             setup.peer.addr, setup.peer.path
         );
         match setup.peer.header("authorization") {
-            Some("Bearer demo") => Ok(Arc::new(Greeter) as Arc<dyn RSocket>),
+            Some("Bearer demo") => Ok(Greeter),
             _ => Err(StreamError::rejected("missing or wrong token")),
         }
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server_task = tokio::spawn(server.serve(listener, async {
+    let server_task = tokio::spawn(server.serve_with_shutdown(listener, async {
         let _ = stop_rx.await;
     }));
 
     // --- client -----------------------------------------------------------
-    let mut request = format!("ws://{addr}/rsocket").into_client_request()?;
-    request
-        .headers_mut()
-        .insert("authorization", "Bearer demo".parse()?);
-    let client =
-        ClientBuilder::new().connect(connect_with(request, &WsConfig::default()).await?)?;
+    let options = TransportOptions::default().header("authorization", "Bearer demo");
+    let client = ClientBuilder::new().connect_to_with(&uri, &options).await?;
 
     let reply = client.request_response(Payload::from("websocket")).await?;
     println!(

@@ -45,7 +45,7 @@ fn request_stream_with_metadata() -> Frame {
         stream_id: stream(7),
         follows: false,
         initial_request_n: RequestCount::MAX,
-        payload: Payload::with_metadata(vec![0x5A; 32], metadata),
+        payload: Payload::new(vec![0x5A; 32]).with_metadata(metadata),
     })
 }
 

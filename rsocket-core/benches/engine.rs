@@ -2,12 +2,12 @@
 //! request/stream items over the in-memory transport, on a current-thread
 //! runtime (client, server and drivers share one thread).
 
+use rsocket_core::async_trait;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use futures::future::BoxFuture;
 use futures::StreamExt;
 use rsocket_core::{
     memory_pair, ClientBuilder, Payload, PayloadStream, RSocket, RequestError, Requester, Server,
@@ -15,12 +15,11 @@ use rsocket_core::{
 
 struct Bench;
 
+#[async_trait]
+
 impl RSocket for Bench {
-    fn request_response(
-        &self,
-        req: Payload,
-    ) -> BoxFuture<'static, Result<Option<Payload>, RequestError>> {
-        Box::pin(futures::future::ready(Ok(Some(req))))
+    async fn request_response(&self, req: Payload) -> Result<Option<Payload>, RequestError> {
+        Box::pin(futures::future::ready(Ok(Some(req)))).await
     }
 
     fn request_stream(&self, req: Payload) -> PayloadStream {
@@ -34,7 +33,7 @@ fn setup(rt: &tokio::runtime::Runtime) -> Requester {
     rt.block_on(async {
         let (c, s) = memory_pair(256 * 1024);
         let server = Server::new(|_s, _r| async { Ok(Arc::new(Bench) as Arc<dyn RSocket>) });
-        tokio::spawn(server.serve(
+        tokio::spawn(server.serve_with_shutdown(
             futures::stream::iter([Ok::<_, std::io::Error>(s)]),
             futures::future::pending(),
         ));

@@ -47,6 +47,11 @@ pub struct Config {
     /// How long a server waits for the first frame (SETUP) before closing.
     /// Default 30 s.
     pub setup_timeout: Duration,
+    /// How long a graceful close (`ERROR[CONNECTION_CLOSE]`, sent by
+    /// `Requester::close` or a server's shutdown, or received from the
+    /// peer) lets open streams run before the connection is closed with
+    /// `ERROR[CONNECTION_ERROR]`. Default 30 s.
+    pub close_timeout: Duration,
 }
 
 impl Default for Config {
@@ -59,6 +64,7 @@ impl Default for Config {
             max_outbound_queue_bytes: 1 << 20,
             default_prefetch: 256,
             setup_timeout: Duration::from_secs(30),
+            close_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -67,22 +73,29 @@ impl Config {
     /// Checks that every value is in range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_frame_len < MIN_MTU || self.max_frame_len > MAX_FRAME_LEN {
-            return Err(ConfigError::new(format_args!(
-                "max_frame_len must be in {MIN_MTU}..={MAX_FRAME_LEN}"
-            )));
+            return Err(ConfigError::MaxFrameLen {
+                value: self.max_frame_len,
+                min: MIN_MTU,
+                max: MAX_FRAME_LEN,
+            });
         }
         if let Some(mtu) = self.mtu {
             if mtu < MIN_MTU || mtu > self.max_frame_len {
-                return Err(ConfigError::new(format_args!(
-                    "mtu must be in {MIN_MTU}..=max_frame_len"
-                )));
+                return Err(ConfigError::Mtu {
+                    value: mtu,
+                    min: MIN_MTU,
+                    max: self.max_frame_len,
+                });
             }
         }
         if self.default_prefetch == 0 {
-            return Err(ConfigError::new("default_prefetch must be > 0"));
+            return Err(ConfigError::Zero("default_prefetch"));
         }
         if self.max_outbound_queue_bytes == 0 {
-            return Err(ConfigError::new("max_outbound_queue_bytes must be > 0"));
+            return Err(ConfigError::Zero("max_outbound_queue_bytes"));
+        }
+        if self.close_timeout.is_zero() {
+            return Err(ConfigError::Zero("close_timeout"));
         }
         Ok(())
     }

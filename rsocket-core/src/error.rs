@@ -2,7 +2,6 @@
 //! why a connection ended ([`ConnectionError`]), and what a request observes
 //! ([`RequestError`]).
 
-use std::fmt;
 use std::io;
 use std::sync::Arc;
 
@@ -99,12 +98,15 @@ pub enum ConnectionError {
     /// Nothing was received from the peer within the max lifetime.
     #[error("no frame received from the peer within the keepalive max lifetime")]
     KeepaliveTimeout,
-    /// A local limit was exceeded (outbound queue, reassembly, …).
+    /// A local limit was exceeded.
     #[error("local limit exceeded: {0}")]
-    LimitExceeded(String),
+    LimitExceeded(Limit),
     /// The connection was closed on this side.
     #[error("connection closed locally")]
     LocallyClosed,
+    /// The connection never started: its configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 impl ConnectionError {
@@ -116,7 +118,7 @@ impl ConnectionError {
             }
             Self::SetupRejected { initiator, .. } => *initiator,
             Self::KeepaliveTimeout => Initiator::Remote,
-            Self::LimitExceeded(_) | Self::LocallyClosed => Initiator::Local,
+            Self::LimitExceeded(_) | Self::LocallyClosed | Self::Config(_) => Initiator::Local,
         }
     }
 }
@@ -137,14 +139,21 @@ pub enum RequestError {
     /// The connection ended before the request did.
     #[error("connection: {0}")]
     Connection(#[from] ConnectionError),
+    /// The connection is closing gracefully (`ERROR[CONNECTION_CLOSE]` was
+    /// sent or received) and takes no new requests; this one was not sent.
+    #[error("connection is closing ({initiator:?} side began); request not sent")]
+    ConnectionClosing {
+        /// Which side began the graceful close.
+        initiator: Initiator,
+    },
     /// The stream was cancelled (by the peer, for a responder; locally, for
     /// a requester).
     #[error("stream cancelled")]
     Cancelled,
-    /// The peer broke the protocol on this stream (for example by sending
-    /// more items than it was granted); the stream was cancelled.
+    /// The peer broke the protocol on this stream; the stream was
+    /// cancelled.
     #[error("protocol violation on the stream: {0}")]
-    Protocol(String),
+    Protocol(StreamViolation),
 }
 
 impl RequestError {
@@ -166,14 +175,68 @@ impl RequestError {
     }
 }
 
-/// Returned by builders and entry points when a configuration value is out
-/// of range.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid configuration: {0}")]
-pub struct ConfigError(pub(crate) String);
+/// A limit of [`Config`](crate::Config) that ended a connection at run
+/// time (as opposed to a [`ConfigError`], a bad setting found up front).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Limit {
+    /// Control frames alone passed twice `max_outbound_queue_bytes`: the
+    /// peer is not reading.
+    #[error("outbound queue passed twice its cap of {cap} bytes: the peer is not reading")]
+    OutboundQueue {
+        /// `Config::max_outbound_queue_bytes`.
+        cap: usize,
+    },
+    /// Inbound reassembly would have exceeded `max_reassembly_bytes`.
+    #[error("reassembly buffers would exceed {cap} bytes")]
+    ReassemblyBytes {
+        /// `Config::max_reassembly_bytes`.
+        cap: usize,
+    },
+    /// No SETUP arrived within `setup_timeout`.
+    #[error("no SETUP within {0:?}")]
+    SetupTimeout(std::time::Duration),
+    /// The transport refused an outbound frame (for example one longer
+    /// than its maximum frame length).
+    #[error("the transport refused an outbound frame")]
+    OutboundFrame,
+}
 
-impl ConfigError {
-    pub(crate) fn new(msg: impl fmt::Display) -> Self {
-        Self(msg.to_string())
-    }
+/// How a peer broke the protocol on one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamViolation {
+    /// It sent more items than it was granted with REQUEST_N.
+    #[error("the peer sent more items than it was granted")]
+    BeyondCredit,
+}
+
+/// A configuration value out of range, found by
+/// [`Config::validate`](crate::Config::validate) before anything connects.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `max_frame_len` outside `min..=max`.
+    #[error("max_frame_len {value} is outside {min}..={max}")]
+    MaxFrameLen {
+        /// The value given.
+        value: usize,
+        /// Smallest allowed.
+        min: usize,
+        /// Largest allowed.
+        max: usize,
+    },
+    /// `mtu` outside `min..=max_frame_len`.
+    #[error("mtu {value} is outside {min}..={max}")]
+    Mtu {
+        /// The value given.
+        value: usize,
+        /// Smallest allowed.
+        min: usize,
+        /// Largest allowed (`max_frame_len`).
+        max: usize,
+    },
+    /// A setting that must be greater than zero is zero.
+    #[error("{0} must be greater than 0")]
+    Zero(&'static str),
 }

@@ -15,25 +15,23 @@
 //! # Getting started
 //!
 //! ```
-//! use std::sync::Arc;
-//! use rsocket_core::{memory_pair, ClientBuilder, Payload, RSocket, RequestError, Server};
-//! use futures::future::BoxFuture;
+//! use rsocket_core::{async_trait, memory_pair, ClientBuilder, Payload, RSocket, RequestError, Server};
 //!
 //! struct Echo;
+//!
+//! #[async_trait]
 //! impl RSocket for Echo {
-//!     fn request_response(&self, req: Payload) -> BoxFuture<'static, Result<Option<Payload>, RequestError>> {
-//!         Box::pin(async move { Ok(Some(req)) })
+//!     async fn request_response(&self, req: Payload) -> Result<Option<Payload>, RequestError> {
+//!         Ok(Some(req))
 //!     }
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let (client_end, server_end) = memory_pair(64 * 1024);
-//! let server = Server::new(|_setup, _requester| async {
-//!     Ok(Arc::new(Echo) as Arc<dyn RSocket>)
-//! });
+//! let server = Server::new(|_setup, _requester| async { Ok(Echo) });
 //! let incoming = futures::stream::iter([Ok::<_, std::io::Error>(server_end)]);
-//! tokio::spawn(server.serve(incoming, futures::future::pending()));
+//! tokio::spawn(server.serve(incoming));
 //!
 //! let requester = ClientBuilder::new().connect(client_end)?;
 //! let reply = requester.request_response(Payload::from("hi")).await?;
@@ -56,14 +54,19 @@ mod rsocket;
 pub mod runtime;
 
 pub use config::{Config, PeerInfo, SetupInfo, SetupParams};
-pub use error::{ConnectionError, Initiator, RequestError, StreamError};
+pub use error::{
+    ConfigError, ConnectionError, Initiator, Limit, RequestError, StreamError, StreamViolation,
+};
 pub use frame::{ErrorCode, Frame, MimeType, RequestCount, StreamId};
 pub use payload::Payload;
 pub use proto::Interaction;
-pub use rsocket::{boxed, PayloadStream, RSocket, RejectAll};
+pub use rsocket::{
+    async_trait, error_stream, fire_and_forget_fn, fn_kind, request_channel_fn,
+    request_response_fn, request_stream_fn, FnResponder, PayloadStream, RSocket, RejectAll,
+};
 #[cfg(feature = "runtime")]
 pub use runtime::{
-    accept, memory_pair, ClientBuilder, ConnectionDriver, MemoryTransport, Requester,
-    ResponseFuture, ResponseStream, Server, SocketAcceptor, StreamTransport, Transport,
+    accept, memory_pair, ClientBuilder, ConnectionDriver, MemoryTransport, MetadataPushFuture,
+    Requester, ResponseFuture, ResponseStream, Server, SocketAcceptor, StreamTransport, Transport,
     TransportError,
 };

@@ -27,12 +27,24 @@ impl Payload {
         }
     }
 
-    /// A payload with both data and metadata.
-    pub fn with_metadata(data: impl Into<Bytes>, metadata: impl Into<Bytes>) -> Self {
-        Self {
-            metadata: Some(metadata.into()),
-            data: data.into(),
-        }
+    /// Sets the metadata (the M flag), keeping the data:
+    /// `Payload::new(data).with_metadata(metadata)`.
+    ///
+    /// ```
+    /// use rsocket_core::Payload;
+    /// let p = Payload::new("data").with_metadata("meta");
+    /// assert_eq!(p.data_utf8(), Some("data"));
+    /// assert_eq!(p.metadata_utf8(), Some("meta"));
+    /// ```
+    #[must_use]
+    pub fn with_metadata(mut self, metadata: impl Into<Bytes>) -> Self {
+        self.metadata = Some(metadata.into());
+        self
+    }
+
+    /// A payload with metadata and empty data.
+    pub fn metadata_only(metadata: impl Into<Bytes>) -> Self {
+        Self::default().with_metadata(metadata)
     }
 
     /// The data as UTF-8, if it is valid UTF-8.

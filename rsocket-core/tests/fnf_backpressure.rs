@@ -2,11 +2,11 @@
 //! reading instead of dropping requests, so every one is handled once the
 //! handlers catch up.
 
+use rsocket_core::async_trait;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use rsocket_core::{memory_pair, ClientBuilder, Config, Payload, RSocket, RequestError, Server};
 use tokio::sync::Semaphore;
 
@@ -16,8 +16,10 @@ struct Gated {
     handled: Arc<AtomicUsize>,
 }
 
+#[async_trait]
+
 impl RSocket for Gated {
-    fn fire_and_forget(&self, _req: Payload) -> BoxFuture<'static, Result<(), RequestError>> {
+    async fn fire_and_forget(&self, _req: Payload) -> Result<(), RequestError> {
         let gate = self.gate.clone();
         let handled = self.handled.clone();
         Box::pin(async move {
@@ -26,6 +28,7 @@ impl RSocket for Gated {
             handled.fetch_add(1, Ordering::SeqCst);
             Ok(())
         })
+        .await
     }
 }
 
@@ -48,7 +51,7 @@ async fn fire_and_forget_beyond_the_handler_limit_is_not_dropped() {
         async move { Ok(Arc::new(responder) as Arc<dyn RSocket>) }
     })
     .config(config);
-    tokio::spawn(server.serve(
+    tokio::spawn(server.serve_with_shutdown(
         futures::stream::iter([Ok::<_, std::io::Error>(s)]),
         futures::future::pending(),
     ));

@@ -67,7 +67,7 @@ fn data(s: &'static str) -> Payload {
 }
 
 fn md_data(md: &'static str, d: &'static str) -> Payload {
-    Payload::with_metadata(b(d), b(md))
+    Payload::new(b(d)).with_metadata(b(md))
 }
 
 fn decode_hex(s: &str) -> Result<Frame, DecodeError> {
@@ -387,7 +387,7 @@ fn s13_8_request_response_with_composite_routing() {
     let frame = Frame::RequestResponse(RequestResponse {
         stream_id: sid(1),
         follows: false,
-        payload: Payload::with_metadata(b("hi"), hex("fe 00 00 06 05 68 65 6c 6c 6f")),
+        payload: Payload::new(b("hi")).with_metadata(hex("fe 00 00 06 05 68 65 6c 6c 6f")),
     });
     let h = "00 00 00 01 11 00 00 00 0a fe 00 00 06 05 68 65 6c 6c 6f 68 69";
     known_answer(h, &frame);
@@ -568,10 +568,8 @@ fn tck_setup(resume_token: Option<Bytes>) -> Frame {
         lease: false,
         metadata_mime_type: mime("metadata_type"),
         data_mime_type: mime("data_type"),
-        payload: Payload::with_metadata(
-            Bytes::from_static(&[5, 4, 3]),
-            Bytes::from_static(&[1, 2, 3, 4]),
-        ),
+        payload: Payload::new(Bytes::from_static(&[5, 4, 3]))
+            .with_metadata(Bytes::from_static(&[1, 2, 3, 4])),
     }))
 }
 

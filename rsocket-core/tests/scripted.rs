@@ -6,13 +6,13 @@
 //! hanging it; ordering never relies on sleeps (a sentinel frame, or a
 //! request/response round trip, marks "nothing else was sent before this").
 
+use rsocket_core::async_trait;
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use futures::{poll, FutureExt, SinkExt, StreamExt};
 use rsocket_core::codec::FrameCodec;
 use rsocket_core::frame::{
@@ -258,6 +258,7 @@ async fn sentinel(requester: &Requester, raw: &mut Raw, what: &str) {
     let tag = Bytes::copy_from_slice(what.as_bytes());
     requester
         .metadata_push(tag.clone())
+        .await
         .expect("connection still open");
     match expect_frame(raw).await {
         Frame::MetadataPush(m) if m.metadata == tag => {}
@@ -332,11 +333,10 @@ impl Probe {
     }
 }
 
+#[async_trait]
+
 impl RSocket for Probe {
-    fn request_response(
-        &self,
-        req: Payload,
-    ) -> BoxFuture<'static, Result<Option<Payload>, RequestError>> {
+    async fn request_response(&self, req: Payload) -> Result<Option<Payload>, RequestError> {
         self.rr_calls.fetch_add(1, SeqCst);
         let gate = self.gate.clone();
         Box::pin(async move {
@@ -348,6 +348,7 @@ impl RSocket for Probe {
             }
             Ok(Some(req))
         })
+        .await
     }
 
     fn request_stream(&self, req: Payload) -> PayloadStream {
@@ -375,9 +376,9 @@ impl RSocket for Probe {
             .boxed()
     }
 
-    fn metadata_push(&self, _metadata: Bytes) -> BoxFuture<'static, Result<(), RequestError>> {
+    async fn metadata_push(&self, _metadata: Bytes) -> Result<(), RequestError> {
         self.metadata_pushes.fetch_add(1, SeqCst);
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
 }
 
@@ -400,7 +401,7 @@ async fn client_sends_setup_first_with_configured_fields() {
         .metadata_mime_type(MimeType::COMPOSITE_METADATA)
         .data_mime_type(mime("application/json"))
         .keepalive(Duration::from_millis(1500), Duration::from_millis(4000))
-        .setup_payload(Payload::with_metadata("hello", "md"))
+        .setup_payload(Payload::new("hello").with_metadata("md"))
         .connect(t)
         .expect("valid config");
     // A request issued right away is pipelined behind SETUP, never before.
@@ -422,7 +423,7 @@ async fn client_sends_setup_first_with_configured_fields() {
     assert!(!s.lease);
     assert_eq!(s.metadata_mime_type, MimeType::COMPOSITE_METADATA);
     assert_eq!(s.data_mime_type, mime("application/json"));
-    assert_eq!(s.payload, Payload::with_metadata("hello", "md"));
+    assert_eq!(s.payload, Payload::new("hello").with_metadata("md"));
 
     let f = expect_frame(&mut raw).await;
     assert_eq!(f, request_response(1, "early"));
@@ -693,7 +694,7 @@ async fn inbound_fragments_are_reassembled() {
     });
     send(&mut raw, last).await;
     let reply = prompt("reply", task).await.expect("join").expect("reply");
-    assert_eq!(reply, Some(Payload::with_metadata("d1d2d3", "m1m2")));
+    assert_eq!(reply, Some(Payload::new("d1d2d3").with_metadata("m1m2")));
 }
 
 #[tokio::test]
@@ -875,7 +876,7 @@ async fn acceptor_rejection_is_flushed_before_close() {
         Err::<Arc<dyn RSocket>, _>(StreamError::rejected("not welcome"))
     });
     let incoming = futures::stream::iter([Ok::<_, io::Error>(t)]);
-    let serving = tokio::spawn(server.serve(incoming, futures::future::pending()));
+    let serving = tokio::spawn(server.serve_with_shutdown(incoming, futures::future::pending()));
     send(&mut raw, Frame::Setup(Box::new(good_setup()))).await;
     let message = assert_connection_error(&expect_frame(&mut raw).await, ErrorCode::REJECTED_SETUP);
     assert_eq!(message, "not welcome");
@@ -896,7 +897,7 @@ async fn protocol_violation_closes_only_that_connection() {
     let probe = Probe::new();
     let server = Server::new(probe_acceptor(&probe));
     let (mut tx, incoming) = futures::channel::mpsc::channel::<io::Result<MemoryTransport>>(1);
-    let serving = tokio::spawn(server.serve(incoming, futures::future::pending()));
+    let serving = tokio::spawn(server.serve_with_shutdown(incoming, futures::future::pending()));
 
     let (t1, mut bad) = raw_pair();
     tx.send(Ok(t1)).await.expect("server listening");
@@ -1040,7 +1041,7 @@ async fn slow_requester_bounds_what_the_responder_produces() {
     let (c, s) = memory_pair(64 << 10);
     let server = Server::new(probe_acceptor(&probe));
     let incoming = futures::stream::iter([Ok::<_, io::Error>(s)]);
-    tokio::spawn(server.serve(incoming, futures::future::pending()));
+    tokio::spawn(server.serve_with_shutdown(incoming, futures::future::pending()));
     let requester = ClientBuilder::new().connect(c).expect("valid config");
 
     let mut stream = requester
@@ -1114,7 +1115,7 @@ async fn dead_peer_fails_everything_promptly() {
         .expect("ok");
 
     let rest = futures::stream::pending().boxed();
-    let mut channel = requester.request_channel(Payload::from("c"), rest);
+    let mut channel = requester.request_channel_fallible(Payload::from("c"), rest);
     assert!(poll!(channel.next()).is_pending());
     let f = expect_frame(&mut raw).await;
     assert!(
@@ -1154,7 +1155,11 @@ async fn dead_peer_fails_everything_promptly() {
         Some(Some(Err(RequestError::Connection(_)))) => {}
         other => panic!("stream after close: {other:?}"),
     }
-    assert!(requester.metadata_push(Bytes::from_static(b"m")).is_err());
+    assert!(requester
+        .metadata_push(Bytes::from_static(b"m"))
+        .now_or_never()
+        .expect("fails at once")
+        .is_err());
 }
 
 // ---------------------------------------------------------------------------
@@ -1165,15 +1170,15 @@ async fn dead_peer_fails_everything_promptly() {
 #[derive(Debug)]
 struct ClientSide;
 
+#[async_trait]
+
 impl RSocket for ClientSide {
-    fn request_response(
-        &self,
-        req: Payload,
-    ) -> BoxFuture<'static, Result<Option<Payload>, RequestError>> {
+    async fn request_response(&self, req: Payload) -> Result<Option<Payload>, RequestError> {
         Box::pin(async move {
             let text = req.data_utf8().unwrap_or("?").to_owned();
             Ok(Some(Payload::from(format!("client got {text}"))))
         })
+        .await
     }
 }
 
@@ -1196,7 +1201,7 @@ async fn server_requests_client_over_memory_pair() {
     let (tx, mut rx) = tokio::sync::mpsc::channel(1);
     let server = Server::new(capturing_acceptor(tx));
     let incoming = futures::stream::iter([Ok::<_, io::Error>(s)]);
-    tokio::spawn(server.serve(incoming, futures::future::pending()));
+    tokio::spawn(server.serve_with_shutdown(incoming, futures::future::pending()));
     let client = ClientBuilder::new()
         .responder(Arc::new(ClientSide))
         .connect(c)
@@ -1316,7 +1321,7 @@ async fn requester_channel_sends_only_with_credit() {
     let rest = futures::stream::iter(["c1", "c2", "c3"].map(|d| Ok(Payload::from(d)))).boxed();
     let mut ch = requester
         .with_prefetch(4)
-        .request_channel(Payload::from("c0"), rest);
+        .request_channel_fallible(Payload::from("c0"), rest);
     assert!(poll!(ch.next()).is_pending());
     let expected = Frame::RequestChannel(RequestChannel {
         stream_id: sid(1),
@@ -1366,7 +1371,7 @@ async fn responder_cancel_closes_only_the_requester_outbound_half() {
         Ok(Payload::from(format!("out{n}")))
     })
     .boxed();
-    let mut ch = requester.request_channel(Payload::from("first"), rest);
+    let mut ch = requester.request_channel_fallible(Payload::from("first"), rest);
     assert!(poll!(ch.next()).is_pending());
     assert!(matches!(
         expect_frame(&mut raw).await,
@@ -1513,7 +1518,7 @@ async fn graceful_shutdown_finishes_streams_then_closes() {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::new(probe_acceptor(&probe));
     let incoming = futures::stream::iter([Ok::<_, io::Error>(t)]).chain(futures::stream::pending());
-    let serving = tokio::spawn(server.serve(incoming, async move {
+    let serving = tokio::spawn(server.serve_with_shutdown(incoming, async move {
         let _ = stop_rx.await;
     }));
     send(&mut raw, Frame::Setup(Box::new(good_setup()))).await;
@@ -1521,24 +1526,15 @@ async fn graceful_shutdown_finishes_streams_then_closes() {
     server_barrier(&mut raw, 3).await;
     stop_tx.send(()).expect("server running");
 
-    // New requests are refused once draining has begun; until the server
-    // has seen the signal they are still served.
-    let mut id = 5;
-    loop {
-        assert!(id < 500, "the server never started draining");
-        send(&mut raw, request_response(id, "probe")).await;
-        match expect_frame(&mut raw).await {
-            Frame::Payload(p) if p.stream_id == sid(id) => id += 2,
-            f => {
-                assert_stream_error(&f, id, ErrorCode::REJECTED);
-                break;
-            }
-        }
-    }
-    // The open stream still finishes, then the connection closes gracefully.
+    // Draining begins with ERROR[CONNECTION_CLOSE], before the open stream
+    // has finished; requests sent after it are refused.
+    assert_connection_error(&expect_frame(&mut raw).await, ErrorCode::CONNECTION_CLOSE);
+    send(&mut raw, request_response(5, "probe")).await;
+    assert_stream_error(&expect_frame(&mut raw).await, 5, ErrorCode::REJECTED);
+    // The open stream still finishes, then the connection closes without
+    // another frame.
     probe.gate.add_permits(1);
     assert_payload(&expect_frame(&mut raw).await, 1, "wait", true, true);
-    assert_connection_error(&expect_frame(&mut raw).await, ErrorCode::CONNECTION_CLOSE);
     expect_closed(&mut raw).await;
     prompt("serve", serving)
         .await

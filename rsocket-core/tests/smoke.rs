@@ -1,19 +1,17 @@
 //! Quick end-to-end smoke test over the in-memory transport.
+use rsocket_core::async_trait;
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
 use futures::StreamExt;
 use rsocket_core::{
     memory_pair, ClientBuilder, Payload, PayloadStream, RSocket, RequestError, Server,
 };
 
 struct Echo;
+#[async_trait]
 impl RSocket for Echo {
-    fn request_response(
-        &self,
-        req: Payload,
-    ) -> BoxFuture<'static, Result<Option<Payload>, RequestError>> {
-        Box::pin(async move { Ok(Some(req)) })
+    async fn request_response(&self, req: Payload) -> Result<Option<Payload>, RequestError> {
+        Ok(Some(req))
     }
     fn request_stream(&self, req: Payload) -> PayloadStream {
         let n: usize = req.data_utf8().unwrap_or("0").parse().unwrap_or(0);
@@ -30,7 +28,7 @@ impl RSocket for Echo {
 async fn smoke() {
     let (c, s) = memory_pair(64 * 1024);
     let server = Server::new(|_s, _r| async { Ok(Arc::new(Echo) as Arc<dyn RSocket>) });
-    tokio::spawn(server.serve(
+    tokio::spawn(server.serve_with_shutdown(
         futures::stream::iter([Ok::<_, std::io::Error>(s)]),
         futures::future::pending(),
     ));
@@ -46,7 +44,7 @@ async fn smoke() {
     assert_eq!(items[999].as_ref().unwrap().data, "999");
     let rest = futures::stream::iter((0..10).map(|i| Ok(Payload::from(format!("c{i}"))))).boxed();
     let items: Vec<_> = r
-        .request_channel(Payload::from("first"), rest)
+        .request_channel_fallible(Payload::from("first"), rest)
         .collect()
         .await;
     assert_eq!(items.len(), 11, "{items:?}");
@@ -55,12 +53,10 @@ async fn smoke() {
 }
 
 struct Counting(Arc<std::sync::atomic::AtomicUsize>);
+#[async_trait]
 impl RSocket for Counting {
-    fn request_response(
-        &self,
-        req: Payload,
-    ) -> BoxFuture<'static, Result<Option<Payload>, RequestError>> {
-        Box::pin(async move { Ok(Some(req)) })
+    async fn request_response(&self, req: Payload) -> Result<Option<Payload>, RequestError> {
+        Ok(Some(req))
     }
     fn request_stream(&self, _req: Payload) -> PayloadStream {
         let produced = self.0.clone();
@@ -81,7 +77,7 @@ async fn explicit_credit_is_exact() {
         let p = p.clone();
         async move { Ok(Arc::new(Counting(p)) as Arc<dyn RSocket>) }
     });
-    tokio::spawn(server.serve(
+    tokio::spawn(server.serve_with_shutdown(
         futures::stream::iter([Ok::<_, std::io::Error>(s)]),
         futures::future::pending(),
     ));

@@ -2,10 +2,10 @@
 //! (feature `tls`).
 #![cfg(feature = "tls")]
 
+use rsocket_core::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use futures::StreamExt;
 use rsocket_core::{ClientBuilder, Payload, PayloadStream, RSocket, RequestError, Server};
 use rsocket_transport_tcp::tls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -22,12 +22,10 @@ async fn within<F: std::future::Future>(fut: F) -> F::Output {
 }
 
 struct Echo;
+#[async_trait]
 impl RSocket for Echo {
-    fn request_response(
-        &self,
-        req: Payload,
-    ) -> BoxFuture<'static, Result<Option<Payload>, RequestError>> {
-        Box::pin(async move { Ok(Some(req)) })
+    async fn request_response(&self, req: Payload) -> Result<Option<Payload>, RequestError> {
+        Ok(Some(req))
     }
     fn request_stream(&self, req: Payload) -> PayloadStream {
         let n: usize = req.data_utf8().and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -67,7 +65,7 @@ fn serve(listener: TlsListener) -> tokio::sync::mpsc::Receiver<Option<std::net::
             Ok(Arc::new(Echo) as Arc<dyn RSocket>)
         }
     });
-    tokio::spawn(server.serve(listener, futures::future::pending()));
+    tokio::spawn(server.serve_with_shutdown(listener, futures::future::pending()));
     rx
 }
 

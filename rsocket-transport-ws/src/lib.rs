@@ -36,8 +36,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use std::sync::Arc;
-//! use rsocket_core::{ClientBuilder, Payload, RSocket, Server};
+//! use rsocket_core::{ClientBuilder, Payload, Server};
 //! use rsocket_transport_ws::{connect_with, IntoClientRequest, WsConfig, WsListener};
 //!
 //! // Server: accept upgrades on /rsocket; the acceptor sees path, headers
@@ -46,9 +45,9 @@
 //! let addr = listener.local_addr()?;
 //! let server = Server::new(|setup: rsocket_core::SetupInfo, _requester| async move {
 //!     let _token = setup.peer.header("authorization");
-//!     Ok(Arc::new(rsocket_core::RejectAll) as Arc<dyn RSocket>)
+//!     Ok(rsocket_core::RejectAll)
 //! });
-//! tokio::spawn(server.serve(listener, futures::future::pending()));
+//! tokio::spawn(server.serve(listener));
 //!
 //! // Client, with an extra handshake header.
 //! let mut request = format!("ws://{addr}/rsocket").into_client_request()?;

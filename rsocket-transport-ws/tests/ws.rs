@@ -105,7 +105,7 @@ async fn channel() {
     let rest = futures::stream::iter((0..10).map(|i| Ok(Payload::from(format!("c{i}"))))).boxed();
     let items: Vec<String> = within(
         client
-            .request_channel(Payload::from("first"), rest)
+            .request_channel_fallible(Payload::from("first"), rest)
             .map_ok(|p| p.data_utf8().unwrap_or_default().to_owned())
             .try_collect(),
     )
@@ -127,6 +127,7 @@ async fn fire_and_forget_and_metadata_push() {
         .unwrap();
     client
         .metadata_push(Bytes::from_static(b"config=7"))
+        .await
         .unwrap();
     match within(server.seen.recv()).await.unwrap() {
         Seen::Fnf(data) => assert_eq!(data, "fnf-1"),

@@ -214,7 +214,7 @@ impl<K: TransportKind> TestServer<K> {
         .config(config)
         .grace_period(grace);
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.serve(incoming, shutdown_rx.map(|_| ())));
+        let task = tokio::spawn(server.serve_with_shutdown(incoming, shutdown_rx.map(|_| ())));
         Self {
             connector,
             accepted,

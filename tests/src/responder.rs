@@ -34,9 +34,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
-use rsocket_core::{ErrorCode, Payload, PayloadStream, RSocket, RequestError, StreamError};
+use futures::StreamExt;
+use rsocket_core::{
+    async_trait, ErrorCode, Payload, PayloadStream, RSocket, RequestError, StreamError,
+};
 use tokio::sync::{mpsc, oneshot, watch, Barrier};
 
 use crate::within;
@@ -262,10 +263,8 @@ fn is_echo(p: &Payload) -> bool {
 
 /// A payload with text data and metadata.
 pub fn pm(data: &str, metadata: &str) -> Payload {
-    Payload::with_metadata(
-        Bytes::copy_from_slice(data.as_bytes()),
-        Bytes::copy_from_slice(metadata.as_bytes()),
-    )
+    Payload::new(Bytes::copy_from_slice(data.as_bytes()))
+        .with_metadata(Bytes::copy_from_slice(metadata.as_bytes()))
 }
 
 /// A payload with text data only.
@@ -327,42 +326,28 @@ impl TckResponder {
     }
 }
 
+#[async_trait]
 impl RSocket for TckResponder {
-    fn fire_and_forget(&self, request: Payload) -> BoxFuture<'static, Result<(), RequestError>> {
-        let tx = self.probe.tx.clone();
-        async move {
-            let _ = tx.send(Signal::FireAndForget(request)).await;
-            Ok(())
-        }
-        .boxed()
+    async fn fire_and_forget(&self, request: Payload) -> Result<(), RequestError> {
+        let _ = self.probe.tx.send(Signal::FireAndForget(request)).await;
+        Ok(())
     }
 
-    fn metadata_push(&self, metadata: Bytes) -> BoxFuture<'static, Result<(), RequestError>> {
-        let tx = self.probe.tx.clone();
-        async move {
-            let _ = tx.send(Signal::MetadataPush(metadata)).await;
-            Ok(())
-        }
-        .boxed()
+    async fn metadata_push(&self, metadata: Bytes) -> Result<(), RequestError> {
+        let _ = self.probe.tx.send(Signal::MetadataPush(metadata)).await;
+        Ok(())
     }
 
-    fn request_response(
-        &self,
-        request: Payload,
-    ) -> BoxFuture<'static, Result<Option<Payload>, RequestError>> {
+    async fn request_response(&self, request: Payload) -> Result<Option<Payload>, RequestError> {
         if is_echo(&request) {
-            return futures::future::ready(Ok(Some(request))).boxed();
+            return Ok(Some(request));
         }
-        let reply = match key(&request) {
+        match key(&request) {
             ("a", "b") => Ok(Some(pm("a", "a"))),
             ("c", "d") => Err(StreamError::application("c-d failed").into()),
             (w @ ("e" | "g"), "f" | "h") => {
-                let guard = self.probe.started(w);
-                return async move {
-                    let _guard = guard;
-                    futures::future::pending().await
-                }
-                .boxed();
+                let _guard = self.probe.started(w);
+                futures::future::pending().await
             }
             ("empty", _) => Ok(None),
             ("error", code) => match code_from_hex(code) {
@@ -370,17 +355,11 @@ impl RSocket for TckResponder {
                 None => Err(StreamError::invalid("bad code").into()),
             },
             ("barrier", tag) => {
-                let probe = self.probe.clone();
-                let tag = tag.to_owned();
-                return async move {
-                    probe.barrier.wait().await;
-                    Ok(Some(pm(&tag, &tag)))
-                }
-                .boxed();
+                self.probe.barrier.wait().await;
+                Ok(Some(pm(tag, tag)))
             }
             _ => Err(StreamError::invalid("no such request/response handler").into()),
-        };
-        futures::future::ready(reply).boxed()
+        }
     }
 
     fn request_stream(&self, request: Payload) -> PayloadStream {

@@ -17,7 +17,8 @@ use bytes::Bytes;
 use futures::future::join_all;
 use futures::{Stream, StreamExt};
 use rsocket_core::{
-    ClientBuilder, Config, ErrorCode, Payload, PayloadStream, RSocket, RequestError, Requester,
+    ClientBuilder, Config, ConnectionError, ErrorCode, Initiator, Payload, PayloadStream, RSocket,
+    RequestError, Requester,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -105,7 +106,7 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 fn big(seed: u8, len: usize) -> Payload {
     let mut data = b"echo".to_vec();
     data.extend(pattern(seed, len));
-    Payload::with_metadata(data, pattern(seed.wrapping_add(100), len))
+    Payload::new(data).with_metadata(pattern(seed.wrapping_add(100), len))
 }
 
 // ----- request/response ----------------------------------------------------
@@ -224,7 +225,10 @@ pub async fn metadata_push<K: TransportKind>(dir: Direction) {
     let (p, _probe, mut signals) = tck::<K>(dir, Config::default(), 1).await;
     let sent = [Bytes::from_static(b"md-1"), Bytes::from(pattern(7, 300))];
     for m in &sent {
-        p.requester.metadata_push(m.clone()).expect("metadata push");
+        p.requester
+            .metadata_push(m.clone())
+            .await
+            .expect("metadata push");
     }
     let mut got = vec![signals.metadata_push().await, signals.metadata_push().await];
     got.sort();
@@ -362,7 +366,9 @@ pub async fn stream_concurrent<K: TransportKind>(dir: Direction) {
 /// completes; the responder sees the initial payload plus one.
 pub async fn channel_single_vs_single<K: TransportKind>(dir: Direction) {
     let (p, _probe, mut signals) = tck::<K>(dir, Config::default(), 1).await;
-    let s = p.requester.request_channel(pm("a", "b"), items(&["a"]));
+    let s = p
+        .requester
+        .request_channel_fallible(pm("a", "b"), items(&["a"]));
     assert_eq!(collect("responder's half", s).await, strings(&["a"]));
     let (inbound, end) = signals.inbound().await;
     assert_eq!(inbound, vec![pm("a", "b"), pd("a")]);
@@ -374,7 +380,7 @@ pub async fn channel_multi_vs_multi<K: TransportKind>(dir: Direction) {
     let (p, _probe, mut signals) = tck::<K>(dir, Config::default(), 1).await;
     let s = p
         .requester
-        .request_channel(pm("k", "l"), items(&["a", "b", "c"]));
+        .request_channel_fallible(pm("k", "l"), items(&["a", "b", "c"]));
     assert_eq!(
         collect("responder's half", s).await,
         strings(&["x", "y", "z"])
@@ -388,7 +394,9 @@ pub async fn channel_multi_vs_multi<K: TransportKind>(dir: Direction) {
 /// the responder errors; the requester sees only the error.
 pub async fn channel_requester_completes_responder_errors<K: TransportKind>(dir: Direction) {
     let (p, _probe, mut signals) = tck::<K>(dir, Config::default(), 1).await;
-    let s = p.requester.request_channel(pm("g", "h"), items(&["a"]));
+    let s = p
+        .requester
+        .request_channel_fallible(pm("g", "h"), items(&["a"]));
     assert_eq!(
         collect("responder's half", s).await,
         strings(&["#0x201:g-h failed"])
@@ -406,7 +414,7 @@ pub async fn channel_responder_completes_requester_continues<K: TransportKind>(d
     let (p, _probe, mut signals) = tck::<K>(dir, Config::default(), 1).await;
     let (tx, out, out_dropped) = controlled();
     tx.send(Ok(pd("1"))).expect("queue item");
-    let s = p.requester.request_channel(pm("q", "r"), out);
+    let s = p.requester.request_channel_fallible(pm("q", "r"), out);
     assert_eq!(collect("responder's half", s).await, strings(&["a"]));
     assert_eq!(signals.next_inbound().await.expect("first"), pm("q", "r"));
     assert_eq!(signals.next_inbound().await.expect("item 1"), pd("1"));
@@ -425,7 +433,7 @@ pub async fn channel_responder_completes_requester_continues<K: TransportKind>(d
 pub async fn channel_responder_error_terminates_both<K: TransportKind>(dir: Direction) {
     let (p, _probe, mut signals) = tck::<K>(dir, Config::default(), 1).await;
     let (tx, out, out_dropped) = controlled();
-    let s = p.requester.request_channel(pm("o", "p"), out);
+    let s = p.requester.request_channel_fallible(pm("o", "p"), out);
     assert_eq!(
         collect("responder's half", s).await,
         strings(&["#0x201:o-p failed"])
@@ -452,7 +460,7 @@ pub async fn channel_requester_error_terminates_both<K: TransportKind>(dir: Dire
             rsocket_core::StreamError::application("rq failed"),
         ))]))
         .boxed();
-    let s = p.requester.request_channel(pm("y", "z"), out);
+    let s = p.requester.request_channel_fallible(pm("y", "z"), out);
     let got = collect("responder's half", s).await;
     let (last, before) = got.split_last().expect("at least the end");
     assert!(
@@ -484,7 +492,7 @@ pub async fn channel_requester_error_terminates_both<K: TransportKind>(dir: Dire
 pub async fn channel_requester_cancel<K: TransportKind>(dir: Direction) {
     let (p, _probe, mut signals) = tck::<K>(dir, Config::default(), 1).await;
     let (tx, out, out_dropped) = controlled();
-    let mut s = p.requester.request_channel(pm("ee", "ff"), out);
+    let mut s = p.requester.request_channel_fallible(pm("ee", "ff"), out);
     assert_eq!(next_item("first item", &mut s).await.data, "0");
     let handler = signals.started("ee").await;
     drop(s);
@@ -514,7 +522,7 @@ pub async fn channel_responder_drops_inbound<K: TransportKind>(dir: Direction) {
     };
     let (guard, out_dropped) = drop_pair();
     let out = guarded(counting(counter), guard);
-    let s = p.requester.request_channel(pm("ii", "jj"), out);
+    let s = p.requester.request_channel_fallible(pm("ii", "jj"), out);
     assert_eq!(
         collect("responder's half", s).await,
         strings(&["x", "y", "z"])
@@ -543,7 +551,7 @@ pub async fn channel_echo_credit<K: TransportKind>(dir: Direction) {
     let mut s = p
         .requester
         .with_prefetch(WINDOW)
-        .request_channel(pd("echo"), counting(counter));
+        .request_channel_fallible(pd("echo"), counting(counter));
     assert_eq!(next_item("echoed first", &mut s).await.data, "echo");
     let taken = 10u64;
     for i in 0..taken - 1 {
@@ -601,7 +609,7 @@ pub async fn fragmentation<K: TransportKind>(dir: Direction) {
     let got: Vec<_> = within(
         "fragmented channel",
         p.requester
-            .request_channel(sent[0].clone(), rest)
+            .request_channel_fallible(sent[0].clone(), rest)
             .collect::<Vec<_>>(),
     )
     .await;
@@ -701,32 +709,50 @@ pub async fn graceful_shutdown_drains<K: TransportKind>() {
     assert_eq!(next_item("first item", &mut s).await.data, "d-0");
 
     server.shutdown();
-    // The connection is draining once the server's own requests are refused.
-    within("the connection to start draining", async {
+    // Draining begins with ERROR[CONNECTION_CLOSE]: once the server has
+    // seen the signal its own requester refuses new requests locally, and
+    // the client does once the frame has arrived (until then its requests
+    // reach the server, which answers them or, once draining, REJECTs
+    // them).
+    within("the server to start draining", async {
         loop {
             match server_side.request_response(pm("a", "b")).await {
+                Err(RequestError::ConnectionClosing {
+                    initiator: Initiator::Local,
+                }) => break,
                 Ok(_) => tokio::task::yield_now().await,
-                Err(RequestError::Connection(_)) => break,
                 Err(e) => panic!("unexpected error while waiting for drain: {e}"),
             }
         }
     })
     .await;
-
-    let r = within(
-        "a request during drain",
-        client.request_response(pm("a", "b")),
-    )
+    within("the client to see CONNECTION_CLOSE", async {
+        loop {
+            match client.request_response(pm("a", "b")).await {
+                Err(RequestError::ConnectionClosing {
+                    initiator: Initiator::Remote,
+                }) => break,
+                Ok(_) => tokio::task::yield_now().await,
+                Err(RequestError::Stream(e)) if e.code == ErrorCode::REJECTED => {
+                    tokio::task::yield_now().await
+                }
+                Err(e) => panic!("unexpected error while waiting for drain: {e}"),
+            }
+        }
+    })
     .await;
-    assert!(
-        matches!(&r, Err(RequestError::Stream(e)) if e.code == ErrorCode::REJECTED),
-        "a request during drain must be REJECTED: {r:?}"
-    );
+    assert!(!client.is_closed(), "open streams keep the connection open");
 
     let rest = collect("the in-flight stream", s).await;
     assert_eq!(rest, strings(&["d-1", "d-2", "d-3", "d-4"]));
 
     server.finished().await.expect("serve");
+    let end = within("the client connection to end", client.closed()).await;
+    assert!(
+        matches!(&end, ConnectionError::Remote { code, .. } if *code == ErrorCode::CONNECTION_CLOSE),
+        "{end:?}"
+    );
+    assert_eq!(end.initiator(), Initiator::Remote);
     let r = within(
         "a request after close",
         client.request_response(pm("a", "b")),

@@ -230,7 +230,8 @@ mod tests {
     #[test]
     fn spec_worked_example_layout() {
         // rsocket-protocol.md §8: 100 B metadata + 100 B data, REQUEST_RESPONSE, MTU 61.
-        let p = Payload::with_metadata(Bytes::from(vec![b'd'; 100]), Bytes::from(vec![b'm'; 100]));
+        let p =
+            Payload::new(Bytes::from(vec![b'd'; 100])).with_metadata(Bytes::from(vec![b'm'; 100]));
         let frames = fragments(FragKind::RequestResponse, sid(1), p.clone(), false, 61);
         let sizes: Vec<usize> = frames.iter().map(Frame::encoded_len).collect();
         assert_eq!(sizes, vec![61, 61, 61, 47]);

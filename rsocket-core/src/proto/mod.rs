@@ -45,7 +45,7 @@ use bytes::Bytes;
 use tracing::{debug, trace, warn};
 
 use crate::config::Config;
-use crate::error::{ConnectionError, Initiator, RequestError, StreamError};
+use crate::error::{ConnectionError, Initiator, Limit, RequestError, StreamError, StreamViolation};
 use crate::frame::{
     Cancel, DecodeError, ErrorCode, ErrorFrame, Frame, FrameType, Keepalive, MetadataPush,
     PayloadFrame, RequestCount, RequestN, StreamId, MAX_U31,
@@ -179,8 +179,15 @@ struct StreamState {
 #[derive(Debug)]
 enum State {
     Open,
-    /// No new streams; existing ones run to completion.
-    Draining,
+    /// No new streams; existing ones run to completion, until the
+    /// deadline. `ERROR[CONNECTION_CLOSE]` has been sent (when this side
+    /// began) or received (when the peer did).
+    Draining {
+        initiator: Initiator,
+        deadline: Instant,
+        /// The peer's message, when it began.
+        message: String,
+    },
     Closed(ConnectionError),
 }
 
@@ -277,7 +284,37 @@ impl Connection {
 
     /// Draining and no stream left.
     pub(crate) fn drained(&self) -> bool {
-        matches!(self.state, State::Draining) && self.is_idle()
+        matches!(self.state, State::Draining { .. }) && self.is_idle()
+    }
+
+    /// Ends a drained connection: no frame is sent (CONNECTION_CLOSE went out
+    /// when draining began, or came from the peer).
+    pub(crate) fn finish_drain(&mut self) {
+        if let State::Draining {
+            initiator, message, ..
+        } = &self.state
+        {
+            let err = match initiator {
+                Initiator::Local => ConnectionError::LocallyClosed,
+                Initiator::Remote => ConnectionError::Remote {
+                    code: ErrorCode::CONNECTION_CLOSE,
+                    message: message.clone(),
+                },
+            };
+            self.close_streams(err);
+        }
+    }
+
+    /// The error a new request gets while the connection drains or after it
+    /// ended.
+    fn refusal(&self) -> Option<RequestError> {
+        match &self.state {
+            State::Open => None,
+            State::Draining { initiator, .. } => Some(RequestError::ConnectionClosing {
+                initiator: *initiator,
+            }),
+            State::Closed(e) => Some(RequestError::Connection(e.clone())),
+        }
     }
 
     // ----- output side -------------------------------------------------
@@ -296,9 +333,9 @@ impl Connection {
     fn push_control(&mut self, frame: Frame) {
         self.push(frame);
         if self.out_bytes > self.config.max_outbound_queue_bytes.saturating_mul(2) + (64 << 10) {
-            self.fail(ConnectionError::LimitExceeded(
-                "outbound queue full: the peer is not reading".into(),
-            ));
+            self.fail(ConnectionError::LimitExceeded(Limit::OutboundQueue {
+                cap: self.config.max_outbound_queue_bytes,
+            }));
         }
     }
 
@@ -353,8 +390,14 @@ impl Connection {
         if matches!(self.state, State::Closed(_)) {
             return None;
         }
-        let dead = self.last_received + self.keepalive.max_lifetime;
-        Some(self.next_keepalive.map_or(dead, |k| k.min(dead)))
+        let mut next = self.last_received + self.keepalive.max_lifetime;
+        if let Some(k) = self.next_keepalive {
+            next = next.min(k);
+        }
+        if let State::Draining { deadline, .. } = &self.state {
+            next = next.min(*deadline);
+        }
+        Some(next)
     }
 
     /// `Some` once the connection has ended.
@@ -437,13 +480,40 @@ impl Connection {
     pub(crate) fn handle_transport_closed(&mut self, err: ConnectionError) {
         self.out.clear();
         self.out_bytes = 0;
+        let remote_drain = matches!(
+            self.state,
+            State::Draining {
+                initiator: Initiator::Remote,
+                ..
+            }
+        );
+        if self.drained() || remote_drain {
+            // The graceful close ends here: the peer closed the transport
+            // once it was done (streams not yet finished here fail with its
+            // CONNECTION_CLOSE).
+            return self.finish_drain();
+        }
         self.close_streams(err);
     }
 
-    /// Stops accepting new streams; open ones continue.
-    pub(crate) fn start_drain(&mut self) {
+    /// Graceful close begun by this side: sends `ERROR[CONNECTION_CLOSE]`,
+    /// refuses new streams in both directions, and closes once the open
+    /// ones have finished or `timeout` has passed.
+    pub(crate) fn start_drain(&mut self, now: Instant, timeout: Duration, message: &str) {
         if matches!(self.state, State::Open) {
-            self.state = State::Draining;
+            self.push_control(Frame::Error(ErrorFrame::new(
+                None,
+                ErrorCode::CONNECTION_CLOSE,
+                message,
+            )));
+            if self.closed().is_some() {
+                return;
+            }
+            self.state = State::Draining {
+                initiator: Initiator::Local,
+                deadline: now + timeout,
+                message: String::new(),
+            };
             wake(&mut self.writer_waker);
         }
     }
@@ -451,6 +521,17 @@ impl Connection {
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         if self.closed().is_some() {
             return;
+        }
+        if let State::Draining { deadline, .. } = &self.state {
+            if now >= *deadline {
+                debug!("graceful close timed out; closing");
+                self.close(
+                    ErrorCode::CONNECTION_ERROR,
+                    "graceful close timed out",
+                    ConnectionError::LocallyClosed,
+                );
+                return;
+            }
         }
         if now >= self.last_received + self.keepalive.max_lifetime {
             self.fail(ConnectionError::KeepaliveTimeout);
@@ -578,6 +659,24 @@ impl Connection {
                 }
                 return;
             }
+            if e.code == ErrorCode::CONNECTION_CLOSE && matches!(self.state, State::Open) {
+                // Graceful close by the peer: open streams finish, new ones
+                // are refused on both sides.
+                debug!(%message, "peer began a graceful close");
+                self.state = State::Draining {
+                    initiator: Initiator::Remote,
+                    deadline: self.last_received + self.config.close_timeout,
+                    message,
+                };
+                for w in self.space_waiters.drain(..) {
+                    w.wake();
+                }
+                wake(&mut self.writer_waker);
+                return;
+            }
+            if e.code == ErrorCode::CONNECTION_CLOSE && self.drained() {
+                return self.finish_drain();
+            }
             self.close_streams(ConnectionError::Remote {
                 code: e.code,
                 message,
@@ -623,10 +722,9 @@ impl Connection {
         }
         let added = payload.len();
         if self.reassembly_bytes + added > self.config.max_reassembly_bytes {
-            self.fail(ConnectionError::LimitExceeded(format!(
-                "reassembly buffers would exceed {} bytes",
-                self.config.max_reassembly_bytes
-            )));
+            self.fail(ConnectionError::LimitExceeded(Limit::ReassemblyBytes {
+                cap: self.config.max_reassembly_bytes,
+            }));
             return None;
         }
         self.reassembly_bytes += added;
@@ -675,7 +773,7 @@ impl Connection {
     }
 
     fn on_request(&mut self, id: StreamId, kind: FragKind, payload: Payload, complete: bool) {
-        let draining = matches!(self.state, State::Draining);
+        let draining = matches!(self.state, State::Draining { .. });
         if let FragKind::RequestFnf = kind {
             if draining {
                 debug!("dropping fire-and-forget: connection is shutting down");
@@ -803,9 +901,7 @@ impl Connection {
             if r.outstanding == 0 {
                 // More than we asked for: cancel and fail locally.
                 st.terminated = true;
-                r.finish(Err(RequestError::Protocol(
-                    "peer sent more items than it was granted".into(),
-                )));
+                r.finish(Err(RequestError::Protocol(StreamViolation::BeyondCredit)));
                 if let Some(s) = st.send.as_mut() {
                     s.stop();
                 }
@@ -827,14 +923,9 @@ impl Connection {
     // ----- requester commands ------------------------------------------
 
     /// Ready when a new request may be queued (the outbound queue has room).
-    pub(crate) fn poll_open_ready(
-        &mut self,
-        cx: &Context<'_>,
-    ) -> Poll<Result<(), ConnectionError>> {
-        match &self.state {
-            State::Closed(e) => return Poll::Ready(Err(e.clone())),
-            State::Draining => return Poll::Ready(Err(ConnectionError::LocallyClosed)),
-            State::Open => {}
+    pub(crate) fn poll_open_ready(&mut self, cx: &Context<'_>) -> Poll<Result<(), RequestError>> {
+        if let Some(refusal) = self.refusal() {
+            return Poll::Ready(Err(refusal));
         }
         if self.has_space() {
             Poll::Ready(Ok(()))
@@ -854,12 +945,8 @@ impl Connection {
         window: u32,
         manual: bool,
     ) -> Result<StreamId, RequestError> {
-        match &self.state {
-            State::Closed(e) => return Err(RequestError::Connection(e.clone())),
-            State::Draining => {
-                return Err(RequestError::Connection(ConnectionError::LocallyClosed))
-            }
-            State::Open => {}
+        if let Some(refusal) = self.refusal() {
+            return Err(refusal);
         }
         let streams = &self.streams;
         let id = self
@@ -905,12 +992,24 @@ impl Connection {
         Ok(id)
     }
 
-    pub(crate) fn metadata_push(&mut self, metadata: Bytes) -> Result<(), ConnectionError> {
+    /// Queues a METADATA_PUSH once the outbound queue has room. Allowed
+    /// while a graceful close drains (it opens no stream).
+    pub(crate) fn poll_metadata_push(
+        &mut self,
+        cx: &Context<'_>,
+        metadata: &mut Option<Bytes>,
+    ) -> Poll<Result<(), RequestError>> {
         if let Some(e) = self.closed() {
-            return Err(e.clone());
+            return Poll::Ready(Err(RequestError::Connection(e.clone())));
         }
-        self.push(Frame::MetadataPush(MetadataPush { metadata }));
-        Ok(())
+        if !self.has_space() {
+            self.wait_space(cx);
+            return Poll::Pending;
+        }
+        if let Some(metadata) = metadata.take() {
+            self.push(Frame::MetadataPush(MetadataPush { metadata }));
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// A spawned fire-and-forget handler finished.
@@ -1245,7 +1344,7 @@ impl Connection {
                     self.inbound_streams = self.inbound_streams.saturating_sub(1);
                 }
             }
-            if self.streams.is_empty() && matches!(self.state, State::Draining) {
+            if self.streams.is_empty() && matches!(self.state, State::Draining { .. }) {
                 // Let the driver notice that draining has finished.
                 wake(&mut self.writer_waker);
             }

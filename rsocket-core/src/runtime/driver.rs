@@ -31,12 +31,18 @@ pub(crate) struct Shared {
     pub(crate) span: Span,
     /// `Config::default_prefetch`, readable without the lock.
     pub(crate) default_prefetch: u32,
+    /// `Config::close_timeout`.
+    pub(crate) close_timeout: std::time::Duration,
+    /// Notified when the connection ends (see `Requester::closed`).
+    pub(crate) closed: tokio::sync::Notify,
 }
 
 impl Shared {
     pub(crate) fn new(conn: Connection, span: Span) -> Arc<Self> {
         Arc::new(Self {
             default_prefetch: conn.config().default_prefetch,
+            close_timeout: conn.config().close_timeout,
+            closed: tokio::sync::Notify::new(),
             conn: Mutex::new(conn),
             span,
         })
@@ -47,6 +53,12 @@ impl Shared {
     /// refusing all further work, so poisoning is ignored.
     pub(crate) fn lock(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes every `Requester::closed` waiter (call once the state is
+    /// closed).
+    pub(crate) fn notify_closed(&self) {
+        self.closed.notify_waiters();
     }
 }
 
@@ -68,6 +80,8 @@ pub struct ConnectionDriver<T: Transport> {
     /// `Connection::read_paused`).
     read_paused: bool,
     needs_flush: bool,
+    /// `Requester::closed` waiters have been told.
+    closed_seen: bool,
 }
 
 impl<T: Transport> std::fmt::Debug for ConnectionDriver<T> {
@@ -95,6 +109,7 @@ impl<T: Transport> ConnectionDriver<T> {
             read_done: false,
             read_paused: false,
             needs_flush: false,
+            closed_seen: false,
         }
     }
 
@@ -145,10 +160,13 @@ impl<T: Transport> ConnectionDriver<T> {
 /// and responder tasks stop instead of waiting forever.
 impl<T: Transport> Drop for ConnectionDriver<T> {
     fn drop(&mut self) {
-        let mut conn = self.shared.lock();
-        if conn.closed().is_none() {
-            conn.handle_transport_closed(ConnectionError::LocallyClosed);
+        {
+            let mut conn = self.shared.lock();
+            if conn.closed().is_none() {
+                conn.handle_transport_closed(ConnectionError::LocallyClosed);
+            }
         }
+        self.shared.notify_closed();
     }
 }
 
@@ -213,11 +231,7 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                     conn.handle_timeout(now.into_std());
                 }
                 if conn.drained() {
-                    conn.close(
-                        crate::ErrorCode::CONNECTION_CLOSE,
-                        "graceful shutdown",
-                        ConnectionError::LocallyClosed,
-                    );
+                    conn.finish_drain();
                 }
                 while let Some(ev) = conn.poll_event() {
                     this.events.push(ev);
@@ -227,6 +241,10 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                 }
                 conn.set_writer_waker(cx);
                 this.read_paused = conn.read_paused();
+                if !this.closed_seen && conn.closed().is_some() {
+                    this.closed_seen = true;
+                    this.shared.notify_closed();
+                }
                 (conn.poll_timeout(), conn.is_finished(), conn.has_queued())
             };
 
@@ -248,7 +266,10 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                 debug!(error = %e, "write failed");
                 let err = match e {
                     TransportError::Io(io) => ConnectionError::from(io),
-                    other => ConnectionError::LimitExceeded(other.to_string()),
+                    other => {
+                        debug!(error = %other, "transport refused a frame");
+                        ConnectionError::LimitExceeded(crate::error::Limit::OutboundFrame)
+                    }
                 };
                 this.shared.lock().handle_transport_closed(err);
                 this.outbox.clear();

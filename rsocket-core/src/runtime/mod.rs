@@ -25,7 +25,7 @@ use tracing::info_span;
 
 pub use driver::ConnectionDriver;
 pub use handshake::Handshakes;
-pub use requester::{OpenFuture, Requester, ResponseFuture, ResponseStream};
+pub use requester::{MetadataPushFuture, OpenFuture, Requester, ResponseFuture, ResponseStream};
 pub use server::{accept, ServeError, Server, SocketAcceptor};
 pub use transport::{
     memory_pair, FrameReader, FrameWriter, MemoryTransport, StreamTransport, Transport,
@@ -123,8 +123,8 @@ impl ClientBuilder {
     }
 
     /// The client's own responder, for requests the server sends.
-    pub fn responder(mut self, responder: Arc<dyn RSocket>) -> Self {
-        self.responder = responder;
+    pub fn responder(mut self, responder: impl RSocket) -> Self {
+        self.responder = server::into_shared(responder);
         self
     }
 

@@ -7,15 +7,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{Stream, StreamExt};
 
 use super::driver::Shared;
 use super::responder::Pump;
 use crate::error::{ConnectionError, RequestError};
 use crate::frame::{ErrorCode, StreamId};
 use crate::proto::Interaction;
-use crate::rsocket::{PayloadStream, RSocket};
+use crate::rsocket::{async_trait, PayloadStream, RSocket};
 use crate::Payload;
 
 /// Items moved from the state machine to a consumer per lock.
@@ -113,10 +112,28 @@ impl Requester {
         ResponseStream { inner }
     }
 
-    /// Request/channel: `first` goes in REQUEST_CHANNEL, `rest` is sent as
-    /// the responder grants credit. The returned stream is the responder's
-    /// half. Dropping it cancels the whole channel.
-    pub fn request_channel(&self, first: Payload, rest: PayloadStream) -> ResponseStream {
+    /// Request/channel: `first` goes in REQUEST_CHANNEL, `rest` is polled
+    /// only as the responder grants credit, and its end sends COMPLETE. The
+    /// returned stream is the responder's half; dropping it cancels the
+    /// whole channel.
+    pub fn request_channel<S>(&self, first: Payload, rest: S) -> ResponseStream
+    where
+        S: Stream<Item = Payload> + Send + 'static,
+    {
+        self.request_channel_fallible(first, rest.map(Ok))
+    }
+
+    /// Request/channel whose outbound items may fail: an `Err` item sends
+    /// ERROR on the channel (as [`StreamError`](crate::StreamError) when it
+    /// is one, `APPLICATION_ERROR` otherwise) and ends it.
+    pub fn request_channel_fallible<S>(&self, first: Payload, rest: S) -> ResponseStream
+    where
+        S: Stream<Item = Result<Payload, RequestError>> + Send + 'static,
+    {
+        self.open_channel(first, rest.boxed())
+    }
+
+    fn open_channel(&self, first: Payload, rest: PayloadStream) -> ResponseStream {
         let window = self.window();
         let mut inner = Inbound::new(
             self.shared.clone(),
@@ -128,19 +145,32 @@ impl Requester {
         ResponseStream { inner }
     }
 
-    /// Metadata push on stream 0; resolves once queued.
-    pub fn metadata_push(&self, metadata: Bytes) -> Result<(), ConnectionError> {
-        self.shared.lock().metadata_push(metadata)
+    /// Metadata push on stream 0: resolves once the frame is queued,
+    /// waiting while the outbound queue is over
+    /// `Config::max_outbound_queue_bytes`, like fire-and-forget.
+    pub fn metadata_push(&self, metadata: Bytes) -> MetadataPushFuture {
+        MetadataPushFuture {
+            shared: self.shared.clone(),
+            metadata: Some(metadata),
+        }
     }
 
-    /// Closes the connection at once: `ERROR[CONNECTION_ERROR]` to the peer,
-    /// and every pending request on both sides fails.
+    /// Closes gracefully, as the spec's `CONNECTION_CLOSE` means: sends
+    /// `ERROR[CONNECTION_CLOSE]` now, refuses new requests (locally with
+    /// [`RequestError::ConnectionClosing`]; the peer does the same on its
+    /// side), lets open requests and streams finish, then closes. Streams
+    /// still open after `Config::close_timeout` are failed and the
+    /// connection is closed with `ERROR[CONNECTION_ERROR]`. Await
+    /// [`closed`](Self::closed) to know when it is done.
     pub fn close(&self) {
-        self.shared.lock().close(
-            ErrorCode::CONNECTION_ERROR,
-            "closed by the application",
-            ConnectionError::LocallyClosed,
-        );
+        let timeout = self.shared.close_timeout;
+        self.start_drain(timeout, "closed by the application");
+    }
+
+    /// Closes at once: `ERROR[CONNECTION_ERROR]` to the peer, and every
+    /// pending request on both sides fails.
+    pub fn abort(&self) {
+        self.close_with(ErrorCode::CONNECTION_ERROR, "closed by the application");
     }
 
     /// Closes with a given stream-0 error code.
@@ -148,12 +178,34 @@ impl Requester {
         self.shared
             .lock()
             .close(code, message, ConnectionError::LocallyClosed);
+        self.shared.notify_closed();
     }
 
-    /// Stops new streams in both directions; the connection closes with
-    /// `ERROR[CONNECTION_CLOSE]` once the open ones have finished.
-    pub(crate) fn start_drain(&self) {
-        self.shared.lock().start_drain();
+    /// Begins a graceful close with the given drain timeout.
+    pub(crate) fn start_drain(&self, timeout: std::time::Duration, message: &str) {
+        self.shared
+            .lock()
+            .start_drain(super::tokio_now(), timeout, message);
+    }
+
+    /// Resolves when the connection has ended, with the reason; its
+    /// [`initiator`](ConnectionError::initiator) says who caused it.
+    /// Resolves at once if it already has.
+    pub async fn closed(&self) -> ConnectionError {
+        loop {
+            let notified = self.shared.closed.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(e) = self.shared.lock().closed() {
+                return e.clone();
+            }
+            notified.await;
+        }
+    }
+
+    /// True once the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().closed().is_some()
     }
 
     /// Why the connection ended, or `None` while it is open.
@@ -167,16 +219,14 @@ impl Requester {
     }
 }
 
+#[async_trait]
 impl RSocket for Requester {
-    fn fire_and_forget(&self, request: Payload) -> BoxFuture<'static, Result<(), RequestError>> {
-        Self::fire_and_forget(self, request).boxed()
+    async fn fire_and_forget(&self, request: Payload) -> Result<(), RequestError> {
+        Self::fire_and_forget(self, request).await
     }
 
-    fn request_response(
-        &self,
-        request: Payload,
-    ) -> BoxFuture<'static, Result<Option<Payload>, RequestError>> {
-        Self::request_response(self, request).boxed()
+    async fn request_response(&self, request: Payload) -> Result<Option<Payload>, RequestError> {
+        Self::request_response(self, request).await
     }
 
     fn request_stream(&self, request: Payload) -> PayloadStream {
@@ -184,12 +234,35 @@ impl RSocket for Requester {
     }
 
     fn request_channel(&self, first: Payload, rest: PayloadStream) -> PayloadStream {
-        Self::request_channel(self, first, rest).boxed()
+        self.open_channel(first, rest).boxed()
     }
 
-    fn metadata_push(&self, metadata: Bytes) -> BoxFuture<'static, Result<(), RequestError>> {
-        futures::future::ready(Self::metadata_push(self, metadata).map_err(RequestError::from))
-            .boxed()
+    async fn metadata_push(&self, metadata: Bytes) -> Result<(), RequestError> {
+        Self::metadata_push(self, metadata).await
+    }
+}
+
+/// Future of [`Requester::metadata_push`].
+#[must_use = "futures do nothing unless polled"]
+pub struct MetadataPushFuture {
+    shared: Arc<Shared>,
+    metadata: Option<Bytes>,
+}
+
+impl std::fmt::Debug for MetadataPushFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetadataPushFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for MetadataPushFuture {
+    type Output = Result<(), RequestError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        this.shared
+            .lock()
+            .poll_metadata_push(cx, &mut this.metadata)
     }
 }
 
@@ -221,7 +294,7 @@ impl Future for OpenFuture {
                     .map(|_| ());
                 Poll::Ready(r)
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
                 drop(conn);
                 self.request = Some(request);
@@ -327,7 +400,7 @@ impl Inbound {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(e)) => {
                         self.done = true;
-                        return Poll::Ready(Some(Err(e.into())));
+                        return Poll::Ready(Some(Err(e)));
                     }
                     Poll::Pending => return Poll::Pending,
                 }

@@ -39,21 +39,21 @@ pub(crate) fn dispatch(
 ) {
     match ev {
         Event::FireAndForget(payload) => {
-            let fut = responder.fire_and_forget(payload);
+            let responder = responder.clone();
             let shared = shared.clone();
             tokio::spawn(
                 async move {
-                    let _ = fut.await;
+                    let _ = responder.fire_and_forget(payload).await;
                     shared.lock().fnf_done();
                 }
                 .instrument(debug_span!("fnf")),
             );
         }
         Event::MetadataPush(metadata) => {
-            let fut = responder.metadata_push(metadata);
+            let responder = responder.clone();
             tokio::spawn(
                 async move {
-                    let _ = fut.await;
+                    let _ = responder.metadata_push(metadata).await;
                 }
                 .instrument(debug_span!("metadata_push")),
             );
@@ -67,7 +67,11 @@ pub(crate) fn dispatch(
                 debug_span!(parent: &shared.span, "stream", id = stream_id.get(), ?interaction);
             match interaction {
                 Interaction::RequestResponse => {
-                    let mut fut = responder.request_response(payload);
+                    // The handler borrows the responder: own an `Arc` of
+                    // it in the future so that it can outlive this call.
+                    let responder = responder.clone();
+                    let mut fut: BoxFuture<'static, _> =
+                        Box::pin(async move { responder.request_response(payload).await });
                     let ready = {
                         let _g = span.enter();
                         fut.poll_unpin(cx)

@@ -18,7 +18,7 @@ use super::requester::Requester;
 use super::tokio_now;
 use super::transport::{Transport, TransportError};
 use crate::config::{Config, SetupInfo};
-use crate::error::{ConnectionError, Initiator, StreamError};
+use crate::error::{ConnectionError, Initiator, Limit, StreamError};
 use crate::frame::{ErrorCode, ErrorFrame, Frame, FrameType, Version};
 use crate::proto::{Connection, KeepaliveParams, Side};
 use crate::rsocket::RSocket;
@@ -27,8 +27,19 @@ use crate::rsocket::RSocket;
 /// requester for calling the client back; returns the responder for it.
 ///
 /// Implemented for closures `Fn(SetupInfo, Requester) -> impl Future<Output =
-/// Result<Arc<dyn RSocket>, StreamError>>`. A rejection is sent to the
-/// client as `ERROR[REJECTED_SETUP]` with the error's message.
+/// Result<R, StreamError>>` where `R` is any [`RSocket`]; a rejection is
+/// sent to the client as `ERROR[REJECTED_SETUP]` with the error's message.
+///
+/// ```
+/// use rsocket_core::{request_response_fn, Server, StreamError};
+/// let server = Server::new(|setup: rsocket_core::SetupInfo, _requester| async move {
+///     if setup.payload.data.is_empty() {
+///         return Err(StreamError::rejected("say who you are"));
+///     }
+///     Ok(request_response_fn(|req| async move { Ok(Some(req)) }))
+/// });
+/// # let _ = server;
+/// ```
 pub trait SocketAcceptor: Send + Sync + 'static {
     /// Accept or reject one connection.
     fn accept(
@@ -38,17 +49,40 @@ pub trait SocketAcceptor: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Arc<dyn RSocket>, StreamError>>;
 }
 
-impl<F, Fut> SocketAcceptor for F
+impl<F, Fut, R> SocketAcceptor for F
 where
     F: Fn(SetupInfo, Requester) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Arc<dyn RSocket>, StreamError>> + Send + 'static,
+    Fut: Future<Output = Result<R, StreamError>> + Send + 'static,
+    R: RSocket,
 {
     fn accept(
         &self,
         setup: SetupInfo,
         requester: Requester,
     ) -> BoxFuture<'static, Result<Arc<dyn RSocket>, StreamError>> {
-        self(setup, requester).boxed()
+        self(setup, requester)
+            .map(|r| match r {
+                Ok(responder) => Ok(into_shared(responder)),
+                Err(e) => Err(e),
+            })
+            .boxed()
+    }
+}
+
+/// Shares a responder, without a second allocation when it is already an
+/// `Arc<dyn RSocket>`.
+pub(crate) fn into_shared<R: RSocket>(responder: R) -> Arc<dyn RSocket> {
+    let mut slot = Some(responder);
+    if let Some(shared) =
+        (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<Arc<dyn RSocket>>>()
+    {
+        if let Some(shared) = shared.take() {
+            return shared;
+        }
+    }
+    match slot {
+        Some(responder) => Arc::new(responder),
+        None => Arc::new(crate::rsocket::RejectAll),
     }
 }
 
@@ -65,16 +99,14 @@ pub async fn accept<T: Transport>(
     config: Config,
     acceptor: &dyn SocketAcceptor,
 ) -> Result<(Requester, ConnectionDriver<T>), ConnectionError> {
-    config
-        .validate()
-        .map_err(|e| ConnectionError::LimitExceeded(e.to_string()))?;
+    config.validate()?;
     let peer = transport.peer_info();
     let (mut reader, mut writer) = transport.split();
     let Ok(first) = tokio::time::timeout(config.setup_timeout, reader.next()).await else {
         debug!("no SETUP within the setup timeout");
-        return Err(ConnectionError::LimitExceeded(
-            "no SETUP received in time".into(),
-        ));
+        return Err(ConnectionError::LimitExceeded(Limit::SetupTimeout(
+            config.setup_timeout,
+        )));
     };
     let checked = match first {
         None => return Err(ConnectionError::ClosedByPeer),
@@ -209,11 +241,25 @@ impl Server {
         self
     }
 
-    /// Serves until `shutdown` resolves; then stops accepting, lets open
-    /// streams finish (refusing new ones with `ERROR[REJECTED]`) for the grace
-    /// period, and closes what is left. Accept errors are logged and
-    /// skipped.
-    pub async fn serve<S, T>(
+    /// Serves every connection from `incoming` until the listener ends (a
+    /// TCP or WebSocket listener never does: this runs until the process
+    /// stops). Accept errors are logged and skipped.
+    pub async fn serve<S, T>(self, incoming: S) -> Result<(), ServeError>
+    where
+        S: Stream<Item = io::Result<T>>,
+        T: Transport,
+    {
+        self.serve_with_shutdown(incoming, std::future::pending())
+            .await
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, sends
+    /// `ERROR[CONNECTION_CLOSE]` on every connection, lets open streams
+    /// finish (new ones are refused: locally on the client, with
+    /// `ERROR[REJECTED]` here for requests already on the way) for the grace
+    /// period, and closes what is left with `ERROR[CONNECTION_ERROR]`.
+    /// Accept errors are logged and skipped.
+    pub async fn serve_with_shutdown<S, T>(
         self,
         incoming: S,
         shutdown: impl Future<Output = ()>,
@@ -237,7 +283,8 @@ impl Server {
                         let acceptor = self.acceptor.clone();
                         let config = self.config.clone();
                         let rx = drain_rx.clone();
-                        tasks.spawn(serve_one(transport, config, acceptor, rx));
+                        let grace = self.grace_period;
+                        tasks.spawn(serve_one(transport, config, acceptor, rx, grace));
                     }
                     Some(Err(e)) => warn!(error = %e, "accept failed"),
                     // The listener ended: serve what is open, then return.
@@ -280,6 +327,7 @@ async fn serve_one<T: Transport>(
     config: Config,
     acceptor: Arc<dyn SocketAcceptor>,
     mut phase: watch::Receiver<Phase>,
+    grace: Duration,
 ) {
     let (requester, driver) = match accept(transport, config, &*acceptor).await {
         Ok(v) => v,
@@ -302,12 +350,12 @@ async fn serve_one<T: Transport>(
                 changed = phase.changed() => {
                     if changed.is_err() {
                         // The server is gone: close now.
-                        requester.close();
+                        requester.abort();
                         continue;
                     }
                     match *phase.borrow_and_update() {
                         Phase::Running => {}
-                        Phase::Draining => requester.start_drain(),
+                        Phase::Draining => requester.start_drain(grace, "server shutting down"),
                         Phase::Closing => requester.close_with(
                             ErrorCode::CONNECTION_ERROR,
                             "server shutting down",

@@ -2,13 +2,13 @@
 //! WebSocket handshakes.
 #![allow(dead_code, unreachable_pub)] // each test binary uses a subset
 
+use rsocket_core::async_trait;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use rsocket_core::{
     Payload, PayloadStream, RSocket, RequestError, Requester, Server, SetupInfo, Transport,
@@ -43,15 +43,14 @@ pub struct Echo {
     pub seen: mpsc::Sender<Seen>,
 }
 
+#[async_trait]
+
 impl RSocket for Echo {
-    fn request_response(
-        &self,
-        req: Payload,
-    ) -> BoxFuture<'static, Result<Option<Payload>, RequestError>> {
-        Box::pin(async move { Ok(Some(req)) })
+    async fn request_response(&self, req: Payload) -> Result<Option<Payload>, RequestError> {
+        Ok(Some(req))
     }
 
-    fn fire_and_forget(&self, req: Payload) -> BoxFuture<'static, Result<(), RequestError>> {
+    async fn fire_and_forget(&self, req: Payload) -> Result<(), RequestError> {
         let seen = self.seen.clone();
         Box::pin(async move {
             let _ = seen
@@ -59,14 +58,16 @@ impl RSocket for Echo {
                 .await;
             Ok(())
         })
+        .await
     }
 
-    fn metadata_push(&self, metadata: Bytes) -> BoxFuture<'static, Result<(), RequestError>> {
+    async fn metadata_push(&self, metadata: Bytes) -> Result<(), RequestError> {
         let seen = self.seen.clone();
         Box::pin(async move {
             let _ = seen.send(Seen::MetadataPush(metadata)).await;
             Ok(())
         })
+        .await
     }
 
     fn request_stream(&self, req: Payload) -> PayloadStream {
@@ -122,7 +123,7 @@ where
             }
         }
     });
-    tokio::spawn(server.serve(incoming, futures::future::pending()));
+    tokio::spawn(server.serve_with_shutdown(incoming, futures::future::pending()));
     TestServer {
         produced,
         seen,

@@ -1,0 +1,188 @@
+//! Transport URIs: `tcp://host:port`, `ws://host:port/path`,
+//! `wss://host:port/path`.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Where to connect or listen, parsed from a URI.
+///
+/// ```
+/// use rsocket::TransportUri;
+/// let uri: TransportUri = "tcp://127.0.0.1:7878".parse()?;
+/// assert_eq!(uri, TransportUri::Tcp { host: "127.0.0.1".into(), port: 7878 });
+/// let uri: TransportUri = "ws://localhost:8080/rsocket?x=1".parse()?;
+/// assert_eq!(uri.to_string(), "ws://localhost:8080/rsocket?x=1");
+/// assert!("http://example.com".parse::<TransportUri>().is_err());
+/// # Ok::<(), rsocket::UriError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransportUri {
+    /// Length-prefixed frames over TCP.
+    Tcp {
+        /// Host name or address (IPv6 without brackets).
+        host: String,
+        /// Port.
+        port: u16,
+    },
+    /// WebSocket, one frame per binary message; `tls` for `wss://`.
+    Ws {
+        /// The whole URL, as given.
+        url: String,
+        /// Host name or address (IPv6 without brackets).
+        host: String,
+        /// Port (80 or 443 when the URL has none).
+        port: u16,
+        /// Path and query, at least `/`.
+        path: String,
+        /// `wss://`.
+        tls: bool,
+    },
+}
+
+/// Why a string is not a [`TransportUri`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UriError {
+    /// No `scheme://`.
+    #[error("missing scheme: expected tcp://, ws:// or wss://")]
+    MissingScheme,
+    /// A scheme other than `tcp`, `ws` and `wss`.
+    #[error("unsupported scheme {0:?}: expected tcp, ws or wss")]
+    UnsupportedScheme(String),
+    /// No host.
+    #[error("missing host")]
+    MissingHost,
+    /// `tcp://` needs a port.
+    #[error("missing port")]
+    MissingPort,
+    /// The port is not a number in 0..=65535.
+    #[error("invalid port {0:?}")]
+    InvalidPort(String),
+}
+
+impl TransportUri {
+    /// `host:port`, with brackets around an IPv6 address, for resolving.
+    pub fn authority(&self) -> String {
+        let (host, port) = match self {
+            Self::Tcp { host, port } | Self::Ws { host, port, .. } => (host, port),
+        };
+        if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        }
+    }
+}
+
+impl FromStr for TransportUri {
+    type Err = UriError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (scheme, rest) = s.split_once("://").ok_or(UriError::MissingScheme)?;
+        let scheme = scheme.to_ascii_lowercase();
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        let (host, port) = split_authority(authority)?;
+        match scheme.as_str() {
+            "tcp" => Ok(Self::Tcp {
+                host,
+                port: port.ok_or(UriError::MissingPort)?,
+            }),
+            "ws" | "wss" => {
+                let tls = scheme == "wss";
+                let path = match path {
+                    "" => "/".to_owned(),
+                    p if p.starts_with('?') => format!("/{p}"),
+                    p => p.to_owned(),
+                };
+                Ok(Self::Ws {
+                    url: s.to_owned(),
+                    host,
+                    port: port.unwrap_or(if tls { 443 } else { 80 }),
+                    path,
+                    tls,
+                })
+            }
+            _ => Err(UriError::UnsupportedScheme(scheme)),
+        }
+    }
+}
+
+/// `host[:port]`, `[v6][:port]`.
+fn split_authority(authority: &str) -> Result<(String, Option<u16>), UriError> {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or(UriError::MissingHost)?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(UriError::MissingHost);
+    }
+    let port = port
+        .map(|p| p.parse().map_err(|_| UriError::InvalidPort(p.to_owned())))
+        .transpose()?;
+    Ok((host.to_owned(), port))
+}
+
+impl fmt::Display for TransportUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp { .. } => write!(f, "tcp://{}", self.authority()),
+            Self::Ws { url, .. } => f.write_str(url),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_form() {
+        let t: TransportUri = "tcp://[::1]:9".parse().unwrap();
+        assert_eq!(t.authority(), "[::1]:9");
+        let w: TransportUri = "wss://example.com".parse().unwrap();
+        assert_eq!(
+            w,
+            TransportUri::Ws {
+                url: "wss://example.com".into(),
+                host: "example.com".into(),
+                port: 443,
+                path: "/".into(),
+                tls: true
+            }
+        );
+        let w: TransportUri = "WS://h:1?q".parse().unwrap();
+        assert!(
+            matches!(w, TransportUri::Ws { ref path, port: 1, tls: false, .. } if path == "/?q")
+        );
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert_eq!(
+            "tcp://h".parse::<TransportUri>(),
+            Err(UriError::MissingPort)
+        );
+        assert_eq!("h:1".parse::<TransportUri>(), Err(UriError::MissingScheme));
+        assert_eq!(
+            "tcp://:1".parse::<TransportUri>(),
+            Err(UriError::MissingHost)
+        );
+        assert_eq!(
+            "tcp://h:99999".parse::<TransportUri>(),
+            Err(UriError::InvalidPort("99999".into()))
+        );
+        assert!(matches!(
+            "udp://h:1".parse::<TransportUri>(),
+            Err(UriError::UnsupportedScheme(_))
+        ));
+    }
+}
