@@ -45,10 +45,12 @@ impl greeter::admin_server::Admin for TestAdmin {
         &self,
         request: Request<shared::v1::HelloRequest>,
     ) -> Result<Response<rsocket_rpc::codegen::prost_types::Timestamp>, Status> {
-        Ok(Response::new(rsocket_rpc::codegen::prost_types::Timestamp {
-            seconds: request.into_inner().number,
-            nanos: 0,
-        }))
+        Ok(Response::new(
+            rsocket_rpc::codegen::prost_types::Timestamp {
+                seconds: request.into_inner().number,
+                nanos: 0,
+            },
+        ))
     }
 }
 
@@ -77,11 +79,13 @@ impl shared::v1::inventory_server::Inventory for TestInventory {
 /// A router with every test service.
 pub fn router(probe: service::Probe) -> Router {
     Router::new()
-        .add(greeter::greeter_server::GreeterServer::new(
+        .add_service(greeter::greeter_server::GreeterServer::new(
             service::TestGreeter::new(probe),
         ))
-        .add(greeter::admin_server::AdminServer::new(TestAdmin))
-        .add(shared::v1::inventory_server::InventoryServer::new(TestInventory))
+        .add_service(greeter::admin_server::AdminServer::new(TestAdmin))
+        .add_service(shared::v1::inventory_server::InventoryServer::new(
+            TestInventory,
+        ))
 }
 
 /// A server on transport `K` whose connections are served by `responder`.
@@ -102,7 +106,7 @@ pub async fn connect<K: TransportKind>(
 ) -> Requester {
     let mut builder = ClientBuilder::new().setup(rsocket_rpc::setup_params());
     if let Some(r) = responder {
-        builder = builder.responder(Arc::new(r));
+        builder = builder.responder(r);
     }
     server.connect(builder).await
 }

@@ -103,10 +103,16 @@ pub async fn server_streaming<K: TransportKind>() {
         name: "Bo".into(),
         count: 5,
     });
-    request.metadata_mut().insert(REQUEST_ID, "s-1").expect("metadata");
+    request
+        .metadata_mut()
+        .insert(REQUEST_ID, "s-1")
+        .expect("metadata");
     let mut stream = f.client.lots_of_replies(request).await.expect("started");
     let mut got = Vec::new();
-    while let Some(m) = within("next reply", stream.message()).await.expect("no error") {
+    while let Some(m) = within("next reply", stream.message())
+        .await
+        .expect("no error")
+    {
         got.push(m.message);
     }
     let want: Vec<String> = (0..5).map(|i| format!("Hello Bo #{i}")).collect();
@@ -114,7 +120,11 @@ pub async fn server_streaming<K: TransportKind>() {
     assert_eq!(stream.metadata().get_str(REQUEST_ID), Some("s-1"));
 
     // An empty stream ends cleanly.
-    let mut empty = f.client.lots_of_replies(hello("none")).await.expect("started");
+    let mut empty = f
+        .client
+        .lots_of_replies(hello("none"))
+        .await
+        .expect("started");
     assert!(within("end", empty.message()).await.expect("ok").is_none());
 }
 
@@ -136,7 +146,10 @@ pub async fn client_streaming<K: TransportKind>() {
 
     let first_default = futures::stream::iter([HelloRequest::default(), hello("z")]);
     let mut request = Request::new(first_default);
-    request.metadata_mut().insert(REQUEST_ID, "c-1").expect("metadata");
+    request
+        .metadata_mut()
+        .insert(REQUEST_ID, "c-1")
+        .expect("metadata");
     let reply = within("default first", f.client.lots_of_greetings(request))
         .await
         .expect("call succeeds");
@@ -154,7 +167,8 @@ pub async fn client_streaming<K: TransportKind>() {
 pub async fn bidi_streaming<K: TransportKind>() {
     let f = Fixture::<K>::start(|r| r).await;
     let (tx, rx) = mpsc::channel::<HelloRequest>(4);
-    let input = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let input =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
     let mut replies = f.client.chat(input).await.expect("started");
     for name in ["x", "y", "z"] {
         tx.send(hello(name)).await.expect("send");
@@ -165,7 +179,10 @@ pub async fn bidi_streaming<K: TransportKind>() {
         assert_eq!(reply.message, format!("Hello {name}"));
     }
     drop(tx);
-    assert!(within("chat end", replies.message()).await.expect("ok").is_none());
+    assert!(within("chat end", replies.message())
+        .await
+        .expect("ok")
+        .is_none());
 }
 
 /// Fire-and-forget, marked by proto option and by builder option, is
@@ -173,9 +190,13 @@ pub async fn bidi_streaming<K: TransportKind>() {
 /// answered with the empty message, and a unary method accepts REQUEST_FNF.
 pub async fn fire_and_forget<K: TransportKind>() {
     let mut f = Fixture::<K>::start(|r| r).await;
-    within("notify", f.client.notify(hello("n1"))).await.expect("queued");
+    within("notify", f.client.notify(hello("n1")))
+        .await
+        .expect("queued");
     assert_eq!(f.event().await, Event::Notified("n1".into()));
-    within("log", f.client.log(hello("l1"))).await.expect("queued");
+    within("log", f.client.log(hello("l1")))
+        .await
+        .expect("queued");
     assert_eq!(f.event().await, Event::Logged("l1".into()));
 
     let raw = Client::new(f.requester.clone());
@@ -214,7 +235,12 @@ pub async fn errors<K: TransportKind>() {
     let raw = Client::new(f.requester.clone());
 
     let s = say(&f.client, "not-found").await.unwrap_err();
-    assert_status(&s, Code::NotFound, ErrorCode::APPLICATION_ERROR, "no such user");
+    assert_status(
+        &s,
+        Code::NotFound,
+        ErrorCode::APPLICATION_ERROR,
+        "no such user",
+    );
 
     let s = within(
         "unknown method",
@@ -222,7 +248,12 @@ pub async fn errors<K: TransportKind>() {
     )
     .await
     .unwrap_err();
-    assert_status(&s, Code::Unimplemented, ErrorCode::REJECTED, "greeter.Greeter/Nope");
+    assert_status(
+        &s,
+        Code::Unimplemented,
+        ErrorCode::REJECTED,
+        "greeter.Greeter/Nope",
+    );
 
     let s = within(
         "unknown service",
@@ -238,7 +269,12 @@ pub async fn errors<K: TransportKind>() {
     )
     .await
     .unwrap_err();
-    assert_status(&s, Code::Unimplemented, ErrorCode::REJECTED, "server_streaming");
+    assert_status(
+        &s,
+        Code::Unimplemented,
+        ErrorCode::REJECTED,
+        "server_streaming",
+    );
 
     // Field 1 (string) with a length running past the end.
     let route = Metadata::new()
@@ -264,20 +300,41 @@ pub async fn errors<K: TransportKind>() {
             .await
             .unwrap_err(),
     );
-    assert_status(&s, Code::InvalidArgument, ErrorCode::REJECTED, "no metadata");
+    assert_status(
+        &s,
+        Code::InvalidArgument,
+        ErrorCode::REJECTED,
+        "no metadata",
+    );
 
     let s = say(&f.client, &"x".repeat(100)).await.unwrap_err();
-    assert_status(&s, Code::ResourceExhausted, ErrorCode::INVALID, "limit of 64");
+    assert_status(
+        &s,
+        Code::ResourceExhausted,
+        ErrorCode::INVALID,
+        "limit of 64",
+    );
 
     let mut stream = f
         .client
         .lots_of_replies(hello("fail-after-2"))
         .await
         .expect("started");
-    assert_eq!(stream.message().await.expect("#0").map(|m| m.message), Some("#0".into()));
-    assert_eq!(stream.message().await.expect("#1").map(|m| m.message), Some("#1".into()));
+    assert_eq!(
+        stream.message().await.expect("#0").map(|m| m.message),
+        Some("#0".into())
+    );
+    assert_eq!(
+        stream.message().await.expect("#1").map(|m| m.message),
+        Some("#1".into())
+    );
     let s = within("stream error", stream.message()).await.unwrap_err();
-    assert_status(&s, Code::Aborted, ErrorCode::APPLICATION_ERROR, "stopped after 2");
+    assert_status(
+        &s,
+        Code::Aborted,
+        ErrorCode::APPLICATION_ERROR,
+        "stopped after 2",
+    );
     assert!(stream.message().await.expect("ended").is_none());
 
     let s = within("streamed not-found", async {
@@ -286,7 +343,12 @@ pub async fn errors<K: TransportKind>() {
     })
     .await
     .unwrap_err();
-    assert_status(&s, Code::NotFound, ErrorCode::APPLICATION_ERROR, "no such user");
+    assert_status(
+        &s,
+        Code::NotFound,
+        ErrorCode::APPLICATION_ERROR,
+        "no such user",
+    );
 
     // A client limit on responses.
     let small = GreeterClient::new(f.requester.clone()).max_decoding_message_size(4);
@@ -316,7 +378,12 @@ pub async fn interceptors<K: TransportKind>() {
     .await;
 
     let s = say(&f.client, "Ada").await.unwrap_err();
-    assert_status(&s, Code::Unauthenticated, ErrorCode::REJECTED, "bearer token");
+    assert_status(
+        &s,
+        Code::Unauthenticated,
+        ErrorCode::REJECTED,
+        "bearer token",
+    );
 
     let authed = GreeterClient::new(f.requester.clone()).with_interceptor(interceptor_fn(|call| {
         call.metadata_mut()
@@ -335,11 +402,15 @@ pub async fn interceptors<K: TransportKind>() {
         })
         .await
         .expect("started");
-    assert!(within("stream", stream.message()).await.expect("ok").is_some());
+    assert!(within("stream", stream.message())
+        .await
+        .expect("ok")
+        .is_some());
 
     // A client interceptor can refuse before anything is sent.
-    let refusing = GreeterClient::new(f.requester.clone())
-        .with_interceptor(interceptor_fn(|_| Err(Status::failed_precondition("offline"))));
+    let refusing = GreeterClient::new(f.requester.clone()).with_interceptor(interceptor_fn(|_| {
+        Err(Status::failed_precondition("offline"))
+    }));
     let s = say(&refusing, "Ada").await.unwrap_err();
     assert_eq!(s.code(), Code::FailedPrecondition);
     assert_eq!(s.rsocket_code(), None);
@@ -360,7 +431,9 @@ pub async fn deadline<K: TransportKind>() {
     let mut f = Fixture::<K>::start(|r| r).await;
     let mut request = Request::new(hello("hang"));
     request.set_timeout(Duration::from_millis(200));
-    let s = within("deadline", f.client.say_hello(request)).await.unwrap_err();
+    let s = within("deadline", f.client.say_hello(request))
+        .await
+        .unwrap_err();
     assert_eq!(s.code(), Code::DeadlineExceeded);
     assert_eq!(f.event().await, Event::Started("hang".into()));
     assert_eq!(f.event().await, Event::Dropped("hang".into()));
@@ -368,7 +441,8 @@ pub async fn deadline<K: TransportKind>() {
     // A client-wide timeout applies to streams until their last message.
     let client = GreeterClient::new(f.requester.clone()).with_timeout(Duration::from_millis(200));
     let (tx, rx) = mpsc::channel::<HelloRequest>(1);
-    let input = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let input =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
     let mut chat = client.chat(input).await.expect("started");
     tx.send(hello("a")).await.expect("send");
     assert!(within("first", chat.message()).await.expect("ok").is_some());
@@ -387,7 +461,11 @@ pub async fn client_cancels<K: TransportKind>() {
     call.abort();
     assert_eq!(f.event().await, Event::Dropped("hang".into()));
 
-    let mut stream = f.client.lots_of_replies(hello("endless")).await.expect("started");
+    let mut stream = f
+        .client
+        .lots_of_replies(hello("endless"))
+        .await
+        .expect("started");
     assert!(within("one", stream.message()).await.expect("ok").is_some());
     drop(stream);
     assert_eq!(f.event().await, Event::Dropped("endless".into()));
@@ -407,11 +485,20 @@ pub async fn server_cancels<K: TransportKind>() {
             m
         });
     let mut replies = f.client.chat(input).await.expect("started");
-    let first = within("a", replies.message()).await.expect("ok").expect("reply");
+    let first = within("a", replies.message())
+        .await
+        .expect("ok")
+        .expect("reply");
     assert_eq!(first.message, "Hello a");
-    let bye = within("bye", replies.message()).await.expect("ok").expect("reply");
+    let bye = within("bye", replies.message())
+        .await
+        .expect("ok")
+        .expect("reply");
     assert_eq!(bye.message, "bye");
-    assert!(within("end", replies.message()).await.expect("ok").is_none());
+    assert!(within("end", replies.message())
+        .await
+        .expect("ok")
+        .is_none());
     assert_eq!(f.event().await, Event::InputDropped);
 }
 
@@ -430,9 +517,15 @@ pub async fn backpressure<K: TransportKind>() {
     const WINDOW: usize = 16;
     let f = Fixture::<K>::start(|r| r).await;
     let client = GreeterClient::new(f.requester.with_prefetch(WINDOW as u32));
-    let mut stream = client.lots_of_replies(hello("endless")).await.expect("started");
+    let mut stream = client
+        .lots_of_replies(hello("endless"))
+        .await
+        .expect("started");
     for i in 0..10 {
-        let m = within("item", stream.message()).await.expect("ok").expect("item");
+        let m = within("item", stream.message())
+            .await
+            .expect("ok")
+            .expect("item");
         assert_eq!(m.message, format!("#{i}"));
     }
     // The producer fills the window the client granted...
@@ -468,7 +561,9 @@ pub async fn both_directions<K: TransportKind>() {
         .await
         .expect("answered");
     assert_eq!(reply.into_inner().message, "Hello back");
-    within("notify client", to_client.notify(hello("n"))).await.expect("queued");
+    within("notify client", to_client.notify(hello("n")))
+        .await
+        .expect("queued");
     let event = within("client event", client_events.recv()).await;
     assert_eq!(event, Some(Event::Notified("n".into())));
     let mut stream = to_client
@@ -507,8 +602,8 @@ pub async fn rsocket_rpc_java_layout<K: TransportKind>() {
         metadata: Some(metadata),
         data: Bytes::from(hello("j1").encode_to_vec()),
     };
-    let rest = futures::stream::iter([Ok(Payload::new(Bytes::from(hello("j2").encode_to_vec())))]);
-    let mut responses = f.requester.request_channel(first, rest.boxed());
+    let rest = futures::stream::iter([Payload::new(Bytes::from(hello("j2").encode_to_vec()))]);
+    let mut responses = f.requester.request_channel(first, rest);
     let payload = within("v1 channel", responses.next())
         .await
         .expect("one response")
@@ -523,7 +618,10 @@ pub async fn rsocket_rpc_java_layout<K: TransportKind>() {
 pub async fn other_services<K: TransportKind>() {
     let f = Fixture::<K>::start(|r| r).await;
     let admin = AdminClient::new(f.requester.clone());
-    let pong = within("ping", admin.ping(())).await.expect("ok").into_inner();
+    let pong = within("ping", admin.ping(()))
+        .await
+        .expect("ok")
+        .into_inner();
     assert_eq!(pong.id, "pong");
     let at = within("lookup", admin.lookup(OtherRequest { number: 42 }))
         .await

@@ -159,7 +159,10 @@ impl Greeter for TestGreeter {
                 self.probe.send(Event::Started(name));
                 futures::future::pending().await
             }
-            _ => Ok(Response::from_parts(metadata, reply(format!("Hello {name}")))),
+            _ => Ok(Response::from_parts(
+                metadata,
+                reply(format!("Hello {name}")),
+            )),
         }
     }
 

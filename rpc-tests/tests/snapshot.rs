@@ -23,10 +23,7 @@ fn check(file: &str) {
             .lines()
             .zip(generated.lines())
             .position(|(a, b)| a != b)
-            .map_or_else(
-                || snapshot.lines().count().min(generated.lines().count()),
-                |i| i,
-            );
+            .unwrap_or_else(|| snapshot.lines().count().min(generated.lines().count()));
         panic!(
             "{} differs from the snapshot {} (first difference at line {}); \
              if the change is intended, rerun with UPDATE_SNAPSHOTS=1 and commit",

@@ -160,7 +160,8 @@ fn ident(name: &str) -> Ident {
 /// module, one level below the package module prost resolved it against.
 fn type_path(resolved: &str, route: &str) -> Result<TokenStream, Error> {
     // prost maps `google.protobuf.Empty` to `()`.
-    let path = if resolved == "()" || resolved.starts_with("::") || resolved.starts_with("crate::") {
+    let path = if resolved == "()" || resolved.starts_with("::") || resolved.starts_with("crate::")
+    {
         resolved.to_owned()
     } else {
         format!("super::{resolved}")
@@ -201,7 +202,7 @@ fn sanitize(line: &str) -> String {
             Some(at) => {
                 let (before, url) = word.split_at(at);
                 let end = url
-                    .find(|c: char| matches!(c, ')' | ',' | ';' | '>' | '<' | '"' | ']'))
+                    .find([')', ',', ';', '>', '<', '"', ']'])
                     .unwrap_or(url.len());
                 let (url, after) = url.split_at(end);
                 let trimmed = url.trim_end_matches('.');
@@ -311,9 +312,8 @@ fn server(service: &Service, full_name: &str, methods: &[MethodModel]) -> TokenS
             }
         }
     };
-    let server_doc = format!(
-        " Serves a [`{trait_name}`] implementation: add it to a `rsocket_rpc::Router`."
-    );
+    let server_doc =
+        format!(" Serves a [`{trait_name}`] implementation: add it to a `rsocket_rpc::Router`.");
     quote! {
         #[doc = #module_doc]
         pub mod #module {
@@ -539,7 +539,10 @@ mod tests {
 
     #[test]
     fn sanitizes_doc_lines() {
-        assert_eq!(sanitize("  see [foo] and <bar>"), "see \\[foo\\] and \\<bar\\>");
+        assert_eq!(
+            sanitize("  see [foo] and <bar>"),
+            "see \\[foo\\] and \\<bar\\>"
+        );
         assert_eq!(
             sanitize("docs at https://example.com/a_b."),
             "docs at <https://example.com/a_b>."

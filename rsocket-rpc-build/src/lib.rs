@@ -68,7 +68,9 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use prost_reflect::DescriptorPool;
-use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver};
+use protox::file::{
+    ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver,
+};
 
 use crate::generator::{RpcGenerator, Shared};
 

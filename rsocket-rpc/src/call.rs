@@ -57,9 +57,13 @@ impl MethodKind {
     pub(crate) fn accepts(self, interaction: Interaction) -> bool {
         matches!(
             (self, interaction),
-            (Self::Unary | Self::FireAndForget, Interaction::RequestResponse)
-                | (Self::Unary | Self::FireAndForget, Interaction::FireAndForget)
-                | (Self::ServerStreaming, Interaction::RequestStream)
+            (
+                Self::Unary | Self::FireAndForget,
+                Interaction::RequestResponse
+            ) | (
+                Self::Unary | Self::FireAndForget,
+                Interaction::FireAndForget
+            ) | (Self::ServerStreaming, Interaction::RequestStream)
                 | (
                     Self::ClientStreaming | Self::BidiStreaming,
                     Interaction::RequestChannel

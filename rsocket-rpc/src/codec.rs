@@ -61,8 +61,7 @@ mod tests {
             seconds: 7,
             nanos: 9,
         };
-        let back: prost_types::Timestamp =
-            decode(encode(&v), 1024, Side::Server).unwrap();
+        let back: prost_types::Timestamp = decode(encode(&v), 1024, Side::Server).unwrap();
         assert_eq!(back, v);
         // The all-default message is zero bytes and decodes fine.
         let empty = encode(&prost_types::Timestamp::default());

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
+use rsocket_core::async_trait;
 
 use crate::{CallInfo, Status};
 
@@ -19,32 +19,35 @@ use crate::{CallInfo, Status};
 /// Interceptors run in the order they were added. For synchronous logic,
 /// [`interceptor_fn`] wraps a closure.
 ///
-/// ```
-/// use futures::future::BoxFuture;
-/// use rsocket_rpc::{CallInfo, Interceptor, Status};
+/// Implement it with `#[async_trait]` (re-exported as
+/// `rsocket_rpc::async_trait`):
 ///
-/// /// Rejects calls without a bearer token.
+/// ```
+/// use rsocket_rpc::{async_trait, CallInfo, Interceptor, Status};
+///
+/// /// Rejects calls without the right bearer token.
 /// struct RequireToken;
 ///
+/// #[async_trait]
 /// impl Interceptor for RequireToken {
-///     fn intercept<'a>(&'a self, call: &'a mut CallInfo) -> BoxFuture<'a, Result<(), Status>> {
-///         Box::pin(async move {
-///             match call.metadata().bearer_token() {
-///                 Some(t) if t == "secret" => Ok(()),
-///                 _ => Err(Status::unauthenticated("a bearer token is required")),
-///             }
-///         })
+///     async fn intercept(&self, call: &mut CallInfo) -> Result<(), Status> {
+///         match call.metadata().bearer_token() {
+///             Some(t) if t == "secret" => Ok(()),
+///             _ => Err(Status::unauthenticated("a bearer token is required")),
+///         }
 ///     }
 /// }
 /// ```
+#[async_trait]
 pub trait Interceptor: Send + Sync + 'static {
     /// Inspects (and may change) the call; `Err` rejects it.
-    fn intercept<'a>(&'a self, call: &'a mut CallInfo) -> BoxFuture<'a, Result<(), Status>>;
+    async fn intercept(&self, call: &mut CallInfo) -> Result<(), Status>;
 }
 
+#[async_trait]
 impl<I: Interceptor + ?Sized> Interceptor for Arc<I> {
-    fn intercept<'a>(&'a self, call: &'a mut CallInfo) -> BoxFuture<'a, Result<(), Status>> {
-        (**self).intercept(call)
+    async fn intercept(&self, call: &mut CallInfo) -> Result<(), Status> {
+        (**self).intercept(call).await
     }
 }
 
@@ -76,12 +79,13 @@ impl<F> fmt::Debug for FnInterceptor<F> {
     }
 }
 
+#[async_trait]
 impl<F> Interceptor for FnInterceptor<F>
 where
     F: Fn(&mut CallInfo) -> Result<(), Status> + Send + Sync + 'static,
 {
-    fn intercept<'a>(&'a self, call: &'a mut CallInfo) -> BoxFuture<'a, Result<(), Status>> {
-        Box::pin(std::future::ready((self.0)(call)))
+    async fn intercept(&self, call: &mut CallInfo) -> Result<(), Status> {
+        (self.0)(call)
     }
 }
 

@@ -299,7 +299,8 @@ pub(crate) fn parse_request(metadata: Option<&Bytes>) -> Result<Inbound, RouteEr
     let mut entries = Vec::new();
     for entry in CompositeMetadata::new(bytes.clone()).iter() {
         let entry = entry?;
-        if route.is_none() && entry.mime.well_known() == Some(WellKnownMimeType::MessageRSocketRouting)
+        if route.is_none()
+            && entry.mime.well_known() == Some(WellKnownMimeType::MessageRSocketRouting)
         {
             let first = RoutingMetadata::new(entry.content).iter().next();
             match first {
@@ -428,9 +429,7 @@ mod tests {
     fn rpc_v1_header() {
         // version 1, service "a.B", method "C", tracing "t", user metadata
         // = composite custom "x/y" = "ab"
-        let md = hex(
-            "00 01 00 03 61 2e 42 00 01 43 00 01 74 02 78 2f 79 00 00 02 61 62",
-        );
+        let md = hex("00 01 00 03 61 2e 42 00 01 43 00 01 74 02 78 2f 79 00 00 02 61 62");
         let inbound = parse_request(Some(&md)).unwrap();
         assert_eq!(inbound.layout, Layout::RpcV1);
         assert_eq!(inbound.route.as_str(), "a.B/C");
@@ -450,7 +449,10 @@ mod tests {
         let inbound = parse_request(Some(&md)).unwrap();
         assert_eq!(inbound.route.as_str(), "S/M");
         assert!(inbound.metadata.is_empty());
-        assert_eq!(inbound.metadata.rsocket_rpc_v1().unwrap().user, hex("ff ff"));
+        assert_eq!(
+            inbound.metadata.rsocket_rpc_v1().unwrap().user,
+            hex("ff ff")
+        );
     }
 
     #[test]

@@ -169,7 +169,7 @@ impl<T: prost::Message> IntoRequest<T> for T {
 }
 
 impl<T> IntoRequest<T> for Request<T> {
-    fn into_request(self) -> Request<T> {
+    fn into_request(self) -> Self {
         self
     }
 }

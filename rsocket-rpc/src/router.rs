@@ -10,7 +10,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
-use rsocket_core::{ErrorCode, Interaction, Payload, PayloadStream, RSocket, RequestError};
+use rsocket_core::{
+    async_trait, ErrorCode, Interaction, Payload, PayloadStream, RSocket, RequestError,
+};
 use tracing::Instrument;
 
 use crate::call::{CallInfo, CallSpan};
@@ -29,7 +31,7 @@ use crate::Status;
 /// # use rsocket_rpc::Router;
 /// # fn demo(greeter: impl rsocket_rpc::codegen::Service) {
 /// let router = Router::new()
-///     .add(greeter)
+///     .add_service(greeter)
 ///     .interceptor(rsocket_rpc::interceptor_fn(|_call| Ok(())));
 /// # let _ = router; }
 /// ```
@@ -89,13 +91,11 @@ impl Router {
 
     /// Adds a service. A service with the same name replaces the earlier
     /// one's methods.
-    pub fn add(mut self, service: impl Service) -> Self {
+    pub fn add_service(mut self, service: impl Service) -> Self {
         let service: Arc<dyn Service> = Arc::new(service);
         let inner = self.inner_mut();
         let name = service.name();
-        inner
-            .routes
-            .retain(|_, t| t.service.name() != name);
+        inner.routes.retain(|_, t| t.service.name() != name);
         for method in service.methods() {
             inner.routes.insert(
                 method.route,
@@ -141,9 +141,10 @@ impl Inner {
         let inbound = parse_request(metadata)
             .map_err(|e| Status::invalid_argument(e.to_string()).rejected())?;
         let route = inbound.route.as_str();
-        let target = self.routes.get(route).ok_or_else(|| {
-            Status::unimplemented(format!("unknown method {route:?}")).rejected()
-        })?;
+        let target = self
+            .routes
+            .get(route)
+            .ok_or_else(|| Status::unimplemented(format!("unknown method {route:?}")).rejected())?;
         if !target.method.kind.accepts(interaction) {
             let kind = target.method.kind;
             return Err(Status::unimplemented(format!(
@@ -205,10 +206,15 @@ impl Inner {
 
     /// A call answered with one payload: REQUEST_RESPONSE or REQUEST_FNF.
     async fn single(&self, interaction: Interaction, request: Payload) -> Result<Payload, Status> {
-        let (target, inbound) = self.resolve(interaction, request.metadata.as_ref()).map_err(log_refusal)?;
+        let (target, inbound) = self
+            .resolve(interaction, request.metadata.as_ref())
+            .map_err(log_refusal)?;
         let mut span = CallSpan::new("server", target.method.route, target.method.kind);
         let result = async {
-            match self.begin(&target, inbound, interaction, request.data, None).await? {
+            match self
+                .begin(&target, inbound, interaction, request.data, None)
+                .await?
+            {
                 Reply::Single(fut) => AssertUnwindSafe(fut)
                     .catch_unwind()
                     .await
@@ -232,7 +238,9 @@ impl Inner {
         rest: Option<PayloadStream>,
     ) -> PayloadStream {
         let start = async move {
-            let (target, inbound) = self.resolve(interaction, first.metadata.as_ref()).map_err(log_refusal)?;
+            let (target, inbound) = self
+                .resolve(interaction, first.metadata.as_ref())
+                .map_err(log_refusal)?;
             let mut span = CallSpan::new("server", target.method.route, target.method.kind);
             let begun = self
                 .begin(&target, inbound, interaction, first.data, rest)
@@ -381,32 +389,22 @@ fn poll_state(state: &mut State, cx: &mut Context<'_>) -> Poll<Option<Result<Pay
     }
 }
 
+#[async_trait]
 impl RSocket for Router {
-    fn fire_and_forget(&self, request: Payload) -> BoxFuture<'static, Result<(), RequestError>> {
-        let inner = self.inner.clone();
-        async move {
-            inner
-                .single(Interaction::FireAndForget, request)
-                .await
-                .map(drop)
-                .map_err(RequestError::from)
-        }
-        .boxed()
+    async fn fire_and_forget(&self, request: Payload) -> Result<(), RequestError> {
+        self.inner
+            .single(Interaction::FireAndForget, request)
+            .await
+            .map(drop)
+            .map_err(RequestError::from)
     }
 
-    fn request_response(
-        &self,
-        request: Payload,
-    ) -> BoxFuture<'static, Result<Option<Payload>, RequestError>> {
-        let inner = self.inner.clone();
-        async move {
-            inner
-                .single(Interaction::RequestResponse, request)
-                .await
-                .map(Some)
-                .map_err(RequestError::from)
-        }
-        .boxed()
+    async fn request_response(&self, request: Payload) -> Result<Option<Payload>, RequestError> {
+        self.inner
+            .single(Interaction::RequestResponse, request)
+            .await
+            .map(Some)
+            .map_err(RequestError::from)
     }
 
     fn request_stream(&self, request: Payload) -> PayloadStream {

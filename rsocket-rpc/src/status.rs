@@ -391,8 +391,14 @@ mod tests {
 
     #[test]
     fn request_errors() {
-        assert_eq!(Status::from(RequestError::Cancelled).code(), Code::Cancelled);
+        assert_eq!(
+            Status::from(RequestError::Cancelled).code(),
+            Code::Cancelled
+        );
         let conn = rsocket_core::ConnectionError::ClosedByPeer;
-        assert_eq!(Status::from(RequestError::from(conn)).code(), Code::Unavailable);
+        assert_eq!(
+            Status::from(RequestError::from(conn)).code(),
+            Code::Unavailable
+        );
     }
 }
