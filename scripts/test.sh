@@ -36,5 +36,13 @@ timeout 120 cargo run --locked --example ws > target/ws-example.out
 grep -q '^done$' target/ws-example.out
 echo "ws example ok"
 
+step "RPC greeter example runs"
+timeout 120 cargo run --locked --example rpc_greeter > target/rpc-greeter.out
+grep -q '^done$' target/rpc-greeter.out
+echo "rpc greeter ok"
+
 step "interop"
 timeout 1800 interop/run.sh
+
+step "RPC interop (rsocket-py client, protobuf from grpcio-tools)"
+timeout 1800 interop/rpc.sh
