@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -95,8 +96,8 @@ impl<R: RSocket> Client<R> {
         &self.rsocket
     }
 
-    /// Runs the interceptors and encodes the request metadata with the
-    /// route.
+    /// Runs the interceptors (if any) and encodes the request metadata
+    /// with the route.
     async fn prepare<M>(
         &self,
         route: &'static str,
@@ -107,14 +108,24 @@ impl<R: RSocket> Client<R> {
         let metadata = if self.interceptors.is_empty() {
             metadata
         } else {
-            let mut info = CallInfo::new(route, kind, metadata);
-            self.interceptors.run(&mut info).await?;
-            info.into_metadata()
+            // Boxed: interceptor state stays out of every call's future.
+            Box::pin(self.intercept(route, kind, metadata)).await?
         };
         let metadata = metadata
             .encode(Some(route))
             .map_err(|e| Status::internal(format!("cannot encode the request metadata: {e}")))?;
         Ok(Prepared { metadata, message })
+    }
+
+    async fn intercept(
+        &self,
+        route: &'static str,
+        kind: MethodKind,
+        metadata: Metadata,
+    ) -> Result<Metadata, Status> {
+        let mut info = CallInfo::new(route, kind, metadata);
+        self.interceptors.run(&mut info).await?;
+        Ok(info.into_metadata())
     }
 
     fn deadline<T>(&self, request: &Request<T>) -> Option<Instant> {
@@ -153,9 +164,9 @@ impl<R: RSocket> Client<R> {
             let message = codec::decode(payload.data, self.max_decode, Side::Client)?;
             Ok(Response::from_parts(metadata, message))
         };
-        let result = with_deadline(deadline, call)
-            .instrument(span.span().clone())
-            .await;
+        // Boxed once: the call's state is large, and callers move the
+        // returned future around (into a task, a FuturesUnordered).
+        let result = Box::pin(with_deadline(deadline, call).instrument(span.span().clone())).await;
         span.finish(&result);
         result
     }
@@ -321,15 +332,23 @@ impl<R: RSocket> Client<R> {
 
 /// Runs `call` until `deadline`; when it passes, `call` is dropped (which
 /// cancels the request on the wire) and the result is `DEADLINE_EXCEEDED`.
+/// The timer is boxed and only made when there is a deadline, so that a
+/// call without one carries no timer state.
 async fn with_deadline<T>(
     deadline: Option<Instant>,
     call: impl Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
-    match deadline {
-        None => call.await,
-        Some(deadline) => match tokio::time::timeout_at(deadline, call).await {
-            Ok(result) => result,
-            Err(_) => Err(Status::deadline_exceeded("the call's deadline passed")),
-        },
-    }
+    let mut call = std::pin::pin!(call);
+    let mut timer = deadline.map(|d| Box::pin(tokio::time::sleep_until(d)));
+    std::future::poll_fn(move |cx| {
+        if let Some(timer) = timer.as_mut() {
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(Status::deadline_exceeded(
+                    "the call's deadline passed",
+                )));
+            }
+        }
+        call.as_mut().poll(cx)
+    })
+    .await
 }
