@@ -54,8 +54,9 @@ impl Greeter for MyGreeter {
     ) -> Result<Response<Self::LotsOfRepliesStream>, Status> {
         let HelloRequest { name, count } = request.into_inner();
         // Each greeting is made only when the client has granted credit.
-        let replies =
-            futures::stream::iter((1..=count).map(move |i| Ok(greeting(format!("Hello #{i}, {name}!")))));
+        let replies = futures::stream::iter(
+            (1..=count).map(move |i| Ok(greeting(format!("Hello #{i}, {name}!")))),
+        );
         Ok(Response::new(Box::pin(replies)))
     }
 

@@ -343,9 +343,7 @@ async fn with_deadline<T>(
     std::future::poll_fn(move |cx| {
         if let Some(timer) = timer.as_mut() {
             if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(Status::deadline_exceeded(
-                    "the call's deadline passed",
-                )));
+                return Poll::Ready(Err(Status::deadline_exceeded("the call's deadline passed")));
             }
         }
         call.as_mut().poll(cx)
