@@ -24,12 +24,12 @@ pub struct HelloReply {
     #[prost(message, optional, tag = "3")]
     pub item: ::core::option::Option<super::shared::v1::Item>,
 }
-/// Server side of `greeter.Greeter`: implement [`Greeter`], then add [`GreeterServer`] to a `rsocket_rpc::Router`.
+/// Server side of `greeter.Greeter`: implement [`Greeter`](greeter_server::Greeter), then add [`GreeterServer`](greeter_server::GreeterServer) to a `rsocket_rpc::Router`.
 pub mod greeter_server {
     use ::rsocket_rpc::codegen as rpc;
     /// Greets people in every way RSocket allows.
     ///
-    /// See <https://rsocket.io> and \[the spec\] for the interactions; a `list\<T\>`
+    /// See <https://rsocket.io> and \[the spec\] for the interactions; a `list<T>`
     /// is not HTML.
     ///
     /// The `greeter.Greeter` service. Implement it with `async fn`s and serve it with [`GreeterServer`].
@@ -218,12 +218,12 @@ pub mod greeter_server {
         }
     }
 }
-/// Client side of `greeter.Greeter`: [`GreeterClient`].
+/// Client side of `greeter.Greeter`: [`GreeterClient`](greeter_client::GreeterClient).
 pub mod greeter_client {
     use ::rsocket_rpc::codegen as rpc;
     /// Greets people in every way RSocket allows.
     ///
-    /// See <https://rsocket.io> and \[the spec\] for the interactions; a `list\<T\>`
+    /// See <https://rsocket.io> and \[the spec\] for the interactions; a `list<T>`
     /// is not HTML.
     ///
     /// Calls `greeter.Greeter` over any `RSocket`: a connection's requester, a router, a load balancer.
@@ -336,7 +336,7 @@ pub mod greeter_client {
         }
     }
 }
-/// Server side of `greeter.Admin`: implement [`Admin`], then add [`AdminServer`] to a `rsocket_rpc::Router`.
+/// Server side of `greeter.Admin`: implement [`Admin`](admin_server::Admin), then add [`AdminServer`](admin_server::AdminServer) to a `rsocket_rpc::Router`.
 pub mod admin_server {
     use ::rsocket_rpc::codegen as rpc;
     /// A second service in the same file.
@@ -431,7 +431,7 @@ pub mod admin_server {
         }
     }
 }
-/// Client side of `greeter.Admin`: [`AdminClient`].
+/// Client side of `greeter.Admin`: [`AdminClient`](admin_client::AdminClient).
 pub mod admin_client {
     use ::rsocket_rpc::codegen as rpc;
     /// A second service in the same file.

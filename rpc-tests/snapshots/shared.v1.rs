@@ -15,7 +15,7 @@ pub struct HelloRequest {
     #[prost(int64, tag = "1")]
     pub number: i64,
 }
-/// Server side of `shared.v1.Inventory`: implement [`Inventory`], then add [`InventoryServer`] to a `rsocket_rpc::Router`.
+/// Server side of `shared.v1.Inventory`: implement [`Inventory`](inventory_server::Inventory), then add [`InventoryServer`](inventory_server::InventoryServer) to a `rsocket_rpc::Router`.
 pub mod inventory_server {
     use ::rsocket_rpc::codegen as rpc;
     /// A service in a nested package, with a method whose name is a Rust
@@ -105,7 +105,7 @@ pub mod inventory_server {
         }
     }
 }
-/// Client side of `shared.v1.Inventory`: [`InventoryClient`].
+/// Client side of `shared.v1.Inventory`: [`InventoryClient`](inventory_client::InventoryClient).
 pub mod inventory_client {
     use ::rsocket_rpc::codegen as rpc;
     /// A service in a nested package, with a method whose name is a Rust

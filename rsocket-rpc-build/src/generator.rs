@@ -193,8 +193,24 @@ fn doc_lines(comments: &Comments) -> Vec<String> {
 
 fn sanitize(line: &str) -> String {
     let mut out = String::with_capacity(line.len() + 8);
-    for word in line.trim().split(' ') {
-        if !out.is_empty() {
+    // Odd segments are inside `code spans`, which rustdoc shows verbatim.
+    for (i, segment) in line.trim().split('`').enumerate() {
+        if i > 0 {
+            out.push('`');
+        }
+        if i % 2 == 1 {
+            out.push_str(segment);
+        } else {
+            sanitize_text(segment, &mut out);
+        }
+    }
+    out
+}
+
+/// Escapes brackets and turns URLs into autolinks, word by word.
+fn sanitize_text(text: &str, out: &mut String) {
+    for (i, word) in text.split(' ').enumerate() {
+        if i > 0 {
             out.push(' ');
         }
         let scheme = word.find("https://").or_else(|| word.find("http://"));
@@ -211,17 +227,16 @@ fn sanitize(line: &str) -> String {
                     (Some(b), Some(a)) if trimmed.len() == url.len() => (b, a),
                     _ => (before, after),
                 };
-                escape_into(before, &mut out);
+                escape_into(before, out);
                 out.push('<');
                 out.push_str(trimmed);
                 out.push('>');
                 out.push_str(&url[trimmed.len()..]);
-                escape_into(after, &mut out);
+                escape_into(after, out);
             }
-            None => escape_into(word, &mut out),
+            None => escape_into(word, out),
         }
     }
-    out
 }
 
 /// Escapes what rustdoc would read as a link or an HTML tag.
@@ -257,8 +272,10 @@ fn server(service: &Service, full_name: &str, methods: &[MethodModel]) -> TokenS
     let trait_name = ident(&service.name);
     let server_name = format_ident!("{}Server", service.name.trim_start_matches("r#"));
     let service_docs = doc_lines(&service.comments);
+    // Outer docs of a module resolve links from the enclosing module.
     let module_doc = format!(
-        " Server side of `{full_name}`: implement [`{trait_name}`], then add [`{server_name}`] to a `rsocket_rpc::Router`."
+        " Server side of `{full_name}`: implement [`{trait_name}`]({module}::{trait_name}), \
+         then add [`{server_name}`]({module}::{server_name}) to a `rsocket_rpc::Router`."
     );
     let trait_docs = docs(
         &service_docs,
@@ -428,7 +445,8 @@ fn trait_item(trait_name: &Ident, m: &MethodModel) -> TokenStream {
 fn client(service: &Service, full_name: &str, methods: &[MethodModel]) -> TokenStream {
     let module = format_ident!("{}_client", service.proto_name.to_snake_case());
     let client_name = format_ident!("{}Client", service.name.trim_start_matches("r#"));
-    let module_doc = format!(" Client side of `{full_name}`: [`{client_name}`].");
+    let module_doc =
+        format!(" Client side of `{full_name}`: [`{client_name}`]({module}::{client_name}).");
     let client_docs = docs(
         &doc_lines(&service.comments),
         &[format!(
@@ -550,6 +568,7 @@ mod tests {
         assert_eq!(sanitize("(https://x.y/z)"), "(<https://x.y/z>)");
         assert_eq!(sanitize("see <https://x.y/z>."), "see <https://x.y/z>.");
         assert_eq!(sanitize("snake_case *bold*"), "snake_case *bold*");
+        assert_eq!(sanitize("a `list<T>` of [x]"), "a `list<T>` of \\[x\\]");
     }
 
     #[test]

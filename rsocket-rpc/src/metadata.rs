@@ -284,6 +284,15 @@ pub enum RouteError {
     /// rsocket-rpc-java header.
     #[error("malformed request metadata: {0}")]
     Malformed(#[from] MetadataError),
+    /// A field of an rsocket-rpc-java header is longer than its 16-bit
+    /// length allows.
+    #[error("{what} is {len} bytes, the rsocket-rpc-java header allows 65535")]
+    FieldTooLong {
+        /// The field.
+        what: &'static str,
+        /// Its length in bytes.
+        len: usize,
+    },
 }
 
 /// Version number of the rsocket-rpc-java metadata header.
@@ -368,13 +377,6 @@ pub fn encode_rpc_v1(
     tracing: &[u8],
     user: &[u8],
 ) -> Result<Bytes, RouteError> {
-    let too_long = |what: &'static str, len: usize| {
-        RouteError::Malformed(MetadataError::Truncated {
-            what,
-            needed: len,
-            remaining: usize::from(u16::MAX),
-        })
-    };
     let mut buf = BytesMut::new();
     buf.put_u16(RPC_V1_VERSION);
     for (what, part) in [
@@ -382,7 +384,10 @@ pub fn encode_rpc_v1(
         ("method name", method.as_bytes()),
         ("tracing", tracing),
     ] {
-        let len = u16::try_from(part.len()).map_err(|_| too_long(what, part.len()))?;
+        let len = u16::try_from(part.len()).map_err(|_| RouteError::FieldTooLong {
+            what,
+            len: part.len(),
+        })?;
         buf.put_u16(len);
         buf.put_slice(part);
     }
