@@ -23,6 +23,9 @@ cargo test --locked -p rsocket-transport-tcp -p rsocket-transport-ws --features 
 step "docs (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
+step "library crates package (cargo package, verified by building each)"
+cargo package --workspace --locked --allow-dirty --exclude rsocket-examples --exclude rsocket-tests --exclude rsocket-rpc-tests
+
 step "sans-IO core builds without tokio runtime"
 cargo check -p rsocket-core --no-default-features --locked
 

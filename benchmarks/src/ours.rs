@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use rsocket_core::{
     async_trait, ClientBuilder, Config, Payload, PayloadStream, RSocket, RequestError, Requester,
-    Server, StreamError,
+    Server,
 };
 use rsocket_transport_tcp::{connect, TcpListener};
 
@@ -82,7 +82,7 @@ async fn start_server(produced: Arc<Produced>, arrivals: Arc<Arrivals>) -> Socke
             produced: produced.clone(),
             arrivals: arrivals.clone(),
         };
-        async move { Ok::<_, StreamError>(r) }
+        async move { Ok(r) }
     });
     tokio::spawn(server.serve(listener));
     addr

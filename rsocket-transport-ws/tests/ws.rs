@@ -500,15 +500,16 @@ async fn server_close_ends_client_cleanly() {
         .unwrap();
     let (_setup, server_side) = within(server.setups.recv()).await.unwrap();
     server_side.close();
-    // The client sees the connection end and fails new requests.
-    let err = within(async {
-        loop {
-            match client.request_response(Payload::from("y")).await {
-                Err(e) => break e,
-                Ok(_) => tokio::task::yield_now().await,
-            }
-        }
-    })
-    .await;
+    // A graceful close with nothing open: the client sees the server's
+    // CONNECTION_CLOSE, then the end, and fails new requests.
+    let end = within(client.closed()).await;
+    assert!(
+        matches!(&end, ConnectionError::Remote { code, .. } if *code == ErrorCode::CONNECTION_CLOSE),
+        "{end:?}"
+    );
+    let err = client
+        .request_response(Payload::from("y"))
+        .await
+        .expect_err("closed");
     assert!(matches!(err, RequestError::Connection(_)), "{err:?}");
 }

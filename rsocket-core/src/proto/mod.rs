@@ -287,6 +287,10 @@ impl Connection {
         matches!(self.state, State::Draining { .. }) && self.is_idle()
     }
 
+    fn drained_state(&self) -> bool {
+        matches!(self.state, State::Draining { .. })
+    }
+
     /// Ends a drained connection: no frame is sent (CONNECTION_CLOSE went out
     /// when draining began, or came from the peer).
     pub(crate) fn finish_drain(&mut self) {
@@ -487,10 +491,16 @@ impl Connection {
                 ..
             }
         );
-        if self.drained() || remote_drain {
+        let wire_idle = self.streams.values().all(|st| {
+            st.terminated
+                || (st.recv.as_ref().is_none_or(|r| r.end.is_some())
+                    && st.send.as_ref().is_none_or(|s| s.done || s.stopped))
+        });
+        if remote_drain || (self.drained_state() && wire_idle) {
             // The graceful close ends here: the peer closed the transport
-            // once it was done (streams not yet finished here fail with its
-            // CONNECTION_CLOSE).
+            // once its side was done. Items already received are still
+            // delivered; streams the peer left unfinished fail with its
+            // CONNECTION_CLOSE.
             return self.finish_drain();
         }
         self.close_streams(err);
