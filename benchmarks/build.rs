@@ -8,5 +8,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // `bytes` fields as `bytes::Bytes`: clones are reference counts.
         .bytes(".")
         .compile_fds(fds)?;
+    // The same .proto for rsocket-rpc, in a subdirectory (both generators
+    // write `bench.rs`).
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("rpc");
+    rsocket_rpc_build::configure()
+        .out_dir(out)
+        .prost_config(|config| {
+            config.bytes(["."]);
+        })
+        .compile_protos(&["proto/bench.proto"], &["proto"])?;
     Ok(())
 }

@@ -24,7 +24,7 @@ step "docs (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
 step "library crates package (cargo package, verified by building each)"
-cargo package --workspace --locked --allow-dirty --exclude rsocket-examples --exclude rsocket-tests
+cargo package --workspace --locked --allow-dirty --exclude rsocket-examples --exclude rsocket-tests --exclude rsocket-rpc-tests
 
 step "sans-IO core builds without tokio runtime"
 cargo check -p rsocket-core --no-default-features --locked
@@ -39,5 +39,13 @@ timeout 120 cargo run --locked --example ws > target/ws-example.out
 grep -q '^done$' target/ws-example.out
 echo "ws example ok"
 
+step "RPC greeter example runs"
+timeout 120 cargo run --locked --example rpc_greeter > target/rpc-greeter.out
+grep -q '^done$' target/rpc-greeter.out
+echo "rpc greeter ok"
+
 step "interop"
 timeout 1800 interop/run.sh
+
+step "RPC interop (rsocket-py client, protobuf from grpcio-tools)"
+timeout 1800 interop/rpc.sh

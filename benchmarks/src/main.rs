@@ -15,6 +15,7 @@ mod common;
 mod grpc;
 mod ours;
 mod raw;
+mod rpc;
 mod rsr;
 
 use std::collections::BTreeMap;
@@ -94,17 +95,19 @@ impl Workload {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Impl {
     Ours,
+    Rpc,
     Raw,
     Rsr,
     Tonic,
 }
 
 impl Impl {
-    const ALL: [Self; 4] = [Self::Ours, Self::Raw, Self::Rsr, Self::Tonic];
+    const ALL: [Self; 5] = [Self::Ours, Self::Rpc, Self::Raw, Self::Rsr, Self::Tonic];
 
     fn name(self) -> &'static str {
         match self {
             Self::Ours => "rsocket-core",
+            Self::Rpc => "rsocket-rpc",
             Self::Raw => "raw-tcp",
             Self::Rsr => "rsocket_rust",
             Self::Tonic => "tonic",
@@ -114,6 +117,7 @@ impl Impl {
     fn parse(s: &str) -> Option<Self> {
         match s {
             "rsocket-core" | "ours" => Some(Self::Ours),
+            "rsocket-rpc" | "rpc" => Some(Self::Rpc),
             "raw-tcp" | "raw" => Some(Self::Raw),
             "rsocket_rust" | "rsr" => Some(Self::Rsr),
             "tonic" => Some(Self::Tonic),
@@ -153,12 +157,19 @@ fn worker(w: Workload, imp: Impl, flavor: Flavor, sizes: Sizes) -> ! {
         let _ = std::io::stdout().flush();
         std::process::exit(0)
     });
-    let o = if w == Workload::Conn10k {
+    let o = if w == Workload::Conn10k && imp == Impl::Rpc {
+        Outcome {
+            failed: true,
+            note: "n/a: only the RPC targets (unary, server streaming) are measured".into(),
+            ..Outcome::default()
+        }
+    } else if w == Workload::Conn10k {
         conn_10k(imp, flavor, sizes)
     } else {
         flavor.run(async move {
             match imp {
                 Impl::Ours => ours::run(w, sizes).await,
+                Impl::Rpc => rpc::run(w, sizes).await,
                 Impl::Raw => raw::run(w, sizes).await,
                 Impl::Rsr => rsr::run(w, sizes).await,
                 Impl::Tonic => grpc::run(w, sizes).await,
@@ -177,7 +188,7 @@ fn conn_server_process(imp: Impl, flavor: Flavor) -> ! {
     raise_fd_limit();
     flavor.run(async move {
         let addr = match imp {
-            Impl::Ours => ours::conn_server().await,
+            Impl::Ours | Impl::Rpc => ours::conn_server().await,
             Impl::Raw => raw::conn_server().await,
             Impl::Rsr => rsr::conn_server().await,
             Impl::Tonic => grpc::conn_server().await,
@@ -258,7 +269,7 @@ fn conn_10k(imp: Impl, flavor: Flavor, sizes: Sizes) -> Outcome {
             futures::stream::iter(0..n)
                 .map(|_| async move {
                     match imp {
-                        Impl::Ours => ours::conn_open(addr).await,
+                        Impl::Ours | Impl::Rpc => ours::conn_open(addr).await,
                         Impl::Raw => raw::conn_open(addr).await,
                         Impl::Rsr => rsr::conn_open(addr).await,
                         Impl::Tonic => grpc::conn_open(addr).await,
@@ -794,6 +805,29 @@ fn render(args: &Args, res: &Results, started: Instant) -> String {
             row("stream_64 ≥ 3× tonic", r2(t), t.map(|v| v >= 3.0));
             let r = ratio(Workload::Stream64, Impl::Raw, |a| a.rate);
             row("stream_64 ≥ 0.5× raw TCP", r2(r), r.map(|v| v >= 0.5));
+        }
+        // The RPC layer: its cost over raw payloads on the same engine, and
+        // RPC against RPC.
+        let rpc_ratio = |w, i: Impl| match (
+            p(w, Impl::Rpc).and_then(|a| a.rate),
+            p(w, i).and_then(|a| a.rate),
+        ) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        for w in [Workload::RrC256, Workload::Stream64] {
+            if has(w) {
+                let r = rpc_ratio(w, Impl::Ours);
+                row(
+                    &format!("rsocket-rpc {} costs ≤ 15% over rsocket-core (rate ≥ 0.87×)", w.name()),
+                    r2(r),
+                    r.map(|v| v >= 1.0 / 1.15),
+                );
+            }
+        }
+        if has(Workload::RrC256) {
+            let t = rpc_ratio(Workload::RrC256, Impl::Tonic);
+            row("rsocket-rpc rr_c256 ≥ 10× tonic", r2(t), t.map(|v| v >= 10.0));
         }
         if has(Workload::RrC256) {
             let t = ratio(Workload::RrC256, Impl::Tonic, |a| a.rate);

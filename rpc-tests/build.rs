@@ -1,0 +1,7 @@
+//! Generates the test services with rsocket-rpc-build.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    rsocket_rpc_build::configure()
+        .fire_and_forget("greeter.Greeter/Log")
+        .compile_protos(&["proto/greeter.proto"], &["proto"])?;
+    Ok(())
+}

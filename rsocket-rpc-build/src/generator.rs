@@ -1,0 +1,585 @@
+//! The prost-build service generator: one `xxx_server` and one
+//! `xxx_client` module per service, built with `quote!`. prost-build
+//! formats the whole file with prettyplease afterwards, so doc attributes
+//! come out as `///` comments.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::rc::Rc;
+
+use heck::{ToSnakeCase, ToUpperCamelCase};
+use proc_macro2::{Ident, Span, TokenStream};
+use prost_build::{Comments, Method, Service, ServiceGenerator};
+use quote::{format_ident, quote};
+
+use crate::Error;
+
+/// What the generator needs from the builder, and what it reports back.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    pub(crate) fire_and_forget: HashSet<String>,
+    /// Fire-and-forget routes that matched a method.
+    pub(crate) used: HashSet<String>,
+    pub(crate) errors: Vec<Error>,
+}
+
+pub(crate) struct RpcGenerator {
+    pub(crate) build_client: bool,
+    pub(crate) build_server: bool,
+    pub(crate) shared: Rc<RefCell<Shared>>,
+}
+
+/// The shape of a method, as the runtime's `MethodKind` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Unary,
+    ServerStreaming,
+    ClientStreaming,
+    BidiStreaming,
+    FireAndForget,
+}
+
+impl Kind {
+    fn variant(self) -> Ident {
+        format_ident!(
+            "{}",
+            match self {
+                Self::Unary => "Unary",
+                Self::ServerStreaming => "ServerStreaming",
+                Self::ClientStreaming => "ClientStreaming",
+                Self::BidiStreaming => "BidiStreaming",
+                Self::FireAndForget => "FireAndForget",
+            }
+        )
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Unary => "Unary call (REQUEST_RESPONSE)",
+            Self::ServerStreaming => "Server-streaming call (REQUEST_STREAM)",
+            Self::ClientStreaming => {
+                "Client-streaming call (REQUEST_CHANNEL answered with one message)"
+            }
+            Self::BidiStreaming => "Bidirectional streaming call (REQUEST_CHANNEL)",
+            Self::FireAndForget => "Fire-and-forget call (REQUEST_FNF): nothing comes back",
+        }
+    }
+
+    fn streams_out(self) -> bool {
+        matches!(self, Self::ServerStreaming | Self::BidiStreaming)
+    }
+
+    fn streams_in(self) -> bool {
+        matches!(self, Self::ClientStreaming | Self::BidiStreaming)
+    }
+}
+
+/// A method with everything the templates need.
+struct MethodModel {
+    proto_name: String,
+    route: String,
+    kind: Kind,
+    ident: Ident,
+    stream_type: Ident,
+    input: TokenStream,
+    output: TokenStream,
+    docs: Vec<String>,
+}
+
+impl ServiceGenerator for RpcGenerator {
+    fn generate(&mut self, service: Service, buf: &mut String) {
+        match self.generate_service(&service) {
+            Ok(code) => buf.push_str(&code.to_string()),
+            Err(e) => self.shared.borrow_mut().errors.push(e),
+        }
+    }
+}
+
+impl RpcGenerator {
+    fn generate_service(&mut self, service: &Service) -> Result<TokenStream, Error> {
+        let full_name = if service.package.is_empty() {
+            service.proto_name.clone()
+        } else {
+            format!("{}.{}", service.package, service.proto_name)
+        };
+        let methods = service
+            .methods
+            .iter()
+            .map(|m| self.model(&full_name, m))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = TokenStream::new();
+        if self.build_server {
+            out.extend(server(service, &full_name, &methods));
+        }
+        if self.build_client {
+            out.extend(client(service, &full_name, &methods));
+        }
+        Ok(out)
+    }
+
+    fn model(&mut self, service: &str, m: &Method) -> Result<MethodModel, Error> {
+        let route = format!("{service}/{}", m.proto_name);
+        let mut shared = self.shared.borrow_mut();
+        let marked = shared.fire_and_forget.contains(&route);
+        let kind = match (m.client_streaming, m.server_streaming) {
+            (false, false) if marked => Kind::FireAndForget,
+            (false, false) => Kind::Unary,
+            (false, true) => Kind::ServerStreaming,
+            (true, false) => Kind::ClientStreaming,
+            (true, true) => Kind::BidiStreaming,
+        };
+        if marked {
+            if kind != Kind::FireAndForget {
+                return Err(Error::FireAndForgetNotUnary { route });
+            }
+            shared.used.insert(route.clone());
+        }
+        let bare = m.name.strip_prefix("r#").unwrap_or(&m.name);
+        Ok(MethodModel {
+            proto_name: m.proto_name.clone(),
+            kind,
+            ident: ident(&m.name),
+            stream_type: format_ident!("{}Stream", bare.to_upper_camel_case()),
+            input: type_path(&m.input_type, &route)?,
+            output: type_path(&m.output_type, &route)?,
+            docs: doc_lines(&m.comments),
+            route,
+        })
+    }
+}
+
+/// An identifier, raw (`r#type`) when prost made it one.
+fn ident(name: &str) -> Ident {
+    match name.strip_prefix("r#") {
+        Some(raw) => Ident::new_raw(raw, Span::call_site()),
+        None => Ident::new(name, Span::call_site()),
+    }
+}
+
+/// A message type as seen from the generated `xxx_server`/`xxx_client`
+/// module, one level below the package module prost resolved it against.
+fn type_path(resolved: &str, route: &str) -> Result<TokenStream, Error> {
+    // prost maps `google.protobuf.Empty` to `()`.
+    let path = if resolved == "()" || resolved.starts_with("::") || resolved.starts_with("crate::")
+    {
+        resolved.to_owned()
+    } else {
+        format!("super::{resolved}")
+    };
+    path.parse().map_err(|_| Error::BadTypePath {
+        route: route.to_owned(),
+        path,
+    })
+}
+
+/// Proto comments as doc lines, made safe for rustdoc: brackets and angle
+/// brackets are escaped (so no broken links or HTML tags), URLs become
+/// autolinks, and indentation is dropped (so nothing turns into a doctest).
+fn doc_lines(comments: &Comments) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    let mut push_block = |block: &[String]| {
+        if !lines.is_empty() && !block.is_empty() {
+            lines.push(String::new());
+        }
+        lines.extend(block.iter().map(|l| sanitize(l)));
+    };
+    push_block(&comments.leading);
+    push_block(&comments.trailing);
+    while lines.last().is_some_and(String::is_empty) {
+        lines.pop();
+    }
+    lines
+}
+
+fn sanitize(line: &str) -> String {
+    let mut out = String::with_capacity(line.len() + 8);
+    // Odd segments are inside `code spans`, which rustdoc shows verbatim.
+    for (i, segment) in line.trim().split('`').enumerate() {
+        if i > 0 {
+            out.push('`');
+        }
+        if i % 2 == 1 {
+            out.push_str(segment);
+        } else {
+            sanitize_text(segment, &mut out);
+        }
+    }
+    out
+}
+
+/// Escapes brackets and turns URLs into autolinks, word by word.
+fn sanitize_text(text: &str, out: &mut String) {
+    for (i, word) in text.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let scheme = word.find("https://").or_else(|| word.find("http://"));
+        match scheme {
+            Some(at) => {
+                let (before, url) = word.split_at(at);
+                let end = url
+                    .find([')', ',', ';', '>', '<', '"', ']'])
+                    .unwrap_or(url.len());
+                let (url, after) = url.split_at(end);
+                let trimmed = url.trim_end_matches('.');
+                // Already an autolink: `<https://...>`.
+                let (before, after) = match (before.strip_suffix('<'), after.strip_prefix('>')) {
+                    (Some(b), Some(a)) if trimmed.len() == url.len() => (b, a),
+                    _ => (before, after),
+                };
+                escape_into(before, out);
+                out.push('<');
+                out.push_str(trimmed);
+                out.push('>');
+                out.push_str(&url[trimmed.len()..]);
+                escape_into(after, out);
+            }
+            None => escape_into(word, out),
+        }
+    }
+}
+
+/// Escapes what rustdoc would read as a link or an HTML tag.
+fn escape_into(text: &str, out: &mut String) {
+    for c in text.chars() {
+        if matches!(c, '[' | ']' | '<' | '>') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+}
+
+/// `#[doc = "..."]` attributes: the proto comments, a blank line, then the
+/// generated description (which alone is used when there are no comments).
+fn docs(proto: &[String], generated: &[String]) -> TokenStream {
+    let line = |l: &String| {
+        if l.is_empty() {
+            String::new()
+        } else {
+            format!(" {l}")
+        }
+    };
+    let mut all: Vec<String> = proto.iter().map(line).collect();
+    if !all.is_empty() {
+        all.push(String::new());
+    }
+    all.extend(generated.iter().map(line));
+    quote! { #( #[doc = #all] )* }
+}
+
+fn server(service: &Service, full_name: &str, methods: &[MethodModel]) -> TokenStream {
+    let module = format_ident!("{}_server", service.proto_name.to_snake_case());
+    let trait_name = ident(&service.name);
+    let server_name = format_ident!("{}Server", service.name.trim_start_matches("r#"));
+    let service_docs = doc_lines(&service.comments);
+    // Outer docs of a module resolve links from the enclosing module.
+    let module_doc = format!(
+        " Server side of `{full_name}`: implement [`{trait_name}`]({module}::{trait_name}), \
+         then add [`{server_name}`]({module}::{server_name}) to a `rsocket_rpc::Router`."
+    );
+    let trait_docs = docs(
+        &service_docs,
+        &[format!(
+            "The `{full_name}` service. Implement it with `async fn`s and serve it with [`{server_name}`]."
+        )],
+    );
+    let trait_items = methods.iter().map(|m| trait_item(&trait_name, m));
+    let infos = methods.iter().map(|m| {
+        let name = &m.proto_name;
+        let route = &m.route;
+        let kind = m.kind.variant();
+        quote! { rpc::MethodInfo::new(#name, #route, rpc::MethodKind::#kind) }
+    });
+    let arms = methods.iter().map(|m| {
+        let name = &m.proto_name;
+        let ident = &m.ident;
+        let input = &m.input;
+        let helper = format_ident!(
+            "{}",
+            match m.kind {
+                Kind::Unary => "unary",
+                Kind::ServerStreaming => "server_streaming",
+                Kind::ClientStreaming => "client_streaming",
+                Kind::BidiStreaming => "bidi_streaming",
+                Kind::FireAndForget => "fire_and_forget",
+            }
+        );
+        let request = if m.kind.streams_in() {
+            quote! { rpc::Request<rpc::Streaming<#input>> }
+        } else {
+            quote! { rpc::Request<#input> }
+        };
+        quote! {
+            #name => rpc::#helper(call, move |request: #request| async move {
+                inner.#ident(request).await
+            }),
+        }
+    });
+    let call_body = if methods.is_empty() {
+        quote! {
+            let _ = call;
+            rpc::ServerReply::unimplemented(method)
+        }
+    } else {
+        quote! {
+            let inner = rpc::Arc::clone(&self.inner);
+            match method {
+                #(#arms)*
+                _ => rpc::ServerReply::unimplemented(method),
+            }
+        }
+    };
+    let server_doc =
+        format!(" Serves a [`{trait_name}`] implementation: add it to a `rsocket_rpc::Router`.");
+    quote! {
+        #[doc = #module_doc]
+        pub mod #module {
+            use ::rsocket_rpc::codegen as rpc;
+
+            #trait_docs
+            pub trait #trait_name: Send + Sync + 'static {
+                #(#trait_items)*
+            }
+
+            #[doc = #server_doc]
+            pub struct #server_name<T> {
+                inner: rpc::Arc<T>,
+            }
+
+            impl<T> #server_name<T> {
+                /// Wraps an implementation.
+                pub fn new(inner: T) -> Self {
+                    Self::from_arc(rpc::Arc::new(inner))
+                }
+
+                /// Wraps an implementation that is shared with other code.
+                pub fn from_arc(inner: rpc::Arc<T>) -> Self {
+                    Self { inner }
+                }
+            }
+
+            impl<T> Clone for #server_name<T> {
+                fn clone(&self) -> Self {
+                    Self { inner: rpc::Arc::clone(&self.inner) }
+                }
+            }
+
+            impl<T> ::core::fmt::Debug for #server_name<T> {
+                fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                    f.write_str(stringify!(#server_name))
+                }
+            }
+
+            /// The fully qualified service name.
+            pub const SERVICE_NAME: &str = #full_name;
+
+            const METHODS: &[rpc::MethodInfo] = &[#(#infos),*];
+
+            impl<T: #trait_name> rpc::Service for #server_name<T> {
+                fn name(&self) -> &'static str {
+                    SERVICE_NAME
+                }
+
+                fn methods(&self) -> &'static [rpc::MethodInfo] {
+                    METHODS
+                }
+
+                fn call(&self, method: &'static str, call: rpc::ServerCall) -> rpc::ServerReply {
+                    #call_body
+                }
+            }
+        }
+    }
+}
+
+fn trait_item(trait_name: &Ident, m: &MethodModel) -> TokenStream {
+    let ident = &m.ident;
+    let input = &m.input;
+    let output = &m.output;
+    let method_docs = docs(
+        &m.docs,
+        &[format!("{}; route `{}`.", m.kind.describe(), m.route)],
+    );
+    let request = if m.kind.streams_in() {
+        quote! { rpc::Request<rpc::Streaming<#input>> }
+    } else {
+        quote! { rpc::Request<#input> }
+    };
+    if m.kind.streams_out() {
+        let stream = &m.stream_type;
+        let stream_doc = format!(
+            " The stream of messages [`{trait_name}::{}`] answers with; \
+             `rsocket_rpc::BoxStream<{}>` fits any stream.",
+            ident.to_string().trim_start_matches("r#"),
+            output.to_string().rsplit(' ').next().unwrap_or_default(),
+        );
+        quote! {
+            #[doc = #stream_doc]
+            type #stream: rpc::Stream<Item = Result<#output, rpc::Status>> + Send + 'static;
+
+            #method_docs
+            fn #ident(
+                &self,
+                request: #request,
+            ) -> impl rpc::Future<Output = Result<rpc::Response<Self::#stream>, rpc::Status>> + Send;
+        }
+    } else if m.kind == Kind::FireAndForget {
+        quote! {
+            #method_docs
+            fn #ident(
+                &self,
+                request: #request,
+            ) -> impl rpc::Future<Output = Result<(), rpc::Status>> + Send;
+        }
+    } else {
+        quote! {
+            #method_docs
+            fn #ident(
+                &self,
+                request: #request,
+            ) -> impl rpc::Future<Output = Result<rpc::Response<#output>, rpc::Status>> + Send;
+        }
+    }
+}
+
+fn client(service: &Service, full_name: &str, methods: &[MethodModel]) -> TokenStream {
+    let module = format_ident!("{}_client", service.proto_name.to_snake_case());
+    let client_name = format_ident!("{}Client", service.name.trim_start_matches("r#"));
+    let module_doc =
+        format!(" Client side of `{full_name}`: [`{client_name}`]({module}::{client_name}).");
+    let client_docs = docs(
+        &doc_lines(&service.comments),
+        &[format!(
+            "Calls `{full_name}` over any `RSocket`: a connection's requester, a router, a load balancer."
+        )],
+    );
+    let fns = methods.iter().map(client_method);
+    quote! {
+        #[doc = #module_doc]
+        pub mod #module {
+            use ::rsocket_rpc::codegen as rpc;
+
+            #client_docs
+            #[derive(Debug, Clone)]
+            pub struct #client_name<R> {
+                inner: rpc::Client<R>,
+            }
+
+            impl<R: rpc::RSocket> #client_name<R> {
+                /// A client with default options over `rsocket`.
+                pub fn new(rsocket: R) -> Self {
+                    Self { inner: rpc::Client::new(rsocket) }
+                }
+
+                /// A client over a configured `rsocket_rpc::Client`.
+                pub fn from_client(inner: rpc::Client<R>) -> Self {
+                    Self { inner }
+                }
+
+                /// Adds an interceptor that runs before every call.
+                pub fn with_interceptor(self, interceptor: impl rpc::Interceptor) -> Self {
+                    Self { inner: self.inner.interceptor(interceptor) }
+                }
+
+                /// Sets the deadline of calls that do not set their own.
+                pub fn with_timeout(self, timeout: rpc::Duration) -> Self {
+                    Self { inner: self.inner.timeout(timeout) }
+                }
+
+                /// Limits the size of response messages this client decodes.
+                pub fn max_decoding_message_size(self, limit: usize) -> Self {
+                    Self { inner: self.inner.max_decoding_message_size(limit) }
+                }
+
+                /// The untyped client underneath.
+                pub fn client(&self) -> &rpc::Client<R> {
+                    &self.inner
+                }
+
+                #(#fns)*
+            }
+        }
+    }
+}
+
+fn client_method(m: &MethodModel) -> TokenStream {
+    let ident = &m.ident;
+    let input = &m.input;
+    let output = &m.output;
+    let route = &m.route;
+    let method_docs = docs(
+        &m.docs,
+        &[format!("{}; route `{}`.", m.kind.describe(), m.route)],
+    );
+    let (arg, request, ret, call) = match m.kind {
+        Kind::Unary => (
+            quote! { impl rpc::IntoRequest<#input> },
+            quote! { request.into_request() },
+            quote! { rpc::Response<#output> },
+            quote! { unary },
+        ),
+        Kind::FireAndForget => (
+            quote! { impl rpc::IntoRequest<#input> },
+            quote! { request.into_request() },
+            quote! { () },
+            quote! { fire_and_forget },
+        ),
+        Kind::ServerStreaming => (
+            quote! { impl rpc::IntoRequest<#input> },
+            quote! { request.into_request() },
+            quote! { rpc::Streaming<#output> },
+            quote! { server_streaming },
+        ),
+        Kind::ClientStreaming => (
+            quote! { impl rpc::IntoStreamingRequest<Message = #input> },
+            quote! { request.into_streaming_request() },
+            quote! { rpc::Response<#output> },
+            quote! { client_streaming },
+        ),
+        Kind::BidiStreaming => (
+            quote! { impl rpc::IntoStreamingRequest<Message = #input> },
+            quote! { request.into_streaming_request() },
+            quote! { rpc::Streaming<#output> },
+            quote! { bidi_streaming },
+        ),
+    };
+    quote! {
+        #method_docs
+        pub async fn #ident(&self, request: #arg) -> Result<#ret, rpc::Status> {
+            self.inner.#call(#route, #request).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitizes_doc_lines() {
+        assert_eq!(
+            sanitize("  see [foo] and <bar>"),
+            "see \\[foo\\] and \\<bar\\>"
+        );
+        assert_eq!(
+            sanitize("docs at https://example.com/a_b."),
+            "docs at <https://example.com/a_b>."
+        );
+        assert_eq!(sanitize("(https://x.y/z)"), "(<https://x.y/z>)");
+        assert_eq!(sanitize("see <https://x.y/z>."), "see <https://x.y/z>.");
+        assert_eq!(sanitize("snake_case *bold*"), "snake_case *bold*");
+        assert_eq!(sanitize("a `list<T>` of [x]"), "a `list<T>` of \\[x\\]");
+    }
+
+    #[test]
+    fn type_paths() {
+        assert_eq!(
+            type_path("HelloRequest", "r").unwrap().to_string(),
+            "super :: HelloRequest"
+        );
+        assert_eq!(
+            type_path("::prost_types::Empty", "r").unwrap().to_string(),
+            ":: prost_types :: Empty"
+        );
+    }
+}

@@ -1,0 +1,232 @@
+//! What a call is: its [`MethodKind`], the [`CallInfo`] interceptors see,
+//! and the tracing span every call gets.
+
+use std::time::Instant;
+
+use rsocket_core::Interaction;
+use tracing::field::Empty;
+use tracing::Span;
+
+use crate::{Code, Metadata, Status};
+
+/// The shape of an RPC method and the RSocket interaction it uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MethodKind {
+    /// One message in, one out: REQUEST_RESPONSE.
+    Unary,
+    /// One message in, a stream out: REQUEST_STREAM.
+    ServerStreaming,
+    /// A stream in, one message out: REQUEST_CHANNEL answered with exactly
+    /// one PAYLOAD.
+    ClientStreaming,
+    /// Streams both ways: REQUEST_CHANNEL.
+    BidiStreaming,
+    /// A unary method marked fire-and-forget: REQUEST_FNF, nothing comes
+    /// back.
+    FireAndForget,
+}
+
+impl MethodKind {
+    /// A short name for logs: `unary`, `server_streaming`, ...
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Unary => "unary",
+            Self::ServerStreaming => "server_streaming",
+            Self::ClientStreaming => "client_streaming",
+            Self::BidiStreaming => "bidi_streaming",
+            Self::FireAndForget => "fire_and_forget",
+        }
+    }
+
+    /// The interaction a client uses to call a method of this kind.
+    pub const fn interaction(self) -> Interaction {
+        match self {
+            Self::Unary => Interaction::RequestResponse,
+            Self::ServerStreaming => Interaction::RequestStream,
+            Self::ClientStreaming | Self::BidiStreaming => Interaction::RequestChannel,
+            Self::FireAndForget => Interaction::FireAndForget,
+        }
+    }
+
+    /// Whether a server accepts a call of this kind on `interaction`. Besides
+    /// the kind's own interaction, a unary method also accepts REQUEST_FNF
+    /// (the result is dropped) and a fire-and-forget method also accepts
+    /// REQUEST_RESPONSE (answered with the empty message), so that clients
+    /// that do not know the fire-and-forget marking still work.
+    pub(crate) fn accepts(self, interaction: Interaction) -> bool {
+        matches!(
+            (self, interaction),
+            (
+                Self::Unary | Self::FireAndForget,
+                Interaction::RequestResponse
+            ) | (
+                Self::Unary | Self::FireAndForget,
+                Interaction::FireAndForget
+            ) | (Self::ServerStreaming, Interaction::RequestStream)
+                | (
+                    Self::ClientStreaming | Self::BidiStreaming,
+                    Interaction::RequestChannel
+                )
+        )
+    }
+}
+
+/// A call as an [`Interceptor`](crate::Interceptor) sees it: the route, the
+/// kind, and the metadata, which it may change.
+#[derive(Debug, Clone)]
+pub struct CallInfo {
+    route: &'static str,
+    kind: MethodKind,
+    metadata: Metadata,
+}
+
+impl CallInfo {
+    pub(crate) fn new(route: &'static str, kind: MethodKind, metadata: Metadata) -> Self {
+        Self {
+            route,
+            kind,
+            metadata,
+        }
+    }
+
+    /// The route, `package.Service/Method`.
+    pub fn route(&self) -> &'static str {
+        self.route
+    }
+
+    /// The fully qualified service name, `package.Service`.
+    pub fn service(&self) -> &'static str {
+        self.route.split_once('/').map_or(self.route, |(s, _)| s)
+    }
+
+    /// The method name as written in the `.proto` file.
+    pub fn method(&self) -> &'static str {
+        self.route.split_once('/').map_or("", |(_, m)| m)
+    }
+
+    /// The method's kind.
+    pub fn kind(&self) -> MethodKind {
+        self.kind
+    }
+
+    /// The call's metadata (request metadata on both sides).
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// The call's metadata, mutably: a client interceptor can add a token,
+    /// a server interceptor can strip or rewrite entries before the handler
+    /// sees them.
+    pub fn metadata_mut(&mut self) -> &mut Metadata {
+        &mut self.metadata
+    }
+
+    pub(crate) fn into_metadata(self) -> Metadata {
+        self.metadata
+    }
+}
+
+/// The `rpc` span of one call (fields `side`, `route`, `kind`, `outcome`,
+/// `duration_us`). Records the outcome once: when told, or `CANCELLED` when
+/// dropped first (the call's future or stream was dropped).
+#[derive(Debug)]
+pub(crate) struct CallSpan {
+    span: Span,
+    start: Option<Instant>,
+    done: bool,
+}
+
+impl CallSpan {
+    pub(crate) fn new(side: &'static str, route: &str, kind: MethodKind) -> Self {
+        let span = tracing::debug_span!(
+            "rpc",
+            side,
+            route,
+            kind = kind.as_str(),
+            outcome = Empty,
+            duration_us = Empty,
+        );
+        // The clock is read only when someone listens.
+        let start = (!span.is_disabled()).then(Instant::now);
+        Self {
+            span,
+            start,
+            done: false,
+        }
+    }
+
+    pub(crate) fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// Records the outcome: `OK` or the status code.
+    pub(crate) fn finish<T>(&mut self, result: &Result<T, Status>) {
+        let code = match result {
+            Ok(_) => Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.finish_code(code, result.as_ref().err());
+    }
+
+    /// Records a failure.
+    pub(crate) fn fail(&mut self, status: &Status) {
+        self.finish_code(status.code(), Some(status));
+    }
+
+    fn finish_code(&mut self, code: Code, status: Option<&Status>) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if let Some(start) = self.start {
+            let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.span.record("outcome", code.as_str());
+            self.span.record("duration_us", micros);
+            let _enter = self.span.enter();
+            match status {
+                Some(s) => tracing::debug!(message = s.message(), "call failed"),
+                None => tracing::debug!("call finished"),
+            }
+        }
+    }
+}
+
+impl Drop for CallSpan {
+    fn drop(&mut self) {
+        self.finish_code(Code::Cancelled, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_parts() {
+        let info = CallInfo::new("pkg.Svc/Do", MethodKind::Unary, Metadata::new());
+        assert_eq!(info.service(), "pkg.Svc");
+        assert_eq!(info.method(), "Do");
+    }
+
+    #[test]
+    fn accepted_interactions() {
+        use Interaction::*;
+        assert!(MethodKind::Unary.accepts(RequestResponse));
+        assert!(MethodKind::Unary.accepts(FireAndForget));
+        assert!(MethodKind::FireAndForget.accepts(RequestResponse));
+        assert!(!MethodKind::Unary.accepts(RequestStream));
+        assert!(!MethodKind::ServerStreaming.accepts(RequestResponse));
+        assert!(MethodKind::BidiStreaming.accepts(RequestChannel));
+        assert!(!MethodKind::ClientStreaming.accepts(RequestStream));
+        for kind in [
+            MethodKind::Unary,
+            MethodKind::ServerStreaming,
+            MethodKind::ClientStreaming,
+            MethodKind::BidiStreaming,
+            MethodKind::FireAndForget,
+        ] {
+            assert!(kind.accepts(kind.interaction()), "{kind:?}");
+        }
+    }
+}

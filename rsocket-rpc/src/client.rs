@@ -1,0 +1,352 @@
+//! [`Client`]: what generated clients call. It works over anything that
+//! implements [`RSocket`]: a connection's `Requester`, an in-memory
+//! responder, a load balancer.
+
+use std::fmt;
+use std::future::Future;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use prost::Message;
+use rsocket_core::{Payload, PayloadStream, RSocket};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::call::{CallInfo, CallSpan, MethodKind};
+use crate::codec::{self, Side, DEFAULT_MAX_DECODING_MESSAGE_SIZE};
+use crate::interceptor::{Interceptor, Interceptors};
+use crate::{Metadata, Request, Response, Status, Streaming};
+
+/// The untyped core of every generated client: routes, metadata,
+/// interceptors, deadlines and the protobuf codec over an [`RSocket`].
+///
+/// Generated clients wrap one (`GreeterClient::from_client`); build it to
+/// set options for all calls:
+///
+/// ```
+/// # fn demo(requester: rsocket_core::Requester) {
+/// use std::time::Duration;
+/// use rsocket_rpc::Client;
+/// let client = Client::new(requester)
+///     .timeout(Duration::from_secs(5))
+///     .max_decoding_message_size(1 << 20);
+/// # let _ = client; }
+/// ```
+#[derive(Clone)]
+pub struct Client<R> {
+    rsocket: R,
+    interceptors: Interceptors,
+    timeout: Option<Duration>,
+    max_decode: usize,
+}
+
+impl<R> fmt::Debug for Client<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("interceptors", &self.interceptors)
+            .field("timeout", &self.timeout)
+            .field("max_decoding_message_size", &self.max_decode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What every call starts with once the interceptors have run.
+struct Prepared<M> {
+    metadata: Bytes,
+    message: M,
+}
+
+impl<R: RSocket> Client<R> {
+    /// A client with no interceptors, no default timeout and a 4 MiB limit
+    /// on decoded messages.
+    pub fn new(rsocket: R) -> Self {
+        Self {
+            rsocket,
+            interceptors: Interceptors::default(),
+            timeout: None,
+            max_decode: DEFAULT_MAX_DECODING_MESSAGE_SIZE,
+        }
+    }
+
+    /// Adds an interceptor; they run in the order added, before anything is
+    /// sent.
+    pub fn interceptor(mut self, interceptor: impl Interceptor) -> Self {
+        self.interceptors.push(interceptor);
+        self
+    }
+
+    /// The deadline of every call that does not set its own with
+    /// [`Request::set_timeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The largest response message this client decodes; a larger one fails
+    /// the call with `RESOURCE_EXHAUSTED` before it is decoded.
+    pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+        self.max_decode = limit;
+        self
+    }
+
+    /// The underlying [`RSocket`].
+    pub fn rsocket(&self) -> &R {
+        &self.rsocket
+    }
+
+    /// Runs the interceptors (if any) and encodes the request metadata
+    /// with the route.
+    async fn prepare<M>(
+        &self,
+        route: &'static str,
+        kind: MethodKind,
+        metadata: Metadata,
+        message: M,
+    ) -> Result<Prepared<M>, Status> {
+        let metadata = if self.interceptors.is_empty() {
+            metadata
+        } else {
+            // Boxed: interceptor state stays out of every call's future.
+            Box::pin(self.intercept(route, kind, metadata)).await?
+        };
+        let metadata = metadata
+            .encode(Some(route))
+            .map_err(|e| Status::internal(format!("cannot encode the request metadata: {e}")))?;
+        Ok(Prepared { metadata, message })
+    }
+
+    async fn intercept(
+        &self,
+        route: &'static str,
+        kind: MethodKind,
+        metadata: Metadata,
+    ) -> Result<Metadata, Status> {
+        let mut info = CallInfo::new(route, kind, metadata);
+        self.interceptors.run(&mut info).await?;
+        Ok(info.into_metadata())
+    }
+
+    fn deadline<T>(&self, request: &Request<T>) -> Option<Instant> {
+        request
+            .timeout()
+            .or(self.timeout)
+            .map(|t| Instant::now() + t)
+    }
+
+    /// A unary call: REQUEST_RESPONSE.
+    pub async fn unary<M, T>(
+        &self,
+        route: &'static str,
+        request: Request<M>,
+    ) -> Result<Response<T>, Status>
+    where
+        M: Message,
+        T: Message + Default,
+    {
+        let mut span = CallSpan::new("client", route, MethodKind::Unary);
+        let deadline = self.deadline(&request);
+        let call = async {
+            let (metadata, message) = request.into_parts();
+            let p = self
+                .prepare(route, MethodKind::Unary, metadata, message)
+                .await?;
+            let payload = Payload {
+                metadata: Some(p.metadata),
+                data: codec::encode(&p.message),
+            };
+            let response = self.rsocket.request_response(payload).await?;
+            let payload = response.ok_or_else(|| {
+                Status::internal("the server completed the call without a message")
+            })?;
+            let metadata = Metadata::decode_lenient(payload.metadata.as_ref());
+            let message = codec::decode(payload.data, self.max_decode, Side::Client)?;
+            Ok(Response::from_parts(metadata, message))
+        };
+        // Boxed once: the call's state is large, and callers move the
+        // returned future around (into a task, a FuturesUnordered).
+        let result = Box::pin(with_deadline(deadline, call).instrument(span.span().clone())).await;
+        span.finish(&result);
+        result
+    }
+
+    /// A fire-and-forget call: REQUEST_FNF. Resolves once the request is
+    /// queued for sending; nothing comes back, so a server-side failure is
+    /// only visible in the server's logs.
+    pub async fn fire_and_forget<M>(
+        &self,
+        route: &'static str,
+        request: Request<M>,
+    ) -> Result<(), Status>
+    where
+        M: Message,
+    {
+        let mut span = CallSpan::new("client", route, MethodKind::FireAndForget);
+        let deadline = self.deadline(&request);
+        let call = async {
+            let (metadata, message) = request.into_parts();
+            let p = self
+                .prepare(route, MethodKind::FireAndForget, metadata, message)
+                .await?;
+            let payload = Payload {
+                metadata: Some(p.metadata),
+                data: codec::encode(&p.message),
+            };
+            self.rsocket.fire_and_forget(payload).await?;
+            Ok(())
+        };
+        let result = with_deadline(deadline, call)
+            .instrument(span.span().clone())
+            .await;
+        span.finish(&result);
+        result
+    }
+
+    /// A server-streaming call: REQUEST_STREAM. Returns once the request is
+    /// prepared; the request goes out when the stream is first polled, and
+    /// server errors arrive as the stream's `Err` item.
+    pub async fn server_streaming<M, T>(
+        &self,
+        route: &'static str,
+        request: Request<M>,
+    ) -> Result<Streaming<T>, Status>
+    where
+        M: Message,
+        T: Message + Default,
+    {
+        let kind = MethodKind::ServerStreaming;
+        let mut span = CallSpan::new("client", route, kind);
+        let deadline = self.deadline(&request);
+        let (metadata, message) = request.into_parts();
+        let prepared = self
+            .prepare(route, kind, metadata, message)
+            .instrument(span.span().clone())
+            .await;
+        let p = match prepared {
+            Ok(p) => p,
+            Err(status) => {
+                span.fail(&status);
+                return Err(status);
+            }
+        };
+        let payload = Payload {
+            metadata: Some(p.metadata),
+            data: codec::encode(&p.message),
+        };
+        let stream = self.rsocket.request_stream(payload);
+        Ok(Streaming::new(stream, self.max_decode, Side::Client)
+            .with_deadline(deadline)
+            .with_span(span))
+    }
+
+    /// Starts a channel whose first payload is the header (route and
+    /// metadata, no data) and whose other payloads are the messages.
+    async fn channel<S, M, T>(
+        &self,
+        route: &'static str,
+        kind: MethodKind,
+        request: Request<S>,
+        span: &tracing::Span,
+    ) -> Result<Streaming<T>, Status>
+    where
+        S: Stream<Item = M> + Send + 'static,
+        M: Message + 'static,
+    {
+        let deadline = self.deadline(&request);
+        let (metadata, messages) = request.into_parts();
+        let p = self
+            .prepare(route, kind, metadata, messages)
+            .instrument(span.clone())
+            .await?;
+        let header = Payload {
+            metadata: Some(p.metadata),
+            data: Bytes::new(),
+        };
+        let rest: PayloadStream = p
+            .message
+            .map(|m| Ok(Payload::new(codec::encode(&m))))
+            .boxed();
+        let stream = self.rsocket.request_channel(header, rest);
+        Ok(Streaming::new(stream, self.max_decode, Side::Client).with_deadline(deadline))
+    }
+
+    /// A client-streaming call: REQUEST_CHANNEL answered with exactly one
+    /// message. Waits for the server to complete after that message; a
+    /// second message fails the call with `INTERNAL`.
+    pub async fn client_streaming<S, M, T>(
+        &self,
+        route: &'static str,
+        request: Request<S>,
+    ) -> Result<Response<T>, Status>
+    where
+        S: Stream<Item = M> + Send + 'static,
+        M: Message + 'static,
+        T: Message + Default,
+    {
+        let kind = MethodKind::ClientStreaming;
+        let mut span = CallSpan::new("client", route, kind);
+        let result = async {
+            let mut responses = self
+                .channel::<S, M, T>(route, kind, request, &tracing::Span::current())
+                .await?;
+            let message = responses.message().await?.ok_or_else(|| {
+                Status::internal("the server completed the call without a message")
+            })?;
+            if responses.message().await?.is_some() {
+                return Err(Status::internal(
+                    "the server sent more than one message for a client-streaming call",
+                ));
+            }
+            Ok(Response::from_parts(responses.metadata().clone(), message))
+        }
+        .instrument(span.span().clone())
+        .await;
+        span.finish(&result);
+        result
+    }
+
+    /// A bidirectional call: REQUEST_CHANNEL. Returns once the request is
+    /// prepared; see [`Client::server_streaming`].
+    pub async fn bidi_streaming<S, M, T>(
+        &self,
+        route: &'static str,
+        request: Request<S>,
+    ) -> Result<Streaming<T>, Status>
+    where
+        S: Stream<Item = M> + Send + 'static,
+        M: Message + 'static,
+        T: Message + Default,
+    {
+        let kind = MethodKind::BidiStreaming;
+        let mut span = CallSpan::new("client", route, kind);
+        match self.channel(route, kind, request, span.span()).await {
+            Ok(stream) => Ok(stream.with_span(span)),
+            Err(status) => {
+                span.fail(&status);
+                Err(status)
+            }
+        }
+    }
+}
+
+/// Runs `call` until `deadline`; when it passes, `call` is dropped (which
+/// cancels the request on the wire) and the result is `DEADLINE_EXCEEDED`.
+/// The timer is boxed and only made when there is a deadline, so that a
+/// call without one carries no timer state.
+async fn with_deadline<T>(
+    deadline: Option<Instant>,
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let mut call = std::pin::pin!(call);
+    let mut timer = deadline.map(|d| Box::pin(tokio::time::sleep_until(d)));
+    std::future::poll_fn(move |cx| {
+        if let Some(timer) = timer.as_mut() {
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(Status::deadline_exceeded("the call's deadline passed")));
+            }
+        }
+        call.as_mut().poll(cx)
+    })
+    .await
+}
