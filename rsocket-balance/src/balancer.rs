@@ -461,19 +461,22 @@ impl<K: Key> std::fmt::Debug for Balancer<K> {
     }
 }
 
-impl<K: Key> Balancer<K> {
-    /// A builder (weighted p2c, tokio's clock, random seed).
+impl Balancer<()> {
+    /// A builder (weighted p2c, tokio's clock, random seed); the key type
+    /// comes from the targets given to its `build` methods.
     pub fn builder() -> BalancerBuilder {
         BalancerBuilder::default()
     }
+}
 
+impl<K: Key> Balancer<K> {
     /// A balancer with default settings following `targets`.
     pub fn new<C, S>(targets: S) -> Self
     where
         C: Connect,
         S: Stream<Item = Change<K, C>> + Send + 'static,
     {
-        Self::builder().build(targets)
+        BalancerBuilder::default().build(targets)
     }
 
     /// A balancer with default settings over a fixed list.
@@ -483,7 +486,7 @@ impl<K: Key> Balancer<K> {
         I: IntoIterator<Item = (K, C)>,
         I::IntoIter: Send + 'static,
     {
-        Self::builder().build_from_list(targets)
+        BalancerBuilder::default().build_from_list(targets)
     }
 
     /// A balancer with default settings following a `watch` of lists.
@@ -491,7 +494,7 @@ impl<K: Key> Balancer<K> {
     where
         C: Connect + Clone + Sync,
     {
-        Self::builder().build_from_watch(targets)
+        BalancerBuilder::default().build_from_watch(targets)
     }
 
     /// A handle on the same members whose calls through the
