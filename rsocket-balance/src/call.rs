@@ -80,10 +80,17 @@ fn classify(err: &RequestError, sent: bool, idempotent: bool) -> Verdict {
 }
 
 /// Records a failed attempt on its member and says whether to retry.
-fn on_failure<K: Key>(picked: &Picked<K>, err: &RequestError, sent: bool, idempotent: bool) -> Verdict {
+fn on_failure<K: Key>(
+    picked: &Picked<K>,
+    err: &RequestError,
+    sent: bool,
+    idempotent: bool,
+) -> Verdict {
     let verdict = classify(err, sent, idempotent);
     if verdict == Verdict::Retry {
-        picked.member.stop_using(picked.generation, &err.to_string());
+        picked
+            .member
+            .stop_using(picked.generation, &err.to_string());
         debug!(key = ?picked.member.key, error = %err, sent, "retrying on another member");
     }
     verdict
@@ -116,7 +123,9 @@ impl<K: Key> RequestGuard<K> {
         if ok {
             inner.stats.record((end - self.started) as f64);
         }
-        inner.stats.update_availability(now, if ok { 1.0 } else { 0.0 });
+        inner
+            .stats
+            .update_availability(now, if ok { 1.0 } else { 0.0 });
     }
 }
 
@@ -247,7 +256,8 @@ impl<K: Key> Balancer<K> {
             match picked.requester.metadata_push(metadata.clone()).await {
                 Ok(()) => return Ok(()),
                 Err(err) => {
-                    if on_failure(&picked, &err, false, false) == Verdict::Return || attempt >= max {
+                    if on_failure(&picked, &err, false, false) == Verdict::Return || attempt >= max
+                    {
                         return Err(err);
                     }
                     attempt += 1;
@@ -319,7 +329,11 @@ enum StreamState<K: Key> {
 
 impl<K: Key> StreamState<K> {
     /// Picks without waiting if it can, else starts waiting.
-    fn poll_pick(&mut self, core: &Arc<Core<K>>, cx: &mut Context<'_>) -> Poll<Result<Picked<K>, RequestError>> {
+    fn poll_pick(
+        &mut self,
+        core: &Arc<Core<K>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Picked<K>, RequestError>> {
         if let Self::Idle = self {
             if let Some(p) = core.try_pick() {
                 return Poll::Ready(Ok(p));
@@ -442,7 +456,11 @@ impl Stream for SlotStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.taken.is_none() {
-            let taken = self.slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+            let taken = self
+                .slot
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
             match taken {
                 Some(s) => self.taken = Some(s),
                 None => return Poll::Ready(None),
@@ -522,7 +540,11 @@ impl<K: Key> Stream for BalancedChannel<K> {
                             && on_failure(picked, &err, sent, false) == Verdict::Retry
                             && !sent
                             && this.first.is_some()
-                            && this.rest.lock().unwrap_or_else(PoisonError::into_inner).is_some();
+                            && this
+                                .rest
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .is_some();
                         let StreamState::Running { guard, .. } =
                             std::mem::replace(&mut this.state, StreamState::Idle)
                         else {
@@ -572,6 +594,9 @@ mod tests {
         assert_eq!(classify(&died, true, true), Verdict::Retry);
         assert_eq!(classify(&app_reject, true, true), Verdict::Return);
         assert_eq!(classify(&app_error, true, true), Verdict::Return);
-        assert_eq!(classify(&RequestError::Cancelled, true, true), Verdict::Return);
+        assert_eq!(
+            classify(&RequestError::Cancelled, true, true),
+            Verdict::Return
+        );
     }
 }

@@ -145,7 +145,10 @@ impl DnsDiscovery {
     /// The changes to the set of endpoints: the first resolution at once,
     /// then one every interval. A failed lookup changes nothing (members
     /// stay); an empty answer (no records, NXDOMAIN) removes them all.
-    pub fn changes<C, F>(self, connector: F) -> Result<impl Stream<Item = Change<SocketAddr, C>> + Send + 'static, DnsError>
+    pub fn changes<C, F>(
+        self,
+        connector: F,
+    ) -> Result<impl Stream<Item = Change<SocketAddr, C>> + Send + 'static, DnsError>
     where
         C: Send + 'static,
         F: FnMut(SocketAddr) -> C + Send + 'static,
@@ -190,7 +193,10 @@ impl DnsDiscovery {
 
     /// [`changes`](Self::changes) with a default [`TcpConnector`] per
     /// endpoint.
-    pub fn tcp(self) -> Result<impl Stream<Item = Change<SocketAddr, TcpConnector>> + Send + 'static, DnsError> {
+    pub fn tcp(
+        self,
+    ) -> Result<impl Stream<Item = Change<SocketAddr, TcpConnector>> + Send + 'static, DnsError>
+    {
         self.changes(TcpConnector::new)
     }
 
@@ -199,7 +205,8 @@ impl DnsDiscovery {
     pub fn tcp_with(
         self,
         builder: rsocket_core::ClientBuilder,
-    ) -> Result<impl Stream<Item = Change<SocketAddr, TcpConnector>> + Send + 'static, DnsError> {
+    ) -> Result<impl Stream<Item = Change<SocketAddr, TcpConnector>> + Send + 'static, DnsError>
+    {
         self.changes(move |addr| TcpConnector::new(addr).with_builder(builder.clone()))
     }
 }

@@ -60,8 +60,8 @@ mod connect;
 pub mod discovery;
 #[cfg(feature = "dns")]
 pub mod dns;
-mod member;
 pub mod manual;
+mod member;
 mod rng;
 mod stats;
 mod strategy;

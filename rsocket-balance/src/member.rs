@@ -288,7 +288,11 @@ impl Backoff {
 
 /// The member's task: dial, serve while connected, re-dial with back-off
 /// after the connection ends, drain and close once removed.
-pub(crate) async fn run<K: Key>(core: Arc<Core<K>>, member: Arc<Member<K>>, connector: Arc<dyn Connect>) {
+pub(crate) async fn run<K: Key>(
+    core: Arc<Core<K>>,
+    member: Arc<Member<K>>,
+    connector: Arc<dyn Connect>,
+) {
     let mut wait = Duration::ZERO;
     loop {
         if !wait.is_zero() {

@@ -277,8 +277,7 @@ impl WeightedStats {
             self.median.estimate
         } else {
             let predicted = prediction * f64::from(pending);
-            let instant =
-                (self.duration + (now - self.stamp0) * i64::from(pending)) as f64;
+            let instant = (self.duration + (now - self.stamp0) * i64::from(pending)) as f64;
             if predicted < instant {
                 instant / f64::from(pending)
             } else {
@@ -357,8 +356,16 @@ mod tests {
         let ws = slow.weight(t, 1.0);
         assert!(wf > 10.0 * ws, "fast {wf} slow {ws}");
         // The median converges on the measured round trip.
-        assert!((fast.median.estimate - 1000.0).abs() < 50.0, "{}", fast.median.estimate);
-        assert!((slow.median.estimate - 21000.0).abs() < 500.0, "{}", slow.median.estimate);
+        assert!(
+            (fast.median.estimate - 1000.0).abs() < 50.0,
+            "{}",
+            fast.median.estimate
+        );
+        assert!(
+            (slow.median.estimate - 21000.0).abs() < 500.0,
+            "{}",
+            slow.median.estimate
+        );
     }
 
     #[test]

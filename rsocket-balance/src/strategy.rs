@@ -258,9 +258,15 @@ mod tests {
         let two = vec![Fixed("a", 0.1), Fixed("b", 0.2)];
         let mut rng = Rng::seeded(0);
         let mut p2c = WeightedP2c::new();
-        assert_eq!(p2c.select(&Candidates::new(&two, Instant::now()), &mut rng), 1);
+        assert_eq!(
+            p2c.select(&Candidates::new(&two, Instant::now()), &mut rng),
+            1
+        );
         let one = vec![Fixed("a", 0.0)];
-        assert_eq!(p2c.select(&Candidates::new(&one, Instant::now()), &mut rng), 0);
+        assert_eq!(
+            p2c.select(&Candidates::new(&one, Instant::now()), &mut rng),
+            0
+        );
         let c = Candidates::new(&one, Instant::now());
         assert_eq!(c.weight(5), 0.0);
         assert!(c.key(5).is_none());

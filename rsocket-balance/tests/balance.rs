@@ -10,7 +10,11 @@ use rsocket_balance::{BalanceError, Balancer, CallOptions, MemberState, RoundRob
 use rsocket_core::{ErrorCode, Payload, RSocket, RequestError};
 
 async fn all_ready<K: rsocket_balance::Key>(b: &Balancer<K>, n: usize) {
-    within("members ready", b.wait_until(|m| count(m, MemberState::Ready) == n)).await;
+    within(
+        "members ready",
+        b.wait_until(|m| count(m, MemberState::Ready) == n),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -62,7 +66,11 @@ async fn weighted_p2c_starves_the_slow_server_exactly() {
     let hits = slow_server_run(42).await;
     eprintln!("p2c shares (fast1, slow, fast2): {hits:?}");
     assert_eq!(hits.iter().sum::<usize>(), 2000);
-    assert!(hits[1] < 200, "slow server got {} of 2000: {hits:?}", hits[1]);
+    assert!(
+        hits[1] < 200,
+        "slow server got {} of 2000: {hits:?}",
+        hits[1]
+    );
     assert!(hits[0] > 600 && hits[2] > 600, "{hits:?}");
     // Same seed, same clock: the same split, request for request.
     assert_eq!(slow_server_run(42).await, hits);
@@ -208,8 +216,14 @@ async fn raw_requester_api_through_the_balancer() {
         .request_response_with(Payload::from("fail"), CallOptions::new().idempotent(true))
         .await
         .unwrap_err();
-    assert_eq!(err.as_stream_error().unwrap().code, ErrorCode::APPLICATION_ERROR);
-    assert_eq!(servers.iter().map(MemServer::hits).sum::<usize>(), before + 1);
+    assert_eq!(
+        err.as_stream_error().unwrap().code,
+        ErrorCode::APPLICATION_ERROR
+    );
+    assert_eq!(
+        servers.iter().map(MemServer::hits).sum::<usize>(),
+        before + 1
+    );
 
     // Request/stream and channel.
     let items: Vec<_> = b.request_stream(Payload::from("5")).collect().await;
@@ -222,12 +236,17 @@ async fn raw_requester_api_through_the_balancer() {
         .collect()
         .await;
     assert_eq!(echoed.len(), 3);
-    assert!(echoed[0].ends_with(":a") && echoed[2].ends_with(":c"), "{echoed:?}");
+    assert!(
+        echoed[0].ends_with(":a") && echoed[2].ends_with(":c"),
+        "{echoed:?}"
+    );
 
     // Fire-and-forget and metadata push reach a server.
     let before: usize = servers.iter().map(MemServer::hits).sum();
     b.fire_and_forget(Payload::from("f")).await.unwrap();
-    b.metadata_push(bytes::Bytes::from_static(b"m")).await.unwrap();
+    b.metadata_push(bytes::Bytes::from_static(b"m"))
+        .await
+        .unwrap();
     within("fnf and metadata push", async {
         while servers.iter().map(MemServer::hits).sum::<usize>() < before + 2 {
             tokio::task::yield_now().await;
@@ -241,7 +260,11 @@ async fn raw_requester_api_through_the_balancer() {
 async fn no_ready_member_fails_with_a_typed_error_in_time() {
     let b: Balancer<String> = Balancer::builder()
         .wait_for_member(Duration::from_millis(250))
-        .build_from_list(Vec::<(String, MemServer)>::new().into_iter().map(|(k, s)| (k, s.connector())));
+        .build_from_list(
+            Vec::<(String, MemServer)>::new()
+                .into_iter()
+                .map(|(k, s)| (k, s.connector())),
+        );
     let started = tokio::time::Instant::now();
     let err = b.request_response(Payload::from("x")).await.unwrap_err();
     assert_eq!(started.elapsed(), Duration::from_millis(250));
@@ -251,7 +274,10 @@ async fn no_ready_member_fails_with_a_typed_error_in_time() {
     }
     // Streams fail the same way, as their first item.
     let first = b.request_stream(Payload::from("1")).next().await.unwrap();
-    assert!(matches!(BalanceError::of(&first.unwrap_err()), Some(BalanceError::NoReadyMember { .. })));
+    assert!(matches!(
+        BalanceError::of(&first.unwrap_err()),
+        Some(BalanceError::NoReadyMember { .. })
+    ));
     b.close().await;
     let err = b.request_response(Payload::from("x")).await.unwrap_err();
     assert_eq!(BalanceError::of(&err), Some(&BalanceError::Closed));

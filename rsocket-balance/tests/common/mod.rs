@@ -83,7 +83,10 @@ impl RSocket for Responder {
             .chain(rest)
             .map(move |p| {
                 let p = p?;
-                Ok(Payload::from(format!("{name}:{}", p.data_utf8().unwrap_or(""))))
+                Ok(Payload::from(format!(
+                    "{name}:{}",
+                    p.data_utf8().unwrap_or("")
+                )))
             })
             .boxed()
     }
@@ -228,7 +231,8 @@ pub fn count<K>(members: &[MemberInfo<K>], state: MemberState) -> usize {
 
 /// The data of a reply, as text.
 pub fn text(p: Option<Payload>) -> String {
-    p.and_then(|p| p.data_utf8().map(str::to_owned)).unwrap_or_default()
+    p.and_then(|p| p.data_utf8().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// Bounds a test step that waits for an event (never used to order them).
@@ -241,5 +245,8 @@ pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) ->
 
 /// The (name, connector) list of some in-memory servers.
 pub fn targets(servers: &[MemServer]) -> Vec<(String, impl Connect + Clone)> {
-    servers.iter().map(|s| (s.name.clone(), s.connector())).collect()
+    servers
+        .iter()
+        .map(|s| (s.name.clone(), s.connector()))
+        .collect()
 }
