@@ -39,5 +39,11 @@ timeout 120 cargo run --locked --example ws > target/ws-example.out
 grep -q '^done$' target/ws-example.out
 echo "ws example ok"
 
+step "balance example runs (three TCP servers, one killed, no failures)"
+timeout 120 cargo run --locked --example balance > target/balance-example.out
+cat target/balance-example.out
+grep -q '^done$' target/balance-example.out
+echo "balance example ok"
+
 step "interop"
 timeout 1800 interop/run.sh

@@ -102,7 +102,7 @@ struct State<K> {
 
 impl<K: Key> List for Vec<Arc<Member<K>>> {
     fn len(&self) -> usize {
-        Vec::len(self)
+        Self::len(self)
     }
 
     fn view(&self, i: usize) -> &dyn View {

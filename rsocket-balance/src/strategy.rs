@@ -220,7 +220,7 @@ mod tests {
 
     impl List for Vec<Fixed> {
         fn len(&self) -> usize {
-            Vec::len(self)
+            Self::len(self)
         }
         fn view(&self, i: usize) -> &dyn View {
             &self[i]

@@ -18,8 +18,10 @@ async fn removed_target_finishes_its_stream_while_new_requests_go_elsewhere() {
     let a = MemServer::start("a", Duration::ZERO);
     let b_srv = MemServer::start("b", Duration::ZERO);
     // A small window, so the stream needs many REQUEST_N round trips.
-    let mut config = Config::default();
-    config.default_prefetch = 8;
+    let config = Config {
+        default_prefetch: 8,
+        ..Config::default()
+    };
     let builder = ClientBuilder::new().config(config);
     let (tx, rx) = watch::channel(vec![("a", a.connector_with(builder.clone()))]);
     let b = Balancer::builder().build_from_watch(rx);
@@ -105,8 +107,10 @@ async fn backpressure_holds_through_the_balancer() {
         MemServer::start("a", Duration::ZERO),
         MemServer::start("b", Duration::ZERO),
     ];
-    let mut config = Config::default();
-    config.default_prefetch = 16;
+    let config = Config {
+        default_prefetch: 16,
+        ..Config::default()
+    };
     let builder = ClientBuilder::new().config(config);
     let b = Balancer::builder()
         .strategy(RoundRobin::new())
