@@ -61,7 +61,10 @@ fn shares(backends: &[Backend], before: &[usize]) -> String {
 }
 
 fn counts(backends: &[Backend]) -> Vec<usize> {
-    backends.iter().map(|b| b.served.load(Ordering::Relaxed)).collect()
+    backends
+        .iter()
+        .map(|b| b.served.load(Ordering::Relaxed))
+        .collect()
 }
 
 #[tokio::main]

@@ -117,7 +117,11 @@ impl Etcd {
             .await
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let reply = grpc
-            .unary(tonic::Request::new(req), PathAndQuery::from_static(path), codec())
+            .unary(
+                tonic::Request::new(req),
+                PathAndQuery::from_static(path),
+                codec(),
+            )
             .await?;
         Ok(reply.into_inner())
     }
@@ -246,7 +250,11 @@ impl Etcd {
     /// lease expires, and an insert again when its value changes. Runs on
     /// a spawned task until the stream is dropped; reconnects and re-lists
     /// after errors.
-    pub fn watch<C, F>(&self, prefix: &str, connector: F) -> impl Stream<Item = Change<String, C>> + Send + 'static
+    pub fn watch<C, F>(
+        &self,
+        prefix: &str,
+        connector: F,
+    ) -> impl Stream<Item = Change<String, C>> + Send + 'static
     where
         C: Send + 'static,
         F: FnMut(&str) -> Option<C> + Send + 'static,
@@ -305,6 +313,9 @@ async fn keep_alive(
     loop {
         let id = *lease.borrow();
         let (tx, rx) = mpsc::channel::<LeaseKeepAliveRequest>(1);
+        // etcd answers (headers included) only once it has a request, so
+        // the first one must be queued before the call.
+        let _ = tx.send(LeaseKeepAliveRequest { id }).await;
         let requests =
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
         let lost = match etcd
@@ -312,11 +323,13 @@ async fn keep_alive(
             .await
         {
             Ok(mut replies) => loop {
-                if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
-                    break false;
-                }
                 match replies.next().await {
-                    Some(Ok(r)) if r.ttl > 0 => tokio::time::sleep(period).await,
+                    Some(Ok(r)) if r.ttl > 0 => {
+                        tokio::time::sleep(period).await;
+                        if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
+                            break false;
+                        }
+                    }
                     Some(Ok(_)) => break true,
                     Some(Err(e)) => {
                         warn!(%key, error = %e, "lease keep-alive failed");
@@ -349,8 +362,12 @@ async fn keep_alive(
 
 /// Lists, then watches from the revision after the listing; on any break,
 /// lists again and sends the difference.
-async fn follow<C, F>(etcd: Etcd, prefix: String, mut connector: F, out: mpsc::Sender<Change<String, C>>)
-where
+async fn follow<C, F>(
+    etcd: Etcd,
+    prefix: String,
+    mut connector: F,
+    out: mpsc::Sender<Change<String, C>>,
+) where
     C: Send + 'static,
     F: FnMut(&str) -> Option<C> + Send + 'static,
 {
