@@ -16,7 +16,7 @@ use tracing::debug;
 use crate::clock::{Clock, TokioClock};
 use crate::connect::Connect;
 use crate::discovery::{self, Change};
-use crate::member::{self, Backoff, Member, MemberInfo, MemberState, Picked};
+use crate::member::{self, Backoff, Member, MemberInfo, MemberState, Picked, Start};
 use crate::rng::Rng;
 use crate::strategy::{Candidates, List, Strategy, View, WeightedP2c};
 use crate::{CallOptions, Key};
@@ -204,8 +204,9 @@ impl<K: Key> Core<K> {
         self.changes.send_modify(|g| *g = g.wrapping_add(1));
     }
 
-    /// A ready member chosen by the strategy, without waiting.
-    pub(crate) fn try_pick(&self) -> Option<Picked<K>> {
+    /// A ready member chosen by the strategy, without waiting; `start` is
+    /// counted on it.
+    pub(crate) fn try_pick(&self, start: Start) -> Option<Picked<K>> {
         // A member can stop being ready between the list and `begin`.
         for _ in 0..3 {
             let member = {
@@ -221,7 +222,7 @@ impl<K: Key> Core<K> {
                     }
                 }
             };
-            if let Some(picked) = member.begin() {
+            if let Some(picked) = member.begin(start) {
                 return Some(picked);
             }
             self.changed();
@@ -230,8 +231,8 @@ impl<K: Key> Core<K> {
     }
 
     /// A ready member, waiting up to `wait_for_member` for one.
-    pub(crate) async fn pick(&self) -> Result<Picked<K>, RequestError> {
-        if let Some(p) = self.try_pick() {
+    pub(crate) async fn pick(&self, what: Start) -> Result<Picked<K>, RequestError> {
+        if let Some(p) = self.try_pick(what) {
             return Ok(p);
         }
         let start = tokio::time::Instant::now();
@@ -239,7 +240,11 @@ impl<K: Key> Core<K> {
         loop {
             let mut notified = pin!(self.ready_notify.notified());
             notified.as_mut().enable();
-            if let Some(p) = self.try_pick() {
+            let what = match what {
+                Start::Request(_) => Start::Request(self.clock.now()),
+                other => other,
+            };
+            if let Some(p) = self.try_pick(what) {
                 return Ok(p);
             }
             if self.shutdown.is_cancelled() {

@@ -13,7 +13,7 @@ use rsocket_core::{
 use tracing::debug;
 
 use crate::balancer::{Balancer, Core};
-use crate::member::{Member, Picked};
+use crate::member::{Member, Picked, Start};
 use crate::Key;
 
 /// The message rsocket-core's responder sends with `ERROR[REJECTED]` for a
@@ -101,31 +101,23 @@ fn on_failure<K: Key>(
 struct RequestGuard<K: Key> {
     member: Arc<Member<K>>,
     started: i64,
+    generation: u64,
     done: bool,
 }
 
 impl<K: Key> RequestGuard<K> {
-    fn new(member: &Arc<Member<K>>) -> Self {
-        let now = member.now();
-        let started = member.lock().stats.start_request(now);
+    fn new(picked: &Picked<K>) -> Self {
         Self {
-            member: member.clone(),
-            started,
+            member: picked.member.clone(),
+            started: picked.started,
+            generation: picked.generation,
             done: false,
         }
     }
 
     fn finish(mut self, ok: bool) {
         self.done = true;
-        let now = self.member.now();
-        let mut inner = self.member.lock();
-        let end = inner.stats.stop_request(now, self.started);
-        if ok {
-            inner.stats.record((end - self.started) as f64);
-        }
-        inner
-            .stats
-            .update_availability(now, if ok { 1.0 } else { 0.0 });
+        self.member.end_request(self.started, ok, self.generation);
     }
 }
 
@@ -144,8 +136,8 @@ struct StreamGuard<K: Key> {
 }
 
 impl<K: Key> StreamGuard<K> {
+    /// Takes over the stream counted by the pick.
     fn new(member: &Arc<Member<K>>) -> Self {
-        member.lock().stats.start_stream();
         Self {
             member: member.clone(),
         }
@@ -167,10 +159,10 @@ impl<K: Key> Drop for StreamGuard<K> {
 }
 
 impl<K: Key> Balancer<K> {
-    async fn picked(&self) -> Result<Picked<K>, RequestError> {
-        match self.core.try_pick() {
+    async fn picked(&self, start: Start) -> Result<Picked<K>, RequestError> {
+        match self.core.try_pick(start) {
             Some(p) => Ok(p),
-            None => self.core.pick().await,
+            None => self.core.pick(start).await,
         }
     }
 
@@ -185,14 +177,13 @@ impl<K: Key> Balancer<K> {
         let mut request = request;
         let mut attempt = 0;
         loop {
-            let picked = self.picked().await?;
+            let picked = self.picked(Start::Request(self.core.clock.now())).await?;
             let spare = (attempt < max).then(|| request.clone());
-            let guard = RequestGuard::new(&picked.member);
+            let guard = RequestGuard::new(&picked);
             let mut response = picked.requester.request_response(request);
             match (&mut response).await {
                 Ok(reply) => {
                     guard.finish(true);
-                    picked.member.note_success(picked.generation);
                     return Ok(reply);
                 }
                 Err(err) => {
@@ -231,7 +222,7 @@ impl<K: Key> Balancer<K> {
         let mut request = request;
         let mut attempt = 0;
         loop {
-            let picked = self.picked().await?;
+            let picked = self.picked(Start::Nothing).await?;
             let spare = (attempt < max).then(|| request.clone());
             match picked.requester.fire_and_forget(request).await {
                 Ok(()) => return Ok(()),
@@ -252,7 +243,7 @@ impl<K: Key> Balancer<K> {
         let max = self.core.config.max_retries;
         let mut attempt = 0;
         loop {
-            let picked = self.picked().await?;
+            let picked = self.picked(Start::Nothing).await?;
             match picked.requester.metadata_push(metadata.clone()).await {
                 Ok(()) => return Ok(()),
                 Err(err) => {
@@ -335,11 +326,11 @@ impl<K: Key> StreamState<K> {
         cx: &mut Context<'_>,
     ) -> Poll<Result<Picked<K>, RequestError>> {
         if let Self::Idle = self {
-            if let Some(p) = core.try_pick() {
+            if let Some(p) = core.try_pick(Start::Stream) {
                 return Poll::Ready(Ok(p));
             }
             let core = core.clone();
-            *self = Self::Waiting(async move { core.pick().await }.boxed());
+            *self = Self::Waiting(async move { core.pick(Start::Stream).await }.boxed());
         }
         match self {
             Self::Waiting(fut) => {
@@ -378,6 +369,7 @@ impl<K: Key> Stream for BalancedStream<K> {
                             return Poll::Ready(Some(Err(e)));
                         }
                     };
+                    let guard = StreamGuard::new(&picked.member);
                     let Some(request) = this.request.take() else {
                         this.state = StreamState::Done;
                         return Poll::Ready(None);
@@ -386,7 +378,6 @@ impl<K: Key> Stream for BalancedStream<K> {
                         this.request = Some(request.clone());
                     }
                     let inner = picked.requester.request_stream(request);
-                    let guard = StreamGuard::new(&picked.member);
                     this.state = StreamState::Running {
                         picked,
                         inner,
@@ -498,6 +489,7 @@ impl<K: Key> Stream for BalancedChannel<K> {
                             return Poll::Ready(Some(Err(e)));
                         }
                     };
+                    let guard = StreamGuard::new(&picked.member);
                     let Some(first) = this.first.take() else {
                         this.state = StreamState::Done;
                         return Poll::Ready(None);
@@ -510,7 +502,6 @@ impl<K: Key> Stream for BalancedChannel<K> {
                         taken: None,
                     };
                     let inner = picked.requester.request_channel_fallible(first, rest);
-                    let guard = StreamGuard::new(&picked.member);
                     this.state = StreamState::Running {
                         picked,
                         inner,

@@ -107,6 +107,19 @@ pub(crate) struct Picked<K> {
     pub(crate) member: Arc<Member<K>>,
     pub(crate) requester: Requester,
     pub(crate) generation: u64,
+    /// The request's start in the statistics (request/response only).
+    pub(crate) started: i64,
+}
+
+/// What a pick starts counting, under the same lock as the pick itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Start {
+    /// Nothing (fire-and-forget, metadata push).
+    Nothing,
+    /// A request/response, at this time.
+    Request(Instant),
+    /// A stream or channel.
+    Stream,
 }
 
 impl<K: Key> Member<K> {
@@ -144,18 +157,45 @@ impl<K: Key> Member<K> {
         self.now.now()
     }
 
-    /// The connection to use, if the member is ready.
-    pub(crate) fn begin(self: &Arc<Self>) -> Option<Picked<K>> {
-        let inner = self.lock();
+    /// The connection to use, if the member is ready, with `start`
+    /// counted in the statistics.
+    pub(crate) fn begin(self: &Arc<Self>, start: Start) -> Option<Picked<K>> {
+        let mut inner = self.lock();
         if inner.state != MemberState::Ready {
             return None;
         }
         let requester = inner.requester.clone()?;
+        let started = match start {
+            Start::Nothing => 0,
+            Start::Request(now) => inner.stats.start_request(now),
+            Start::Stream => {
+                inner.stats.start_stream();
+                0
+            }
+        };
         Some(Picked {
             member: self.clone(),
             requester,
             generation: inner.generation,
+            started,
         })
+    }
+
+    /// A request/response started at `started` on connection `generation`
+    /// ended; `ok` records its round trip.
+    pub(crate) fn end_request(&self, started: i64, ok: bool, generation: u64) {
+        let now = self.now();
+        let mut inner = self.lock();
+        let end = inner.stats.stop_request(now, started);
+        if ok {
+            inner.stats.record((end - started) as f64);
+            if inner.generation == generation {
+                inner.healthy = true;
+            }
+        }
+        inner
+            .stats
+            .update_availability(now, if ok { 1.0 } else { 0.0 });
     }
 
     /// A request succeeded on connection `generation`.
