@@ -162,7 +162,9 @@ impl<K: Key> Balancer<K> {
     async fn picked(&self, start: Start) -> Result<Picked<K>, RequestError> {
         match self.core.try_pick(start) {
             Some(p) => Ok(p),
-            None => self.core.pick(start).await,
+            // Boxed: the waiting state (a timer among others) would
+            // otherwise grow every request's future, and be copied with it.
+            None => Box::pin(self.core.pick(start)).await,
         }
     }
 

@@ -8,7 +8,7 @@
 //! * `balanced-3-rr`: round robin over the same three.
 //!
 //! ```text
-//! cargo run --release --manifest-path benchmarks/Cargo.toml -p rsocket-balance-bench -- [--runs 3] [--secs 3] [--flavor ct|mt2]
+//! cargo run --release --manifest-path benchmarks/Cargo.toml -p rsocket-balance-bench -- [--runs 3] [--secs 3] [--flavor ct|mt2] [--only direct|balanced-1|balanced-3|balanced-3-rr]
 //! ```
 //!
 //! Each cell is a warm-up of 0.3 s then `--secs` of requests; runs are
@@ -91,7 +91,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-async fn bench(runs: usize, secs: f64) -> Vec<(String, f64, f64)> {
+async fn bench(runs: usize, secs: f64, only: Option<String>) -> Vec<(String, f64, f64)> {
     let servers = [start_server().await, start_server().await, start_server().await];
     let direct = ClientBuilder::new()
         .connect(rsocket_transport_tcp::connect(servers[0]).await.expect("connect"))
@@ -116,6 +116,10 @@ async fn bench(runs: usize, secs: f64) -> Vec<(String, f64, f64)> {
         ("balanced-3", Client::Balanced(three)),
         ("balanced-3-rr", Client::Balanced(three_rr)),
     ];
+    let setups: Vec<_> = setups
+        .into_iter()
+        .filter(|(name, _)| only.as_deref().is_none_or(|o| o == *name))
+        .collect();
     let mut results: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); setups.len()];
     for _ in 0..runs {
         for (i, (_, client)) in setups.iter().enumerate() {
@@ -142,6 +146,8 @@ fn main() {
     };
     let runs: usize = arg("--runs").and_then(|v| v.parse().ok()).unwrap_or(3);
     let secs: f64 = arg("--secs").and_then(|v| v.parse().ok()).unwrap_or(3.0);
+    // `--only direct` etc.: one setup, for instruction counts under `perf stat`.
+    let only = arg("--only");
     let flavors: Vec<String> = match arg("--flavor") {
         Some(f) => vec![f],
         None => vec!["ct".into(), "mt2".into()],
@@ -154,7 +160,9 @@ fn main() {
             _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
         }
         .expect("runtime");
-        let rows = rt.block_on(async move { tokio::spawn(bench(runs, secs)).await.expect("bench") });
+        let only = only.clone();
+        let rows =
+            rt.block_on(async move { tokio::spawn(bench(runs, secs, only)).await.expect("bench") });
         let base = rows[0].1;
         for (name, ops, cpu) in rows {
             println!(
