@@ -186,16 +186,10 @@ impl<K: Key> Member<K> {
     pub(crate) fn end_request(&self, started: i64, ok: bool, generation: u64) {
         let now = self.now();
         let mut inner = self.lock();
-        let end = inner.stats.stop_request(now, started);
-        if ok {
-            inner.stats.record((end - started) as f64);
-            if inner.generation == generation {
-                inner.healthy = true;
-            }
+        inner.stats.end_request(now, started, ok);
+        if ok && inner.generation == generation {
+            inner.healthy = true;
         }
-        inner
-            .stats
-            .update_availability(now, if ok { 1.0 } else { 0.0 });
     }
 
     /// A request succeeded on connection `generation`.

@@ -62,11 +62,21 @@ impl Ewma {
         // The first sample replaces the initial value, as in rsocket-java
         // (whose stamp starts at 0, an age of "forever").
         let w = match self.stamp {
-            Some(s) => (-((now - s).max(0) as f64) / self.tau).exp(),
+            Some(s) => decay((now - s).max(0) as f64 / self.tau),
             None => 0.0,
         };
         self.stamp = Some(now);
         self.value = w * self.value + (1.0 - w) * x;
+    }
+}
+
+/// `e^-x` for `x >= 0`; for the tiny `x` of back-to-back requests (µs over
+/// a tau of seconds) a Taylor polynomial, exact to 1e-13 and much cheaper.
+fn decay(x: f64) -> f64 {
+    if x < 1e-4 {
+        1.0 - x + x * x / 2.0
+    } else {
+        (-x).exp()
     }
 }
 
@@ -190,7 +200,12 @@ impl WeightedStats {
     }
 
     fn micros(&self, now: Instant) -> i64 {
-        i64::try_from(now.saturating_duration_since(self.origin).as_micros()).unwrap_or(i64::MAX)
+        // Seconds and sub-second micros: no 128-bit division per call.
+        let d = now.saturating_duration_since(self.origin);
+        i64::try_from(d.as_secs())
+            .unwrap_or(i64::MAX / 2_000_000)
+            .saturating_mul(1_000_000)
+            .saturating_add(i64::from(d.subsec_micros()))
     }
 
     /// A request was sent; returns its start time for [`stop_request`](Self::stop_request).
@@ -222,6 +237,16 @@ impl WeightedStats {
         self.pending_requests = self.pending_requests.saturating_sub(1);
         self.stamp0 = now;
         now
+    }
+
+    /// A request/response ended: stops it, records its round trip if it
+    /// succeeded, and feeds the availability average (one clock reading).
+    pub(crate) fn end_request(&mut self, now: Instant, started: i64, ok: bool) {
+        let end = self.stop_request(now, started);
+        if ok {
+            self.record((end - started) as f64);
+        }
+        self.availability.insert(end, if ok { 1.0 } else { 0.0 });
     }
 
     /// Records a measured round trip in microseconds.
@@ -385,6 +410,13 @@ mod tests {
         s.update_availability(t, 0.0);
         s.update_availability(t + ms(1), 0.0);
         assert!(s.weight(t + ms(1), 1.0) < idle);
+    }
+
+    #[test]
+    fn decay_matches_exp() {
+        for x in [0.0, 1e-9, 1e-6, 5e-5, 1e-4, 0.5, 3.0] {
+            assert!((decay(x) - (-x as f64).exp()).abs() < 1e-12, "{x}");
+        }
     }
 
     #[test]
