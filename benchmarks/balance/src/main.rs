@@ -5,10 +5,12 @@
 //! * `balanced-1`: a weighted-p2c balancer with one member (the cost of the
 //!   balancer itself: pick, statistics, retry bookkeeping),
 //! * `balanced-3`: a weighted-p2c balancer over three servers,
-//! * `balanced-3-rr`: round robin over the same three.
+//! * `balanced-3-rr`: round robin over the same three,
+//! * `direct-3-rr`: the three connections taken in turn by hand (what three
+//!   connections cost without a balancer).
 //!
 //! ```text
-//! cargo run --release --manifest-path benchmarks/Cargo.toml -p rsocket-balance-bench -- [--runs 3] [--secs 3] [--flavor ct|mt2] [--only direct|balanced-1|balanced-3|balanced-3-rr]
+//! cargo run --release --manifest-path benchmarks/Cargo.toml -p rsocket-balance-bench -- [--runs 3] [--secs 3] [--flavor ct|mt2] [--only direct|balanced-1|balanced-3|balanced-3-rr|direct-3-rr]
 //! ```
 //!
 //! Each cell is a warm-up of 0.3 s then `--secs` of requests; runs are
@@ -17,6 +19,8 @@
 //! process, as in the main suite).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::FuturesUnordered;
@@ -47,6 +51,9 @@ async fn start_server() -> SocketAddr {
 #[derive(Clone)]
 enum Client {
     Direct(Requester),
+    /// Three connections taken in turn by hand: what three connections
+    /// cost without a balancer.
+    DirectRr(Arc<[Requester; 3]>, Arc<AtomicUsize>),
     Balanced(Balancer<SocketAddr>),
 }
 
@@ -54,6 +61,10 @@ impl Client {
     async fn call(&self, p: Payload) {
         let r = match self {
             Self::Direct(r) => r.request_response(p).await,
+            Self::DirectRr(rs, next) => {
+                let i = next.fetch_add(1, Ordering::Relaxed) % 3;
+                rs[i].request_response(p).await
+            }
             Self::Balanced(b) => b.request_response_with(p, CallOptions::new()).await,
         };
         r.expect("request failed");
@@ -93,9 +104,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 async fn bench(runs: usize, secs: f64, only: Option<String>) -> Vec<(String, f64, f64)> {
     let servers = [start_server().await, start_server().await, start_server().await];
-    let direct = ClientBuilder::new()
-        .connect(rsocket_transport_tcp::connect(servers[0]).await.expect("connect"))
-        .expect("client");
+    let mut direct = Vec::new();
+    for addr in servers {
+        direct.push(
+            ClientBuilder::new()
+                .connect(rsocket_transport_tcp::connect(addr).await.expect("connect"))
+                .expect("client"),
+        );
+    }
+    let direct3: [Requester; 3] = [direct[0].clone(), direct[1].clone(), direct[2].clone()];
     let one = Balancer::builder()
         .strategy(WeightedP2c::new())
         .build_from_list([(servers[0], TcpConnector::new(servers[0]))]);
@@ -111,10 +128,11 @@ async fn bench(runs: usize, secs: f64, only: Option<String>) -> Vec<(String, f64
             .await;
     }
     let setups = [
-        ("direct", Client::Direct(direct)),
+        ("direct", Client::Direct(direct[0].clone())),
         ("balanced-1", Client::Balanced(one)),
         ("balanced-3", Client::Balanced(three)),
         ("balanced-3-rr", Client::Balanced(three_rr)),
+        ("direct-3-rr", Client::DirectRr(Arc::new(direct3), Arc::new(AtomicUsize::new(0)))),
     ];
     let setups: Vec<_> = setups
         .into_iter()
