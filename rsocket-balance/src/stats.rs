@@ -415,7 +415,7 @@ mod tests {
     #[test]
     fn decay_matches_exp() {
         for x in [0.0, 1e-9, 1e-6, 5e-5, 1e-4, 0.5, 3.0] {
-            assert!((decay(x) - (-x as f64).exp()).abs() < 1e-12, "{x}");
+            assert!((decay(x) - (-x).exp()).abs() < 1e-12, "{x}");
         }
     }
 

@@ -52,7 +52,7 @@ pub type PayloadStream = BoxStream<'static, Result<Payload, RequestError>>;
 ///
 /// Every method has a default that answers `ERROR[REJECTED]` ("not
 /// processed"), so a responder implements only what it serves. Implement it
-/// with `#[async_trait]` (see the [module docs](self)); the trait is
+/// with `#[async_trait]` (as in the crate-level example); the trait is
 /// object-safe, so `Arc<dyn RSocket>` and `Box<dyn RSocket>` implement it
 /// too.
 #[async_trait]
