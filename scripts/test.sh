@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every check and test of the workspace. Needs only the Rust toolchain
+# Runs every check and test of the workspace. Needs the Rust toolchain and
+# apt (it fetches etcd 3.4 for the etcd discovery tests)
 # (plus Python 3 and Node for the interop suites once they land).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,9 @@ cargo fmt --all -- --check
 
 step "clippy (all targets, all features, warnings denied)"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+step "etcd 3.4 for the rsocket-balance-etcd tests (Debian package, unpacked under target/etcd)"
+./scripts/fetch-etcd.sh
 
 step "tests"
 cargo test --workspace --locked
@@ -43,6 +47,12 @@ step "RPC greeter example runs"
 timeout 120 cargo run --locked --example rpc_greeter > target/rpc-greeter.out
 grep -q '^done$' target/rpc-greeter.out
 echo "rpc greeter ok"
+
+step "balance example runs (three TCP servers, one killed, no failures)"
+timeout 120 cargo run --locked --example balance > target/balance-example.out
+cat target/balance-example.out
+grep -q '^done$' target/balance-example.out
+echo "balance example ok"
 
 step "interop"
 timeout 1800 interop/run.sh

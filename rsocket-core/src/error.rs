@@ -154,6 +154,11 @@ pub enum RequestError {
     /// cancelled.
     #[error("protocol violation on the stream: {0}")]
     Protocol(StreamViolation),
+    /// No connection could take the request, so it was not sent: for
+    /// example, a load balancer had no ready member within its wait time.
+    /// The source is the layer's own error; downcast it to learn more.
+    #[error("no connection available: {0}")]
+    Unavailable(Arc<dyn std::error::Error + Send + Sync>),
 }
 
 impl RequestError {

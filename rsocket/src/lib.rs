@@ -10,6 +10,7 @@
 //! | `tcp` | yes | `tcp://host:port` ([`rsocket_transport_tcp`]) |
 //! | `ws` | yes | `ws://host:port/path` ([`rsocket_transport_ws`]) |
 //! | `tls` | no | `wss://` with rustls (`TransportOptions::tls`) |
+//! | `balance` | no | client-side load balancing: `balance` (rsocket-balance, with DNS discovery) |
 //!
 //! # Getting started
 //!
@@ -40,6 +41,8 @@
 //! ```
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "balance")]
+pub mod balance;
 mod boxed;
 mod listener;
 mod uri;

@@ -487,6 +487,15 @@ impl std::fmt::Debug for ResponseFuture {
     }
 }
 
+impl ResponseFuture {
+    /// The stream id, once the request has been queued for sending. A
+    /// request that failed while this is still `None` never reached the
+    /// connection, so it is safe to send again elsewhere.
+    pub fn stream_id(&self) -> Option<StreamId> {
+        self.inner.id
+    }
+}
+
 impl Future for ResponseFuture {
     type Output = Result<Option<Payload>, RequestError>;
 

@@ -1,0 +1,217 @@
+//! Against a real etcd 3.4 (Debian's etcd-server, unpacked under
+//! target/etcd by scripts/fetch-etcd.sh), run here on 127.0.0.1 with port-0
+//! client and peer URLs and spoken to over gRPC.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rsocket_balance::{Balancer, MemberState, TcpConnector};
+use rsocket_balance_etcd::Etcd;
+use rsocket_core::{request_response_fn, Payload, Server};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+struct EtcdProcess {
+    child: Child,
+    endpoint: String,
+    dir: PathBuf,
+}
+
+impl EtcdProcess {
+    fn start() -> Self {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let bin = std::env::var_os("ETCD_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target/etcd/usr/bin/etcd"));
+        assert!(
+            bin.exists(),
+            "etcd not found at {}: run scripts/fetch-etcd.sh (scripts/test.sh does)",
+            bin.display()
+        );
+        let dir = root.join(format!("target/etcd-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let url = "http://127.0.0.1:0";
+        let mut child = Command::new(bin)
+            .args(["--name", "t", "--data-dir"])
+            .arg(&dir)
+            .args(["--listen-client-urls", url, "--advertise-client-urls", url])
+            .args([
+                "--listen-peer-urls",
+                url,
+                "--initial-advertise-peer-urls",
+                url,
+            ])
+            .args(["--initial-cluster", "t=http://127.0.0.1:0"])
+            // Fast elections, and a minimum lease TTL of 1 s.
+            .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start etcd");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads the bound client port from the log, then keeps draining it.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("serving insecure client requests on ").nth(1) {
+                    let addr = rest.split(',').next().unwrap_or_default().trim().to_owned();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("etcd did not report its client address");
+        Self {
+            child,
+            endpoint: format!("http://{addr}"),
+            dir,
+        }
+    }
+}
+
+impl Drop for EtcdProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TCP server answering its name.
+async fn serve(name: &'static str) -> (SocketAddr, JoinHandle<()>) {
+    let listener = rsocket_transport_tcp::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Server::new(move |_setup, _requester| async move {
+        Ok(request_response_fn(move |_req| async move {
+            Ok(Some(Payload::from(name)))
+        }))
+    });
+    let task = tokio::spawn(async move {
+        let _ = server.serve(listener).await;
+    });
+    (addr, task)
+}
+
+#[derive(Debug, Default, Clone)]
+struct Tally {
+    by_server: std::collections::BTreeMap<String, usize>,
+    failures: usize,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_registered_servers_come_and_go_while_requests_succeed() {
+    let etcd_process = EtcdProcess::start();
+    let etcd = Etcd::connect(&etcd_process.endpoint).await.unwrap();
+    let prefix = "/services/greeter/";
+    let ttl = Duration::from_secs(1);
+
+    let (addr1, task1) = serve("s1").await;
+    let (addr2, _task2) = serve("s2").await;
+    let reg1 = etcd
+        .register(prefix, "s1", &addr1.to_string(), ttl)
+        .await
+        .unwrap();
+    let reg2 = etcd
+        .register(prefix, "s2", &addr2.to_string(), ttl)
+        .await
+        .unwrap();
+    assert_eq!(etcd.list(prefix).await.unwrap().0.len(), 2);
+
+    let targets = etcd.watch(prefix, |value: &str| {
+        value.parse::<SocketAddr>().ok().map(TcpConnector::new)
+    });
+    let b = Balancer::builder()
+        .backoff(Duration::from_millis(10), Duration::from_millis(200))
+        .build(targets);
+    let ready = |n: usize| {
+        let b = b.clone();
+        async move {
+            b.wait_until(|m| m.iter().filter(|m| m.state == MemberState::Ready).count() == n)
+                .await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), ready(2))
+        .await
+        .expect("s1, s2 ready");
+
+    // Requests run all through, marked idempotent (a killed server may
+    // have had one in flight).
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tally_tx, mut tally) = watch::channel(Tally::default());
+    let client = b.idempotent();
+    let stop_flag = stop.clone();
+    let load = tokio::spawn(async move {
+        while !stop_flag.load(Ordering::SeqCst) {
+            let r = rsocket_core::RSocket::request_response(&client, Payload::from("x")).await;
+            tally_tx.send_modify(|t| match r {
+                Ok(Some(p)) => {
+                    *t.by_server
+                        .entry(p.data_utf8().unwrap_or("?").to_owned())
+                        .or_default() += 1
+                }
+                _ => t.failures += 1,
+            });
+        }
+    });
+    let served = |name: &'static str, at_least: usize| {
+        move |t: &Tally| t.by_server.get(name).copied().unwrap_or(0) >= at_least
+    };
+    let wait = Duration::from_secs(20);
+    tokio::time::timeout(wait, tally.wait_for(served("s1", 10)))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(wait, tally.wait_for(served("s2", 10)))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // s1 dies without deregistering: its key goes when the lease expires.
+    task1.abort();
+    drop(reg1);
+    let s1_key = format!("{prefix}s1");
+    tokio::time::timeout(wait, b.wait_until(|m| m.iter().all(|m| m.key != s1_key)))
+        .await
+        .expect("s1 dropped out when its lease expired");
+    assert_eq!(etcd.list(prefix).await.unwrap().0.len(), 1);
+    let s2_before = tally.borrow().by_server.get("s2").copied().unwrap_or(0);
+    tokio::time::timeout(wait, tally.wait_for(served("s2", s2_before + 10)))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // A new server registers and gets traffic.
+    let (addr3, _task3) = serve("s3").await;
+    let reg3 = etcd
+        .register(prefix, "s3", &addr3.to_string(), ttl)
+        .await
+        .unwrap();
+    tokio::time::timeout(wait, tally.wait_for(served("s3", 10)))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // A clean deregistration removes s2 at once.
+    reg2.deregister().await.unwrap();
+    let s2_key = format!("{prefix}s2");
+    tokio::time::timeout(wait, b.wait_until(|m| m.iter().all(|m| m.key != s2_key)))
+        .await
+        .expect("s2 removed");
+
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    let t = tally.borrow().clone();
+    assert_eq!(t.failures, 0, "{t:?}");
+    let members: Vec<_> = b.members().into_iter().map(|m| m.key).collect();
+    assert_eq!(members, [format!("{prefix}s3")]);
+    reg3.deregister().await.unwrap();
+}

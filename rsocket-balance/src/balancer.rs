@@ -1,0 +1,574 @@
+//! The balancer: its shared core (members, the ready list, the strategy),
+//! its configuration and builder, and the handle applications hold.
+
+use std::collections::HashMap;
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use rsocket_core::RequestError;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::clock::{Clock, TokioClock};
+use crate::connect::Connect;
+use crate::discovery::{self, Change};
+use crate::member::{self, Backoff, Member, MemberInfo, MemberState, Picked, Start};
+use crate::rng::Rng;
+use crate::strategy::{Candidates, List, Strategy, View, WeightedP2c};
+use crate::{CallOptions, Key};
+
+/// Why the balancer could not place a request. Carried inside
+/// [`RequestError::Unavailable`]; get it back with
+/// [`BalanceError::of`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BalanceError {
+    /// No member became ready within
+    /// [`BalancerConfig::wait_for_member`].
+    #[error("no member was ready within {waited:?} ({members} known, {targets} targets)")]
+    NoReadyMember {
+        /// How long the request waited.
+        waited: Duration,
+        /// Members known (connecting, ready or draining).
+        members: usize,
+        /// Keys in the target list.
+        targets: usize,
+    },
+    /// The balancer was closed or dropped.
+    #[error("the balancer is closed")]
+    Closed,
+}
+
+impl BalanceError {
+    /// The balancer's error inside a request error, if that is what it is.
+    ///
+    /// ```
+    /// use rsocket_balance::BalanceError;
+    /// let err: rsocket_core::RequestError = BalanceError::Closed.into();
+    /// assert_eq!(BalanceError::of(&err), Some(&BalanceError::Closed));
+    /// ```
+    pub fn of(err: &RequestError) -> Option<&Self> {
+        match err {
+            RequestError::Unavailable(source) => source.downcast_ref::<Self>(),
+            _ => None,
+        }
+    }
+}
+
+impl From<BalanceError> for RequestError {
+    fn from(e: BalanceError) -> Self {
+        Self::Unavailable(Arc::new(e))
+    }
+}
+
+/// Tuning of a [`Balancer`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BalancerConfig {
+    /// How long a request waits for a ready member before failing with
+    /// [`BalanceError::NoReadyMember`]. Default 5 s.
+    pub wait_for_member: Duration,
+    /// How many times a request is sent again to another member when it
+    /// is safe to (see the crate docs on retries). Default 2.
+    pub max_retries: u32,
+    /// Re-dial delays after a dial fails or a connection ends.
+    pub backoff: Backoff,
+}
+
+impl Default for BalancerConfig {
+    fn default() -> Self {
+        Self {
+            wait_for_member: Duration::from_secs(5),
+            max_retries: 2,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+struct State<K> {
+    /// The members whose keys are in the target list.
+    targets: HashMap<K, Arc<Member<K>>>,
+    /// Every member not yet closed, in insertion order (draining ones too).
+    all: Vec<Arc<Member<K>>>,
+    /// The members requests may go to.
+    ready: Vec<Arc<Member<K>>>,
+    strategy: Box<dyn Strategy>,
+    rng: Rng,
+}
+
+impl<K: Key> List for Vec<Arc<Member<K>>> {
+    fn len(&self) -> usize {
+        Self::len(self)
+    }
+
+    fn view(&self, i: usize) -> &dyn View {
+        &self[i]
+    }
+}
+
+pub(crate) struct Core<K> {
+    state: Mutex<State<K>>,
+    ready_notify: Notify,
+    changes: watch::Sender<u64>,
+    pub(crate) config: BalancerConfig,
+    pub(crate) clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+    live_members: AtomicUsize,
+}
+
+impl<K: Key> Core<K> {
+    fn lock(&self) -> MutexGuard<'_, State<K>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn insert(self: &Arc<Self>, key: K, connector: Arc<dyn Connect>) {
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        let member = {
+            let mut st = self.lock();
+            let seed = st.rng.next_u64();
+            let member = Arc::new(Member::new(
+                key.clone(),
+                self.shutdown.child_token(),
+                self.clock.clone(),
+                seed,
+            ));
+            if let Some(old) = st.targets.insert(key.clone(), member.clone()) {
+                debug!(?key, "target replaced: the old member drains");
+                old.removed.cancel();
+            } else {
+                debug!(?key, "target added");
+            }
+            st.all.push(member.clone());
+            member
+        };
+        self.live_members.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(member::run(self.clone(), member, connector));
+        self.changed();
+    }
+
+    fn remove(&self, key: &K) {
+        let old = self.lock().targets.remove(key);
+        if let Some(old) = old {
+            debug!(?key, "target removed: the member drains");
+            old.removed.cancel();
+            self.changed();
+        }
+    }
+
+    /// A member's task has ended.
+    pub(crate) fn forget(&self, member: &Arc<Member<K>>) {
+        {
+            let mut st = self.lock();
+            st.all.retain(|m| !Arc::ptr_eq(m, member));
+            if st
+                .targets
+                .get(&member.key)
+                .is_some_and(|m| Arc::ptr_eq(m, member))
+            {
+                st.targets.remove(&member.key);
+            }
+        }
+        self.live_members.fetch_sub(1, Ordering::SeqCst);
+        self.changed();
+    }
+
+    /// Rebuilds the ready list after a state change and wakes waiters.
+    pub(crate) fn changed(&self) {
+        let ready = {
+            let mut st = self.lock();
+            let st = &mut *st;
+            st.ready.clear();
+            for m in &st.all {
+                let is_target = st.targets.get(&m.key).is_some_and(|t| Arc::ptr_eq(t, m));
+                if is_target && m.lock().state == MemberState::Ready {
+                    st.ready.push(m.clone());
+                }
+            }
+            debug!(
+                ready = st.ready.len(),
+                members = st.all.len(),
+                targets = st.targets.len(),
+                "balancer members"
+            );
+            st.ready.len()
+        };
+        if ready > 0 {
+            self.ready_notify.notify_waiters();
+        }
+        self.changes.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// A ready member chosen by the strategy, without waiting; `start` is
+    /// counted on it.
+    pub(crate) fn try_pick(&self, start: Start) -> Option<Picked<K>> {
+        // A member can stop being ready between the list and `begin`.
+        for _ in 0..3 {
+            let member = {
+                let mut st = self.lock();
+                let st = &mut *st;
+                match st.ready.len() {
+                    0 => return None,
+                    1 => st.ready[0].clone(),
+                    _ => {
+                        let candidates = Candidates::new(&st.ready, self.clock.now());
+                        let i = st.strategy.select(&candidates, &mut st.rng);
+                        st.ready.get(i).unwrap_or(&st.ready[0]).clone()
+                    }
+                }
+            };
+            if let Some(picked) = member.begin(start) {
+                return Some(picked);
+            }
+            self.changed();
+        }
+        None
+    }
+
+    /// A ready member, waiting up to `wait_for_member` for one.
+    pub(crate) async fn pick(&self, what: Start) -> Result<Picked<K>, RequestError> {
+        if let Some(p) = self.try_pick(what) {
+            return Ok(p);
+        }
+        let start = tokio::time::Instant::now();
+        let deadline = start + self.config.wait_for_member;
+        loop {
+            let mut notified = pin!(self.ready_notify.notified());
+            notified.as_mut().enable();
+            let what = match what {
+                Start::Request(_) => Start::Request(self.clock.now()),
+                other => other,
+            };
+            if let Some(p) = self.try_pick(what) {
+                return Ok(p);
+            }
+            if self.shutdown.is_cancelled() {
+                return Err(BalanceError::Closed.into());
+            }
+            tokio::select! {
+                () = notified => {}
+                () = self.shutdown.cancelled() => return Err(BalanceError::Closed.into()),
+                () = tokio::time::sleep_until(deadline) => {
+                    let st = self.lock();
+                    return Err(BalanceError::NoReadyMember {
+                        waited: start.elapsed(),
+                        members: st.all.len(),
+                        targets: st.targets.len(),
+                    }
+                    .into());
+                }
+            }
+        }
+    }
+}
+
+/// Cancels everything when the last handle goes.
+struct Owner {
+    shutdown: CancellationToken,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Builds a [`Balancer`].
+#[derive(Debug)]
+pub struct BalancerBuilder {
+    config: BalancerConfig,
+    strategy: Box<dyn Strategy>,
+    clock: Arc<dyn Clock>,
+    seed: Option<u64>,
+    defaults: CallOptions,
+}
+
+impl Default for BalancerBuilder {
+    fn default() -> Self {
+        Self {
+            config: BalancerConfig::default(),
+            strategy: Box::new(WeightedP2c::new()),
+            clock: Arc::new(TokioClock),
+            seed: None,
+            defaults: CallOptions::default(),
+        }
+    }
+}
+
+impl BalancerBuilder {
+    /// The strategy (default: [`WeightedP2c`]).
+    #[must_use]
+    pub fn strategy(mut self, strategy: impl Strategy) -> Self {
+        self.strategy = Box::new(strategy);
+        self
+    }
+
+    /// The clock for latency measurement (default: [`TokioClock`]).
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Seeds every random choice (member picks, jitter, quantile
+    /// estimates), so a run can be replayed exactly.
+    #[must_use]
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// All tuning at once.
+    #[must_use]
+    pub fn config(mut self, config: BalancerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// See [`BalancerConfig::wait_for_member`].
+    #[must_use]
+    pub fn wait_for_member(mut self, wait: Duration) -> Self {
+        self.config.wait_for_member = wait;
+        self
+    }
+
+    /// See [`BalancerConfig::max_retries`].
+    #[must_use]
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.config.max_retries = n;
+        self
+    }
+
+    /// Re-dial delays between `min` and `max`.
+    #[must_use]
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.config.backoff = Backoff { min, max };
+        self
+    }
+
+    /// The options of calls made through the [`RSocket`](rsocket_core::RSocket)
+    /// trait (see [`Balancer::with_options`]).
+    #[must_use]
+    pub fn call_options(mut self, options: CallOptions) -> Self {
+        self.defaults = options;
+        self
+    }
+
+    /// Starts the balancer on the current tokio runtime, following
+    /// `targets`. The balancer keeps its members when the stream ends.
+    pub fn build<K, C, S>(self, targets: S) -> Balancer<K>
+    where
+        K: Key,
+        C: Connect,
+        S: Stream<Item = Change<K, C>> + Send + 'static,
+    {
+        let shutdown = CancellationToken::new();
+        let rng = self.seed.map_or_else(Rng::from_entropy, Rng::seeded);
+        let core = Arc::new(Core {
+            state: Mutex::new(State {
+                targets: HashMap::new(),
+                all: Vec::new(),
+                ready: Vec::new(),
+                strategy: self.strategy,
+                rng,
+            }),
+            ready_notify: Notify::new(),
+            changes: watch::channel(0).0,
+            config: self.config,
+            clock: self.clock,
+            shutdown: shutdown.clone(),
+            live_members: AtomicUsize::new(0),
+        });
+        tokio::spawn(follow(core.clone(), targets));
+        Balancer {
+            core,
+            _owner: Arc::new(Owner { shutdown }),
+            defaults: self.defaults,
+        }
+    }
+
+    /// [`build`](Self::build) over a fixed list.
+    pub fn build_from_list<K, C, I>(self, targets: I) -> Balancer<K>
+    where
+        K: Key,
+        C: Connect,
+        I: IntoIterator<Item = (K, C)>,
+        I::IntoIter: Send + 'static,
+    {
+        self.build(discovery::from_list(targets))
+    }
+
+    /// [`build`](Self::build) following a `watch` of target lists.
+    pub fn build_from_watch<K, C>(self, targets: watch::Receiver<Vec<(K, C)>>) -> Balancer<K>
+    where
+        K: Key,
+        C: Connect + Clone + Sync,
+    {
+        self.build(discovery::from_watch(targets))
+    }
+}
+
+async fn follow<K, C, S>(core: Arc<Core<K>>, targets: S)
+where
+    K: Key,
+    C: Connect,
+    S: Stream<Item = Change<K, C>> + Send + 'static,
+{
+    let mut targets = pin!(targets);
+    loop {
+        let next = tokio::select! {
+            next = targets.next() => next,
+            () = core.shutdown.cancelled() => return,
+        };
+        match next {
+            Some(Change::Insert(key, connector)) => core.insert(key, Arc::new(connector)),
+            Some(Change::Remove(key)) => core.remove(&key),
+            None => {
+                debug!("target stream ended; members kept");
+                return;
+            }
+        }
+    }
+}
+
+/// One [`RSocket`](rsocket_core::RSocket) over many servers. Cheap to
+/// clone; every clone shares the members. Dropping the last clone closes
+/// every member gracefully.
+pub struct Balancer<K: Key> {
+    pub(crate) core: Arc<Core<K>>,
+    _owner: Arc<Owner>,
+    pub(crate) defaults: CallOptions,
+}
+
+impl<K: Key> Clone for Balancer<K> {
+    fn clone(&self) -> Self {
+        Self {
+            core: self.core.clone(),
+            _owner: self._owner.clone(),
+            defaults: self.defaults,
+        }
+    }
+}
+
+impl<K: Key> std::fmt::Debug for Balancer<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.core.lock();
+        f.debug_struct("Balancer")
+            .field("targets", &st.targets.len())
+            .field("ready", &st.ready.len())
+            .field("strategy", &st.strategy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Balancer<()> {
+    /// A builder (weighted p2c, tokio's clock, random seed); the key type
+    /// comes from the targets given to its `build` methods.
+    pub fn builder() -> BalancerBuilder {
+        BalancerBuilder::default()
+    }
+}
+
+impl<K: Key> Balancer<K> {
+    /// A balancer with default settings following `targets`.
+    pub fn new<C, S>(targets: S) -> Self
+    where
+        C: Connect,
+        S: Stream<Item = Change<K, C>> + Send + 'static,
+    {
+        BalancerBuilder::default().build(targets)
+    }
+
+    /// A balancer with default settings over a fixed list.
+    pub fn from_list<C, I>(targets: I) -> Self
+    where
+        C: Connect,
+        I: IntoIterator<Item = (K, C)>,
+        I::IntoIter: Send + 'static,
+    {
+        BalancerBuilder::default().build_from_list(targets)
+    }
+
+    /// A balancer with default settings following a `watch` of lists.
+    pub fn from_watch<C>(targets: watch::Receiver<Vec<(K, C)>>) -> Self
+    where
+        C: Connect + Clone + Sync,
+    {
+        BalancerBuilder::default().build_from_watch(targets)
+    }
+
+    /// A handle on the same members whose calls through the
+    /// [`RSocket`](rsocket_core::RSocket) trait use `options` (for
+    /// example to hand an idempotent view to a generated client).
+    #[must_use]
+    pub fn with_options(&self, options: CallOptions) -> Self {
+        Self {
+            defaults: options,
+            ..self.clone()
+        }
+    }
+
+    /// [`with_options`](Self::with_options) with every call marked
+    /// idempotent.
+    #[must_use]
+    pub fn idempotent(&self) -> Self {
+        self.with_options(CallOptions::new().idempotent(true))
+    }
+
+    /// A snapshot of every member (draining ones included), in insertion
+    /// order.
+    pub fn members(&self) -> Vec<MemberInfo<K>> {
+        let st = self.core.lock();
+        st.all
+            .iter()
+            .map(|m| {
+                let is_target = st.targets.get(&m.key).is_some_and(|t| Arc::ptr_eq(t, m));
+                m.info(is_target)
+            })
+            .collect()
+    }
+
+    /// How many members take traffic now.
+    pub fn ready_count(&self) -> usize {
+        self.core.lock().ready.len()
+    }
+
+    /// A counter bumped on every member change (added, state, removed):
+    /// `wait_for` on it to react to changes without polling.
+    pub fn state_changes(&self) -> watch::Receiver<u64> {
+        self.core.changes.subscribe()
+    }
+
+    /// Waits until `pred` holds for the member snapshot, re-checking on
+    /// every change.
+    pub async fn wait_until(&self, mut pred: impl FnMut(&[MemberInfo<K>]) -> bool) {
+        let mut rx = self.state_changes();
+        loop {
+            rx.borrow_and_update();
+            if pred(&self.members()) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Closes every member gracefully (in-flight requests and streams
+    /// finish) and waits until all are closed. Later requests fail with
+    /// [`BalanceError::Closed`].
+    pub async fn close(&self) {
+        self.core.shutdown.cancel();
+        let mut rx = self.state_changes();
+        while self.core.live_members.load(Ordering::SeqCst) > 0 {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}

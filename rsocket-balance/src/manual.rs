@@ -1,0 +1,106 @@
+//! How the balancer works, and why.
+//!
+//! # Picking
+//!
+//! Every request/response, stream, fire-and-forget and metadata push picks
+//! one member among those that are *ready* and still in the target list;
+//! a channel picks once for its whole life. With one candidate the
+//! strategy is not consulted.
+//!
+//! [`WeightedP2c`](crate::WeightedP2c) follows rsocket-java's
+//! `WeightedLoadbalanceStrategy`: it draws two distinct candidates and
+//! takes the heavier, where
+//!
+//! ```text
+//! weight = availability × availability_ewma / (1 + latency × (pending + 1))
+//! ```
+//!
+//! with latency in microseconds and these inputs, kept per member:
+//!
+//! * `pending`: request/responses in flight plus open streams and
+//!   channels, counted by guards that end with the request (a cancel
+//!   included);
+//! * `latency`: a frugal median of request/response round trips, with
+//!   rsocket-java's adjustments: 0 for an unmeasured idle member, a startup
+//!   penalty of 2^51 for an unmeasured busy one (so one probe at a time goes
+//!   to a new member), zeros fed in after an idle spell of 500 × the mean
+//!   inter-arrival time (so a member that was slow is tried again), the
+//!   instantaneous estimate when work in flight has already run longer than
+//!   predicted, and a push of `(1 + distance / band)^4` outside the band
+//!   between the 0.5 and 0.8 quantiles;
+//! * `availability_ewma`: 1 per success and 0 per error, 5 s half-life,
+//!   nudged back towards 1 after 7 s without requests;
+//! * `availability`: the member's own, 1 when ready and 0 otherwise.
+//!
+//! **Leasing.** `availability` is the input a lease will feed: once the
+//! engine has LEASE, a member's availability becomes its remaining permits
+//! and time (0 when the lease is spent), so p2c stops sending to a server
+//! out of lease without any other change, and a request refused locally for
+//! want of a lease becomes a retryable refusal like `ConnectionClosing`.
+//!
+//! The randomness is a seedable [`Rng`](crate::Rng) and the time comes from
+//! a [`Clock`](crate::Clock) (tokio's by default, which follows
+//! `tokio::time::pause`), so a test replays exactly.
+//!
+//! [`RoundRobin`](crate::RoundRobin) takes the candidates in turn.
+//!
+//! # Members
+//!
+//! ```text
+//! Connecting ──dial ok──► Ready ──target removed──► Draining ──► Closed
+//!     ▲                     │
+//!     │ back-off            │ connection ends, or the server began a
+//!     └──── Draining ◄──────┘ graceful close (CONNECTION_CLOSE)
+//! ```
+//!
+//! * A member dials with its connector as soon as its target is inserted.
+//!   When a dial fails, or a connection ends while the key is still a
+//!   target, it dials again after a jittered exponential back-off
+//!   ([`Backoff`](crate::Backoff): from `min`, doubling up to `max`, each
+//!   delay drawn from the upper half of its range). A connection that ends
+//!   before any request succeeded on it counts as a failed dial, so a
+//!   server that accepts and drops at once is not hammered. The member
+//!   takes no traffic until it is ready again; nobody needs to re-send the
+//!   target list.
+//! * Removing a target (or inserting its key again with a new connector)
+//!   drains it: it leaves the ready list at once, its connection is closed
+//!   gracefully (CONNECTION_CLOSE; requests and streams in flight finish,
+//!   within the connection's `Config::close_timeout`), then the member is
+//!   forgotten.
+//! * A request that finds its member's connection closing or dead takes
+//!   that member out of the ready list at once, without waiting for its
+//!   task to notice.
+//! * With no ready member a request waits up to
+//!   [`BalancerConfig::wait_for_member`](crate::BalancerConfig::wait_for_member),
+//!   then fails with [`RequestError::Unavailable`](rsocket_core::RequestError::Unavailable)
+//!   carrying [`BalanceError::NoReadyMember`](crate::BalanceError::NoReadyMember).
+//!
+//! # Retries
+//!
+//! A failed attempt goes to another member, at most
+//! [`BalancerConfig::max_retries`](crate::BalancerConfig::max_retries)
+//! times, when the server cannot have processed it:
+//!
+//! | failure | retried |
+//! |---|---|
+//! | never sent: the connection was closed before the request was queued | always |
+//! | `RequestError::ConnectionClosing` (the server's CONNECTION_CLOSE arrived first) | always |
+//! | `ERROR[REJECTED]` sent by a draining rsocket-rs server for a request that crossed its CONNECTION_CLOSE | always |
+//! | the connection died with the request in flight | only if marked idempotent ([`CallOptions`](crate::CallOptions)) |
+//! | any other answer (application error, other `REJECTED`, cancel) | never: it is the caller's answer |
+//!
+//! Streams are retried only before their first item; a channel only if it
+//! was never sent (its outbound items untouched). Fire-and-forget and
+//! metadata push fail only when not queued, so they are always retried.
+//! A server's graceful shutdown therefore moves traffic to the other
+//! members with no error reaching the caller.
+//!
+//! # Observability
+//!
+//! [`Balancer::members`](crate::Balancer::members) returns each member's
+//! state, pending count, latency estimate, weight and availability;
+//! [`Balancer::state_changes`](crate::Balancer::state_changes) wakes on
+//! every change. Through `tracing`: state transitions at `debug` (with
+//! pending, latency and availability), dial failures at `warn`, retries at
+//! `debug` and each p2c decision at `trace` (both candidates, their weights
+//! and the choice).
