@@ -182,35 +182,39 @@ async fn channel_worker(
     }
 }
 
-/// Prints the progress line every second until `stop`.
+/// Prints the progress line every second until `stop`, and once more
+/// with the final counts.
 async fn progress(live: Arc<Live>, mut stop: watch::Receiver<bool>, began: Instant) {
     let tty = std::io::stderr().is_terminal();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
-    let mut last = 0;
+    let mut last = (0, began);
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => break,
-        }
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.changed() => true,
+        };
         let ops = live.ops.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let rate = (ops - last.0) as f64 / (now - last.1).as_secs_f64().max(1e-3);
+        last = (ops, now);
         let line = format!(
-            "[{:>5.1}s] {ops} ops, {}/s, {} errors",
-            began.elapsed().as_secs_f64(),
-            ops - last,
+            "[{:>5.1}s] {ops} ops, {rate:.0}/s, {} errors",
+            (now - began).as_secs_f64(),
             live.errors.load(Ordering::Relaxed)
         );
-        last = ops;
         let mut err = std::io::stderr().lock();
-        let _ = if tty {
+        let _ = if tty && !stopping {
             write!(err, "\r\x1b[2K{line}")
+        } else if tty {
+            writeln!(err, "\r\x1b[2K{line}")
         } else {
             writeln!(err, "{line}")
         };
         let _ = err.flush();
-    }
-    if tty {
-        let _ = write!(std::io::stderr(), "\r\x1b[2K");
+        if stopping {
+            break;
+        }
     }
 }
 

@@ -33,24 +33,26 @@ impl Served {
             .spawn()
             .expect("spawn rsocket serve");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let uri = Self::next_line(&mut lines).await;
+        let uri = Self::next_line(&mut lines).await.expect("the bound URI");
         Self { child, lines, uri }
     }
 
-    async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> String {
+    async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> Option<String> {
         tokio::time::timeout(common::RUN_LIMIT, lines.next_line())
             .await
-            .expect("timed out waiting for the server")
-            .expect("read server output")
-            .expect("server exited")
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
     }
 
     /// Reads the server's log until a line starting with `prefix`.
     async fn wait_for(&mut self, prefix: &str) -> String {
+        let mut seen = Vec::new();
         loop {
-            let line = Self::next_line(&mut self.lines).await;
-            if line.starts_with(prefix) {
-                return line;
+            match Self::next_line(&mut self.lines).await {
+                Some(line) if line.starts_with(prefix) => return line,
+                Some(line) => seen.push(line),
+                None => panic!("the server never logged {prefix:?}; it logged {seen:#?}"),
             }
         }
     }
@@ -160,6 +162,7 @@ fn assert_sane(report: &Value) {
 async fn bench_reports_sane_figures_for_each_interaction() {
     let (uri, _events) = serve_recorder("tcp://127.0.0.1:0").await;
     let rr = bench(&uri, "rr", &[]).await;
+    eprintln!("{rr}");
     assert_sane(&rr);
     assert_eq!(rr["errors"], 0, "{rr}");
     assert_eq!(rr["interaction"], "rr");
