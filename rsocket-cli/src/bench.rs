@@ -71,7 +71,9 @@ impl Tally {
     }
 
     fn merge(&mut self, other: Self) -> Result<()> {
-        self.latency.add(&other.latency).context("merging histograms")?;
+        self.latency
+            .add(&other.latency)
+            .context("merging histograms")?;
         self.ops += other.ops;
         self.items += other.items;
         for (k, v) in other.errors {
@@ -82,7 +84,10 @@ impl Tally {
 }
 
 /// Runs `op` unless `stop` fires first; `None` when stopped.
-async fn until_stop<F: std::future::Future>(stop: &mut watch::Receiver<bool>, op: F) -> Option<F::Output> {
+async fn until_stop<F: std::future::Future>(
+    stop: &mut watch::Receiver<bool>,
+    op: F,
+) -> Option<F::Output> {
     if *stop.borrow() {
         return None;
     }
@@ -154,9 +159,8 @@ async fn channel_worker(
     tally: &mut Tally,
 ) {
     let (tx, rx) = tokio::sync::mpsc::channel::<Payload>(1);
-    let outbound = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|p| (p, rx))
-    });
+    let outbound =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (p, rx)) });
     let data = Payload::new(request.data.clone());
     let mut replies = client.request_channel(request, outbound);
     let mut started = Instant::now();
@@ -221,7 +225,12 @@ async fn progress(live: Arc<Live>, mut stop: watch::Receiver<bool>, began: Insta
 /// Runs the benchmark and prints the report.
 pub(crate) async fn run(args: BenchArgs) -> Result<()> {
     let auth = args.conn.auth.as_deref().map(parse_auth).transpose()?;
-    let plan = plan_metadata(args.route.as_deref(), auth.as_ref(), None, &args.mime.metadata_mime)?;
+    let plan = plan_metadata(
+        args.route.as_deref(),
+        auth.as_ref(),
+        None,
+        &args.mime.metadata_mime,
+    )?;
     let data = match args.interaction {
         Interaction::Stream => Bytes::from(args.items.to_string()),
         _ => Bytes::from(vec![b'x'; args.size]),
@@ -300,11 +309,7 @@ fn report(args: &BenchArgs, t: &Tally, elapsed: Duration) -> Result<()> {
             "{interaction} against {}: {} workers on {} connection(s), {:.2} s\n",
             args.uri, args.concurrency, args.connections, secs
         );
-        s += &format!(
-            "operations  {} ({:.1}/s)\n",
-            t.ops,
-            t.ops as f64 / secs
-        );
+        s += &format!("operations  {} ({:.1}/s)\n", t.ops, t.ops as f64 / secs);
         if args.interaction == Interaction::Stream {
             s += &format!("items       {} ({:.1}/s)\n", t.items, t.items as f64 / secs);
         }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::{Sink, Stream};
 use rsocket::frame::{FrameType, MimeType};
 use rsocket::metadata::{Authentication, CompositeMetadata, RoutingMetadata, WellKnownMimeType};
-use rsocket::{Frame, PeerInfo, Payload, Transport, TransportError};
+use rsocket::{Frame, Payload, PeerInfo, Transport, TransportError};
 
 /// Hex is printed for at most this many bytes of a frame.
 const HEX_LIMIT: usize = 1024;
@@ -222,7 +222,8 @@ fn describe_composite(md: &Bytes, out: &mut String) {
             Some(WellKnownMimeType::MessageRSocketRouting) => {
                 match RoutingMetadata::new(entry.content.clone()).to_vec() {
                     Ok(tags) => {
-                        let tags: Vec<_> = tags.iter().map(|t| format!("{:?}", t.as_str())).collect();
+                        let tags: Vec<_> =
+                            tags.iter().map(|t| format!("{:?}", t.as_str())).collect();
                         format!("routing [{}]", tags.join(", "))
                     }
                     Err(e) => format!("malformed routing: {e}"),
@@ -386,7 +387,10 @@ mod tests {
             payload: Payload::new("5").with_metadata(b.build()),
         });
         let text = render("client -->", &frame, true);
-        assert!(text.starts_with("client --> REQUEST_STREAM stream=1 flags=0x100 [M]"), "{text}");
+        assert!(
+            text.starts_with("client --> REQUEST_STREAM stream=1 flags=0x100 [M]"),
+            "{text}"
+        );
         assert!(text.contains("initial-request-n=5"), "{text}");
         assert!(text.contains("routing [\"numbers\"]"), "{text}");
         assert!(text.contains("data: 1 bytes \"5\""), "{text}");
@@ -402,7 +406,10 @@ mod tests {
         ));
         let text = render("<--", &frame, false);
         assert!(text.contains("ERROR stream=3"), "{text}");
-        assert!(text.contains("code=APPLICATION_ERROR (0x00000201)"), "{text}");
+        assert!(
+            text.contains("code=APPLICATION_ERROR (0x00000201)"),
+            "{text}"
+        );
         assert!(text.contains("message: \"boom\""), "{text}");
         assert_eq!(preview(&[0xff, 0xfe]), "<2 bytes, binary>");
         let mut hex = String::new();

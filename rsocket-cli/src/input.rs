@@ -40,9 +40,9 @@ pub(crate) async fn read_opt(arg: Option<&str>) -> Result<Option<Bytes>> {
 
 /// Parses `--auth`: `bearer:TOKEN` or `simple:USER:PASSWORD`.
 pub(crate) fn parse_auth(s: &str) -> Result<Authentication> {
-    let (scheme, rest) = s
-        .split_once(':')
-        .with_context(|| format!("invalid --auth {s:?}: expected bearer:TOKEN or simple:USER:PASSWORD"))?;
+    let (scheme, rest) = s.split_once(':').with_context(|| {
+        format!("invalid --auth {s:?}: expected bearer:TOKEN or simple:USER:PASSWORD")
+    })?;
     match scheme {
         "bearer" => Ok(Authentication::bearer(rest.to_owned())),
         "simple" => {
@@ -166,7 +166,10 @@ mod tests {
 
     #[test]
     fn auth_forms() {
-        assert_eq!(parse_auth("bearer:t0k").unwrap(), Authentication::bearer("t0k"));
+        assert_eq!(
+            parse_auth("bearer:t0k").unwrap(),
+            Authentication::bearer("t0k")
+        );
         assert_eq!(
             parse_auth("simple:al:pa:ss").unwrap(),
             Authentication::simple("al", "pa:ss")
@@ -186,13 +189,24 @@ mod tests {
     #[test]
     fn composite_with_route_auth_and_entry() {
         let auth = Authentication::bearer("tok");
-        let plan = plan_metadata(Some("echo"), Some(&auth), Some(Bytes::from("hi")), "text/plain")
-            .unwrap();
+        let plan = plan_metadata(
+            Some("echo"),
+            Some(&auth),
+            Some(Bytes::from("hi")),
+            "text/plain",
+        )
+        .unwrap();
         let md = CompositeMetadata::new(plan.request.unwrap());
         let entries = md.to_vec().unwrap();
         assert_eq!(entries.len(), 3);
-        let route = md.find(WellKnownMimeType::MessageRSocketRouting).unwrap().unwrap();
-        assert_eq!(RoutingMetadata::new(route).to_vec().unwrap()[0].as_str(), "echo");
+        let route = md
+            .find(WellKnownMimeType::MessageRSocketRouting)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            RoutingMetadata::new(route).to_vec().unwrap()[0].as_str(),
+            "echo"
+        );
         assert_eq!(entries[2].mime.as_str(), Some("text/plain"));
         assert_eq!(&entries[2].content[..], b"hi");
     }

@@ -19,7 +19,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use prost_reflect::prost::Message as _;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, MethodDescriptor};
-use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver};
+use protox::file::{
+    ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver,
+};
 use rsocket::{MimeType, Payload, RequestError, Requester, StreamError};
 
 use crate::cli::{MimeArgs, RpcArgs};
@@ -251,10 +253,17 @@ async fn call(
     };
     let replies = match (kind, single) {
         (Kind::FireAndForget, Some(data)) => {
-            return client.fire_and_forget(request(data)).await.map_err(classify);
+            return client
+                .fire_and_forget(request(data))
+                .await
+                .map_err(classify);
         }
         (Kind::Unary, Some(data)) => {
-            if let Some(reply) = client.request_response(request(data)).await.map_err(classify)? {
+            if let Some(reply) = client
+                .request_response(request(data))
+                .await
+                .map_err(classify)?
+            {
                 out.line(&decode_json(output, reply.data)?)?;
             }
             return Ok(());
@@ -304,14 +313,16 @@ async fn streamed_messages(
     input: MessageDescriptor,
     failed: Arc<AtomicBool>,
 ) -> Result<futures::stream::BoxStream<'static, Result<Payload, RequestError>>> {
-    let lines: futures::stream::BoxStream<'static, std::io::Result<String>> = match args.data.as_deref() {
-        Some(d) => {
-            let text = String::from_utf8(read_value(d).await?.to_vec()).context("--data is not UTF-8")?;
-            let owned: Vec<_> = text.lines().map(|l| Ok(l.to_owned())).collect();
-            futures::stream::iter(owned).boxed()
-        }
-        None => stdin_lines().boxed(),
-    };
+    let lines: futures::stream::BoxStream<'static, std::io::Result<String>> =
+        match args.data.as_deref() {
+            Some(d) => {
+                let text = String::from_utf8(read_value(d).await?.to_vec())
+                    .context("--data is not UTF-8")?;
+                let owned: Vec<_> = text.lines().map(|l| Ok(l.to_owned())).collect();
+                futures::stream::iter(owned).boxed()
+            }
+            None => stdin_lines().boxed(),
+        };
     let mut stopped = false;
     Ok(lines
         .filter(|l| futures::future::ready(!matches!(l, Ok(s) if s.trim().is_empty())))
@@ -367,14 +378,37 @@ service Greeter {
     fn kinds_listing_and_json_round_trip() {
         let pool = pool();
         let listed = list(&pool);
-        assert!(listed.contains(&"greeter.Greeter/SayHello (unary: greeter.HelloRequest -> greeter.HelloReply)".to_owned()), "{listed:?}");
-        let kinds: Vec<_> = ["SayHello", "LotsOfReplies", "LotsOfGreetings", "Chat", "Notify"]
-            .iter()
-            .map(|m| Kind::of(&find_method(&pool, &format!("greeter.Greeter/{m}")).unwrap(), &pool))
-            .collect();
+        assert!(
+            listed.contains(
+                &"greeter.Greeter/SayHello (unary: greeter.HelloRequest -> greeter.HelloReply)"
+                    .to_owned()
+            ),
+            "{listed:?}"
+        );
+        let kinds: Vec<_> = [
+            "SayHello",
+            "LotsOfReplies",
+            "LotsOfGreetings",
+            "Chat",
+            "Notify",
+        ]
+        .iter()
+        .map(|m| {
+            Kind::of(
+                &find_method(&pool, &format!("greeter.Greeter/{m}")).unwrap(),
+                &pool,
+            )
+        })
+        .collect();
         assert_eq!(
             kinds,
-            [Kind::Unary, Kind::ServerStream, Kind::ClientStream, Kind::Bidi, Kind::FireAndForget]
+            [
+                Kind::Unary,
+                Kind::ServerStream,
+                Kind::ClientStream,
+                Kind::Bidi,
+                Kind::FireAndForget
+            ]
         );
         let m = find_method(&pool, "greeter.Greeter.SayHello").unwrap();
         let bytes = encode_json(&m.input(), r#"{"name":"world","count":2}"#).unwrap();

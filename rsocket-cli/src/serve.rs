@@ -183,7 +183,9 @@ impl RSocket for Echo {
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok());
         let items = match count {
-            Some(n) => futures::stream::iter((0..n).map(|i| Ok(Payload::from(i.to_string())))).boxed(),
+            Some(n) => {
+                futures::stream::iter((0..n).map(|i| Ok(Payload::from(i.to_string())))).boxed()
+            }
             None => futures::stream::iter([Ok(req)]).boxed(),
         };
         probed(items, "stream", self.verbose)
@@ -194,7 +196,9 @@ impl RSocket for Echo {
         if let Some(e) = self.failure(&first) {
             return rsocket::error_stream(e);
         }
-        let items = futures::stream::once(async { Ok(first) }).chain(rest).boxed();
+        let items = futures::stream::once(async { Ok(first) })
+            .chain(rest)
+            .boxed();
         probed(items, "channel", self.verbose)
     }
 

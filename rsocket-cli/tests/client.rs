@@ -45,8 +45,13 @@ async fn request_response_with_route_auth_metadata_and_setup() {
     assert_eq!(reply["data"], "hello");
     // The echoed metadata holds routing, bearer auth and the text entry.
     let md = hex_decode(reply["metadata_hex"].as_str().expect("binary metadata"));
-    let entries = rsocket::metadata::CompositeMetadata::new(md).to_vec().unwrap();
-    let mimes: Vec<_> = entries.iter().map(|e| e.mime.as_str().unwrap().to_owned()).collect();
+    let entries = rsocket::metadata::CompositeMetadata::new(md)
+        .to_vec()
+        .unwrap();
+    let mimes: Vec<_> = entries
+        .iter()
+        .map(|e| e.mime.as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(
         mimes,
         [
@@ -74,7 +79,11 @@ async fn plain_metadata_and_data_from_a_file() {
     let file = std::env::temp_dir().join(format!("rsocket-cli-data-{}", std::process::id()));
     std::fs::write(&file, "from a file").unwrap();
     let at = format!("@{}", file.display());
-    let r = run(&[&uri, "-d", &at, "-m", "-", "--metadata-mime", "text/plain"], "stdin-md").await;
+    let r = run(
+        &[&uri, "-d", &at, "-m", "-", "--metadata-mime", "text/plain"],
+        "stdin-md",
+    )
+    .await;
     r.expect_code(0);
     assert_eq!(r.stdout, "from a file\n");
     assert_eq!(
@@ -88,9 +97,13 @@ async fn plain_metadata_and_data_from_a_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fire_and_forget_and_metadata_push_arrive() {
     let (uri, mut events) = serve_recorder("tcp://127.0.0.1:0").await;
-    run(&[&uri, "--fnf", "-d", "fired"], "").await.expect_code(0);
+    run(&[&uri, "--fnf", "-d", "fired"], "")
+        .await
+        .expect_code(0);
     wait_for(&mut events, "fnf fired").await;
-    run(&[&uri, "--metadata-push", "-m", "pushed"], "").await.expect_code(0);
+    run(&[&uri, "--metadata-push", "-m", "pushed"], "")
+        .await
+        .expect_code(0);
     wait_for(&mut events, "push pushed").await;
 }
 
@@ -98,7 +111,17 @@ async fn fire_and_forget_and_metadata_push_arrive() {
 async fn take_cancels_the_stream_and_request_n_is_on_the_wire() {
     let (uri, mut events) = serve_recorder("tcp://127.0.0.1:0").await;
     let r = run(
-        &[&uri, "--stream", "-d", "go", "--request-n", "2", "--take", "5", "--debug"],
+        &[
+            &uri,
+            "--stream",
+            "-d",
+            "go",
+            "--request-n",
+            "2",
+            "--take",
+            "5",
+            "--debug",
+        ],
         "",
     )
     .await;
@@ -106,16 +129,36 @@ async fn take_cancels_the_stream_and_request_n_is_on_the_wire() {
     assert_eq!(r.lines(), ["0", "1", "2", "3", "4"]);
     // The initial credit and the batches of 2 are visible in --debug.
     assert!(
-        r.stderr.contains("client --> REQUEST_STREAM stream=1 flags=0x000 [] length=12 initial-request-n=2"),
+        r.stderr.contains(
+            "client --> REQUEST_STREAM stream=1 flags=0x000 [] length=12 initial-request-n=2"
+        ),
         "{}",
         r.stderr
     );
-    assert_eq!(r.stderr.matches("client --> REQUEST_N stream=1").count(), 2, "{}", r.stderr);
+    assert_eq!(
+        r.stderr.matches("client --> REQUEST_N stream=1").count(),
+        2,
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("request-n=2"), "{}", r.stderr);
-    assert!(r.stderr.contains("client --> CANCEL stream=1"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("client --> CANCEL stream=1"),
+        "{}",
+        r.stderr
+    );
     // Hex of the CANCEL frame: stream 1, type 0x09 << 2.
-    assert!(r.stderr.contains("    0000  00 00 00 01 24 00"), "{}", r.stderr);
-    assert!(r.stderr.contains("client <-- PAYLOAD stream=1 flags=0x020 [N]"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("    0000  00 00 00 01 24 00"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("client <-- PAYLOAD stream=1 flags=0x020 [N]"),
+        "{}",
+        r.stderr
+    );
     // The server read the two REQUEST_N(2) and the CANCEL, and dropped
     // the stream's producer.
     assert_eq!(wait_for(&mut events, "stream go").await.len(), 1); // the SETUP
@@ -128,7 +171,16 @@ async fn take_cancels_the_stream_and_request_n_is_on_the_wire() {
 async fn prefetch_sets_the_window_and_json_reports_cancel() {
     let (uri, mut events) = serve_recorder("tcp://127.0.0.1:0").await;
     let r = run(
-        &[&uri, "--stream", "--prefetch", "7", "--take", "3", "--json", "--debug"],
+        &[
+            &uri,
+            "--stream",
+            "--prefetch",
+            "7",
+            "--take",
+            "3",
+            "--json",
+            "--debug",
+        ],
         "",
     )
     .await;
@@ -148,7 +200,11 @@ async fn channel_sends_standard_input_lines() {
     assert_eq!(r.lines(), ["one", "two", "three"]);
     wait_for(&mut events, "channel one").await;
     // --data is the first payload, then the lines; --take cancels.
-    let r = run(&[&uri, "--channel", "-d", "first", "--take", "2"], "a\nb\nc\n").await;
+    let r = run(
+        &[&uri, "--channel", "-d", "first", "--take", "2"],
+        "a\nb\nc\n",
+    )
+    .await;
     r.expect_code(0);
     assert_eq!(r.lines(), ["first", "a"]);
     wait_for(&mut events, "channel first").await;
@@ -162,7 +218,8 @@ async fn error_frame_gives_exit_status_1_with_code_and_message() {
     let r = run(&[&uri, "--route", "fail", "-d", "boom"], "").await;
     r.expect_code(1);
     assert!(
-        r.stderr.contains("ERROR APPLICATION_ERROR (0x00000201): failed: boom"),
+        r.stderr
+            .contains("ERROR APPLICATION_ERROR (0x00000201): failed: boom"),
         "{}",
         r.stderr
     );
@@ -182,9 +239,22 @@ async fn websocket_with_header_and_debug_setup() {
     let r = run(&[&uri, "-d", "over ws", "-H", "X-Test: yes", "--debug"], "").await;
     r.expect_code(0);
     assert_eq!(r.stdout, "over ws\n");
-    assert!(r.stderr.contains("client --> SETUP stream=0"), "{}", r.stderr);
-    assert!(r.stderr.contains("keepalive=20000ms lifetime=90000ms"), "{}", r.stderr);
-    assert!(r.stderr.contains("client <-- PAYLOAD stream=1 flags=0x060 [C N]"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("client --> SETUP stream=0"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("keepalive=20000ms lifetime=90000ms"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("client <-- PAYLOAD stream=1 flags=0x060 [C N]"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(
         next_event(&mut events).await,
         "setup application/octet-stream application/octet-stream  yes"
@@ -194,9 +264,17 @@ async fn websocket_with_header_and_debug_setup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keepalive_and_lifetime_go_into_setup() {
     let (uri, _events) = serve_recorder("tcp://127.0.0.1:0").await;
-    let r = run(&[&uri, "--keepalive", "1500ms", "--lifetime", "1m", "--debug"], "").await;
+    let r = run(
+        &[&uri, "--keepalive", "1500ms", "--lifetime", "1m", "--debug"],
+        "",
+    )
+    .await;
     r.expect_code(0);
-    assert!(r.stderr.contains("keepalive=1500ms lifetime=60000ms"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("keepalive=1500ms lifetime=60000ms"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

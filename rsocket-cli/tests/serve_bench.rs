@@ -70,7 +70,20 @@ async fn exercise(served: &mut Served) {
     assert_eq!(r.lines(), ["0", "1", "2", "3"]);
     served.wait_for("COMPLETE stream").await;
 
-    let r = run(&[&uri, "--stream", "-d", "1000000000", "--take", "2", "-n", "1"], "").await;
+    let r = run(
+        &[
+            &uri,
+            "--stream",
+            "-d",
+            "1000000000",
+            "--take",
+            "2",
+            "-n",
+            "1",
+        ],
+        "",
+    )
+    .await;
     r.expect_code(0);
     assert_eq!(r.lines(), ["0", "1"]);
     served.wait_for("CANCEL stream").await;
@@ -83,7 +96,9 @@ async fn exercise(served: &mut Served) {
     run(&[&uri, "--fnf", "-d", "f"], "").await.expect_code(0);
     served.wait_for("REQUEST_FNF data=\"f\"").await;
 
-    run(&[&uri, "--metadata-push", "-m", "mp"], "").await.expect_code(0);
+    run(&[&uri, "--metadata-push", "-m", "mp"], "")
+        .await
+        .expect_code(0);
     served.wait_for("METADATA_PUSH").await;
 
     let r = run(&[&uri, "--route", "error", "-d", "nope"], "").await;
@@ -112,8 +127,12 @@ async fn echo_server_over_websocket_answers_every_interaction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_without_echo_or_on_a_bad_uri_fails() {
-    run(&["serve", "tcp://127.0.0.1:0"], "").await.expect_code(2);
-    run(&["serve", "http://127.0.0.1:0", "--echo"], "").await.expect_code(2);
+    run(&["serve", "tcp://127.0.0.1:0"], "")
+        .await
+        .expect_code(2);
+    run(&["serve", "http://127.0.0.1:0", "--echo"], "")
+        .await
+        .expect_code(2);
 }
 
 /// Runs a one-second benchmark and returns its JSON report.
@@ -154,7 +173,10 @@ fn assert_sane(report: &Value) {
         l["p99_9"].as_f64().unwrap(),
         l["max"].as_f64().unwrap(),
     );
-    assert!(p50 > 0.0 && p50 <= p90 && p90 <= p99 && p99 <= p999 && p999 <= max, "{report}");
+    assert!(
+        p50 > 0.0 && p50 <= p90 && p90 <= p99 && p99 <= p999 && p999 <= max,
+        "{report}"
+    );
     assert!(max < 10_000_000.0, "{report}");
 }
 
@@ -179,7 +201,17 @@ async fn bench_reports_sane_figures_for_each_interaction() {
 async fn bench_counts_errors_by_code() {
     let (uri, _events) = serve_recorder("tcp://127.0.0.1:0").await;
     let r = run(
-        &["bench", &uri, "--duration", "1s", "--concurrency", "4", "--route", "fail", "--json"],
+        &[
+            "bench",
+            &uri,
+            "--duration",
+            "1s",
+            "--concurrency",
+            "4",
+            "--route",
+            "fail",
+            "--json",
+        ],
         "",
     )
     .await;
@@ -187,7 +219,9 @@ async fn bench_counts_errors_by_code() {
     r.expect_code(2);
     let report: Value = serde_json::from_str(r.stdout.trim()).unwrap();
     assert_eq!(report["operations"], 0);
-    let n = report["errors_by_code"]["APPLICATION_ERROR"].as_u64().unwrap();
+    let n = report["errors_by_code"]["APPLICATION_ERROR"]
+        .as_u64()
+        .unwrap();
     assert!(n > 0 && n == report["errors"].as_u64().unwrap(), "{report}");
 }
 
@@ -195,12 +229,27 @@ async fn bench_counts_errors_by_code() {
 async fn bench_streams_against_the_echo_server_in_text() {
     let served = Served::start("tcp://127.0.0.1:0", false).await;
     let r = run(
-        &["bench", &served.uri, "-i", "stream", "--items", "50", "-c", "4", "-d", "1s"],
+        &[
+            "bench",
+            &served.uri,
+            "-i",
+            "stream",
+            "--items",
+            "50",
+            "-c",
+            "4",
+            "-d",
+            "1s",
+        ],
         "",
     )
     .await;
     r.expect_code(0);
-    assert!(r.stdout.starts_with("stream against tcp://127.0.0.1:"), "{}", r.stdout);
+    assert!(
+        r.stdout.starts_with("stream against tcp://127.0.0.1:"),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains("latency µs  p50 "), "{}", r.stdout);
     assert!(r.stdout.contains("errors      0"), "{}", r.stdout);
     let items = r

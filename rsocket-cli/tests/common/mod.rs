@@ -200,7 +200,9 @@ impl RSocket for Recorder {
 
     fn request_channel(&self, first: Payload, rest: PayloadStream) -> PayloadStream {
         let _ = self.events.send(format!("channel {}", text(&first.data)));
-        futures::stream::once(async { Ok(first) }).chain(rest).boxed()
+        futures::stream::once(async { Ok(first) })
+            .chain(rest)
+            .boxed()
     }
 
     async fn metadata_push(&self, metadata: Bytes) -> Result<(), RequestError> {
