@@ -200,7 +200,9 @@ async fn progress(live: Arc<Live>, mut stop: watch::Receiver<bool>, began: Insta
         };
         let ops = live.ops.load(Ordering::Relaxed);
         let now = Instant::now();
-        let rate = (ops - last.0) as f64 / (now - last.1).as_secs_f64().max(1e-3);
+        // The last line reports the average: its interval may be short.
+        let (base, since) = if stopping { (0, began) } else { last };
+        let rate = (ops - base) as f64 / (now - since).as_secs_f64().max(1e-3);
         last = (ops, now);
         let line = format!(
             "[{:>5.1}s] {ops} ops, {rate:.0}/s, {} errors",

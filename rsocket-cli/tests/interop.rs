@@ -45,7 +45,14 @@ impl Peer {
         );
         let mut child = tokio::process::Command::new(program)
             .arg(script)
-            .args(["--transport", transport, "--host", "127.0.0.1", "--port", "0"])
+            .args([
+                "--transport",
+                transport,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+            ])
             .current_dir(root.join(if implementation == "py" {
                 "interop/python"
             } else {
@@ -87,7 +94,17 @@ async fn against(implementation: &str, transport: &str) {
     r.expect_code(0);
     assert_eq!(r.stdout, "echo:hi\n", "{r:#?}");
     let r = run(
-        &[uri, "--route", "echo", "-d", "hi", "-m", "note", "--metadata-mime", "text/plain"],
+        &[
+            uri,
+            "--route",
+            "echo",
+            "-d",
+            "hi",
+            "-m",
+            "note",
+            "--metadata-mime",
+            "text/plain",
+        ],
         "",
     )
     .await;
@@ -98,7 +115,11 @@ async fn against(implementation: &str, transport: &str) {
     let r = run(&[uri, "--route", "elsewhere", "-d", "hi"], "").await;
     r.expect_code(1);
     assert!(r.stderr.contains("APPLICATION_ERROR"), "{}", r.stderr);
-    assert!(r.stderr.contains("unknown route: elsewhere"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("unknown route: elsewhere"),
+        "{}",
+        r.stderr
+    );
     let r = run(&[uri, "-d", "fail", "--json"], "").await;
     r.expect_code(1);
     let event: Value = serde_json::from_str(r.lines()[0]).expect("json error event");
@@ -110,16 +131,38 @@ async fn against(implementation: &str, transport: &str) {
     r.expect_code(0);
     assert_eq!(r.lines(), ["0", "1", "2", "3", "4"]);
     let r = run(
-        &[uri, "--stream", "-d", "100", "--request-n", "2", "--take", "3", "--debug"],
+        &[
+            uri,
+            "--stream",
+            "-d",
+            "100",
+            "--request-n",
+            "2",
+            "--take",
+            "3",
+            "--debug",
+        ],
         "",
     )
     .await;
     r.expect_code(0);
     assert_eq!(r.lines(), ["0", "1", "2"]);
     assert!(r.stderr.contains("initial-request-n=2"), "{}", r.stderr);
-    assert!(r.stderr.contains("client --> REQUEST_N stream=1"), "{}", r.stderr);
-    assert!(r.stderr.contains("client --> CANCEL stream=1"), "{}", r.stderr);
-    assert!(r.stderr.contains("client <-- PAYLOAD stream=1"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("client --> REQUEST_N stream=1"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("client --> CANCEL stream=1"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("client <-- PAYLOAD stream=1"),
+        "{}",
+        r.stderr
+    );
 
     // Channel: lines of standard input, answered upper-cased.
     let r = run(&[uri, "--channel", "--route", "channel"], "ab\ncd\n").await;
@@ -128,11 +171,15 @@ async fn against(implementation: &str, transport: &str) {
 
     // Fire-and-forget and metadata push are accepted.
     run(&[uri, "--fnf", "-d", "x"], "").await.expect_code(0);
-    run(&[uri, "--metadata-push", "-m", "pushed"], "").await.expect_code(0);
+    run(&[uri, "--metadata-push", "-m", "pushed"], "")
+        .await
+        .expect_code(0);
 
     // A short benchmark.
     let r = run(
-        &["bench", uri, "-c", "4", "-d", "1s", "--size", "16", "--json"],
+        &[
+            "bench", uri, "-c", "4", "-d", "1s", "--size", "16", "--json",
+        ],
         "",
     )
     .await;
