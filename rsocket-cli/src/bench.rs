@@ -242,7 +242,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
     let mut clients = Vec::new();
     for _ in 0..args.connections {
         let setup = setup_params(&args.conn, &args.mime, plan.setup_mime.clone()).await?;
-        clients.push(connect(&args.uri, &args.conn, setup).await?);
+        clients.push(connect(&args.uri, &args.conn, setup).await?.requester);
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let live = Arc::new(Live::default());

@@ -1,11 +1,10 @@
 //! One interaction with a server: request/response, fire-and-forget,
 //! request/stream, request/channel or metadata push.
 
-use std::time::Duration;
-
 use anyhow::{bail, Context as _, Result};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use rsocket::frame::FrameType;
 use rsocket::{Payload, Requester, ResponseStream};
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
@@ -14,9 +13,6 @@ use crate::cli::ClientArgs;
 use crate::connect::connect;
 use crate::input::{parse_auth, payload, plan_metadata, read_opt, setup_params};
 use crate::output::{classify, Output, RemoteError};
-
-/// How long a graceful close may take before the process exits anyway.
-const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Lines of standard input as payloads, read as the channel asks for them.
 pub(crate) fn stdin_lines() -> impl Stream<Item = std::io::Result<String>> + Send + 'static {
@@ -61,21 +57,22 @@ pub(crate) async fn run(args: ClientArgs) -> Result<()> {
     )?;
     let data = read_opt(args.data.as_deref()).await?;
     let setup = setup_params(&args.conn, &args.mime, plan.setup_mime.clone()).await?;
-    let client = connect(uri, &args.conn, setup).await?;
+    let conn = connect(uri, &args.conn, setup).await?;
+    let client = &conn.requester;
     let out = Output::new(args.json);
 
     let result = if args.fnf {
-        fire_and_forget(&client, payload(data.unwrap_or_default(), &plan), &out).await
+        fire_and_forget(client, payload(data.unwrap_or_default(), &plan), &out).await
     } else if args.metadata_push {
         let md = plan.request.clone().unwrap_or_default();
-        metadata_push(&client, md, &out).await
+        metadata_push(client, md, &out).await
     } else if args.stream {
         let p = payload(data.unwrap_or_default(), &plan);
-        stream(&client, p, &args, &out).await
+        stream(client, p, &args, &out).await
     } else if args.channel {
-        channel(&client, data, &plan, &args, &out).await
+        channel(client, data, &plan, &args, &out).await
     } else {
-        request_response(&client, payload(data.unwrap_or_default(), &plan), &out).await
+        request_response(client, payload(data.unwrap_or_default(), &plan), &out).await
     };
     if let Err(e) = &result {
         if let Some(remote) = e.downcast_ref::<RemoteError>() {
@@ -83,28 +80,35 @@ pub(crate) async fn run(args: ClientArgs) -> Result<()> {
             let _ = out.error_event(remote);
         }
     }
-    // Graceful close: whatever was queued (a fire-and-forget, a CANCEL) is
-    // written before the transport closes.
-    client.close();
-    let _ = tokio::time::timeout(CLOSE_WAIT, client.closed()).await;
-    result
+    // A fire-and-forget, a metadata push or a CANCEL is only queued when
+    // its call returns: close once it is on the wire.
+    let last = result.as_ref().ok().copied().flatten();
+    conn.close_after(last.map(|t| (t, 1))).await;
+    result.map(|_| ())
 }
 
-async fn request_response(client: &Requester, p: Payload, out: &Output) -> Result<()> {
+/// What an interaction returns: the frame type to see written before
+/// closing, if any.
+type Outcome = Result<Option<FrameType>>;
+
+async fn request_response(client: &Requester, p: Payload, out: &Output) -> Outcome {
     if let Some(reply) = client.request_response(p).await.map_err(classify)? {
         out.payload(&reply)?;
     }
-    out.event("complete", json!({}))
+    out.event("complete", json!({}))?;
+    Ok(None)
 }
 
-async fn fire_and_forget(client: &Requester, p: Payload, out: &Output) -> Result<()> {
+async fn fire_and_forget(client: &Requester, p: Payload, out: &Output) -> Outcome {
     client.fire_and_forget(p).await.map_err(classify)?;
-    out.event("sent", json!({"interaction": "fire_and_forget"}))
+    out.event("sent", json!({"interaction": "fire_and_forget"}))?;
+    Ok(Some(FrameType::RequestFnf))
 }
 
-async fn metadata_push(client: &Requester, md: Bytes, out: &Output) -> Result<()> {
+async fn metadata_push(client: &Requester, md: Bytes, out: &Output) -> Outcome {
     client.metadata_push(md).await.map_err(classify)?;
-    out.event("sent", json!({"interaction": "metadata_push"}))
+    out.event("sent", json!({"interaction": "metadata_push"}))?;
+    Ok(Some(FrameType::MetadataPush))
 }
 
 /// Prints items until the stream ends or `--take` is reached (then the
@@ -115,12 +119,14 @@ async fn consume(
     request_n: Option<u32>,
     take: Option<u64>,
     out: &Output,
-) -> Result<()> {
+) -> Outcome {
     let mut count: u64 = 0;
     let mut since_grant: u32 = 0;
     if take == Some(0) {
+        // Never polled, so never sent.
         drop(items);
-        return out.event("cancel", json!({"after": 0}));
+        out.event("cancel", json!({"after": 0}))?;
+        return Ok(None);
     }
     while let Some(item) = items.next().await {
         let item = item.map_err(classify)?;
@@ -128,7 +134,8 @@ async fn consume(
         count += 1;
         if take == Some(count) {
             drop(items);
-            return out.event("cancel", json!({"after": count}));
+            out.event("cancel", json!({"after": count}))?;
+            return Ok(Some(FrameType::Cancel));
         }
         if let Some(n) = request_n {
             since_grant += 1;
@@ -138,10 +145,11 @@ async fn consume(
             }
         }
     }
-    out.event("complete", json!({"items": count}))
+    out.event("complete", json!({"items": count}))?;
+    Ok(None)
 }
 
-async fn stream(client: &Requester, p: Payload, args: &ClientArgs, out: &Output) -> Result<()> {
+async fn stream(client: &Requester, p: Payload, args: &ClientArgs, out: &Output) -> Outcome {
     let items = match (args.request_n, args.prefetch) {
         (Some(n), _) => client.request_stream_with_credit(p, n),
         (None, Some(window)) => client.with_prefetch(window).request_stream(p),
@@ -156,7 +164,7 @@ async fn channel(
     plan: &crate::input::MetadataPlan,
     args: &ClientArgs,
     out: &Output,
-) -> Result<()> {
+) -> Outcome {
     let mut lines = Box::pin(stdin_lines());
     let first = match data {
         Some(d) => d,

@@ -1,15 +1,43 @@
 //! Opening a connection from the shared arguments: transport options
 //! (WebSocket headers, TLS), the `--debug` tap, SETUP.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use anyhow::{Context as _, Result};
+use rsocket::frame::FrameType;
 use rsocket::{open_transport, ClientBuilder, Requester, SetupParams, TransportOptions};
 
 use crate::cli::ConnArgs;
-use crate::debug::{FrameLog, Tap};
+use crate::debug::{FrameLog, SentFrames, Tap};
 use crate::input::parse_header;
 
-/// Connects to `uri` with `setup`; `--debug` wraps the transport.
-pub(crate) async fn connect(uri: &str, conn: &ConnArgs, setup: SetupParams) -> Result<Requester> {
+/// A connected client and the count of frames it has written.
+#[derive(Debug)]
+pub(crate) struct Client {
+    pub(crate) requester: Requester,
+    pub(crate) sent: Arc<SentFrames>,
+}
+
+impl Client {
+    /// Waits (at most [`CLOSE_WAIT`]) until `n` frames of type `t` are
+    /// written, then closes gracefully and waits (as long again) for the
+    /// end. Closing right after queueing a fire-and-forget or a CANCEL
+    /// could otherwise end the connection before the frame is written.
+    pub(crate) async fn close_after(&self, t: Option<(FrameType, u64)>) {
+        if let Some((t, n)) = t {
+            let _ = tokio::time::timeout(CLOSE_WAIT, self.sent.wait_for(t, n)).await;
+        }
+        self.requester.close();
+        let _ = tokio::time::timeout(CLOSE_WAIT, self.requester.closed()).await;
+    }
+}
+
+/// How long closing may take before the process exits anyway.
+pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Connects to `uri` with `setup`; `--debug` logs the frames.
+pub(crate) async fn connect(uri: &str, conn: &ConnArgs, setup: SetupParams) -> Result<Client> {
     let mut options = TransportOptions::default();
     for h in &conn.headers {
         let (name, value) = parse_header(h)?;
@@ -21,13 +49,13 @@ pub(crate) async fn connect(uri: &str, conn: &ConnArgs, setup: SetupParams) -> R
     let transport = open_transport(uri, &options)
         .await
         .with_context(|| format!("connecting to {uri}"))?;
-    let builder = ClientBuilder::new().setup(setup);
-    let requester = if conn.debug {
-        builder.connect(Tap::new(transport, FrameLog::new("client")))
-    } else {
-        builder.connect(transport)
-    };
-    requester.context("starting the connection")
+    let sent = Arc::new(SentFrames::default());
+    let log = conn.debug.then(|| FrameLog::new("client"));
+    let requester = ClientBuilder::new()
+        .setup(setup)
+        .connect(Tap::new(transport, log, sent.clone()))
+        .context("starting the connection")?;
+    Ok(Client { requester, sent })
 }
 
 #[cfg(feature = "tls")]

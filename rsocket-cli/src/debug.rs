@@ -1,11 +1,13 @@
-//! `--debug`: a transport wrapper that prints every frame that passes
-//! through it, decoded and in hex, to standard error.
+//! A transport wrapper that counts the frames written (so that the client
+//! can wait until a fire-and-forget or a CANCEL is on the wire before it
+//! closes) and, with `--debug`, prints every frame that passes through it,
+//! decoded and in hex, to standard error.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -52,10 +54,51 @@ impl FrameLog {
     }
 }
 
-/// A transport whose frames are logged.
+/// How many frames of each type have been written and flushed.
+#[derive(Debug, Default)]
+pub(crate) struct SentFrames {
+    flushed: Mutex<Vec<u64>>,
+    changed: tokio::sync::Notify,
+}
+
+impl SentFrames {
+    fn count(&self, t: FrameType) -> u64 {
+        let flushed = self.flushed.lock().unwrap_or_else(|e| e.into_inner());
+        flushed.get(usize::from(t.code())).copied().unwrap_or(0)
+    }
+
+    fn add(&self, types: &[u8]) {
+        let mut flushed = self.flushed.lock().unwrap_or_else(|e| e.into_inner());
+        for &code in types {
+            let i = usize::from(code);
+            if flushed.len() <= i {
+                flushed.resize(i + 1, 0);
+            }
+            flushed[i] += 1;
+        }
+        drop(flushed);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until at least `n` frames of type `t` have been flushed.
+    pub(crate) async fn wait_for(&self, t: FrameType, n: u64) {
+        loop {
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            if self.count(t) >= n {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+/// A transport whose written frames are counted and, optionally, logged.
 pub(crate) struct Tap<T> {
     inner: T,
-    log: Arc<FrameLog>,
+    log: Option<Arc<FrameLog>>,
+    sent: Arc<SentFrames>,
 }
 
 impl<T> std::fmt::Debug for Tap<T> {
@@ -65,8 +108,8 @@ impl<T> std::fmt::Debug for Tap<T> {
 }
 
 impl<T: Transport> Tap<T> {
-    pub(crate) fn new(inner: T, log: Arc<FrameLog>) -> Self {
-        Self { inner, log }
+    pub(crate) fn new(inner: T, log: Option<Arc<FrameLog>>, sent: Arc<SentFrames>) -> Self {
+        Self { inner, log, sent }
     }
 }
 
@@ -84,6 +127,8 @@ impl<T: Transport> Transport for Tap<T> {
             TapWriter {
                 inner: w,
                 log: self.log,
+                sent: self.sent,
+                pending: Vec::new(),
             },
         )
     }
@@ -96,7 +141,7 @@ impl<T: Transport> Transport for Tap<T> {
 /// The inbound half of a [`Tap`].
 pub(crate) struct TapReader<R> {
     inner: R,
-    log: Arc<FrameLog>,
+    log: Option<Arc<FrameLog>>,
 }
 
 impl<R: Stream<Item = Result<Frame, TransportError>> + Unpin> Stream for TapReader<R> {
@@ -104,12 +149,14 @@ impl<R: Stream<Item = Result<Frame, TransportError>> + Unpin> Stream for TapRead
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let item = Pin::new(&mut self.inner).poll_next(cx);
-        match &item {
-            Poll::Ready(Some(Ok(frame))) => self.log.log(false, frame),
-            Poll::Ready(Some(Err(e))) => {
-                let _ = writeln!(std::io::stderr(), "{} <-- undecodable: {e}", self.log.side);
+        if let Some(log) = &self.log {
+            match &item {
+                Poll::Ready(Some(Ok(frame))) => log.log(false, frame),
+                Poll::Ready(Some(Err(e))) => {
+                    let _ = writeln!(std::io::stderr(), "{} <-- undecodable: {e}", log.side);
+                }
+                _ => {}
             }
-            _ => {}
         }
         item
     }
@@ -118,7 +165,10 @@ impl<R: Stream<Item = Result<Frame, TransportError>> + Unpin> Stream for TapRead
 /// The outbound half of a [`Tap`].
 pub(crate) struct TapWriter<W> {
     inner: W,
-    log: Arc<FrameLog>,
+    log: Option<Arc<FrameLog>>,
+    sent: Arc<SentFrames>,
+    /// Types of the frames written since the last flush.
+    pending: Vec<u8>,
 }
 
 impl<W: Sink<Frame, Error = TransportError> + Unpin> Sink<Frame> for TapWriter<W> {
@@ -129,12 +179,21 @@ impl<W: Sink<Frame, Error = TransportError> + Unpin> Sink<Frame> for TapWriter<W
     }
 
     fn start_send(mut self: Pin<&mut Self>, item: Frame) -> Result<(), Self::Error> {
-        self.log.log(true, &item);
+        if let Some(log) = &self.log {
+            log.log(true, &item);
+        }
+        self.pending.push(item.frame_type().code());
         Pin::new(&mut self.inner).start_send(item)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let this = &mut *self;
+        let out = Pin::new(&mut this.inner).poll_flush(cx);
+        if matches!(out, Poll::Ready(Ok(()))) && !this.pending.is_empty() {
+            this.sent.add(&this.pending);
+            this.pending.clear();
+        }
+        out
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {

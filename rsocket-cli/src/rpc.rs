@@ -22,6 +22,7 @@ use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, MethodDes
 use protox::file::{
     ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver,
 };
+use rsocket::frame::FrameType;
 use rsocket::{MimeType, Payload, RequestError, Requester, StreamError};
 
 use crate::cli::{MimeArgs, RpcArgs};
@@ -229,11 +230,21 @@ pub(crate) async fn run(args: RpcArgs) -> Result<()> {
         }
         Kind::ClientStream | Kind::Bidi => None,
     };
-    let client = connect(uri, &args.conn, setup).await?;
-    let result = call(&client, kind, single, &plan, &args, &input, &output, &out).await;
-    client.close();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), client.closed()).await;
-    result
+    let conn = connect(uri, &args.conn, setup).await?;
+    let result = call(
+        &conn.requester,
+        kind,
+        single,
+        &plan,
+        &args,
+        &input,
+        &output,
+        &out,
+    )
+    .await;
+    let last = result.as_ref().ok().copied().flatten();
+    conn.close_after(last.map(|t| (t, 1))).await;
+    result.map(|_| ())
 }
 
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
@@ -246,17 +257,18 @@ async fn call(
     input: &MessageDescriptor,
     output: &MessageDescriptor,
     out: &Output,
-) -> Result<()> {
+) -> Result<Option<FrameType>> {
     let request = |data: Bytes| Payload {
         metadata: plan.request.clone(),
         data,
     };
     let replies = match (kind, single) {
         (Kind::FireAndForget, Some(data)) => {
-            return client
+            client
                 .fire_and_forget(request(data))
                 .await
-                .map_err(classify);
+                .map_err(classify)?;
+            return Ok(Some(FrameType::RequestFnf));
         }
         (Kind::Unary, Some(data)) => {
             if let Some(reply) = client
@@ -266,7 +278,7 @@ async fn call(
             {
                 out.line(&decode_json(output, reply.data)?)?;
             }
-            return Ok(());
+            return Ok(None);
         }
         (Kind::ServerStream, Some(data)) => client.request_stream(request(data)),
         _ => {
@@ -288,20 +300,21 @@ async fn print_replies(
     output: &MessageDescriptor,
     take: Option<u64>,
     out: &Output,
-) -> Result<()> {
+) -> Result<Option<FrameType>> {
     let mut n = 0;
     if take == Some(0) {
-        return Ok(());
+        return Ok(None);
     }
     while let Some(item) = replies.next().await {
         let item = item.map_err(classify)?;
         out.line(&decode_json(output, item.data)?)?;
         n += 1;
         if take == Some(n) {
-            break;
+            // Dropping the stream sends CANCEL.
+            return Ok(Some(FrameType::Cancel));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// The request messages of a client or bidirectional stream: one JSON

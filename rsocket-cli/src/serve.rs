@@ -2,6 +2,7 @@
 //! other implementations against.
 
 use std::io::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
@@ -54,7 +55,8 @@ pub(crate) async fn run(args: ServeArgs) -> Result<()> {
     })
     .grace_period(Duration::from_secs(2));
     if args.debug {
-        let incoming = listener.map(|r| r.map(|t| Tap::new(t, FrameLog::new("server"))));
+        let incoming =
+            listener.map(|r| r.map(|t| Tap::new(t, Some(FrameLog::new("server")), Arc::default())));
         serve(server, incoming).await
     } else {
         serve(server, listener).await
