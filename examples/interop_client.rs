@@ -18,8 +18,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use rsocket_core::metadata::{CompositeMetadata, RoutingMetadata, WellKnownMimeType};
-use rsocket_core::{
+use rsocket::metadata::{CompositeMetadata, RoutingMetadata, WellKnownMimeType};
+use rsocket::prelude::ConnectExt;
+use rsocket::{
     ClientBuilder, Config, ErrorCode, MimeType, Payload, RequestError, Requester, ResponseStream,
 };
 
@@ -77,18 +78,9 @@ fn parse_args() -> anyhow::Result<Args> {
 
 /// Opens a connection with the given client settings.
 async fn connect(args: &Args, builder: ClientBuilder) -> anyhow::Result<Requester> {
-    let requester = match args.transport.as_str() {
-        "tcp" => {
-            let transport = rsocket_transport_tcp::connect((args.host.as_str(), args.port)).await?;
-            builder.connect(transport)?
-        }
-        _ => {
-            let url = format!("ws://{}:{}/", args.host, args.port);
-            let transport = rsocket_transport_ws::connect(&url).await?;
-            builder.connect(transport)?
-        }
-    };
-    Ok(requester)
+    let path = if args.transport == "ws" { "/" } else { "" };
+    let uri = format!("{}://{}:{}{path}", args.transport, args.host, args.port);
+    Ok(builder.connect_to(&uri).await?)
 }
 
 /// The server's `caps` answer.

@@ -31,9 +31,9 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 
 use futures::{StreamExt, TryStreamExt};
-use rsocket_core::metadata::{CompositeMetadata, RoutingMetadata, WellKnownMimeType};
-use rsocket_core::{
-    async_trait, Config, MimeType, Payload, PayloadStream, RSocket, RequestError, Server,
+use rsocket::metadata::{CompositeMetadata, RoutingMetadata, WellKnownMimeType};
+use rsocket::{
+    async_trait, Config, Listener, MimeType, Payload, PayloadStream, RSocket, RequestError, Server,
     SetupInfo, StreamError,
 };
 
@@ -254,22 +254,11 @@ async fn main() -> anyhow::Result<()> {
     .config(config)
     .grace_period(Duration::from_millis(200));
 
-    let bind = (args.host.as_str(), args.port);
-    match args.transport.as_str() {
-        "tcp" => {
-            let listener = rsocket_transport_tcp::TcpListener::bind(bind).await?;
-            ready("tcp", listener.local_addr()?)?;
-            server
-                .serve_with_shutdown(listener, shutdown_signal())
-                .await?;
-        }
-        _ => {
-            let listener = rsocket_transport_ws::WsListener::bind(bind).await?;
-            ready("ws", listener.local_addr()?)?;
-            server
-                .serve_with_shutdown(listener, shutdown_signal())
-                .await?;
-        }
-    }
+    let listener =
+        Listener::bind(&format!("{}://{}:{}", args.transport, args.host, args.port)).await?;
+    ready(&args.transport, listener.local_addr())?;
+    server
+        .serve_with_shutdown(listener, shutdown_signal())
+        .await?;
     Ok(())
 }

@@ -24,7 +24,7 @@ step "docs (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
 step "library crates package (cargo package, verified by building each)"
-cargo package --workspace --locked --exclude rsocket-examples --exclude rsocket-tests
+cargo package --workspace --locked --allow-dirty --exclude rsocket-examples --exclude rsocket-tests
 
 step "sans-IO core builds without tokio runtime"
 cargo check -p rsocket-core --no-default-features --locked

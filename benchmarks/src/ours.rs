@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
 use futures::StreamExt;
 use rsocket_core::{
-    ClientBuilder, Config, Payload, PayloadStream, RSocket, RequestError, Requester, Server,
+    async_trait, ClientBuilder, Config, Payload, PayloadStream, RSocket, RequestError, Requester,
+    Server,
 };
 use rsocket_transport_tcp::{connect, TcpListener};
 
@@ -33,17 +33,15 @@ fn parse_stream_req(p: &Payload) -> (u64, usize, bool) {
     (n, size, false)
 }
 
+#[async_trait]
 impl RSocket for Responder {
-    fn request_response(
-        &self,
-        req: Payload,
-    ) -> BoxFuture<'static, Result<Option<Payload>, RequestError>> {
-        Box::pin(futures::future::ready(Ok(Some(req))))
+    async fn request_response(&self, req: Payload) -> Result<Option<Payload>, RequestError> {
+        Ok(Some(req))
     }
 
-    fn fire_and_forget(&self, _req: Payload) -> BoxFuture<'static, Result<(), RequestError>> {
+    async fn fire_and_forget(&self, _req: Payload) -> Result<(), RequestError> {
         self.arrivals.arrive();
-        Box::pin(futures::future::ready(Ok(())))
+        Ok(())
     }
 
     fn request_stream(&self, req: Payload) -> PayloadStream {
@@ -84,9 +82,9 @@ async fn start_server(produced: Arc<Produced>, arrivals: Arc<Arrivals>) -> Socke
             produced: produced.clone(),
             arrivals: arrivals.clone(),
         };
-        async move { Ok(Arc::new(r) as Arc<dyn RSocket>) }
+        async move { Ok(r) }
     });
-    tokio::spawn(server.serve(listener, futures::future::pending()));
+    tokio::spawn(server.serve(listener));
     addr
 }
 
@@ -136,9 +134,7 @@ pub async fn run(w: Workload, sizes: Sizes) -> Outcome {
             let n = sizes.channel_64;
             let meter = Meter::start();
             let item = Payload::new(small.clone());
-            let rest =
-                futures::stream::iter(std::iter::repeat_n(item.clone(), n as usize - 1).map(Ok))
-                    .boxed();
+            let rest = futures::stream::iter(std::iter::repeat_n(item.clone(), n as usize - 1));
             let stream = s.client.request_channel(item, rest);
             let (got, bytes, problem) =
                 consume(stream, n, sizes.cap, |p: &Payload| p.data.len()).await;

@@ -3,33 +3,6 @@
 //! A connection's [`Requester`](crate::Requester) implements it by sending
 //! frames; a user's responder implements it by answering them. Routers and
 //! load balancers implement it too, so they compose.
-//!
-//! # Why `async-trait`
-//!
-//! A server holds each connection's responder as `Arc<dyn RSocket>`, so the
-//! trait must be object-safe. Native `async fn` in traits is not (its
-//! futures are unnamed types), so the trait uses the [`async_trait`]
-//! attribute, re-exported here: responders are written with plain
-//! `async fn` that borrow `&self`, and the engine boxes each future once,
-//! which it had to do anyway to spawn it. Streams are returned directly
-//! (boxed, `'static`) because the engine polls them only while the peer
-//! has granted credit.
-//!
-//! ```
-//! use rsocket_core::{async_trait, Payload, RSocket, RequestError};
-//!
-//! struct Greeter {
-//!     greeting: String,
-//! }
-//!
-//! #[async_trait]
-//! impl RSocket for Greeter {
-//!     async fn request_response(&self, req: Payload) -> Result<Option<Payload>, RequestError> {
-//!         let name = req.data_utf8().unwrap_or("stranger");
-//!         Ok(Some(Payload::new(format!("{} {name}", self.greeting))))
-//!     }
-//! }
-//! ```
 
 use std::future::Future;
 use std::sync::Arc;
@@ -51,10 +24,35 @@ pub type PayloadStream = BoxStream<'static, Result<Payload, RequestError>>;
 /// Something that handles RSocket requests.
 ///
 /// Every method has a default that answers `ERROR[REJECTED]` ("not
-/// processed"), so a responder implements only what it serves. Implement it
-/// with `#[async_trait]` (see the [module docs](self)); the trait is
-/// object-safe, so `Arc<dyn RSocket>` and `Box<dyn RSocket>` implement it
-/// too.
+/// processed"), so a responder implements only what it serves.
+///
+/// # Why `async-trait`
+///
+/// A server holds each connection's responder as `Arc<dyn RSocket>`, so the
+/// trait must be object-safe. Native `async fn` in traits is not (its
+/// futures are unnamed types), so the trait uses the [`async_trait`](macro@async_trait)
+/// attribute, re-exported by this crate: responders are written with plain
+/// `async fn` that borrow `&self`, and the engine boxes each future once,
+/// which it had to do anyway to spawn it. Streams are returned directly
+/// (boxed, `'static`) because the engine polls them only while the peer
+/// has granted credit. `Arc<dyn RSocket>` and `Box<dyn RSocket>` implement
+/// the trait too.
+///
+/// ```
+/// use rsocket_core::{async_trait, Payload, RSocket, RequestError};
+///
+/// struct Greeter {
+///     greeting: String,
+/// }
+///
+/// #[async_trait]
+/// impl RSocket for Greeter {
+///     async fn request_response(&self, req: Payload) -> Result<Option<Payload>, RequestError> {
+///         let name = req.data_utf8().unwrap_or("stranger");
+///         Ok(Some(Payload::new(format!("{} {name}", self.greeting))))
+///     }
+/// }
+/// ```
 #[async_trait]
 pub trait RSocket: Send + Sync + 'static {
     /// Fire-and-forget. A requester resolves once the frame is queued, not

@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | `tcp` | yes | `tcp://host:port` ([`rsocket_transport_tcp`]) |
 //! | `ws` | yes | `ws://host:port/path` ([`rsocket_transport_ws`]) |
-//! | `tls` | no | `wss://` with rustls ([`TransportOptions::tls`]) |
+//! | `tls` | no | `wss://` with rustls (`TransportOptions::tls`) |
 //!
 //! # Getting started
 //!
@@ -67,7 +67,7 @@ pub enum ConnectError {
     /// The URI names a transport whose feature is not enabled.
     #[error("the {0} transport is not enabled (enable the crate feature)")]
     TransportDisabled(&'static str),
-    /// `wss://` without TLS settings (see [`TransportOptions::tls`]).
+    /// `wss://` without TLS settings (see `TransportOptions::tls`, feature `tls`).
     #[error("wss:// needs TLS settings: enable feature `tls` and set TransportOptions::tls")]
     TlsNotConfigured,
     /// TCP connect or bind failed.

@@ -340,3 +340,37 @@ fn payload_builder_keeps_data_and_metadata_apart() {
     // A closure responder is an ordinary value.
     let _ = request_response_fn(|p: Payload| async move { Ok(Some(p)) });
 }
+
+#[tokio::test]
+async fn closed_resolves_after_what_was_queued_is_written() {
+    use rsocket::{Frame, Transport};
+    let (client_end, server_end) = rsocket::memory_pair(64 * 1024);
+    let client = ClientBuilder::new().connect(client_end).expect("connect");
+    client
+        .fire_and_forget(Payload::from("last words"))
+        .await
+        .expect("queued");
+    client.abort();
+    assert!(matches!(
+        client.closed().await,
+        ConnectionError::LocallyClosed
+    ));
+    // Everything is already on the wire, and the transport is closed: the
+    // peer reads it all without waiting for another task to run.
+    let (mut reader, _writer) = server_end.split();
+    let mut frames = Vec::new();
+    loop {
+        match reader.next().now_or_never() {
+            Some(Some(frame)) => frames.push(frame.expect("frame")),
+            Some(None) => break,
+            None => panic!("closed() resolved before the driver finished: {frames:?}"),
+        }
+    }
+    assert!(
+        matches!(
+            frames.as_slice(),
+            [Frame::Setup(_), Frame::RequestFnf(_), Frame::Error(_)]
+        ),
+        "{frames:?}"
+    );
+}

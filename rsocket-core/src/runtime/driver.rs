@@ -33,8 +33,11 @@ pub(crate) struct Shared {
     pub(crate) default_prefetch: u32,
     /// `Config::close_timeout`.
     pub(crate) close_timeout: std::time::Duration,
-    /// Notified when the connection ends (see `Requester::closed`).
+    /// Notified when the driver has finished (see `Requester::closed`).
     pub(crate) closed: tokio::sync::Notify,
+    /// The driver has finished: the connection ended and what was queued
+    /// has been written (or the driver was dropped).
+    pub(crate) driver_done: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -43,6 +46,7 @@ impl Shared {
             default_prefetch: conn.config().default_prefetch,
             close_timeout: conn.config().close_timeout,
             closed: tokio::sync::Notify::new(),
+            driver_done: std::sync::atomic::AtomicBool::new(false),
             conn: Mutex::new(conn),
             span,
         })
@@ -55,9 +59,11 @@ impl Shared {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Wakes every `Requester::closed` waiter (call once the state is
-    /// closed).
-    pub(crate) fn notify_closed(&self) {
+    /// Marks the driver finished and wakes every `Requester::closed`
+    /// waiter.
+    pub(crate) fn driver_finished(&self) {
+        self.driver_done
+            .store(true, std::sync::atomic::Ordering::Release);
         self.closed.notify_waiters();
     }
 }
@@ -80,8 +86,6 @@ pub struct ConnectionDriver<T: Transport> {
     /// `Connection::read_paused`).
     read_paused: bool,
     needs_flush: bool,
-    /// `Requester::closed` waiters have been told.
-    closed_seen: bool,
 }
 
 impl<T: Transport> std::fmt::Debug for ConnectionDriver<T> {
@@ -109,7 +113,6 @@ impl<T: Transport> ConnectionDriver<T> {
             read_done: false,
             read_paused: false,
             needs_flush: false,
-            closed_seen: false,
         }
     }
 
@@ -166,7 +169,7 @@ impl<T: Transport> Drop for ConnectionDriver<T> {
                 conn.handle_transport_closed(ConnectionError::LocallyClosed);
             }
         }
-        self.shared.notify_closed();
+        self.shared.driver_finished();
     }
 }
 
@@ -241,10 +244,6 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                 }
                 conn.set_writer_waker(cx);
                 this.read_paused = conn.read_paused();
-                if !this.closed_seen && conn.closed().is_some() {
-                    this.closed_seen = true;
-                    this.shared.notify_closed();
-                }
                 (conn.poll_timeout(), conn.is_finished(), conn.has_queued())
             };
 
@@ -282,6 +281,7 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                     return Poll::Pending;
                 }
                 let err = this.shared.lock().closed().cloned();
+                this.shared.driver_finished();
                 return Poll::Ready(match err {
                     Some(ConnectionError::LocallyClosed) | None => Ok(()),
                     Some(e) => Err(e),

@@ -178,7 +178,6 @@ impl Requester {
         self.shared
             .lock()
             .close(code, message, ConnectionError::LocallyClosed);
-        self.shared.notify_closed();
     }
 
     /// Begins a graceful close with the given drain timeout.
@@ -188,16 +187,26 @@ impl Requester {
             .start_drain(super::tokio_now(), timeout, message);
     }
 
-    /// Resolves when the connection has ended, with the reason; its
-    /// [`initiator`](ConnectionError::initiator) says who caused it.
-    /// Resolves at once if it already has.
+    /// Resolves when the connection has ended, with the reason (its
+    /// [`initiator`](ConnectionError::initiator) says who caused it), once
+    /// the connection's driver has written what was queued before the end
+    /// (fire-and-forgets, metadata pushes, the closing ERROR frame) and
+    /// closed the transport, or was dropped. Resolves at once if that has
+    /// happened. [`is_closed`](Self::is_closed) turns true as soon as the
+    /// connection ends.
     pub async fn closed(&self) -> ConnectionError {
         loop {
             let notified = self.shared.closed.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
-            if let Some(e) = self.shared.lock().closed() {
-                return e.clone();
+            if self
+                .shared
+                .driver_done
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                if let Some(e) = self.shared.lock().closed() {
+                    return e.clone();
+                }
             }
             notified.await;
         }
