@@ -110,7 +110,8 @@ pub(crate) struct ClientArgs {
     #[command(flatten)]
     pub(crate) mime: MimeArgs,
     /// Initial credit of a stream (REQUEST_STREAM's request-n); then one
-    /// REQUEST_N of this size each time that many items have arrived.
+    /// REQUEST_N of this size each time that many items have arrived. For
+    /// a channel: its credit window, like --prefetch.
     #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=0x7FFF_FFFF))]
     pub(crate) request_n: Option<u32>,
     /// Cancel a stream or channel after N items.
