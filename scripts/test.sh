@@ -54,8 +54,21 @@ cat target/balance-example.out
 grep -q '^done$' target/balance-example.out
 echo "balance example ok"
 
+step "command line: the README examples"
+cargo build --locked -p rsocket-cli
+awk '/<!-- cli-examples:begin -->/ {on = 1; next} /<!-- cli-examples:end -->/ {on = 0} on' README.md |
+    grep -v '^```' > target/cli-examples.sh
+PATH="$PWD/target/debug:$PATH" timeout 300 bash -euo pipefail target/cli-examples.sh > target/cli-examples.out
+grep -qx 'hello' target/cli-examples.out
+grep -qx 'exit status 1' target/cli-examples.out
+grep -q '^latency µs  p50 ' target/cli-examples.out
+echo "README command-line examples ok"
+
 step "interop"
 timeout 1800 interop/run.sh
 
 step "RPC interop (rsocket-py client, protobuf from grpcio-tools)"
 timeout 1800 interop/rpc.sh
+
+step "command line against the interop peers (installed by interop/run.sh)"
+cargo test --locked -p rsocket-cli --test interop -- --ignored

@@ -10,6 +10,7 @@
 //! | `tcp` | yes | `tcp://host:port` ([`rsocket_transport_tcp`]) |
 //! | `ws` | yes | `ws://host:port/path` ([`rsocket_transport_ws`]) |
 //! | `tls` | no | `wss://` with rustls (`TransportOptions::tls`) |
+//! | `rpc` | no | protobuf RPC runtime: `rpc` (rsocket-rpc; code generation with rsocket-rpc-build) |
 //! | `balance` | no | client-side load balancing: `balance` (rsocket-balance, with DNS discovery) |
 //!
 //! # Getting started
@@ -43,6 +44,9 @@
 
 #[cfg(feature = "balance")]
 pub mod balance;
+/// The protobuf RPC runtime (crate `rsocket-rpc`).
+#[cfg(feature = "rpc")]
+pub use rsocket_rpc as rpc;
 mod boxed;
 mod listener;
 mod uri;

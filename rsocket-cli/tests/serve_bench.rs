@@ -1,0 +1,270 @@
+//! `rsocket serve --echo` (TCP and WebSocket) driven by the client, and
+//! `rsocket bench` for a second against the in-process server.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::{bin, run, serve_recorder};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout};
+
+/// A running `rsocket serve`, killed when dropped.
+struct Served {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    uri: String,
+}
+
+impl Served {
+    /// Starts a server; `verbose` logs requests (then the test must read
+    /// them, or the pipe fills up).
+    async fn start(uri: &str, verbose: bool) -> Self {
+        let mut args = vec!["serve", uri, "--echo"];
+        if verbose {
+            args.push("--verbose");
+        }
+        let mut child = tokio::process::Command::new(bin())
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn rsocket serve");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let uri = Self::next_line(&mut lines).await.expect("the bound URI");
+        Self { child, lines, uri }
+    }
+
+    async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> Option<String> {
+        tokio::time::timeout(common::RUN_LIMIT, lines.next_line())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+    }
+
+    /// Reads the server's log until a line starting with `prefix`.
+    async fn wait_for(&mut self, prefix: &str) -> String {
+        let mut seen = Vec::new();
+        loop {
+            match Self::next_line(&mut self.lines).await {
+                Some(line) if line.starts_with(prefix) => return line,
+                Some(line) => seen.push(line),
+                None => panic!("the server never logged {prefix:?}; it logged {seen:#?}"),
+            }
+        }
+    }
+}
+
+async fn exercise(served: &mut Served) {
+    let uri = served.uri.clone();
+    let r = run(&[&uri, "-d", "ping"], "").await;
+    r.expect_code(0);
+    assert_eq!(r.stdout, "ping\n");
+    served.wait_for("REQUEST_RESPONSE data=\"ping\"").await;
+
+    let r = run(&[&uri, "--stream", "-d", "4"], "").await;
+    r.expect_code(0);
+    assert_eq!(r.lines(), ["0", "1", "2", "3"]);
+    served.wait_for("COMPLETE stream").await;
+
+    let r = run(
+        &[
+            &uri,
+            "--stream",
+            "-d",
+            "1000000000",
+            "--take",
+            "2",
+            "-n",
+            "1",
+        ],
+        "",
+    )
+    .await;
+    r.expect_code(0);
+    assert_eq!(r.lines(), ["0", "1"]);
+    served.wait_for("CANCEL stream").await;
+
+    let r = run(&[&uri, "--channel"], "x\ny\n").await;
+    r.expect_code(0);
+    assert_eq!(r.lines(), ["x", "y"]);
+    served.wait_for("COMPLETE channel").await;
+
+    run(&[&uri, "--fnf", "-d", "f"], "").await.expect_code(0);
+    served.wait_for("REQUEST_FNF data=\"f\"").await;
+
+    run(&[&uri, "--metadata-push", "-m", "mp"], "")
+        .await
+        .expect_code(0);
+    served.wait_for("METADATA_PUSH").await;
+
+    let r = run(&[&uri, "--route", "error", "-d", "nope"], "").await;
+    r.expect_code(1);
+    assert!(r.stderr.contains("APPLICATION_ERROR"), "{}", r.stderr);
+    assert!(r.stderr.contains("nope"), "{}", r.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_server_over_tcp_answers_every_interaction() {
+    let mut served = Served::start("tcp://127.0.0.1:0", true).await;
+    assert!(served.uri.starts_with("tcp://127.0.0.1:"), "{}", served.uri);
+    assert!(!served.uri.ends_with(":0"));
+    exercise(&mut served).await;
+    let _ = served.child.start_kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_server_over_websocket_answers_every_interaction() {
+    let mut served = Served::start("ws://127.0.0.1:0/echo", true).await;
+    assert!(served.uri.starts_with("ws://127.0.0.1:"), "{}", served.uri);
+    assert!(served.uri.ends_with("/echo"), "{}", served.uri);
+    exercise(&mut served).await;
+    let _ = served.child.start_kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_without_echo_or_on_a_bad_uri_fails() {
+    run(&["serve", "tcp://127.0.0.1:0"], "")
+        .await
+        .expect_code(2);
+    run(&["serve", "http://127.0.0.1:0", "--echo"], "")
+        .await
+        .expect_code(2);
+}
+
+/// Runs a one-second benchmark and returns its JSON report.
+async fn bench(uri: &str, interaction: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "bench",
+        uri,
+        "--interaction",
+        interaction,
+        "--concurrency",
+        "8",
+        "--duration",
+        "1s",
+        "--size",
+        "32",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let r = run(&args, "").await;
+    r.expect_code(0);
+    // The progress line went to standard error at least once.
+    assert!(r.stderr.contains(" ops, "), "{}", r.stderr);
+    serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
+}
+
+fn assert_sane(report: &Value) {
+    let ops = report["operations"].as_u64().unwrap();
+    assert!(ops > 10, "{report}");
+    let secs = report["duration_s"].as_f64().unwrap();
+    assert!((0.9..5.0).contains(&secs), "{report}");
+    let rate = report["throughput"].as_f64().unwrap();
+    assert!((rate - ops as f64 / secs).abs() < 1.0, "{report}");
+    let l = &report["latency_us"];
+    let (p50, p90, p99, p999, max) = (
+        l["p50"].as_f64().unwrap(),
+        l["p90"].as_f64().unwrap(),
+        l["p99"].as_f64().unwrap(),
+        l["p99_9"].as_f64().unwrap(),
+        l["max"].as_f64().unwrap(),
+    );
+    assert!(
+        p50 > 0.0 && p50 <= p90 && p90 <= p99 && p99 <= p999 && p999 <= max,
+        "{report}"
+    );
+    assert!(max < 10_000_000.0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_reports_sane_figures_for_each_interaction() {
+    let (uri, _events) = serve_recorder("tcp://127.0.0.1:0").await;
+    let rr = bench(&uri, "rr", &[]).await;
+    eprintln!("{rr}");
+    assert_sane(&rr);
+    assert_eq!(rr["errors"], 0, "{rr}");
+    assert_eq!(rr["interaction"], "rr");
+
+    let channel = bench(&uri, "channel", &[]).await;
+    assert_sane(&channel);
+    assert_eq!(channel["errors"], 0, "{channel}");
+
+    let fnf = bench(&uri, "fnf", &[]).await;
+    assert!(fnf["operations"].as_u64().unwrap() > 10, "{fnf}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_counts_errors_by_code() {
+    let (uri, _events) = serve_recorder("tcp://127.0.0.1:0").await;
+    let r = run(
+        &[
+            "bench",
+            &uri,
+            "--duration",
+            "1s",
+            "--concurrency",
+            "4",
+            "--route",
+            "fail",
+            "--json",
+        ],
+        "",
+    )
+    .await;
+    // Every request failed: the report is printed, the exit status says so.
+    r.expect_code(2);
+    let report: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(report["operations"], 0);
+    let n = report["errors_by_code"]["APPLICATION_ERROR"]
+        .as_u64()
+        .unwrap();
+    assert!(n > 0 && n == report["errors"].as_u64().unwrap(), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_streams_against_the_echo_server_in_text() {
+    let served = Served::start("tcp://127.0.0.1:0", false).await;
+    let r = run(
+        &[
+            "bench",
+            &served.uri,
+            "-i",
+            "stream",
+            "--items",
+            "50",
+            "-c",
+            "4",
+            "-d",
+            "1s",
+        ],
+        "",
+    )
+    .await;
+    r.expect_code(0);
+    assert!(
+        r.stdout.starts_with("stream against tcp://127.0.0.1:"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("latency µs  p50 "), "{}", r.stdout);
+    assert!(r.stdout.contains("errors      0"), "{}", r.stdout);
+    let items = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("items       "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    let ops = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("operations  "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(ops > 0 && items == ops * 50, "{}", r.stdout);
+}
