@@ -48,6 +48,9 @@ timeout 120 cargo run --locked --example rpc_greeter > target/rpc-greeter.out
 grep -q '^done$' target/rpc-greeter.out
 echo "rpc greeter ok"
 
+step "command line: rsocket rpc against the RPC example server"
+timeout 600 scripts/cli-rpc.sh
+
 step "balance example runs (three TCP servers, one killed, no failures)"
 timeout 120 cargo run --locked --example balance > target/balance-example.out
 cat target/balance-example.out
