@@ -28,7 +28,13 @@ step "docs (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
 step "library crates package (cargo package, verified by building each)"
-cargo package --workspace --locked --allow-dirty --exclude rsocket-examples --exclude rsocket-tests --exclude rsocket-rpc-tests
+# Verification builds each packaged crate against the others, taken from a
+# temporary registry. Cargo treats registry crates as immutable, so a build
+# of an older 0.1.0 left in the target dir would count as fresh: verify in a
+# target dir of its own, with our crates' artifacts removed first.
+VERIFY=target/package-verify
+rm -rf "$VERIFY"/debug/.fingerprint/rsocket* "$VERIFY"/debug/deps/*rsocket*
+CARGO_TARGET_DIR=$VERIFY cargo package --workspace --locked --allow-dirty --exclude rsocket-examples --exclude rsocket-tests --exclude rsocket-rpc-tests
 
 step "sans-IO core builds without tokio runtime"
 cargo check -p rsocket-core --no-default-features --locked
