@@ -17,45 +17,21 @@
 //!
 //! # Getting started
 //!
-//! 1. `build.rs`, with `rsocket-rpc-build` as a build dependency:
+//! 1. In `build.rs`, with `rsocket-rpc-build` as a build dependency:
+//!    `rsocket_rpc_build::configure().compile_protos(&["proto/greeter.proto"], &["proto"])`.
+//! 2. Include the generated code:
+//!    `pub mod greeter { rsocket_rpc::include_proto!("greeter"); }`.
+//! 3. Implement the generated server trait (`greeter_server::Greeter`) with
+//!    plain `async fn`s, put `GreeterServer::new(your_impl)` in a [`Router`],
+//!    and give the router to `rsocket_core::Server` as the responder.
+//! 4. Call it with `greeter_client::GreeterClient::new(requester)` over any
+//!    [`RSocket`](rsocket_core::RSocket), after a SETUP with
+//!    [`setup_params`].
 //!
-//!    ```ignore
-//!    fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!        rsocket_rpc_build::configure()
-//!            .fire_and_forget("greeter.Greeter/Notify")
-//!            .compile_protos(&["proto/greeter.proto"], &["proto"])?;
-//!        Ok(())
-//!    }
-//!    ```
-//! 2. Include the generated code: `pub mod greeter { rsocket_rpc::include_proto!("greeter"); }`.
-//! 3. Implement the server trait with plain `async fn`s and serve it:
-//!
-//!    ```ignore
-//!    struct MyGreeter;
-//!    impl greeter_server::Greeter for MyGreeter {
-//!        async fn say_hello(&self, request: Request<HelloRequest>)
-//!            -> Result<Response<HelloReply>, Status> {
-//!            let name = request.into_inner().name;
-//!            Ok(Response::new(HelloReply { message: format!("Hello, {name}!") }))
-//!        }
-//!        // ... one method per RPC
-//!    }
-//!    let router = Router::new().add_service(GreeterServer::new(MyGreeter));
-//!    let server = Server::new(move |_setup, _requester| {
-//!        let router = router.clone();
-//!        async move { Ok::<_, StreamError>(router) }
-//!    });
-//!    ```
-//! 4. Call it with the generated client over a connection:
-//!
-//!    ```ignore
-//!    let requester = ClientBuilder::new().setup(rsocket_rpc::setup_params()).connect(transport)?;
-//!    let client = GreeterClient::new(requester);
-//!    let reply = client.say_hello(HelloRequest { name: "Ada".into() }).await?;
-//!    ```
-//!
-//! `examples/rpc_greeter.rs` in the repository is the complete, tested
-//! version, with every method kind.
+//! The repository's README walks through these steps with code that CI
+//! compiles (doctests of the examples crate, which runs the generator), and
+//! `examples/rpc_greeter.rs` is the complete, tested program, with every
+//! method kind.
 //!
 //! # Wire format
 //!

@@ -226,8 +226,3 @@ pub mod prelude {
     pub use futures::{Stream, StreamExt};
     pub use rsocket_core::{async_trait, RSocket};
 }
-
-/// The README's snippets, compiled as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-pub struct ReadmeDoctests;
