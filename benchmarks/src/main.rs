@@ -819,7 +819,10 @@ fn render(args: &Args, res: &Results, started: Instant) -> String {
             if has(w) {
                 let r = rpc_ratio(w, Impl::Ours);
                 row(
-                    &format!("rsocket-rpc {} costs ≤ 15% over rsocket-core (rate ≥ 0.87×)", w.name()),
+                    &format!(
+                        "rsocket-rpc {} costs ≤ 15% over rsocket-core (rate ≥ 0.87×)",
+                        w.name()
+                    ),
                     r2(r),
                     r.map(|v| v >= 1.0 / 1.15),
                 );
@@ -827,7 +830,11 @@ fn render(args: &Args, res: &Results, started: Instant) -> String {
         }
         if has(Workload::RrC256) {
             let t = rpc_ratio(Workload::RrC256, Impl::Tonic);
-            row("rsocket-rpc rr_c256 ≥ 10× tonic", r2(t), t.map(|v| v >= 10.0));
+            row(
+                "rsocket-rpc rr_c256 ≥ 10× tonic",
+                r2(t),
+                t.map(|v| v >= 10.0),
+            );
         }
         if has(Workload::RrC256) {
             let t = ratio(Workload::RrC256, Impl::Tonic, |a| a.rate);

@@ -156,6 +156,12 @@ impl CallSpan {
         }
     }
 
+    /// Whether anyone listens to this span (otherwise it is a no-op and
+    /// need not be entered).
+    pub(crate) fn enabled(&self) -> bool {
+        self.start.is_some()
+    }
+
     pub(crate) fn span(&self) -> &Span {
         &self.span
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use prost::Message;
-use rsocket_core::{Payload, PayloadStream, RSocket};
+use rsocket_core::{Payload, PayloadStream, RSocket, RequestError};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -147,28 +147,49 @@ impl<R: RSocket> Client<R> {
     {
         let mut span = CallSpan::new("client", route, MethodKind::Unary);
         let deadline = self.deadline(&request);
-        let call = async {
+        let result = if deadline.is_none() && self.interceptors.is_empty() && !span.enabled() {
+            // The common case, kept small (callers move this future into
+            // tasks and FuturesUnordered): everything before the send is
+            // synchronous, and across the await it holds one pointer.
             let (metadata, message) = request.into_parts();
-            let p = self
-                .prepare(route, MethodKind::Unary, metadata, message)
-                .await?;
-            let payload = Payload {
-                metadata: Some(p.metadata),
-                data: codec::encode(&p.message),
+            match request_payload(route, &metadata, &message) {
+                Ok(payload) => {
+                    drop((metadata, message));
+                    let response = self.rsocket.request_response(payload).await;
+                    self.unary_response(response)
+                }
+                Err(status) => Err(status),
+            }
+        } else {
+            let call = async {
+                let (metadata, message) = request.into_parts();
+                let p = self
+                    .prepare(route, MethodKind::Unary, metadata, message)
+                    .await?;
+                let payload = Payload {
+                    metadata: Some(p.metadata),
+                    data: codec::encode(&p.message),
+                };
+                let response = self.rsocket.request_response(payload).await;
+                self.unary_response(response)
             };
-            let response = self.rsocket.request_response(payload).await?;
-            let payload = response.ok_or_else(|| {
-                Status::internal("the server completed the call without a message")
-            })?;
-            let metadata = Metadata::decode_lenient(payload.metadata.as_ref());
-            let message = codec::decode(payload.data, self.max_decode, Side::Client)?;
-            Ok(Response::from_parts(metadata, message))
+            // Boxed: interceptors, timer and span make the state large.
+            Box::pin(with_deadline(deadline, call).instrument(span.span().clone())).await
         };
-        // Boxed once: the call's state is large, and callers move the
-        // returned future around (into a task, a FuturesUnordered).
-        let result = Box::pin(with_deadline(deadline, call).instrument(span.span().clone())).await;
         span.finish(&result);
         result
+    }
+
+    /// A unary call's answer, decoded.
+    fn unary_response<T: Message + Default>(
+        &self,
+        response: Result<Option<Payload>, RequestError>,
+    ) -> Result<Response<T>, Status> {
+        let payload = response?
+            .ok_or_else(|| Status::internal("the server completed the call without a message"))?;
+        let metadata = Metadata::decode_lenient(payload.metadata.as_ref());
+        let message = codec::decode(payload.data, self.max_decode, Side::Client)?;
+        Ok(Response::from_parts(metadata, message))
     }
 
     /// A fire-and-forget call: REQUEST_FNF. Resolves once the request is
@@ -349,4 +370,20 @@ async fn with_deadline<T>(
         call.as_mut().poll(cx)
     })
     .await
+}
+
+/// A request's payload when no interceptor runs: the metadata encoded with
+/// the route, the message in protobuf.
+fn request_payload<M: Message>(
+    route: &'static str,
+    metadata: &Metadata,
+    message: &M,
+) -> Result<Payload, Status> {
+    let (metadata, data) = metadata
+        .encode_with_message(route, message)
+        .map_err(|e| Status::internal(format!("cannot encode the request metadata: {e}")))?;
+    Ok(Payload {
+        metadata: Some(metadata),
+        data,
+    })
 }

@@ -1,7 +1,7 @@
 //! Protobuf encoding of messages, with the size limit checked before any
 //! decoding work.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use prost::Message;
 use rsocket_core::ErrorCode;
 
@@ -23,7 +23,18 @@ pub(crate) enum Side {
 
 /// The protobuf encoding of `msg`. Encoding a prost message cannot fail.
 pub(crate) fn encode<M: Message>(msg: &M) -> Bytes {
-    Bytes::from(msg.encode_to_vec())
+    let mut buf = BytesMut::with_capacity(msg.encoded_len());
+    encode_into(msg, &mut buf);
+    buf.freeze()
+}
+
+/// Appends the protobuf encoding of `msg` to `buf`, growing it if needed.
+/// Encoding into a `BytesMut` (rather than a `Vec`) gives `Bytes` whose
+/// clones are a reference count, with no promotion on first clone.
+pub(crate) fn encode_into<M: Message>(msg: &M, buf: &mut BytesMut) {
+    buf.reserve(msg.encoded_len());
+    // Cannot fail: the capacity was reserved just above.
+    let _ = msg.encode(buf);
 }
 
 /// Decodes `data` as `M`, refusing data longer than `max` bytes before

@@ -28,7 +28,9 @@ use rsocket_core::metadata::{
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Metadata {
     entries: Vec<CompositeEntry>,
-    v1: Option<RpcV1Metadata>,
+    // Boxed: rare, and it would triple the size of every request's
+    // metadata (and of every call's future that holds one).
+    v1: Option<Box<RpcV1Metadata>>,
 }
 
 /// The parts of an rsocket-rpc-java version 1 metadata header that are not
@@ -162,7 +164,7 @@ impl Metadata {
     /// For a call that arrived in the rsocket-rpc-java version 1 layout,
     /// its tracing bytes and raw user metadata.
     pub fn rsocket_rpc_v1(&self) -> Option<&RpcV1Metadata> {
-        self.v1.as_ref()
+        self.v1.as_deref()
     }
 
     /// The metadata of a request frame for `route`, as clients send it:
@@ -190,6 +192,26 @@ impl Metadata {
     /// added; only the route can fail (empty, NUL, or over 255 bytes).
     pub(crate) fn encode(&self, route: Option<&str>) -> Result<Bytes, MetadataError> {
         let mut buf = BytesMut::with_capacity(self.encoded_len(route));
+        self.encode_into(route, &mut buf)?;
+        Ok(buf.freeze())
+    }
+
+    /// A request's metadata and message in one allocation: the metadata
+    /// encoded with the route, then the message, split into two `Bytes`.
+    pub(crate) fn encode_with_message<M: prost::Message>(
+        &self,
+        route: &str,
+        message: &M,
+    ) -> Result<(Bytes, Bytes), MetadataError> {
+        let meta_len = self.encoded_len(Some(route));
+        let mut buf = BytesMut::with_capacity(meta_len + message.encoded_len());
+        self.encode_into(Some(route), &mut buf)?;
+        let metadata = buf.split().freeze();
+        crate::codec::encode_into(message, &mut buf);
+        Ok((metadata, buf.freeze()))
+    }
+
+    fn encode_into(&self, route: Option<&str>, buf: &mut BytesMut) -> Result<(), MetadataError> {
         if let Some(route) = route {
             RoutingMetadata::check_tag(route)?;
             let routing_len = 1 + route.len();
@@ -199,9 +221,9 @@ impl Metadata {
             buf.put_slice(route.as_bytes());
         }
         for e in &self.entries {
-            e.encode_into(&mut buf)?;
+            e.encode_into(buf)?;
         }
-        Ok(buf.freeze())
+        Ok(())
     }
 
     /// The metadata of a response or stream payload: `None` (no M flag)
@@ -363,7 +385,7 @@ fn parse_rpc_v1(bytes: &Bytes) -> Option<Inbound> {
         route: RouteKey::Joined(format!("{service}/{method}")),
         metadata: Metadata {
             entries,
-            v1: Some(RpcV1Metadata { tracing, user }),
+            v1: Some(Box::new(RpcV1Metadata { tracing, user })),
         },
         layout: Layout::RpcV1,
     })

@@ -20,6 +20,7 @@ use crate::codec::DEFAULT_MAX_DECODING_MESSAGE_SIZE;
 use crate::interceptor::{Interceptor, Interceptors};
 use crate::metadata::{parse_request, Inbound, Layout};
 use crate::server::{Input, MethodInfo, Payloads, Reply, ServerCall, Service};
+use crate::Metadata;
 use crate::Status;
 
 /// Serves [`Service`]s: reads each request's route, checks it against the
@@ -137,7 +138,7 @@ impl Inner {
         &self,
         interaction: Interaction,
         metadata: Option<&Bytes>,
-    ) -> Result<(Target, Inbound), Status> {
+    ) -> Result<(&Target, Inbound), Status> {
         let inbound = parse_request(metadata)
             .map_err(|e| Status::invalid_argument(e.to_string()).rejected())?;
         let route = inbound.route.as_str();
@@ -154,7 +155,7 @@ impl Inner {
             ))
             .rejected());
         }
-        Ok((target.clone(), inbound))
+        Ok((target, inbound))
     }
 
     /// Runs the interceptors and starts the handler.
@@ -176,7 +177,21 @@ impl Inner {
                 .map_err(Status::rejected)?;
             info.into_metadata()
         };
-        let input = match (interaction, inbound.layout) {
+        self.dispatch(target, metadata, inbound.layout, interaction, data, rest)
+    }
+
+    /// Hands the call to the service, once the interceptors (if any) have
+    /// let it through.
+    fn dispatch(
+        &self,
+        target: &Target,
+        metadata: Metadata,
+        layout: Layout,
+        interaction: Interaction,
+        data: Bytes,
+        rest: Option<PayloadStream>,
+    ) -> Result<Reply, Status> {
+        let input = match (interaction, layout) {
             (Interaction::RequestChannel, Layout::Composite) => {
                 if !data.is_empty() {
                     return Err(Status::invalid_argument(
@@ -210,27 +225,46 @@ impl Inner {
             .resolve(interaction, request.metadata.as_ref())
             .map_err(log_refusal)?;
         let mut span = CallSpan::new("server", target.method.route, target.method.kind);
-        let result = async {
-            match self
-                .begin(&target, inbound, interaction, request.data, None)
-                .await?
-            {
-                Reply::Single(fut) => AssertUnwindSafe(fut)
+        // Without interceptors everything up to the handler's (boxed)
+        // future is synchronous, so this future stays small: it is
+        // allocated and moved on every call.
+        let reply = if self.interceptors.is_empty() {
+            self.dispatch(
+                target,
+                inbound.metadata,
+                inbound.layout,
+                interaction,
+                request.data,
+                None,
+            )
+        } else {
+            Box::pin(
+                self.begin(target, inbound, interaction, request.data, None)
+                    .instrument(span.span().clone()),
+            )
+            .await
+        };
+        let result = match reply {
+            Ok(Reply::Single(fut)) => {
+                let fut = if span.enabled() {
+                    fut.instrument(span.span().clone()).boxed()
+                } else {
+                    fut
+                };
+                AssertUnwindSafe(fut)
                     .catch_unwind()
                     .await
-                    .unwrap_or_else(|_| Err(panicked())),
-                Reply::Stream(_) => Err(Status::internal(
-                    "the generated service returned a stream for a single-response method",
-                )),
+                    .unwrap_or_else(|_| Err(panicked()))
             }
-        }
-        .instrument(span.span().clone())
-        .await;
+            Ok(Reply::Stream(_)) => Err(Status::internal(
+                "the generated service returned a stream for a single-response method",
+            )),
+            Err(status) => Err(status),
+        };
         span.finish(&result);
         result
     }
 
-    /// A call answered with a stream: REQUEST_STREAM or REQUEST_CHANNEL.
     fn stream(
         self: Arc<Self>,
         interaction: Interaction,
@@ -243,7 +277,7 @@ impl Inner {
                 .map_err(log_refusal)?;
             let mut span = CallSpan::new("server", target.method.route, target.method.kind);
             let begun = self
-                .begin(&target, inbound, interaction, first.data, rest)
+                .begin(target, inbound, interaction, first.data, rest)
                 .instrument(span.span().clone())
                 .await;
             let state = match begun {
