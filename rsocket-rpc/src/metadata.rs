@@ -214,11 +214,13 @@ impl Metadata {
     fn encode_into(&self, route: Option<&str>, buf: &mut BytesMut) -> Result<(), MetadataError> {
         if let Some(route) = route {
             RoutingMetadata::check_tag(route)?;
-            let routing_len = 1 + route.len();
-            buf.put_u8(WellKnownMimeType::MessageRSocketRouting.header_byte());
-            buf.put_slice(&u32::try_from(routing_len).unwrap_or(0).to_be_bytes()[1..]);
-            buf.put_u8(u8::try_from(route.len()).unwrap_or(0));
-            buf.put_slice(route.as_bytes());
+            // check_tag bounds the route to 255 bytes, so the entry's
+            // 24-bit length and the tag's 8-bit length both fit.
+            let [_, l1, l2, l3] = u32::try_from(1 + route.len()).unwrap_or(0).to_be_bytes();
+            let mime = WellKnownMimeType::MessageRSocketRouting.header_byte();
+            let tag_len = u8::try_from(route.len()).unwrap_or(0);
+            buf.extend_from_slice(&[mime, l1, l2, l3, tag_len]);
+            buf.extend_from_slice(route.as_bytes());
         }
         for e in &self.entries {
             e.encode_into(buf)?;
@@ -255,6 +257,23 @@ impl Metadata {
         }
         Self { entries, v1: None }
     }
+}
+
+/// The route of request metadata that is exactly one composite entry, a
+/// routing entry with one tag: what this crate's clients send for a call
+/// without metadata of its own. Borrowed, nothing allocated or validated
+/// beyond the lengths; anything else (more entries or tags, the
+/// rsocket-rpc-java header, malformed input) gives `None` and is left to
+/// [`parse_request`], which reads it the same way when it is this shape.
+pub(crate) fn sole_route(bytes: &[u8]) -> Option<&[u8]> {
+    let (&mime, rest) = bytes.split_first()?;
+    if mime != WellKnownMimeType::MessageRSocketRouting.header_byte() {
+        return None;
+    }
+    let (len, entry) = rest.split_first_chunk::<3>()?;
+    let len = usize::from(len[0]) << 16 | usize::from(len[1]) << 8 | usize::from(len[2]);
+    let (&tag_len, tag) = entry.split_first()?;
+    (entry.len() == len && tag.len() == usize::from(tag_len) && !tag.is_empty()).then_some(tag)
 }
 
 /// Which metadata layout a request used.
@@ -450,6 +469,31 @@ mod tests {
             hex("fe 00 00 06 05 61 2e 42 2f 43 02 78 2f 79 00 00 02 61 62")
         );
         assert_eq!(bytes.len(), md.encoded_len(Some("a.B/C")));
+    }
+
+    #[test]
+    fn sole_route_agrees_with_the_full_parse() {
+        let alone = Metadata::new().encode_request("a.B/C").unwrap();
+        assert_eq!(sole_route(&alone), Some(&b"a.B/C"[..]));
+        let full = parse_request(Some(&alone)).unwrap();
+        assert_eq!(full.route.as_str(), "a.B/C");
+        assert!(full.metadata.is_empty());
+
+        // Another entry after the route, two tags, a different first
+        // entry, truncation: all left to the full parse.
+        let mut md = Metadata::new();
+        md.set_bearer_token("t").unwrap();
+        let with_token = md.encode_request("a.B/C").unwrap();
+        assert_eq!(sole_route(&with_token), None);
+        assert_eq!(parse_request(Some(&with_token)).unwrap().metadata.len(), 1);
+        let two_tags = hex("fe 00 00 06 01 61 03 62 2f 63");
+        assert_eq!(sole_route(&two_tags), None);
+        assert_eq!(parse_request(Some(&two_tags)).unwrap().route.as_str(), "a");
+        assert_eq!(sole_route(&hex("fe 00 00 06 05 61 2e 42 2f")), None);
+        assert_eq!(sole_route(&hex("fe 00 00 01 00")), None);
+        assert_eq!(sole_route(&hex("fd 00 00 02 01 61")), None);
+        assert_eq!(sole_route(&hex("fe 00 00")), None);
+        assert_eq!(sole_route(&[]), None);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use tracing::Instrument;
 use crate::call::{CallInfo, CallSpan};
 use crate::codec::DEFAULT_MAX_DECODING_MESSAGE_SIZE;
 use crate::interceptor::{Interceptor, Interceptors};
-use crate::metadata::{parse_request, Inbound, Layout};
+use crate::metadata::{parse_request, sole_route, Layout};
 use crate::server::{Input, MethodInfo, Payloads, Reply, ServerCall, Service};
 use crate::Metadata;
 use crate::Status;
@@ -45,7 +46,9 @@ pub struct Router {
 
 #[derive(Clone)]
 struct Inner {
-    routes: HashMap<&'static str, Target>,
+    /// Keyed by the route's bytes: a request's route is looked up as it
+    /// arrived, with no UTF-8 check (every key came from a `&str`).
+    routes: HashMap<&'static [u8], Target, BuildHasherDefault<Fnv>>,
     interceptors: Interceptors,
     max_decode: usize,
 }
@@ -58,8 +61,7 @@ struct Target {
 
 impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut routes: Vec<_> = self.inner.routes.keys().collect();
-        routes.sort();
+        let routes = self.routes();
         f.debug_struct("Router")
             .field("routes", &routes)
             .field("interceptors", &self.inner.interceptors)
@@ -79,7 +81,7 @@ impl Router {
     pub fn new() -> Self {
         Self {
             inner: Arc::new(Inner {
-                routes: HashMap::new(),
+                routes: HashMap::default(),
                 interceptors: Interceptors::default(),
                 max_decode: DEFAULT_MAX_DECODING_MESSAGE_SIZE,
             }),
@@ -99,7 +101,7 @@ impl Router {
         inner.routes.retain(|_, t| t.service.name() != name);
         for method in service.methods() {
             inner.routes.insert(
-                method.route,
+                method.route.as_bytes(),
                 Target {
                     service: service.clone(),
                     method: *method,
@@ -125,7 +127,7 @@ impl Router {
 
     /// Every route served, sorted.
     pub fn routes(&self) -> Vec<&'static str> {
-        let mut routes: Vec<_> = self.inner.routes.keys().copied().collect();
+        let mut routes: Vec<_> = self.inner.routes.values().map(|t| t.method.route).collect();
         routes.sort_unstable();
         routes
     }
@@ -138,46 +140,56 @@ impl Inner {
         &self,
         interaction: Interaction,
         metadata: Option<&Bytes>,
-    ) -> Result<(&Target, Inbound), Status> {
-        let inbound = parse_request(metadata)
-            .map_err(|e| Status::invalid_argument(e.to_string()).rejected())?;
-        let route = inbound.route.as_str();
-        let target = self
-            .routes
-            .get(route)
-            .ok_or_else(|| Status::unimplemented(format!("unknown method {route:?}")).rejected())?;
+    ) -> Result<(&Target, Metadata, Layout), Status> {
+        // The common shape first, read in place: a routing entry alone.
+        let sole = metadata
+            .and_then(|m| sole_route(m))
+            .and_then(|route| self.routes.get(route));
+        let (target, metadata, layout) = match sole {
+            Some(target) => (target, Metadata::default(), Layout::Composite),
+            None => {
+                let inbound = parse_request(metadata)
+                    .map_err(|e| Status::invalid_argument(e.to_string()).rejected())?;
+                let route = inbound.route.as_str();
+                let target = self.routes.get(route.as_bytes()).ok_or_else(|| {
+                    Status::unimplemented(format!("unknown method {route:?}")).rejected()
+                })?;
+                (target, inbound.metadata, inbound.layout)
+            }
+        };
         if !target.method.kind.accepts(interaction) {
             let kind = target.method.kind;
             return Err(Status::unimplemented(format!(
-                "{route} is a {} method; call it with {:?}, not {interaction:?}",
+                "{} is a {} method; call it with {:?}, not {interaction:?}",
+                target.method.route,
                 kind.as_str(),
                 kind.interaction(),
             ))
             .rejected());
         }
-        Ok((target, inbound))
+        Ok((target, metadata, layout))
     }
 
-    /// Runs the interceptors and starts the handler.
     async fn begin(
         &self,
         target: &Target,
-        inbound: Inbound,
+        metadata: Metadata,
+        layout: Layout,
         interaction: Interaction,
         data: Bytes,
         rest: Option<PayloadStream>,
     ) -> Result<Reply, Status> {
         let metadata = if self.interceptors.is_empty() {
-            inbound.metadata
+            metadata
         } else {
-            let mut info = CallInfo::new(target.method.route, target.method.kind, inbound.metadata);
+            let mut info = CallInfo::new(target.method.route, target.method.kind, metadata);
             self.interceptors
                 .run(&mut info)
                 .await
                 .map_err(Status::rejected)?;
             info.into_metadata()
         };
-        self.dispatch(target, metadata, inbound.layout, interaction, data, rest)
+        self.dispatch(target, metadata, layout, interaction, data, rest)
     }
 
     /// Hands the call to the service, once the interceptors (if any) have
@@ -221,7 +233,7 @@ impl Inner {
 
     /// A call answered with one payload: REQUEST_RESPONSE or REQUEST_FNF.
     async fn single(&self, interaction: Interaction, request: Payload) -> Result<Payload, Status> {
-        let (target, inbound) = self
+        let (target, metadata, layout) = self
             .resolve(interaction, request.metadata.as_ref())
             .map_err(log_refusal)?;
         let mut span = CallSpan::new("server", target.method.route, target.method.kind);
@@ -229,17 +241,10 @@ impl Inner {
         // future is synchronous, so this future stays small: it is
         // allocated and moved on every call.
         let reply = if self.interceptors.is_empty() {
-            self.dispatch(
-                target,
-                inbound.metadata,
-                inbound.layout,
-                interaction,
-                request.data,
-                None,
-            )
+            self.dispatch(target, metadata, layout, interaction, request.data, None)
         } else {
             Box::pin(
-                self.begin(target, inbound, interaction, request.data, None)
+                self.begin(target, metadata, layout, interaction, request.data, None)
                     .instrument(span.span().clone()),
             )
             .await
@@ -272,12 +277,12 @@ impl Inner {
         rest: Option<PayloadStream>,
     ) -> PayloadStream {
         let start = async move {
-            let (target, inbound) = self
+            let (target, metadata, layout) = self
                 .resolve(interaction, first.metadata.as_ref())
                 .map_err(log_refusal)?;
             let mut span = CallSpan::new("server", target.method.route, target.method.kind);
             let begun = self
-                .begin(target, inbound, interaction, first.data, rest)
+                .begin(target, metadata, layout, interaction, first.data, rest)
                 .instrument(span.span().clone())
                 .await;
             let state = match begun {
@@ -451,5 +456,28 @@ impl RSocket for Router {
         self.inner
             .clone()
             .stream(Interaction::RequestChannel, first, Some(rest))
+    }
+}
+
+/// FNV-1a: routes are short and chosen by the application, and hashing
+/// them is on every call's path, where SipHash costs several times more.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
     }
 }

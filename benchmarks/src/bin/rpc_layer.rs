@@ -60,6 +60,10 @@ fn time<F: std::future::Future<Output = ()>>(
     n: u32,
     mut f: impl FnMut() -> F,
 ) -> f64 {
+    let only = std::env::args().nth(1);
+    if only.as_deref().is_some_and(|o| !name.starts_with(o)) {
+        return 0.0;
+    }
     rt.block_on(async {
         for _ in 0..n / 10 {
             f().await;
@@ -83,7 +87,12 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let n = 2_000_000;
+    // `rpc_layer [raw|server|client|both] [calls]`: one measurement only,
+    // for example under `valgrind --tool=callgrind` to count instructions.
+    let n = std::env::args()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2_000_000);
     let data = Bytes::from(vec![7u8; 64]);
     let echo: std::sync::Arc<dyn RSocket> = std::sync::Arc::new(Echo);
     let router = Router::new().add_service(BenchServer::new(Svc));
