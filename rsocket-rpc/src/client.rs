@@ -284,9 +284,10 @@ impl<R: RSocket> Client<R> {
             metadata: Some(p.metadata),
             data: Bytes::new(),
         };
+        let mut encoder = codec::ChunkEncoder::default();
         let rest: PayloadStream = p
             .message
-            .map(|m| Ok(Payload::new(codec::encode(&m))))
+            .map(move |m| Ok(Payload::new(encoder.encode(&m))))
             .boxed();
         let stream = self.rsocket.request_channel(header, rest);
         Ok(Streaming::new(stream, self.max_decode, Side::Client).with_deadline(deadline))

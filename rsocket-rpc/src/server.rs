@@ -174,11 +174,12 @@ where
     let mut metadata = metadata
         .encode_response()
         .map_err(|e| Status::internal(format!("cannot encode the response metadata: {e}")))?;
+    let mut encoder = codec::ChunkEncoder::default();
     Ok(stream
         .map(move |item| {
             item.map(|message| Payload {
                 metadata: metadata.take(),
-                data: codec::encode(&message),
+                data: encoder.encode(&message),
             })
         })
         .boxed())
