@@ -125,7 +125,7 @@ impl Outcome {
         let mut s = String::from("RESULT");
         let _ = write!(
             s,
-            " ops={} bytes={} secs={:.6} cpu_us={:.1} peak_rss_kb={}",
+            " ops={} bytes={} secs={:.6} cpu_us={:.4} peak_rss_kb={}",
             self.ops, self.bytes, self.secs, self.cpu_us, self.peak_rss_kb
         );
         let opt = |s: &mut String, k: &str, v: Option<f64>| {

@@ -486,46 +486,56 @@ struct Agg {
     notes: Vec<String>,
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.retain(|x| x.is_finite());
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
+/// The run a cell shows: the median run by its main figure (rate, else RSS
+/// growth, else server memory per connection), with every column taken
+/// from that same run, so that the figures of a row belong together. With
+/// an even number of runs, the lower of the two middle ones.
+fn median_run<'a>(ok: &[&'a Outcome]) -> Option<&'a Outcome> {
+    let key = |o: &Outcome| -> f64 {
+        if o.secs > 0.0 && o.ops > 0 && o.rss_growth_kb.is_none() && o.server_kb_per_conn.is_none()
+        {
+            o.ops as f64 / o.secs
+        } else if let Some(g) = o.rss_growth_kb {
+            g
+        } else {
+            o.server_kb_per_conn.unwrap_or(0.0)
+        }
+    };
+    let mut runs = ok.to_vec();
+    runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    runs.get(runs.len().saturating_sub(1) / 2).copied()
 }
 
 fn aggregate(outs: &[Outcome]) -> Agg {
     let ok: Vec<&Outcome> = outs.iter().filter(|o| !o.failed).collect();
-    let m = |f: &dyn Fn(&Outcome) -> Option<f64>| median(ok.iter().filter_map(|o| f(o)).collect());
     let mut notes: Vec<String> = Vec::new();
     for o in outs {
         if !o.note.is_empty() && !notes.contains(&o.note) {
             notes.push(o.note.clone());
         }
     }
-    Agg {
+    let mut agg = Agg {
         runs: outs.len(),
         ok_runs: ok.len(),
-        rate: m(&|o| (o.secs > 0.0 && o.ops > 0).then(|| o.ops as f64 / o.secs)),
-        mbps: m(&|o| (o.secs > 0.0 && o.bytes > 0).then(|| o.bytes as f64 / o.secs / 1e6)),
-        p50: m(&|o| o.p50_us),
-        p99: m(&|o| o.p99_us),
-        cpu: m(&|o| (o.ops > 0).then_some(o.cpu_us)),
-        rss_mb: m(&|o| (o.peak_rss_kb > 0).then(|| o.peak_rss_kb as f64 / 1024.0)),
-        growth_mb: m(&|o| o.rss_growth_kb.map(|k| k / 1024.0)),
-        produced: m(&|o| o.produced.map(|v| v as f64)),
-        credit: m(&|o| o.credit.map(|v| v as f64)),
-        conn_secs: m(&|o| o.conn_secs),
-        kb_per_conn: m(&|o| o.server_kb_per_conn),
-        conns: m(&|o| o.conn_secs.map(|_| o.ops as f64)),
         notes,
-    }
+        ..Agg::default()
+    };
+    let Some(o) = median_run(&ok) else {
+        return agg;
+    };
+    agg.rate = (o.secs > 0.0 && o.ops > 0).then(|| o.ops as f64 / o.secs);
+    agg.mbps = (o.secs > 0.0 && o.bytes > 0).then(|| o.bytes as f64 / o.secs / 1e6);
+    agg.p50 = o.p50_us;
+    agg.p99 = o.p99_us;
+    agg.cpu = (o.ops > 0).then_some(o.cpu_us);
+    agg.rss_mb = (o.peak_rss_kb > 0).then(|| o.peak_rss_kb as f64 / 1024.0);
+    agg.growth_mb = o.rss_growth_kb.map(|k| k / 1024.0);
+    agg.produced = o.produced.map(|v| v as f64);
+    agg.credit = o.credit.map(|v| v as f64);
+    agg.conn_secs = o.conn_secs;
+    agg.kb_per_conn = o.server_kb_per_conn;
+    agg.conns = o.conn_secs.map(|_| o.ops as f64);
+    agg
 }
 
 type Results = BTreeMap<(Workload, &'static str, Impl), Agg>;
@@ -598,7 +608,7 @@ fn render(args: &Args, res: &Results, started: Instant) -> String {
     .collect();
     if !rr.is_empty() {
         let _ = writeln!(s, "## Request/response\n");
-        let _ = writeln!(s, "| workload | rt | implementation | ops/s | p50 µs | p99 µs | CPU µs/op | peak RSS MB | ops/s vs raw | notes |");
+        let _ = writeln!(s, "| workload | rt | implementation | ops/s | p50 µs | p99 µs | CPU µs/op | peak RSS MiB | ops/s vs raw | notes |");
         let _ = writeln!(s, "|---|---|---|---:|---:|---:|---:|---:|---:|---|");
         for &w in &rr {
             for &fl in &flavors {
@@ -636,7 +646,7 @@ fn render(args: &Args, res: &Results, started: Instant) -> String {
     .collect();
     if !tp.is_empty() {
         let _ = writeln!(s, "## Throughput\n");
-        let _ = writeln!(s, "| workload | rt | implementation | msgs/s | payload MB/s | CPU µs/msg | peak RSS MB | msgs/s vs raw | notes |");
+        let _ = writeln!(s, "| workload | rt | implementation | msgs/s | payload MB/s | CPU µs/msg | peak RSS MiB | msgs/s vs raw | notes |");
         let _ = writeln!(s, "|---|---|---|---:|---:|---:|---:|---:|---|");
         for &w in &tp {
             for &fl in &flavors {
@@ -673,7 +683,7 @@ fn render(args: &Args, res: &Results, started: Instant) -> String {
             s,
             "## slow_consumer (consume 10 of a 2,000,000-item stream, then hold it)\n"
         );
-        let _ = writeln!(s, "| rt | implementation | RSS growth MB | items produced | credit granted | peak RSS MB | notes |");
+        let _ = writeln!(s, "| rt | implementation | RSS growth MiB | items produced | credit granted | peak RSS MiB | notes |");
         let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---|");
         for &fl in &flavors {
             for &i in &args.impls {
@@ -698,7 +708,7 @@ fn render(args: &Args, res: &Results, started: Instant) -> String {
 
     if has(Workload::Conn10k) {
         let _ = writeln!(s, "## conn_10k (concurrent connections, each with one open stream; server in its own process)\n");
-        let _ = writeln!(s, "| rt | implementation | connections | time to establish s | server KiB/conn | CPU µs/conn | server peak RSS MB | notes |");
+        let _ = writeln!(s, "| rt | implementation | connections | time to establish s | server KiB/conn | CPU µs/conn | server peak RSS MiB | notes |");
         let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---|");
         for &fl in &flavors {
             for &i in &args.impls {
@@ -742,7 +752,7 @@ fn render(args: &Args, res: &Results, started: Instant) -> String {
         let metrics: Vec<Metric> = match w {
             Workload::RrSeq | Workload::RrC64 | Workload::RrC256 => vec![rate, p50, p99, cpu],
             Workload::HeadOfLine => vec![p50, p99],
-            Workload::SlowConsumer => vec![("RSS growth MB", |a| a.growth_mb)],
+            Workload::SlowConsumer => vec![("RSS growth MiB", |a| a.growth_mb)],
             Workload::Conn10k => vec![
                 ("server KiB/conn", |a| a.kb_per_conn),
                 ("establish s", |a| a.conn_secs),
@@ -802,9 +812,19 @@ fn render(args: &Args, res: &Results, started: Instant) -> String {
         let r2 = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.2}×"));
         if has(Workload::Stream64) {
             let t = ratio(Workload::Stream64, Impl::Tonic, |a| a.rate);
-            row("stream_64 ≥ 3× tonic", r2(t), t.map(|v| v >= 3.0));
+            row("stream_64 ≥ 2× tonic", r2(t), t.map(|v| v >= 2.0));
             let r = ratio(Workload::Stream64, Impl::Raw, |a| a.rate);
             row("stream_64 ≥ 0.5× raw TCP", r2(r), r.map(|v| v >= 0.5));
+        }
+        if has(Workload::Stream16k) {
+            let r = ratio(Workload::Stream16k, Impl::Raw, |a| a.rate);
+            row("stream_16k ≥ 0.8× raw TCP", r2(r), r.map(|v| v >= 0.8));
+        }
+        if has(Workload::Fnf64) {
+            let t = ratio(Workload::Fnf64, Impl::Tonic, |a| a.rate);
+            row("fnf_64 ≥ 2× tonic", r2(t), t.map(|v| v >= 2.0));
+            let r = ratio(Workload::Fnf64, Impl::Raw, |a| a.rate);
+            row("fnf_64 ≥ 0.3× raw TCP", r2(r), r.map(|v| v >= 0.3));
         }
         // The RPC layer: its cost over raw payloads on the same engine, and
         // RPC against RPC.
@@ -838,13 +858,20 @@ fn render(args: &Args, res: &Results, started: Instant) -> String {
         }
         if has(Workload::RrC256) {
             let t = ratio(Workload::RrC256, Impl::Tonic, |a| a.rate);
-            row("rr_c256 ≥ 20× tonic", r2(t), t.map(|v| v >= 20.0));
+            row("rr_c256 ≥ 30× tonic", r2(t), t.map(|v| v >= 30.0));
             let r = ratio(Workload::RrC256, Impl::Raw, |a| a.rate);
             row("rr_c256 ≥ 0.25× raw TCP", r2(r), r.map(|v| v >= 0.25));
         }
         if has(Workload::RrSeq) {
             let r = ratio(Workload::RrSeq, Impl::Raw, |a| a.p50);
-            row("rr_seq p50 ≤ 1.2× raw TCP", r2(r), r.map(|v| v <= 1.2));
+            // Current-thread: 1.2× raw; two workers: 2× (a cross-thread
+            // wake is most of a loopback round trip there).
+            let limit = if fl == "ct" { 1.2 } else { 2.0 };
+            row(
+                &format!("rr_seq p50 ≤ {limit}× raw TCP"),
+                r2(r),
+                r.map(|v| v <= limit),
+            );
         }
         if has(Workload::Channel64) {
             let t = ratio(Workload::Channel64, Impl::Tonic, |a| a.rate);
@@ -853,10 +880,12 @@ fn render(args: &Args, res: &Results, started: Instant) -> String {
         if has(Workload::SlowConsumer) {
             let a = o(Workload::SlowConsumer);
             let g = a.and_then(|a| a.growth_mb);
+            // 2 MB is 2·10^6 bytes; RSS is read in KiB and shown in MiB.
+            let limit_mib = 2e6 / 1_048_576.0;
             row(
-                "slow_consumer RSS growth < 2 MB",
-                g.map_or("–".into(), |v| format!("{v:.2} MB")),
-                g.map(|v| v < 2.0),
+                "slow_consumer RSS growth < 2 MB (1.91 MiB)",
+                g.map_or("–".into(), |v| format!("{v:.2} MiB")),
+                g.map(|v| v < limit_mib),
             );
             let pc = a.and_then(|a| Some((a.produced?, a.credit?)));
             row(
@@ -878,9 +907,9 @@ fn render(args: &Args, res: &Results, started: Instant) -> String {
         if has(Workload::Conn10k) {
             let v = o(Workload::Conn10k).and_then(|a| a.kb_per_conn);
             row(
-                "conn_10k < 8 KiB/conn",
+                "conn_10k ≤ 8 KiB/conn",
                 v.map_or("–".into(), |v| format!("{v:.1} KiB")),
-                v.map(|v| v < 8.0),
+                v.map(|v| v <= 8.0),
             );
         }
     }
@@ -1015,12 +1044,12 @@ fn summary(w: Workload, o: &Outcome) -> String {
             fmt_num(o.p99_us)
         ),
         Workload::SlowConsumer => format!(
-            "growth {:.2} MB, produced {}",
+            "growth {:.2} MiB, produced {}",
             o.rss_growth_kb.unwrap_or(0.0) / 1024.0,
             o.produced.unwrap_or(0)
         ),
         Workload::Conn10k => format!(
-            "{} conns in {:.2} s, {:.1} kB/conn",
+            "{} conns in {:.2} s, {:.1} KiB/conn",
             o.ops,
             o.conn_secs.unwrap_or(0.0),
             o.server_kb_per_conn.unwrap_or(0.0)

@@ -3,13 +3,17 @@
 
 use std::any::Any;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{Sink, StreamExt};
+use rsocket_core::frame::Frame;
 use rsocket_core::{
-    async_trait, ClientBuilder, Config, Payload, PayloadStream, RSocket, RequestError, Requester,
-    Server,
+    async_trait, ClientBuilder, Payload, PayloadStream, RSocket, RequestError, Requester, Server,
+    Transport, TransportError,
 };
 use rsocket_transport_tcp::{connect, TcpListener};
 
@@ -69,6 +73,7 @@ impl RSocket for Responder {
 }
 
 struct Setup {
+    addr: SocketAddr,
     client: Requester,
     produced: Arc<Produced>,
     arrivals: Arc<Arrivals>,
@@ -101,6 +106,7 @@ async fn setup() -> Setup {
         .await
         .expect("first request");
     Setup {
+        addr,
         client,
         produced,
         arrivals,
@@ -198,26 +204,30 @@ pub async fn run(w: Workload, sizes: Sizes) -> Outcome {
             o
         }
         Workload::SlowConsumer => {
+            // A connection of its own whose writer adds up the credit the
+            // client grants (initial request-n and REQUEST_N), as sent.
+            let granted = Arc::new(AtomicU64::new(0));
+            let transport = CreditTap {
+                inner: connect(s.addr).await.expect("connect"),
+                granted: granted.clone(),
+            };
+            let client = ClientBuilder::new().connect(transport).expect("client");
             let before = rss_kb();
-            let mut stream = s
-                .client
-                .request_stream(Payload::from(format!("{} {}", sizes.slow_total, SMALL)));
+            let mut stream =
+                client.request_stream(Payload::from(format!("{} {}", sizes.slow_total, SMALL)));
             for _ in 0..sizes.slow_consume {
                 stream.next().await.expect("item").expect("ok");
             }
             tokio::time::sleep(sizes.slow_hold).await;
             let after = rss_kb();
-            let mut o = Outcome {
+            let o = Outcome {
                 ops: sizes.slow_consume,
                 rss_growth_kb: Some(after as f64 - before as f64),
                 produced: Some(s.produced.get()),
-                credit: Some(Config::default().default_prefetch as u64),
+                credit: Some(granted.load(Ordering::Relaxed)),
                 peak_rss_kb: mem().hwm_kb,
                 ..Outcome::default()
             };
-            o.add_note(
-                "credit = default prefetch (no REQUEST_N before half the window is consumed)",
-            );
             drop(stream);
             o
         }
@@ -258,5 +268,64 @@ pub async fn conn_open(addr: SocketAddr) -> Result<Box<dyn Any + Send>, String> 
         Ok(Some(Ok(_))) => Ok(Box::new((client, stream))),
         Ok(other) => Err(format!("stream: {other:?}")),
         Err(_) => Err("no first item in 30 s".into()),
+    }
+}
+
+/// A transport whose writer adds up the credit granted to the peer: the
+/// initial request-n of REQUEST_STREAM / REQUEST_CHANNEL and every
+/// REQUEST_N, as the frames are handed to the socket.
+struct CreditTap<T> {
+    inner: T,
+    granted: Arc<AtomicU64>,
+}
+
+impl<T: Transport> Transport for CreditTap<T> {
+    type Reader = T::Reader;
+    type Writer = CreditWriter<T::Writer>;
+
+    fn split(self) -> (Self::Reader, Self::Writer) {
+        let (r, w) = self.inner.split();
+        (
+            r,
+            CreditWriter {
+                inner: w,
+                granted: self.granted,
+            },
+        )
+    }
+}
+
+struct CreditWriter<W> {
+    inner: W,
+    granted: Arc<AtomicU64>,
+}
+
+impl<W: Sink<Frame, Error = TransportError> + Unpin> Sink<Frame> for CreditWriter<W> {
+    type Error = TransportError;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.inner).poll_ready(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, frame: Frame) -> Result<(), Self::Error> {
+        let n = match &frame {
+            Frame::RequestStream(f) => Some(f.initial_request_n),
+            Frame::RequestChannel(f) => Some(f.initial_request_n),
+            Frame::RequestN(f) => Some(f.request_n),
+            _ => None,
+        };
+        if let Some(n) = n {
+            self.granted
+                .fetch_add(u64::from(n.get()), Ordering::Relaxed);
+        }
+        Pin::new(&mut self.inner).start_send(frame)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.inner).poll_close(cx)
     }
 }

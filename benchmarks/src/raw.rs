@@ -9,12 +9,13 @@
 use std::any::Any;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, Notify};
 
 use crate::common::*;
 use crate::Workload;
@@ -146,55 +147,86 @@ async fn sink(mut s: TcpStream, arrivals: Arc<Arrivals>) {
     }
 }
 
-/// One request/response phase: `conc` requests pipelined, FIFO answers.
-async fn rr_phase(
-    s: &mut TcpStream,
-    conc: usize,
-    time: Duration,
-    hist: &mut Histogram,
-) -> Result<(), String> {
-    let req = frame(&payload(SMALL));
-    let mut sent_at = VecDeque::with_capacity(conc);
-    let mut out = Vec::with_capacity(conc * req.len());
-    for _ in 0..conc {
-        out.extend_from_slice(&req);
-    }
-    let t0 = Instant::now();
-    s.write_all(&out).await.map_err(|e| e.to_string())?;
-    out.clear();
-    sent_at.extend(std::iter::repeat_n(t0, conc));
-    let deadline = t0 + time;
-    let mut stop = false;
-    let mut inb = BytesMut::with_capacity(BATCH);
-    while !sent_at.is_empty() {
-        match s.read_buf(&mut inb).await {
-            Ok(0) => return Err("closed".into()),
-            Err(e) => return Err(e.to_string()),
-            Ok(_) => {}
-        }
-        let now = Instant::now();
-        let mut again = 0;
-        while let Some(_resp) = next_frame(&mut inb) {
-            let t = sent_at.pop_front().ok_or("unexpected response")?;
-            hist.record(now - t);
-            if !stop {
-                out.extend_from_slice(&req);
-                again += 1;
+/// The least a pipelined request/response client needs on one TCP
+/// connection, so that raw TCP is timed like every other implementation
+/// (each request its own future in [`rr_driver`], timed from its start to
+/// its answer): a request appends its frame to a shared buffer and waits
+/// on a oneshot; one task writes whatever has accumulated, one task reads
+/// and completes the waiting requests in order (the echo server answers
+/// in order).
+#[derive(Clone)]
+struct RawRr {
+    state: Arc<Mutex<RawRrState>>,
+    write: Arc<Notify>,
+    request: Arc<[u8]>,
+}
+
+#[derive(Default)]
+struct RawRrState {
+    out: Vec<u8>,
+    waiting: VecDeque<oneshot::Sender<()>>,
+}
+
+impl RawRr {
+    fn start(s: TcpStream) -> Self {
+        let (mut r, mut w) = s.into_split();
+        let state = Arc::new(Mutex::new(RawRrState::default()));
+        let write = Arc::new(Notify::new());
+        let (st, wake) = (state.clone(), write.clone());
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(BATCH);
+            loop {
+                wake.notified().await;
+                std::mem::swap(&mut buf, &mut st.lock().expect("lock").out);
+                if !buf.is_empty() && w.write_all(&buf).await.is_err() {
+                    return;
+                }
+                buf.clear();
             }
-        }
-        if now >= deadline {
-            stop = true;
-        }
-        if again > 0 {
-            s.write_all(&out).await.map_err(|e| e.to_string())?;
-            out.clear();
-            sent_at.extend(std::iter::repeat_n(now, again));
-        }
-        if inb.capacity() < BATCH / 4 {
-            inb.reserve(BATCH);
+        });
+        let st = state.clone();
+        tokio::spawn(async move {
+            let mut inb = BytesMut::with_capacity(BATCH);
+            loop {
+                match r.read_buf(&mut inb).await {
+                    Ok(0) | Err(_) => {
+                        st.lock().expect("lock").waiting.clear();
+                        return;
+                    }
+                    Ok(_) => {}
+                }
+                let mut done = 0;
+                while next_frame(&mut inb).is_some() {
+                    done += 1;
+                }
+                let mut g = st.lock().expect("lock");
+                let done = done.min(g.waiting.len());
+                for tx in g.waiting.drain(..done) {
+                    let _ = tx.send(());
+                }
+                drop(g);
+                if inb.capacity() < BATCH / 4 {
+                    inb.reserve(BATCH);
+                }
+            }
+        });
+        Self {
+            state,
+            write,
+            request: frame(&payload(SMALL)).into(),
         }
     }
-    Ok(())
+
+    fn call(&self) -> impl std::future::Future<Output = Result<(), String>> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut g = self.state.lock().expect("lock");
+            g.out.extend_from_slice(&self.request);
+            g.waiting.push_back(tx);
+        }
+        self.write.notify_one();
+        async move { rx.await.map_err(|_| "connection closed".to_owned()) }
+    }
 }
 
 /// Reads frames until `n` arrived (or the cap); counts payload bytes.
@@ -256,25 +288,8 @@ pub async fn run(w: Workload, sizes: Sizes) -> Outcome {
     match w {
         Workload::RrSeq | Workload::RrC64 | Workload::RrC256 => {
             tokio::spawn(async move { echo(accept(&l).await).await });
-            let mut s = dial(addr).await.expect("connect");
-            let conc = w.concurrency();
-            if let Err(e) = rr_phase(&mut s, conc, sizes.rr_warmup, &mut Histogram::new()).await {
-                return Outcome::failed(e);
-            }
-            let mut hist = Histogram::new();
-            let meter = Meter::start();
-            let r = rr_phase(&mut s, conc, sizes.rr_time, &mut hist).await;
-            let mut o = Outcome {
-                ops: hist.count(),
-                ..Outcome::default()
-            };
-            meter.finish(&mut o);
-            hist.fill(&mut o);
-            if let Err(e) = r {
-                o.failed = true;
-                o.add_note(&e);
-            }
-            o
+            let client = RawRr::start(dial(addr).await.expect("connect"));
+            rr_driver(sizes, w.concurrency(), move || client.call()).await
         }
         Workload::Stream64 | Workload::Stream16k => {
             let (n, size) = w.stream_shape(sizes);

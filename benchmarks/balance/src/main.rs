@@ -39,10 +39,14 @@ fn cpu_micros() -> f64 {
 }
 
 async fn start_server() -> SocketAddr {
-    let listener = rsocket_transport_tcp::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = rsocket_transport_tcp::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let server = Server::new(|_setup, _requester| async {
-        Ok(request_response_fn(|req: Payload| async move { Ok(Some(req)) }))
+        Ok(request_response_fn(
+            |req: Payload| async move { Ok(Some(req)) },
+        ))
     });
     tokio::spawn(server.serve(listener));
     addr
@@ -103,7 +107,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 async fn bench(runs: usize, secs: f64, only: Option<String>) -> Vec<(String, f64, f64)> {
-    let servers = [start_server().await, start_server().await, start_server().await];
+    let servers = [
+        start_server().await,
+        start_server().await,
+        start_server().await,
+    ];
     let mut direct = Vec::new();
     for addr in servers {
         direct.push(
@@ -124,15 +132,23 @@ async fn bench(runs: usize, secs: f64, only: Option<String>) -> Vec<(String, f64
         .build_from_list(servers.map(|a| (a, TcpConnector::new(a))));
     for b in [&one, &three, &three_rr] {
         let n = b.members().len();
-        b.wait_until(|m| m.iter().filter(|m| m.state == rsocket_balance::MemberState::Ready).count() == n)
-            .await;
+        b.wait_until(|m| {
+            m.iter()
+                .filter(|m| m.state == rsocket_balance::MemberState::Ready)
+                .count()
+                == n
+        })
+        .await;
     }
     let setups = [
         ("direct", Client::Direct(direct[0].clone())),
         ("balanced-1", Client::Balanced(one)),
         ("balanced-3", Client::Balanced(three)),
         ("balanced-3-rr", Client::Balanced(three_rr)),
-        ("direct-3-rr", Client::DirectRr(Arc::new(direct3), Arc::new(AtomicUsize::new(0)))),
+        (
+            "direct-3-rr",
+            Client::DirectRr(Arc::new(direct3), Arc::new(AtomicUsize::new(0))),
+        ),
     ];
     let setups: Vec<_> = setups
         .into_iter()
@@ -174,8 +190,13 @@ fn main() {
     println!("|---|---|---:|---:|---:|");
     for flavor in flavors {
         let rt = match flavor.as_str() {
-            "mt2" => tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build(),
-            _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+            "mt2" => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build(),
+            _ => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
         }
         .expect("runtime");
         let only = only.clone();
