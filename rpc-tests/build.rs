@@ -2,6 +2,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     rsocket_rpc_build::configure()
         .fire_and_forget("greeter.Greeter/Log")
+        .idempotent("greeter.Greeter/LotsOfReplies")
         .compile_protos(&["proto/greeter.proto"], &["proto"])?;
     Ok(())
 }

@@ -52,6 +52,8 @@ pub mod greeter_server {
         /// `count` greetings for one request, streamed.
         ///
         /// Server-streaming call (REQUEST_STREAM); route `greeter.Greeter/LotsOfReplies`.
+        ///
+        /// Idempotent: over a load balancer it is sent again, to another server, if its connection dies with it in flight.
         fn lots_of_replies(
             &self,
             request: rpc::Request<super::HelloRequest>,
@@ -276,14 +278,17 @@ pub mod greeter_client {
         /// `count` greetings for one request, streamed.
         ///
         /// Server-streaming call (REQUEST_STREAM); route `greeter.Greeter/LotsOfReplies`.
+        ///
+        /// Idempotent: over a load balancer it is sent again, to another server, if its connection dies with it in flight.
         pub async fn lots_of_replies(
             &self,
             request: impl rpc::IntoRequest<super::HelloRequest>,
         ) -> Result<rpc::Streaming<super::HelloReply>, rpc::Status> {
             self.inner
-                .server_streaming(
+                .server_streaming_hinted(
                     "greeter.Greeter/LotsOfReplies",
                     request.into_request(),
+                    rpc::CallHints::IDEMPOTENT,
                 )
                 .await
         }
@@ -344,9 +349,12 @@ pub mod admin_server {
     /// The `greeter.Admin` service. Implement it with `async fn`s and serve it with [`AdminServer`].
     pub trait Admin: Send + Sync + 'static {
         /// Answers with the time and an item whose message type shares its name
-        /// with one in this package.
+        /// with one in this package. Idempotent (by option): a load balancer may
+        /// send it again after a connection dies under it.
         ///
         /// Unary call (REQUEST_RESPONSE); route `greeter.Admin/Ping`.
+        ///
+        /// Idempotent: over a load balancer it is sent again, to another server, if its connection dies with it in flight.
         fn ping(
             &self,
             request: rpc::Request<()>,
@@ -475,14 +483,23 @@ pub mod admin_client {
             &self.inner
         }
         /// Answers with the time and an item whose message type shares its name
-        /// with one in this package.
+        /// with one in this package. Idempotent (by option): a load balancer may
+        /// send it again after a connection dies under it.
         ///
         /// Unary call (REQUEST_RESPONSE); route `greeter.Admin/Ping`.
+        ///
+        /// Idempotent: over a load balancer it is sent again, to another server, if its connection dies with it in flight.
         pub async fn ping(
             &self,
             request: impl rpc::IntoRequest<()>,
         ) -> Result<rpc::Response<super::super::shared::v1::Item>, rpc::Status> {
-            self.inner.unary("greeter.Admin/Ping", request.into_request()).await
+            self.inner
+                .unary_hinted(
+                    "greeter.Admin/Ping",
+                    request.into_request(),
+                    rpc::CallHints::IDEMPOTENT,
+                )
+                .await
         }
         /// Takes the other package's `HelloRequest`.
         ///

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
 use rsocket_core::{
-    async_trait, ErrorCode, Payload, PayloadStream, RSocket, RequestError, ResponseStream,
+    async_trait, CallHints, ErrorCode, Payload, PayloadStream, RSocket, RequestError,
+    ResponseStream,
 };
 use tracing::debug;
 
@@ -36,6 +37,12 @@ impl CallOptions {
     /// Not idempotent.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// These options with the caller's [`CallHints`] added.
+    pub fn with_hints(mut self, hints: CallHints) -> Self {
+        self.idempotent |= hints.idempotent;
+        self
     }
 
     /// Marks the call idempotent (or not).
@@ -294,6 +301,22 @@ impl<K: Key> RSocket for Balancer<K> {
 
     fn request_stream(&self, request: Payload) -> PayloadStream {
         self.request_stream_with(request, self.defaults)
+    }
+
+    /// The hints add to this view's defaults: an idempotent call (an RPC
+    /// method marked so, for example) may be sent again after its
+    /// connection died with it in flight.
+    async fn request_response_hinted(
+        &self,
+        request: Payload,
+        hints: CallHints,
+    ) -> Result<Option<Payload>, RequestError> {
+        self.request_response_with(request, self.defaults.with_hints(hints))
+            .await
+    }
+
+    fn request_stream_hinted(&self, request: Payload, hints: CallHints) -> PayloadStream {
+        self.request_stream_with(request, self.defaults.with_hints(hints))
     }
 
     fn request_channel(&self, first: Payload, rest: PayloadStream) -> PayloadStream {

@@ -86,7 +86,7 @@
 //! | never sent: the connection was closed before the request was queued | always |
 //! | `RequestError::ConnectionClosing` (the server's CONNECTION_CLOSE arrived first) | always |
 //! | `ERROR[REJECTED]` sent by a draining rsocket-rs server for a request that crossed its CONNECTION_CLOSE | always |
-//! | the connection died with the request in flight | only if marked idempotent ([`CallOptions`](crate::CallOptions)) |
+//! | the connection died with the request in flight | only if marked idempotent ([`CallOptions`](crate::CallOptions), or [`CallHints`](rsocket_core::CallHints) from the caller, as generated RPC clients pass for methods marked idempotent) |
 //! | any other answer (application error, other `REJECTED`, cancel) | never: it is the caller's answer |
 //!
 //! Streams are retried only before their first item; a channel only if it

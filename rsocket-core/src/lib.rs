@@ -65,12 +65,13 @@ pub use proto::harness;
 pub use proto::Interaction;
 pub use rsocket::{
     async_trait, error_stream, fire_and_forget_fn, fn_kind, request_channel_fn,
-    request_response_fn, request_stream_fn, FnResponder, PayloadStream, RSocket, RejectAll,
+    request_response_fn, request_stream_fn, CallHints, FnResponder, PayloadStream, RSocket,
+    RejectAll,
 };
 #[cfg(feature = "runtime")]
 pub use runtime::{
     accept, memory_pair, ClientBuilder, ConnectionDriver, MemoryTransport, MetadataPushFuture,
-    Requester, ResponseFuture, ResponseStream, Server, SocketAcceptor, StreamTransport, Transport,
-    TransportError,
+    Requester, ResponseFuture, ResponseStream, ServeError, Server, SocketAcceptor, StreamTransport,
+    Transport, TransportError,
 };
 pub use stats::{ConnectionStats, ServerStats};

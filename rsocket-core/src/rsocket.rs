@@ -21,6 +21,24 @@ use crate::Payload;
 /// peer more credit (REQUEST_N), and dropping before the end sends CANCEL.
 pub type PayloadStream = BoxStream<'static, Result<Payload, RequestError>>;
 
+/// What a caller knows about a request that something routing requests
+/// (a load balancer) can use. Connections and responders ignore it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct CallHints {
+    /// Processing the request twice does no harm, so it may be sent again
+    /// (to another server) after its connection died with the request in
+    /// flight, when nobody can know whether it was processed.
+    pub idempotent: bool,
+}
+
+impl CallHints {
+    /// No hints: the request is not idempotent.
+    pub const NONE: Self = Self { idempotent: false };
+    /// An idempotent request.
+    pub const IDEMPOTENT: Self = Self { idempotent: true };
+}
+
 /// Something that handles RSocket requests.
 ///
 /// Every method has a default that answers `ERROR[REJECTED]` ("not
@@ -76,6 +94,25 @@ pub trait RSocket: Send + Sync + 'static {
         error_stream(unsupported("request-stream"))
     }
 
+    /// Request/response with [`CallHints`]. The default ignores the hints
+    /// and calls [`request_response`](Self::request_response); the load
+    /// balancer uses them to decide whether a request may be sent again.
+    async fn request_response_hinted(
+        &self,
+        request: Payload,
+        hints: CallHints,
+    ) -> Result<Option<Payload>, RequestError> {
+        let _ = hints;
+        self.request_response(request).await
+    }
+
+    /// Request/stream with [`CallHints`]; the default ignores them, like
+    /// [`request_response_hinted`](Self::request_response_hinted).
+    fn request_stream_hinted(&self, request: Payload, hints: CallHints) -> PayloadStream {
+        let _ = hints;
+        self.request_stream(request)
+    }
+
     /// Request/channel: `first` is the payload of REQUEST_CHANNEL (so a
     /// router can read its metadata without polling), `rest` the
     /// requester's remaining items; an ERROR from the requester arrives as
@@ -117,6 +154,16 @@ macro_rules! forward_rsocket {
             }
             fn request_stream(&self, request: Payload) -> PayloadStream {
                 (**self).request_stream(request)
+            }
+            async fn request_response_hinted(
+                &self,
+                request: Payload,
+                hints: CallHints,
+            ) -> Result<Option<Payload>, RequestError> {
+                (**self).request_response_hinted(request, hints).await
+            }
+            fn request_stream_hinted(&self, request: Payload, hints: CallHints) -> PayloadStream {
+                (**self).request_stream_hinted(request, hints)
             }
             fn request_channel(&self, first: Payload, rest: PayloadStream) -> PayloadStream {
                 (**self).request_channel(first, rest)

@@ -18,6 +18,10 @@ use crate::Error;
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
     pub(crate) fire_and_forget: HashSet<String>,
+    /// Routes marked idempotent.
+    pub(crate) idempotent: HashSet<String>,
+    /// The idempotent routes that named a method of an allowed kind.
+    pub(crate) used_idempotent: HashSet<String>,
     /// Fire-and-forget routes that matched a method.
     pub(crate) used: HashSet<String>,
     pub(crate) errors: Vec<Error>,
@@ -79,6 +83,8 @@ struct MethodModel {
     proto_name: String,
     route: String,
     kind: Kind,
+    /// Called with `CallHints::IDEMPOTENT`.
+    idempotent: bool,
     ident: Ident,
     stream_type: Ident,
     input: TokenStream,
@@ -134,10 +140,21 @@ impl RpcGenerator {
             }
             shared.used.insert(route.clone());
         }
+        let idempotent = shared.idempotent.contains(&route);
+        if idempotent {
+            if !matches!(kind, Kind::Unary | Kind::ServerStreaming) {
+                return Err(Error::IdempotentNotAllowed {
+                    route,
+                    kind: kind.describe(),
+                });
+            }
+            shared.used_idempotent.insert(route.clone());
+        }
         let bare = m.name.strip_prefix("r#").unwrap_or(&m.name);
         Ok(MethodModel {
             proto_name: m.proto_name.clone(),
             kind,
+            idempotent,
             ident: ident(&m.name),
             stream_type: format_ident!("{}Stream", bare.to_upper_camel_case()),
             input: type_path(&m.input_type, &route)?,
@@ -396,10 +413,16 @@ fn trait_item(trait_name: &Ident, m: &MethodModel) -> TokenStream {
     let ident = &m.ident;
     let input = &m.input;
     let output = &m.output;
-    let method_docs = docs(
-        &m.docs,
-        &[format!("{}; route `{}`.", m.kind.describe(), m.route)],
-    );
+    let mut generated = vec![format!("{}; route `{}`.", m.kind.describe(), m.route)];
+    if m.idempotent {
+        generated.push(String::new());
+        generated.push(
+            "Idempotent: over a load balancer it is sent again, to another server, \
+             if its connection dies with it in flight."
+                .to_owned(),
+        );
+    }
+    let method_docs = docs(&m.docs, &generated);
     let request = if m.kind.streams_in() {
         quote! { rpc::Request<rpc::Streaming<#input>> }
     } else {
@@ -507,10 +530,16 @@ fn client_method(m: &MethodModel) -> TokenStream {
     let input = &m.input;
     let output = &m.output;
     let route = &m.route;
-    let method_docs = docs(
-        &m.docs,
-        &[format!("{}; route `{}`.", m.kind.describe(), m.route)],
-    );
+    let mut generated = vec![format!("{}; route `{}`.", m.kind.describe(), m.route)];
+    if m.idempotent {
+        generated.push(String::new());
+        generated.push(
+            "Idempotent: over a load balancer it is sent again, to another server, \
+             if its connection dies with it in flight."
+                .to_owned(),
+        );
+    }
+    let method_docs = docs(&m.docs, &generated);
     let (arg, request, ret, call) = match m.kind {
         Kind::Unary => (
             quote! { impl rpc::IntoRequest<#input> },
@@ -543,6 +572,15 @@ fn client_method(m: &MethodModel) -> TokenStream {
             quote! { bidi_streaming },
         ),
     };
+    if m.idempotent {
+        let hinted = format_ident!("{}_hinted", call.to_string());
+        return quote! {
+            #method_docs
+            pub async fn #ident(&self, request: #arg) -> Result<#ret, rpc::Status> {
+                self.inner.#hinted(#route, #request, rpc::CallHints::IDEMPOTENT).await
+            }
+        };
+    }
     quote! {
         #method_docs
         pub async fn #ident(&self, request: #arg) -> Result<#ret, rpc::Status> {

@@ -57,6 +57,16 @@
 //!   }
 //! }
 //! ```
+//!
+//! # Idempotent methods
+//!
+//! A unary or server-streaming method marked idempotent, in
+//! [`Builder::idempotent`] or with `option (io.rsocket.rpc.options) = {
+//! idempotent: true };`, is called with `CallHints::IDEMPOTENT`: over the
+//! load balancer (`rsocket-balance`), such a call is sent again to another
+//! server when its connection died with the call in flight (a call that is
+//! not marked fails then, since the server may have processed it). Over a
+//! plain connection the mark changes nothing.
 #![forbid(unsafe_code)]
 
 mod generator;
@@ -77,8 +87,8 @@ use crate::generator::{RpcGenerator, Shared};
 /// The path under which `rsocket/options.proto` is importable.
 pub const OPTIONS_PROTO_PATH: &str = "rsocket/options.proto";
 
-/// The method option for fire-and-forget, as in rsocket-rpc-java (field
-/// 1057 of `google.protobuf.MethodOptions`).
+/// The method options: fire-and-forget, as in rsocket-rpc-java (field 1057
+/// of `google.protobuf.MethodOptions`), and idempotent.
 pub const OPTIONS_PROTO: &str = r#"syntax = "proto3";
 
 package io.rsocket.rpc;
@@ -91,6 +101,7 @@ extend google.protobuf.MethodOptions {
 
 message RSocketMethodOptions {
   bool fire_and_forget = 1;
+  bool idempotent = 2;
 }
 "#;
 
@@ -112,6 +123,22 @@ pub enum Error {
     UnknownFireAndForget {
         /// The route as given.
         route: String,
+    },
+    /// A route given to [`Builder::idempotent`] names no method.
+    #[error("idempotent({route:?}) names no method in the compiled services")]
+    UnknownIdempotent {
+        /// The route as given.
+        route: String,
+    },
+    /// A method other than unary or server streaming was marked idempotent
+    /// (a channel is never sent twice, and fire-and-forget has no answer
+    /// to wait for).
+    #[error("{route} ({kind}) cannot be idempotent: only unary and server-streaming methods can")]
+    IdempotentNotAllowed {
+        /// The method's route.
+        route: String,
+        /// Its kind, as the generator names it.
+        kind: &'static str,
     },
     /// A streaming method was marked fire-and-forget.
     #[error("{route} streams, so it cannot be fire-and-forget")]
@@ -136,6 +163,7 @@ pub fn configure() -> Builder {
         build_client: true,
         build_server: true,
         fire_and_forget: Vec::new(),
+        idempotent: Vec::new(),
         out_dir: None,
         prost: prost_build::Config::new(),
         emit_rerun_if_changed: std::env::var_os("CARGO").is_some(),
@@ -156,6 +184,7 @@ pub struct Builder {
     build_client: bool,
     build_server: bool,
     fire_and_forget: Vec<String>,
+    idempotent: Vec<String>,
     out_dir: Option<PathBuf>,
     prost: prost_build::Config,
     emit_rerun_if_changed: bool,
@@ -167,6 +196,7 @@ impl fmt::Debug for Builder {
             .field("build_client", &self.build_client)
             .field("build_server", &self.build_server)
             .field("fire_and_forget", &self.fire_and_forget)
+            .field("idempotent", &self.idempotent)
             .field("out_dir", &self.out_dir)
             .finish_non_exhaustive()
     }
@@ -190,6 +220,14 @@ impl Builder {
     /// fails the build.
     pub fn fire_and_forget(mut self, route: impl Into<String>) -> Self {
         self.fire_and_forget.push(route.into());
+        self
+    }
+
+    /// Marks the unary or server-streaming method with this route as
+    /// idempotent (see [the crate docs](crate#idempotent-methods)). A route
+    /// that names no method, or a method of another kind, fails the build.
+    pub fn idempotent(mut self, route: impl Into<String>) -> Self {
+        self.idempotent.push(route.into());
         self
     }
 
@@ -254,10 +292,14 @@ impl Builder {
             }
         }
 
+        let pool = compiler.descriptor_pool();
         let mut fire_and_forget: HashSet<String> = self.fire_and_forget.iter().cloned().collect();
-        fire_and_forget.extend(marked_fire_and_forget(&compiler.descriptor_pool()));
+        fire_and_forget.extend(marked(&pool, "fire_and_forget"));
+        let mut idempotent: HashSet<String> = self.idempotent.iter().cloned().collect();
+        idempotent.extend(marked(&pool, "idempotent"));
         let shared = Rc::new(RefCell::new(Shared {
             fire_and_forget,
+            idempotent,
             ..Shared::default()
         }));
 
@@ -289,6 +331,13 @@ impl Builder {
                 });
             }
         }
+        for route in &self.idempotent {
+            if !shared.used_idempotent.contains(route) {
+                return Err(Error::UnknownIdempotent {
+                    route: route.clone(),
+                });
+            }
+        }
         Ok(())
     }
 }
@@ -306,8 +355,9 @@ impl FileResolver for OptionsResolver {
     }
 }
 
-/// Routes of methods whose options set `(io.rsocket.rpc.options).fire_and_forget`.
-fn marked_fire_and_forget(pool: &DescriptorPool) -> Vec<String> {
+/// Routes of methods whose options set the boolean `field` of
+/// `(io.rsocket.rpc.options)`.
+fn marked(pool: &DescriptorPool, field: &str) -> Vec<String> {
     let Some(ext) = pool.get_extension_by_name(OPTIONS_EXTENSION) else {
         return Vec::new();
     };
@@ -321,7 +371,7 @@ fn marked_fire_and_forget(pool: &DescriptorPool) -> Vec<String> {
             let value = options.get_extension(&ext);
             let marked = value
                 .as_message()
-                .and_then(|m| m.get_field_by_name("fire_and_forget"))
+                .and_then(|m| m.get_field_by_name(field))
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false);
             if marked {

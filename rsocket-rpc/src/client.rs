@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use prost::Message;
-use rsocket_core::{Payload, PayloadStream, RSocket, RequestError};
+use rsocket_core::{CallHints, Payload, PayloadStream, RSocket, RequestError};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -145,6 +145,22 @@ impl<R: RSocket> Client<R> {
         M: Message,
         T: Message + Default,
     {
+        self.unary_hinted(route, request, CallHints::NONE).await
+    }
+
+    /// A unary call with [`CallHints`] for the [`RSocket`] underneath
+    /// (generated clients pass [`CallHints::IDEMPOTENT`] for methods
+    /// marked idempotent, which a load balancer may then send again).
+    pub async fn unary_hinted<M, T>(
+        &self,
+        route: &'static str,
+        request: Request<M>,
+        hints: CallHints,
+    ) -> Result<Response<T>, Status>
+    where
+        M: Message,
+        T: Message + Default,
+    {
         let mut span = CallSpan::new("client", route, MethodKind::Unary);
         let deadline = self.deadline(&request);
         let result = if deadline.is_none() && self.interceptors.is_empty() && !span.enabled() {
@@ -155,7 +171,7 @@ impl<R: RSocket> Client<R> {
             match request_payload(route, &metadata, &message) {
                 Ok(payload) => {
                     drop((metadata, message));
-                    let response = self.rsocket.request_response(payload).await;
+                    let response = self.send_unary(payload, hints).await;
                     self.unary_response(response)
                 }
                 Err(status) => Err(status),
@@ -170,7 +186,7 @@ impl<R: RSocket> Client<R> {
                     metadata: Some(p.metadata),
                     data: codec::encode(&p.message),
                 };
-                let response = self.rsocket.request_response(payload).await;
+                let response = self.send_unary(payload, hints).await;
                 self.unary_response(response)
             };
             // Boxed: interceptors, timer and span make the state large.
@@ -178,6 +194,20 @@ impl<R: RSocket> Client<R> {
         };
         span.finish(&result);
         result
+    }
+
+    /// Sends a unary request, through the hinted method only when there
+    /// are hints (its default costs one more boxed future).
+    async fn send_unary(
+        &self,
+        payload: Payload,
+        hints: CallHints,
+    ) -> Result<Option<Payload>, RequestError> {
+        if hints == CallHints::NONE {
+            self.rsocket.request_response(payload).await
+        } else {
+            self.rsocket.request_response_hinted(payload, hints).await
+        }
     }
 
     /// A unary call's answer, decoded.
@@ -236,6 +266,22 @@ impl<R: RSocket> Client<R> {
         M: Message,
         T: Message + Default,
     {
+        self.server_streaming_hinted(route, request, CallHints::NONE)
+            .await
+    }
+
+    /// A server-streaming call with [`CallHints`] (see
+    /// [`unary_hinted`](Self::unary_hinted)).
+    pub async fn server_streaming_hinted<M, T>(
+        &self,
+        route: &'static str,
+        request: Request<M>,
+        hints: CallHints,
+    ) -> Result<Streaming<T>, Status>
+    where
+        M: Message,
+        T: Message + Default,
+    {
         let kind = MethodKind::ServerStreaming;
         let mut span = CallSpan::new("client", route, kind);
         let deadline = self.deadline(&request);
@@ -255,7 +301,11 @@ impl<R: RSocket> Client<R> {
             metadata: Some(p.metadata),
             data: codec::encode(&p.message),
         };
-        let stream = self.rsocket.request_stream(payload);
+        let stream = if hints == CallHints::NONE {
+            self.rsocket.request_stream(payload)
+        } else {
+            self.rsocket.request_stream_hinted(payload, hints)
+        };
         Ok(Streaming::new(stream, self.max_decode, Side::Client)
             .with_deadline(deadline)
             .with_span(span))

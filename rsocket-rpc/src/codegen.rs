@@ -8,7 +8,7 @@ pub use std::time::Duration;
 pub use futures::Stream;
 pub use prost;
 pub use prost_types;
-pub use rsocket_core::RSocket;
+pub use rsocket_core::{CallHints, RSocket};
 
 pub use crate::call::MethodKind;
 pub use crate::client::Client;

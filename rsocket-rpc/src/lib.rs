@@ -175,7 +175,7 @@ pub use interceptor::{interceptor_fn, FnInterceptor, Interceptor};
 pub use metadata::{encode_rpc_v1, Metadata, RouteError, RpcV1Metadata};
 pub use request::{IntoRequest, IntoStreamingRequest, Request, Response};
 pub use router::Router;
-pub use rsocket_core::async_trait;
+pub use rsocket_core::{async_trait, CallHints};
 pub use server::{MethodInfo, ServerCall, ServerReply, Service};
 pub use status::{Code, Status};
 pub use streaming::Streaming;
