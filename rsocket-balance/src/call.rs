@@ -68,14 +68,16 @@ enum Verdict {
 ///   was queued): always;
 /// * refused because the server is closing (`ConnectionClosing`, or the
 ///   engine's `REJECTED` for a request that crossed its CONNECTION_CLOSE):
-///   always, the server did not process it. A lease refusal will join
-///   these once leasing lands;
+///   always, the server did not process it;
+/// * refused locally for want of a lease (`NoLease`, nothing was sent):
+///   always, and the member stays in use (its availability, which follows
+///   its lease, steers the next picks away from it);
 /// * the connection died with the request in flight: only if idempotent;
 /// * anything the responder answered (an application error, any other
 ///   `REJECTED`, a cancel): never.
 fn classify(err: &RequestError, sent: bool, idempotent: bool) -> Verdict {
     match err {
-        RequestError::ConnectionClosing { .. } => Verdict::Retry,
+        RequestError::ConnectionClosing { .. } | RequestError::NoLease(_) => Verdict::Retry,
         RequestError::Stream(e)
             if e.code == ErrorCode::REJECTED && e.message == DRAINING_REFUSAL =>
         {
@@ -94,7 +96,7 @@ fn on_failure<K: Key>(
     idempotent: bool,
 ) -> Verdict {
     let verdict = classify(err, sent, idempotent);
-    if verdict == Verdict::Retry {
+    if verdict == Verdict::Retry && !matches!(err, RequestError::NoLease(_)) {
         picked
             .member
             .stop_using(picked.generation, &err.to_string());

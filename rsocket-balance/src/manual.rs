@@ -32,11 +32,13 @@
 //!   nudged back towards 1 after 7 s without requests;
 //! * `availability`: the member's own, 1 when ready and 0 otherwise.
 //!
-//! **Leasing.** `availability` is the input a lease will feed: once the
-//! engine has LEASE, a member's availability becomes its remaining permits
-//! and time (0 when the lease is spent), so p2c stops sending to a server
-//! out of lease without any other change, and a request refused locally for
-//! want of a lease becomes a retryable refusal like `ConnectionClosing`.
+//! **Leasing.** When a member's connection leases
+//! ([`ClientBuilder::lease`](rsocket_core::ClientBuilder::lease) in its
+//! connector), its own availability is the lease's remaining share
+//! (`remaining / allowed`, 0 when spent or expired), so p2c stops sending
+//! to a server out of lease, and a request refused locally for want of a
+//! lease (`RequestError::NoLease`, nothing sent) is retried on another
+//! member without taking this one out of use.
 //!
 //! The randomness is a seedable [`Rng`](crate::Rng) and the time comes from
 //! a [`Clock`](crate::Clock) (tokio's by default, which follows
@@ -85,6 +87,7 @@
 //! |---|---|
 //! | never sent: the connection was closed before the request was queued | always |
 //! | `RequestError::ConnectionClosing` (the server's CONNECTION_CLOSE arrived first) | always |
+//! | `RequestError::NoLease` (leasing on, the member's lease allowed no request; nothing sent) | always |
 //! | `ERROR[REJECTED]` sent by a draining rsocket-rs server for a request that crossed its CONNECTION_CLOSE | always |
 //! | the connection died with the request in flight | only if marked idempotent ([`CallOptions`](crate::CallOptions), or [`CallHints`](rsocket_core::CallHints) from the caller, as generated RPC clients pass for methods marked idempotent) |
 //! | any other answer (application error, other `REJECTED`, cancel) | never: it is the caller's answer |

@@ -69,6 +69,21 @@ pub struct MemberInfo<K> {
     pub last_error: Option<String>,
 }
 
+impl Inner {
+    /// The member's own availability: 0 unless ready; when its connection
+    /// leases, the lease's remaining share (`remaining / allowed`, 0 when
+    /// spent or expired), so p2c avoids a member out of lease.
+    fn own_availability(&self) -> f64 {
+        if self.state != MemberState::Ready {
+            return 0.0;
+        }
+        self.requester
+            .as_ref()
+            .and_then(Requester::lease)
+            .map_or(1.0, |lease| lease.availability())
+    }
+}
+
 pub(crate) struct Inner {
     pub(crate) state: MemberState,
     requester: Option<Requester>,
@@ -238,11 +253,7 @@ impl<K: Key> Member<K> {
         let now = self.now();
         let mut inner = self.lock();
         let availability = inner.stats.weighted_availability(now);
-        let own = if inner.state == MemberState::Ready {
-            1.0
-        } else {
-            0.0
-        };
+        let own = inner.own_availability();
         let latency_us = inner.stats.predicted_latency(now);
         MemberInfo {
             key: self.key.clone(),
@@ -266,11 +277,7 @@ impl<K: Key> View for Arc<Member<K>> {
 
     fn weight(&self, now: Instant) -> f64 {
         let mut inner = self.lock();
-        let own = if inner.state == MemberState::Ready {
-            1.0
-        } else {
-            0.0
-        };
+        let own = inner.own_availability();
         inner.stats.weight(now, own)
     }
 
@@ -279,13 +286,7 @@ impl<K: Key> View for Arc<Member<K>> {
     }
 
     fn availability(&self) -> f64 {
-        // The seam for leasing: a lease's remaining permits and time will
-        // scale this (0 when exhausted), and p2c then avoids the member.
-        if self.lock().state == MemberState::Ready {
-            1.0
-        } else {
-            0.0
-        }
+        self.lock().own_availability()
     }
 }
 

@@ -20,8 +20,8 @@
 //!   it leaves the band between the 0.5 and 0.8 quantiles;
 //! * `availability_ewma`: successes (1) and errors (0), 5 s half-life,
 //!   nudged towards 1 after 7 s without requests;
-//! * `availability`: the member's own (1 when ready, 0 otherwise; a lease
-//!   will scale it when leasing lands).
+//! * `availability`: the member's own (0 unless ready; 1 when ready, or
+//!   the lease's remaining share when its connection leases).
 
 use std::time::Instant;
 

@@ -73,7 +73,8 @@ impl<'a> Candidates<'a> {
     }
 
     /// The availability of candidate `i` in `[0, 1]`: 1 for a ready
-    /// member today; a lease will scale it once leasing lands.
+    /// member, or, when its connection leases, the lease's remaining share
+    /// (`remaining / allowed`; 0 once spent or expired).
     pub fn availability(&self, i: usize) -> f64 {
         if i >= self.len() {
             return 0.0;

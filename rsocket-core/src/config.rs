@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 use crate::frame::{MimeType, Setup, Version, MAX_FRAME_LEN, MAX_U31};
+use crate::lease::LeaseConfig;
 use crate::Payload;
 
 /// The smallest MTU we fragment to. rsocket-java rejects non-final fragments
@@ -59,6 +60,11 @@ pub struct Config {
     /// peer) lets open streams run before the connection is closed with
     /// `ERROR[CONNECTION_ERROR]`. Default 30 s.
     pub close_timeout: Duration,
+    /// Leasing (see [`crate::lease`]). `None` (the default): a client does
+    /// not ask for it and a server refuses a SETUP that does with
+    /// `ERROR[UNSUPPORTED_SETUP]`. `ClientBuilder::lease` and
+    /// `Server::lease` set it.
+    pub lease: Option<LeaseConfig>,
 }
 
 impl Default for Config {
@@ -73,6 +79,7 @@ impl Default for Config {
             default_prefetch: 256,
             setup_timeout: Duration::from_secs(30),
             close_timeout: Duration::from_secs(30),
+            lease: None,
         }
     }
 }
@@ -113,6 +120,13 @@ impl Config {
         }
         if self.setup_timeout.is_zero() {
             return Err(ConfigError::Zero("setup_timeout"));
+        }
+        let fixed = self
+            .lease
+            .as_ref()
+            .and_then(|l| l.policy.as_ref()?.fixed_grant());
+        if fixed.is_some_and(|l| l.wire_ttl().is_zero()) {
+            return Err(ConfigError::Zero("the fixed lease policy's ttl"));
         }
         Ok(())
     }
@@ -155,6 +169,11 @@ impl Default for SetupParams {
 
 pub(crate) fn duration_ms(d: Duration) -> u32 {
     d.as_millis().clamp(1, u128::from(MAX_U31)) as u32
+}
+
+/// Whole milliseconds, 0 ..= 2^31 − 1.
+pub(crate) fn duration_ms_or_zero(d: Duration) -> u32 {
+    d.as_millis().min(u128::from(MAX_U31)) as u32
 }
 
 impl SetupParams {
@@ -215,6 +234,9 @@ pub struct SetupInfo {
     pub keepalive_interval: Duration,
     /// The client's max lifetime.
     pub max_lifetime: Duration,
+    /// The client set the L flag and the server is configured for lease:
+    /// leasing is on for this connection (see [`crate::lease`]).
+    pub lease: bool,
     /// The setup payload.
     pub payload: Payload,
     /// Transport details.
@@ -229,6 +251,7 @@ impl SetupInfo {
             data_mime_type: s.data_mime_type,
             keepalive_interval: Duration::from_millis(u64::from(s.keepalive_interval_ms)),
             max_lifetime: Duration::from_millis(u64::from(s.max_lifetime_ms)),
+            lease: s.lease,
             payload: s.payload,
             peer,
         }

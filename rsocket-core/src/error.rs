@@ -159,6 +159,26 @@ pub enum RequestError {
     /// The source is the layer's own error; downcast it to learn more.
     #[error("no connection available: {0}")]
     Unavailable(Arc<dyn std::error::Error + Send + Sync>),
+    /// Leasing is on and the peer's lease does not allow a new request
+    /// (none granted yet, used up, or expired), also after waiting up to
+    /// `LeaseConfig::wait`. The request was not sent.
+    #[error("no valid lease: {0}; request not sent")]
+    NoLease(NoLease),
+}
+
+/// Why the requester had no valid lease ([`RequestError::NoLease`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NoLease {
+    /// The peer has not granted a lease yet.
+    #[error("the peer has not granted a lease yet")]
+    NotGranted,
+    /// Every request of the current lease has been used.
+    #[error("the lease's requests are used up")]
+    Exhausted,
+    /// The current lease's time-to-live has passed.
+    #[error("the lease has expired")]
+    Expired,
 }
 
 impl RequestError {

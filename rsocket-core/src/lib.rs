@@ -46,6 +46,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod frame;
+pub mod lease;
 pub mod metadata;
 pub mod payload;
 mod proto;
@@ -56,9 +57,11 @@ pub mod stats;
 
 pub use config::{Config, PeerInfo, SetupInfo, SetupParams};
 pub use error::{
-    ConfigError, ConnectionError, Initiator, Limit, RequestError, StreamError, StreamViolation,
+    ConfigError, ConnectionError, Initiator, Limit, NoLease, RequestError, StreamError,
+    StreamViolation,
 };
 pub use frame::{ErrorCode, Frame, MimeType, RequestCount, StreamId};
+pub use lease::{Lease, LeaseConfig, LeasePolicy, LeaseState};
 pub use payload::Payload;
 #[doc(hidden)]
 pub use proto::harness;

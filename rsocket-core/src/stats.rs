@@ -58,6 +58,12 @@ pub struct ConnectionStats {
     pub frames_out: u64,
     /// Bytes of frames handed to the transport.
     pub bytes_out: u64,
+    /// Requests from the peer answered `ERROR[REJECTED]` because they
+    /// exceeded the lease this side granted (see [`crate::lease`]).
+    pub lease_rejected: u64,
+    /// Fire-and-forget requests from the peer dropped, unanswered, because
+    /// they exceeded the lease this side granted.
+    pub lease_dropped_fnf: u64,
 }
 
 /// A snapshot of a server's counters: its connections, and the sum of their
@@ -97,6 +103,11 @@ pub struct ServerStats {
     pub frames_out: u64,
     /// Bytes sent, over all connections.
     pub bytes_out: u64,
+    /// Requests rejected for exceeding the lease, over all connections.
+    pub lease_rejected: u64,
+    /// Fire-and-forget requests dropped for exceeding the lease, over all
+    /// connections.
+    pub lease_dropped_fnf: u64,
 }
 
 impl ServerStats {
@@ -121,5 +132,7 @@ impl ServerStats {
         self.bytes_in += c.bytes_in;
         self.frames_out += c.frames_out;
         self.bytes_out += c.bytes_out;
+        self.lease_rejected += c.lease_rejected;
+        self.lease_dropped_fnf += c.lease_dropped_fnf;
     }
 }

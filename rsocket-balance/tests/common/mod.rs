@@ -9,8 +9,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use rsocket_balance::{BoxError, Connect, MemberInfo, MemberState};
 use rsocket_core::{
-    async_trait, memory_pair, ClientBuilder, MemoryTransport, Payload, PayloadStream, RSocket,
-    RequestError, Requester, Server, StreamError,
+    async_trait, memory_pair, ClientBuilder, LeaseConfig, MemoryTransport, Payload, PayloadStream,
+    RSocket, RequestError, Requester, Server, StreamError,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -124,13 +124,22 @@ pub struct MemServer {
 
 impl MemServer {
     pub fn start(name: &str, delay: Duration) -> Self {
+        Self::start_with(name, delay, None)
+    }
+
+    /// A server that leases to clients asking for it (see `Server::lease`).
+    pub fn start_with(name: &str, delay: Duration, lease: Option<LeaseConfig>) -> Self {
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::unbounded_channel::<MemoryTransport>();
         let incoming = futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|t| (Ok::<_, std::io::Error>(t), rx))
         });
         let (stop, stopped) = oneshot::channel::<()>();
-        let serve = server(name, delay, &counters).serve_with_shutdown(incoming, async {
+        let mut server = server(name, delay, &counters);
+        if let Some(lease) = lease {
+            server = server.lease(lease);
+        }
+        let serve = server.serve_with_shutdown(incoming, async {
             let _ = stopped.await;
         });
         let task = tokio::spawn(async move {

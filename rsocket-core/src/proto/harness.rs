@@ -83,7 +83,8 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// A client that has just queued its SETUP.
+    /// A client that has just queued its SETUP (with the L flag, and
+    /// leasing on, when `config.lease` is set).
     pub fn client(
         config: Config,
         keepalive: Duration,
@@ -94,23 +95,35 @@ impl Harness {
             send_interval: Some(keepalive),
             max_lifetime,
         };
+        let lease = config.lease.clone();
         let mut conn = Connection::new(Side::Client, config, params, now);
         let setup = crate::config::SetupParams {
             keepalive_interval: keepalive,
             max_lifetime,
             ..crate::config::SetupParams::default()
         };
-        conn.queue_setup(setup.to_frame());
+        let mut frame = setup.to_frame();
+        frame.lease = lease.is_some();
+        conn.queue_setup(frame);
+        if let Some(lease) = &lease {
+            conn.enable_lease(lease, now);
+        }
         Self::wrap(conn, now)
     }
 
-    /// A server whose peer's SETUP announced `max_lifetime`.
+    /// A server whose peer's SETUP announced `max_lifetime` (and the L
+    /// flag, which the server accepted, when `config.lease` is set).
     pub fn server(config: Config, max_lifetime: Duration, now: Instant) -> Self {
         let params = KeepaliveParams {
             send_interval: None,
             max_lifetime,
         };
-        Self::wrap(Connection::new(Side::Server, config, params, now), now)
+        let lease = config.lease.clone();
+        let mut conn = Connection::new(Side::Server, config, params, now);
+        if let Some(lease) = &lease {
+            conn.enable_lease(lease, now);
+        }
+        Self::wrap(conn, now)
     }
 
     fn wrap(conn: Connection, now: Instant) -> Self {
@@ -209,9 +222,33 @@ impl Harness {
         window: u32,
         manual: bool,
     ) -> Result<StreamId, RequestError> {
-        let r = self.conn.open(interaction, payload, window, manual);
+        let r = self
+            .conn
+            .open(interaction, payload, window, manual, self.now);
         self.observe();
         r
+    }
+
+    /// Whether a request may be sent now as far as the peer's lease goes:
+    /// `Some(Ok)` yes (or leasing is off), `Some(Err(NoLease))` no, `None`
+    /// when `wait` is set and the request would wait for the next LEASE.
+    pub fn lease_ready(&mut self, wait: bool) -> Option<Result<(), RequestError>> {
+        match self.conn.poll_lease(&Self::cx(), self.now, wait) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
+        }
+    }
+
+    /// Sends a LEASE (responder side); false when leasing is off.
+    pub fn grant_lease(&mut self, lease: &crate::lease::Lease) -> bool {
+        let r = self.conn.grant_lease(lease, self.now);
+        self.observe();
+        r
+    }
+
+    /// What is left of the peer's lease (`None` when leasing is off).
+    pub fn lease(&self) -> Option<crate::lease::LeaseState> {
+        self.conn.lease_state(self.now)
     }
 
     /// Takes up to `max` items from an inbound half, first reporting

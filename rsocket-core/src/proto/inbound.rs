@@ -69,7 +69,7 @@ impl Connection {
         }
         match frame {
             Frame::Setup(_) => debug!("ignoring SETUP on an established connection"),
-            Frame::Lease(_) => debug!("ignoring LEASE: leasing is not enabled"),
+            Frame::Lease(l) => self.on_lease(l, now),
             Frame::Keepalive(k) => {
                 if k.respond {
                     self.push_control(Frame::Keepalive(Keepalive {
@@ -270,12 +270,26 @@ impl Connection {
             debug!(stream = key, "ignoring request with our own stream parity");
             return;
         }
+        // The first frame of a request is what a lease counts (one unit per
+        // logical request, however fragmented).
+        let fnf = matches!(kind, FragKind::RequestFnf);
+        if !self.admit_leased(self.last_received) {
+            // Its follow-up fragments, if any, find no reassembly and are
+            // dropped.
+            if fnf {
+                self.counters.lease_dropped_fnf += 1;
+                debug!(stream = key, "dropping fire-and-forget beyond the lease");
+            } else {
+                self.counters.lease_rejected += 1;
+                self.reject(id, "request beyond the lease");
+            }
+            return;
+        }
         if !follows {
             return self.on_request(id, kind, payload, complete);
         }
         // The first fragment of a request: it takes a stream slot now, so
         // that a peer cannot open unbounded partial requests.
-        let fnf = matches!(kind, FragKind::RequestFnf);
         let refusal = if matches!(self.state, State::Draining { .. }) {
             Some("connection is shutting down")
         } else if self.inbound_streams + self.partial_requests

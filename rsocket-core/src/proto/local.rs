@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -42,15 +43,19 @@ impl Connection {
         payload: Payload,
         window: u32,
         manual: bool,
+        now: Instant,
     ) -> Result<StreamId, RequestError> {
         if let Some(refusal) = self.refusal() {
             return Err(refusal);
         }
+        // Every request type needs one unit of the peer's lease.
+        self.check_lease(now)?;
         let streams = &self.streams;
         let id = self
             .ids
             .next(streams.len(), |id| streams.contains_key(&id))
             .ok_or_else(|| RequestError::Stream(StreamError::rejected("no free stream ids")))?;
+        self.take_lease(now)?;
         let n = RequestCount::new(window.min(MAX_U31)).unwrap_or(RequestCount::ONE);
         let (kind, recv, send) = match interaction {
             Interaction::FireAndForget => (FragKind::RequestFnf, None, None),

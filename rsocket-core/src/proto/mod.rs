@@ -39,6 +39,7 @@ mod fragment;
 pub mod harness;
 mod ids;
 mod inbound;
+mod lease;
 mod local;
 
 use std::collections::VecDeque;
@@ -206,6 +207,12 @@ fn wake(w: &mut Option<Waker>) {
     }
 }
 
+fn wake_all(waiters: &mut Vec<Waker>) {
+    for w in waiters.drain(..) {
+        w.wake();
+    }
+}
+
 fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
     match slot {
         Some(w) if w.will_wake(cx.waker()) => {}
@@ -257,6 +264,10 @@ struct Counters {
     bytes_out: u64,
     /// Frames ever queued (the harness uses it to find new ones).
     frames_queued: u64,
+    /// Requests answered REJECTED for exceeding our lease.
+    lease_rejected: u64,
+    /// Fire-and-forgets dropped for exceeding our lease.
+    lease_dropped_fnf: u64,
 }
 
 /// One connection's protocol state. See the module docs.
@@ -297,6 +308,8 @@ pub(crate) struct Connection {
     keepalive: KeepaliveParams,
     last_received: Instant,
     next_keepalive: Option<Instant>,
+    /// Leasing, when negotiated (see `lease.rs`).
+    lease: Option<lease::Leasing>,
 }
 
 impl Connection {
@@ -331,6 +344,7 @@ impl Connection {
             keepalive,
             last_received: now,
             next_keepalive: keepalive.send_interval.map(|i| now + i),
+            lease: None,
         }
     }
 
@@ -502,6 +516,9 @@ impl Connection {
         if let State::Draining { deadline, .. } = &self.state {
             next = next.min(*deadline);
         }
+        if let Some(grant) = self.lease_deadline() {
+            next = next.min(grant);
+        }
         Some(next)
     }
 
@@ -556,6 +573,8 @@ impl Connection {
             bytes_in: self.counters.bytes_in,
             frames_out: self.counters.frames_out,
             bytes_out: self.counters.bytes_out,
+            lease_rejected: self.counters.lease_rejected,
+            lease_dropped_fnf: self.counters.lease_dropped_fnf,
             ..ConnectionStats::default()
         };
         for st in self.streams.values() {
@@ -596,6 +615,7 @@ impl Connection {
         for w in self.space_waiters.drain(..) {
             w.wake();
         }
+        self.wake_lease_waiters();
         wake(&mut self.writer_waker);
     }
 
@@ -695,6 +715,7 @@ impl Connection {
         for w in self.space_waiters.drain(..) {
             w.wake();
         }
+        self.wake_lease_waiters();
         wake(&mut self.writer_waker);
     }
 
@@ -745,6 +766,7 @@ impl Connection {
                 return;
             }
         }
+        self.lease_timeout(now);
         if let (Some(next), Some(interval)) = (self.next_keepalive, self.keepalive.send_interval) {
             if now >= next {
                 self.push_control(Frame::Keepalive(Keepalive {

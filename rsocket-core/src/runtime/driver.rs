@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
+use futures::stream::BoxStream;
 use futures::{Sink, SinkExt, StreamExt};
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, Instrument, Span};
@@ -16,6 +17,7 @@ use super::responder;
 use super::transport::{Transport, TransportError};
 use crate::error::ConnectionError;
 use crate::frame::Frame;
+use crate::lease::Lease;
 use crate::proto::{Connection, Event};
 use crate::rsocket::RSocket;
 
@@ -41,6 +43,8 @@ pub(crate) struct Shared {
     pub(crate) default_prefetch: u32,
     /// `Config::close_timeout`.
     pub(crate) close_timeout: std::time::Duration,
+    /// `LeaseConfig::wait` (zero without leasing).
+    pub(crate) lease_wait: std::time::Duration,
     /// Notified when the driver has finished (see `Requester::closed`).
     pub(crate) closed: tokio::sync::Notify,
     /// The driver has finished: the connection ended and what was queued
@@ -53,6 +57,11 @@ impl Shared {
         Arc::new(Self {
             default_prefetch: conn.config().default_prefetch,
             close_timeout: conn.config().close_timeout,
+            lease_wait: conn
+                .config()
+                .lease
+                .as_ref()
+                .map_or(std::time::Duration::ZERO, |l| l.wait),
             closed: tokio::sync::Notify::new(),
             driver_done: std::sync::atomic::AtomicBool::new(false),
             conn: Mutex::new(conn),
@@ -97,6 +106,8 @@ pub struct ConnectionDriver<T: Transport> {
     /// `Connection::read_paused`).
     read_paused: bool,
     needs_flush: bool,
+    /// Grants from a stream lease policy, sent as they come.
+    lease_source: Option<BoxStream<'static, Lease>>,
     /// Once the connection has closed: when to stop waiting for the writer
     /// to flush the last frames (a peer that reads nothing must not keep
     /// the driver alive).
@@ -130,7 +141,13 @@ impl<T: Transport> ConnectionDriver<T> {
             read_paused: false,
             needs_flush: false,
             close_deadline: None,
+            lease_source: None,
         }
+    }
+
+    /// Sends every grant of `grants` as a LEASE (stream lease policies).
+    pub(crate) fn set_lease_source(&mut self, grants: BoxStream<'static, Lease>) {
+        self.lease_source = Some(grants);
     }
 
     pub(crate) fn shared_state(&self) -> &Arc<Shared> {
@@ -240,6 +257,24 @@ impl<T: Transport> Future for ConnectionDriver<T> {
             let now = Instant::now();
             let shared = &this.shared;
             let mut conn = shared.lock();
+            // Grants the application computed go out before the frames
+            // read are judged against them.
+            if let Some(grants) = this.lease_source.as_mut() {
+                // Only the newest grant counts; a stream that is always
+                // ready must not hold the driver.
+                for _ in 0..16 {
+                    match grants.poll_next_unpin(cx) {
+                        Poll::Ready(Some(lease)) => {
+                            conn.grant_lease(&lease, now.into_std());
+                        }
+                        Poll::Ready(None) => {
+                            this.lease_source = None;
+                            break;
+                        }
+                        Poll::Pending => break,
+                    }
+                }
+            }
             while !conn.read_paused() {
                 let Some(item) = this.inbox.pop_front() else {
                     break;

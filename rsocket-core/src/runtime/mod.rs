@@ -34,6 +34,7 @@ pub use transport::{
 
 use crate::config::{Config, SetupParams};
 use crate::error::ConfigError;
+use crate::lease::LeaseConfig;
 use crate::proto::{Connection, KeepaliveParams, Side};
 use crate::rsocket::{RSocket, RejectAll};
 
@@ -116,9 +117,24 @@ impl ClientBuilder {
         self
     }
 
-    /// Limits and tuning.
-    pub fn config(mut self, config: Config) -> Self {
+    /// Limits and tuning. A lease set with [`ClientBuilder::lease`] is kept
+    /// unless `config.lease` is set.
+    pub fn config(mut self, mut config: Config) -> Self {
+        if config.lease.is_none() {
+            config.lease = self.config.lease.take();
+        }
         self.config = config;
+        self
+    }
+
+    /// Asks the server for leasing (the L flag in SETUP): requests then need
+    /// a lease from the server (failing with `RequestError::NoLease`, or
+    /// waiting up to `LeaseConfig::wait`), and this client grants the
+    /// server's requests with `lease`'s policy (none: every request from
+    /// the server is rejected until `Requester::send_lease`). A server not
+    /// configured for lease refuses the SETUP. See [`crate::lease`].
+    pub fn lease(mut self, lease: LeaseConfig) -> Self {
+        self.config.lease = Some(lease);
         self
     }
 
@@ -141,13 +157,25 @@ impl ClientBuilder {
             max_lifetime: self.setup.max_lifetime,
         };
         let max_frame_len = self.config.max_frame_len;
-        let mut conn = Connection::new(Side::Client, self.config, keepalive, tokio_now());
-        conn.queue_setup(self.setup.to_frame());
+        let lease = self.config.lease.clone();
+        let now = tokio_now();
+        let mut conn = Connection::new(Side::Client, self.config, keepalive, now);
+        let mut setup = self.setup.to_frame();
+        setup.lease = lease.is_some();
+        conn.queue_setup(setup);
+        if let Some(lease) = &lease {
+            // The client's responder grants too; its first LEASE follows
+            // the SETUP.
+            conn.enable_lease(lease, now);
+        }
         let shared = driver::Shared::new(conn, span);
         let mut transport = transport;
         transport.limit_frame_len(max_frame_len);
         let (reader, writer) = transport.split();
-        let driver = ConnectionDriver::new(shared.clone(), reader, writer, self.responder);
+        let mut driver = ConnectionDriver::new(shared.clone(), reader, writer, self.responder);
+        if let Some(grants) = lease.as_ref().and_then(|l| l.policy.as_ref()?.grants()) {
+            driver.set_lease_source(grants);
+        }
         Ok((Requester::new(shared), driver))
     }
 

@@ -9,10 +9,14 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
+use std::time::Duration;
+
 use super::driver::Shared;
 use super::responder::Pump;
 use crate::error::{ConnectionError, RequestError};
 use crate::frame::{ErrorCode, StreamId};
+use crate::lease::{Lease, LeaseState};
+use crate::proto::Connection;
 use crate::proto::Interaction;
 use crate::rsocket::{async_trait, PayloadStream, RSocket};
 use crate::Payload;
@@ -26,12 +30,14 @@ const RECV_BATCH: usize = 64;
 pub struct Requester {
     shared: Arc<Shared>,
     prefetch: Option<u32>,
+    lease_wait: Duration,
 }
 
 impl std::fmt::Debug for Requester {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Requester")
             .field("prefetch", &self.prefetch)
+            .field("lease_wait", &self.lease_wait)
             .finish_non_exhaustive()
     }
 }
@@ -39,6 +45,7 @@ impl std::fmt::Debug for Requester {
 impl Requester {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self {
+            lease_wait: shared.lease_wait,
             shared,
             prefetch: None,
         }
@@ -52,7 +59,40 @@ impl Requester {
         Self {
             shared: self.shared.clone(),
             prefetch: Some(n.clamp(1, crate::frame::MAX_U31)),
+            lease_wait: self.lease_wait,
         }
+    }
+
+    /// A handle whose requests, when leasing is on and the peer's lease
+    /// allows none, wait up to `wait` for the next LEASE before failing
+    /// with [`RequestError::NoLease`] (zero: fail at once). The default is
+    /// `LeaseConfig::wait`.
+    pub fn with_lease_wait(&self, wait: Duration) -> Self {
+        Self {
+            lease_wait: wait,
+            ..self.clone()
+        }
+    }
+
+    /// What is left of the lease the peer granted this side's requester
+    /// (see [`crate::lease`]); `None` when leasing is off on this
+    /// connection.
+    pub fn lease(&self) -> Option<LeaseState> {
+        self.shared.lock().lease_state(super::tokio_now())
+    }
+
+    /// Sends a LEASE to the peer now, replacing this side's previous grant
+    /// (in addition to what the lease policy sends). False when leasing is
+    /// off on this connection or it has ended.
+    pub fn send_lease(&self, lease: &Lease) -> bool {
+        self.shared.lock().grant_lease(lease, super::tokio_now())
+    }
+
+    /// The inbound side of a new request, with this handle's lease wait.
+    fn inbound(&self, interaction: Interaction, request: Payload, window: u32) -> Inbound {
+        let mut inbound = Inbound::new(self.shared.clone(), interaction, request, window);
+        inbound.gate = LeaseGate::new(self.lease_wait);
+        inbound
     }
 
     fn window(&self) -> u32 {
@@ -65,6 +105,7 @@ impl Requester {
         OpenFuture {
             shared: self.shared.clone(),
             request: Some(request),
+            gate: LeaseGate::new(self.lease_wait),
         }
     }
 
@@ -73,12 +114,7 @@ impl Requester {
     /// CANCEL.
     pub fn request_response(&self, request: Payload) -> ResponseFuture {
         ResponseFuture {
-            inner: Inbound::new(
-                self.shared.clone(),
-                Interaction::RequestResponse,
-                request,
-                1,
-            ),
+            inner: self.inbound(Interaction::RequestResponse, request, 1),
         }
     }
 
@@ -87,12 +123,7 @@ impl Requester {
     pub fn request_stream(&self, request: Payload) -> ResponseStream {
         let window = self.window();
         ResponseStream {
-            inner: Inbound::new(
-                self.shared.clone(),
-                Interaction::RequestStream,
-                request,
-                window,
-            ),
+            inner: self.inbound(Interaction::RequestStream, request, window),
         }
     }
 
@@ -101,8 +132,7 @@ impl Requester {
     /// is granted only by [`ResponseStream::request`]. Nothing is granted as
     /// items are consumed, so at most the credit requested is ever buffered.
     pub fn request_stream_with_credit(&self, request: Payload, initial: u32) -> ResponseStream {
-        let mut inner = Inbound::new(
-            self.shared.clone(),
+        let mut inner = self.inbound(
             Interaction::RequestStream,
             request,
             initial.clamp(1, crate::frame::MAX_U31),
@@ -135,12 +165,7 @@ impl Requester {
 
     fn open_channel(&self, first: Payload, rest: PayloadStream) -> ResponseStream {
         let window = self.window();
-        let mut inner = Inbound::new(
-            self.shared.clone(),
-            Interaction::RequestChannel,
-            first,
-            window,
-        );
+        let mut inner = self.inbound(Interaction::RequestChannel, first, window);
         inner.outbound = Some(rest);
         ResponseStream { inner }
     }
@@ -181,7 +206,7 @@ impl Requester {
     }
 
     /// Begins a graceful close with the given drain timeout.
-    pub(crate) fn start_drain(&self, timeout: std::time::Duration, message: &str) {
+    pub(crate) fn start_drain(&self, timeout: Duration, message: &str) {
         self.shared
             .lock()
             .start_drain(super::tokio_now(), timeout, message);
@@ -285,6 +310,7 @@ impl Future for MetadataPushFuture {
 pub struct OpenFuture {
     shared: Arc<Shared>,
     request: Option<Payload>,
+    gate: LeaseGate,
 }
 
 impl std::fmt::Debug for OpenFuture {
@@ -300,18 +326,29 @@ impl Future for OpenFuture {
         let Some(request) = self.request.take() else {
             return Poll::Ready(Ok(()));
         };
-        let mut conn = self.shared.lock();
-        match conn.poll_open_ready(cx) {
+        let this = &mut *self;
+        let mut conn = this.shared.lock();
+        let ready = match conn.poll_open_ready(cx) {
+            Poll::Ready(Ok(())) => this.gate.poll(&mut conn, cx),
+            other => other,
+        };
+        match ready {
             Poll::Ready(Ok(())) => {
                 let r = conn
-                    .open(Interaction::FireAndForget, request, 1, false)
+                    .open(
+                        Interaction::FireAndForget,
+                        request,
+                        1,
+                        false,
+                        super::tokio_now(),
+                    )
                     .map(|_| ());
                 Poll::Ready(r)
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
                 drop(conn);
-                self.request = Some(request);
+                this.request = Some(request);
                 Poll::Pending
             }
         }
@@ -340,10 +377,12 @@ struct Inbound {
     since_grant: u32,
     threshold: u32,
     done: bool,
+    gate: LeaseGate,
 }
 
 impl Inbound {
     fn new(shared: Arc<Shared>, interaction: Interaction, request: Payload, window: u32) -> Self {
+        let shared_lease_wait = shared.lease_wait;
         Self {
             shared,
             interaction,
@@ -364,6 +403,7 @@ impl Inbound {
                 (window / 2).max(1)
             },
             done: false,
+            gate: LeaseGate::new(shared_lease_wait),
         }
     }
 
@@ -410,7 +450,11 @@ impl Inbound {
         let id = match self.id {
             Some(id) => id,
             None => {
-                match conn.poll_open_ready(cx) {
+                let ready = match conn.poll_open_ready(cx) {
+                    Poll::Ready(Ok(())) => self.gate.poll(&mut conn, cx),
+                    other => other,
+                };
+                match ready {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(e)) => {
                         self.done = true;
@@ -419,7 +463,8 @@ impl Inbound {
                     Poll::Pending => return Poll::Pending,
                 }
                 let request = self.request.take().unwrap_or_default();
-                match conn.open(self.interaction, request, self.window, self.manual) {
+                let now = super::tokio_now();
+                match conn.open(self.interaction, request, self.window, self.manual, now) {
                     Ok(id) => {
                         self.id = Some(id);
                         if self.extra_credit > 0 {
@@ -469,6 +514,46 @@ impl Drop for Inbound {
     fn drop(&mut self) {
         if let Some(id) = self.id {
             self.shared.lock().release_recv(id);
+        }
+    }
+}
+
+/// Holds a request back while leasing allows none: fails at once, or waits
+/// up to a bound for the next LEASE.
+struct LeaseGate {
+    wait: Duration,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl LeaseGate {
+    fn new(wait: Duration) -> Self {
+        Self {
+            wait,
+            deadline: None,
+        }
+    }
+
+    fn poll(
+        &mut self,
+        conn: &mut Connection,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), RequestError>> {
+        let now = super::tokio_now();
+        let expired = self.deadline.as_ref().is_some_and(|d| d.is_elapsed());
+        let wait = !self.wait.is_zero() && !expired;
+        match conn.poll_lease(cx, now, wait) {
+            Poll::Pending => {
+                let wait = self.wait;
+                let deadline = self
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
+                if deadline.as_mut().poll(cx).is_ready() {
+                    conn.poll_lease(cx, now, false)
+                } else {
+                    Poll::Pending
+                }
+            }
+            ready => ready,
         }
     }
 }

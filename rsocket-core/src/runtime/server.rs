@@ -22,6 +22,7 @@ use super::transport::{Transport, TransportError};
 use crate::config::{Config, SetupInfo};
 use crate::error::{ConnectionError, Initiator, Limit, StreamError};
 use crate::frame::{ErrorCode, ErrorFrame, Frame, FrameType, Version};
+use crate::lease::LeaseConfig;
 use crate::proto::{Connection, KeepaliveParams, Side};
 use crate::rsocket::RSocket;
 use crate::stats::ServerStats;
@@ -136,7 +137,7 @@ pub async fn accept<T: Transport>(
                     ErrorCode::REJECTED_SETUP,
                     "resumption is not supported",
                 ))
-            } else if s.lease {
+            } else if s.lease && config.lease.is_none() {
                 Err(setup_error(
                     ErrorCode::UNSUPPORTED_SETUP,
                     "lease is not supported",
@@ -176,14 +177,24 @@ pub async fn accept<T: Transport>(
         send_interval: None,
         max_lifetime: info.max_lifetime,
     };
-    let conn = Connection::new(Side::Server, config, keepalive, tokio_now());
+    // Leasing is on when the client asked for it (a server without lease
+    // has refused such a SETUP above).
+    let lease = config.lease.clone().filter(|_| info.lease);
+    let now = tokio_now();
+    let mut conn = Connection::new(Side::Server, config, keepalive, now);
+    if let Some(lease) = &lease {
+        conn.enable_lease(lease, now);
+    }
     let shared = Shared::new(conn, span);
     let requester = Requester::new(shared.clone());
     match acceptor.accept(info, requester.clone()).await {
-        Ok(responder) => Ok((
-            requester,
-            ConnectionDriver::new(shared, reader, writer, responder),
-        )),
+        Ok(responder) => {
+            let mut driver = ConnectionDriver::new(shared, reader, writer, responder);
+            if let Some(grants) = lease.as_ref().and_then(|l| l.policy.as_ref()?.grants()) {
+                driver.set_lease_source(grants);
+            }
+            Ok((requester, driver))
+        }
         Err(e) => {
             let frame = Frame::Error(ErrorFrame::new(None, ErrorCode::REJECTED_SETUP, &e.message));
             let _ = flush_and_close(&mut writer, frame).await;
@@ -351,9 +362,23 @@ impl Server {
         }
     }
 
-    /// Limits and tuning for every connection.
-    pub fn config(mut self, config: Config) -> Self {
+    /// Limits and tuning for every connection. A lease set with
+    /// [`Server::lease`] is kept unless `config.lease` is set.
+    pub fn config(mut self, mut config: Config) -> Self {
+        if config.lease.is_none() {
+            config.lease = self.config.lease.take();
+        }
         self.config = config;
+        self
+    }
+
+    /// Accepts clients that ask for leasing (SETUP with the L flag; without
+    /// this they are refused with `ERROR[UNSUPPORTED_SETUP]`) and grants them
+    /// leases from `lease`'s policy. The server's own requester then honours
+    /// the leases those clients grant. Clients that do not ask are served
+    /// without leasing. See [`crate::lease`].
+    pub fn lease(mut self, lease: LeaseConfig) -> Self {
+        self.config.lease = Some(lease);
         self
     }
 
