@@ -10,7 +10,7 @@
 //! Prints `PASS name`, `FAIL name: reason` or `SKIP name: reason` per case
 //! then `K skipped` and a last line `N passed, M failed`; exits non-zero when a
 //! case failed. A case is skipped only when the server's `caps` answer says
-//! it lacks the feature, or when this engine lacks it (lease, resumption).
+//! it lacks the feature, or when this engine lacks it (resumption).
 
 use std::future::Future;
 use std::time::Duration;
@@ -21,7 +21,8 @@ use futures::{StreamExt, TryStreamExt};
 use rsocket::metadata::{CompositeMetadata, RoutingMetadata, WellKnownMimeType};
 use rsocket::prelude::ConnectExt;
 use rsocket::{
-    ClientBuilder, Config, ErrorCode, MimeType, Payload, RequestError, Requester, ResponseStream,
+    ClientBuilder, Config, ConnectionError, ErrorCode, LeaseConfig, MimeType, NoLease, Payload,
+    RequestError, Requester, ResponseStream,
 };
 
 /// How a case ended.
@@ -78,8 +79,13 @@ fn parse_args() -> anyhow::Result<Args> {
 
 /// Opens a connection with the given client settings.
 async fn connect(args: &Args, builder: ClientBuilder) -> anyhow::Result<Requester> {
+    connect_port(args, args.port, builder).await
+}
+
+/// Opens a connection to another port of the server's host.
+async fn connect_port(args: &Args, port: u16, builder: ClientBuilder) -> anyhow::Result<Requester> {
     let path = if args.transport == "ws" { "/" } else { "" };
-    let uri = format!("{}://{}:{}{path}", args.transport, args.host, args.port);
+    let uri = format!("{}://{}:{}{path}", args.transport, args.host, port);
     Ok(builder.connect_to(&uri).await?)
 }
 
@@ -92,6 +98,8 @@ struct Caps {
     lease: bool,
     resume: bool,
     routing: bool,
+    /// A listener of the same server without lease, if it has one.
+    no_lease_port: Option<u16>,
 }
 
 fn parse_caps(text: &str) -> anyhow::Result<Caps> {
@@ -112,6 +120,10 @@ fn parse_caps(text: &str) -> anyhow::Result<Caps> {
         lease: flag("lease")?,
         resume: flag("resume")?,
         routing: flag("routing")?,
+        no_lease_port: v
+            .get("noLeasePort")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok()),
     })
 }
 
@@ -463,6 +475,69 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// On a connection with the L flag: the server's grant of 2 requests
+    /// lets two through, the third fails here without being sent, and
+    /// after `lease-grant` (asked on the unleased connection) requests
+    /// work again; the server saw exactly 3 requests and rejected none.
+    async fn case_lease(&self) -> CaseResult {
+        if !self.caps.lease {
+            return Ok(skip_server(&self.caps, "lease"));
+        }
+        let leased = connect(&self.args, ClientBuilder::new().lease(LeaseConfig::new())).await?;
+        // Waits for the server's first LEASE instead of failing.
+        let patient = leased.with_lease_wait(self.args.case_timeout);
+        expect_eq("a", rr_text(&patient, "a").await?, "echo:a".to_owned())?;
+        expect_eq("b", rr_text(&leased, "b").await?, "echo:b".to_owned())?;
+        let state = leased.lease().ok_or_else(|| anyhow!("leasing is off"))?;
+        expect_eq("lease left", (state.remaining, state.allowed), (0, 2))?;
+        match leased.request_response(Payload::from("c")).await {
+            Err(RequestError::NoLease(NoLease::Exhausted)) => {}
+            other => bail!("a third request: expected NoLease(Exhausted), got {other:?}"),
+        }
+        let granted = rr_text(&self.client, "lease-grant").await?;
+        if !granted.starts_with("granted:") || granted == "granted:0" {
+            bail!("lease-grant answered {granted:?}");
+        }
+        expect_eq("c", rr_text(&patient, "c").await?, "echo:c".to_owned())?;
+        let stats: serde_json::Value =
+            serde_json::from_str(&rr_text(&leased, "lease-stats").await?)
+                .context("lease-stats is not JSON")?;
+        expect_eq("requests seen", stats["requests"].as_u64(), Some(3))?;
+        expect_eq("requests rejected", stats["rejected"].as_u64(), Some(0))?;
+        leased.close();
+        Ok(Outcome::Pass)
+    }
+
+    /// SETUP with the L flag to a listener configured without lease: the
+    /// server refuses it (UNSUPPORTED_SETUP; rsocket-js answers
+    /// REJECTED_SETUP).
+    async fn case_lease_refused(&self) -> CaseResult {
+        let Some(port) = self.caps.no_lease_port else {
+            return Ok(Outcome::Skip(format!(
+                "server {} has no listener without lease",
+                self.caps.implementation
+            )));
+        };
+        let client = connect_port(
+            &self.args,
+            port,
+            ClientBuilder::new().lease(LeaseConfig::new()),
+        )
+        .await?;
+        let want = if self.caps.implementation.starts_with("rsocket-js") {
+            ErrorCode::REJECTED_SETUP
+        } else {
+            ErrorCode::UNSUPPORTED_SETUP
+        };
+        match client.closed().await {
+            ConnectionError::SetupRejected { code, .. } => expect_eq("setup error", code, want)?,
+            other => bail!("expected the SETUP to be rejected with {want}, got {other}"),
+        }
+        Ok(Outcome::Pass)
+    }
+}
+
 fn skip_server(caps: &Caps, what: &str) -> Outcome {
     Outcome::Skip(format!(
         "server {} does not support {what}",
@@ -594,16 +669,15 @@ async fn main() -> anyhow::Result<()> {
         ctx.case_fragmentation(),
     )
     .await;
-    // This engine has neither leasing nor resumption: say so, and what the
-    // server claims.
-    let lease = format!(
-        "rsocket-rs client has no lease support (server lease={})",
-        ctx.caps.lease
-    );
-    run_case("lease", timeout, &mut totals, async {
-        Ok(Outcome::Skip(lease))
-    })
+    run_case("lease", timeout, &mut totals, ctx.case_lease()).await;
+    run_case(
+        "lease_refused",
+        timeout,
+        &mut totals,
+        ctx.case_lease_refused(),
+    )
     .await;
+    // This engine has no resumption: say so, and what the server claims.
     let resume = format!(
         "rsocket-rs client has no resumption support (server resume={})",
         ctx.caps.resume

@@ -22,7 +22,15 @@
 //!   non-numeric `N` fails with `bad n`;
 //! * request/channel upper-cases every inbound payload, the first included;
 //! * with composite metadata announced in SETUP, a routing entry must name
-//!   `echo`, `stream` or `channel` (matching the interaction).
+//!   `echo`, `stream` or `channel` (matching the interaction);
+//! * leasing: a client that sets the L flag in SETUP is granted 2 requests
+//!   for 30 s at once; request/response `lease-grant` (on any connection)
+//!   grants that again to every leased connection and answers
+//!   `granted:<connections>`; `lease-stats` answers JSON
+//!   `{"requests": N, "rejected": R}`: requests this connection received
+//!   before it, and those rejected for exceeding the lease. A second
+//!   listener without lease (its port is `noLeasePort` in `caps`) refuses
+//!   the L flag with `ERROR[UNSUPPORTED_SETUP]`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -37,8 +45,8 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use rsocket::metadata::{CompositeMetadata, RoutingMetadata, WellKnownMimeType};
 use rsocket::{
-    async_trait, Config, Listener, MimeType, Payload, PayloadStream, RSocket, RequestError, Server,
-    SetupInfo, StreamError,
+    async_trait, Config, Lease, LeaseConfig, Listener, MimeType, Payload, PayloadStream, RSocket,
+    RequestError, Requester, Server, SetupInfo, StreamError,
 };
 
 /// What one connection has seen.
@@ -49,6 +57,32 @@ struct ConnState {
     mp_last: Mutex<Option<Bytes>>,
     /// The last request/stream, for the `produced` query.
     last_stream: Mutex<Option<Arc<Progress>>>,
+    /// Requests that reached the responder (any interaction).
+    requests: AtomicU64,
+}
+
+/// The grant every leased connection gets: at setup and on `lease-grant`.
+fn interop_lease() -> Lease {
+    Lease::new(Duration::from_secs(30), 2)
+}
+
+/// The connections that negotiated leasing, for `lease-grant`.
+#[derive(Default)]
+struct Leased {
+    connections: Mutex<Vec<Requester>>,
+}
+
+impl Leased {
+    /// Grants every open leased connection a fresh lease; returns how many.
+    fn grant_all(&self) -> usize {
+        let Ok(mut list) = self.connections.lock() else {
+            return 0;
+        };
+        list.retain(|r| !r.is_closed());
+        list.iter()
+            .filter(|r| r.send_lease(&interop_lease()))
+            .count()
+    }
 }
 
 const RUNNING: u8 = 0;
@@ -121,6 +155,11 @@ struct Responder {
     state: Arc<ConnState>,
     /// SETUP announced composite metadata: routing entries are honoured.
     routing: bool,
+    /// This connection's own handle (its lease counters).
+    requester: Requester,
+    leased: Arc<Leased>,
+    /// The port of the listener without lease, for `caps`.
+    no_lease_port: u16,
 }
 
 /// The route named by a request's metadata, if routing is on and the
@@ -158,19 +197,26 @@ fn failed_stream(e: StreamError) -> PayloadStream {
 impl Responder {
     /// What this server supports. "fragmentation": fragmented requests are
     /// reassembled (and replies fragmented with `--fragment`).
-    fn caps() -> String {
+    fn caps(&self) -> String {
         format!(
             concat!(
                 r#"{{"impl": "rsocket-rs {}", "fragmentation": true, "metadataPush": true, "#,
-                r#""lease": false, "resume": false, "routing": true}}"#
+                r#""lease": true, "resume": false, "routing": true, "noLeasePort": {}}}"#
             ),
             env!("CARGO_PKG_VERSION"),
+            self.no_lease_port,
         )
     }
 
     fn answer(&self, request: Payload) -> Result<Payload, StreamError> {
         check_route(self.routing, &request, "echo")?;
+        let seen_before = self.state.requests.fetch_add(1, Ordering::SeqCst);
         let reply = match &request.data[..] {
+            b"lease-grant" => Payload::from(format!("granted:{}", self.leased.grant_all())),
+            b"lease-stats" => Payload::from(format!(
+                r#"{{"requests": {seen_before}, "rejected": {}}}"#,
+                self.requester.stats().lease_rejected
+            )),
             b"fnf-count" => Payload::from(self.state.fnf_count.load(Ordering::SeqCst).to_string()),
             b"mp-count" => Payload::from(self.state.mp_count.load(Ordering::SeqCst).to_string()),
             b"mp-last" => {
@@ -183,7 +229,7 @@ impl Responder {
                 data.extend_from_slice(last.as_deref().unwrap_or_default());
                 Payload::from(data)
             }
-            b"caps" => Payload::from(Self::caps()),
+            b"caps" => Payload::from(self.caps()),
             b"produced" => {
                 let last = self
                     .state
@@ -216,6 +262,7 @@ impl RSocket for Responder {
     }
 
     async fn fire_and_forget(&self, _request: Payload) -> Result<(), RequestError> {
+        self.state.requests.fetch_add(1, Ordering::SeqCst);
         self.state.fnf_count.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
@@ -229,6 +276,7 @@ impl RSocket for Responder {
     }
 
     fn request_stream(&self, request: Payload) -> PayloadStream {
+        self.state.requests.fetch_add(1, Ordering::SeqCst);
         if let Err(e) = check_route(self.routing, &request, "stream") {
             return failed_stream(e);
         }
@@ -255,6 +303,7 @@ impl RSocket for Responder {
     }
 
     fn request_channel(&self, first: Payload, rest: PayloadStream) -> PayloadStream {
+        self.state.requests.fetch_add(1, Ordering::SeqCst);
         if let Err(e) = check_route(self.routing, &first, "channel") {
             return failed_stream(e);
         }
@@ -335,15 +384,39 @@ async fn main() -> anyhow::Result<()> {
     };
     config.validate().context("--fragment")?;
 
-    let server = Server::new(move |setup: SetupInfo, _requester| async move {
-        let routing = setup.metadata_mime_type == MimeType::COMPOSITE_METADATA;
-        Ok(Responder {
-            state: Arc::default(),
-            routing,
-        })
-    })
-    .config(config)
-    .grace_period(Duration::from_millis(200));
+    // The second listener, without lease: SETUP with L is refused there.
+    let no_lease_listener =
+        Listener::bind(&format!("{}://{}:0", args.transport, args.host)).await?;
+    let no_lease_port = no_lease_listener.local_addr().port();
+    let leased = Arc::new(Leased::default());
+    let acceptor = move |setup: SetupInfo, requester: Requester| {
+        let leased = leased.clone();
+        async move {
+            let routing = setup.metadata_mime_type == MimeType::COMPOSITE_METADATA;
+            if setup.lease {
+                requester.send_lease(&interop_lease());
+                if let Ok(mut list) = leased.connections.lock() {
+                    list.push(requester.clone());
+                }
+            }
+            Ok(Responder {
+                state: Arc::default(),
+                routing,
+                requester,
+                leased,
+                no_lease_port,
+            })
+        }
+    };
+    let server = Server::new(acceptor.clone())
+        .config(config.clone())
+        .grace_period(Duration::from_millis(200))
+        // Grants come from the acceptor and `lease-grant`, no policy.
+        .lease(LeaseConfig::new());
+    let no_lease_server = Server::new(acceptor)
+        .config(config)
+        .grace_period(Duration::from_millis(200));
+    tokio::spawn(no_lease_server.serve(no_lease_listener));
 
     let listener =
         Listener::bind(&format!("{}://{}:{}", args.transport, args.host, args.port)).await?;

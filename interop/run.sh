@@ -30,7 +30,7 @@ CASE_TIMEOUT=${INTEROP_CASE_TIMEOUT:-10}
 RUN_TIMEOUT=${INTEROP_RUN_TIMEOUT:-120}
 READY_TIMEOUT=60
 SERVER_MAX=900        # a server outliving this is killed by `timeout`
-EXPECTED_CASES=19     # caps + 18 cases, in every client
+EXPECTED_CASES=20     # caps + 19 cases, in every client
 MTU=64                # --fragment of the servers that can fragment
 
 mkdir -p "$LOGS"

@@ -98,8 +98,8 @@ class Conformance {
     this.skipped = 0;
   }
 
-  async connect({ metadataMimeType = OCTET_STREAM, fragment = 0 } = {}) {
-    const { host, port } = this.args;
+  async connect({ metadataMimeType = OCTET_STREAM, fragment = 0, lease = false, port = this.args.port } = {}) {
+    const { host } = this.args;
     const transport =
       this.args.transport === "tcp"
         ? new TcpClientTransport({ connectionOptions: { host, port } })
@@ -111,6 +111,9 @@ class Conformance {
     const connector = new RSocketConnector({
       setup: { dataMimeType: OCTET_STREAM, metadataMimeType, keepAlive: 10000, lifetime: 60000 },
       fragmentation: { maxOutboundFragmentSize: fragment },
+      // With `lease`, SETUP carries the L flag and requests wait for the
+      // server's LEASE (rsocket-js queues them; it never fails them).
+      ...(lease ? { lease: { maxPendingRequests: 256 } } : {}),
       transport,
     });
     return connector.connect();
@@ -349,7 +352,32 @@ class Conformance {
 
   async case_lease() {
     if (!this.caps.lease) this.skipServer("lease");
-    throw new Skip("lease is not exercised by this client");
+    const leased = await this.connect({ lease: true });
+    this.extra.push(leased);
+    // Held until the server's first LEASE, then sent.
+    expectEq("a", await this.rrText(leased, "a"), "echo:a");
+    expectEq("b", await this.rrText(leased, "b"), "echo:b");
+    let answered = null;
+    const third = this.rrText(leased, "c").then((t) => (answered = t));
+    await sleep(QUIET_MS);
+    if (answered !== null) throw new Error(`a third request was answered on a lease of 2: ${answered}`);
+    const granted = await this.rrText(this.client, "lease-grant");
+    if (!granted.startsWith("granted:") || granted === "granted:0") throw new Error(`lease-grant answered ${granted}`);
+    await third;
+    expectEq("c", answered, "echo:c");
+    const stats = JSON.parse(await this.rrText(leased, "lease-stats"));
+    expectEq("requests seen", stats.requests, 3);
+    expectEq("requests rejected", stats.rejected, 0);
+  }
+
+  async case_lease_refused() {
+    const port = this.caps.noLeasePort;
+    if (!Number.isInteger(port) || port <= 0) throw new Skip(`server ${this.caps.impl} has no listener without lease`);
+    const client = await this.connect({ lease: true, port });
+    this.extra.push(client);
+    const error = await new Promise((resolve) => client.onClose((e) => resolve(e)));
+    const want = this.caps.impl.startsWith("rsocket-js") ? ErrorCodes.REJECTED_SETUP : ErrorCodes.UNSUPPORTED_SETUP;
+    expectEq("setup error", error && error.code, want);
   }
 
   async case_resume() {
@@ -419,6 +447,7 @@ class Conformance {
       "routing_unknown",
       "fragmentation",
       "lease",
+      "lease_refused",
       "resume",
     ]) {
       await this.runCase(name, this["case_" + name]);

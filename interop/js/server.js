@@ -16,14 +16,22 @@ const { COMPOSITE, IMPL, parseArgs, routeOf, buf } = require("./common");
 
 const appError = (message) => new RSocketError(ErrorCodes.APPLICATION_ERROR, message);
 
-const CAPS = JSON.stringify({
-  impl: IMPL,
-  fragmentation: true, // reassembles fragmented requests
-  metadataPush: false, // the server side drops METADATA_PUSH frames
-  lease: false,
-  resume: false,
-  routing: true,
-});
+// The bound port, once known: rsocket-js's server is not configured for
+// lease, so this very listener is the one "without lease" (it refuses the
+// L flag with REJECTED_SETUP "Lease has to be disabled").
+let boundPort = 0;
+const caps = () =>
+  JSON.stringify({
+    impl: IMPL,
+    fragmentation: true, // reassembles fragmented requests
+    metadataPush: false, // the server side drops METADATA_PUSH frames
+    // rsocket-js 1.0.0-alpha.3 servers cannot send LEASE frames (a server
+    // configured with `lease` only honours its clients' leases).
+    lease: false,
+    resume: false,
+    routing: true,
+    noLeasePort: boundPort,
+  });
 
 // Sends queued payloads only while the requester has granted credit; one
 // item per macrotask so that CANCEL and REQUEST_N are seen in between.
@@ -101,7 +109,7 @@ function responder(setup) {
           case "mp-last":
             return sink.onNext({ data: Buffer.from("mp:") }, true);
           case "caps":
-            return sink.onNext({ data: Buffer.from(CAPS) }, true);
+            return sink.onNext({ data: Buffer.from(caps()) }, true);
           case "produced": {
             const last = state.lastStream;
             const answer = last ? { produced: last.produced, state: last.state } : { produced: 0, state: "none" };
@@ -229,6 +237,7 @@ async function main() {
   });
   const closeable = await server.bind();
   const { port } = listening.address();
+  boundPort = port;
   process.stdout.write(`READY ${args.transport} ${args.host} ${port}\n`);
   const stop = () => {
     closeable.close();

@@ -15,11 +15,13 @@ import sys
 from reactivestreams.publisher import Publisher
 from reactivestreams.subscriber import Subscriber
 from reactivestreams.subscription import Subscription
+from rsocket.error_codes import ErrorCode
 from rsocket.exceptions import RSocketProtocolError
 from rsocket.extensions.helpers import composite, route
 from rsocket.extensions.mimetypes import WellKnownMimeTypes
 from rsocket.helpers import single_transport_provider
 from rsocket.payload import Payload
+from rsocket.request_handler import BaseRequestHandler
 from rsocket.rsocket_client import RSocketClient
 from rsocket.transports.tcp import TransportTCP
 
@@ -140,15 +142,19 @@ class Conformance:
         self.extra = []
         self.passed = self.failed = self.skipped = 0
 
-    async def connect(self, metadata_encoding=OCTET_STREAM, fragment_size_bytes=None):
+    async def connect(self, metadata_encoding=OCTET_STREAM, fragment_size_bytes=None,
+                      port=None, honor_lease=False, handler_factory=BaseRequestHandler):
+        port = self.args.port if port is None else port
         if self.args.transport == 'tcp':
-            reader, writer = await asyncio.open_connection(self.args.host, self.args.port)
+            reader, writer = await asyncio.open_connection(self.args.host, port)
             transport = TransportTCP(reader, writer)
         else:
             from rsocket.transports.aiohttp_websocket import TransportAioHttpClient
             transport = TransportAioHttpClient(
-                url='ws://%s:%d/' % (self.args.host, self.args.port))
+                url='ws://%s:%d/' % (self.args.host, port))
         client = RSocketClient(single_transport_provider(transport),
+                               handler_factory=handler_factory,
+                               honor_lease=honor_lease,
                                data_encoding=OCTET_STREAM,
                                metadata_encoding=metadata_encoding,
                                fragment_size_bytes=fragment_size_bytes)
@@ -349,9 +355,45 @@ class Conformance:
         expect_eq('channel items', await collector.finish(), ['X' * 400, 'Y' * 400])
 
     async def case_lease(self):
+        # rsocket-py honours leases by queueing requests beyond them (it
+        # never fails them), so the third request is held until the next
+        # LEASE instead of failing.
         if not self.caps['lease']:
             self.skip_server('lease')
-        raise Skip('lease is not exercised by this client')
+        leased = await self.connect(honor_lease=True)
+        self.extra.append(leased)
+        # Held until the server's first LEASE, then sent.
+        expect_eq('a', await self.rr_text(leased, 'a'), 'echo:a')
+        expect_eq('b', await self.rr_text(leased, 'b'), 'echo:b')
+        third = asyncio.ensure_future(self.rr_text(leased, 'c'))
+        await asyncio.sleep(QUIET)
+        if third.done():
+            raise Fail('a third request was answered on a lease of 2: %r' % third.result())
+        granted = await self.rr_text(self.client, 'lease-grant')
+        if not granted.startswith('granted:') or granted == 'granted:0':
+            raise Fail('lease-grant answered %r' % granted)
+        expect_eq('c', await third, 'echo:c')
+        stats = json.loads(await self.rr_text(leased, 'lease-stats'))
+        expect_eq('requests seen', stats.get('requests'), 3)
+        expect_eq('requests rejected', stats.get('rejected'), 0)
+
+    async def case_lease_refused(self):
+        port = self.caps.get('noLeasePort')
+        if not isinstance(port, int) or port <= 0:
+            raise Skip('server %s has no listener without lease' % self.caps['impl'])
+        refused = asyncio.get_running_loop().create_future()
+
+        class OnError(BaseRequestHandler):
+            async def on_error(self, error_code, payload):
+                if not refused.done():
+                    refused.set_result(error_code)
+
+        client = await self.connect(port=port, honor_lease=True, handler_factory=OnError)
+        self.extra.append(client)
+        code = await refused
+        want = ErrorCode.REJECTED_SETUP if self.caps['impl'].startswith('rsocket-js') \
+            else ErrorCode.UNSUPPORTED_SETUP
+        expect_eq('setup error', code, want)
 
     async def case_resume(self):
         raise Skip('%s has no resumption support (server resume=%s)'
@@ -393,7 +435,7 @@ class Conformance:
         for name in ('rr_echo', 'rr_no_metadata', 'rr_error', 'stream', 'stream_empty',
                      'stream_bad_n', 'stream_batches', 'stream_cancel', 'channel', 'fnf',
                      'metadata_push', 'routing_echo', 'routing_stream', 'routing_channel',
-                     'routing_unknown', 'fragmentation', 'lease', 'resume'):
+                     'routing_unknown', 'fragmentation', 'lease', 'lease_refused', 'resume'):
             await self.run_case(name, getattr(self, 'case_' + name))
         for client in [self.client] + self.extra:
             try:

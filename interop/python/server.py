@@ -3,6 +3,11 @@
     python server.py --transport tcp|ws --host 127.0.0.1 --port 0 [--fragment MTU]
 
 Prints `READY <transport> <host> <port>` once it accepts connections.
+
+Leasing: a client that sets the L flag in SETUP is granted 2 requests for
+30 s at once (the lease publisher below), and again on `lease-grant`. A
+second listener without a lease publisher (its port is `noLeasePort` in
+`caps`) refuses the L flag (rsocket-py answers UNSUPPORTED_SETUP).
 """
 
 import asyncio
@@ -10,11 +15,13 @@ import json
 import signal
 import socket
 import sys
+from datetime import timedelta
 
 from reactivestreams.publisher import Publisher
 from reactivestreams.subscriber import Subscriber
 from reactivestreams.subscription import Subscription
 from rsocket.helpers import create_error_future, create_future
+from rsocket.lease import DefinedLease
 from rsocket.payload import Payload
 from rsocket.request_handler import BaseRequestHandler
 from rsocket.rsocket_server import RSocketServer
@@ -156,10 +163,39 @@ class ChannelInbound(Subscriber):
         self._outbound.finish()
 
 
+class GrantPublisher(Publisher):
+    """The lease publisher of every connection: rsocket-py subscribes once
+    per connection whose SETUP carries the L flag. Each subscriber gets 2
+    requests for 30 s at once, and again on `grant_all`. (Whole seconds:
+    rsocket-py doubles sub-second TTLs when it writes them.)"""
+
+    def __init__(self):
+        self.subscribers = []
+
+    @staticmethod
+    def lease():
+        return DefinedLease(maximum_request_count=2,
+                            maximum_lease_time=timedelta(seconds=30))
+
+    def subscribe(self, subscriber: Subscriber):
+        self.subscribers.append(subscriber)
+        subscriber.on_next(self.lease())
+
+    def grant_all(self) -> int:
+        for subscriber in self.subscribers:
+            subscriber.on_next(self.lease())
+        return len(self.subscribers)
+
+
+GRANTS = GrantPublisher()
+NO_LEASE_PORT = [0]
+
+
 class Handler(BaseRequestHandler):
     """One per connection (rsocket-py builds a handler per RSocketServer)."""
 
     def __init__(self, fragmentation: bool):
+        self.requests = 0
         self.fragmentation = fragmentation
         self.routing = False
         self.fnf_count = 0
@@ -183,9 +219,10 @@ class Handler(BaseRequestHandler):
             'impl': IMPL,
             'fragmentation': True,
             'metadataPush': True,
-            'lease': False,
+            'lease': True,
             'resume': False,
             'routing': True,
+            'noLeasePort': NO_LEASE_PORT[0],
         }).encode()
 
     async def request_response(self, payload: Payload):
@@ -193,6 +230,14 @@ class Handler(BaseRequestHandler):
         if error is not None:
             return create_error_future(AppError(error))
         data = ensure_bytes(payload.data)
+        seen_before = self.requests
+        self.requests += 1
+        if data == b'lease-grant':
+            return create_future(Payload(b'granted:%d' % GRANTS.grant_all()))
+        if data == b'lease-stats':
+            # rsocket-py never rejects for lease (its requesters queue).
+            answer = {'requests': seen_before, 'rejected': 0}
+            return create_future(Payload(json.dumps(answer).encode()))
         if data == b'fnf-count':
             return create_future(Payload(str(self.fnf_count).encode()))
         if data == b'mp-count':
@@ -212,6 +257,7 @@ class Handler(BaseRequestHandler):
         return create_future(Payload(b'echo:' + data, metadata))
 
     async def request_fire_and_forget(self, payload: Payload):
+        self.requests += 1
         self.fnf_count += 1
 
     async def on_metadata_push(self, payload: Payload):
@@ -219,6 +265,7 @@ class Handler(BaseRequestHandler):
         self.mp_last = ensure_bytes(payload.metadata)
 
     async def request_stream(self, payload: Payload):
+        self.requests += 1
         error = self._check_route(payload, 'stream')
         if error is not None:
             return ErrorPublisher(error)
@@ -233,6 +280,7 @@ class Handler(BaseRequestHandler):
         return self.last_stream
 
     async def request_channel(self, payload: Payload):
+        self.requests += 1
         error = self._check_route(payload, 'channel')
         if error is not None:
             return ErrorPublisher(error), None
@@ -254,32 +302,45 @@ async def main():
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    # The main listener leases to clients that ask; the second one has no
+    # lease publisher, so it refuses them.
     if args.transport == 'tcp':
-        async def on_connection(reader, writer):
-            server = RSocketServer(TransportTCP(reader, writer),
-                                   handler_factory=handler_factory,
-                                   fragment_size_bytes=fragment)
-            connections.add(server)
+        def on_connection_factory(lease_publisher):
+            async def on_connection(reader, writer):
+                server = RSocketServer(TransportTCP(reader, writer),
+                                       handler_factory=handler_factory,
+                                       fragment_size_bytes=fragment,
+                                       lease_publisher=lease_publisher)
+                connections.add(server)
+            return on_connection
 
-        listener = await asyncio.start_server(on_connection, args.host, args.port)
+        no_lease = await asyncio.start_server(on_connection_factory(None), args.host, 0)
+        NO_LEASE_PORT[0] = no_lease.sockets[0].getsockname()[1]
+        listener = await asyncio.start_server(on_connection_factory(GRANTS),
+                                              args.host, args.port)
         port = listener.sockets[0].getsockname()[1]
     else:
         from aiohttp import web
         from rsocket.transports.aiohttp_websocket import websocket_handler_factory
 
-        app = web.Application()
-        app.add_routes([web.get('/', websocket_handler_factory(
-            handler_factory=handler_factory,
-            fragment_size_bytes=fragment,
-            on_server_create=connections.add))])
-        runner = web.AppRunner(app)
-        await runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((args.host, args.port))
-        port = sock.getsockname()[1]
-        site = web.SockSite(runner, sock)
-        await site.start()
+        async def serve_ws(port_wanted, lease_publisher):
+            app = web.Application()
+            app.add_routes([web.get('/', websocket_handler_factory(
+                handler_factory=handler_factory,
+                fragment_size_bytes=fragment,
+                lease_publisher=lease_publisher,
+                on_server_create=connections.add))])
+            runner = web.AppRunner(app)
+            await runner.setup()
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((args.host, port_wanted))
+            site = web.SockSite(runner, sock)
+            await site.start()
+            return sock.getsockname()[1]
+
+        NO_LEASE_PORT[0] = await serve_ws(0, None)
+        port = await serve_ws(args.port, GRANTS)
 
     print('READY %s %s %d' % (args.transport, args.host, port), flush=True)
     await stop.wait()

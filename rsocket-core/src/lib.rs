@@ -12,6 +12,9 @@
 //!  runtime   tokio driver, Requester, ClientBuilder, Server, transports
 //! ```
 //!
+//! Leasing (a responder metering its peer's requests with LEASE frames) is
+//! described in [`lease`]; the state machine enforces it on both sides.
+//!
 //! # Getting started
 //!
 //! ```

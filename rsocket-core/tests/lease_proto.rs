@@ -340,3 +340,33 @@ fn without_leasing_lease_frames_are_ignored_and_nothing_is_metered() {
         .open(Interaction::FireAndForget, Payload::from("x"), 1, false)
         .is_ok());
 }
+
+#[test]
+fn zero_ttl_stops_requests_and_ttls_travel_in_whole_milliseconds() {
+    let t0 = Instant::now();
+    let mut h = client(None, t0);
+    h.new_frames();
+    assert!(h.frame_in(lease_frame(0, 5)));
+    assert_no_lease(
+        h.open(Interaction::RequestResponse, Payload::from("x"), 1, false),
+        NoLease::Expired,
+    );
+    let mut s = server(None, t0);
+    assert!(s.grant_lease(&Lease::new(Duration::from_micros(2_500_900), 1)));
+    assert_eq!(s.new_frames(), vec![lease_frame(2_500, 1)]);
+    // The responder's view expires with what went on the wire.
+    s.advance(t0 + Duration::from_millis(2_500));
+    assert!(s.frame_in(rr(1)));
+    assert_rejected(&s.new_frames(), 1);
+}
+
+#[test]
+fn a_fixed_policy_needs_a_ttl_of_at_least_one_millisecond() {
+    let bad = leasing(Some(LeasePolicy::fixed(Duration::from_micros(999), 1)));
+    assert!(bad.validate().is_err());
+    let good = leasing(Some(LeasePolicy::fixed(Duration::from_millis(1), 1)));
+    assert!(good.validate().is_ok());
+    assert!(leasing(Some(LeasePolicy::fixed(Duration::from_secs(1), 0)))
+        .validate()
+        .is_ok());
+}

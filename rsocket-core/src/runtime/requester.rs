@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use super::driver::Shared;
@@ -29,15 +30,17 @@ const RECV_BATCH: usize = 64;
 #[derive(Clone)]
 pub struct Requester {
     shared: Arc<Shared>,
-    prefetch: Option<u32>,
-    lease_wait: Duration,
+    // Both 4 bytes: balancer state embeds requesters and their streams.
+    prefetch: Option<NonZeroU32>,
+    /// `with_lease_wait`, in whole milliseconds.
+    lease_wait_ms: u32,
 }
 
 impl std::fmt::Debug for Requester {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Requester")
             .field("prefetch", &self.prefetch)
-            .field("lease_wait", &self.lease_wait)
+            .field("lease_wait_ms", &self.lease_wait_ms)
             .finish_non_exhaustive()
     }
 }
@@ -45,7 +48,7 @@ impl std::fmt::Debug for Requester {
 impl Requester {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self {
-            lease_wait: shared.lease_wait,
+            lease_wait_ms: wait_ms(shared.lease_wait),
             shared,
             prefetch: None,
         }
@@ -58,18 +61,18 @@ impl Requester {
     pub fn with_prefetch(&self, n: u32) -> Self {
         Self {
             shared: self.shared.clone(),
-            prefetch: Some(n.clamp(1, crate::frame::MAX_U31)),
-            lease_wait: self.lease_wait,
+            prefetch: NonZeroU32::new(n.clamp(1, crate::frame::MAX_U31)),
+            lease_wait_ms: self.lease_wait_ms,
         }
     }
 
     /// A handle whose requests, when leasing is on and the peer's lease
     /// allows none, wait up to `wait` for the next LEASE before failing
-    /// with [`RequestError::NoLease`] (zero: fail at once). The default is
-    /// `LeaseConfig::wait`.
+    /// with [`RequestError::NoLease`] (zero: fail at once; whole
+    /// milliseconds, rounded up). The default is `LeaseConfig::wait`.
     pub fn with_lease_wait(&self, wait: Duration) -> Self {
         Self {
-            lease_wait: wait,
+            lease_wait_ms: wait_ms(wait),
             ..self.clone()
         }
     }
@@ -91,12 +94,17 @@ impl Requester {
     /// The inbound side of a new request, with this handle's lease wait.
     fn inbound(&self, interaction: Interaction, request: Payload, window: u32) -> Inbound {
         let mut inbound = Inbound::new(self.shared.clone(), interaction, request, window);
-        inbound.gate = LeaseGate::new(self.lease_wait);
+        inbound.gate = LeaseGate::new(self.lease_wait());
         inbound
     }
 
     fn window(&self) -> u32 {
-        self.prefetch.unwrap_or(self.shared.default_prefetch)
+        self.prefetch
+            .map_or(self.shared.default_prefetch, NonZeroU32::get)
+    }
+
+    fn lease_wait(&self) -> Duration {
+        Duration::from_millis(u64::from(self.lease_wait_ms))
     }
 
     /// Fire-and-forget: resolves once the frame is queued for sending (not
@@ -105,7 +113,7 @@ impl Requester {
         OpenFuture {
             shared: self.shared.clone(),
             request: Some(request),
-            gate: LeaseGate::new(self.lease_wait),
+            gate: LeaseGate::new(self.lease_wait()),
         }
     }
 
@@ -518,18 +526,38 @@ impl Drop for Inbound {
     }
 }
 
+/// A wait bound in whole milliseconds (a sub-millisecond wait rounds up
+/// to 1 ms; at most about 49 days).
+fn wait_ms(d: Duration) -> u32 {
+    let ms = u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+    if ms == 0 && !d.is_zero() {
+        1
+    } else {
+        ms
+    }
+}
+
 /// Holds a request back while leasing allows none: fails at once, or waits
-/// up to a bound for the next LEASE.
+/// up to a bound for the next LEASE. One pointer wide: the waiting state is
+/// allocated only for handles that wait.
 struct LeaseGate {
-    wait: Duration,
+    wait: Option<Box<LeaseWait>>,
+}
+
+struct LeaseWait {
+    bound: Duration,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl LeaseGate {
     fn new(wait: Duration) -> Self {
         Self {
-            wait,
-            deadline: None,
+            wait: (!wait.is_zero()).then(|| {
+                Box::new(LeaseWait {
+                    bound: wait,
+                    deadline: None,
+                })
+            }),
         }
     }
 
@@ -539,14 +567,16 @@ impl LeaseGate {
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), RequestError>> {
         let now = super::tokio_now();
-        let expired = self.deadline.as_ref().is_some_and(|d| d.is_elapsed());
-        let wait = !self.wait.is_zero() && !expired;
-        match conn.poll_lease(cx, now, wait) {
+        let Some(w) = self.wait.as_mut() else {
+            return conn.poll_lease(cx, now, false);
+        };
+        let expired = w.deadline.as_ref().is_some_and(|d| d.is_elapsed());
+        match conn.poll_lease(cx, now, !expired) {
             Poll::Pending => {
-                let wait = self.wait;
-                let deadline = self
+                let bound = w.bound;
+                let deadline = w
                     .deadline
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(bound)));
                 if deadline.as_mut().poll(cx).is_ready() {
                     conn.poll_lease(cx, now, false)
                 } else {
