@@ -370,3 +370,147 @@ fn a_fixed_policy_needs_a_ttl_of_at_least_one_millisecond() {
         .validate()
         .is_ok());
 }
+
+mod model {
+    //! Arbitrary sequences of grants, requests and time against a plain
+    //! model of the lease: the engine admits (responder) and sends
+    //! (requester) exactly what the newest grant allows, and nothing from
+    //! the wire makes it panic or lose count.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A LEASE (granted by us on the server, received on the client).
+        Grant {
+            ttl_ms: u32,
+            n: u32,
+        },
+        /// A request from the peer (server) or opened locally (client).
+        Request {
+            fnf: bool,
+        },
+        Advance {
+            ms: u64,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            1 => (0u32..3_000, 0u32..4).prop_map(|(ttl_ms, n)| Op::Grant { ttl_ms, n }),
+            2 => any::<bool>().prop_map(|fnf| Op::Request { fnf }),
+            1 => (0u64..1_500).prop_map(|ms| Op::Advance { ms }),
+        ]
+    }
+
+    /// The newest grant: (expires at, remaining).
+    #[derive(Default)]
+    struct Model {
+        grant: Option<(Instant, u32)>,
+    }
+
+    impl Model {
+        fn take(&mut self, now: Instant) -> bool {
+            match &mut self.grant {
+                Some((expires, left)) if now < *expires && *left > 0 => {
+                    *left -= 1;
+                    true
+                }
+                _ => false,
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn responder_admits_exactly_the_grant(ops in proptest::collection::vec(op(), 1..60)) {
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut h = server(None, t0);
+            let mut model = Model::default();
+            let (mut id, mut rejected, mut dropped) = (1u32, 0u64, 0u64);
+            for op in ops {
+                match op {
+                    Op::Grant { ttl_ms, n } => {
+                        prop_assert!(h.grant_lease(&Lease::new(Duration::from_millis(u64::from(ttl_ms)), n)));
+                        model.grant = Some((now + Duration::from_millis(u64::from(ttl_ms)), n));
+                    }
+                    Op::Request { fnf: is_fnf } => {
+                        let frame = if is_fnf { fnf(id) } else { rr(id) };
+                        prop_assert!(h.frame_in(frame));
+                        let admitted = model.take(now);
+                        let events = h.events();
+                        prop_assert_eq!(events.len(), usize::from(admitted), "{:?}", events);
+                        if !admitted && is_fnf {
+                            dropped += 1;
+                        } else if !admitted {
+                            rejected += 1;
+                        }
+                        // Handlers finish at once; streams are answered.
+                        for ev in events {
+                            match ev {
+                                Event::Request { stream, .. } => {
+                                    h.send(stream, vec![Payload::from("r")], true);
+                                    h.release_send(stream);
+                                }
+                                _ => h.handler_done(),
+                            }
+                        }
+                        id += 2;
+                    }
+                    Op::Advance { ms } => {
+                        now += Duration::from_millis(ms);
+                        h.advance(now);
+                    }
+                }
+                h.new_frames();
+                h.transmit(usize::MAX);
+                prop_assert_eq!((h.stats().lease_rejected, h.stats().lease_dropped_fnf), (rejected, dropped));
+                prop_assert!(h.check_consistency().is_ok());
+            }
+        }
+
+        #[test]
+        fn requester_sends_exactly_what_the_grant_allows(ops in proptest::collection::vec(op(), 1..60)) {
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut h = client(None, t0);
+            h.new_frames();
+            let mut model = Model::default();
+            for op in ops {
+                match op {
+                    Op::Grant { ttl_ms, n } => {
+                        prop_assert!(h.frame_in(lease_frame(ttl_ms, n)));
+                        model.grant = Some((now + Duration::from_millis(u64::from(ttl_ms)), n));
+                    }
+                    Op::Request { fnf } => {
+                        let kind = if fnf { Interaction::FireAndForget } else { Interaction::RequestResponse };
+                        let ready = matches!(h.lease_ready(false), Some(Ok(())));
+                        let r = h.open(kind, Payload::from("q"), 1, false);
+                        let allowed = model.take(now);
+                        prop_assert_eq!(ready, allowed);
+                        prop_assert_eq!(r.is_ok(), allowed, "{:?}", r);
+                        let frames = h.new_frames();
+                        prop_assert_eq!(frames.len(), usize::from(allowed), "{:?}", frames);
+                        if let Ok(id) = r {
+                            if !fnf {
+                                // Dropping it sends CANCEL, which is no request.
+                                h.release_recv(id);
+                                h.new_frames();
+                            }
+                        }
+                    }
+                    Op::Advance { ms } => {
+                        now += Duration::from_millis(ms);
+                        h.advance(now);
+                    }
+                }
+                let left = model.grant.map_or(0, |(e, l)| if now < e { l } else { 0 });
+                prop_assert_eq!(h.lease().map(|s| s.remaining), Some(left));
+                h.transmit(usize::MAX);
+                prop_assert!(h.check_consistency().is_ok());
+            }
+        }
+    }
+}

@@ -480,6 +480,11 @@ async fn client_without_lease_fails_fast_and_sends_nothing() {
         .expect("join")
         .expect("answered");
     assert_eq!(reply.map(|p| p.data), Some(Bytes::from_static(b"E")));
+    // This client has no lease policy: it never granted the server
+    // anything, so the server's requests are rejected.
+    send(&mut raw, rr(2, "from the server")).await;
+    assert_rejected(&expect_frame(&mut raw).await, 2);
+    assert_eq!(requester.stats().lease_rejected, 1);
 }
 
 #[tokio::test(start_paused = true)]
