@@ -617,3 +617,25 @@ async fn client_refused_by_a_server_without_lease_sees_the_setup_error() {
         other => panic!("expected SetupRejected, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_later_config_call_keeps_the_lease() {
+    let (t, mut raw) = raw_pair();
+    let _requester = ClientBuilder::new()
+        .lease(LeaseConfig::new())
+        .config(Config::default())
+        .connect(t)
+        .expect("valid config");
+    assert!(matches!(expect_frame(&mut raw).await, Frame::Setup(s) if s.lease));
+
+    let (t, mut raw) = raw_pair();
+    let server = rsocket_core::Server::new(|_: SetupInfo, _: Requester| async {
+        Ok(rsocket_core::RejectAll)
+    })
+    .lease(LeaseConfig::new().policy(LeasePolicy::fixed(Duration::from_secs(5), 1)))
+    .config(Config::default());
+    let serving = tokio::spawn(server.serve(futures::stream::iter([Ok::<_, std::io::Error>(t)])));
+    send(&mut raw, setup(true)).await;
+    assert_eq!(expect_frame(&mut raw).await, lease_frame(5_000, 1));
+    serving.abort();
+}
