@@ -14,7 +14,7 @@ use crate::frame::Frame;
 use crate::lease::{Lease, LeaseConfig, LeaseState};
 
 /// One grant, as either side keeps it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Grant {
     expires_at: Instant,
     remaining: u32,
@@ -34,20 +34,23 @@ impl Grant {
 
     /// Takes one request from an optional grant: `Err` says why not.
     fn take(grant: Option<&mut Self>, now: Instant) -> Result<(), NoLease> {
-        let g = grant.ok_or(NoLease::NotGranted)?;
-        if now >= g.expires_at {
-            return Err(NoLease::Expired);
+        Self::check(grant.as_deref(), now)?;
+        if let Some(g) = grant {
+            g.remaining -= 1;
         }
-        if g.remaining == 0 {
-            return Err(NoLease::Exhausted);
-        }
-        g.remaining -= 1;
         Ok(())
     }
 
+    /// Like [`Grant::take`] without taking.
     fn check(grant: Option<&Self>, now: Instant) -> Result<(), NoLease> {
-        let mut copy = grant.cloned();
-        Self::take(copy.as_mut(), now)
+        let g = grant.ok_or(NoLease::NotGranted)?;
+        if now >= g.expires_at {
+            Err(NoLease::Expired)
+        } else if g.remaining == 0 {
+            Err(NoLease::Exhausted)
+        } else {
+            Ok(())
+        }
     }
 }
 
