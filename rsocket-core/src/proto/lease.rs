@@ -85,6 +85,22 @@ impl Connection {
         self.regrant_due(now);
     }
 
+    /// Leasing was negotiated on this connection.
+    pub(crate) fn lease_enabled(&self) -> bool {
+        self.lease.is_some()
+    }
+
+    /// The time for lease checks: `clock()` when leasing is on; without
+    /// leasing no check reads it, so the clock is not read (a stored
+    /// instant stands in).
+    pub(crate) fn lease_now(&self, clock: impl FnOnce() -> Instant) -> Instant {
+        if self.lease.is_some() {
+            clock()
+        } else {
+            self.last_received
+        }
+    }
+
     /// Sends a LEASE to the peer, replacing what we granted before. False
     /// when leasing is off or the connection has ended.
     pub(crate) fn grant_lease(&mut self, lease: &Lease, now: Instant) -> bool {

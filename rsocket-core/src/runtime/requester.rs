@@ -342,14 +342,9 @@ impl Future for OpenFuture {
         };
         match ready {
             Poll::Ready(Ok(())) => {
+                let now = conn.lease_now(super::tokio_now);
                 let r = conn
-                    .open(
-                        Interaction::FireAndForget,
-                        request,
-                        1,
-                        false,
-                        super::tokio_now(),
-                    )
+                    .open(Interaction::FireAndForget, request, 1, false, now)
                     .map(|_| ());
                 Poll::Ready(r)
             }
@@ -471,7 +466,7 @@ impl Inbound {
                     Poll::Pending => return Poll::Pending,
                 }
                 let request = self.request.take().unwrap_or_default();
-                let now = super::tokio_now();
+                let now = conn.lease_now(super::tokio_now);
                 match conn.open(self.interaction, request, self.window, self.manual, now) {
                     Ok(id) => {
                         self.id = Some(id);
@@ -566,6 +561,10 @@ impl LeaseGate {
         conn: &mut Connection,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), RequestError>> {
+        if !conn.lease_enabled() {
+            // No clock reading on connections without leasing.
+            return Poll::Ready(Ok(()));
+        }
         let now = super::tokio_now();
         let Some(w) = self.wait.as_mut() else {
             return conn.poll_lease(cx, now, false);
