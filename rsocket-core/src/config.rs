@@ -59,6 +59,17 @@ pub struct Config {
     /// peer) lets open streams run before the connection is closed with
     /// `ERROR[CONNECTION_ERROR]`. Default 30 s.
     pub close_timeout: Duration,
+    /// Resumable connections only: bytes of sent resumable frames (requests,
+    /// REQUEST_N, CANCEL, stream ERROR, PAYLOAD) kept until the peer
+    /// acknowledges them, so that they can be sent again after a
+    /// reconnect. When the store is full, nothing more is handed to the
+    /// transport until an acknowledgement frees room (one frame may pass
+    /// the cap when the store is empty): the outbound queue then fills
+    /// and producers wait, as they do for `max_outbound_queue_bytes`. The
+    /// session never ends because of it. This side reports its own
+    /// received position (KEEPALIVE) after every quarter of this many
+    /// bytes received, so peers should use similar values. Default 4 MiB.
+    pub resume_store_bytes: usize,
 }
 
 impl Default for Config {
@@ -73,6 +84,7 @@ impl Default for Config {
             default_prefetch: 256,
             setup_timeout: Duration::from_secs(30),
             close_timeout: Duration::from_secs(30),
+            resume_store_bytes: 4 << 20,
         }
     }
 }
@@ -110,6 +122,9 @@ impl Config {
         }
         if self.outbound_stall_timeout.is_zero() {
             return Err(ConfigError::Zero("outbound_stall_timeout"));
+        }
+        if self.resume_store_bytes == 0 {
+            return Err(ConfigError::Zero("resume_store_bytes"));
         }
         if self.setup_timeout.is_zero() {
             return Err(ConfigError::Zero("setup_timeout"));
@@ -159,11 +174,15 @@ pub(crate) fn duration_ms(d: Duration) -> u32 {
 
 impl SetupParams {
     pub(crate) fn to_frame(&self) -> Setup {
+        self.to_frame_with_token(None)
+    }
+
+    pub(crate) fn to_frame_with_token(&self, resume_token: Option<bytes::Bytes>) -> Setup {
         Setup {
             version: Version::V1_0,
             keepalive_interval_ms: duration_ms(self.keepalive_interval),
             max_lifetime_ms: duration_ms(self.max_lifetime),
-            resume_token: None,
+            resume_token,
             lease: false,
             metadata_mime_type: self.metadata_mime_type.clone(),
             data_mime_type: self.data_mime_type.clone(),

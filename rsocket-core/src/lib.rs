@@ -56,7 +56,8 @@ pub mod stats;
 
 pub use config::{Config, PeerInfo, SetupInfo, SetupParams};
 pub use error::{
-    ConfigError, ConnectionError, Initiator, Limit, RequestError, StreamError, StreamViolation,
+    ConfigError, ConnectionError, Initiator, Limit, RequestError, ResumeFailure, StreamError,
+    StreamViolation,
 };
 pub use frame::{ErrorCode, Frame, MimeType, RequestCount, StreamId};
 pub use payload::Payload;
@@ -70,7 +71,7 @@ pub use rsocket::{
 #[cfg(feature = "runtime")]
 pub use runtime::{
     accept, memory_pair, ClientBuilder, ConnectionDriver, MemoryTransport, MetadataPushFuture,
-    Requester, ResponseFuture, ResponseStream, Server, SocketAcceptor, StreamTransport, Transport,
-    TransportError,
+    Requester, ResponseFuture, ResponseStream, ResumeOptions, Server, ServerResumeOptions,
+    SocketAcceptor, StreamTransport, Transport, TransportError,
 };
 pub use stats::{ConnectionStats, ServerStats};

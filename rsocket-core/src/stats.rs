@@ -58,6 +58,9 @@ pub struct ConnectionStats {
     pub frames_out: u64,
     /// Bytes of frames handed to the transport.
     pub bytes_out: u64,
+    /// Resumable connections: bytes of sent frames kept until the peer
+    /// acknowledges them (`Config::resume_store_bytes` caps it).
+    pub resume_store_bytes: usize,
 }
 
 /// A snapshot of a server's counters: its connections, and the sum of their

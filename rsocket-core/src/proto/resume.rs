@@ -1,0 +1,213 @@
+//! Resumption state of one connection: positions and the store of sent
+//! frames the peer has not acknowledged (rsocket-protocol.md §9).
+//!
+//! ```text
+//!   sent frames:  [ released | store: first_available .. sent )
+//!   received:     implied (bytes of resumable frames received)
+//!   reported:     acked   (the implied position we last told the peer)
+//! ```
+//!
+//! Positions count the encoded length (header and body, no transport
+//! prefix) of resumable frames: the four requests, REQUEST_N, CANCEL,
+//! PAYLOAD and ERROR on a stream. Everything on stream 0 (SETUP, LEASE,
+//! KEEPALIVE, METADATA_PUSH, RESUME, RESUME_OK, connection ERROR) and EXT
+//! has no position. Frames are kept as they were sent (their `Bytes` are
+//! shared with what was written, not copied).
+
+use std::collections::VecDeque;
+
+use crate::frame::{Frame, Keepalive, Resume, ResumeOk};
+
+/// Whether a frame takes part in position accounting.
+pub(crate) fn is_resumable(frame: &Frame) -> bool {
+    match frame {
+        Frame::RequestResponse(_)
+        | Frame::RequestFnf(_)
+        | Frame::RequestStream(_)
+        | Frame::RequestChannel(_)
+        | Frame::RequestN(_)
+        | Frame::Cancel(_)
+        | Frame::Payload(_) => true,
+        Frame::Error(e) => e.stream_id.is_some(),
+        _ => false,
+    }
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct ResumeState {
+    cap: usize,
+    /// Sent resumable frames not yet acknowledged: (start position, length,
+    /// frame).
+    store: VecDeque<(u64, usize, Frame)>,
+    bytes: usize,
+    /// Position just past the last frame sent.
+    sent: u64,
+    /// Bytes of resumable frames received.
+    implied: u64,
+    /// The implied position last reported to the peer.
+    acked: u64,
+    /// Report the implied position once it is this far past `acked`.
+    ack_every: u64,
+    /// An acknowledgement is due (see `ack_every`).
+    ack_due: bool,
+}
+
+impl ResumeState {
+    pub(crate) fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            store: VecDeque::new(),
+            bytes: 0,
+            sent: 0,
+            implied: 0,
+            acked: 0,
+            ack_every: (cap as u64 / 4).max(1),
+            ack_due: false,
+        }
+    }
+
+    /// An acknowledgement is due.
+    pub(crate) fn ack_due(&self) -> bool {
+        self.ack_due
+    }
+
+    /// Bytes held by the store.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Oldest position still available for retransmission.
+    pub(crate) fn first_available(&self) -> u64 {
+        self.store.front().map_or(self.sent, |(pos, _, _)| *pos)
+    }
+
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// A frame of `len` bytes may be stored now (one frame may pass the
+    /// cap when the store is empty).
+    pub(crate) fn has_room(&self, len: usize) -> bool {
+        self.store.is_empty() || self.bytes + len <= self.cap
+    }
+
+    /// Records a frame handed to the writer.
+    pub(crate) fn record_sent(&mut self, frame: &Frame, len: usize) {
+        self.store.push_back((self.sent, len, frame.clone()));
+        self.bytes += len;
+        self.sent += len as u64;
+    }
+
+    /// Records a received resumable frame; returns true when an
+    /// acknowledgement became due.
+    pub(crate) fn record_received(&mut self, len: usize) -> bool {
+        self.implied += len as u64;
+        if !self.ack_due && self.implied - self.acked >= self.ack_every {
+            self.ack_due = true;
+            return true;
+        }
+        false
+    }
+
+    /// The peer acknowledged everything before `position`: frames that end
+    /// at or before it are released. A position beyond what was sent is
+    /// ignored (returns false).
+    pub(crate) fn release(&mut self, position: u64) -> bool {
+        if position > self.sent {
+            return false;
+        }
+        while let Some((pos, len, _)) = self.store.front() {
+            if pos + *len as u64 > position {
+                break;
+            }
+            self.bytes -= *len;
+            self.store.pop_front();
+        }
+        true
+    }
+
+    /// Takes the due acknowledgement, if any, as a KEEPALIVE (R = 0).
+    pub(crate) fn take_ack(&mut self) -> Option<Frame> {
+        if !self.ack_due {
+            return None;
+        }
+        self.ack_due = false;
+        self.acked = self.implied;
+        Some(Frame::Keepalive(Keepalive {
+            respond: false,
+            last_received_position: self.implied,
+            data: bytes::Bytes::new(),
+        }))
+    }
+
+    /// Stamps an outgoing KEEPALIVE with the implied position.
+    pub(crate) fn stamp(&mut self, k: &mut Keepalive) {
+        k.last_received_position = self.implied;
+        self.acked = self.implied;
+        self.ack_due = false;
+    }
+
+    /// Drops frames before `position` and returns the rest for
+    /// retransmission, if `position` is one this side can resume from: a
+    /// frame boundary not before the oldest frame still stored and not
+    /// past the last frame sent.
+    fn replay_from(&mut self, position: u64) -> Result<Vec<Frame>, String> {
+        let first = self.first_available();
+        if position < first || position > self.sent {
+            return Err(format!(
+                "the peer needs frames from position {position}; this side has {first}..{}",
+                self.sent
+            ));
+        }
+        self.release(position);
+        if self.first_available() != position {
+            return Err(format!("position {position} is not on a frame boundary"));
+        }
+        Ok(self.store.iter().map(|(_, _, f)| f.clone()).collect())
+    }
+
+    /// The client's RESUME for this state.
+    pub(crate) fn resume_frame(&self, token: bytes::Bytes) -> Resume {
+        Resume {
+            version: crate::frame::Version::V1_0,
+            resume_token: token,
+            last_received_server_position: self.implied,
+            first_available_client_position: self.first_available(),
+        }
+    }
+
+    /// Server: checks a client's RESUME against this session
+    /// (rsocket-protocol.md §9.3). On success the frames to send, in
+    /// order: RESUME_OK, then every stored frame the client has not
+    /// received.
+    pub(crate) fn server_resume(&mut self, resume: &Resume) -> Result<Vec<Frame>, String> {
+        if resume.first_available_client_position > self.implied {
+            return Err(format!(
+                "this side received up to position {} but the client can resend only from {}",
+                self.implied, resume.first_available_client_position
+            ));
+        }
+        let replay = self.replay_from(resume.last_received_server_position)?;
+        let mut out = Vec::with_capacity(replay.len() + 1);
+        out.push(Frame::ResumeOk(ResumeOk {
+            last_received_client_position: self.implied,
+        }));
+        out.extend(replay);
+        self.acked = self.implied;
+        self.ack_due = false;
+        Ok(out)
+    }
+
+    /// Client: applies the server's RESUME_OK; returns the stored frames to
+    /// send again.
+    pub(crate) fn client_resumed(
+        &mut self,
+        last_received_client: u64,
+    ) -> Result<Vec<Frame>, String> {
+        let replay = self.replay_from(last_received_client)?;
+        self.acked = self.implied;
+        self.ack_due = false;
+        Ok(replay)
+    }
+}
