@@ -106,7 +106,7 @@ pub async fn accept<T: Transport>(
     acceptor: &dyn SocketAcceptor,
 ) -> Result<(Requester, ConnectionDriver<T>), ConnectionError> {
     match accept_inner(transport, config, acceptor, None).await? {
-        Accepted::New(requester, driver) => Ok((requester, driver)),
+        Accepted::New(requester, driver) => Ok((requester, *driver)),
         // Without sessions no RESUME is taken.
         Accepted::Resumed => Err(ConnectionError::LocallyClosed),
     }
@@ -115,7 +115,7 @@ pub async fn accept<T: Transport>(
 /// What the first frame of a server-side transport led to.
 enum Accepted<T: Transport> {
     /// A new connection (SETUP).
-    New(Requester, ConnectionDriver<T>),
+    New(Requester, Box<ConnectionDriver<T>>),
     /// A RESUME, handed to the session it names.
     Resumed,
 }
@@ -274,7 +274,7 @@ async fn accept_inner<T: Transport>(
             if let Some((guard, rx)) = session {
                 driver = driver.with_resumer(Resumer::Server(ServerResume { guard, rx }));
             }
-            Ok(Accepted::New(requester, driver))
+            Ok(Accepted::New(requester, Box::new(driver)))
         }
         Err(e) => {
             let frame = Frame::Error(ErrorFrame::new(None, ErrorCode::REJECTED_SETUP, &e.message));
@@ -566,7 +566,7 @@ async fn serve_one<T: Transport>(
 ) {
     let (requester, driver) =
         match accept_inner(transport, config, &*acceptor, sessions.as_ref()).await {
-            Ok(Accepted::New(requester, driver)) => (requester, driver),
+            Ok(Accepted::New(requester, driver)) => (requester, *driver),
             Ok(Accepted::Resumed) => {
                 debug!("transport handed to the session it resumes");
                 return;
