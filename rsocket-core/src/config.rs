@@ -68,7 +68,10 @@ pub struct Config {
     /// and producers wait, as they do for `max_outbound_queue_bytes`. The
     /// session never ends because of it. This side reports its own
     /// received position (KEEPALIVE) after every quarter of this many
-    /// bytes received, so peers should use similar values. Default 4 MiB.
+    /// bytes received, and at least every 64 KiB, so that the peer's store
+    /// is released before it fills (a peer whose store is below 256 KiB
+    /// and below four times ours may wait for the next keepalive).
+    /// Default 4 MiB.
     pub resume_store_bytes: usize,
 }
 

@@ -18,6 +18,11 @@ use std::collections::VecDeque;
 
 use crate::frame::{Frame, Keepalive, Resume, ResumeOk};
 
+/// The received position is reported at least every this many bytes,
+/// whatever the store size, so that a peer with a smaller store than ours
+/// is not kept waiting for the keepalive interval.
+const ACK_EVERY_MAX: u64 = 64 << 10;
+
 /// Whether a frame takes part in position accounting.
 pub(crate) fn is_resumable(frame: &Frame) -> bool {
     match frame {
@@ -62,7 +67,7 @@ impl ResumeState {
             sent: 0,
             implied: 0,
             acked: 0,
-            ack_every: (cap as u64 / 4).max(1),
+            ack_every: (cap as u64 / 4).clamp(1, ACK_EVERY_MAX),
             ack_due: false,
         }
     }
