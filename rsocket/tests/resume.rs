@@ -22,7 +22,9 @@ async fn resumable_echo(uri: &str) -> String {
     let listener = Listener::bind(uri).await.expect("bind");
     let bound = listener.local_uri();
     let server = Server::new(|_setup, _requester| async {
-        Ok(request_response_fn(|req: Payload| async move { Ok(Some(req)) }))
+        Ok(request_response_fn(
+            |req: Payload| async move { Ok(Some(req)) },
+        ))
     })
     .resumption(ServerResumeOptions::default());
     tokio::spawn(server.serve(listener));
