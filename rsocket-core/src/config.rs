@@ -67,11 +67,10 @@ pub struct Config {
     /// the cap when the store is empty): the outbound queue then fills
     /// and producers wait, as they do for `max_outbound_queue_bytes`. The
     /// session never ends because of it. This side reports its own
-    /// received position (KEEPALIVE) after every quarter of this many
+    /// received position (a KEEPALIVE) after every quarter of this many
     /// bytes received, and at least every 64 KiB, so that the peer's store
-    /// is released before it fills (a peer whose store is below 256 KiB
-    /// and below four times ours may wait for the next keepalive).
-    /// Default 4 MiB.
+    /// is released before it fills; a peer whose store is smaller than
+    /// that interval waits for the next keepalive. Default 4 MiB.
     pub resume_store_bytes: usize,
 }
 
