@@ -38,7 +38,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use rsocket::metadata::{CompositeMetadata, RoutingMetadata, WellKnownMimeType};
 use rsocket::{
     async_trait, Config, Listener, MimeType, Payload, PayloadStream, RSocket, RequestError, Server,
-    SetupInfo, StreamError,
+    ServerResumeOptions, SetupInfo, StreamError,
 };
 
 /// What one connection has seen.
@@ -162,7 +162,7 @@ impl Responder {
         format!(
             concat!(
                 r#"{{"impl": "rsocket-rs {}", "fragmentation": true, "metadataPush": true, "#,
-                r#""lease": false, "resume": false, "routing": true}}"#
+                r#""lease": false, "resume": true, "routing": true}}"#
             ),
             env!("CARGO_PKG_VERSION"),
         )
@@ -343,7 +343,13 @@ async fn main() -> anyhow::Result<()> {
         })
     })
     .config(config)
-    .grace_period(Duration::from_millis(200));
+    .grace_period(Duration::from_millis(200))
+    // Resumable sessions (SETUP with a token) survive a lost transport
+    // for 30 s; other connections are unaffected.
+    .resumption(ServerResumeOptions {
+        session_timeout: Duration::from_secs(30),
+        ..ServerResumeOptions::default()
+    });
 
     let listener =
         Listener::bind(&format!("{}://{}:{}", args.transport, args.host, args.port)).await?;

@@ -21,7 +21,7 @@ const CAPS = JSON.stringify({
   fragmentation: true, // reassembles fragmented requests
   metadataPush: false, // the server side drops METADATA_PUSH frames
   lease: false,
-  resume: false,
+  resume: true, // sessions kept 30 s after a lost transport
   routing: true,
 });
 
@@ -226,6 +226,7 @@ async function main() {
   const server = new RSocketServer({
     transport,
     acceptor: { accept: async (setup) => responder(setup) },
+    resume: { sessionTimeout: 30000 },
   });
   const closeable = await server.bind();
   const { port } = listening.address();
