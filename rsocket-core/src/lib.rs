@@ -83,7 +83,7 @@ pub use rsocket::{
 #[cfg(feature = "runtime")]
 pub use runtime::{
     accept, memory_pair, ClientBuilder, ConnectionDriver, MemoryTransport, MetadataPushFuture,
-    Requester, ResponseFuture, ResponseStream, ResumeOptions, Server, ServerResumeOptions,
-    SocketAcceptor, StreamTransport, Transport, TransportError,
+    ReconnectOptions, Reconnecting, Requester, ResponseFuture, ResponseStream, ResumeOptions,
+    Server, ServerResumeOptions, SocketAcceptor, StreamTransport, Transport, TransportError,
 };
 pub use stats::{ConnectionStats, ServerStats};

@@ -174,6 +174,9 @@ async fn accept_loop(
             drop(client);
             continue;
         }
+        // Subscribed before connecting upstream: a cut from now on
+        // covers this connection.
+        let mut gen_rx = generation.subscribe();
         let Ok(server) = TcpStream::connect(upstream).await else {
             continue;
         };
@@ -190,11 +193,8 @@ async fn accept_loop(
         let (cr, cw) = client.into_split();
         let (sr, sw) = server.into_split();
         let control = control.clone();
-        let gen_rx = generation.subscribe();
         let stall_rx = stalled.subscribe();
         tokio::spawn(async move {
-            let mut gen_rx = gen_rx;
-            gen_rx.mark_unchanged();
             let up = pump(
                 cr,
                 sw,

@@ -13,6 +13,7 @@
 
 mod driver;
 mod handshake;
+mod reconnect;
 mod requester;
 mod responder;
 mod resume;
@@ -26,6 +27,7 @@ use tracing::info_span;
 
 pub use driver::ConnectionDriver;
 pub use handshake::Handshakes;
+pub use reconnect::{ReconnectOptions, Reconnecting};
 pub use requester::{MetadataPushFuture, OpenFuture, Requester, ResponseFuture, ResponseStream};
 pub use resume::{ResumeOptions, ServerResumeOptions};
 pub use server::{accept, ServeError, Server, ServerStatsHandle, SocketAcceptor};
@@ -171,6 +173,42 @@ impl ClientBuilder {
         let (reader, writer) = transport.split();
         let driver = ConnectionDriver::new(shared.clone(), reader, writer, self.responder);
         Ok((Requester::new(shared), driver))
+    }
+
+    /// Connects without resumption, and replaces the connection when it
+    /// ends: the returned [`Reconnecting`] client sends each request over
+    /// the current connection, opening a new one (calling `connect` again,
+    /// with jittered exponential backoff, see [`ReconnectOptions`]) when
+    /// the current one has ended. Requests that were open on a connection
+    /// that ended fail with its [`ConnectionError`]; nothing is replayed.
+    /// Any server works. An error opening the first transport is returned.
+    pub async fn connect_reconnecting<T, F, Fut>(
+        self,
+        connect: F,
+        options: ReconnectOptions,
+    ) -> Result<Reconnecting, ConnectionError>
+    where
+        T: Transport,
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::io::Result<T>> + Send + 'static,
+    {
+        self.config.validate()?;
+        let builder = self;
+        let connect = Arc::new(connect);
+        let open: Arc<
+            dyn Fn() -> futures::future::BoxFuture<'static, Result<Requester, ConnectionError>>
+                + Send
+                + Sync,
+        > = Arc::new(move || {
+            let builder = builder.clone();
+            let fut = connect();
+            Box::pin(async move {
+                let transport = fut.await?;
+                Ok(builder.connect(transport)?)
+            })
+        });
+        let first = open().await?;
+        Ok(Reconnecting::new(open, options, first))
     }
 
     /// Connects with session resumption and spawns the driver.
