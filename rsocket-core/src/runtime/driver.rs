@@ -242,7 +242,7 @@ impl<T: Transport> ConnectionDriver<T> {
             }
             None => return,
         };
-        self.session_deadline = Some(now + timeout);
+        self.session_deadline = Some(super::resume::deadline(now, timeout));
     }
 
     /// Installs a new transport after a successful RESUME exchange;
@@ -281,9 +281,6 @@ impl<T: Transport> ConnectionDriver<T> {
     /// path, the client's reconnect attempts, the session deadline.
     fn poll_resumption(&mut self, cx: &mut Context<'_>) {
         let now = Instant::now();
-        if self.shared.lock().closed().is_some() {
-            return;
-        }
         loop {
             match &mut self.resumer {
                 Some(Resumer::Server(srv)) => match srv.rx.poll_recv(cx) {

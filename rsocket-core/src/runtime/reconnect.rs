@@ -96,7 +96,7 @@ impl Reconnecting {
             }
         }
         let opts = &self.inner.options;
-        let deadline = tokio::time::Instant::now() + opts.max_wait;
+        let deadline = super::resume::deadline(tokio::time::Instant::now(), opts.max_wait);
         let mut delay = opts.min_backoff;
         let mut rng = Rng::new();
         loop {
@@ -114,12 +114,15 @@ impl Reconnecting {
                         rng.next_u64() % nanos
                     };
                     let wait = half + Duration::from_nanos(jitter);
-                    if tokio::time::Instant::now() + wait >= deadline {
+                    let now = tokio::time::Instant::now();
+                    if super::resume::deadline(now, wait) >= deadline {
                         return Err(e);
                     }
                     debug!(error = %e, ?wait, "reconnect failed; retrying");
                     tokio::time::sleep(wait).await;
-                    delay = (delay * 2).min(opts.max_backoff.max(opts.min_backoff));
+                    delay = delay
+                        .saturating_mul(2)
+                        .min(opts.max_backoff.max(opts.min_backoff));
                 }
             }
         }

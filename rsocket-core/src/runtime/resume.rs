@@ -155,7 +155,7 @@ impl Backoff {
 
     fn next_delay(&mut self) -> Duration {
         let base = self.current;
-        self.current = (self.current * 2).min(self.max);
+        self.current = self.current.saturating_mul(2).min(self.max);
         let half = base / 2;
         let nanos = half.as_nanos().min(u128::from(u64::MAX)) as u64;
         let jitter = if nanos == 0 {
@@ -165,6 +165,14 @@ impl Backoff {
         };
         half + Duration::from_nanos(jitter)
     }
+}
+
+/// `now + d`, or a point a century away when that overflows (a timeout
+/// configured as "forever").
+pub(crate) fn deadline(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
 }
 
 /// A boxed factory of new transports.
@@ -230,7 +238,7 @@ impl<T: Transport> ClientResume<T> {
     /// An attempt failed and may be retried.
     pub(crate) fn retry_later(&mut self, now: Instant) {
         self.attempt = None;
-        self.next_attempt = Some(now + self.backoff.next_delay());
+        self.next_attempt = Some(deadline(now, self.backoff.next_delay()));
     }
 
     /// Starts an attempt that sends `resume` on a new transport.
