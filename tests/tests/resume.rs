@@ -556,3 +556,85 @@ async fn websocket_stream_survives_cuts() {
     expect_sequence(client.request_stream(Payload::from("count:30000")), 30_000).await;
     assert_eq!(proxy.cuts(), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_resumption_refuses_a_resumable_client() {
+    let listener = rsocket_transport_tcp::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let probe = Arc::new(Probe::default());
+    let gate = Arc::new(Semaphore::new(1));
+    let server = Server::new(move |_setup, _requester| {
+        let responder = Responder {
+            probe: probe.clone(),
+            gate: gate.clone(),
+        };
+        async move { Ok(responder) }
+    });
+    tokio::spawn(server.serve(listener));
+    let connects = Arc::new(AtomicUsize::new(0));
+    let client = within(
+        "connect",
+        ClientBuilder::new()
+            .resume(fast_resume())
+            .connect_resumable({
+                let connects = connects.clone();
+                move || {
+                    connects.fetch_add(1, Ordering::SeqCst);
+                    rsocket_transport_tcp::connect(addr)
+                }
+            }),
+    )
+    .await
+    .expect("transport opened");
+    let err = within("the request", client.request_response(Payload::from("x")))
+        .await
+        .expect_err("refused");
+    match err {
+        RequestError::Connection(ConnectionError::SetupRejected { code, .. }) => {
+            assert_eq!(code, rsocket_core::ErrorCode::REJECTED_SETUP)
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    // A refused SETUP is final: no reconnect.
+    within("closed", client.closed()).await;
+    assert_eq!(connects.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_made_while_detached_go_out_after_the_resume() {
+    let fx = tcp_fixture(ServerResumeOptions::default(), Config::default()).await;
+    let client = tcp_client(fx.proxy.addr(), fast_resume(), Config::default()).await;
+    fx.gate.add_permits(20);
+    within("warm up", client.request_response(Payload::from("warm")))
+        .await
+        .expect("answered");
+    // Unreachable for a while: requests made now wait for the resume.
+    fx.proxy.refuse(true);
+    fx.proxy.cut();
+    let calls: Vec<_> = (0..5)
+        .map(|i| {
+            let c = client.clone();
+            tokio::spawn(
+                async move { c.request_response(Payload::from(format!("late {i}"))).await },
+            )
+        })
+        .collect();
+    let accepted = fx.proxy.accepted();
+    until("a refused reconnect attempt", || {
+        fx.proxy.accepted() > accepted
+    })
+    .await;
+    fx.proxy.refuse(false);
+    for (i, call) in calls.into_iter().enumerate() {
+        let reply = within("answer", call)
+            .await
+            .expect("task")
+            .expect("answered");
+        assert_eq!(
+            reply.expect("payload").data_utf8(),
+            Some(format!("late {i}").as_str())
+        );
+    }
+}

@@ -216,3 +216,117 @@ impl ResumeState {
         Ok(replay)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{ErrorCode, ErrorFrame, PayloadFrame, StreamId};
+    use crate::Payload;
+
+    fn item(data: &'static str) -> Frame {
+        let id = StreamId::new(1).expect("id");
+        Frame::Payload(PayloadFrame::next(id, Payload::from(data)))
+    }
+
+    fn send(s: &mut ResumeState, f: &Frame) -> u64 {
+        let len = f.encoded_len();
+        s.record_sent(f, len);
+        len as u64
+    }
+
+    #[test]
+    fn only_stream_frames_have_positions() {
+        assert!(is_resumable(&item("x")));
+        let id = StreamId::new(3).expect("id");
+        assert!(is_resumable(&Frame::Error(ErrorFrame::new(
+            Some(id),
+            ErrorCode::APPLICATION_ERROR,
+            "e"
+        ))));
+        assert!(!is_resumable(&Frame::Error(ErrorFrame::new(
+            None,
+            ErrorCode::CONNECTION_ERROR,
+            "e"
+        ))));
+        assert!(!is_resumable(&Frame::Keepalive(Keepalive {
+            respond: true,
+            last_received_position: 0,
+            data: bytes::Bytes::new(),
+        })));
+    }
+
+    #[test]
+    fn release_drops_whole_frames_only() {
+        let mut s = ResumeState::new(1 << 20);
+        let a = send(&mut s, &item("a"));
+        let b = send(&mut s, &item("bb"));
+        assert_eq!(s.sent(), a + b);
+        // Inside the second frame: only the first goes.
+        assert!(s.release(a + 1));
+        assert_eq!(s.first_available(), a);
+        assert_eq!(s.bytes(), b as usize);
+        // Beyond what was sent: ignored.
+        assert!(!s.release(a + b + 1));
+        assert!(s.release(a + b));
+        assert_eq!(s.bytes(), 0);
+        assert_eq!(s.first_available(), a + b);
+    }
+
+    #[test]
+    fn the_store_has_room_for_one_frame_past_the_cap_when_empty() {
+        let mut s = ResumeState::new(10);
+        assert!(s.has_room(100));
+        send(&mut s, &item("0123456789"));
+        assert!(!s.has_room(1));
+    }
+
+    #[test]
+    fn resume_replays_from_a_frame_boundary_and_refuses_others() {
+        let mut s = ResumeState::new(1 << 20);
+        let a = send(&mut s, &item("a"));
+        let _b = send(&mut s, &item("bb"));
+        s.record_received(40);
+        let ok = |pos| Resume {
+            version: crate::frame::Version::V1_0,
+            resume_token: bytes::Bytes::from_static(b"t"),
+            last_received_server_position: pos,
+            first_available_client_position: 0,
+        };
+        assert!(s.server_resume(&ok(a + 1)).is_err(), "inside a frame");
+        let frames = s.server_resume(&ok(a)).expect("boundary");
+        assert_eq!(
+            frames[0],
+            Frame::ResumeOk(ResumeOk {
+                last_received_client_position: 40
+            })
+        );
+        assert_eq!(frames[1..], [item("bb")]);
+        // `a` was released by that resume: it can no longer be replayed.
+        assert!(s.client_resumed(0).is_err());
+        let mut gap = ok(a);
+        gap.first_available_client_position = 41;
+        assert!(
+            s.server_resume(&gap).is_err(),
+            "client cannot resend 40..41"
+        );
+    }
+
+    #[test]
+    fn acknowledgement_is_due_every_quarter_of_the_cap() {
+        let mut s = ResumeState::new(400);
+        assert!(!s.record_received(99));
+        assert!(s.take_ack().is_none());
+        assert!(s.record_received(1));
+        match s.take_ack() {
+            Some(Frame::Keepalive(k)) => {
+                assert!(!k.respond);
+                assert_eq!(k.last_received_position, 100);
+            }
+            other => panic!("expected KEEPALIVE, got {other:?}"),
+        }
+        assert!(!s.record_received(99));
+        // A large cap still acknowledges every 64 KiB.
+        let mut big = ResumeState::new(1 << 30);
+        assert!(big.record_received(ACK_EVERY_MAX as usize));
+    }
+}
