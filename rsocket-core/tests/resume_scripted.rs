@@ -720,3 +720,11 @@ async fn detached_sessions_over_the_count_limit_are_evicted() {
     drop(raw);
     resume_until_rejected(&server, b"many", len(&x0)).await;
 }
+
+#[tokio::test]
+async fn server_refuses_an_empty_resume_token() {
+    let server = resumable_server(ServerResumeOptions::default());
+    let mut raw = connect_raw(&server);
+    send(&mut raw, Frame::Setup(Box::new(setup_with_token(b"")))).await;
+    assert_connection_error(&expect_frame(&mut raw).await, ErrorCode::REJECTED_SETUP);
+}

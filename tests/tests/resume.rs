@@ -638,3 +638,33 @@ async fn requests_made_while_detached_go_out_after_the_resume() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_session_is_not_resumed() {
+    let fx = tcp_fixture(ServerResumeOptions::default(), Config::default()).await;
+    let client = tcp_client(fx.proxy.addr(), fast_resume(), Config::default()).await;
+    let mut stream = client.request_stream_with_credit(Payload::from("forever"), 1);
+    within("first item", stream.next())
+        .await
+        .expect("item")
+        .expect("ok");
+    // Graceful close begins (CONNECTION_CLOSE sent); the stream stays open.
+    client.close();
+    fx.proxy.cut();
+    let err = loop {
+        match within("stream to end", stream.next()).await {
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => break e,
+            None => panic!("completed instead of failing"),
+        }
+    };
+    assert!(
+        !matches!(
+            err,
+            RequestError::Connection(ConnectionError::ResumeFailed { .. })
+        ),
+        "{err}"
+    );
+    within("closed", client.closed()).await;
+    assert_eq!(fx.proxy.accepted(), 1, "no reconnect while closing");
+}
