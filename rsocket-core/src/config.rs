@@ -68,7 +68,7 @@ pub struct Config {
     /// and producers wait, as they do for `max_outbound_queue_bytes`. The
     /// session never ends because of it. This side reports its own
     /// received position (a KEEPALIVE) after every quarter of this many
-    /// bytes received, and at least every 64 KiB, so that the peer's store
+    /// bytes received, and at least every 256 KiB, so that the peer's store
     /// is released before it fills; a peer whose store is smaller than
     /// that interval waits for the next keepalive. Default 4 MiB.
     pub resume_store_bytes: usize,

@@ -20,8 +20,11 @@ use crate::frame::{Frame, Keepalive, Resume, ResumeOk};
 
 /// The received position is reported at least every this many bytes,
 /// whatever the store size, so that a peer with a smaller store than ours
-/// is not kept waiting for the keepalive interval.
-const ACK_EVERY_MAX: u64 = 64 << 10;
+/// is not kept waiting for the keepalive interval. (Each report costs a
+/// write here and a wake-up at the peer: reporting every 64 KiB rather
+/// than every 1 MiB cost about 9% of `stream_64`'s throughput on a
+/// two-thread runtime; 256 KiB is the middle ground.)
+const ACK_EVERY_MAX: u64 = 256 << 10;
 
 /// Whether a frame takes part in position accounting.
 pub(crate) fn is_resumable(frame: &Frame) -> bool {
@@ -325,7 +328,7 @@ mod tests {
             other => panic!("expected KEEPALIVE, got {other:?}"),
         }
         assert!(!s.record_received(99));
-        // A large cap still acknowledges every 64 KiB.
+        // A large cap still acknowledges every 256 KiB.
         let mut big = ResumeState::new(1 << 30);
         assert!(big.record_received(ACK_EVERY_MAX as usize));
     }

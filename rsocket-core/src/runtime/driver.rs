@@ -283,12 +283,12 @@ impl<T: Transport> ConnectionDriver<T> {
         let now = Instant::now();
         loop {
             match &mut self.resumer {
-                Some(Resumer::Server(srv)) => match srv.rx.poll_recv(cx) {
-                    Poll::Ready(Some(SessionMsg::Resume {
+                Some(Resumer::Server(srv)) => match srv.mailbox.take() {
+                    Some(SessionMsg::Resume {
                         reader,
                         writer,
                         frame,
-                    })) => {
+                    }) => {
                         let outcome = self.shared.lock().server_resume(&frame);
                         match outcome {
                             Ok(first) => {
@@ -314,21 +314,14 @@ impl<T: Transport> ConnectionDriver<T> {
                         }
                         continue;
                     }
-                    Poll::Ready(Some(SessionMsg::Evict)) => {
+                    Some(SessionMsg::Evict) => {
                         if self.link.is_none() {
                             self.give_up(ResumeFailure::Evicted);
                             return;
                         }
                         continue;
                     }
-                    // The server is gone: no RESUME can arrive any more.
-                    Poll::Ready(None) => {
-                        if self.link.is_none() {
-                            self.give_up(ResumeFailure::Evicted);
-                        }
-                        return;
-                    }
-                    Poll::Pending => {}
+                    None => {}
                 },
                 Some(Resumer::Client(cl)) if self.link.is_none() => {
                     if let Some(attempt) = cl.attempt.as_mut() {
@@ -440,6 +433,9 @@ impl<T: Transport> Future for ConnectionDriver<T> {
         let this = &mut *self;
         // A few rounds per poll so that frames produced while handling input
         // go out in the same wake-up; then yield.
+        if let Some(Resumer::Server(srv)) = &this.resumer {
+            srv.mailbox.register(cx);
+        }
         for _round in 0..4 {
             // 0. Resumption: a new transport, a reconnect attempt, the
             // session deadline.

@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
+use futures::task::AtomicWaker;
 use futures::{FutureExt, SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -307,9 +307,66 @@ pub(crate) enum SessionMsg<T: Transport> {
     Evict,
 }
 
+/// Messages for one session's driver. Checked with one atomic load per
+/// driver round (a channel's receive costs more on the hot path of every
+/// resumable connection).
+pub(crate) struct Mailbox<T: Transport> {
+    queue: Mutex<std::collections::VecDeque<SessionMsg<T>>>,
+    pending: std::sync::atomic::AtomicBool,
+    waker: AtomicWaker,
+}
+
+/// RESUMEs waiting for one session at most (more are refused as busy).
+const MAILBOX_CAP: usize = 4;
+
+impl<T: Transport> Mailbox<T> {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            queue: Mutex::new(std::collections::VecDeque::new()),
+            pending: std::sync::atomic::AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+        })
+    }
+
+    /// Queues `msg` (a RESUME only while fewer than `MAILBOX_CAP` wait) and
+    /// wakes the driver.
+    fn post(&self, msg: SessionMsg<T>) -> Result<(), SessionMsg<T>> {
+        {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if matches!(msg, SessionMsg::Resume { .. }) && q.len() >= MAILBOX_CAP {
+                return Err(msg);
+            }
+            q.push_back(msg);
+        }
+        self.pending
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// Registers the driver's waker (once per driver poll).
+    pub(crate) fn register(&self, cx: &std::task::Context<'_>) {
+        self.waker.register(cx.waker());
+    }
+
+    /// The next message, if any.
+    pub(crate) fn take(&self) -> Option<SessionMsg<T>> {
+        if !self.pending.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let msg = q.pop_front();
+        if q.is_empty() {
+            self.pending
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
+        msg
+    }
+}
+
 struct Entry<T: Transport> {
     id: u64,
-    tx: mpsc::Sender<SessionMsg<T>>,
+    mailbox: Arc<Mailbox<T>>,
     /// Since when and with how many stored bytes, while detached.
     detached: Option<(Instant, usize)>,
 }
@@ -350,19 +407,19 @@ impl<T: Transport> Sessions<T> {
     pub(crate) fn register(
         self: &Arc<Self>,
         token: Bytes,
-    ) -> Option<(SessionGuard<T>, mpsc::Receiver<SessionMsg<T>>)> {
+    ) -> Option<(SessionGuard<T>, Arc<Mailbox<T>>)> {
         let mut inner = self.lock();
         if inner.1.contains_key(&token) {
             return None;
         }
         inner.0 += 1;
         let id = inner.0;
-        let (tx, rx) = mpsc::channel(4);
+        let mailbox = Mailbox::new();
         inner.1.insert(
             token.clone(),
             Entry {
                 id,
-                tx,
+                mailbox: mailbox.clone(),
                 detached: None,
             },
         );
@@ -372,7 +429,7 @@ impl<T: Transport> Sessions<T> {
                 token,
                 id,
             },
-            rx,
+            mailbox,
         ))
     }
 
@@ -382,10 +439,7 @@ impl<T: Transport> Sessions<T> {
         let Some(entry) = inner.1.get(token) else {
             return Err(OfferError::UnknownToken(msg));
         };
-        entry.tx.try_send(msg).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(m) => OfferError::Busy(m),
-            mpsc::error::TrySendError::Closed(m) => OfferError::UnknownToken(m),
-        })
+        entry.mailbox.post(msg).map_err(OfferError::Busy)
     }
 }
 
@@ -434,7 +488,7 @@ impl<T: Transport> SessionGuard<T> {
             if let Some(e) = inner.1.get_mut(&victim) {
                 debug!("evicting a detached session to stay within the server's limits");
                 e.detached = None;
-                let _ = e.tx.try_send(SessionMsg::Evict);
+                let _ = e.mailbox.post(SessionMsg::Evict);
             }
         }
     }
@@ -462,7 +516,7 @@ impl<T: Transport> Drop for SessionGuard<T> {
 /// The server's side of resumption, owned by the driver.
 pub(crate) struct ServerResume<T: Transport> {
     pub(crate) guard: SessionGuard<T>,
-    pub(crate) rx: mpsc::Receiver<SessionMsg<T>>,
+    pub(crate) mailbox: Arc<Mailbox<T>>,
 }
 
 /// Either side's resumption state in the driver.

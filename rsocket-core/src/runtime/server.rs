@@ -18,7 +18,8 @@ use tracing::{debug, info_span, warn, Instrument};
 use super::driver::{flush_and_close, ConnectionDriver, Shared};
 use super::requester::Requester;
 use super::resume::{
-    OfferError, Resumer, ServerResume, ServerResumeOptions, SessionGuard, SessionMsg, Sessions,
+    Mailbox, OfferError, Resumer, ServerResume, ServerResumeOptions, SessionGuard, SessionMsg,
+    Sessions,
 };
 use super::tokio_now;
 use super::transport::{Transport, TransportError};
@@ -239,7 +240,7 @@ async fn accept_inner<T: Transport>(
         }
     };
     // A resumable session: the token must not be in use.
-    let mut session: Option<(SessionGuard<T>, tokio::sync::mpsc::Receiver<SessionMsg<T>>)> = None;
+    let mut session: Option<(SessionGuard<T>, Arc<Mailbox<T>>)> = None;
     if let (Some(token), Some(sessions)) = (&setup.resume_token, sessions) {
         match sessions.register(token.clone()) {
             Some(s) => session = Some(s),
@@ -271,8 +272,8 @@ async fn accept_inner<T: Transport>(
     match acceptor.accept(info, requester.clone()).await {
         Ok(responder) => {
             let mut driver = ConnectionDriver::new(shared, reader, writer, responder);
-            if let Some((guard, rx)) = session {
-                driver = driver.with_resumer(Resumer::Server(ServerResume { guard, rx }));
+            if let Some((guard, mailbox)) = session {
+                driver = driver.with_resumer(Resumer::Server(ServerResume { guard, mailbox }));
             }
             Ok(Accepted::New(requester, Box::new(driver)))
         }
