@@ -668,3 +668,14 @@ async fn a_closing_session_is_not_resumed() {
     within("closed", client.closed()).await;
     assert_eq!(fx.proxy.accepted(), 1, "no reconnect while closing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_items_survive_cuts() {
+    // 1 KiB items: frames above the size kept encoded, so the store keeps
+    // the frames themselves.
+    let fx = tcp_fixture(ServerResumeOptions::default(), Config::default()).await;
+    fx.proxy.cut_each(150_000, 3);
+    let client = tcp_client(fx.proxy.addr(), fast_resume(), Config::default()).await;
+    expect_sequence(client.request_stream(Payload::from("big:1000")), 1000).await;
+    assert_eq!(fx.proxy.cuts(), 3);
+}

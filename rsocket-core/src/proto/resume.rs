@@ -11,12 +11,29 @@
 //! prefix) of resumable frames: the four requests, REQUEST_N, CANCEL,
 //! PAYLOAD and ERROR on a stream. Everything on stream 0 (SETUP, LEASE,
 //! KEEPALIVE, METADATA_PUSH, RESUME, RESUME_OK, connection ERROR) and EXT
-//! has no position. Frames are kept as they were sent (their `Bytes` are
-//! shared with what was written, not copied).
+//! has no position. Small frames are kept encoded (copied into shared
+//! chunks, so that keeping them touches no reference count the producer
+//! uses); larger ones are kept as the frames that were written (their
+//! `Bytes` shared, not copied).
 
 use std::collections::VecDeque;
 
+use bytes::{Bytes, BytesMut};
+
 use crate::frame::{Frame, Keepalive, Resume, ResumeOk};
+
+/// Frames up to this many bytes are stored encoded; larger ones by
+/// reference.
+const ENCODE_UP_TO: usize = 1024;
+/// Size of the chunks small frames are encoded into.
+const CHUNK: usize = 64 << 10;
+
+/// A stored frame.
+#[derive(Debug)]
+enum Stored {
+    Encoded(Bytes),
+    Frame(Frame),
+}
 
 /// The received position is reported at least every this many bytes,
 /// whatever the store size, so that a peer with a smaller store than ours
@@ -47,7 +64,9 @@ pub(crate) struct ResumeState {
     cap: usize,
     /// Sent resumable frames not yet acknowledged: (start position, length,
     /// frame).
-    store: VecDeque<(u64, usize, Frame)>,
+    store: VecDeque<(u64, usize, Stored)>,
+    /// Where small frames are encoded.
+    chunk: BytesMut,
     bytes: usize,
     /// Position just past the last frame sent.
     sent: u64,
@@ -66,6 +85,7 @@ impl ResumeState {
         Self {
             cap,
             store: VecDeque::new(),
+            chunk: BytesMut::new(),
             bytes: 0,
             sent: 0,
             implied: 0,
@@ -102,7 +122,16 @@ impl ResumeState {
 
     /// Records a frame handed to the writer.
     pub(crate) fn record_sent(&mut self, frame: &Frame, len: usize) {
-        self.store.push_back((self.sent, len, frame.clone()));
+        let stored = if len <= ENCODE_UP_TO {
+            if self.chunk.capacity() < len {
+                self.chunk = BytesMut::with_capacity(CHUNK);
+            }
+            frame.encode(&mut self.chunk);
+            Stored::Encoded(self.chunk.split().freeze())
+        } else {
+            Stored::Frame(frame.clone())
+        };
+        self.store.push_back((self.sent, len, stored));
         self.bytes += len;
         self.sent += len as u64;
     }
@@ -145,7 +174,7 @@ impl ResumeState {
         Some(Frame::Keepalive(Keepalive {
             respond: false,
             last_received_position: self.implied,
-            data: bytes::Bytes::new(),
+            data: Bytes::new(),
         }))
     }
 
@@ -172,11 +201,18 @@ impl ResumeState {
         if self.first_available() != position {
             return Err(format!("position {position} is not on a frame boundary"));
         }
-        Ok(self.store.iter().map(|(_, _, f)| f.clone()).collect())
+        self.store
+            .iter()
+            .map(|(pos, _, stored)| match stored {
+                Stored::Frame(f) => Ok(f.clone()),
+                Stored::Encoded(b) => Frame::decode(b.clone())
+                    .map_err(|e| format!("stored frame at position {pos} does not decode: {e}")),
+            })
+            .collect()
     }
 
     /// The client's RESUME for this state.
-    pub(crate) fn resume_frame(&self, token: bytes::Bytes) -> Resume {
+    pub(crate) fn resume_frame(&self, token: Bytes) -> Resume {
         Resume {
             version: crate::frame::Version::V1_0,
             resume_token: token,
