@@ -10,7 +10,7 @@
 //! Prints `PASS name`, `FAIL name: reason` or `SKIP name: reason` per case
 //! then `K skipped` and a last line `N passed, M failed`; exits non-zero when a
 //! case failed. A case is skipped only when the server's `caps` answer says
-//! it lacks the feature, or when this engine lacks it (resumption).
+//! it lacks the feature.
 
 use std::future::Future;
 use std::time::Duration;
@@ -22,8 +22,10 @@ use rsocket::metadata::{CompositeMetadata, RoutingMetadata, WellKnownMimeType};
 use rsocket::prelude::ConnectExt;
 use rsocket::{
     ClientBuilder, Config, ConnectionError, ErrorCode, LeaseConfig, MimeType, NoLease, Payload,
-    RequestError, Requester, ResponseStream,
+    RequestError, Requester, ResponseStream, ResumeOptions,
 };
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 
 /// How a case ended.
 enum Outcome {
@@ -84,9 +86,72 @@ async fn connect(args: &Args, builder: ClientBuilder) -> anyhow::Result<Requeste
 
 /// Opens a connection to another port of the server's host.
 async fn connect_port(args: &Args, port: u16, builder: ClientBuilder) -> anyhow::Result<Requester> {
+    Ok(builder.connect_to(&uri(args, port)).await?)
+}
+
+fn uri(args: &Args, port: u16) -> String {
     let path = if args.transport == "ws" { "/" } else { "" };
-    let uri = format!("{}://{}:{}{path}", args.transport, args.host, port);
-    Ok(builder.connect_to(&uri).await?)
+    format!("{}://{}:{port}{path}", args.transport, args.host)
+}
+
+/// A TCP relay to the server that the resume case cuts (both sockets of
+/// every relayed connection closed) to make the client resume.
+struct Relay {
+    port: u16,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    cut: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(host: &str, port: u16) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let local = listener.local_addr()?.port();
+        let upstream = format!("{host}:{port}");
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let task = tokio::spawn({
+            let accepted = accepted.clone();
+            let cut = cut.clone();
+            async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Ok(mut server) = TcpStream::connect(&upstream).await else {
+                        continue;
+                    };
+                    let mut cut_rx = cut.subscribe();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = cut_rx.changed() => {}
+                        }
+                        let _ = client.shutdown().await;
+                    });
+                }
+            }
+        });
+        Ok(Self {
+            port: local,
+            accepted,
+            cut,
+            task,
+        })
+    }
+
+    fn cut(&self) {
+        self.cut.send_modify(|g| *g += 1);
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+        self.task.abort();
+    }
 }
 
 /// The server's `caps` answer.
@@ -218,6 +283,54 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// Through a relay that is cut mid-stream: a resumable session gets 3
+    /// items of a stream with explicit credit, loses its transport, asks
+    /// for the rest, and gets it over the resumed session, in order and
+    /// once; a request/response works afterwards.
+    async fn case_resume(&self) -> CaseResult {
+        if !self.caps.resume {
+            return Ok(Outcome::Skip(format!(
+                "server {} does not support resumption",
+                self.caps.implementation
+            )));
+        }
+        let relay = Relay::start(&self.args.host, self.args.port).await?;
+        let client = ClientBuilder::new()
+            .keepalive(Duration::from_secs(1), Duration::from_secs(10))
+            .resume(ResumeOptions {
+                min_backoff: Duration::from_millis(20),
+                max_backoff: Duration::from_millis(500),
+                session_timeout: self.args.case_timeout,
+                ..ResumeOptions::default()
+            })
+            .connect_resumable_to(&uri(&self.args, relay.port))
+            .await?;
+        let wait = self.args.case_timeout / 2;
+        let mut s = client.request_stream_with_credit(Payload::from("10"), 3);
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            match next_item(&mut s, wait).await? {
+                Some(item) => got.push(text(&item?)),
+                None => bail!("completed after {} items", got.len()),
+            }
+        }
+        relay.cut();
+        s.request(7);
+        while let Some(item) = next_item(&mut s, wait).await? {
+            got.push(text(&item?));
+        }
+        expect_eq("items", got, numbers(10))?;
+        expect_eq(
+            "reply after resume",
+            rr_text(&client, "after-resume").await?,
+            "echo:after-resume".into(),
+        )?;
+        if relay.accepted() < 2 {
+            bail!("the client did not reconnect");
+        }
+        client.close();
+        Ok(Outcome::Pass)
+    }
     async fn case_rr_echo(&self) -> CaseResult {
         let reply = rr(&self.client, Payload::new("hello").with_metadata("meta-1")).await?;
         expect_eq("data", text(&reply), "echo:hello".into())?;
@@ -677,15 +790,7 @@ async fn main() -> anyhow::Result<()> {
         ctx.case_lease_refused(),
     )
     .await;
-    // This engine has no resumption: say so, and what the server claims.
-    let resume = format!(
-        "rsocket-rs client has no resumption support (server resume={})",
-        ctx.caps.resume
-    );
-    run_case("resume", timeout, &mut totals, async {
-        Ok(Outcome::Skip(resume))
-    })
-    .await;
+    run_case("resume", timeout, &mut totals, ctx.case_resume()).await;
 
     ctx.client.close();
     println!("{} skipped", totals.2);

@@ -46,7 +46,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use rsocket::metadata::{CompositeMetadata, RoutingMetadata, WellKnownMimeType};
 use rsocket::{
     async_trait, Config, Lease, LeaseConfig, Listener, MimeType, Payload, PayloadStream, RSocket,
-    RequestError, Requester, Server, SetupInfo, StreamError,
+    RequestError, Requester, Server, ServerResumeOptions, SetupInfo, StreamError,
 };
 
 /// What one connection has seen.
@@ -201,7 +201,7 @@ impl Responder {
         format!(
             concat!(
                 r#"{{"impl": "rsocket-rs {}", "fragmentation": true, "metadataPush": true, "#,
-                r#""lease": true, "resume": false, "routing": true, "noLeasePort": {}}}"#
+                r#""lease": true, "resume": true, "routing": true, "noLeasePort": {}}}"#
             ),
             env!("CARGO_PKG_VERSION"),
             self.no_lease_port,
@@ -412,7 +412,13 @@ async fn main() -> anyhow::Result<()> {
         .config(config.clone())
         .grace_period(Duration::from_millis(200))
         // Grants come from the acceptor and `lease-grant`, no policy.
-        .lease(LeaseConfig::new());
+        .lease(LeaseConfig::new())
+        // Resumable sessions (SETUP with a token) survive a lost transport
+        // for 30 s; other connections are unaffected.
+        .resumption(ServerResumeOptions {
+            session_timeout: Duration::from_secs(30),
+            ..ServerResumeOptions::default()
+        });
     let no_lease_server = Server::new(acceptor)
         .config(config)
         .grace_period(Duration::from_millis(200));

@@ -1,5 +1,9 @@
 //! This project: `rsocket-core` over `rsocket-transport-tcp`, default
 //! configuration, the public API a user calls.
+//!
+//! With `RSOCKET_BENCH_RESUME=1` in the environment, the connection is a
+//! resumable session (`Server::resumption`, `ClientBuilder::connect_resumable`),
+//! to measure what resumption costs when nothing breaks.
 
 use std::any::Any;
 use std::net::SocketAddr;
@@ -12,9 +16,14 @@ use std::time::{Duration, Instant};
 use futures::{Sink, StreamExt};
 use rsocket_core::frame::Frame;
 use rsocket_core::{
-    async_trait, ClientBuilder, Payload, PayloadStream, RSocket, RequestError, Requester, Server,
-    Transport, TransportError,
+    async_trait, ClientBuilder, Config, Payload, PayloadStream, RSocket, RequestError, Requester,
+    Server, ServerResumeOptions, Transport, TransportError,
 };
+
+/// `RSOCKET_BENCH_RESUME=1`: run over a resumable session.
+fn resumable() -> bool {
+    std::env::var_os("RSOCKET_BENCH_RESUME").is_some_and(|v| v == "1")
+}
 use rsocket_transport_tcp::{connect, TcpListener};
 
 use crate::common::*;
@@ -89,6 +98,11 @@ async fn start_server(produced: Arc<Produced>, arrivals: Arc<Arrivals>) -> Socke
         };
         async move { Ok(r) }
     });
+    let server = if resumable() {
+        server.resumption(ServerResumeOptions::default())
+    } else {
+        server
+    };
     tokio::spawn(server.serve(listener));
     addr
 }
@@ -97,9 +111,16 @@ async fn setup() -> Setup {
     let produced = Arc::new(Produced::default());
     let arrivals = Arrivals::new();
     let addr = start_server(produced.clone(), arrivals.clone()).await;
-    let client = ClientBuilder::new()
-        .connect(connect(addr).await.expect("connect"))
-        .expect("client");
+    let client = if resumable() {
+        ClientBuilder::new()
+            .connect_resumable(move || connect(addr))
+            .await
+            .expect("client")
+    } else {
+        ClientBuilder::new()
+            .connect(connect(addr).await.expect("connect"))
+            .expect("client")
+    };
     // one round trip so the connection is established before measuring
     client
         .request_response(Payload::new(payload(SMALL)))

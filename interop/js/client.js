@@ -13,7 +13,7 @@ const { TcpClientTransport } = require("rsocket-tcp-client");
 const { WebsocketClientTransport } = require("rsocket-websocket-client");
 const { encodeCompositeMetadata, encodeRoute, WellKnownMimeType } = require("rsocket-composite-metadata");
 const WebSocket = require("ws");
-const { COMPOSITE, IMPL, parseArgs, buf } = require("./common");
+const { COMPOSITE, IMPL, parseArgs, buf, startRelay } = require("./common");
 
 const OCTET_STREAM = "application/octet-stream";
 // After a batch was delivered, how long to watch for items beyond the
@@ -98,8 +98,9 @@ class Conformance {
     this.skipped = 0;
   }
 
-  async connect({ metadataMimeType = OCTET_STREAM, fragment = 0, lease = false, port = this.args.port } = {}) {
-    const { host } = this.args;
+  async connect({ metadataMimeType = OCTET_STREAM, fragment = 0, lease = false, port: viaPort = 0, resume } = {}) {
+    const host = this.args.host;
+    const port = viaPort || this.args.port;
     const transport =
       this.args.transport === "tcp"
         ? new TcpClientTransport({ connectionOptions: { host, port } })
@@ -115,6 +116,7 @@ class Conformance {
       // server's LEASE (rsocket-js queues them; it never fails them).
       ...(lease ? { lease: { maxPendingRequests: 256 } } : {}),
       transport,
+      resume,
     });
     return connector.connect();
   }
@@ -380,9 +382,34 @@ class Conformance {
     expectEq("setup error", error && error.code, want);
   }
 
+  // Through a relay that the case cuts: a stream with explicit credit gets
+  // 3 items, the transport is cut, more credit is requested, and the rest
+  // arrives over the resumed session, in order and once.
   async case_resume() {
     if (!this.caps.resume) this.skipServer("resumption");
-    throw new Skip("resumption is not exercised by this client");
+    const relay = await startRelay(this.args.host, this.args.port);
+    try {
+      const token = Buffer.from(`js-resume-${process.pid}-${Date.now()}`);
+      const client = await this.connect({
+        port: relay.port,
+        resume: {
+          tokenGenerator: () => token,
+          // The delay before each reconnect attempt.
+          reconnectFunction: (attempt) => sleep(Math.min(20 * 2 ** attempt, 500)),
+        },
+      });
+      this.extra.push(client);
+      const c = this.stream(client, { data: Buffer.from("10") }, 3);
+      await c.until(() => c.items.length >= 3 || c.terminated);
+      if (c.terminated) throw new Error(`ended after ${c.items.length} items: ${c.error && c.error.message}`);
+      relay.cut();
+      c.handle.request(7);
+      expectEq("items", await c.finish(), ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]);
+      expectEq("reply after resume", await this.rrText(client, "after-resume"), "echo:after-resume");
+      if (relay.accepted < 2) throw new Error(`the client did not reconnect (${relay.accepted} connection)`);
+    } finally {
+      relay.close();
+    }
   }
 
   // --- driver -------------------------------------------------------------

@@ -60,4 +60,46 @@ function buf(x) {
   return Buffer.isBuffer(x) ? x : Buffer.from(x);
 }
 
-module.exports = { COMPOSITE, ROUTING, IMPL, parseArgs, routeOf, buf };
+// A TCP relay on 127.0.0.1 to host:port whose connections the resume case
+// cuts (both sockets destroyed) to make the client resume. Resolves once
+// listening; `port` is where to connect, `accepted` counts connections.
+function startRelay(host, port) {
+  const net = require("net");
+  const live = new Set();
+  const relay = { port: 0, accepted: 0 };
+  const server = net.createServer((client) => {
+    relay.accepted += 1;
+    const upstream = net.connect({ host, port });
+    const pair = [client, upstream];
+    live.add(pair);
+    const drop = () => {
+      live.delete(pair);
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on("error", drop).on("close", drop);
+    upstream.on("error", drop).on("close", drop);
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  relay.cut = () => {
+    for (const [a, b] of live) {
+      a.destroy();
+      b.destroy();
+    }
+    live.clear();
+  };
+  relay.close = () => {
+    relay.cut();
+    server.close();
+  };
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      relay.port = server.address().port;
+      resolve(relay);
+    });
+  });
+}
+
+module.exports = { COMPOSITE, ROUTING, IMPL, parseArgs, routeOf, buf, startRelay };

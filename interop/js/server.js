@@ -28,7 +28,7 @@ const caps = () =>
     // rsocket-js 1.0.0-alpha.3 servers cannot send LEASE frames (a server
     // configured with `lease` only honours its clients' leases).
     lease: false,
-    resume: false,
+    resume: true, // sessions kept 30 s after a lost transport
     routing: true,
     noLeasePort: boundPort,
   });
@@ -234,6 +234,7 @@ async function main() {
   const server = new RSocketServer({
     transport,
     acceptor: { accept: async (setup) => responder(setup) },
+    resume: { sessionTimeout: 30000 },
   });
   const closeable = await server.bind();
   const { port } = listening.address();

@@ -10,7 +10,8 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use futures::StreamExt;
 use rsocket_core::{
-    memory_pair, ClientBuilder, Payload, PayloadStream, RSocket, RequestError, Requester, Server,
+    memory_pair, ClientBuilder, MemoryTransport, Payload, PayloadStream, RSocket, RequestError,
+    Requester, ResumeOptions, Server, ServerResumeOptions,
 };
 
 struct Bench;
@@ -41,12 +42,38 @@ fn setup(rt: &tokio::runtime::Runtime) -> Requester {
     })
 }
 
+/// The same over a resumable session (store, positions, acknowledgements;
+/// no cut): the cost of resumption when nothing goes wrong.
+fn setup_resumable(rt: &tokio::runtime::Runtime) -> Requester {
+    rt.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<MemoryTransport>();
+        let incoming = futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|t| t.map(Ok)));
+        let server = Server::new(|_s, _r| async { Ok(Arc::new(Bench) as Arc<dyn RSocket>) })
+            .resumption(ServerResumeOptions::default());
+        tokio::spawn(server.serve_with_shutdown(incoming, futures::future::pending()));
+        ClientBuilder::new()
+            .resume(ResumeOptions::default())
+            .connect_resumable(move || {
+                let tx = tx.clone();
+                async move {
+                    let (c, s) = memory_pair(256 * 1024);
+                    tx.send(s)
+                        .map_err(|_| std::io::Error::other("server gone"))?;
+                    Ok(c)
+                }
+            })
+            .await
+            .expect("connect")
+    })
+}
+
 fn engine(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let requester = setup(&rt);
+    let resumable = setup_resumable(&rt);
     let payload = Payload::new(Bytes::from(vec![1u8; 64]));
 
     let mut g = c.benchmark_group("memory");
@@ -90,6 +117,26 @@ fn engine(c: &mut Criterion) {
                 for _ in 0..iters {
                     let start = Instant::now();
                     let n = requester
+                        .request_stream(Payload::from(ITEMS.to_string()))
+                        .fold(0u64, |n, r| {
+                            r.expect("item");
+                            futures::future::ready(n + 1)
+                        })
+                        .await;
+                    total += start.elapsed();
+                    assert_eq!(n, ITEMS);
+                }
+                total
+            })
+        })
+    });
+    g.bench_function("request_stream_100k_x64B_resumable", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    let n = resumable
                         .request_stream(Payload::from(ITEMS.to_string()))
                         .fold(0u64, |n, r| {
                             r.expect("item");

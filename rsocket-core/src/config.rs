@@ -65,6 +65,19 @@ pub struct Config {
     /// `ERROR[UNSUPPORTED_SETUP]`. `ClientBuilder::lease` and
     /// `Server::lease` set it.
     pub lease: Option<LeaseConfig>,
+    /// Resumable connections only: bytes of sent resumable frames (requests,
+    /// REQUEST_N, CANCEL, stream ERROR, PAYLOAD) kept until the peer
+    /// acknowledges them, so that they can be sent again after a
+    /// reconnect. When the store is full, nothing more is handed to the
+    /// transport until an acknowledgement frees room (one frame may pass
+    /// the cap when the store is empty): the outbound queue then fills
+    /// and producers wait, as they do for `max_outbound_queue_bytes`. The
+    /// session never ends because of it. This side reports its own
+    /// received position (a KEEPALIVE) after every quarter of this many
+    /// bytes received, and at least every 256 KiB, so that the peer's store
+    /// is released before it fills; a peer whose store is smaller than
+    /// that interval waits for the next keepalive. Default 4 MiB.
+    pub resume_store_bytes: usize,
 }
 
 impl Default for Config {
@@ -80,6 +93,7 @@ impl Default for Config {
             setup_timeout: Duration::from_secs(30),
             close_timeout: Duration::from_secs(30),
             lease: None,
+            resume_store_bytes: 4 << 20,
         }
     }
 }
@@ -117,6 +131,9 @@ impl Config {
         }
         if self.outbound_stall_timeout.is_zero() {
             return Err(ConfigError::Zero("outbound_stall_timeout"));
+        }
+        if self.resume_store_bytes == 0 {
+            return Err(ConfigError::Zero("resume_store_bytes"));
         }
         if self.setup_timeout.is_zero() {
             return Err(ConfigError::Zero("setup_timeout"));
@@ -178,11 +195,15 @@ pub(crate) fn duration_ms_or_zero(d: Duration) -> u32 {
 
 impl SetupParams {
     pub(crate) fn to_frame(&self) -> Setup {
+        self.to_frame_with_token(None)
+    }
+
+    pub(crate) fn to_frame_with_token(&self, resume_token: Option<bytes::Bytes>) -> Setup {
         Setup {
             version: Version::V1_0,
             keepalive_interval_ms: duration_ms(self.keepalive_interval),
             max_lifetime_ms: duration_ms(self.max_lifetime),
-            resume_token: None,
+            resume_token,
             lease: false,
             metadata_mime_type: self.metadata_mime_type.clone(),
             data_mime_type: self.data_mime_type.clone(),

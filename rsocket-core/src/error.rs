@@ -107,6 +107,45 @@ pub enum ConnectionError {
     /// The connection never started: its configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A resumable session lost its transport and could not be resumed;
+    /// every request still pending on it fails with this error.
+    #[error("session could not be resumed: {reason}")]
+    ResumeFailed {
+        /// Why.
+        reason: ResumeFailure,
+    },
+}
+
+/// Why a resumable session could not be resumed (see
+/// [`ConnectionError::ResumeFailed`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResumeFailure {
+    /// No new transport resumed the session within the session timeout.
+    #[error("not resumed within the session timeout of {0:?}")]
+    SessionTimeout(std::time::Duration),
+    /// The peer refused the resumption (`ERROR[REJECTED_RESUME]` or
+    /// `ERROR[CONNECTION_ERROR]` in answer to RESUME).
+    #[error("the peer rejected the resumption with {code}: {message}")]
+    Rejected {
+        /// The code it sent.
+        code: ErrorCode,
+        /// Its message.
+        message: String,
+    },
+    /// This side refused the peer's resumption, or the positions the peer
+    /// reported cannot be honoured (frames it lacks were already
+    /// released, or a position is not on a frame boundary).
+    #[error("positions cannot be honoured: {0}")]
+    Positions(String),
+    /// The server dropped the detached session to stay within its limits
+    /// on detached sessions (count or bytes).
+    #[error("the detached session was evicted by the server's limits")]
+    Evicted,
+    /// The peer answered RESUME with something other than RESUME_OK or
+    /// ERROR.
+    #[error("unexpected answer to RESUME: {0}")]
+    Protocol(String),
 }
 
 impl ConnectionError {
@@ -119,6 +158,10 @@ impl ConnectionError {
             Self::SetupRejected { initiator, .. } => *initiator,
             Self::KeepaliveTimeout => Initiator::Remote,
             Self::LimitExceeded(_) | Self::LocallyClosed | Self::Config(_) => Initiator::Local,
+            Self::ResumeFailed { reason } => match reason {
+                ResumeFailure::Rejected { .. } | ResumeFailure::Protocol(_) => Initiator::Remote,
+                _ => Initiator::Local,
+            },
         }
     }
 }

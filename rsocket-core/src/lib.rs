@@ -41,6 +41,18 @@
 //! assert_eq!(reply.unwrap().data, "hi");
 //! # Ok(()) }
 //! ```
+//!
+//! # Resumption
+//!
+//! A session can outlive its transport (rsocket-protocol.md §9): enable it
+//! on the server with [`Server::resumption`] and connect the client with
+//! [`ClientBuilder::connect_resumable`], which takes a function that opens
+//! a new transport. Both sides keep the frames the peer has not
+//! acknowledged (capped by [`Config::resume_store_bytes`]); after a lost
+//! transport the client reconnects with backoff and sends RESUME, both
+//! sides replay what the other lacks, and open streams go on. Requests fail
+//! only when the session cannot be resumed, with
+//! [`ConnectionError::ResumeFailed`] and a [`ResumeFailure`] saying why.
 #![forbid(unsafe_code)]
 // Without the runtime, the state machine has no caller inside the crate.
 #![cfg_attr(not(feature = "runtime"), allow(dead_code))]
@@ -60,8 +72,8 @@ pub mod stats;
 
 pub use config::{Config, PeerInfo, SetupInfo, SetupParams};
 pub use error::{
-    ConfigError, ConnectionError, Initiator, Limit, NoLease, RequestError, StreamError,
-    StreamViolation,
+    ConfigError, ConnectionError, Initiator, Limit, NoLease, RequestError, ResumeFailure,
+    StreamError, StreamViolation,
 };
 pub use frame::{ErrorCode, Frame, MimeType, RequestCount, StreamId};
 pub use lease::{Lease, LeaseConfig, LeasePolicy, LeaseState};
@@ -77,7 +89,8 @@ pub use rsocket::{
 #[cfg(feature = "runtime")]
 pub use runtime::{
     accept, memory_pair, ClientBuilder, ConnectionDriver, MemoryTransport, MetadataPushFuture,
-    Requester, ResponseFuture, ResponseStream, ServeError, Server, SocketAcceptor, StreamTransport,
-    Transport, TransportError,
+    ReconnectOptions, Reconnecting, Requester, ResponseFuture, ResponseStream, ResumeOptions,
+    ServeError, Server, ServerResumeOptions, SocketAcceptor, StreamTransport, Transport,
+    TransportError,
 };
 pub use stats::{ConnectionStats, ServerStats};

@@ -64,6 +64,9 @@ pub struct ConnectionStats {
     /// Fire-and-forget requests from the peer dropped, unanswered, because
     /// they exceeded the lease this side granted.
     pub lease_dropped_fnf: u64,
+    /// Resumable connections: bytes of sent frames kept until the peer
+    /// acknowledges them (`Config::resume_store_bytes` caps it).
+    pub resume_store_bytes: usize,
 }
 
 /// A snapshot of a server's counters: its connections, and the sum of their

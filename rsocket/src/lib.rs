@@ -87,6 +87,10 @@ pub enum ConnectError {
     /// The client configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A resumable connection could not be set up (its first transport
+    /// failed to open, say).
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
 }
 
 /// Transport settings beyond the URI.
@@ -202,6 +206,24 @@ pub trait ConnectExt: Sized {
         uri: &str,
         options: &TransportOptions,
     ) -> impl std::future::Future<Output = Result<Requester, ConnectError>> + Send;
+
+    /// Connects with session resumption
+    /// ([`ClientBuilder::connect_resumable`]): every reconnect opens a new
+    /// transport to `uri`. Settings come from
+    /// [`ClientBuilder::resume`]; the server must enable
+    /// [`Server::resumption`].
+    fn connect_resumable_to(
+        self,
+        uri: &str,
+    ) -> impl std::future::Future<Output = Result<Requester, ConnectError>> + Send;
+
+    /// [`connect_resumable_to`](Self::connect_resumable_to) with transport
+    /// options.
+    fn connect_resumable_to_with(
+        self,
+        uri: &str,
+        options: &TransportOptions,
+    ) -> impl std::future::Future<Output = Result<Requester, ConnectError>> + Send;
 }
 
 impl ConnectExt for ClientBuilder {
@@ -217,6 +239,33 @@ impl ConnectExt for ClientBuilder {
     ) -> Result<Requester, ConnectError> {
         let transport = open_transport(uri, options).await?;
         Ok(self.connect(transport)?)
+    }
+
+    async fn connect_resumable_to(self, uri: &str) -> Result<Requester, ConnectError> {
+        self.connect_resumable_to_with(uri, &TransportOptions::default())
+            .await
+    }
+
+    async fn connect_resumable_to_with(
+        self,
+        uri: &str,
+        options: &TransportOptions,
+    ) -> Result<Requester, ConnectError> {
+        // A bad URI is reported as such, not as a failed connection.
+        let _: TransportUri = uri.parse()?;
+        let uri = uri.to_owned();
+        let options = options.clone();
+        let open = move || {
+            let uri = uri.clone();
+            let options = options.clone();
+            async move {
+                open_transport(&uri, &options).await.map_err(|e| match e {
+                    ConnectError::Io(e) => e,
+                    other => std::io::Error::other(other),
+                })
+            }
+        };
+        Ok(self.connect_resumable(open).await?)
     }
 }
 

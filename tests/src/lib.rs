@@ -30,6 +30,7 @@
 //!   turn a hang into a failure; no test orders events by sleeping.
 
 mod lifecycle;
+pub mod proxy;
 pub mod responder;
 pub mod scenarios;
 

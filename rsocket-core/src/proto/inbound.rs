@@ -67,6 +67,21 @@ impl Connection {
         if !self.established && !matches!(&frame, Frame::Error(e) if e.stream_id.is_none()) {
             self.established = true;
         }
+        if let Some(r) = self.resume.as_mut() {
+            if super::is_resumable(&frame) {
+                if r.record_received(len) {
+                    wake(&mut self.writer_waker);
+                }
+            } else if let Frame::Keepalive(k) = &frame {
+                if !r.release(k.last_received_position) {
+                    debug!(
+                        position = k.last_received_position,
+                        sent = r.sent(),
+                        "ignoring a KEEPALIVE position beyond what was sent"
+                    );
+                }
+            }
+        }
         match frame {
             Frame::Setup(_) => debug!("ignoring SETUP on an established connection"),
             Frame::Lease(l) => self.on_lease(l, now),

@@ -41,6 +41,7 @@ mod ids;
 mod inbound;
 mod lease;
 mod local;
+mod resume;
 
 use std::collections::VecDeque;
 use std::task::{Context, Waker};
@@ -58,6 +59,8 @@ use crate::Payload;
 pub(crate) use fragment::FragKind;
 use fragment::Reassembly;
 use ids::{IdAllocator, IdMap};
+pub(crate) use resume::is_resumable;
+use resume::ResumeState;
 
 /// The four request interaction models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -310,6 +313,15 @@ pub(crate) struct Connection {
     next_keepalive: Option<Instant>,
     /// Leasing, when negotiated (see `lease.rs`).
     lease: Option<lease::Leasing>,
+    /// Positions and the store of unacknowledged frames, on a resumable
+    /// connection (see `resume.rs`).
+    resume: Option<ResumeState>,
+    /// Resumable connection without a transport: no keepalive timers, no
+    /// stall timer, nothing transmitted until [`Connection::attach`].
+    detached: bool,
+    /// Resumable connection whose keepalive expired: the driver must drop
+    /// the transport and resume (see [`Connection::take_link_lost`]).
+    link_lost: bool,
 }
 
 impl Connection {
@@ -345,7 +357,77 @@ impl Connection {
             last_received: now,
             next_keepalive: keepalive.send_interval.map(|i| now + i),
             lease: None,
+            resume: None,
+            detached: false,
+            link_lost: false,
         }
+    }
+
+    /// Makes this connection resumable, with a store of `config.resume_store_bytes`.
+    pub(crate) fn enable_resume(&mut self) {
+        self.resume = Some(ResumeState::new(self.config.resume_store_bytes));
+    }
+
+    /// Resumption is on and the connection is open (not draining, not
+    /// closed): a lost transport is to be resumed.
+    pub(crate) fn resumable(&self) -> bool {
+        self.resume.is_some() && matches!(self.state, State::Open)
+    }
+
+    /// The keepalive expired on a resumable connection; clears the flag.
+    pub(crate) fn take_link_lost(&mut self) -> bool {
+        std::mem::take(&mut self.link_lost)
+    }
+
+    /// The transport is gone; timers that need one stop until
+    /// [`Connection::attach`].
+    pub(crate) fn detach(&mut self) {
+        self.detached = true;
+        self.link_lost = false;
+        self.stalled_since = None;
+    }
+
+    /// A new transport took over: the liveness timers start afresh.
+    pub(crate) fn attach(&mut self, now: Instant) {
+        self.detached = false;
+        self.link_lost = false;
+        self.last_received = now;
+        self.stalled_since = None;
+        self.next_keepalive = self.keepalive.send_interval.map(|i| now + i);
+        wake(&mut self.writer_waker);
+    }
+
+    /// The client's RESUME frame for the current positions.
+    pub(crate) fn resume_frame(&self, token: Bytes) -> Option<crate::frame::Resume> {
+        self.resume.as_ref().map(|r| r.resume_frame(token))
+    }
+
+    /// Server side of a RESUME: RESUME_OK and the frames to send again, or
+    /// why the positions cannot be honoured.
+    pub(crate) fn server_resume(
+        &mut self,
+        frame: &crate::frame::Resume,
+    ) -> Result<Vec<Frame>, String> {
+        match self.resume.as_mut() {
+            Some(r) if matches!(self.state, State::Open) => r.server_resume(frame),
+            _ => Err("the session is not resumable".into()),
+        }
+    }
+
+    /// Client side of RESUME_OK: the frames to send again.
+    pub(crate) fn client_resumed(
+        &mut self,
+        last_received_client: u64,
+    ) -> Result<Vec<Frame>, String> {
+        match self.resume.as_mut() {
+            Some(r) => r.client_resumed(last_received_client),
+            None => Err("the session is not resumable".into()),
+        }
+    }
+
+    /// Bytes in the resume store (0 when not resumable).
+    pub(crate) fn resume_store_bytes(&self) -> usize {
+        self.resume.as_ref().map_or(0, ResumeState::bytes)
     }
 
     pub(crate) fn config(&self) -> &Config {
@@ -454,9 +536,21 @@ impl Connection {
         }
     }
 
-    /// Frames are waiting for the writer.
+    /// Frames are waiting for the writer and may be taken now (a full
+    /// resume store holds back a resumable frame at the head).
     pub(crate) fn has_queued(&self) -> bool {
+        if let Some(r) = &self.resume {
+            if r.ack_due() {
+                return true;
+            }
+            return self.out.front().is_some_and(|q| self.may_take(r, q));
+        }
         !self.out.is_empty()
+    }
+
+    /// The resume store lets `q` go to the writer now.
+    fn may_take(&self, r: &ResumeState, q: &Queued) -> bool {
+        self.closed().is_some() || !is_resumable(&q.frame) || r.has_room(q.len)
     }
 
     /// Moves queued frames into `into` for the writer: up to `max` frames,
@@ -469,13 +563,29 @@ impl Connection {
         into: &mut VecDeque<Frame>,
     ) {
         let mut taken = 0usize;
+        if let Some(ack) = self.resume.as_mut().and_then(ResumeState::take_ack) {
+            into.push_back(ack);
+        }
         for _ in 0..max {
             if taken >= max_bytes {
                 break;
             }
-            let Some(q) = self.out.pop_front() else {
+            if let Some(r) = &self.resume {
+                match self.out.front() {
+                    Some(q) if !self.may_take(r, q) => break,
+                    _ => {}
+                }
+            }
+            let Some(mut q) = self.out.pop_front() else {
                 break;
             };
+            if let Some(r) = self.resume.as_mut() {
+                if is_resumable(&q.frame) {
+                    r.record_sent(&q.frame, q.len);
+                } else if let Frame::Keepalive(k) = &mut q.frame {
+                    r.stamp(k);
+                }
+            }
             taken += q.len;
             self.out_bytes -= q.len;
             if q.pace == Pace::Unpaced {
@@ -507,6 +617,12 @@ impl Connection {
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         if matches!(self.state, State::Closed(_)) {
             return None;
+        }
+        if self.detached {
+            return match &self.state {
+                State::Draining { deadline, .. } => Some(*deadline),
+                _ => None,
+            };
         }
         let dead = self.last_received + self.keepalive.max_lifetime;
         let mut next = self.next_keepalive.map_or(dead, |k| k.min(dead));
@@ -575,6 +691,7 @@ impl Connection {
             bytes_out: self.counters.bytes_out,
             lease_rejected: self.counters.lease_rejected,
             lease_dropped_fnf: self.counters.lease_dropped_fnf,
+            resume_store_bytes: self.resume_store_bytes(),
             ..ConnectionStats::default()
         };
         for st in self.streams.values() {
@@ -726,7 +843,9 @@ impl Connection {
         if self.closed().is_some() {
             return;
         }
-        if self.unpaced_bytes >= self.config.max_outbound_queue_bytes {
+        if self.detached {
+            self.stalled_since = None;
+        } else if self.unpaced_bytes >= self.config.max_outbound_queue_bytes {
             self.stalled_since.get_or_insert(now);
         } else {
             self.stalled_since = None;
@@ -751,7 +870,18 @@ impl Connection {
                 return;
             }
         }
+        if self.detached {
+            return;
+        }
         if now >= self.last_received + self.keepalive.max_lifetime {
+            if self.resumable() {
+                // Resumption replaces the transport instead of ending the
+                // connection.
+                debug!("keepalive expired; the transport is considered lost");
+                self.link_lost = true;
+                self.last_received = now;
+                return;
+            }
             self.fail(ConnectionError::KeepaliveTimeout);
             return;
         }

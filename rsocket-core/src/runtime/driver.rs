@@ -9,16 +9,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use futures::stream::BoxStream;
-use futures::{Sink, SinkExt, StreamExt};
+use futures::{FutureExt, Sink, SinkExt, StreamExt};
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, Instrument, Span};
 
 use super::responder;
+use super::resume::{AttemptError, Resumer, SessionMsg};
 use super::transport::{Transport, TransportError};
-use crate::error::ConnectionError;
-use crate::frame::Frame;
+use crate::error::{ConnectionError, ResumeFailure};
+use crate::frame::{ErrorCode, Frame};
 use crate::lease::Lease;
-use crate::proto::{Connection, Event};
+use crate::proto::{is_resumable, Connection, Event};
 use crate::rsocket::RSocket;
 
 /// Frames read ahead of handling, at most, per round.
@@ -91,8 +92,13 @@ impl Shared {
 #[must_use = "the connection does nothing unless the driver is polled"]
 pub struct ConnectionDriver<T: Transport> {
     shared: Arc<Shared>,
-    reader: T::Reader,
-    writer: T::Writer,
+    /// The transport; `None` while a resumable connection is detached.
+    link: Option<Link<T>>,
+    /// Resumable connections: reconnecting (client) or taking RESUMEs
+    /// (server).
+    resumer: Option<Resumer<T>>,
+    /// While detached: when the session is given up.
+    session_deadline: Option<Instant>,
     responder: Arc<dyn RSocket>,
     /// Frames read and not yet handled (reading may pause in between).
     inbox: VecDeque<Result<Frame, TransportError>>,
@@ -114,6 +120,12 @@ pub struct ConnectionDriver<T: Transport> {
     close_deadline: Option<Instant>,
 }
 
+/// The two halves of the current transport.
+struct Link<T: Transport> {
+    reader: T::Reader,
+    writer: T::Writer,
+}
+
 impl<T: Transport> std::fmt::Debug for ConnectionDriver<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectionDriver").finish_non_exhaustive()
@@ -129,8 +141,9 @@ impl<T: Transport> ConnectionDriver<T> {
     ) -> Self {
         Self {
             shared,
-            reader,
-            writer,
+            link: Some(Link { reader, writer }),
+            resumer: None,
+            session_deadline: None,
             responder,
             inbox: VecDeque::new(),
             outbox: VecDeque::new(),
@@ -150,6 +163,13 @@ impl<T: Transport> ConnectionDriver<T> {
         self.lease_source = Some(grants);
     }
 
+    /// Makes the driver resume lost transports (the connection must have
+    /// resumption enabled).
+    pub(crate) fn with_resumer(mut self, resumer: Resumer<T>) -> Self {
+        self.resumer = Some(resumer);
+        self
+    }
+
     pub(crate) fn shared_state(&self) -> &Arc<Shared> {
         &self.shared
     }
@@ -167,11 +187,14 @@ impl<T: Transport> ConnectionDriver<T> {
 
     /// Feeds staged frames to the writer; returns false if the writer failed.
     fn write_out(&mut self, cx: &mut Context<'_>) -> Result<(), TransportError> {
+        let Some(link) = self.link.as_mut() else {
+            return Ok(());
+        };
         while !self.outbox.is_empty() {
-            match Pin::new(&mut self.writer).poll_ready(cx) {
+            match Pin::new(&mut link.writer).poll_ready(cx) {
                 Poll::Ready(Ok(())) => {
                     if let Some(frame) = self.outbox.pop_front() {
-                        Pin::new(&mut self.writer).start_send(frame)?;
+                        Pin::new(&mut link.writer).start_send(frame)?;
                         self.needs_flush = true;
                     }
                 }
@@ -180,7 +203,7 @@ impl<T: Transport> ConnectionDriver<T> {
             }
         }
         if self.needs_flush {
-            match Pin::new(&mut self.writer).poll_flush(cx) {
+            match Pin::new(&mut link.writer).poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.needs_flush = false,
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => {}
@@ -205,6 +228,221 @@ impl<T: Transport> Drop for ConnectionDriver<T> {
     }
 }
 
+impl<T: Transport> ConnectionDriver<T> {
+    /// Drops the transport of a resumable connection and waits for a new
+    /// one. Frames read but not handled are forgotten (they were not
+    /// counted, so the peer sends them again); resumable frames staged for
+    /// the writer are in the resume store and are replayed from it.
+    fn detach(&mut self, why: &str) {
+        let now = Instant::now();
+        debug!(why, "transport lost; the session waits to be resumed");
+        self.link = None;
+        self.inbox.clear();
+        self.outbox.retain(|f| !is_resumable(f));
+        self.needs_flush = false;
+        self.read_done = false;
+        self.eof = false;
+        self.read_paused = false;
+        let store_bytes = {
+            let mut conn = self.shared.lock();
+            conn.detach();
+            conn.resume_store_bytes()
+        };
+        let timeout = match &mut self.resumer {
+            Some(Resumer::Client(c)) => {
+                c.detached(now);
+                c.options.session_timeout
+            }
+            Some(Resumer::Server(s)) => {
+                s.guard.detached(now, store_bytes);
+                s.guard.timeout()
+            }
+            None => return,
+        };
+        self.session_deadline = Some(super::resume::deadline(now, timeout));
+    }
+
+    /// Installs a new transport after a successful RESUME exchange;
+    /// `first` goes out before anything else (RESUME_OK and the replayed
+    /// frames).
+    fn attach(&mut self, reader: T::Reader, writer: T::Writer, first: Vec<Frame>) {
+        debug!(replayed = first.len(), "session resumed on a new transport");
+        let kept: Vec<Frame> = self.outbox.drain(..).filter(|f| !is_resumable(f)).collect();
+        self.outbox.extend(first);
+        self.outbox.extend(kept);
+        self.link = Some(Link { reader, writer });
+        self.inbox.clear();
+        self.needs_flush = false;
+        self.read_done = false;
+        self.eof = false;
+        self.read_paused = false;
+        self.session_deadline = None;
+        self.shared.lock().attach(Instant::now().into_std());
+        if let Some(Resumer::Server(s)) = &self.resumer {
+            s.guard.attached();
+        }
+    }
+
+    /// Ends a session that cannot be resumed.
+    fn give_up(&mut self, reason: ResumeFailure) {
+        debug!(%reason, "session cannot be resumed");
+        self.link = None;
+        self.outbox.clear();
+        self.session_deadline = None;
+        self.shared
+            .lock()
+            .handle_transport_closed(ConnectionError::ResumeFailed { reason });
+    }
+
+    /// Handles resumption work: RESUMEs handed over by the server's accept
+    /// path, the client's reconnect attempts, the session deadline.
+    fn poll_resumption(&mut self, cx: &mut Context<'_>) {
+        let now = Instant::now();
+        loop {
+            match &mut self.resumer {
+                Some(Resumer::Server(srv)) => match srv.mailbox.take() {
+                    Some(SessionMsg::Resume {
+                        reader,
+                        writer,
+                        frame,
+                    }) => {
+                        let outcome = self.shared.lock().server_resume(&frame);
+                        match outcome {
+                            Ok(first) => {
+                                if self.link.is_some() {
+                                    debug!("a new transport takes over the session");
+                                }
+                                self.attach(reader, writer, first);
+                            }
+                            Err(message) => {
+                                debug!(%message, "refusing RESUME");
+                                super::resume::refuse(
+                                    writer,
+                                    ErrorCode::REJECTED_RESUME,
+                                    message.clone(),
+                                );
+                                drop(reader);
+                                if self.link.is_none() {
+                                    // The client will not try again.
+                                    self.give_up(ResumeFailure::Positions(message));
+                                    return;
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    Some(SessionMsg::Evict) => {
+                        if self.link.is_none() {
+                            self.give_up(ResumeFailure::Evicted);
+                            return;
+                        }
+                        continue;
+                    }
+                    None => {}
+                },
+                Some(Resumer::Client(cl)) if self.link.is_none() => {
+                    if let Some(attempt) = cl.attempt.as_mut() {
+                        match attempt.poll_unpin(cx) {
+                            Poll::Ready(Ok(resumed)) => {
+                                cl.attempt = None;
+                                let outcome = self.shared.lock().client_resumed(resumed.position);
+                                match outcome {
+                                    Ok(first) => self.attach(resumed.reader, resumed.writer, first),
+                                    Err(message) => {
+                                        super::resume::refuse(
+                                            resumed.writer,
+                                            ErrorCode::CONNECTION_ERROR,
+                                            message.clone(),
+                                        );
+                                        self.give_up(ResumeFailure::Positions(message));
+                                        return;
+                                    }
+                                }
+                            }
+                            Poll::Ready(Err(AttemptError::Final(reason))) => {
+                                cl.attempt = None;
+                                self.give_up(reason);
+                                return;
+                            }
+                            Poll::Ready(Err(AttemptError::Retry(why))) => {
+                                debug!(%why, "resume attempt failed; retrying");
+                                cl.retry_later(now);
+                                continue;
+                            }
+                            Poll::Pending => {}
+                        }
+                    } else if cl.next_attempt.is_some_and(|t| t <= now) {
+                        let frame = self.shared.lock().resume_frame(cl.token.clone());
+                        if let Some(frame) = frame {
+                            cl.start(frame);
+                            continue;
+                        }
+                    }
+                }
+                _ => {}
+            }
+            break;
+        }
+        if self.link.is_none() && self.session_deadline.is_some_and(|d| d <= now) {
+            let timeout = match &self.resumer {
+                Some(Resumer::Client(c)) => c.options.session_timeout,
+                Some(Resumer::Server(s)) => s.guard.timeout(),
+                None => std::time::Duration::ZERO,
+            };
+            self.give_up(ResumeFailure::SessionTimeout(timeout));
+        }
+    }
+
+    /// One round while detached: only timers and local closes. `Some` when
+    /// the driver is done; `None` with `again` true when a timer fired.
+    fn poll_detached(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> (Option<Result<(), ConnectionError>>, bool) {
+        let now = Instant::now();
+        let mut conn = self.shared.lock();
+        conn.handle_tick(now.into_std());
+        if conn.drained() {
+            conn.finish_drain();
+        }
+        if let Some(err) = conn.closed().cloned() {
+            drop(conn);
+            self.outbox.clear();
+            self.shared.driver_finished();
+            return (
+                Some(match err {
+                    ConnectionError::LocallyClosed => Ok(()),
+                    e => Err(e),
+                }),
+                false,
+            );
+        }
+        conn.set_writer_waker(cx);
+        let mut deadline = conn.poll_timeout().map(Instant::from_std);
+        drop(conn);
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                deadline = Some(deadline.map_or(t, |d| d.min(t)));
+            }
+        };
+        consider(self.session_deadline);
+        if let Some(Resumer::Client(c)) = &self.resumer {
+            if c.attempt.is_none() {
+                consider(c.next_attempt);
+            }
+        }
+        if let Some(d) = deadline {
+            if self.sleep.deadline() != d {
+                self.sleep.as_mut().reset(d);
+            }
+            if self.sleep.as_mut().poll(cx).is_ready() {
+                return (None, true);
+            }
+        }
+        (None, false)
+    }
+}
+
 impl<T: Transport> Future for ConnectionDriver<T> {
     type Output = Result<(), ConnectionError>;
 
@@ -212,38 +450,58 @@ impl<T: Transport> Future for ConnectionDriver<T> {
         let this = &mut *self;
         // A few rounds per poll so that frames produced while handling input
         // go out in the same wake-up; then yield.
+        if let Some(Resumer::Server(srv)) = &this.resumer {
+            srv.mailbox.register(cx);
+        }
         for _round in 0..4 {
+            // 0. Resumption: a new transport, a reconnect attempt, the
+            // session deadline.
+            if this.resumer.is_some() {
+                this.poll_resumption(cx);
+            }
+            if this.link.is_none() {
+                match this.poll_detached(cx) {
+                    (Some(done), _) => return Poll::Ready(done),
+                    (None, true) => continue,
+                    (None, false) => return Poll::Pending,
+                }
+            }
+            // Set when a resumable connection lost its transport.
+            let mut lost: Option<&'static str> = None;
+
             // 1. Read ahead, unless reading is paused.
             let mut reader_pending = false;
             if this.read_paused {
                 this.read_paused = this.shared.lock().read_paused();
             }
-            if !this.read_done && !this.read_paused && this.inbox.is_empty() {
-                let mut bytes = 0;
-                loop {
-                    match this.reader.poll_next_unpin(cx) {
-                        Poll::Ready(Some(item)) => {
-                            let fatal = !matches!(item, Ok(_) | Err(TransportError::Decode(_)));
-                            if let Ok(frame) = &item {
-                                bytes += frame.encoded_len();
+            if let Some(link) = this.link.as_mut() {
+                if !this.read_done && !this.read_paused && this.inbox.is_empty() {
+                    let mut bytes = 0;
+                    loop {
+                        match link.reader.poll_next_unpin(cx) {
+                            Poll::Ready(Some(item)) => {
+                                let fatal = !matches!(item, Ok(_) | Err(TransportError::Decode(_)));
+                                if let Ok(frame) = &item {
+                                    bytes += frame.encoded_len();
+                                }
+                                this.inbox.push_back(item);
+                                if fatal {
+                                    this.read_done = true;
+                                    break;
+                                }
+                                if this.inbox.len() >= READ_BUDGET || bytes >= READ_AHEAD_BYTES {
+                                    break;
+                                }
                             }
-                            this.inbox.push_back(item);
-                            if fatal {
+                            Poll::Ready(None) => {
                                 this.read_done = true;
+                                this.eof = true;
                                 break;
                             }
-                            if this.inbox.len() >= READ_BUDGET || bytes >= READ_AHEAD_BYTES {
+                            Poll::Pending => {
+                                reader_pending = true;
                                 break;
                             }
-                        }
-                        Poll::Ready(None) => {
-                            this.read_done = true;
-                            this.eof = true;
-                            break;
-                        }
-                        Poll::Pending => {
-                            reader_pending = true;
-                            break;
                         }
                     }
                 }
@@ -282,7 +540,14 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                 match item {
                     Ok(frame) => conn.handle_frame(frame, now.into_std()),
                     Err(TransportError::Decode(e)) => conn.handle_decode_error(e),
-                    Err(TransportError::Io(e)) => conn.handle_transport_closed(e.into()),
+                    Err(TransportError::Io(e)) => {
+                        if conn.resumable() {
+                            debug!(error = %e, "read failed");
+                            lost = Some("read failed");
+                            break;
+                        }
+                        conn.handle_transport_closed(e.into());
+                    }
                     Err(other) => conn.handle_transport_violation(other.to_string()),
                 }
                 if let Some(ev) = conn.poll_event() {
@@ -297,11 +562,25 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                     conn = shared.lock();
                 }
             }
-            if this.eof && this.inbox.is_empty() {
+            if this.eof && this.inbox.is_empty() && lost.is_none() {
                 this.eof = false;
-                conn.handle_transport_closed(ConnectionError::ClosedByPeer);
+                if conn.resumable() {
+                    lost = Some("end of stream");
+                } else {
+                    conn.handle_transport_closed(ConnectionError::ClosedByPeer);
+                }
             }
             conn.handle_tick(now.into_std());
+            if conn.take_link_lost() {
+                lost = Some("keepalive expired");
+            }
+            if lost.is_some() {
+                drop(conn);
+                if let Some(why) = lost {
+                    this.detach(why);
+                }
+                continue;
+            }
             if conn.drained() {
                 conn.finish_drain();
             }
@@ -331,11 +610,16 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                 }
                 deadline = Some(close_by.into_std());
             }
+            let resumable = conn.resumable();
             drop(conn);
 
             // 4. Write and flush once.
             if let Err(e) = this.write_out(cx) {
                 debug!(error = %e, "write failed");
+                if resumable && matches!(e, TransportError::Io(_)) {
+                    this.detach("write failed");
+                    continue;
+                }
                 let err = match e {
                     TransportError::Io(io) => ConnectionError::from(io),
                     other => {
@@ -350,8 +634,10 @@ impl<T: Transport> Future for ConnectionDriver<T> {
 
             // 5. Done once closed and everything queued has been written.
             if finished && this.outbox.is_empty() && !this.needs_flush {
-                if Pin::new(&mut this.writer).poll_close(cx).is_pending() {
-                    return Poll::Pending;
+                if let Some(link) = this.link.as_mut() {
+                    if Pin::new(&mut link.writer).poll_close(cx).is_pending() {
+                        return Poll::Pending;
+                    }
                 }
                 this.shared.driver_finished();
                 return Poll::Ready(match ended {

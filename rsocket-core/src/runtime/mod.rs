@@ -13,8 +13,10 @@
 
 mod driver;
 mod handshake;
+mod reconnect;
 mod requester;
 mod responder;
+mod resume;
 mod server;
 mod transport;
 
@@ -25,7 +27,9 @@ use tracing::info_span;
 
 pub use driver::ConnectionDriver;
 pub use handshake::Handshakes;
+pub use reconnect::{ReconnectOptions, Reconnecting};
 pub use requester::{MetadataPushFuture, OpenFuture, Requester, ResponseFuture, ResponseStream};
+pub use resume::{ResumeOptions, ServerResumeOptions};
 pub use server::{accept, ServeError, Server, ServerStatsHandle, SocketAcceptor};
 pub use transport::{
     memory_pair, FrameReader, FrameWriter, MemoryTransport, StreamTransport, Transport,
@@ -33,7 +37,7 @@ pub use transport::{
 };
 
 use crate::config::{Config, SetupParams};
-use crate::error::ConfigError;
+use crate::error::{ConfigError, ConnectionError};
 use crate::lease::LeaseConfig;
 use crate::proto::{Connection, KeepaliveParams, Side};
 use crate::rsocket::{RSocket, RejectAll};
@@ -54,6 +58,7 @@ pub struct ClientBuilder {
     setup: SetupParams,
     config: Config,
     responder: Arc<dyn RSocket>,
+    resume: ResumeOptions,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -79,6 +84,7 @@ impl ClientBuilder {
             setup: SetupParams::default(),
             config: Config::default(),
             responder: Arc::new(RejectAll),
+            resume: ResumeOptions::default(),
         }
     }
 
@@ -144,11 +150,26 @@ impl ClientBuilder {
         self
     }
 
+    /// Resumption settings (token, session timeout, backoff) used by
+    /// [`ClientBuilder::connect_resumable`].
+    pub fn resume(mut self, options: ResumeOptions) -> Self {
+        self.resume = options;
+        self
+    }
+
     /// Sets up the connection without spawning: the caller polls the driver.
     /// SETUP is queued first; requests may be issued right away.
     pub fn connect_with_driver<T: Transport>(
         self,
         transport: T,
+    ) -> Result<(Requester, ConnectionDriver<T>), ConfigError> {
+        self.build(transport, None)
+    }
+
+    fn build<T: Transport>(
+        self,
+        transport: T,
+        resume_token: Option<bytes::Bytes>,
     ) -> Result<(Requester, ConnectionDriver<T>), ConfigError> {
         self.config.validate()?;
         let span = info_span!("rsocket.conn", side = "client");
@@ -160,7 +181,10 @@ impl ClientBuilder {
         let lease = self.config.lease.clone();
         let now = tokio_now();
         let mut conn = Connection::new(Side::Client, self.config, keepalive, now);
-        let mut setup = self.setup.to_frame();
+        if resume_token.is_some() {
+            conn.enable_resume();
+        }
+        let mut setup = self.setup.to_frame_with_token(resume_token);
         setup.lease = lease.is_some();
         conn.queue_setup(setup);
         if let Some(lease) = &lease {
@@ -177,6 +201,98 @@ impl ClientBuilder {
             driver.set_lease_source(grants);
         }
         Ok((Requester::new(shared), driver))
+    }
+
+    /// Connects without resumption, and replaces the connection when it
+    /// ends: the returned [`Reconnecting`] client sends each request over
+    /// the current connection, opening a new one (calling `connect` again,
+    /// with jittered exponential backoff, see [`ReconnectOptions`]) when
+    /// the current one has ended. Requests that were open on a connection
+    /// that ended fail with its [`ConnectionError`]; nothing is replayed.
+    /// Any server works. An error opening the first transport is returned.
+    pub async fn connect_reconnecting<T, F, Fut>(
+        self,
+        connect: F,
+        options: ReconnectOptions,
+    ) -> Result<Reconnecting, ConnectionError>
+    where
+        T: Transport,
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::io::Result<T>> + Send + 'static,
+    {
+        self.config.validate()?;
+        let builder = self;
+        let connect = Arc::new(connect);
+        let open: Arc<
+            dyn Fn() -> futures::future::BoxFuture<'static, Result<Requester, ConnectionError>>
+                + Send
+                + Sync,
+        > = Arc::new(move || {
+            let builder = builder.clone();
+            let fut = connect();
+            Box::pin(async move {
+                let transport = fut.await?;
+                Ok(builder.connect(transport)?)
+            })
+        });
+        let first = open().await?;
+        Ok(Reconnecting::new(open, options, first))
+    }
+
+    /// Connects with session resumption and spawns the driver.
+    ///
+    /// `connect` opens a transport: it is called once now, and again
+    /// whenever the transport is lost (read or write error, end of
+    /// stream, keepalive expired), with jittered exponential backoff (see
+    /// [`ResumeOptions`]). On each new transport the client sends RESUME;
+    /// after the server's RESUME_OK both sides send again what the other
+    /// has not received, and every open request, stream and channel goes
+    /// on. Requests fail only when the session cannot be resumed (the
+    /// server refuses, or [`ResumeOptions::session_timeout`] passes), with
+    /// [`ConnectionError::ResumeFailed`].
+    ///
+    /// SETUP carries the token (R flag). An error opening the first
+    /// transport is returned as is.
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use rsocket_core::{ClientBuilder, ResumeOptions, StreamTransport};
+    /// let requester = ClientBuilder::new()
+    ///     .resume(ResumeOptions {
+    ///         session_timeout: std::time::Duration::from_secs(30),
+    ///         ..ResumeOptions::default()
+    ///     })
+    ///     .connect_resumable(|| async {
+    ///         let tcp = tokio::net::TcpStream::connect("127.0.0.1:7878").await?;
+    ///         let (r, w) = tcp.into_split();
+    ///         Ok(StreamTransport::new(r, w))
+    ///     })
+    ///     .await?;
+    /// # let _ = requester; Ok(()) }
+    /// ```
+    pub async fn connect_resumable<T, F, Fut>(
+        self,
+        connect: F,
+    ) -> Result<Requester, ConnectionError>
+    where
+        T: Transport,
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::io::Result<T>> + Send + 'static,
+    {
+        self.config.validate()?;
+        let reconnect: resume::Reconnect<T> = Arc::new(move || Box::pin(connect()));
+        let transport = reconnect().await?;
+        let token = self
+            .resume
+            .token
+            .clone()
+            .unwrap_or_else(resume::random_token);
+        let options = self.resume.clone();
+        let max_frame_len = self.config.max_frame_len;
+        let (requester, driver) = self.build(transport, Some(token.clone()))?;
+        let client = resume::ClientResume::new(reconnect, token, options, max_frame_len);
+        drop(driver.with_resumer(resume::Resumer::Client(client)).spawn());
+        Ok(requester)
     }
 
     /// Connects and spawns the driver on the current tokio runtime.

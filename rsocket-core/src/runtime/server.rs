@@ -17,6 +17,10 @@ use tracing::{debug, info_span, warn, Instrument};
 
 use super::driver::{flush_and_close, ConnectionDriver, Shared};
 use super::requester::Requester;
+use super::resume::{
+    Mailbox, OfferError, Resumer, ServerResume, ServerResumeOptions, SessionGuard, SessionMsg,
+    Sessions,
+};
 use super::tokio_now;
 use super::transport::{Transport, TransportError};
 use crate::config::{Config, SetupInfo};
@@ -103,6 +107,33 @@ pub async fn accept<T: Transport>(
     config: Config,
     acceptor: &dyn SocketAcceptor,
 ) -> Result<(Requester, ConnectionDriver<T>), ConnectionError> {
+    match accept_inner(transport, config, acceptor, None).await? {
+        Accepted::New(requester, driver) => Ok((requester, *driver)),
+        // Without sessions no RESUME is taken.
+        Accepted::Resumed => Err(ConnectionError::LocallyClosed),
+    }
+}
+
+/// What the first frame of a server-side transport led to.
+enum Accepted<T: Transport> {
+    /// A new connection (SETUP).
+    New(Requester, Box<ConnectionDriver<T>>),
+    /// A RESUME, handed to the session it names.
+    Resumed,
+}
+
+/// Whether a RESUME's version is one we resume: 1.0, and 0.1, which
+/// rsocket-js 1.0.0-alpha sends in RESUME (a documented leniency).
+fn resume_version_ok(v: Version) -> bool {
+    v == Version::V1_0 || (v.major == 0 && v.minor == 1)
+}
+
+async fn accept_inner<T: Transport>(
+    transport: T,
+    config: Config,
+    acceptor: &dyn SocketAcceptor,
+    sessions: Option<&Arc<Sessions<T>>>,
+) -> Result<Accepted<T>, ConnectionError> {
     config.validate()?;
     let mut transport = transport;
     transport.limit_frame_len(config.max_frame_len);
@@ -132,10 +163,15 @@ pub async fn accept<T: Transport>(
                     ErrorCode::INVALID_SETUP,
                     &format!("unsupported protocol version {}", s.version),
                 ))
-            } else if s.resume_token.is_some() {
+            } else if s.resume_token.is_some() && sessions.is_none() {
                 Err(setup_error(
                     ErrorCode::REJECTED_SETUP,
                     "resumption is not supported",
+                ))
+            } else if s.resume_token.as_ref().is_some_and(|t| t.is_empty()) {
+                Err(setup_error(
+                    ErrorCode::REJECTED_SETUP,
+                    "the resume token is empty",
                 ))
             } else if s.lease && config.lease.is_none() {
                 Err(setup_error(
@@ -146,10 +182,43 @@ pub async fn accept<T: Transport>(
                 Ok(s)
             }
         }
-        Some(Ok(Frame::Resume(_))) => Err(setup_error(
-            ErrorCode::REJECTED_RESUME,
-            "resumption is not supported",
-        )),
+        Some(Ok(Frame::Resume(r))) => match sessions {
+            None => Err(setup_error(
+                ErrorCode::REJECTED_RESUME,
+                "resumption is not supported",
+            )),
+            Some(_) if !resume_version_ok(r.version) => Err(setup_error(
+                ErrorCode::REJECTED_RESUME,
+                &format!("unsupported protocol version {}", r.version),
+            )),
+            Some(sessions) => {
+                let token = r.resume_token.clone();
+                let msg = SessionMsg::Resume {
+                    reader,
+                    writer,
+                    frame: r,
+                };
+                let (msg, why) = match sessions.offer(&token, msg) {
+                    Ok(()) => return Ok(Accepted::Resumed),
+                    Err(OfferError::UnknownToken(m)) => (m, "unknown or expired resume token"),
+                    Err(OfferError::Busy(m)) => (m, "the session is busy resuming"),
+                };
+                let SessionMsg::Resume { mut writer, .. } = msg else {
+                    return Err(ConnectionError::LocallyClosed);
+                };
+                debug!(why, "rejecting RESUME");
+                let _ = flush_and_close(
+                    &mut writer,
+                    Frame::Error(ErrorFrame::new(None, ErrorCode::REJECTED_RESUME, why)),
+                )
+                .await;
+                return Err(ConnectionError::SetupRejected {
+                    code: ErrorCode::REJECTED_RESUME,
+                    message: why.to_owned(),
+                    initiator: Initiator::Local,
+                });
+            }
+        },
         Some(Ok(_)) => Err(setup_error(
             ErrorCode::INVALID_SETUP,
             "first frame must be SETUP or RESUME",
@@ -171,6 +240,24 @@ pub async fn accept<T: Transport>(
             });
         }
     };
+    // A resumable session: the token must not be in use.
+    let mut session: Option<(SessionGuard<T>, Arc<Mailbox<T>>)> = None;
+    if let (Some(token), Some(sessions)) = (&setup.resume_token, sessions) {
+        match sessions.register(token.clone()) {
+            Some(s) => session = Some(s),
+            None => {
+                let message = "the resume token is already in use".to_owned();
+                let frame =
+                    Frame::Error(ErrorFrame::new(None, ErrorCode::REJECTED_SETUP, &message));
+                let _ = flush_and_close(&mut writer, frame).await;
+                return Err(ConnectionError::SetupRejected {
+                    code: ErrorCode::REJECTED_SETUP,
+                    message,
+                    initiator: Initiator::Local,
+                });
+            }
+        }
+    }
     let info = SetupInfo::from_frame(*setup, peer);
     let span = info_span!("rsocket.conn", side = "server", peer = ?info.peer.addr);
     let keepalive = KeepaliveParams {
@@ -185,6 +272,9 @@ pub async fn accept<T: Transport>(
     if let Some(lease) = &lease {
         conn.enable_lease(lease, now);
     }
+    if session.is_some() {
+        conn.enable_resume();
+    }
     let shared = Shared::new(conn, span);
     let requester = Requester::new(shared.clone());
     match acceptor.accept(info, requester.clone()).await {
@@ -193,7 +283,10 @@ pub async fn accept<T: Transport>(
             if let Some(grants) = lease.as_ref().and_then(|l| l.policy.as_ref()?.grants()) {
                 driver.set_lease_source(grants);
             }
-            Ok((requester, driver))
+            if let Some((guard, mailbox)) = session {
+                driver = driver.with_resumer(Resumer::Server(ServerResume { guard, mailbox }));
+            }
+            Ok(Accepted::New(requester, Box::new(driver)))
         }
         Err(e) => {
             let frame = Frame::Error(ErrorFrame::new(None, ErrorCode::REJECTED_SETUP, &e.message));
@@ -224,6 +317,7 @@ pub struct Server {
     config: Config,
     grace_period: Duration,
     registry: Arc<Registry>,
+    resumption: Option<ServerResumeOptions>,
 }
 
 /// The connections of one server, for [`ServerStatsHandle`].
@@ -351,7 +445,21 @@ impl Server {
             config: Config::default(),
             grace_period: Duration::from_secs(10),
             registry: Arc::default(),
+            resumption: None,
         }
+    }
+
+    /// Accepts resumable sessions: a SETUP carrying a resume token (R
+    /// flag) starts a session that survives the loss of its transport for
+    /// [`ServerResumeOptions::session_timeout`], and a RESUME with its
+    /// token on a new transport continues it (a RESUME for a session that
+    /// still has a transport takes it over, and the old transport is
+    /// dropped). Without this, SETUP with a token is refused with
+    /// `ERROR[REJECTED_SETUP]` and RESUME with `ERROR[REJECTED_RESUME]`.
+    /// Sessions are per [`Server::serve`] call.
+    pub fn resumption(mut self, options: ServerResumeOptions) -> Self {
+        self.resumption = Some(options);
+        self
     }
 
     /// A handle on this server's counters, to read while
@@ -418,6 +526,7 @@ impl Server {
     {
         self.config.validate()?;
         let (drain_tx, drain_rx) = watch::channel(Phase::Running);
+        let sessions: Option<Arc<Sessions<T>>> = self.resumption.clone().map(Sessions::new);
         let mut tasks = JoinSet::new();
         // Boxed so that dropping it below closes the listener.
         let mut incoming = Box::pin(incoming.fuse());
@@ -433,7 +542,8 @@ impl Server {
                         let rx = drain_rx.clone();
                         let pending = PendingSetup::new(&self.registry);
                         let grace = self.grace_period;
-                        tasks.spawn(serve_one(transport, config, acceptor, rx, pending, grace));
+                        let sessions = sessions.clone();
+                        tasks.spawn(serve_one(transport, config, acceptor, rx, pending, grace, sessions));
                     }
                     Some(Err(e)) => warn!(error = %e, "accept failed"),
                     // The listener ended: serve what is open, then return.
@@ -478,14 +588,20 @@ async fn serve_one<T: Transport>(
     mut phase: watch::Receiver<Phase>,
     pending: PendingSetup,
     grace: Duration,
+    sessions: Option<Arc<Sessions<T>>>,
 ) {
-    let (requester, driver) = match accept(transport, config, &*acceptor).await {
-        Ok(v) => v,
-        Err(e) => {
-            debug!(error = %e, "connection not established");
-            return;
-        }
-    };
+    let (requester, driver) =
+        match accept_inner(transport, config, &*acceptor, sessions.as_ref()).await {
+            Ok(Accepted::New(requester, driver)) => (requester, *driver),
+            Ok(Accepted::Resumed) => {
+                debug!("transport handed to the session it resumes");
+                return;
+            }
+            Err(e) => {
+                debug!(error = %e, "connection not established");
+                return;
+            }
+        };
     let _registered = Registered::new(&pending.0, driver.shared_state().clone());
     drop(pending);
     let span = driver.span();

@@ -1,0 +1,178 @@
+//! A reconnecting client for servers without resumption: when the
+//! connection ends, the next request opens a new one (with backoff); what
+//! was pending on the old connection fails with its
+//! [`ConnectionError`](crate::ConnectionError), nothing is replayed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use tracing::debug;
+
+use super::requester::Requester;
+use super::resume::Rng;
+use crate::error::{ConnectionError, RequestError};
+use crate::rsocket::{error_stream, PayloadStream, RSocket};
+use crate::Payload;
+
+/// Settings of a [`Reconnecting`] client.
+#[derive(Debug, Clone)]
+pub struct ReconnectOptions {
+    /// First delay between failed connection attempts (doubled after each,
+    /// with jitter: each delay is drawn between half and all of the current
+    /// value). The first attempt starts at once. Default 100 ms.
+    pub min_backoff: Duration,
+    /// Largest delay between attempts. Default 5 s.
+    pub max_backoff: Duration,
+    /// How long one request waits for a connection (attempts included)
+    /// before it fails with the last connection error. Default 30 s.
+    pub max_wait: Duration,
+}
+
+impl Default for ReconnectOptions {
+    fn default() -> Self {
+        Self {
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            max_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+type Connect =
+    Arc<dyn Fn() -> BoxFuture<'static, Result<Requester, ConnectionError>> + Send + Sync>;
+
+struct Inner {
+    connect: Connect,
+    options: ReconnectOptions,
+    /// The current connection; the async lock lets one caller reconnect
+    /// while the others wait for it.
+    current: tokio::sync::Mutex<Option<Requester>>,
+}
+
+/// A client that replaces its connection when it ends (see
+/// [`ClientBuilder::connect_reconnecting`](crate::ClientBuilder::connect_reconnecting)).
+/// Cheap to clone; implements [`RSocket`], each request going to the
+/// current connection.
+///
+/// Unlike resumption, nothing survives the old connection: requests,
+/// streams and channels open on it fail with its
+/// [`ConnectionError`]; requests made afterwards go to a new connection
+/// (a new SETUP). Any server works.
+#[derive(Clone)]
+pub struct Reconnecting {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Reconnecting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reconnecting")
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reconnecting {
+    pub(crate) fn new(connect: Connect, options: ReconnectOptions, first: Requester) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                connect,
+                options,
+                current: tokio::sync::Mutex::new(Some(first)),
+            }),
+        }
+    }
+
+    /// The live connection: the current one while it is open, otherwise a
+    /// new one (attempts with backoff for at most
+    /// [`ReconnectOptions::max_wait`]; then the last error).
+    pub async fn requester(&self) -> Result<Requester, ConnectionError> {
+        let mut current = self.inner.current.lock().await;
+        if let Some(r) = current.as_ref() {
+            if !r.is_closed() {
+                return Ok(r.clone());
+            }
+        }
+        let opts = &self.inner.options;
+        let deadline = super::resume::deadline(tokio::time::Instant::now(), opts.max_wait);
+        let mut delay = opts.min_backoff;
+        let mut rng = Rng::new();
+        loop {
+            match (self.inner.connect)().await {
+                Ok(r) => {
+                    *current = Some(r.clone());
+                    return Ok(r);
+                }
+                Err(e) => {
+                    let half = delay / 2;
+                    let nanos = half.as_nanos().min(u128::from(u64::MAX)) as u64;
+                    let jitter = if nanos == 0 {
+                        0
+                    } else {
+                        rng.next_u64() % nanos
+                    };
+                    let wait = half + Duration::from_nanos(jitter);
+                    let now = tokio::time::Instant::now();
+                    if super::resume::deadline(now, wait) >= deadline {
+                        return Err(e);
+                    }
+                    debug!(error = %e, ?wait, "reconnect failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    delay = delay
+                        .saturating_mul(2)
+                        .min(opts.max_backoff.max(opts.min_backoff));
+                }
+            }
+        }
+    }
+
+    /// The current connection, if any, without reconnecting.
+    pub fn current(&self) -> Option<Requester> {
+        self.inner
+            .current
+            .try_lock()
+            .ok()
+            .and_then(|c| c.as_ref().cloned())
+    }
+}
+
+#[async_trait::async_trait]
+impl RSocket for Reconnecting {
+    async fn fire_and_forget(&self, request: Payload) -> Result<(), RequestError> {
+        self.requester().await?.fire_and_forget(request).await
+    }
+
+    async fn request_response(&self, request: Payload) -> Result<Option<Payload>, RequestError> {
+        self.requester().await?.request_response(request).await
+    }
+
+    fn request_stream(&self, request: Payload) -> PayloadStream {
+        let this = self.clone();
+        futures::stream::once(async move {
+            match this.requester().await {
+                Ok(r) => r.request_stream(request).boxed(),
+                Err(e) => error_stream(e),
+            }
+        })
+        .flatten()
+        .boxed()
+    }
+
+    fn request_channel(&self, first: Payload, rest: PayloadStream) -> PayloadStream {
+        let this = self.clone();
+        futures::stream::once(async move {
+            match this.requester().await {
+                Ok(r) => RSocket::request_channel(&r, first, rest),
+                Err(e) => error_stream(e),
+            }
+        })
+        .flatten()
+        .boxed()
+    }
+
+    async fn metadata_push(&self, metadata: Bytes) -> Result<(), RequestError> {
+        self.requester().await?.metadata_push(metadata).await
+    }
+}

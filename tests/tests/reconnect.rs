@@ -1,0 +1,179 @@
+//! The reconnecting client (`ClientBuilder::connect_reconnecting`) against
+//! a server without resumption, through the fault-injection proxy: after a
+//! cut, what was open fails with the connection error and new requests go
+//! over a new connection.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use rsocket_core::{
+    async_trait, ClientBuilder, ConnectionError, Payload, PayloadStream, RSocket, ReconnectOptions,
+    RequestError, Server,
+};
+use rsocket_tests::proxy::FaultProxy;
+
+const GUARD: Duration = Duration::from_secs(20);
+
+async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(GUARD, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {GUARD:?} waiting for {what}"),
+    }
+}
+
+struct Echo;
+
+#[async_trait]
+impl RSocket for Echo {
+    async fn request_response(&self, req: Payload) -> Result<Option<Payload>, RequestError> {
+        Ok(Some(req))
+    }
+
+    fn request_stream(&self, _req: Payload) -> PayloadStream {
+        futures::stream::iter((0u32..).map(|i| Ok(Payload::from(i.to_string())))).boxed()
+    }
+}
+
+async fn plain_server_behind_proxy() -> FaultProxy {
+    let listener = rsocket_transport_tcp::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let upstream = listener.local_addr().expect("addr");
+    tokio::spawn(Server::new(|_setup, _requester| async { Ok(Echo) }).serve(listener));
+    FaultProxy::start(upstream).await.expect("proxy")
+}
+
+fn fast() -> ReconnectOptions {
+    ReconnectOptions {
+        min_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(50),
+        max_wait: Duration::from_secs(5),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_fails_open_requests_and_new_ones_reconnect() {
+    let proxy = plain_server_behind_proxy().await;
+    let addr = proxy.addr();
+    let client = within(
+        "connect",
+        ClientBuilder::new()
+            .connect_reconnecting(move || rsocket_transport_tcp::connect(addr), fast()),
+    )
+    .await
+    .expect("connected");
+    let first = client.current().expect("a connection");
+    let mut stream = first.request_stream_with_credit(Payload::from("s"), 1);
+    within("first item", stream.next())
+        .await
+        .expect("item")
+        .expect("ok");
+    proxy.cut();
+    stream.request(1);
+    // The open stream fails with the connection's error (no resumption).
+    let err = loop {
+        match within("stream to fail", stream.next()).await {
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => break e,
+            None => panic!("stream completed instead of failing"),
+        }
+    };
+    assert!(
+        matches!(err, RequestError::Connection(ref e) if !matches!(e, ConnectionError::ResumeFailed { .. })),
+        "{err}"
+    );
+    within("old connection closed", first.closed()).await;
+    // A new request opens a new connection.
+    let reply = within(
+        "request after the cut",
+        client.request_response(Payload::from("again")),
+    )
+    .await
+    .expect("answered");
+    assert_eq!(reply.expect("payload").data, "again");
+    assert_eq!(proxy.accepted(), 2);
+    let items: Vec<_> = within(
+        "stream on the new connection",
+        client.request_stream(Payload::from("s")).take(3).collect(),
+    )
+    .await;
+    assert_eq!(items.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_with_backoff_and_gives_up_after_max_wait() {
+    let proxy = plain_server_behind_proxy().await;
+    let addr = proxy.addr();
+    // The transport factory fails while `failing` is above zero.
+    let failing = Arc::new(AtomicUsize::new(0));
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let connect = {
+        let (failing, attempts) = (failing.clone(), attempts.clone());
+        move || {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            let fail = failing
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            async move {
+                if fail {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionRefused,
+                        "down",
+                    ));
+                }
+                rsocket_transport_tcp::connect(addr).await
+            }
+        }
+    };
+    let options = ReconnectOptions {
+        max_wait: Duration::from_millis(300),
+        ..fast()
+    };
+    let client = within(
+        "connect",
+        ClientBuilder::new().connect_reconnecting(connect, options),
+    )
+    .await
+    .expect("connected");
+    let first = client.current().expect("a connection");
+    // A round trip: the proxy relays this connection now.
+    within("first call", client.request_response(Payload::from("hi")))
+        .await
+        .expect("answered");
+    // Three failed attempts, then the server is reachable again.
+    failing.store(3, Ordering::SeqCst);
+    proxy.cut();
+    within("old connection closed", first.closed()).await;
+    let reply = within(
+        "request after retries",
+        client.request_response(Payload::from("back")),
+    )
+    .await
+    .expect("answered");
+    assert_eq!(reply.expect("payload").data, "back");
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        1 + 4,
+        "three failures, then success"
+    );
+    // Down for good: the request fails with the connection error once
+    // max_wait has passed.
+    failing.store(usize::MAX, Ordering::SeqCst);
+    proxy.cut();
+    let second = client.current().expect("a connection");
+    within("second connection closed", second.closed()).await;
+    let err = within(
+        "request to fail",
+        client.request_response(Payload::from("x")),
+    )
+    .await
+    .expect_err("no server");
+    match err {
+        RequestError::Connection(ConnectionError::Io(e)) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused)
+        }
+        other => panic!("unexpected error {other}"),
+    }
+}
