@@ -290,7 +290,7 @@ mod tests {
         assert!(!is_resumable(&Frame::Keepalive(Keepalive {
             respond: true,
             last_received_position: 0,
-            data: bytes::Bytes::new(),
+            data: Bytes::new(),
         })));
     }
 
@@ -327,7 +327,7 @@ mod tests {
         s.record_received(40);
         let ok = |pos| Resume {
             version: crate::frame::Version::V1_0,
-            resume_token: bytes::Bytes::from_static(b"t"),
+            resume_token: Bytes::from_static(b"t"),
             last_received_server_position: pos,
             first_available_client_position: 0,
         };
