@@ -671,8 +671,7 @@ async fn a_closing_session_is_not_resumed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_items_survive_cuts() {
-    // 1 KiB items: frames above the size kept encoded, so the store keeps
-    // the frames themselves.
+    // 1 KiB items, several per read and write.
     let fx = tcp_fixture(ServerResumeOptions::default(), Config::default()).await;
     fx.proxy.cut_each(150_000, 3);
     let client = tcp_client(fx.proxy.addr(), fast_resume(), Config::default()).await;

@@ -11,29 +11,12 @@
 //! prefix) of resumable frames: the four requests, REQUEST_N, CANCEL,
 //! PAYLOAD and ERROR on a stream. Everything on stream 0 (SETUP, LEASE,
 //! KEEPALIVE, METADATA_PUSH, RESUME, RESUME_OK, connection ERROR) and EXT
-//! has no position. Small frames are kept encoded (copied into shared
-//! chunks, so that keeping them touches no reference count the producer
-//! uses); larger ones are kept as the frames that were written (their
-//! `Bytes` shared, not copied).
+//! has no position. Frames are kept as they were sent (their `Bytes` are
+//! shared with what was written, not copied).
 
 use std::collections::VecDeque;
 
-use bytes::{Bytes, BytesMut};
-
 use crate::frame::{Frame, Keepalive, Resume, ResumeOk};
-
-/// Frames up to this many bytes are stored encoded; larger ones by
-/// reference.
-const ENCODE_UP_TO: usize = 1024;
-/// Size of the chunks small frames are encoded into.
-const CHUNK: usize = 64 << 10;
-
-/// A stored frame.
-#[derive(Debug)]
-enum Stored {
-    Encoded(Bytes),
-    Frame(Frame),
-}
 
 /// The received position is reported at least every this many bytes,
 /// whatever the store size, so that a peer with a smaller store than ours
@@ -64,9 +47,7 @@ pub(crate) struct ResumeState {
     cap: usize,
     /// Sent resumable frames not yet acknowledged: (start position, length,
     /// frame).
-    store: VecDeque<(u64, usize, Stored)>,
-    /// Where small frames are encoded.
-    chunk: BytesMut,
+    store: VecDeque<(u64, usize, Frame)>,
     bytes: usize,
     /// Position just past the last frame sent.
     sent: u64,
@@ -85,7 +66,6 @@ impl ResumeState {
         Self {
             cap,
             store: VecDeque::new(),
-            chunk: BytesMut::new(),
             bytes: 0,
             sent: 0,
             implied: 0,
@@ -122,16 +102,7 @@ impl ResumeState {
 
     /// Records a frame handed to the writer.
     pub(crate) fn record_sent(&mut self, frame: &Frame, len: usize) {
-        let stored = if len <= ENCODE_UP_TO {
-            if self.chunk.capacity() < len {
-                self.chunk = BytesMut::with_capacity(CHUNK);
-            }
-            frame.encode(&mut self.chunk);
-            Stored::Encoded(self.chunk.split().freeze())
-        } else {
-            Stored::Frame(frame.clone())
-        };
-        self.store.push_back((self.sent, len, stored));
+        self.store.push_back((self.sent, len, frame.clone()));
         self.bytes += len;
         self.sent += len as u64;
     }
@@ -174,7 +145,7 @@ impl ResumeState {
         Some(Frame::Keepalive(Keepalive {
             respond: false,
             last_received_position: self.implied,
-            data: Bytes::new(),
+            data: bytes::Bytes::new(),
         }))
     }
 
@@ -201,18 +172,11 @@ impl ResumeState {
         if self.first_available() != position {
             return Err(format!("position {position} is not on a frame boundary"));
         }
-        self.store
-            .iter()
-            .map(|(pos, _, stored)| match stored {
-                Stored::Frame(f) => Ok(f.clone()),
-                Stored::Encoded(b) => Frame::decode(b.clone())
-                    .map_err(|e| format!("stored frame at position {pos} does not decode: {e}")),
-            })
-            .collect()
+        Ok(self.store.iter().map(|(_, _, f)| f.clone()).collect())
     }
 
     /// The client's RESUME for this state.
-    pub(crate) fn resume_frame(&self, token: Bytes) -> Resume {
+    pub(crate) fn resume_frame(&self, token: bytes::Bytes) -> Resume {
         Resume {
             version: crate::frame::Version::V1_0,
             resume_token: token,
@@ -290,7 +254,7 @@ mod tests {
         assert!(!is_resumable(&Frame::Keepalive(Keepalive {
             respond: true,
             last_received_position: 0,
-            data: Bytes::new(),
+            data: bytes::Bytes::new(),
         })));
     }
 
@@ -327,7 +291,7 @@ mod tests {
         s.record_received(40);
         let ok = |pos| Resume {
             version: crate::frame::Version::V1_0,
-            resume_token: Bytes::from_static(b"t"),
+            resume_token: bytes::Bytes::from_static(b"t"),
             last_received_server_position: pos,
             first_available_client_position: 0,
         };
