@@ -18,4 +18,4 @@ if [ ! -x "$bin" ]; then
     dpkg-deb -x "$tmp"/etcd-server_*.deb "$dest"
     rm -rf "$tmp"
 fi
-"$bin" --version | head -1
+"$bin" --version | sed -n 1p # sed reads all: `head -1` could leave etcd to die of SIGPIPE (141 under pipefail)
