@@ -454,6 +454,15 @@ async fn backpressure_holds_across_a_resume() {
     let produced = fx.probe.produced.load(Ordering::SeqCst);
     assert!(produced <= 5, "produced {produced} items for a credit of 5");
     fx.proxy.cut();
+    // The relay drops its sockets asynchronously: wait for the client's
+    // new transport, so that the credit below cannot slip through the old
+    // one before it closes.
+    within("the client reconnects", async {
+        while fx.proxy.accepted() < 2 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
     stream.request(5);
     for i in 5..10 {
         let got = within("item after the cut", stream.next())
