@@ -69,6 +69,7 @@ impl fmt::Debug for dyn Connect {
 pub struct TcpConnector {
     addr: std::net::SocketAddr,
     builder: rsocket_core::ClientBuilder,
+    resume: Option<rsocket_core::ResumeOptions>,
 }
 
 #[cfg(feature = "tcp")]
@@ -78,6 +79,7 @@ impl TcpConnector {
         Self {
             addr,
             builder: rsocket_core::ClientBuilder::new(),
+            resume: None,
         }
     }
 
@@ -86,6 +88,17 @@ impl TcpConnector {
     #[must_use]
     pub fn with_builder(mut self, builder: rsocket_core::ClientBuilder) -> Self {
         self.builder = builder;
+        self
+    }
+
+    /// Makes every connection a resumable session (the server must enable
+    /// resumption): when a member's transport breaks, the session redials
+    /// the same address and resumes, its requests and streams continue,
+    /// and the member stays ready; it fails, and the member re-dials as
+    /// usual, only when the session cannot be resumed.
+    #[must_use]
+    pub fn resumable(mut self, options: rsocket_core::ResumeOptions) -> Self {
+        self.resume = Some(options);
         self
     }
 
@@ -100,7 +113,14 @@ impl Connect for TcpConnector {
     fn connect(&self) -> BoxFuture<'static, Result<Requester, BoxError>> {
         let addr = self.addr;
         let builder = self.builder.clone();
+        let resume = self.resume.clone();
         async move {
+            if let Some(options) = resume {
+                return Ok(builder
+                    .resume(options)
+                    .connect_resumable(move || rsocket_transport_tcp::connect(addr))
+                    .await?);
+            }
             let transport = rsocket_transport_tcp::connect(addr).await?;
             Ok(builder.connect(transport)?)
         }

@@ -18,7 +18,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 pub use rsocket_balance::*;
 
-use crate::{ClientBuilder, ConnectExt, Requester, TransportOptions};
+use crate::{ClientBuilder, ConnectExt, Requester, ResumeOptions, TransportOptions};
 
 /// Dials a URI (`tcp://`, `ws://`, `wss://`) with a client configuration
 /// and transport options: a [`Connect`] for any transport.
@@ -27,6 +27,7 @@ pub struct UriConnector {
     uri: String,
     builder: ClientBuilder,
     options: TransportOptions,
+    resume: Option<ResumeOptions>,
 }
 
 impl UriConnector {
@@ -36,6 +37,7 @@ impl UriConnector {
             uri: uri.into(),
             builder: ClientBuilder::new(),
             options: TransportOptions::default(),
+            resume: None,
         }
     }
 
@@ -43,6 +45,16 @@ impl UriConnector {
     #[must_use]
     pub fn with_builder(mut self, builder: ClientBuilder) -> Self {
         self.builder = builder;
+        self
+    }
+
+    /// Makes every connection a resumable session (the server must enable
+    /// resumption): a member whose transport breaks redials the URI and
+    /// resumes, its requests and streams continue and it stays ready (see
+    /// `rsocket_balance::TcpConnector::resumable`).
+    #[must_use]
+    pub fn resumable(mut self, options: ResumeOptions) -> Self {
+        self.resume = Some(options);
         self
     }
 
@@ -63,10 +75,19 @@ impl Connect for UriConnector {
     fn connect(&self) -> BoxFuture<'static, Result<Requester, BoxError>> {
         let this = self.clone();
         async move {
-            this.builder
-                .connect_to_with(&this.uri, &this.options)
-                .await
-                .map_err(BoxError::from)
+            match this.resume {
+                Some(resume) => this
+                    .builder
+                    .resume(resume)
+                    .connect_resumable_to_with(&this.uri, &this.options)
+                    .await
+                    .map_err(BoxError::from),
+                None => this
+                    .builder
+                    .connect_to_with(&this.uri, &this.options)
+                    .await
+                    .map_err(BoxError::from),
+            }
         }
         .boxed()
     }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use rsocket_balance::{Balancer, MemberState, TcpConnector};
 use rsocket_core::{
     async_trait, ClientBuilder, Config, ConnectionError, Payload, PayloadStream, RSocket,
     RequestError, Requester, ResumeFailure, ResumeOptions, Server, ServerResumeOptions,
@@ -457,12 +458,7 @@ async fn backpressure_holds_across_a_resume() {
     // The relay drops its sockets asynchronously: wait for the client's
     // new transport, so that the credit below cannot slip through the old
     // one before it closes.
-    within("the client reconnects", async {
-        while fx.proxy.accepted() < 2 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
+    until("the client reconnects", || fx.proxy.accepted() >= 2).await;
     stream.request(5);
     for i in 5..10 {
         let got = within("item after the cut", stream.next())
@@ -686,4 +682,24 @@ async fn large_items_survive_cuts() {
     let client = tcp_client(fx.proxy.addr(), fast_resume(), Config::default()).await;
     expect_sequence(client.request_stream(Payload::from("big:1000")), 1000).await;
     assert_eq!(fx.proxy.cuts(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balancer_member_resumes_instead_of_failing() {
+    let fx = tcp_fixture(ServerResumeOptions::default(), Config::default()).await;
+    // The first three connections are cut after 100 KB each.
+    fx.proxy.cut_each(100_000, 3);
+    let connector = TcpConnector::new(fx.proxy.addr()).resumable(fast_resume());
+    let balancer = Balancer::builder()
+        .wait_for_member(GUARD)
+        .build_from_list([(0, connector)]);
+    let stream = balancer.request_stream(Payload::from("count:50000"));
+    expect_sequence(stream, 50_000).await;
+    assert_eq!(fx.proxy.cuts(), 3, "the proxy cut three connections");
+    // One session throughout: the stream went on over new transports and
+    // the member never failed, so it never re-dialled.
+    let member = &balancer.members()[0];
+    assert_eq!(member.connects, 1, "{member:?}");
+    assert_eq!(member.state, MemberState::Ready);
+    assert_eq!(fx.proxy.accepted(), 4);
 }
