@@ -15,8 +15,9 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use rsocket_balance::{Balancer, MemberState, TcpConnector};
 use rsocket_core::{
-    async_trait, ClientBuilder, Config, ConnectionError, Payload, PayloadStream, RSocket,
-    RequestError, Requester, ResumeFailure, ResumeOptions, Server, ServerResumeOptions,
+    async_trait, ClientBuilder, Config, ConnectionError, Lease, LeaseConfig, Payload,
+    PayloadStream, RSocket, RejectAll, RequestError, Requester, ResumeFailure, ResumeOptions,
+    Server, ServerResumeOptions,
 };
 use rsocket_tests::proxy::FaultProxy;
 use tokio::sync::{mpsc, Semaphore};
@@ -702,4 +703,60 @@ async fn a_balancer_member_resumes_instead_of_failing() {
     assert_eq!(member.connects, 1, "{member:?}");
     assert_eq!(member.state, MemberState::Ready);
     assert_eq!(fx.proxy.accepted(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_lost_with_the_transport_is_granted_again_after_the_resume() {
+    let listener = rsocket_transport_tcp::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let upstream = listener.local_addr().expect("addr");
+    let (tx, mut accepted) = mpsc::unbounded_channel();
+    let server = Server::new(move |_setup, requester: Requester| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(requester);
+            Ok(RejectAll)
+        }
+    })
+    .lease(LeaseConfig::new())
+    .resumption(ServerResumeOptions::default());
+    let _server = tokio::spawn(async move {
+        let _ = server.serve(listener).await;
+    });
+    let proxy = FaultProxy::start(upstream).await.expect("proxy");
+    let addr = proxy.addr();
+    let client = within(
+        "connect",
+        ClientBuilder::new()
+            .lease(LeaseConfig::new())
+            .resume(fast_resume())
+            .connect_resumable(move || rsocket_transport_tcp::connect(addr)),
+    )
+    .await
+    .expect("connected");
+    let server_side = within("accepted", accepted.recv())
+        .await
+        .expect("requester");
+    assert!(server_side.send_lease(&Lease::new(Duration::from_secs(60), 5)));
+    until("the first grant arrives", || {
+        client.lease().is_some_and(|l| l.allowed == 5)
+    })
+    .await;
+    // The next grant goes to a transport that never delivers it: LEASE has
+    // no position, so the replay cannot bring it back.
+    proxy.stall();
+    let written = server_side.stats().frames_out;
+    assert!(server_side.send_lease(&Lease::new(Duration::from_secs(60), 7)));
+    until("the second grant is written", || {
+        server_side.stats().frames_out > written
+    })
+    .await;
+    proxy.cut();
+    // After the resume the server grants again what is left of it.
+    until("the second grant arrives after the resume", || {
+        client.lease().is_some_and(|l| l.allowed == 7)
+    })
+    .await;
+    assert!(proxy.accepted() >= 2, "a new transport was used");
 }

@@ -130,6 +130,32 @@ impl Connection {
         self.grant_lease(&lease, now);
     }
 
+    /// After a resume: LEASE frames have no position and are not kept, so
+    /// one written to the lost transport is gone. Grant again: the fixed
+    /// policy's grant now, otherwise what is left of the last grant.
+    pub(crate) fn regrant_after_resume(&mut self, now: Instant) {
+        let Some(l) = self.lease.as_mut() else {
+            return;
+        };
+        if let Some((_, due)) = l.fixed.as_mut() {
+            *due = now;
+            self.regrant_due(now);
+            return;
+        }
+        let Some(g) = l.granted.as_ref() else {
+            return;
+        };
+        if now >= g.expires_at {
+            return;
+        }
+        let lease = Lease {
+            ttl: g.expires_at - now,
+            requests: g.remaining,
+            metadata: g.metadata.clone(),
+        };
+        self.grant_lease(&lease, now);
+    }
+
     /// When the fixed policy grants next.
     pub(crate) fn lease_deadline(&self) -> Option<Instant> {
         self.lease.as_ref()?.fixed.as_ref().map(|(_, due)| *due)

@@ -394,6 +394,7 @@ impl Connection {
         self.last_received = now;
         self.stalled_since = None;
         self.next_keepalive = self.keepalive.send_interval.map(|i| now + i);
+        self.regrant_after_resume(now);
         wake(&mut self.writer_waker);
     }
 
