@@ -73,6 +73,19 @@ pub(crate) struct ConnArgs {
     /// servers only).
     #[arg(long)]
     pub(crate) insecure: bool,
+    /// Make the connection a resumable session (SETUP with a resume token):
+    /// when the transport breaks, reconnect to the same URI and resume.
+    /// The server must enable resumption (else `REJECTED_SETUP`).
+    #[arg(long)]
+    pub(crate) resume: bool,
+    /// Ask for leasing (SETUP with the L flag): every request waits, up to
+    /// --lease-wait, for the server's lease, and fails without one. The
+    /// server must lease (else `UNSUPPORTED_SETUP`).
+    #[arg(long)]
+    pub(crate) lease: bool,
+    /// With --lease: how long a request waits for a lease.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) lease_wait: Duration,
 }
 
 /// One interaction with a server.
@@ -160,6 +173,31 @@ pub(crate) struct ServeArgs {
     /// Print every frame, decoded and in hex, to standard error.
     #[arg(long)]
     pub(crate) debug: bool,
+    /// Keep the sessions of clients that ask for resumption when their
+    /// transport breaks (for two minutes), so that they can resume.
+    #[arg(long)]
+    pub(crate) resume: bool,
+    /// Lease to clients that ask for it: `N/DURATION` grants N requests
+    /// for DURATION, again every DURATION (`100/10s`). Clients that do not
+    /// ask are served without lease.
+    #[arg(long, value_name = "N/DURATION", value_parser = parse_lease)]
+    pub(crate) lease: Option<(u32, Duration)>,
+}
+
+/// `N/DURATION`, as `--lease` takes it.
+fn parse_lease(s: &str) -> Result<(u32, Duration), String> {
+    let (n, ttl) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?}: expected N/DURATION, for example 100/10s"))?;
+    let n: u32 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("{n:?}: not a number of requests"))?;
+    let ttl = parse_duration(ttl)?;
+    if ttl.is_zero() {
+        return Err("the lease duration must be greater than zero".into());
+    }
+    Ok((n, ttl))
 }
 
 /// The interaction a benchmark drives.

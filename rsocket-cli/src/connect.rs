@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use rsocket::frame::FrameType;
-use rsocket::{open_transport, ClientBuilder, Requester, SetupParams, TransportOptions};
+use rsocket::{
+    open_transport, ClientBuilder, LeaseConfig, Requester, ResumeOptions, SetupParams,
+    TransportOptions,
+};
 
 use crate::cli::ConnArgs;
 use crate::debug::{FrameLog, SentFrames, Tap};
@@ -46,13 +49,36 @@ pub(crate) async fn connect(uri: &str, conn: &ConnArgs, setup: SetupParams) -> R
     if uri.starts_with("wss://") {
         options = tls_options(options, conn)?;
     }
+    let sent = Arc::new(SentFrames::default());
+    let log = conn.debug.then(|| FrameLog::new("client"));
+    let mut builder = ClientBuilder::new().setup(setup);
+    if conn.lease {
+        builder = builder.lease(LeaseConfig::new().wait(conn.lease_wait));
+    }
+    if conn.resume {
+        // Every transport, the first and those after a loss, is opened the
+        // same way and tapped into the same log and counters.
+        let (target, sent_) = (uri.to_owned(), sent.clone());
+        let requester = builder
+            .resume(ResumeOptions::default())
+            .connect_resumable(move || {
+                let (target, options) = (target.clone(), options.clone());
+                let (log, sent) = (log.clone(), sent_.clone());
+                async move {
+                    let transport = open_transport(&target, &options)
+                        .await
+                        .map_err(std::io::Error::other)?;
+                    Ok(Tap::new(transport, log, sent))
+                }
+            })
+            .await
+            .with_context(|| format!("connecting to {uri}"))?;
+        return Ok(Client { requester, sent });
+    }
     let transport = open_transport(uri, &options)
         .await
         .with_context(|| format!("connecting to {uri}"))?;
-    let sent = Arc::new(SentFrames::default());
-    let log = conn.debug.then(|| FrameLog::new("client"));
-    let requester = ClientBuilder::new()
-        .setup(setup)
+    let requester = builder
         .connect(Tap::new(transport, log, sent.clone()))
         .context("starting the connection")?;
     Ok(Client { requester, sent })

@@ -346,6 +346,9 @@ pub(crate) fn render(prefix: &str, frame: &Frame, composite: bool) -> String {
                 " version={}.{} keepalive={}ms lifetime={}ms",
                 s.version.major, s.version.minor, s.keepalive_interval_ms, s.max_lifetime_ms
             );
+            if let Some(token) = &s.resume_token {
+                let _ = write!(out, " resume-token=<{} bytes>", token.len());
+            }
             let _ = writeln!(
                 body,
                 "    metadata-mime: {}\n    data-mime: {}",

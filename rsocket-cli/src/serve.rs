@@ -11,8 +11,8 @@ use futures::StreamExt;
 use rsocket::metadata::{CompositeMetadata, RoutingMetadata, WellKnownMimeType};
 use rsocket::prelude::*;
 use rsocket::{
-    Listener, MimeType, Payload, PayloadStream, RequestError, Server, SetupInfo, StreamError,
-    Transport,
+    LeaseConfig, LeasePolicy, Listener, MimeType, Payload, PayloadStream, RequestError, Server,
+    ServerResumeOptions, SetupInfo, StreamError, Transport,
 };
 
 use crate::cli::ServeArgs;
@@ -54,6 +54,17 @@ pub(crate) async fn run(args: ServeArgs) -> Result<()> {
         Ok(Echo { verbose, composite })
     })
     .grace_period(Duration::from_secs(2));
+    let server = match args.lease {
+        Some((requests, ttl)) => {
+            server.lease(LeaseConfig::new().policy(LeasePolicy::fixed(ttl, requests)))
+        }
+        None => server,
+    };
+    let server = if args.resume {
+        server.resumption(ServerResumeOptions::default())
+    } else {
+        server
+    };
     if args.debug {
         let incoming =
             listener.map(|r| r.map(|t| Tap::new(t, Some(FrameLog::new("server")), Arc::default())));

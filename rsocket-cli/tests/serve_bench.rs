@@ -21,10 +21,13 @@ impl Served {
     /// Starts a server; `verbose` logs requests (then the test must read
     /// them, or the pipe fills up).
     async fn start(uri: &str, verbose: bool) -> Self {
+        Self::start_with(uri, if verbose { &["--verbose"] } else { &[] }).await
+    }
+
+    /// Starts a server with extra arguments after `serve URI --echo`.
+    async fn start_with(uri: &str, extra: &[&str]) -> Self {
         let mut args = vec!["serve", uri, "--echo"];
-        if verbose {
-            args.push("--verbose");
-        }
+        args.extend_from_slice(extra);
         let mut child = tokio::process::Command::new(bin())
             .args(&args)
             .stdout(Stdio::piped())
@@ -267,4 +270,44 @@ async fn bench_streams_against_the_echo_server_in_text() {
         .and_then(|n| n.parse::<u64>().ok())
         .unwrap_or(0);
     assert!(ops > 0 && items == ops * 50, "{}", r.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_and_resume_are_negotiated_or_refused() {
+    let plain = Served::start("tcp://127.0.0.1:0", false).await;
+    let leasing = Served::start_with("tcp://127.0.0.1:0", &["--lease", "2/60s", "--resume"]).await;
+    // A leasing, resuming server: SETUP carries L and a resume token, the
+    // request waits for the server's LEASE, then goes out.
+    let r = run(
+        &[
+            &leasing.uri,
+            "--lease",
+            "--resume",
+            "--debug",
+            "-d",
+            "granted",
+        ],
+        "",
+    )
+    .await;
+    r.expect_code(0);
+    assert_eq!(r.stdout, "granted\n");
+    assert!(
+        r.stderr.contains("LEASE"),
+        "no LEASE frame logged:\n{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("resume-token=<16 bytes>"),
+        "no resume token in SETUP:\n{}",
+        r.stderr
+    );
+    // A server without either refuses the SETUP, and the exit status says
+    // the server answered with an ERROR frame.
+    let r = run(&[&plain.uri, "--lease", "-d", "x"], "").await;
+    r.expect_code(1);
+    assert!(r.stderr.contains("UNSUPPORTED_SETUP"), "{}", r.stderr);
+    let r = run(&[&plain.uri, "--resume", "-d", "x"], "").await;
+    r.expect_code(1);
+    assert!(r.stderr.contains("REJECTED_SETUP"), "{}", r.stderr);
 }
