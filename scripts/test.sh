@@ -32,8 +32,13 @@ step "library crates package (cargo package, verified by building each)"
 # temporary registry. Cargo treats registry crates as immutable, so a build
 # of an older 0.1.0 left in the target dir would count as fresh: verify in a
 # target dir of its own, with our crates' artifacts removed first.
+# Cargo also extracts the packaged crates from that temporary registry into
+# its registry source cache (`registry/src/-<hash>/`, one per temporary
+# registry path) and never extracts them again: remove our crates from
+# there too, or a second run verifies against the first run's sources.
 VERIFY=target/package-verify
 rm -rf "$VERIFY"/debug/.fingerprint/rsocket* "$VERIFY"/debug/deps/*rsocket*
+rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/rsocket*
 CARGO_TARGET_DIR=$VERIFY cargo package --workspace --locked --allow-dirty --exclude rsocket-examples --exclude rsocket-tests --exclude rsocket-rpc-tests
 
 step "sans-IO core builds without tokio runtime"
