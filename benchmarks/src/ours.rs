@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures::{Sink, StreamExt};
 use rsocket_core::frame::Frame;
 use rsocket_core::{
-    async_trait, ClientBuilder, Config, Payload, PayloadStream, RSocket, RequestError, Requester,
+    async_trait, ClientBuilder, Payload, PayloadStream, RSocket, RequestError, Requester,
     Server, ServerResumeOptions, Transport, TransportError,
 };
 
