@@ -8,75 +8,25 @@
 //! sentinel METADATA_PUSH marks "everything before was handled / nothing
 //! else was sent".
 
+mod common;
+use common::*;
+
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
-use rsocket_core::codec::FrameCodec;
+use futures::StreamExt;
 use rsocket_core::frame::{
     Keepalive, Lease as LeaseFrame, RequestFnf, RequestResponse, Setup, Version,
 };
 use rsocket_core::{
     accept, async_trait, ClientBuilder, Config, ConnectionError, ConnectionStats, ErrorCode, Frame,
-    Lease, LeaseConfig, LeasePolicy, MemoryTransport, MimeType, NoLease, Payload, RSocket,
-    RequestError, Requester, SetupInfo, StreamId, StreamTransport,
+    Lease, LeaseConfig, LeasePolicy, MimeType, NoLease, Payload, RSocket, RequestError, Requester,
+    SetupInfo,
 };
-use tokio::io::DuplexStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio::time::timeout;
-use tokio_util::codec::Framed;
-
-const WAIT: Duration = Duration::from_secs(5);
-
-type Raw = Framed<DuplexStream, FrameCodec>;
-
-fn raw_pair() -> (MemoryTransport, Raw) {
-    let (engine, script) = tokio::io::duplex(64 << 10);
-    let (r, w) = tokio::io::split(engine);
-    (
-        StreamTransport::new(r, w),
-        Framed::new(script, FrameCodec::new()),
-    )
-}
-
-async fn expect_frame(raw: &mut Raw) -> Frame {
-    match timeout(WAIT, raw.next()).await {
-        Ok(Some(Ok(b))) => Frame::decode(b.clone())
-            .unwrap_or_else(|e| panic!("engine sent an undecodable frame {b:02x?}: {e}")),
-        Ok(Some(Err(e))) => panic!("codec error while expecting a frame: {e}"),
-        Ok(None) => panic!("transport closed while a frame was expected"),
-        Err(_) => panic!("no frame within {WAIT:?}"),
-    }
-}
-
-async fn expect_closed(raw: &mut Raw) {
-    match timeout(WAIT, raw.next()).await {
-        Ok(None) => {}
-        Ok(Some(Ok(b))) => panic!("expected close, got frame {:?}", Frame::decode(b)),
-        Ok(Some(Err(e))) => panic!("expected a clean close, got {e}"),
-        Err(_) => panic!("transport not closed within {WAIT:?}"),
-    }
-}
-
-async fn send(raw: &mut Raw, frame: Frame) {
-    timeout(WAIT, raw.send(frame))
-        .await
-        .expect("send timed out")
-        .expect("send failed");
-}
-
-async fn prompt<F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    timeout(WAIT, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: not finished within {WAIT:?}"))
-}
-
-fn sid(n: u32) -> StreamId {
-    StreamId::new(n).expect("valid stream id")
-}
 
 fn setup(lease: bool) -> Frame {
     Frame::Setup(Box::new(Setup {

@@ -8,46 +8,22 @@
 //! each resumable frame the script sent or received. Every wait has a
 //! timeout; nothing is ordered by sleeping.
 
+mod common;
+use common::*;
+
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
-use rsocket_core::codec::FrameCodec;
+use futures::StreamExt;
 use rsocket_core::frame::{
     Keepalive, PayloadFrame, RequestN, RequestStream, Resume, Setup, Version,
 };
 use rsocket_core::{
     request_stream_fn, ClientBuilder, Config, ConnectionError, ErrorCode, Frame, MemoryTransport,
-    MimeType, Payload, RequestCount, RequestError, Requester, ResumeFailure, ResumeOptions, Server,
-    ServerResumeOptions, StreamId, StreamTransport,
+    MimeType, Payload, RequestError, Requester, ResumeFailure, ResumeOptions, Server,
+    ServerResumeOptions,
 };
-use tokio::io::DuplexStream;
 use tokio::sync::mpsc;
-use tokio::time::timeout;
-use tokio_util::codec::Framed;
-
-const WAIT: Duration = Duration::from_secs(5);
-
-type Raw = Framed<DuplexStream, FrameCodec>;
-
-fn raw_pair() -> (MemoryTransport, Raw) {
-    let (engine, script) = tokio::io::duplex(64 << 10);
-    let (r, w) = tokio::io::split(engine);
-    (
-        StreamTransport::new(r, w),
-        Framed::new(script, FrameCodec::new()),
-    )
-}
-
-async fn expect_frame(raw: &mut Raw) -> Frame {
-    match timeout(WAIT, raw.next()).await {
-        Ok(Some(Ok(b))) => Frame::decode(b.clone())
-            .unwrap_or_else(|e| panic!("engine sent an undecodable frame {b:02x?}: {e}")),
-        Ok(Some(Err(e))) => panic!("codec error while expecting a frame: {e}"),
-        Ok(None) => panic!("transport closed while a frame was expected"),
-        Err(_) => panic!("no frame within {WAIT:?}"),
-    }
-}
 
 /// The next frame that is not a KEEPALIVE.
 async fn expect_non_keepalive(raw: &mut Raw) -> Frame {
@@ -57,36 +33,6 @@ async fn expect_non_keepalive(raw: &mut Raw) -> Frame {
             return f;
         }
     }
-}
-
-async fn expect_closed(raw: &mut Raw) {
-    match timeout(WAIT, raw.next()).await {
-        Ok(None) => {}
-        Ok(Some(Ok(b))) => panic!("expected close, got frame {:?}", Frame::decode(b)),
-        Ok(Some(Err(e))) => panic!("expected a clean close, got {e}"),
-        Err(_) => panic!("transport not closed within {WAIT:?}"),
-    }
-}
-
-async fn send(raw: &mut Raw, frame: Frame) {
-    timeout(WAIT, raw.send(frame))
-        .await
-        .expect("send timed out")
-        .expect("send failed");
-}
-
-async fn prompt<F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    timeout(WAIT, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: not finished within {WAIT:?}"))
-}
-
-fn sid(n: u32) -> StreamId {
-    StreamId::new(n).expect("valid stream id")
-}
-
-fn count(n: u32) -> RequestCount {
-    RequestCount::new(n).expect("valid request-n")
 }
 
 fn next(id: u32, data: &'static str) -> Frame {
