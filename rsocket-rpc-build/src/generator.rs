@@ -409,10 +409,9 @@ fn server(service: &Service, full_name: &str, methods: &[MethodModel]) -> TokenS
     }
 }
 
-fn trait_item(trait_name: &Ident, m: &MethodModel) -> TokenStream {
-    let ident = &m.ident;
-    let input = &m.input;
-    let output = &m.output;
+/// A method's doc comment, the same on the server trait and the client:
+/// the proto comments, its kind and route, and the idempotent mark.
+fn method_docs(m: &MethodModel) -> TokenStream {
     let mut generated = vec![format!("{}; route `{}`.", m.kind.describe(), m.route)];
     if m.idempotent {
         generated.push(String::new());
@@ -422,7 +421,14 @@ fn trait_item(trait_name: &Ident, m: &MethodModel) -> TokenStream {
                 .to_owned(),
         );
     }
-    let method_docs = docs(&m.docs, &generated);
+    docs(&m.docs, &generated)
+}
+
+fn trait_item(trait_name: &Ident, m: &MethodModel) -> TokenStream {
+    let ident = &m.ident;
+    let input = &m.input;
+    let output = &m.output;
+    let method_docs = method_docs(m);
     let request = if m.kind.streams_in() {
         quote! { rpc::Request<rpc::Streaming<#input>> }
     } else {
@@ -530,16 +536,7 @@ fn client_method(m: &MethodModel) -> TokenStream {
     let input = &m.input;
     let output = &m.output;
     let route = &m.route;
-    let mut generated = vec![format!("{}; route `{}`.", m.kind.describe(), m.route)];
-    if m.idempotent {
-        generated.push(String::new());
-        generated.push(
-            "Idempotent: over a load balancer it is sent again, to another server, \
-             if its connection dies with it in flight."
-                .to_owned(),
-        );
-    }
-    let method_docs = docs(&m.docs, &generated);
+    let method_docs = method_docs(m);
     let (arg, request, ret, call) = match m.kind {
         Kind::Unary => (
             quote! { impl rpc::IntoRequest<#input> },
