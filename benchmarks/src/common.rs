@@ -41,6 +41,19 @@ pub struct Sizes {
 
 impl Sizes {
     pub fn new(quick: bool) -> Self {
+        let mut sizes = Self::preset(quick);
+        // For instruction counts: two runs with different times give the
+        // marginal cost of a request, start-up and warm-up cancelled out.
+        if let Some(ms) = std::env::var("BENCH_RR_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            sizes.rr_time = Duration::from_millis(ms);
+        }
+        sizes
+    }
+
+    fn preset(quick: bool) -> Self {
         if quick {
             Self {
                 quick,

@@ -15,7 +15,7 @@
 //! Not part of the supported API.
 
 use std::collections::VecDeque;
-use std::task::{Context, Poll, Waker};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -151,10 +151,8 @@ impl Harness {
         self.log
             .extend(self.conn.out.iter().skip(skip).map(|q| q.frame.clone()));
         self.seen = queued;
-    }
-
-    fn cx() -> Context<'static> {
-        Context::from_waker(Waker::noop())
+        // Nobody waits here: wake-ups are dropped (a runtime wakes tasks).
+        self.conn.drain_wakeups(|_| {});
     }
 
     // ----- inputs -------------------------------------------------------
@@ -209,7 +207,7 @@ impl Harness {
     /// A new request may be opened now (the outbound queue has room and the
     /// connection takes new streams).
     pub fn can_open(&mut self) -> bool {
-        matches!(self.conn.poll_open_ready(&Self::cx()), Poll::Ready(Ok(())))
+        matches!(self.conn.open_ready(), Poll::Ready(Ok(())))
     }
 
     /// Opens a request (see [`Harness::can_open`]); `window` is the initial
@@ -233,7 +231,7 @@ impl Harness {
     /// `Some(Ok)` yes (or leasing is off), `Some(Err(NoLease))` no, `None`
     /// when `wait` is set and the request would wait for the next LEASE.
     pub fn lease_ready(&mut self, wait: bool) -> Option<Result<(), RequestError>> {
-        match self.conn.poll_lease(&Self::cx(), self.now, wait) {
+        match self.conn.lease_ready(self.now, wait) {
             Poll::Ready(r) => Some(r),
             Poll::Pending => None,
         }
@@ -255,9 +253,7 @@ impl Harness {
     /// `consumed` items as handed to the user since the last call.
     pub fn recv(&mut self, stream: StreamId, consumed: u32, max: usize) -> Recv {
         let mut rest = VecDeque::new();
-        let r = self
-            .conn
-            .poll_recv(stream, &Self::cx(), consumed, max.max(1), &mut rest);
+        let r = self.conn.recv(stream, consumed, max.max(1), &mut rest);
         self.observe();
         match r {
             Poll::Ready(Some(Ok(first))) => {
@@ -285,7 +281,7 @@ impl Harness {
 
     /// May the producer of an outbound half send, and how much?
     pub fn send_ready(&mut self, stream: StreamId, zero_ok: bool) -> Ready {
-        let r = self.conn.poll_send_ready(stream, &Self::cx(), zero_ok);
+        let r = self.conn.send_ready(stream, zero_ok);
         self.observe();
         match r {
             Poll::Ready(SendReady::Credit(c)) => Ready::Credit(c),
@@ -317,7 +313,7 @@ impl Harness {
     /// it must wait.
     pub fn metadata_push(&mut self, metadata: Bytes) -> Option<Result<(), RequestError>> {
         let mut slot = Some(metadata);
-        let r = match self.conn.poll_metadata_push(&Self::cx(), &mut slot) {
+        let r = match self.conn.metadata_push(&mut slot) {
             Poll::Ready(r) => Some(r),
             Poll::Pending => None,
         };

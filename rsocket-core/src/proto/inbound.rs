@@ -6,7 +6,7 @@ use tracing::{debug, trace};
 
 use super::fragment::Reassembly;
 use super::{
-    add_credit, wake, Connection, Event, FragKind, Interaction, RecvHalf, SendHalf, Side, State,
+    add_credit, Connection, Event, FragKind, Interaction, RecvHalf, SendHalf, Side, State,
     StreamState,
 };
 use crate::error::{ConnectionError, Initiator, Limit, RequestError, StreamError, StreamViolation};
@@ -70,7 +70,7 @@ impl Connection {
         if let Some(r) = self.resume.as_mut() {
             if super::is_resumable(&frame) {
                 if r.record_received(len) {
-                    wake(&mut self.writer_waker);
+                    self.wakeups.driver();
                 }
             } else if let Frame::Keepalive(k) = &frame {
                 if !r.release(k.last_received_position) {
@@ -184,14 +184,16 @@ impl Connection {
             code: e.code,
             message: e.message(),
         };
-        if let Some(st) = self.streams.get_mut(&id.get()) {
+        let key = id.get();
+        if let Some(st) = self.streams.get_mut(&key) {
             // ERROR ends the whole stream, both halves (spec §5.4).
             st.terminated = true;
+            let w = &mut self.wakeups;
             if let Some(r) = st.recv.as_mut() {
-                r.finish(Err(RequestError::Stream(err)));
+                r.finish(Err(RequestError::Stream(err)), key, w);
             }
             if let Some(s) = st.send.as_mut() {
-                s.stop();
+                s.stop(key, w);
             }
         }
     }
@@ -395,15 +397,12 @@ impl Connection {
     }
 
     fn on_request_n(&mut self, n: RequestN) {
-        if let Some(s) = self
-            .streams
-            .get_mut(&n.stream_id.get())
-            .and_then(|st| st.send.as_mut())
-        {
+        let key = n.stream_id.get();
+        if let Some(s) = self.streams.get_mut(&key).and_then(|st| st.send.as_mut()) {
             if !s.stopped {
                 s.credit = add_credit(s.credit, n.request_n.get());
                 s.awaiting_credit = false;
-                wake(&mut s.waker);
+                s.notify(key, &mut self.wakeups);
             }
         }
     }
@@ -414,14 +413,15 @@ impl Connection {
         let Some(st) = self.streams.get_mut(&key) else {
             return;
         };
+        let w = &mut self.wakeups;
         if let Some(s) = st.send.as_mut() {
-            s.stop();
+            s.stop(key, w);
         }
         if !st.local {
             // The requester cancelled: the whole stream is over.
             st.terminated = true;
             if let Some(r) = st.recv.as_mut() {
-                r.finish(Err(RequestError::Cancelled));
+                r.finish(Err(RequestError::Cancelled), key, w);
             }
         }
         // A responder's CANCEL on a channel only closes the requester's
@@ -465,7 +465,8 @@ impl Connection {
     }
 
     fn on_payload(&mut self, id: StreamId, payload: Payload, next: bool, complete: bool) {
-        let Some(st) = self.streams.get_mut(&id.get()) else {
+        let key = id.get();
+        let Some(st) = self.streams.get_mut(&key) else {
             trace!(stream = id.get(), "ignoring PAYLOAD for an unknown stream");
             return;
         };
@@ -480,9 +481,14 @@ impl Connection {
             if r.outstanding == 0 {
                 // More than we asked for: cancel and fail locally.
                 st.terminated = true;
-                r.finish(Err(RequestError::Protocol(StreamViolation::BeyondCredit)));
+                let w = &mut self.wakeups;
+                r.finish(
+                    Err(RequestError::Protocol(StreamViolation::BeyondCredit)),
+                    key,
+                    w,
+                );
                 if let Some(s) = st.send.as_mut() {
-                    s.stop();
+                    s.stop(key, w);
                 }
                 self.push_control(Frame::Cancel(Cancel { stream_id: id }));
                 return;
@@ -497,6 +503,6 @@ impl Connection {
         if complete || rr {
             r.end = Some(Ok(()));
         }
-        wake(&mut r.waker);
+        r.notify(key, &mut self.wakeups);
     }
 }

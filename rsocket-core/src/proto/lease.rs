@@ -2,13 +2,13 @@
 //! grant we gave the peer, and the fixed policy's timer. Time comes in as
 //! `now`, like every other deadline here.
 
-use std::task::{Context, Poll, Waker};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::{debug, trace};
 
-use super::{wake_all, Connection};
+use super::Connection;
 use crate::error::{NoLease, RequestError};
 use crate::frame::Frame;
 use crate::lease::{Lease, LeaseConfig, LeaseState};
@@ -64,7 +64,8 @@ pub(crate) struct Leasing {
     /// The fixed policy's grant and when it is due again.
     fixed: Option<(Lease, Instant)>,
     /// Requests waiting for a grant from the peer.
-    waiters: Vec<Waker>,
+    /// A request returned `Pending` waiting for a grant.
+    waiting: bool,
 }
 
 impl Connection {
@@ -80,7 +81,7 @@ impl Connection {
             received: None,
             granted: None,
             fixed,
-            waiters: Vec::new(),
+            waiting: false,
         });
         self.regrant_due(now);
     }
@@ -176,13 +177,17 @@ impl Connection {
         let lease = Lease::from_frame(frame);
         trace!(ttl = ?lease.ttl, requests = lease.requests, "lease received");
         l.received = Some(Grant::new(&lease, now));
-        wake_all(&mut l.waiters);
+        if std::mem::take(&mut l.waiting) {
+            self.wakeups.lease();
+        }
     }
 
     /// Wakes every request waiting for a lease (the connection ended).
     pub(super) fn wake_lease_waiters(&mut self) {
         if let Some(l) = self.lease.as_mut() {
-            wake_all(&mut l.waiters);
+            if std::mem::take(&mut l.waiting) {
+                self.wakeups.lease();
+            }
         }
     }
 
@@ -190,9 +195,8 @@ impl Connection {
     /// off or the peer's lease allows one (nothing is consumed; `open`
     /// does that). Otherwise `Pending` with `wait` (woken by the next
     /// LEASE or the end of the connection), or the reason.
-    pub(crate) fn poll_lease(
+    pub(crate) fn lease_ready(
         &mut self,
-        cx: &Context<'_>,
         now: Instant,
         wait: bool,
     ) -> Poll<Result<(), RequestError>> {
@@ -205,9 +209,7 @@ impl Connection {
         match Grant::check(l.received.as_ref(), now) {
             Ok(()) => Poll::Ready(Ok(())),
             Err(_) if wait => {
-                if !l.waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                    l.waiters.push(cx.waker().clone());
-                }
+                l.waiting = true;
                 Poll::Pending
             }
             Err(why) => Poll::Ready(Err(RequestError::NoLease(why))),

@@ -2,14 +2,14 @@
 //! halves, producing on outbound halves.
 
 use std::collections::VecDeque;
-use std::task::{Context, Poll, Waker};
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::{
-    add_credit, fragment, register, wake, Connection, FragKind, Interaction, Pace, RecvHalf,
-    SendHalf, SendReady, State, StreamState,
+    add_credit, fragment, Connection, FragKind, Interaction, Pace, RecvHalf, SendHalf, SendReady,
+    State, StreamState,
 };
 use crate::error::{RequestError, StreamError};
 use crate::frame::{
@@ -22,14 +22,15 @@ impl Connection {
     // ----- requester commands ------------------------------------------
 
     /// Ready when a new request may be queued (the outbound queue has room).
-    pub(crate) fn poll_open_ready(&mut self, cx: &Context<'_>) -> Poll<Result<(), RequestError>> {
+    /// `Pending` waits for [`Wakeup::Space`](super::Wakeup::Space).
+    pub(crate) fn open_ready(&mut self) -> Poll<Result<(), RequestError>> {
         if let Some(refusal) = self.refusal() {
             return Poll::Ready(Err(refusal));
         }
         if self.has_space() {
             Poll::Ready(Ok(()))
         } else {
-            self.wait_space(cx);
+            self.wait_space();
             Poll::Pending
         }
     }
@@ -97,24 +98,23 @@ impl Connection {
 
     /// Queues a METADATA_PUSH once the outbound queue has room (paced, like
     /// a request). Allowed while a graceful close drains (it opens no
-    /// stream).
-    pub(crate) fn poll_metadata_push(
+    /// stream). `Pending` waits for [`Wakeup::Space`](super::Wakeup::Space).
+    pub(crate) fn metadata_push(
         &mut self,
-        cx: &Context<'_>,
         metadata: &mut Option<Bytes>,
     ) -> Poll<Result<(), RequestError>> {
         if let Some(e) = self.closed() {
             return Poll::Ready(Err(RequestError::Connection(e.clone())));
         }
         if !self.has_space() {
-            self.wait_space(cx);
+            self.wait_space();
             return Poll::Pending;
         }
         if let Some(metadata) = metadata.take() {
             let frame = Frame::MetadataPush(MetadataPush { metadata });
             let len = frame.encoded_len();
             self.enqueue(frame, len, Pace::Paced);
-            wake(&mut self.writer_waker);
+            self.wakeups.driver();
         }
         Poll::Ready(Ok(()))
     }
@@ -125,7 +125,7 @@ impl Connection {
         self.inflight_oneway = self.inflight_oneway.saturating_sub(1);
         if was_paused && !self.read_paused() {
             // The driver stopped reading; let it resume.
-            wake(&mut self.writer_waker);
+            self.wakeups.driver();
         }
     }
 
@@ -137,22 +137,20 @@ impl Connection {
     /// credit, so a consumer that stops polling stops the producer. Ready
     /// with `Some(Ok(item))`, `None` at completion,
     /// `Some(Err(_))` when the stream failed; both terminal answers release
-    /// the half.
-    pub(crate) fn poll_recv(
+    /// the half. `Pending` waits for [`Wakeup::Recv`](super::Wakeup::Recv).
+    pub(crate) fn recv(
         &mut self,
         id: StreamId,
-        cx: &Context<'_>,
         consumed: u32,
         max: usize,
         into: &mut VecDeque<Payload>,
     ) -> Poll<Option<Result<Payload, RequestError>>> {
-        self.poll_recv_inner(id, cx, consumed, max, into, true)
+        self.recv_inner(id, consumed, max, into, true)
     }
 
-    fn poll_recv_inner(
+    fn recv_inner(
         &mut self,
         id: StreamId,
-        cx: &Context<'_>,
         consumed: u32,
         max: usize,
         into: &mut VecDeque<Payload>,
@@ -201,14 +199,16 @@ impl Connection {
                 Some(Ok(())) => Poll::Ready(None),
                 Some(Err(e)) => Poll::Ready(Some(Err(e))),
                 None => {
-                    register(&mut r.waker, cx);
+                    r.waiting = true;
                     Poll::Pending
                 }
             }
         };
         if matches!(result, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
             // The terminal signal was delivered: the half is done.
-            st.recv = None;
+            if let Some(mut r) = st.recv.take() {
+                r.forget(key, &mut self.wakeups);
+            }
             self.maybe_remove(key);
         } else if grant > 0 && !terminated {
             if let Some(n) = RequestCount::new(grant) {
@@ -225,9 +225,8 @@ impl Connection {
     /// the window has been consumed.
     pub(crate) fn report_consumed(&mut self, id: StreamId, n: u32) {
         let mut noop = VecDeque::new();
-        let cx = Context::from_waker(Waker::noop());
         // `max` 0 moves nothing; only the accounting and REQUEST_N happen.
-        let _ = self.poll_recv_inner(id, &cx, n, 0, &mut noop, false);
+        let _ = self.recv_inner(id, n, 0, &mut noop, false);
     }
 
     /// Grants the peer `n` more items on a stream opened with manual credit
@@ -263,9 +262,10 @@ impl Connection {
         let Some(st) = self.streams.get_mut(&key) else {
             return;
         };
-        let Some(r) = st.recv.take() else {
+        let Some(mut r) = st.recv.take() else {
             return;
         };
+        r.forget(key, &mut self.wakeups);
         self.in_bytes -= r.queue.iter().map(Payload::len).sum::<usize>();
         let open = r.end.is_none() && !st.terminated && conn_open;
         // Nobody will take the item being reassembled.
@@ -278,7 +278,7 @@ impl Connection {
                 // Requester gives up: the whole stream ends.
                 st.terminated = true;
                 if let Some(s) = st.send.as_mut() {
-                    s.stop();
+                    s.stop(key, &mut self.wakeups);
                 }
             }
             self.push_control(Frame::Cancel(Cancel { stream_id: id }));
@@ -291,16 +291,18 @@ impl Connection {
     /// Ready with the credit available when the producer may send, or with
     /// `Stopped` when it must give up.
     ///
-    /// With `zero_ok`, a producer without credit gets `Credit(0)` (its waker
-    /// is registered for the next REQUEST_N): a requester's channel uses this
-    /// to look one item ahead, so that it can send COMPLETE, which needs no
-    /// credit, to a responder that never grants any.
-    pub(crate) fn poll_send_ready(
-        &mut self,
-        id: StreamId,
-        cx: &Context<'_>,
-        zero_ok: bool,
-    ) -> Poll<SendReady> {
+    /// With `zero_ok`, a producer without credit gets `Credit(0)` (and waits
+    /// for the next REQUEST_N): a requester's channel uses this to look one
+    /// item ahead, so that it can send COMPLETE, which needs no credit, to a
+    /// responder that never grants any.
+    ///
+    /// Unless the answer is `Stopped`, the producer now waits for
+    /// [`Wakeup::Send`](super::Wakeup::Send), even when it got credit: a
+    /// producer whose user stream is pending must still learn of CANCEL or
+    /// close. A `Pending` while the outbound queue is full
+    /// ([`Connection::has_space`] false) also waits for
+    /// [`Wakeup::Space`](super::Wakeup::Space).
+    pub(crate) fn send_ready(&mut self, id: StreamId, zero_ok: bool) -> Poll<SendReady> {
         let has_space = self.has_space();
         let Some(s) = self
             .streams
@@ -312,36 +314,30 @@ impl Connection {
         if s.stopped || s.done {
             return Poll::Ready(SendReady::Stopped);
         }
-        // Registered even when credit is available: a producer whose user
-        // stream is pending must still be woken by CANCEL or close.
-        register(&mut s.waker, cx);
+        s.waiting = true;
         s.awaiting_credit = s.credit == 0;
-        if s.credit == 0 {
-            if !zero_ok {
-                return Poll::Pending;
-            }
-            if has_space {
-                return Poll::Ready(SendReady::Credit(0));
-            }
-            self.wait_space(cx);
-            return Poll::Pending;
+        if s.credit > 0 && has_space {
+            return Poll::Ready(SendReady::Credit(s.credit));
+        }
+        if s.credit == 0 && zero_ok && has_space {
+            return Poll::Ready(SendReady::Credit(0));
         }
         if !has_space {
-            self.wait_space(cx);
-            return Poll::Pending;
+            self.wait_space();
         }
-        Poll::Ready(SendReady::Credit(s.credit))
+        Poll::Pending
     }
 
-    /// Ready once the producer must stop (cancelled or connection closed).
-    pub(crate) fn poll_stopped(&mut self, id: StreamId, cx: &Context<'_>) -> Poll<()> {
+    /// Ready once the producer must stop (cancelled or connection closed);
+    /// `Pending` waits for [`Wakeup::Send`](super::Wakeup::Send).
+    pub(crate) fn check_stopped(&mut self, id: StreamId) -> Poll<()> {
         match self
             .streams
             .get_mut(&id.get())
             .and_then(|st| st.send.as_mut())
         {
             Some(s) if !s.stopped => {
-                register(&mut s.waker, cx);
+                s.waiting = true;
                 Poll::Pending
             }
             _ => Poll::Ready(()),
@@ -390,7 +386,7 @@ impl Connection {
             let len = f.encoded_len();
             self.enqueue(f, len, pace);
         }
-        wake(&mut self.writer_waker);
+        self.wakeups.driver();
     }
 
     /// Sends ERROR on the stream, ending it on both halves.
@@ -406,8 +402,9 @@ impl Connection {
         }
         s.done = true;
         st.terminated = true;
+        let key = id.get();
         if let Some(r) = st.recv.as_mut() {
-            r.finish(Err(RequestError::Cancelled));
+            r.finish(Err(RequestError::Cancelled), key, &mut self.wakeups);
         }
         let code = if !st.local && err.code.is_connection_level() {
             ErrorCode::APPLICATION_ERROR
@@ -425,13 +422,14 @@ impl Connection {
         let Some(st) = self.streams.get_mut(&key) else {
             return;
         };
-        let Some(s) = st.send.take() else {
+        let Some(mut s) = st.send.take() else {
             return;
         };
+        s.forget(key, &mut self.wakeups);
         if !s.done && !s.stopped && !st.terminated && conn_open {
             st.terminated = true;
             if let Some(r) = st.recv.as_mut() {
-                r.finish(Err(RequestError::Cancelled));
+                r.finish(Err(RequestError::Cancelled), key, &mut self.wakeups);
             }
             let frame = if st.local {
                 Frame::Cancel(Cancel { stream_id: id })
@@ -462,7 +460,7 @@ impl Connection {
             }
             if self.streams.is_empty() && matches!(self.state, State::Draining { .. }) {
                 // Let the driver notice that draining has finished.
-                wake(&mut self.writer_waker);
+                self.wakeups.driver();
             }
         }
     }

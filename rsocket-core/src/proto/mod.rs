@@ -4,9 +4,11 @@
 //! current time ([`Connection::handle_timeout`]) and commands from local
 //! handles (open a request, consume an item, produce an item), and it queues
 //! the frames to send, the events to dispatch, and the next deadline. The
-//! async runtime only moves frames and arms the timer. It stores the
-//! [`Waker`]s of the tasks that wait on a stream so that an inbound frame
-//! wakes its consumer directly, without a channel hop.
+//! async runtime only moves frames and arms the timer. No waker is kept
+//! here: a call that must wait returns `Poll::Pending` and marks the waiter,
+//! and the connection records which waiters to wake ([`Wakeup`]) for the
+//! runtime, which keeps the wakers and wakes them once it has released its
+//! lock (see `wakeup.rs`).
 //!
 //! # Streams
 //!
@@ -42,9 +44,9 @@ mod inbound;
 mod lease;
 mod local;
 mod resume;
+mod wakeup;
 
 use std::collections::VecDeque;
-use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -58,9 +60,12 @@ use crate::Payload;
 
 pub(crate) use fragment::FragKind;
 use fragment::Reassembly;
-use ids::{IdAllocator, IdMap};
+use ids::IdAllocator;
+pub(crate) use ids::IdMap;
 pub(crate) use resume::is_resumable;
 use resume::ResumeState;
+pub(crate) use wakeup::Wakeup;
+use wakeup::Wakeups;
 
 /// The four request interaction models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -122,7 +127,8 @@ struct RecvHalf {
     /// Credit granted by [`Connection::request_credit`] on top of the
     /// window (saturating).
     extra: u64,
-    waker: Option<Waker>,
+    /// Its consumer returned `Pending` and waits for a [`Wakeup::Recv`].
+    waiting: bool,
 }
 
 impl RecvHalf {
@@ -136,15 +142,28 @@ impl RecvHalf {
             granted,
             manual: false,
             extra: 0,
-            waker: None,
+            waiting: false,
         }
     }
 
-    fn finish(&mut self, end: Result<(), RequestError>) {
+    /// Records a wake-up for the consumer, if it waits.
+    fn notify(&mut self, key: u32, w: &mut Wakeups) {
+        if std::mem::take(&mut self.waiting) {
+            w.stream(Wakeup::Recv(key));
+        }
+    }
+
+    /// The half is released: a waker still registered for it is woken
+    /// (spuriously) so that the runtime drops it.
+    fn forget(&mut self, key: u32, w: &mut Wakeups) {
+        self.notify(key, w);
+    }
+
+    fn finish(&mut self, end: Result<(), RequestError>, key: u32, w: &mut Wakeups) {
         if self.end.is_none() {
             self.end = Some(end);
         }
-        wake(&mut self.waker);
+        self.notify(key, w);
     }
 }
 
@@ -158,7 +177,9 @@ struct SendHalf {
     done: bool,
     /// The producer found no credit and waits for REQUEST_N.
     awaiting_credit: bool,
-    waker: Option<Waker>,
+    /// Its producer waits for a [`Wakeup::Send`] (credit, or the order to
+    /// stop).
+    waiting: bool,
 }
 
 impl SendHalf {
@@ -168,13 +189,26 @@ impl SendHalf {
             stopped: false,
             done: false,
             awaiting_credit: false,
-            waker: None,
+            waiting: false,
         }
     }
 
-    fn stop(&mut self) {
+    /// Records a wake-up for the producer, if it waits.
+    fn notify(&mut self, key: u32, w: &mut Wakeups) {
+        if std::mem::take(&mut self.waiting) {
+            w.stream(Wakeup::Send(key));
+        }
+    }
+
+    /// The half is released: a waker still registered for it is woken
+    /// (spuriously) so that the runtime drops it.
+    fn forget(&mut self, key: u32, w: &mut Wakeups) {
+        self.notify(key, w);
+    }
+
+    fn stop(&mut self, key: u32, w: &mut Wakeups) {
         self.stopped = true;
-        wake(&mut self.waker);
+        self.notify(key, w);
     }
 }
 
@@ -202,25 +236,6 @@ enum State {
         message: String,
     },
     Closed(ConnectionError),
-}
-
-fn wake(w: &mut Option<Waker>) {
-    if let Some(w) = w.take() {
-        w.wake();
-    }
-}
-
-fn wake_all(waiters: &mut Vec<Waker>) {
-    for w in waiters.drain(..) {
-        w.wake();
-    }
-}
-
-fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
-    match slot {
-        Some(w) if w.will_wake(cx.waker()) => {}
-        _ => *slot = Some(cx.waker().clone()),
-    }
 }
 
 /// Sum of credits, saturating at 2^31 − 1 (unbounded).
@@ -305,8 +320,10 @@ pub(crate) struct Connection {
     /// the transport without writing what is left.
     abandoned: bool,
     counters: Counters,
-    writer_waker: Option<Waker>,
-    space_waiters: Vec<Waker>,
+    /// Some task returned `Pending` for lack of room in the outbound queue.
+    space_waiting: bool,
+    /// Wake-ups for the runtime (see `wakeup.rs`).
+    wakeups: Wakeups,
     events: VecDeque<Event>,
     keepalive: KeepaliveParams,
     last_received: Instant,
@@ -350,8 +367,8 @@ impl Connection {
             in_bytes: 0,
             abandoned: false,
             counters: Counters::default(),
-            writer_waker: None,
-            space_waiters: Vec::new(),
+            space_waiting: false,
+            wakeups: Wakeups::default(),
             events: VecDeque::new(),
             keepalive,
             last_received: now,
@@ -395,7 +412,7 @@ impl Connection {
         self.stalled_since = None;
         self.next_keepalive = self.keepalive.send_interval.map(|i| now + i);
         self.regrant_after_resume(now);
-        wake(&mut self.writer_waker);
+        self.wakeups.driver();
     }
 
     /// The client's RESUME frame for the current positions.
@@ -495,7 +512,7 @@ impl Connection {
         trace!(?frame, "queue");
         let len = frame.encoded_len();
         self.enqueue(frame, len, Pace::Unpaced);
-        wake(&mut self.writer_waker);
+        self.wakeups.driver();
     }
 
     /// Queues a control frame (never held back). Reading pauses once such
@@ -524,16 +541,22 @@ impl Connection {
         fragment::fragment(kind, id, payload, complete, mtu, |f, len| {
             self.enqueue(f, len, pace);
         });
-        wake(&mut self.writer_waker);
+        self.wakeups.driver();
     }
 
-    fn has_space(&self) -> bool {
+    pub(crate) fn has_space(&self) -> bool {
         self.out_bytes < self.config.max_outbound_queue_bytes
     }
 
-    fn wait_space(&mut self, cx: &Context<'_>) {
-        if !self.space_waiters.iter().any(|w| w.will_wake(cx.waker())) {
-            self.space_waiters.push(cx.waker().clone());
+    /// The caller returns `Pending` until the outbound queue has room.
+    fn wait_space(&mut self) {
+        self.space_waiting = true;
+    }
+
+    /// Records a wake-up for the tasks waiting for room.
+    fn notify_space(&mut self) {
+        if std::mem::take(&mut self.space_waiting) {
+            self.wakeups.space();
         }
     }
 
@@ -600,14 +623,27 @@ impl Connection {
             self.stalled_since = None;
         }
         if self.has_space() {
-            for w in self.space_waiters.drain(..) {
-                w.wake();
-            }
+            self.notify_space();
         }
     }
 
-    pub(crate) fn set_writer_waker(&mut self, cx: &Context<'_>) {
-        register(&mut self.writer_waker, cx);
+    /// Wake-ups are recorded (see [`Connection::drain_wakeups`]).
+    #[inline]
+    pub(crate) fn has_wakeups(&self) -> bool {
+        self.wakeups.any()
+    }
+
+    /// Hands the recorded wake-ups to `f` and clears them.
+    #[inline]
+    pub(crate) fn drain_wakeups(&mut self, f: impl FnMut(Wakeup)) {
+        self.wakeups.drain(f);
+    }
+
+    /// Forgets a recorded wake-up of the driver: the driver calls this
+    /// while it holds the state and is about to check it before waiting.
+    #[inline]
+    pub(crate) fn clear_driver_wakeup(&mut self) {
+        self.wakeups.clear_driver();
     }
 
     pub(crate) fn poll_event(&mut self) -> Option<Event> {
@@ -717,12 +753,13 @@ impl Connection {
             return;
         }
         debug!(error = %err, stats = ?self.stats(), "connection closed");
-        for st in self.streams.values_mut() {
+        let w = &mut self.wakeups;
+        for (&key, st) in self.streams.iter_mut() {
             if let Some(r) = st.recv.as_mut() {
-                r.finish(Err(RequestError::Connection(err.clone())));
+                r.finish(Err(RequestError::Connection(err.clone())), key, w);
             }
             if let Some(s) = st.send.as_mut() {
-                s.stop();
+                s.stop(key, w);
             }
         }
         self.frags.clear();
@@ -730,11 +767,9 @@ impl Connection {
         self.partial_requests = 0;
         self.stalled_since = None;
         self.state = State::Closed(err);
-        for w in self.space_waiters.drain(..) {
-            w.wake();
-        }
+        self.space_waiting = false;
         self.wake_lease_waiters();
-        wake(&mut self.writer_waker);
+        self.wakeups.all();
     }
 
     /// Closes after a local limit or a peer's violation, telling the peer
@@ -830,11 +865,9 @@ impl Connection {
             message,
         };
         self.refuse_partial_requests("connection is shutting down");
-        for w in self.space_waiters.drain(..) {
-            w.wake();
-        }
+        self.notify_space();
         self.wake_lease_waiters();
-        wake(&mut self.writer_waker);
+        self.wakeups.driver();
     }
 
     /// Call with the current time whenever the connection was worked on:

@@ -5,21 +5,22 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::stream::BoxStream;
-use futures::{FutureExt, Sink, SinkExt, StreamExt};
+use futures::{FutureExt, Sink, StreamExt};
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, Instrument, Span};
 
 use super::responder;
 use super::resume::{AttemptError, Resumer, SessionMsg};
+use super::shared::Shared;
 use super::transport::{Transport, TransportError};
 use crate::error::{ConnectionError, ResumeFailure};
 use crate::frame::{ErrorCode, Frame};
 use crate::lease::Lease;
-use crate::proto::{is_resumable, Connection, Event};
+use crate::proto::{is_resumable, Event};
 use crate::rsocket::RSocket;
 
 /// Frames read ahead of handling, at most, per round.
@@ -34,57 +35,6 @@ const WRITE_BUDGET: usize = 512;
 /// writer holds are no longer counted in the outbound queue, so this bounds
 /// them.
 const WRITE_BUDGET_BYTES: usize = 64 << 10;
-
-/// State shared by the driver and every handle of one connection.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    conn: Mutex<Connection>,
-    pub(crate) span: Span,
-    /// `Config::default_prefetch`, readable without the lock.
-    pub(crate) default_prefetch: u32,
-    /// `Config::close_timeout`.
-    pub(crate) close_timeout: std::time::Duration,
-    /// `LeaseConfig::wait` (zero without leasing).
-    pub(crate) lease_wait: std::time::Duration,
-    /// Notified when the driver has finished (see `Requester::closed`).
-    pub(crate) closed: tokio::sync::Notify,
-    /// The driver has finished: the connection ended and what was queued
-    /// has been written (or the driver was dropped).
-    pub(crate) driver_done: std::sync::atomic::AtomicBool,
-}
-
-impl Shared {
-    pub(crate) fn new(conn: Connection, span: Span) -> Arc<Self> {
-        Arc::new(Self {
-            default_prefetch: conn.config().default_prefetch,
-            close_timeout: conn.config().close_timeout,
-            lease_wait: conn
-                .config()
-                .lease
-                .as_ref()
-                .map_or(std::time::Duration::ZERO, |l| l.wait),
-            closed: tokio::sync::Notify::new(),
-            driver_done: std::sync::atomic::AtomicBool::new(false),
-            conn: Mutex::new(conn),
-            span,
-        })
-    }
-
-    /// Locks the state. A panic in another thread while holding the lock
-    /// cannot leave the state half-updated in a way that matters more than
-    /// refusing all further work, so poisoning is ignored.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Marks the driver finished and wakes every `Requester::closed`
-    /// waiter.
-    pub(crate) fn driver_finished(&self) {
-        self.driver_done
-            .store(true, std::sync::atomic::Ordering::Release);
-        self.closed.notify_waiters();
-    }
-}
 
 /// Drives one connection. It must be polled (spawned, or awaited) for the
 /// connection to make progress; it resolves when the connection has ended,
@@ -595,6 +545,9 @@ impl<T: Transport> Future for ConnectionDriver<T> {
             this.read_paused = paused;
             let (mut deadline, finished, queued) =
                 (conn.poll_timeout(), conn.is_finished(), conn.has_queued());
+            // Whatever asked for this task while it held the state is seen
+            // by the checks above: no need to wake it again.
+            conn.clear_driver_wakeup();
             let ended = conn.closed().cloned();
             if let Some(err) = &ended {
                 if conn.abandoned() {
@@ -675,13 +628,4 @@ impl<T: Transport> Future for ConnectionDriver<T> {
         cx.waker().wake_by_ref();
         Poll::Pending
     }
-}
-
-/// Closes the writer half after the final flush (used on setup rejection).
-pub(crate) async fn flush_and_close<W>(writer: &mut W, frame: Frame) -> Result<(), TransportError>
-where
-    W: Sink<Frame, Error = TransportError> + Unpin,
-{
-    writer.send(frame).await?;
-    writer.close().await
 }

@@ -4,12 +4,20 @@
 //! ```text
 //!   Requester (Clone) ──lock──┐            ┌── spawned responder tasks
 //!                             ▼            │   (one per request; pumps poll
-//!                    Mutex<proto::Connection>  user streams only with credit)
+//!          Mutex<proto::Connection + wakers>   user streams only with credit)
 //!                             ▲
 //!   ConnectionDriver ─────────┘  reads the transport, handles frames in
 //!                                batches, writes every queued frame and
 //!                                flushes once, arms the keepalive timer
 //! ```
+//!
+//! Modules, each importing only those below it: `driver` (the connection's
+//! task) and `server` / `handshake` / `resume` / `reconnect` (connection
+//! setup) → `requester` (the public handle) and `responder` (dispatching
+//! requests to the user's `RSocket`) → `stream` (stream handles: the
+//! inbound side of a stream, the pump of an outbound one) → `shared` (the
+//! locked state and the wakers, woken after the lock is released) and
+//! `transport`.
 
 mod driver;
 mod handshake;
@@ -18,6 +26,8 @@ mod requester;
 mod responder;
 mod resume;
 mod server;
+mod shared;
+mod stream;
 mod transport;
 
 use std::sync::Arc;
@@ -192,7 +202,7 @@ impl ClientBuilder {
             // the SETUP.
             conn.enable_lease(lease, now);
         }
-        let shared = driver::Shared::new(conn, span);
+        let shared = shared::Shared::new(conn, span);
         let mut transport = transport;
         transport.limit_frame_len(max_frame_len);
         let (reader, writer) = transport.split();

@@ -1,6 +1,5 @@
 //! The requester handle and the futures and streams it returns.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,18 +11,14 @@ use futures::{Stream, StreamExt};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use super::driver::Shared;
-use super::responder::Pump;
+use super::shared::Shared;
+use super::stream::{Inbound, LeaseGate};
 use crate::error::{ConnectionError, RequestError};
 use crate::frame::{ErrorCode, StreamId};
 use crate::lease::{Lease, LeaseState};
-use crate::proto::Connection;
 use crate::proto::Interaction;
 use crate::rsocket::{async_trait, PayloadStream, RSocket};
 use crate::Payload;
-
-/// Items moved from the state machine to a consumer per lock.
-const RECV_BATCH: usize = 64;
 
 /// Sends requests over one connection. Cheap to clone; every clone talks to
 /// the same connection.
@@ -358,169 +353,6 @@ impl Future for OpenFuture {
     }
 }
 
-/// The inbound side of a request this connection opened: opens lazily on
-/// first poll, then pulls items from the state machine.
-struct Inbound {
-    shared: Arc<Shared>,
-    interaction: Interaction,
-    request: Option<Payload>,
-    window: u32,
-    id: Option<StreamId>,
-    outbound: Option<PayloadStream>,
-    manual: bool,
-    /// Credit requested before the stream was opened.
-    extra_credit: u32,
-    /// Items taken from the state machine in one lock, not yet handed out.
-    local: VecDeque<Payload>,
-    /// Items handed out and not yet reported to the state machine.
-    unreported: u32,
-    /// Items handed out since credit was last replenished, and the count
-    /// at which the state machine replenishes (half the window; 0: never).
-    /// Mirrors the state machine so that crossing it is reported at once.
-    since_grant: u32,
-    threshold: u32,
-    done: bool,
-    gate: LeaseGate,
-}
-
-impl Inbound {
-    fn new(shared: Arc<Shared>, interaction: Interaction, request: Payload, window: u32) -> Self {
-        let shared_lease_wait = shared.lease_wait;
-        Self {
-            shared,
-            interaction,
-            request: Some(request),
-            window,
-            id: None,
-            outbound: None,
-            manual: false,
-            extra_credit: 0,
-            local: VecDeque::new(),
-            unreported: 0,
-            since_grant: 0,
-            threshold: if interaction == Interaction::RequestResponse
-                || window >= crate::frame::MAX_U31
-            {
-                0
-            } else {
-                (window / 2).max(1)
-            },
-            done: false,
-            gate: LeaseGate::new(shared_lease_wait),
-        }
-    }
-
-    /// Counts an item handed to the user; reports consumption as soon as it
-    /// earns the peer more credit.
-    fn note_consumed(&mut self) {
-        self.unreported += 1;
-        if self.threshold == 0 {
-            return;
-        }
-        self.since_grant += 1;
-        if self.since_grant >= self.threshold {
-            self.since_grant = 0;
-            if let Some(id) = self.id {
-                let n = std::mem::take(&mut self.unreported);
-                self.shared.lock().report_consumed(id, n);
-            }
-        }
-    }
-
-    /// The inbound half of a channel this connection is responding to.
-    fn responder_channel(shared: Arc<Shared>, id: StreamId) -> Self {
-        let window = shared.default_prefetch;
-        let mut inbound = Self::new(
-            shared,
-            Interaction::RequestChannel,
-            Payload::default(),
-            window,
-        );
-        inbound.request = None;
-        inbound.id = Some(id);
-        inbound
-    }
-
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Payload, RequestError>>> {
-        if let Some(p) = self.local.pop_front() {
-            self.note_consumed();
-            return Poll::Ready(Some(Ok(p)));
-        }
-        if self.done {
-            return Poll::Ready(None);
-        }
-        let mut conn = self.shared.lock();
-        let id = match self.id {
-            Some(id) => id,
-            None => {
-                let ready = match conn.poll_open_ready(cx) {
-                    Poll::Ready(Ok(())) => self.gate.poll(&mut conn, cx),
-                    other => other,
-                };
-                match ready {
-                    Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(e)) => {
-                        self.done = true;
-                        return Poll::Ready(Some(Err(e)));
-                    }
-                    Poll::Pending => return Poll::Pending,
-                }
-                let request = self.request.take().unwrap_or_default();
-                let now = conn.lease_now(super::tokio_now);
-                match conn.open(self.interaction, request, self.window, self.manual, now) {
-                    Ok(id) => {
-                        self.id = Some(id);
-                        if self.extra_credit > 0 {
-                            conn.request_credit(id, std::mem::take(&mut self.extra_credit));
-                        }
-                        if let Some(rest) = self.outbound.take() {
-                            drop(conn);
-                            Pump::spawn(
-                                self.shared.clone(),
-                                id,
-                                rest,
-                                Interaction::RequestChannel,
-                                true,
-                            );
-                            conn = self.shared.lock();
-                        }
-                        id
-                    }
-                    Err(e) => {
-                        self.done = true;
-                        return Poll::Ready(Some(Err(e)));
-                    }
-                }
-            }
-        };
-        let consumed = std::mem::take(&mut self.unreported);
-        match conn.poll_recv(id, cx, consumed, RECV_BATCH, &mut self.local) {
-            Poll::Ready(Some(Ok(p))) => {
-                drop(conn);
-                self.note_consumed();
-                Poll::Ready(Some(Ok(p)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                self.done = true;
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Ready(None) => {
-                self.done = true;
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl Drop for Inbound {
-    fn drop(&mut self) {
-        if let Some(id) = self.id {
-            self.shared.lock().release_recv(id);
-        }
-    }
-}
-
 /// A wait bound in whole milliseconds (a sub-millisecond wait rounds up
 /// to 1 ms; at most about 49 days).
 fn wait_ms(d: Duration) -> u32 {
@@ -529,61 +361,6 @@ fn wait_ms(d: Duration) -> u32 {
         1
     } else {
         ms
-    }
-}
-
-/// Holds a request back while leasing allows none: fails at once, or waits
-/// up to a bound for the next LEASE. One pointer wide: the waiting state is
-/// allocated only for handles that wait.
-struct LeaseGate {
-    wait: Option<Box<LeaseWait>>,
-}
-
-struct LeaseWait {
-    bound: Duration,
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl LeaseGate {
-    fn new(wait: Duration) -> Self {
-        Self {
-            wait: (!wait.is_zero()).then(|| {
-                Box::new(LeaseWait {
-                    bound: wait,
-                    deadline: None,
-                })
-            }),
-        }
-    }
-
-    fn poll(
-        &mut self,
-        conn: &mut Connection,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), RequestError>> {
-        if !conn.lease_enabled() {
-            // No clock reading on connections without leasing.
-            return Poll::Ready(Ok(()));
-        }
-        let now = super::tokio_now();
-        let Some(w) = self.wait.as_mut() else {
-            return conn.poll_lease(cx, now, false);
-        };
-        let expired = w.deadline.as_ref().is_some_and(|d| d.is_elapsed());
-        match conn.poll_lease(cx, now, !expired) {
-            Poll::Pending => {
-                let bound = w.bound;
-                let deadline = w
-                    .deadline
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(bound)));
-                if deadline.as_mut().poll(cx).is_ready() {
-                    conn.poll_lease(cx, now, false)
-                } else {
-                    Poll::Pending
-                }
-            }
-            ready => ready,
-        }
     }
 }
 
@@ -667,29 +444,6 @@ impl std::fmt::Debug for ResponseStream {
 }
 
 impl Stream for ResponseStream {
-    type Item = Result<Payload, RequestError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.inner.poll_next(cx)
-    }
-}
-
-/// The inbound half of a channel, as a responder's handler sees it:
-/// credit-aware (REQUEST_N is sent as it is polled), and dropping it before
-/// the end sends CANCEL, which closes only the requester's outbound half.
-pub(crate) struct ChannelInbound {
-    inner: Inbound,
-}
-
-impl ChannelInbound {
-    pub(crate) fn new(shared: Arc<Shared>, id: StreamId) -> Self {
-        Self {
-            inner: Inbound::responder_channel(shared, id),
-        }
-    }
-}
-
-impl Stream for ChannelInbound {
     type Item = Result<Payload, RequestError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {

@@ -535,7 +535,7 @@ where
         let frame = Frame::Error(crate::frame::ErrorFrame::new(None, code, &message));
         let _ = tokio::time::timeout(
             Duration::from_secs(5),
-            super::driver::flush_and_close(&mut writer, frame),
+            super::transport::flush_and_close(&mut writer, frame),
         )
         .await;
     });

@@ -15,13 +15,15 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info_span, warn, Instrument};
 
-use super::driver::{flush_and_close, ConnectionDriver, Shared};
+use super::driver::ConnectionDriver;
 use super::requester::Requester;
 use super::resume::{
     Mailbox, OfferError, Resumer, ServerResume, ServerResumeOptions, SessionGuard, SessionMsg,
     Sessions,
 };
+use super::shared::Shared;
 use super::tokio_now;
+use super::transport::flush_and_close;
 use super::transport::{Transport, TransportError};
 use crate::config::{Config, SetupInfo};
 use crate::error::{ConnectionError, Initiator, Limit, StreamError};

@@ -5,7 +5,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures::{Sink, Stream};
+use futures::{Sink, SinkExt, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
@@ -213,4 +213,13 @@ pub fn memory_pair(buffer: usize) -> (MemoryTransport, MemoryTransport) {
     let (ar, aw) = tokio::io::split(a);
     let (br, bw) = tokio::io::split(b);
     (StreamTransport::new(ar, aw), StreamTransport::new(br, bw))
+}
+
+/// Closes the writer half after the final flush (used on setup rejection).
+pub(crate) async fn flush_and_close<W>(writer: &mut W, frame: Frame) -> Result<(), TransportError>
+where
+    W: Sink<Frame, Error = TransportError> + Unpin,
+{
+    writer.send(frame).await?;
+    writer.close().await
 }
