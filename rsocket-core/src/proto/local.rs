@@ -121,8 +121,13 @@ impl Connection {
 
     /// A fire-and-forget or metadata-push handler finished.
     pub(crate) fn oneway_done(&mut self) {
+        self.oneways_done(1);
+    }
+
+    /// `n` fire-and-forget or metadata-push handlers finished.
+    pub(crate) fn oneways_done(&mut self, n: usize) {
         let was_paused = self.read_paused();
-        self.inflight_oneway = self.inflight_oneway.saturating_sub(1);
+        self.inflight_oneway = self.inflight_oneway.saturating_sub(n);
         if was_paused && !self.read_paused() {
             // The driver stopped reading; let it resume.
             self.wakeups.driver();

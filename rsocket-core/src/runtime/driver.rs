@@ -506,10 +506,16 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                         this.events.push(ev);
                     }
                     drop(conn);
+                    let mut oneways_done = 0;
                     for ev in this.events.drain(..) {
-                        responder::dispatch(shared, &this.responder, ev, cx);
+                        if responder::dispatch(shared, &this.responder, ev, cx) {
+                            oneways_done += 1;
+                        }
                     }
                     conn = shared.lock();
+                    if oneways_done > 0 {
+                        conn.oneways_done(oneways_done);
+                    }
                 }
             }
             if this.eof && this.inbox.is_empty() && lost.is_none() {

@@ -18,42 +18,42 @@ use crate::proto::{Event, Interaction, SendReady};
 use crate::rsocket::RSocket;
 use crate::Payload;
 
-/// Starts the work for one event from the state machine.
+/// Starts the work for one event from the state machine. Returns true when
+/// a fire-and-forget or metadata-push handler finished right here: the
+/// caller then counts it as done (`Connection::oneways_done`).
 ///
-/// A request/response handler is polled once right here, on the
-/// connection's task: one that is ready at once (the common case for cheap
-/// handlers) is answered without spawning a task. One that is not gets its
-/// own task, like every other handler. Handlers must therefore not block in
-/// `poll` (the usual async rule); fire-and-forget and metadata push always
-/// run on their own tasks.
+/// Every handler is polled once right here, on the connection's task: one
+/// that is ready at once (the common case for cheap handlers) finishes
+/// without spawning a task. One that is not gets its own task. Handlers
+/// must therefore not block in `poll` (the usual async rule).
 pub(crate) fn dispatch(
     shared: &Arc<Shared>,
     responder: &Arc<dyn RSocket>,
     ev: Event,
     cx: &mut Context<'_>,
-) {
+) -> bool {
     match ev {
         Event::FireAndForget(payload) => {
             let responder = responder.clone();
-            let done = OnewayDone(shared.clone());
-            tokio::spawn(
-                async move {
+            oneway(
+                shared,
+                Box::pin(async move {
                     let _ = responder.fire_and_forget(payload).await;
-                    drop(done);
-                }
-                .instrument(debug_span!("fnf")),
-            );
+                }),
+                debug_span!("fnf"),
+                cx,
+            )
         }
         Event::MetadataPush(metadata) => {
             let responder = responder.clone();
-            let done = OnewayDone(shared.clone());
-            tokio::spawn(
-                async move {
+            oneway(
+                shared,
+                Box::pin(async move {
                     let _ = responder.metadata_push(metadata).await;
-                    drop(done);
-                }
-                .instrument(debug_span!("metadata_push")),
-            );
+                }),
+                debug_span!("metadata_push"),
+                cx,
+            )
         }
         Event::Request {
             stream_id,
@@ -111,8 +111,34 @@ pub(crate) fn dispatch(
                 }
                 Interaction::FireAndForget => {}
             }
+            false
         }
     }
+}
+
+/// Polls a fire-and-forget or metadata-push handler once; spawns it if it
+/// is not done. True when it finished here.
+fn oneway(
+    shared: &Arc<Shared>,
+    mut fut: BoxFuture<'static, ()>,
+    span: tracing::Span,
+    cx: &mut Context<'_>,
+) -> bool {
+    let ready = {
+        let _g = span.enter();
+        fut.poll_unpin(cx).is_ready()
+    };
+    if !ready {
+        let done = OnewayDone(shared.clone());
+        tokio::spawn(
+            async move {
+                fut.await;
+                drop(done);
+            }
+            .instrument(span),
+        );
+    }
+    ready
 }
 
 /// Counts a running fire-and-forget or metadata-push handler: dropped when
