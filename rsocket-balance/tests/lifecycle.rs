@@ -17,9 +17,10 @@ use tokio::sync::watch;
 async fn removed_target_finishes_its_stream_while_new_requests_go_elsewhere() {
     let a = MemServer::start("a", Duration::ZERO);
     let b_srv = MemServer::start("b", Duration::ZERO);
-    // A small window, so the stream needs many REQUEST_N round trips.
+    // A small fixed window, so the stream needs many REQUEST_N round trips.
     let config = Config {
         default_prefetch: 8,
+        max_prefetch: 8,
         ..Config::default()
     };
     let builder = ClientBuilder::new().config(config);
@@ -107,8 +108,10 @@ async fn backpressure_holds_through_the_balancer() {
         MemServer::start("a", Duration::ZERO),
         MemServer::start("b", Duration::ZERO),
     ];
+    // A fixed window, so that the bound below is exact.
     let config = Config {
         default_prefetch: 16,
+        max_prefetch: 16,
         ..Config::default()
     };
     let builder = ClientBuilder::new().config(config);

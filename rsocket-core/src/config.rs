@@ -49,9 +49,22 @@ pub struct Config {
     pub outbound_stall_timeout: Duration,
     /// Default credit window of request/stream and channel inbound halves:
     /// the initial request-n, replenished with REQUEST_N when half of it has
-    /// been consumed. Items buffered per stream never exceed it.
-    /// Default 256; override per request with `Requester::with_prefetch`.
+    /// been consumed. Items buffered per stream never exceed the window
+    /// (see `max_prefetch` for how a default window grows).
+    /// Default 256; override per request with `Requester::with_prefetch`
+    /// (a fixed window).
     pub default_prefetch: u32,
+    /// A stream with the default window grows it while its items are
+    /// small: at each replenishment the window may double, up to
+    /// `prefetch_bytes` divided by the largest item seen on the stream, and
+    /// never beyond this many items. Fewer REQUEST_N round trips keep a
+    /// fast producer busy; the bytes a stream may buffer stay near
+    /// `prefetch_bytes` for items of the size seen so far. Set it to
+    /// `default_prefetch` for fixed windows. Default 4,096.
+    pub max_prefetch: u32,
+    /// The byte budget that bounds a growing window (see `max_prefetch`).
+    /// Default 256 KiB.
+    pub prefetch_bytes: usize,
     /// How long a server waits for the first frame (SETUP) before closing.
     /// Default 30 s.
     pub setup_timeout: Duration,
@@ -90,6 +103,8 @@ impl Default for Config {
             max_outbound_queue_bytes: 1 << 20,
             outbound_stall_timeout: Duration::from_secs(30),
             default_prefetch: 256,
+            max_prefetch: 4096,
+            prefetch_bytes: 256 << 10,
             setup_timeout: Duration::from_secs(30),
             close_timeout: Duration::from_secs(30),
             lease: None,

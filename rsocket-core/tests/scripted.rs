@@ -22,7 +22,8 @@ use rsocket_core::frame::{
 use rsocket_core::{
     accept, memory_pair, ClientBuilder, Config, ConnectionError, ErrorCode, Frame, Initiator,
     MemoryTransport, MimeType, Payload, PayloadStream, RSocket, RequestCount, RequestError,
-    Requester, Server, SetupInfo, SocketAcceptor, StreamError, StreamId, StreamTransport,
+    Requester, ResponseStream, Server, SetupInfo, SocketAcceptor, StreamError, StreamId,
+    StreamTransport,
 };
 use tokio::io::DuplexStream;
 use tokio::sync::Semaphore;
@@ -477,6 +478,80 @@ async fn requester_stream_replenishes_half_window() {
     drop(s);
     // A stream that ended normally is not cancelled on drop.
     sentinel(&requester, &mut raw, "after completion").await;
+}
+
+/// Sends `items` payloads of `len` bytes on stream 1, then takes them from
+/// `s` in order.
+async fn feed(raw: &mut Raw, s: &mut ResponseStream, range: std::ops::Range<u32>, len: usize) {
+    for i in range.clone() {
+        let mut data = format!("a{i}").into_bytes();
+        data.resize(len.max(data.len()), b'.');
+        send(raw, next(1, Payload::new(data))).await;
+    }
+    for i in range {
+        let p = prompt("item", s.next()).await.expect("item").expect("ok");
+        assert!(p.data.starts_with(format!("a{i}").as_bytes()), "{p:?}");
+    }
+}
+
+#[tokio::test]
+async fn default_window_grows_while_items_are_small() {
+    let config = Config {
+        default_prefetch: 4,
+        max_prefetch: 16,
+        prefetch_bytes: 1024,
+        ..Config::default()
+    };
+    let (requester, mut raw) = scripted_client(ClientBuilder::new().config(config)).await;
+    let mut s = requester.request_stream(Payload::from("q"));
+    assert!(poll!(s.next()).is_pending());
+    assert_eq!(expect_frame(&mut raw).await, request_stream(1, 4, "q"));
+
+    // Half of 4 consumed: the 2 consumed plus 4 more (the window doubles).
+    feed(&mut raw, &mut s, 0..2, 2).await;
+    assert_request_n(&expect_frame(&mut raw).await, 1, 6);
+    sentinel(&requester, &mut raw, "window 8").await;
+    // Half of 8: 4 back plus 8 more.
+    feed(&mut raw, &mut s, 2..6, 2).await;
+    assert_request_n(&expect_frame(&mut raw).await, 1, 12);
+    sentinel(&requester, &mut raw, "window 16").await;
+    // At max_prefetch it stays: half of 16, 8 back.
+    feed(&mut raw, &mut s, 6..14, 2).await;
+    assert_request_n(&expect_frame(&mut raw).await, 1, 8);
+    sentinel(&requester, &mut raw, "still 16").await;
+}
+
+#[tokio::test]
+async fn default_window_stays_for_large_items_and_fixed_windows() {
+    let config = Config {
+        default_prefetch: 4,
+        max_prefetch: 16,
+        prefetch_bytes: 1024,
+        ..Config::default()
+    };
+    // 600-byte items: 1024 / 600 fits one, so the window stays at 4.
+    let (requester, mut raw) = scripted_client(ClientBuilder::new().config(config.clone())).await;
+    let mut s = requester.request_stream(Payload::from("q"));
+    assert!(poll!(s.next()).is_pending());
+    assert_eq!(expect_frame(&mut raw).await, request_stream(1, 4, "q"));
+    for round in 0..3 {
+        feed(&mut raw, &mut s, round * 2..round * 2 + 2, 600).await;
+        assert_request_n(&expect_frame(&mut raw).await, 1, 2);
+        sentinel(&requester, &mut raw, "large items").await;
+    }
+
+    // A window set with `with_prefetch` is fixed, even at the default size.
+    let (requester, mut raw) = scripted_client(ClientBuilder::new().config(config)).await;
+    let mut s = requester
+        .with_prefetch(4)
+        .request_stream(Payload::from("q"));
+    assert!(poll!(s.next()).is_pending());
+    assert_eq!(expect_frame(&mut raw).await, request_stream(1, 4, "q"));
+    for round in 0..3 {
+        feed(&mut raw, &mut s, round * 2..round * 2 + 2, 2).await;
+        assert_request_n(&expect_frame(&mut raw).await, 1, 2);
+        sentinel(&requester, &mut raw, "fixed window").await;
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -569,8 +569,10 @@ pub async fn channel_responder_drops_inbound<K: TransportKind>(dir: Direction) {
 pub async fn channel_echo_credit<K: TransportKind>(dir: Direction) {
     const WINDOW: u32 = 2;
     const RESPONDER_WINDOW: u32 = 4;
+    // Fixed windows: the bound below counts them.
     let config = Config {
         default_prefetch: RESPONDER_WINDOW,
+        max_prefetch: RESPONDER_WINDOW,
         ..Config::default()
     };
     let (p, _probe, _signals) = tck::<K>(dir, config, 1).await;

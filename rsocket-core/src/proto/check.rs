@@ -56,6 +56,12 @@ impl Connection {
             if r.window >= MAX_U31 || r.manual {
                 continue;
             }
+            if r.adaptive && r.window > self.config.max_prefetch.max(self.config.default_prefetch) {
+                return Err(format!(
+                    "stream {id}: adaptive window {} beyond max_prefetch {}",
+                    r.window, self.config.max_prefetch
+                ));
+            }
             let held = r.queue.len() as u64 + r.outstanding + u64::from(r.consumed);
             if held > u64::from(r.window) + r.extra {
                 return Err(format!(

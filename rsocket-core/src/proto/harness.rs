@@ -212,7 +212,9 @@ impl Harness {
 
     /// Opens a request (see [`Harness::can_open`]); `window` is the initial
     /// credit of a stream or channel, `manual` stops automatic
-    /// replenishment.
+    /// replenishment. A window equal to `Config::default_prefetch` may grow
+    /// as `Config::max_prefetch` says, as a requester's default window
+    /// does.
     pub fn open(
         &mut self,
         interaction: Interaction,
@@ -220,9 +222,10 @@ impl Harness {
         window: u32,
         manual: bool,
     ) -> Result<StreamId, RequestError> {
+        let adaptive = window == self.conn.config().default_prefetch;
         let r = self
             .conn
-            .open(interaction, payload, window, manual, self.now);
+            .open(interaction, payload, window, manual, adaptive, self.now);
         self.observe();
         r
     }
@@ -253,7 +256,10 @@ impl Harness {
     /// `consumed` items as handed to the user since the last call.
     pub fn recv(&mut self, stream: StreamId, consumed: u32, max: usize) -> Recv {
         let mut rest = VecDeque::new();
-        let r = self.conn.recv(stream, consumed, max.max(1), &mut rest);
+        let mut report_after = 0;
+        let r = self
+            .conn
+            .recv(stream, consumed, max.max(1), &mut rest, &mut report_after);
         self.observe();
         match r {
             Poll::Ready(Some(Ok(first))) => {

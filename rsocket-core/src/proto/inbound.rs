@@ -367,6 +367,7 @@ impl Connection {
             ),
             FragKind::RequestChannel(n) => {
                 let mut recv = RecvHalf::new(self.config.default_prefetch, false);
+                recv.adaptive = true;
                 if complete {
                     recv.end = Some(Ok(()));
                 }
@@ -497,7 +498,11 @@ impl Connection {
             if r.outstanding < u64::from(MAX_U31) {
                 r.outstanding -= 1;
             }
-            self.in_bytes += payload.len();
+            let len = payload.len();
+            if r.adaptive && len > r.largest {
+                r.largest = len;
+            }
+            self.in_bytes += len;
             r.queue.push_back(payload);
         }
         if complete || rr {

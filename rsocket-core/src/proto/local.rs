@@ -37,13 +37,15 @@ impl Connection {
 
     /// Opens a stream and queues its request frame(s). `window` is the
     /// initial request-n for streams and channels; with `manual`, credit is
-    /// only added by [`Connection::request_credit`].
+    /// only added by [`Connection::request_credit`]; with `adaptive`, the
+    /// window may grow while items are small ([`Config::max_prefetch`](crate::Config::max_prefetch)).
     pub(crate) fn open(
         &mut self,
         interaction: Interaction,
         payload: Payload,
         window: u32,
         manual: bool,
+        adaptive: bool,
         now: Instant,
     ) -> Result<StreamId, RequestError> {
         if let Some(refusal) = self.refusal() {
@@ -79,6 +81,7 @@ impl Connection {
         let mut recv = recv;
         if let Some(r) = recv.as_mut() {
             r.manual = manual;
+            r.adaptive = adaptive && !manual && interaction != Interaction::RequestResponse;
         }
         if recv.is_some() || send.is_some() {
             self.streams.insert(
@@ -143,14 +146,20 @@ impl Connection {
     /// with `Some(Ok(item))`, `None` at completion,
     /// `Some(Err(_))` when the stream failed; both terminal answers release
     /// the half. `Pending` waits for [`Wakeup::Recv`](super::Wakeup::Recv).
+    ///
+    /// `report_after` is set to the number of items the caller may hand out
+    /// before the next REQUEST_N is due (0: never): it then reports them
+    /// with [`Connection::report_consumed`] at once. The connection alone
+    /// owns the replenishment rule; the caller only counts.
     pub(crate) fn recv(
         &mut self,
         id: StreamId,
         consumed: u32,
         max: usize,
         into: &mut VecDeque<Payload>,
+        report_after: &mut u32,
     ) -> Poll<Option<Result<Payload, RequestError>>> {
-        self.recv_inner(id, consumed, max, into, true)
+        self.recv_inner(id, consumed, max, into, true, report_after)
     }
 
     fn recv_inner(
@@ -160,7 +169,10 @@ impl Connection {
         max: usize,
         into: &mut VecDeque<Payload>,
         take: bool,
+        report_after: &mut u32,
     ) -> Poll<Option<Result<Payload, RequestError>>> {
+        *report_after = 0;
+        let (max_prefetch, prefetch_bytes) = (self.config.max_prefetch, self.config.prefetch_bytes);
         let key = id.get();
         let Some(st) = self.streams.get_mut(&key) else {
             return Poll::Ready(None);
@@ -181,11 +193,14 @@ impl Connection {
         if consumed > 0 && r.window < MAX_U31 && !r.manual && !rr {
             r.consumed += consumed;
             if r.end.is_none() && r.consumed >= (r.window / 2).max(1) {
-                grant = r.consumed;
-                r.outstanding += u64::from(r.consumed);
+                let window = r.next_window(max_prefetch, prefetch_bytes);
+                grant = r.consumed + (window - r.window);
+                r.outstanding += u64::from(grant);
+                r.window = window;
                 r.consumed = 0;
             }
         }
+        *report_after = r.report_after(rr);
         let result = if !take {
             Poll::Pending
         } else if let Some(first) = r.queue.pop_front() {
@@ -227,11 +242,14 @@ impl Connection {
     }
 
     /// Counts `n` items as handed to the user, replenishing credit when half
-    /// the window has been consumed.
-    pub(crate) fn report_consumed(&mut self, id: StreamId, n: u32) {
+    /// the window has been consumed. Returns the new `report_after` (see
+    /// [`Connection::recv`]).
+    pub(crate) fn report_consumed(&mut self, id: StreamId, n: u32) -> u32 {
         let mut noop = VecDeque::new();
+        let mut report_after = 0;
         // `max` 0 moves nothing; only the accounting and REQUEST_N happen.
-        let _ = self.recv_inner(id, n, 0, &mut noop, false);
+        let _ = self.recv_inner(id, n, 0, &mut noop, false, &mut report_after);
+        report_after
     }
 
     /// Grants the peer `n` more items on a stream opened with manual credit

@@ -127,6 +127,11 @@ struct RecvHalf {
     /// Credit granted by [`Connection::request_credit`] on top of the
     /// window (saturating).
     extra: u64,
+    /// The window may grow while items are small (see
+    /// [`Config::max_prefetch`]).
+    adaptive: bool,
+    /// The largest item seen, for an adaptive window.
+    largest: usize,
     /// Its consumer returned `Pending` and waits for a [`Wakeup::Recv`].
     waiting: bool,
 }
@@ -142,8 +147,38 @@ impl RecvHalf {
             granted,
             manual: false,
             extra: 0,
+            adaptive: false,
+            largest: 0,
             waiting: false,
         }
+    }
+
+    /// Where the window goes at a replenishment: an adaptive window
+    /// doubles towards `prefetch_bytes / largest item`, at most
+    /// `max_prefetch`; it never shrinks (credit granted cannot be taken
+    /// back).
+    fn next_window(&self, max_prefetch: u32, prefetch_bytes: usize) -> u32 {
+        if !self.adaptive {
+            return self.window;
+        }
+        let fits = prefetch_bytes / self.largest.max(1);
+        let target = u32::try_from(fits)
+            .unwrap_or(u32::MAX)
+            .min(max_prefetch)
+            .min(self.window.saturating_mul(2));
+        target.max(self.window)
+    }
+
+    /// Items still to be consumed before the next REQUEST_N is due (0:
+    /// never, for request/response, unbounded or manual credit).
+    fn report_after(&self, rr: bool) -> u32 {
+        if rr || self.manual || self.window >= MAX_U31 || self.end.is_some() {
+            return 0;
+        }
+        (self.window / 2)
+            .max(1)
+            .saturating_sub(self.consumed)
+            .max(1)
     }
 
     /// Records a wake-up for the consumer, if it waits.

@@ -90,6 +90,9 @@ impl Requester {
     fn inbound(&self, interaction: Interaction, request: Payload, window: u32) -> Inbound {
         let mut inbound = Inbound::new(self.shared.clone(), interaction, request, window);
         inbound.gate = LeaseGate::new(self.lease_wait());
+        // A window set with `with_prefetch` is fixed; the default one grows
+        // while items are small.
+        inbound.adaptive = self.prefetch.is_none();
         inbound
     }
 
@@ -141,7 +144,6 @@ impl Requester {
             initial.clamp(1, crate::frame::MAX_U31),
         );
         inner.manual = true;
-        inner.threshold = 0;
         ResponseStream { inner }
     }
 
@@ -339,7 +341,7 @@ impl Future for OpenFuture {
             Poll::Ready(Ok(())) => {
                 let now = conn.lease_now(super::tokio_now);
                 let r = conn
-                    .open(Interaction::FireAndForget, request, 1, false, now)
+                    .open(Interaction::FireAndForget, request, 1, false, false, now)
                     .map(|_| ());
                 Poll::Ready(r)
             }

@@ -132,9 +132,10 @@ impl Locked<'_> {
         consumed: u32,
         max: usize,
         into: &mut std::collections::VecDeque<Payload>,
+        report_after: &mut u32,
     ) -> Poll<Option<Result<Payload, RequestError>>> {
         let inner = self.inner();
-        let r = inner.conn.recv(id, consumed, max, into);
+        let r = inner.conn.recv(id, consumed, max, into, report_after);
         if r.is_pending() {
             register_map(&mut inner.wakers.recv, id.get(), cx.waker());
         }

@@ -37,15 +37,18 @@ pub(crate) struct Inbound {
     pub(super) id: Option<StreamId>,
     pub(super) outbound: Option<PayloadStream>,
     pub(super) manual: bool,
+    /// The default window, which may grow (`Config::max_prefetch`).
+    pub(super) adaptive: bool,
     /// Credit requested before the stream was opened.
     pub(super) extra_credit: u32,
     /// Items taken from the state machine in one lock, not yet handed out.
     pub(super) local: VecDeque<Payload>,
     /// Items handed out and not yet reported to the state machine.
     pub(super) unreported: u32,
-    /// Items handed out since credit was last replenished, and the count
-    /// at which the state machine replenishes (half the window; 0: never).
-    /// Mirrors the state machine so that crossing it is reported at once.
+    /// Items handed out since the state machine last saw the count, and
+    /// how many it said may be handed out before REQUEST_N is due (0:
+    /// never): crossing it is reported at once. The state machine owns the
+    /// rule; this only counts.
     pub(super) since_grant: u32,
     pub(super) threshold: u32,
     pub(super) done: bool,
@@ -68,17 +71,12 @@ impl Inbound {
             id: None,
             outbound: None,
             manual: false,
+            adaptive: false,
             extra_credit: 0,
             local: VecDeque::new(),
             unreported: 0,
             since_grant: 0,
-            threshold: if interaction == Interaction::RequestResponse
-                || window >= crate::frame::MAX_U31
-            {
-                0
-            } else {
-                (window / 2).max(1)
-            },
+            threshold: 0,
             done: false,
             gate: LeaseGate::new(shared_lease_wait),
         }
@@ -96,7 +94,7 @@ impl Inbound {
             self.since_grant = 0;
             if let Some(id) = self.id {
                 let n = std::mem::take(&mut self.unreported);
-                self.shared.lock().report_consumed(id, n);
+                self.threshold = self.shared.lock().report_consumed(id, n);
             }
         }
     }
@@ -144,7 +142,14 @@ impl Inbound {
                 }
                 let request = self.request.take().unwrap_or_default();
                 let now = conn.lease_now(super::tokio_now);
-                match conn.open(self.interaction, request, self.window, self.manual, now) {
+                match conn.open(
+                    self.interaction,
+                    request,
+                    self.window,
+                    self.manual,
+                    self.adaptive,
+                    now,
+                ) {
                     Ok(id) => {
                         self.id = Some(id);
                         if self.extra_credit > 0 {
@@ -171,7 +176,15 @@ impl Inbound {
             }
         };
         let consumed = std::mem::take(&mut self.unreported);
-        match conn.poll_recv(id, cx, consumed, RECV_BATCH, &mut self.local) {
+        self.since_grant = 0;
+        match conn.poll_recv(
+            id,
+            cx,
+            consumed,
+            RECV_BATCH,
+            &mut self.local,
+            &mut self.threshold,
+        ) {
             Poll::Ready(Some(Ok(p))) => {
                 drop(conn);
                 self.note_consumed();
