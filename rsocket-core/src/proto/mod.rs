@@ -41,6 +41,7 @@ mod ids;
 mod inbound;
 mod lease;
 mod local;
+pub mod pair;
 mod resume;
 
 use std::collections::VecDeque;
