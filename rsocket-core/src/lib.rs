@@ -80,6 +80,8 @@ pub use lease::{Lease, LeaseConfig, LeasePolicy, LeaseState};
 pub use payload::Payload;
 #[doc(hidden)]
 pub use proto::harness;
+#[doc(hidden)]
+pub use proto::pair;
 pub use proto::Interaction;
 pub use rsocket::{
     async_trait, error_stream, fire_and_forget_fn, fn_kind, request_channel_fn,

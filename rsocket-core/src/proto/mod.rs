@@ -43,6 +43,7 @@ mod ids;
 mod inbound;
 mod lease;
 mod local;
+pub mod pair;
 mod resume;
 mod wakeup;
 
