@@ -31,7 +31,9 @@ pub struct Config {
     /// request beyond it is answered with `ERROR[REJECTED]`. With this many
     /// fire-and-forget handlers still running, the connection reads no more
     /// frames until one finishes, so load pushes back on the peer and no
-    /// fire-and-forget is dropped. Default 10,000.
+    /// fire-and-forget is dropped; meanwhile this side does not hold the
+    /// peer's silence against the keepalive's max lifetime (the peer, whose
+    /// KEEPALIVEs wait unanswered, may close). Default 10,000.
     pub max_concurrent_inbound_streams: usize,
     /// Bytes of encoded frames waiting for the writer. When reached, new
     /// requests, responder streams and request/response answers from

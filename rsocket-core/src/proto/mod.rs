@@ -913,6 +913,12 @@ impl Connection {
         if self.closed().is_some() {
             return;
         }
+        if self.inflight_oneway >= self.config.max_concurrent_inbound_streams {
+            // Reading is paused by our own handlers: what the peer sent
+            // waits unread, so its silence proves nothing (the peer, whose
+            // KEEPALIVEs go unanswered meanwhile, may judge us dead).
+            self.last_received = now;
+        }
         if self.detached {
             self.stalled_since = None;
         } else if self.unpaced_bytes >= self.config.max_outbound_queue_bytes {
