@@ -10,7 +10,7 @@ impl Connection {
     pub(crate) fn check_consistency(&self) -> Result<(), String> {
         let frag_bytes: usize = self.frags.values().map(|r| r.len()).sum();
         let partial = self.frags.values().filter(|r| r.is_request()).count();
-        let inbound = self.streams.values().filter(|st| !st.local).count();
+        let inbound = self.streams.values().filter(|st| !st.local()).count();
         let in_bytes: usize = self
             .streams
             .values()
@@ -53,10 +53,12 @@ impl Connection {
         }
         for (id, st) in &self.streams {
             let Some(r) = &st.recv else { continue };
-            if r.window >= MAX_U31 || r.manual {
+            if r.window >= MAX_U31 || r.replenish == super::Replenish::Manual {
                 continue;
             }
-            if r.adaptive && r.window > self.config.max_prefetch.max(self.config.default_prefetch) {
+            if r.replenish == super::Replenish::Adaptive
+                && r.window > self.config.max_prefetch.max(self.config.default_prefetch)
+            {
                 return Err(format!(
                     "stream {id}: adaptive window {} beyond max_prefetch {}",
                     r.window, self.config.max_prefetch

@@ -6,13 +6,12 @@ use tracing::{debug, trace};
 
 use super::fragment::Reassembly;
 use super::{
-    add_credit, Connection, Event, FragKind, Interaction, RecvHalf, SendHalf, Side, State,
+    Connection, Event, FragKind, Interaction, RecvHalf, Replenish, Role, SendHalf, Side, State,
     StreamState,
 };
 use crate::error::{ConnectionError, Initiator, Limit, RequestError, StreamError, StreamViolation};
 use crate::frame::{
-    Cancel, DecodeError, ErrorCode, ErrorFrame, Frame, FrameType, Keepalive, PayloadFrame,
-    RequestN, StreamId, MAX_U31,
+    Cancel, DecodeError, ErrorCode, ErrorFrame, Frame, FrameType, PayloadFrame, RequestN, StreamId,
 };
 use crate::Payload;
 
@@ -85,15 +84,7 @@ impl Connection {
         match frame {
             Frame::Setup(_) => debug!("ignoring SETUP on an established connection"),
             Frame::Lease(l) => self.on_lease(l, now),
-            Frame::Keepalive(k) => {
-                if k.respond {
-                    self.push_control(Frame::Keepalive(Keepalive {
-                        respond: false,
-                        last_received_position: 0,
-                        data: k.data,
-                    }));
-                }
-            }
+            Frame::Keepalive(k) => self.on_keepalive(k),
             Frame::MetadataPush(m) => {
                 // Its handler counts like a fire-and-forget one: at the
                 // limit, reading pauses (`read_paused`).
@@ -366,8 +357,8 @@ impl Connection {
                 None,
             ),
             FragKind::RequestChannel(n) => {
-                let mut recv = RecvHalf::new(self.config.default_prefetch, false);
-                recv.adaptive = true;
+                let mut recv =
+                    RecvHalf::new(self.config.default_prefetch, false, Replenish::Adaptive);
                 if complete {
                     recv.end = Some(Ok(()));
                 }
@@ -384,7 +375,7 @@ impl Connection {
             id.get(),
             StreamState {
                 interaction,
-                local: false,
+                role: Role::Responder,
                 terminated: false,
                 recv,
                 send: Some(send),
@@ -400,11 +391,7 @@ impl Connection {
     fn on_request_n(&mut self, n: RequestN) {
         let key = n.stream_id.get();
         if let Some(s) = self.streams.get_mut(&key).and_then(|st| st.send.as_mut()) {
-            if !s.stopped {
-                s.credit = add_credit(s.credit, n.request_n.get());
-                s.awaiting_credit = false;
-                s.notify(key, &mut self.wakeups);
-            }
+            s.add_credit(n.request_n.get(), key, &mut self.wakeups);
         }
     }
 
@@ -418,7 +405,7 @@ impl Connection {
         if let Some(s) = st.send.as_mut() {
             s.stop(key, w);
         }
-        if !st.local {
+        if !st.local() {
             // The requester cancelled: the whole stream is over.
             st.terminated = true;
             if let Some(r) = st.recv.as_mut() {
@@ -494,16 +481,8 @@ impl Connection {
                 self.push_control(Frame::Cancel(Cancel { stream_id: id }));
                 return;
             }
-            // At 2^31 - 1 credit is unbounded and is not counted down.
-            if r.outstanding < u64::from(MAX_U31) {
-                r.outstanding -= 1;
-            }
-            let len = payload.len();
-            if r.adaptive && len > r.largest {
-                r.largest = len;
-            }
-            self.in_bytes += len;
-            r.queue.push_back(payload);
+            self.in_bytes += payload.len();
+            r.push(payload);
         }
         if complete || rr {
             r.end = Some(Ok(()));

@@ -8,8 +8,8 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::{
-    add_credit, fragment, Connection, FragKind, Interaction, Pace, RecvHalf, SendHalf, SendReady,
-    State, StreamState,
+    add_credit, fragment, Connection, FragKind, Interaction, Pace, RecvHalf, Replenish, Role,
+    SendHalf, SendReady, SendState, State, StreamState,
 };
 use crate::error::{RequestError, StreamError};
 use crate::frame::{
@@ -60,35 +60,35 @@ impl Connection {
             .ok_or_else(|| RequestError::Stream(StreamError::rejected("no free stream ids")))?;
         self.take_lease(now)?;
         let n = RequestCount::new(window.min(MAX_U31)).unwrap_or(RequestCount::ONE);
+        let replenish = match (manual, adaptive) {
+            (true, _) => Replenish::Manual,
+            (false, true) => Replenish::Adaptive,
+            (false, false) => Replenish::Fixed,
+        };
         let (kind, recv, send) = match interaction {
             Interaction::FireAndForget => (FragKind::RequestFnf, None, None),
             Interaction::RequestResponse => (
                 FragKind::RequestResponse,
-                Some(RecvHalf::new(1, true)),
+                Some(RecvHalf::new(1, true, Replenish::Fixed)),
                 None,
             ),
             Interaction::RequestStream => (
                 FragKind::RequestStream(n),
-                Some(RecvHalf::new(n.get(), true)),
+                Some(RecvHalf::new(n.get(), true, replenish)),
                 None,
             ),
             Interaction::RequestChannel => (
                 FragKind::RequestChannel(n),
-                Some(RecvHalf::new(n.get(), true)),
+                Some(RecvHalf::new(n.get(), true, replenish)),
                 Some(SendHalf::new(0)),
             ),
         };
-        let mut recv = recv;
-        if let Some(r) = recv.as_mut() {
-            r.manual = manual;
-            r.adaptive = adaptive && !manual && interaction != Interaction::RequestResponse;
-        }
         if recv.is_some() || send.is_some() {
             self.streams.insert(
                 id.get(),
                 StreamState {
                     interaction,
-                    local: true,
+                    role: Role::Requester,
                     terminated: false,
                     recv,
                     send,
@@ -182,24 +182,8 @@ impl Connection {
         let Some(r) = st.recv.as_mut() else {
             return Poll::Ready(None);
         };
-        let mut grant = 0;
-        if !r.granted {
-            r.granted = true;
-            if r.end.is_none() && !terminated {
-                r.outstanding = u64::from(r.window);
-                grant = r.window;
-            }
-        }
-        if consumed > 0 && r.window < MAX_U31 && !r.manual && !rr {
-            r.consumed += consumed;
-            if r.end.is_none() && r.consumed >= (r.window / 2).max(1) {
-                let window = r.next_window(max_prefetch, prefetch_bytes);
-                grant = r.consumed + (window - r.window);
-                r.outstanding += u64::from(grant);
-                r.window = window;
-                r.consumed = 0;
-            }
-        }
+        let mut grant = r.initial_grant(terminated);
+        grant += r.consume(consumed, rr, max_prefetch, prefetch_bytes);
         *report_after = r.report_after(rr);
         let result = if !take {
             Poll::Pending
@@ -297,7 +281,7 @@ impl Connection {
             return;
         };
         if open {
-            if st.local {
+            if st.local() {
                 // Requester gives up: the whole stream ends.
                 st.terminated = true;
                 if let Some(s) = st.send.as_mut() {
@@ -334,7 +318,7 @@ impl Connection {
         else {
             return Poll::Ready(SendReady::Stopped);
         };
-        if s.stopped || s.done {
+        if !s.open() {
             return Poll::Ready(SendReady::Stopped);
         }
         s.waiting = true;
@@ -359,7 +343,7 @@ impl Connection {
             .get_mut(&id.get())
             .and_then(|st| st.send.as_mut())
         {
-            Some(s) if !s.stopped => {
+            Some(s) if s.state != SendState::Stopped => {
                 s.waiting = true;
                 Poll::Pending
             }
@@ -382,7 +366,7 @@ impl Connection {
         let Some(s) = st.send.as_mut() else {
             return;
         };
-        if s.stopped || s.done {
+        if !s.open() {
             return;
         }
         let rr = st.interaction == Interaction::RequestResponse;
@@ -392,7 +376,7 @@ impl Connection {
         }
         let complete = complete || rr;
         if complete {
-            s.done = true;
+            s.state = SendState::Done;
         }
         // A request/response answer is written as soon as it is ready
         // (see `Pace`); stream items waited for room.
@@ -420,16 +404,16 @@ impl Connection {
         let Some(s) = st.send.as_mut() else {
             return;
         };
-        if s.stopped || s.done {
+        if !s.open() {
             return;
         }
-        s.done = true;
+        s.state = SendState::Done;
         st.terminated = true;
         let key = id.get();
         if let Some(r) = st.recv.as_mut() {
             r.finish(Err(RequestError::Cancelled), key, &mut self.wakeups);
         }
-        let code = if !st.local && err.code.is_connection_level() {
+        let code = if !st.local() && err.code.is_connection_level() {
             ErrorCode::APPLICATION_ERROR
         } else {
             err.code
@@ -449,12 +433,12 @@ impl Connection {
             return;
         };
         s.forget(key, &mut self.wakeups);
-        if !s.done && !s.stopped && !st.terminated && conn_open {
+        if s.open() && !st.terminated && conn_open {
             st.terminated = true;
             if let Some(r) = st.recv.as_mut() {
                 r.finish(Err(RequestError::Cancelled), key, &mut self.wakeups);
             }
-            let frame = if st.local {
+            let frame = if st.local() {
                 Frame::Cancel(Cancel { stream_id: id })
             } else {
                 Frame::Error(ErrorFrame::new(
@@ -477,7 +461,7 @@ impl Connection {
         if done {
             self.drop_reassembly(key);
             if let Some(st) = self.streams.remove(&key) {
-                if !st.local {
+                if !st.local() {
                     self.inbound_streams = self.inbound_streams.saturating_sub(1);
                 }
             }

@@ -10,6 +10,21 @@
 //! runtime, which keeps the wakers and wakes them once it has released its
 //! lock (see `wakeup.rs`).
 //!
+//! # Layout
+//!
+//! | module | concept |
+//! |---|---|
+//! | `mod.rs` | the connection: lifecycle (open, draining, closed), limits, timers, stats |
+//! | `inbound.rs` | frames from the peer: requests, items, REQUEST_N, CANCEL, ERROR |
+//! | `local.rs` | commands from local handles: open, consume, produce, release |
+//! | `stream.rs` | one stream's halves, their states and credit (the replenishment rule) |
+//! | `output.rs` | the outbound queue and its byte cap |
+//! | `keepalive.rs` | KEEPALIVE sending, answering, and the max lifetime |
+//! | `lease.rs`, `resume.rs` | leasing; resume positions and the store of unacknowledged frames |
+//! | `fragment.rs`, `ids.rs` | fragmentation and reassembly; stream ids |
+//! | `wakeup.rs` | which waiting tasks the runtime must wake |
+//! | `harness.rs`, `pair.rs`, `check.rs` | the frames-in/frames-out harness, two connected peers with a fake clock, and the self-check tests use |
+//!
 //! # Streams
 //!
 //! ```text
@@ -23,12 +38,14 @@
 //! A half exists while a local handle holds it: the consumer of the inbound
 //! half (`recv`), the producer of the outbound half (`send`). A stream is
 //! forgotten when both halves are released; until then its id is in use.
+//! `stream.rs` has the states of each half and the credit rules.
 //!
 //! # Credit
 //!
 //! Inbound: `outstanding + queued + consumed == window` at all times, so a
 //! stream never buffers more than its window. When half the window has been
-//! consumed, REQUEST_N(consumed) is queued. A window of 2^31 − 1 is
+//! consumed, REQUEST_N(consumed) is queued (plus the window's growth for a
+//! default window, see `Config::max_prefetch`). A window of 2^31 − 1 is
 //! unbounded and never replenished. An item beyond the credit granted is a
 //! protocol violation: the stream is cancelled and fails locally.
 //!
@@ -41,21 +58,24 @@ mod fragment;
 pub mod harness;
 mod ids;
 mod inbound;
+mod keepalive;
 mod lease;
 mod local;
+mod output;
 pub mod pair;
 mod resume;
+mod stream;
 mod wakeup;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tracing::{debug, trace, warn};
+use tracing::{debug, warn};
 
 use crate::config::Config;
 use crate::error::{ConnectionError, Initiator, Limit, RequestError};
-use crate::frame::{ErrorCode, ErrorFrame, Frame, Keepalive, StreamId, MAX_U31};
+use crate::frame::{ErrorCode, ErrorFrame, Frame, StreamId};
 use crate::stats::ConnectionStats;
 use crate::Payload;
 
@@ -63,8 +83,11 @@ pub(crate) use fragment::FragKind;
 use fragment::Reassembly;
 use ids::IdAllocator;
 pub(crate) use ids::IdMap;
+pub(crate) use keepalive::KeepaliveParams;
+use output::{Pace, Queued};
 pub(crate) use resume::is_resumable;
 use resume::ResumeState;
+use stream::{add_credit, RecvHalf, Replenish, Role, SendHalf, SendState, StreamState};
 pub(crate) use wakeup::Wakeup;
 use wakeup::Wakeups;
 
@@ -100,165 +123,6 @@ pub(crate) enum Event {
     MetadataPush(Bytes),
 }
 
-/// Keepalive settings of an established connection.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct KeepaliveParams {
-    /// Send KEEPALIVE(R) this often (`None`: this side does not send).
-    pub(crate) send_interval: Option<Duration>,
-    /// Close when nothing was received for this long.
-    pub(crate) max_lifetime: Duration,
-}
-
-#[derive(Debug)]
-struct RecvHalf {
-    queue: VecDeque<Payload>,
-    /// Terminal signal, delivered after the queue drains.
-    end: Option<Result<(), RequestError>>,
-    /// Credit the peer may still use.
-    outstanding: u64,
-    window: u32,
-    /// Items consumed since the last REQUEST_N.
-    consumed: u32,
-    /// Whether the initial credit has been sent (a responder's channel
-    /// inbound grants lazily, on first poll).
-    granted: bool,
-    /// Credit is granted only by explicit [`Connection::request_credit`]
-    /// calls, not as items are consumed.
-    manual: bool,
-    /// Credit granted by [`Connection::request_credit`] on top of the
-    /// window (saturating).
-    extra: u64,
-    /// The window may grow while items are small (see
-    /// [`Config::max_prefetch`]).
-    adaptive: bool,
-    /// The largest item seen, for an adaptive window.
-    largest: usize,
-    /// Its consumer returned `Pending` and waits for a [`Wakeup::Recv`].
-    waiting: bool,
-}
-
-impl RecvHalf {
-    fn new(window: u32, granted: bool) -> Self {
-        Self {
-            queue: VecDeque::new(),
-            end: None,
-            outstanding: if granted { u64::from(window) } else { 0 },
-            window,
-            consumed: 0,
-            granted,
-            manual: false,
-            extra: 0,
-            adaptive: false,
-            largest: 0,
-            waiting: false,
-        }
-    }
-
-    /// Where the window goes at a replenishment: an adaptive window
-    /// doubles towards `prefetch_bytes / largest item`, at most
-    /// `max_prefetch`; it never shrinks (credit granted cannot be taken
-    /// back).
-    fn next_window(&self, max_prefetch: u32, prefetch_bytes: usize) -> u32 {
-        if !self.adaptive {
-            return self.window;
-        }
-        let fits = prefetch_bytes / self.largest.max(1);
-        let target = u32::try_from(fits)
-            .unwrap_or(u32::MAX)
-            .min(max_prefetch)
-            .min(self.window.saturating_mul(2));
-        target.max(self.window)
-    }
-
-    /// Items still to be consumed before the next REQUEST_N is due (0:
-    /// never, for request/response, unbounded or manual credit).
-    fn report_after(&self, rr: bool) -> u32 {
-        if rr || self.manual || self.window >= MAX_U31 || self.end.is_some() {
-            return 0;
-        }
-        (self.window / 2)
-            .max(1)
-            .saturating_sub(self.consumed)
-            .max(1)
-    }
-
-    /// Records a wake-up for the consumer, if it waits.
-    fn notify(&mut self, key: u32, w: &mut Wakeups) {
-        if std::mem::take(&mut self.waiting) {
-            w.stream(Wakeup::Recv(key));
-        }
-    }
-
-    /// The half is released: a waker still registered for it is woken
-    /// (spuriously) so that the runtime drops it.
-    fn forget(&mut self, key: u32, w: &mut Wakeups) {
-        self.notify(key, w);
-    }
-
-    fn finish(&mut self, end: Result<(), RequestError>, key: u32, w: &mut Wakeups) {
-        if self.end.is_none() {
-            self.end = Some(end);
-        }
-        self.notify(key, w);
-    }
-}
-
-#[derive(Debug)]
-struct SendHalf {
-    credit: u64,
-    /// The producer must stop: the peer cancelled, or the stream/connection
-    /// ended.
-    stopped: bool,
-    /// We sent our terminal frame.
-    done: bool,
-    /// The producer found no credit and waits for REQUEST_N.
-    awaiting_credit: bool,
-    /// Its producer waits for a [`Wakeup::Send`] (credit, or the order to
-    /// stop).
-    waiting: bool,
-}
-
-impl SendHalf {
-    fn new(credit: u64) -> Self {
-        Self {
-            credit,
-            stopped: false,
-            done: false,
-            awaiting_credit: false,
-            waiting: false,
-        }
-    }
-
-    /// Records a wake-up for the producer, if it waits.
-    fn notify(&mut self, key: u32, w: &mut Wakeups) {
-        if std::mem::take(&mut self.waiting) {
-            w.stream(Wakeup::Send(key));
-        }
-    }
-
-    /// The half is released: a waker still registered for it is woken
-    /// (spuriously) so that the runtime drops it.
-    fn forget(&mut self, key: u32, w: &mut Wakeups) {
-        self.notify(key, w);
-    }
-
-    fn stop(&mut self, key: u32, w: &mut Wakeups) {
-        self.stopped = true;
-        self.notify(key, w);
-    }
-}
-
-#[derive(Debug)]
-struct StreamState {
-    interaction: Interaction,
-    /// We opened it (we are its requester).
-    local: bool,
-    /// ERROR or CANCEL ended the whole stream; nothing more is sent on it.
-    terminated: bool,
-    recv: Option<RecvHalf>,
-    send: Option<SendHalf>,
-}
-
 #[derive(Debug)]
 enum State {
     Open,
@@ -274,11 +138,6 @@ enum State {
     Closed(ConnectionError),
 }
 
-/// Sum of credits, saturating at 2^31 − 1 (unbounded).
-fn add_credit(credit: u64, n: u32) -> u64 {
-    (credit + u64::from(n)).min(u64::from(MAX_U31))
-}
-
 /// Outcome of a producer's readiness check.
 #[derive(Debug)]
 pub(crate) enum SendReady {
@@ -287,26 +146,6 @@ pub(crate) enum SendReady {
     Credit(u64),
     /// Stop producing: cancelled by the peer or the connection ended.
     Stopped,
-}
-
-/// How a queued frame counts against the outbound cap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pace {
-    /// Queued after waiting for room (requests, stream items): counted in
-    /// `out_bytes` only.
-    Paced,
-    /// Queued without waiting (control frames, request/response answers
-    /// written while reading): also counted in `unpaced_bytes`, which
-    /// pauses reading when it reaches the cap.
-    Unpaced,
-}
-
-/// A frame waiting for the writer.
-#[derive(Debug)]
-struct Queued {
-    frame: Frame,
-    len: usize,
-    pace: Pace,
 }
 
 /// Frames and bytes moved, for [`ConnectionStats`].
@@ -532,156 +371,6 @@ impl Connection {
         }
     }
 
-    // ----- output side -------------------------------------------------
-
-    fn enqueue(&mut self, frame: Frame, len: usize, pace: Pace) {
-        self.out_bytes += len;
-        if pace == Pace::Unpaced {
-            self.unpaced_bytes += len;
-        }
-        self.counters.frames_queued += 1;
-        self.out.push_back(Queued { frame, len, pace });
-    }
-
-    /// Queues a frame and wakes the writer.
-    fn push(&mut self, frame: Frame) {
-        trace!(?frame, "queue");
-        let len = frame.encoded_len();
-        self.enqueue(frame, len, Pace::Unpaced);
-        self.wakeups.driver();
-    }
-
-    /// Queues a control frame (never held back). Reading pauses once such
-    /// frames fill the cap; if they alone pass twice the cap (local handles
-    /// keep adding them while the peer reads nothing), the connection
-    /// closes.
-    fn push_control(&mut self, frame: Frame) {
-        self.push(frame);
-        if self.unpaced_bytes > self.config.max_outbound_queue_bytes.saturating_mul(2) {
-            self.fail(ConnectionError::LimitExceeded(Limit::OutboundQueue {
-                cap: self.config.max_outbound_queue_bytes,
-            }));
-        }
-    }
-
-    /// Queues a logical frame, fragmented at the MTU.
-    fn push_fragmented(
-        &mut self,
-        kind: FragKind,
-        id: StreamId,
-        payload: Payload,
-        complete: bool,
-        pace: Pace,
-    ) {
-        let mtu = self.config.fragment_at();
-        fragment::fragment(kind, id, payload, complete, mtu, |f, len| {
-            self.enqueue(f, len, pace);
-        });
-        self.wakeups.driver();
-    }
-
-    pub(crate) fn has_space(&self) -> bool {
-        self.out_bytes < self.config.max_outbound_queue_bytes
-    }
-
-    /// The caller returns `Pending` until the outbound queue has room.
-    fn wait_space(&mut self) {
-        self.space_waiting = true;
-    }
-
-    /// Records a wake-up for the tasks waiting for room.
-    fn notify_space(&mut self) {
-        if std::mem::take(&mut self.space_waiting) {
-            self.wakeups.space();
-        }
-    }
-
-    /// Frames are waiting for the writer and may be taken now (a full
-    /// resume store holds back a resumable frame at the head).
-    pub(crate) fn has_queued(&self) -> bool {
-        if let Some(r) = &self.resume {
-            if r.ack_due() {
-                return true;
-            }
-            return self.out.front().is_some_and(|q| self.may_take(r, q));
-        }
-        !self.out.is_empty()
-    }
-
-    /// The resume store lets `q` go to the writer now.
-    fn may_take(&self, r: &ResumeState, q: &Queued) -> bool {
-        self.closed().is_some() || !is_resumable(&q.frame) || r.has_room(q.len)
-    }
-
-    /// Moves queued frames into `into` for the writer: up to `max` frames,
-    /// and no more once `max_bytes` have been taken (at least one frame is
-    /// taken when any is queued).
-    pub(crate) fn poll_transmit(
-        &mut self,
-        max: usize,
-        max_bytes: usize,
-        into: &mut VecDeque<Frame>,
-    ) {
-        let mut taken = 0usize;
-        if let Some(ack) = self.resume.as_mut().and_then(ResumeState::take_ack) {
-            into.push_back(ack);
-        }
-        for _ in 0..max {
-            if taken >= max_bytes {
-                break;
-            }
-            if let Some(r) = &self.resume {
-                match self.out.front() {
-                    Some(q) if !self.may_take(r, q) => break,
-                    _ => {}
-                }
-            }
-            let Some(mut q) = self.out.pop_front() else {
-                break;
-            };
-            if let Some(r) = self.resume.as_mut() {
-                if is_resumable(&q.frame) {
-                    r.record_sent(&q.frame, q.len);
-                } else if let Frame::Keepalive(k) = &mut q.frame {
-                    r.stamp(k);
-                }
-            }
-            taken += q.len;
-            self.out_bytes -= q.len;
-            if q.pace == Pace::Unpaced {
-                self.unpaced_bytes -= q.len;
-            }
-            self.counters.frames_out += 1;
-            self.counters.bytes_out += q.len as u64;
-            into.push_back(q.frame);
-        }
-        if self.unpaced_bytes < self.config.max_outbound_queue_bytes {
-            self.stalled_since = None;
-        }
-        if self.has_space() {
-            self.notify_space();
-        }
-    }
-
-    /// Wake-ups are recorded (see [`Connection::drain_wakeups`]).
-    #[inline]
-    pub(crate) fn has_wakeups(&self) -> bool {
-        self.wakeups.any()
-    }
-
-    /// Hands the recorded wake-ups to `f` and clears them.
-    #[inline]
-    pub(crate) fn drain_wakeups(&mut self, f: impl FnMut(Wakeup)) {
-        self.wakeups.drain(f);
-    }
-
-    /// Forgets a recorded wake-up of the driver: the driver calls this
-    /// while it holds the state and is about to check it before waiting.
-    #[inline]
-    pub(crate) fn clear_driver_wakeup(&mut self) {
-        self.wakeups.clear_driver();
-    }
-
     pub(crate) fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
@@ -697,8 +386,7 @@ impl Connection {
                 _ => None,
             };
         }
-        let dead = self.last_received + self.keepalive.max_lifetime;
-        let mut next = self.next_keepalive.map_or(dead, |k| k.min(dead));
+        let mut next = self.keepalive_deadline();
         if let Some(since) = self.stalled_since {
             next = next.min(since + self.config.outbound_stall_timeout);
         }
@@ -769,7 +457,7 @@ impl Connection {
         };
         for st in self.streams.values() {
             if let Some(send) = &st.send {
-                if !st.local {
+                if !st.local() {
                     s.handlers_running += 1;
                 }
                 if send.awaiting_credit {
@@ -862,7 +550,7 @@ impl Connection {
         let wire_idle = self.streams.values().all(|st| {
             st.terminated
                 || (st.recv.as_ref().is_none_or(|r| r.end.is_some())
-                    && st.send.as_ref().is_none_or(|s| s.done || s.stopped))
+                    && st.send.as_ref().is_none_or(|s| !s.open()))
         });
         if remote_drain || (self.drained_state() && wire_idle) {
             // The graceful close ends here: the peer closed the transport
@@ -913,12 +601,7 @@ impl Connection {
         if self.closed().is_some() {
             return;
         }
-        if self.inflight_oneway >= self.config.max_concurrent_inbound_streams {
-            // Reading is paused by our own handlers: what the peer sent
-            // waits unread, so its silence proves nothing (the peer, whose
-            // KEEPALIVEs go unanswered meanwhile, may judge us dead).
-            self.last_received = now;
-        }
+        self.keepalive_tick(now);
         if self.detached {
             self.stalled_since = None;
         } else if self.unpaced_bytes >= self.config.max_outbound_queue_bytes {
@@ -949,16 +632,7 @@ impl Connection {
         if self.detached {
             return;
         }
-        if now >= self.last_received + self.keepalive.max_lifetime {
-            if self.resumable() {
-                // Resumption replaces the transport instead of ending the
-                // connection.
-                debug!("keepalive expired; the transport is considered lost");
-                self.link_lost = true;
-                self.last_received = now;
-                return;
-            }
-            self.fail(ConnectionError::KeepaliveTimeout);
+        if self.keepalive_expired(now) {
             return;
         }
         if let Some(since) = self.stalled_since {
@@ -973,15 +647,6 @@ impl Connection {
             }
         }
         self.lease_timeout(now);
-        if let (Some(next), Some(interval)) = (self.next_keepalive, self.keepalive.send_interval) {
-            if now >= next {
-                self.push_control(Frame::Keepalive(Keepalive {
-                    respond: true,
-                    last_received_position: 0,
-                    data: Bytes::new(),
-                }));
-                self.next_keepalive = Some(now + interval);
-            }
-        }
+        self.keepalive_send(now);
     }
 }
