@@ -55,6 +55,7 @@
 
 mod check;
 mod fragment;
+mod handshake;
 pub mod harness;
 mod ids;
 mod inbound;
@@ -81,6 +82,7 @@ use crate::Payload;
 
 pub(crate) use fragment::FragKind;
 use fragment::Reassembly;
+pub(crate) use handshake::{First, Handshake};
 use ids::IdAllocator;
 pub(crate) use ids::IdMap;
 pub(crate) use keepalive::KeepaliveParams;

@@ -26,10 +26,10 @@ use super::tokio_now;
 use super::transport::flush_and_close;
 use super::transport::{Transport, TransportError};
 use crate::config::{Config, SetupInfo};
-use crate::error::{ConnectionError, Initiator, Limit, StreamError};
-use crate::frame::{ErrorCode, ErrorFrame, Frame, FrameType, Version};
+use crate::error::{ConnectionError, Initiator, StreamError};
+use crate::frame::{ErrorCode, ErrorFrame, Frame};
 use crate::lease::LeaseConfig;
-use crate::proto::{Connection, KeepaliveParams, Side};
+use crate::proto::{Connection, First, Handshake, KeepaliveParams, Side};
 use crate::rsocket::RSocket;
 use crate::stats::ServerStats;
 
@@ -96,10 +96,6 @@ pub(crate) fn into_shared<R: RSocket>(responder: R) -> Arc<dyn RSocket> {
     }
 }
 
-fn setup_error(code: ErrorCode, message: &str) -> (ErrorCode, String) {
-    (code, message.to_owned())
-}
-
 /// Takes one server-side connection through setup: reads the first frame
 /// (within `config.setup_timeout`), checks it, asks the acceptor, and
 /// returns the driver to poll. A rejected SETUP is answered with the ERROR
@@ -124,12 +120,6 @@ enum Accepted<T: Transport> {
     Resumed,
 }
 
-/// Whether a RESUME's version is one we resume: 1.0, and 0.1, which
-/// rsocket-js 1.0.0-alpha sends in RESUME (a documented leniency).
-fn resume_version_ok(v: Version) -> bool {
-    v == Version::V1_0 || (v.major == 0 && v.minor == 1)
-}
-
 async fn accept_inner<T: Transport>(
     transport: T,
     config: Config,
@@ -141,90 +131,55 @@ async fn accept_inner<T: Transport>(
     transport.limit_frame_len(config.max_frame_len);
     let peer = transport.peer_info();
     let (mut reader, mut writer) = transport.split();
-    let Ok(first) = tokio::time::timeout(config.setup_timeout, reader.next()).await else {
+    let handshake = Handshake::new(&config, sessions.is_some(), tokio_now());
+    let deadline = tokio::time::Instant::from_std(handshake.deadline());
+    let Ok(first) = tokio::time::timeout_at(deadline, reader.next()).await else {
         debug!("no SETUP within the setup timeout");
-        return Err(ConnectionError::LimitExceeded(Limit::SetupTimeout(
-            config.setup_timeout,
-        )));
+        return Err(handshake.timed_out());
     };
-    let checked = match first {
+    let judged = match first {
         None => return Err(ConnectionError::ClosedByPeer),
         Some(Err(TransportError::Io(e))) => return Err(e.into()),
-        Some(Err(TransportError::Decode(e))) => Err(if e.frame_type() == Some(FrameType::Setup) {
-            setup_error(ErrorCode::INVALID_SETUP, &format!("invalid SETUP: {e}"))
-        } else {
-            setup_error(
-                ErrorCode::INVALID_SETUP,
-                "first frame must be SETUP or RESUME",
-            )
-        }),
-        Some(Err(other)) => Err(setup_error(ErrorCode::INVALID_SETUP, &other.to_string())),
-        Some(Ok(Frame::Setup(s))) => {
-            if s.version != Version::V1_0 {
-                Err(setup_error(
-                    ErrorCode::INVALID_SETUP,
-                    &format!("unsupported protocol version {}", s.version),
-                ))
-            } else if s.resume_token.is_some() && sessions.is_none() {
-                Err(setup_error(
-                    ErrorCode::REJECTED_SETUP,
-                    "resumption is not supported",
-                ))
-            } else if s.resume_token.as_ref().is_some_and(|t| t.is_empty()) {
-                Err(setup_error(
-                    ErrorCode::REJECTED_SETUP,
-                    "the resume token is empty",
-                ))
-            } else if s.lease && config.lease.is_none() {
-                Err(setup_error(
-                    ErrorCode::UNSUPPORTED_SETUP,
-                    "lease is not supported",
-                ))
-            } else {
-                Ok(s)
-            }
-        }
-        Some(Ok(Frame::Resume(r))) => match sessions {
-            None => Err(setup_error(
-                ErrorCode::REJECTED_RESUME,
-                "resumption is not supported",
-            )),
-            Some(_) if !resume_version_ok(r.version) => Err(setup_error(
-                ErrorCode::REJECTED_RESUME,
-                &format!("unsupported protocol version {}", r.version),
-            )),
-            Some(sessions) => {
-                let token = r.resume_token.clone();
-                let msg = SessionMsg::Resume {
-                    reader,
-                    writer,
-                    frame: r,
-                };
-                let (msg, why) = match sessions.offer(&token, msg) {
-                    Ok(()) => return Ok(Accepted::Resumed),
-                    Err(OfferError::UnknownToken(m)) => (m, "unknown or expired resume token"),
-                    Err(OfferError::Busy(m)) => (m, "the session is busy resuming"),
-                };
-                let SessionMsg::Resume { mut writer, .. } = msg else {
-                    return Err(ConnectionError::LocallyClosed);
-                };
-                debug!(why, "rejecting RESUME");
-                let _ = flush_and_close(
-                    &mut writer,
-                    Frame::Error(ErrorFrame::new(None, ErrorCode::REJECTED_RESUME, why)),
-                )
-                .await;
-                return Err(ConnectionError::SetupRejected {
-                    code: ErrorCode::REJECTED_RESUME,
-                    message: why.to_owned(),
-                    initiator: Initiator::Local,
-                });
-            }
+        Some(Err(TransportError::Decode(e))) => handshake.first_frame(Err(&e)),
+        Some(Err(other)) => First::Reject {
+            code: ErrorCode::INVALID_SETUP,
+            message: other.to_string(),
         },
-        Some(Ok(_)) => Err(setup_error(
-            ErrorCode::INVALID_SETUP,
-            "first frame must be SETUP or RESUME",
-        )),
+        Some(Ok(frame)) => handshake.first_frame(Ok(frame)),
+    };
+    let checked: Result<_, (ErrorCode, String)> = match judged {
+        First::Setup(s) => Ok(s),
+        First::Reject { code, message } => Err((code, message)),
+        First::Resume(r) => {
+            let Some(sessions) = sessions else {
+                return Err(ConnectionError::LocallyClosed);
+            };
+            let token = r.resume_token.clone();
+            let msg = SessionMsg::Resume {
+                reader,
+                writer,
+                frame: r,
+            };
+            let (msg, why) = match sessions.offer(&token, msg) {
+                Ok(()) => return Ok(Accepted::Resumed),
+                Err(OfferError::UnknownToken(m)) => (m, "unknown or expired resume token"),
+                Err(OfferError::Busy(m)) => (m, "the session is busy resuming"),
+            };
+            let SessionMsg::Resume { mut writer, .. } = msg else {
+                return Err(ConnectionError::LocallyClosed);
+            };
+            debug!(why, "rejecting RESUME");
+            let _ = flush_and_close(
+                &mut writer,
+                Frame::Error(ErrorFrame::new(None, ErrorCode::REJECTED_RESUME, why)),
+            )
+            .await;
+            return Err(ConnectionError::SetupRejected {
+                code: ErrorCode::REJECTED_RESUME,
+                message: why.to_owned(),
+                initiator: Initiator::Local,
+            });
+        }
     };
     let setup = match checked {
         Ok(s) => s,
