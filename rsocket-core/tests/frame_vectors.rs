@@ -1054,6 +1054,7 @@ fn request_n_zero() {
         Err(DecodeError::ZeroRequestN {
             frame: FrameType::RequestN,
             stream_id: 7,
+            len: 10,
         })
     );
     assert_eq!(
@@ -1061,6 +1062,7 @@ fn request_n_zero() {
         Err(DecodeError::ZeroRequestN {
             frame: FrameType::RequestStream,
             stream_id: 1,
+            len: 12,
         })
     );
     assert_eq!(
@@ -1068,6 +1070,7 @@ fn request_n_zero() {
         Err(DecodeError::ZeroRequestN {
             frame: FrameType::RequestChannel,
             stream_id: 3,
+            len: 10,
         })
     );
 }

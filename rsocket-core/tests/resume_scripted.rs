@@ -14,7 +14,7 @@ use common::*;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use rsocket_core::frame::{
     Keepalive, PayloadFrame, RequestN, RequestStream, Resume, Setup, Version,
 };
@@ -363,6 +363,42 @@ async fn client_keepalive_carries_its_received_position_and_acks_early() {
             assert_eq!(&k.data[..], b"ping");
             assert_eq!(k.last_received_position, received);
         }
+        other => panic!("expected KEEPALIVE, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_request_n_of_zero_counts_in_the_received_position() {
+    let (requester, mut conns) = resumable_client(ClientBuilder::new().resume(fast())).await;
+    let mut raw = prompt("first transport", conns.recv())
+        .await
+        .expect("transport");
+    let _setup = expect_frame(&mut raw).await;
+    let mut stream = requester.request_stream(Payload::from("s"));
+    assert!(futures::poll!(stream.next()).is_pending());
+    let _request = expect_non_keepalive(&mut raw).await;
+    let item = next(1, "x");
+    send(&mut raw, item.clone()).await;
+    prompt("item", stream.next())
+        .await
+        .expect("item")
+        .expect("ok");
+    // REQUEST_N(0) on stream 1: ignored, but resumable, so it counts (10
+    // bytes) like any REQUEST_N the peer counted as sent.
+    raw.send(Bytes::from_static(&[0, 0, 0, 1, 0x20, 0, 0, 0, 0, 0]))
+        .await
+        .expect("send");
+    send(
+        &mut raw,
+        Frame::Keepalive(Keepalive {
+            respond: true,
+            last_received_position: 0,
+            data: Bytes::new(),
+        }),
+    )
+    .await;
+    match expect_frame(&mut raw).await {
+        Frame::Keepalive(k) => assert_eq!(k.last_received_position, len(&item) + 10),
         other => panic!("expected KEEPALIVE, got {other:?}"),
     }
 }

@@ -177,6 +177,9 @@ pub enum DecodeError {
         frame: FrameType,
         /// The stream the frame was for.
         stream_id: u32,
+        /// The frame's encoded length (header included, no length
+        /// prefix): such a frame still counts in resume positions.
+        len: usize,
     },
     /// A field that must be positive is 0 (keepalive, lifetime, extended type).
     #[error("{field} of {frame:?} must be greater than 0")]
@@ -252,6 +255,11 @@ pub(crate) struct Reader {
 }
 
 impl Reader {
+    /// Bytes not read yet.
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+
     fn need(&self, n: usize) -> Result<(), DecodeError> {
         if self.buf.len() < n {
             Err(DecodeError::Truncated {

@@ -14,6 +14,8 @@ fn request_n(r: &mut Reader, frame: FrameType, id: StreamId) -> Result<RequestCo
     RequestCount::new(n).ok_or_else(|| DecodeError::ZeroRequestN {
         frame,
         stream_id: id.get(),
+        // The header, the request-n just read, and what follows.
+        len: super::HEADER_LEN + 4 + r.remaining(),
     })
 }
 

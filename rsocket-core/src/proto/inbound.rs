@@ -24,6 +24,16 @@ impl Connection {
             return;
         }
         self.counters.frames_in += 1;
+        if let DecodeError::ZeroRequestN { len, .. } = &err {
+            // REQUEST_N and the requests are resumable frames: the peer
+            // counted this one in its position, so this side does too.
+            self.counters.bytes_in += *len as u64;
+            if let Some(r) = self.resume.as_mut() {
+                if r.record_received(*len) {
+                    self.wakeups.driver();
+                }
+            }
+        }
         match err {
             // REQUEST_N of 0: ignored (rsocket-protocol.md §2.14).
             DecodeError::ZeroRequestN {
