@@ -26,6 +26,8 @@ use crate::Payload;
 /// that is ready at once (the common case for cheap handlers) finishes
 /// without spawning a task. One that is not gets its own task. Handlers
 /// must therefore not block in `poll` (the usual async rule).
+// Handlers are called on the `dyn RSocket` itself (`(*responder)`), not
+// through `impl RSocket for Arc<T>`, which would box every call twice.
 pub(crate) fn dispatch(
     shared: &Arc<Shared>,
     responder: &Arc<dyn RSocket>,
@@ -38,7 +40,7 @@ pub(crate) fn dispatch(
             oneway(
                 shared,
                 Box::pin(async move {
-                    let _ = responder.fire_and_forget(payload).await;
+                    let _ = (*responder).fire_and_forget(payload).await;
                 }),
                 debug_span!("fnf"),
                 cx,
@@ -49,7 +51,7 @@ pub(crate) fn dispatch(
             oneway(
                 shared,
                 Box::pin(async move {
-                    let _ = responder.metadata_push(metadata).await;
+                    let _ = (*responder).metadata_push(metadata).await;
                 }),
                 debug_span!("metadata_push"),
                 cx,
@@ -68,7 +70,7 @@ pub(crate) fn dispatch(
                     // it in the future so that it can outlive this call.
                     let responder = responder.clone();
                     let mut fut: BoxFuture<'static, _> =
-                        Box::pin(async move { responder.request_response(payload).await });
+                        Box::pin(async move { (*responder).request_response(payload).await });
                     let ready = {
                         let _g = span.enter();
                         fut.poll_unpin(cx)
@@ -94,13 +96,13 @@ pub(crate) fn dispatch(
                     }
                 }
                 Interaction::RequestStream => {
-                    let stream = responder.request_stream(payload);
+                    let stream = (**responder).request_stream(payload);
                     let _g = span.enter();
                     Pump::spawn(shared.clone(), stream_id, stream, interaction, false);
                 }
                 Interaction::RequestChannel => {
                     let inbound = ChannelInbound::new(shared.clone(), stream_id);
-                    let stream = responder.request_channel(payload, inbound.boxed());
+                    let stream = (**responder).request_channel(payload, inbound.boxed());
                     let _g = span.enter();
                     // Look ahead like a requester's channel: a channel's
                     // output usually ends when its inbound does, which no
