@@ -113,11 +113,14 @@ impl Encoder<&Frame> for FrameCodec {
         let len = frame.encoded_len();
         self.check(len)?;
         dst.reserve(LENGTH_PREFIX_LEN + len);
-        if let Frame::Payload(p) = frame {
-            p.encode_with_prefix(Some(len), dst);
-        } else {
-            crate::frame::put_u24(dst, len);
-            frame.encode(dst);
+        match frame {
+            Frame::Payload(p) => p.encode_with_prefix(Some(len), dst),
+            Frame::RequestResponse(r) => r.encode_with_prefix(Some(len), dst),
+            Frame::RequestFnf(r) => r.encode_with_prefix(Some(len), dst),
+            _ => {
+                crate::frame::put_u24(dst, len);
+                frame.encode(dst);
+            }
         }
         Ok(())
     }

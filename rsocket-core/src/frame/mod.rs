@@ -424,16 +424,27 @@ impl Frame {
         Self::decode_slow(stream_id, word, bytes)
     }
 
-    /// The frame that dominates traffic, a well-formed PAYLOAD on a stream,
-    /// without the general machinery. `None` (with `body` untouched) sends
-    /// anything else, including every malformed case, down the general path.
+    /// The frames that dominate traffic, a well-formed PAYLOAD,
+    /// REQUEST_RESPONSE or REQUEST_FNF on a stream, without the general
+    /// machinery. `None` (with `body` untouched) sends anything else,
+    /// including every malformed case, down the general path.
     #[inline]
     fn decode_payload_fast(stream_id: u32, word: u16, body: &mut Bytes) -> Option<Self> {
         let f = word & 0x3FF;
-        if word >> 10 != u16::from(FrameType::Payload.code())
-            || f & flags::IGNORE != 0
-            || f & (flags::NEXT | flags::COMPLETE) == 0
-        {
+        let ty = (word >> 10) as u8;
+        let kind = if ty == FrameType::Payload.code() {
+            if f & (flags::NEXT | flags::COMPLETE) == 0 {
+                return None;
+            }
+            FrameType::Payload
+        } else if ty == FrameType::RequestResponse.code() {
+            FrameType::RequestResponse
+        } else if ty == FrameType::RequestFnf.code() {
+            FrameType::RequestFnf
+        } else {
+            return None;
+        };
+        if f & flags::IGNORE != 0 {
             return None;
         }
         let stream_id = StreamId::new(stream_id)?;
@@ -449,16 +460,30 @@ impl Frame {
         } else {
             None
         };
-        Some(Self::Payload(PayloadFrame {
-            stream_id,
-            follows: f & flags::FOLLOWS != 0,
-            complete: f & flags::COMPLETE != 0,
-            next: f & flags::NEXT != 0,
-            payload: Payload {
-                metadata,
-                data: std::mem::take(body),
-            },
-        }))
+        let payload = Payload {
+            metadata,
+            data: std::mem::take(body),
+        };
+        let follows = f & flags::FOLLOWS != 0;
+        Some(match kind {
+            FrameType::RequestResponse => Self::RequestResponse(RequestResponse {
+                stream_id,
+                follows,
+                payload,
+            }),
+            FrameType::RequestFnf => Self::RequestFnf(RequestFnf {
+                stream_id,
+                follows,
+                payload,
+            }),
+            _ => Self::Payload(PayloadFrame {
+                stream_id,
+                follows,
+                complete: f & flags::COMPLETE != 0,
+                next: f & flags::NEXT != 0,
+                payload,
+            }),
+        })
     }
 
     #[cold]

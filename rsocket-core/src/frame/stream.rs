@@ -256,25 +256,14 @@ impl PayloadFrame {
             | flag(self.follows, flags::FOLLOWS)
             | flag(self.complete, flags::COMPLETE)
             | flag(self.next, flags::NEXT);
-        let mut head = [0u8; 12];
-        let mut n = 0;
-        if let Some(len) = prefix {
-            head[..3].copy_from_slice(&(len as u32).to_be_bytes()[1..]);
-            n = 3;
-        }
-        head[n..n + 4].copy_from_slice(&self.stream_id.get().to_be_bytes());
-        let word = (u16::from(FrameType::Payload.code()) << 10) | f;
-        head[n + 4..n + 6].copy_from_slice(&word.to_be_bytes());
-        n += 6;
-        if let Some(m) = &self.payload.metadata {
-            head[n..n + 3].copy_from_slice(&((m.len() & 0xFF_FFFF) as u32).to_be_bytes()[1..]);
-            n += 3;
-        }
-        dst.put_slice(&head[..n]);
-        if let Some(m) = &self.payload.metadata {
-            dst.put_slice(m);
-        }
-        dst.put_slice(&self.payload.data);
+        put_payload_frame(
+            dst,
+            prefix,
+            self.stream_id,
+            FrameType::Payload,
+            f,
+            &self.payload,
+        );
     }
 }
 
@@ -369,5 +358,68 @@ impl Ext {
         );
         dst.put_u32(self.extended_type & super::MAX_U31);
         put_payload(dst, &self.payload);
+    }
+}
+
+/// Writes a frame whose body is a payload (PAYLOAD, REQUEST_RESPONSE,
+/// REQUEST_FNF), with its length prefix when given, in at most three
+/// copies: the fixed fields at once, the metadata, the data. `f` must
+/// already hold the M flag when the payload has metadata.
+pub(crate) fn put_payload_frame(
+    dst: &mut impl BufMut,
+    prefix: Option<usize>,
+    stream_id: StreamId,
+    ty: FrameType,
+    f: u16,
+    payload: &Payload,
+) {
+    let mut head = [0u8; 12];
+    let mut n = 0;
+    if let Some(len) = prefix {
+        head[..3].copy_from_slice(&(len as u32).to_be_bytes()[1..]);
+        n = 3;
+    }
+    head[n..n + 4].copy_from_slice(&stream_id.get().to_be_bytes());
+    let word = (u16::from(ty.code()) << 10) | f;
+    head[n + 4..n + 6].copy_from_slice(&word.to_be_bytes());
+    n += 6;
+    if let Some(m) = &payload.metadata {
+        head[n..n + 3].copy_from_slice(&((m.len() & 0xFF_FFFF) as u32).to_be_bytes()[1..]);
+        n += 3;
+    }
+    dst.put_slice(&head[..n]);
+    if let Some(m) = &payload.metadata {
+        dst.put_slice(m);
+    }
+    dst.put_slice(&payload.data);
+}
+
+impl RequestResponse {
+    /// See [`put_payload_frame`].
+    pub(crate) fn encode_with_prefix(&self, prefix: Option<usize>, dst: &mut impl BufMut) {
+        let f = metadata_flag(&self.payload) | flag(self.follows, flags::FOLLOWS);
+        put_payload_frame(
+            dst,
+            prefix,
+            self.stream_id,
+            FrameType::RequestResponse,
+            f,
+            &self.payload,
+        );
+    }
+}
+
+impl RequestFnf {
+    /// See [`put_payload_frame`].
+    pub(crate) fn encode_with_prefix(&self, prefix: Option<usize>, dst: &mut impl BufMut) {
+        let f = metadata_flag(&self.payload) | flag(self.follows, flags::FOLLOWS);
+        put_payload_frame(
+            dst,
+            prefix,
+            self.stream_id,
+            FrameType::RequestFnf,
+            f,
+            &self.payload,
+        );
     }
 }
