@@ -190,12 +190,7 @@ impl Connection {
         } else if let Some(first) = r.queue.pop_front() {
             // The first item is returned directly, so a single response
             // never touches the caller's buffer.
-            let n = max.saturating_sub(1).min(r.queue.len());
-            let mut taken = first.len();
-            for p in r.queue.drain(..n) {
-                taken += p.len();
-                into.push_back(p);
-            }
+            let taken = first.len() + r.queue.move_into(max.saturating_sub(1), into);
             self.in_bytes -= taken;
             Poll::Ready(Some(Ok(first)))
         } else {

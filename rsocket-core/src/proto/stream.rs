@@ -81,7 +81,7 @@ impl StreamState {
 
 #[derive(Debug)]
 pub(super) struct RecvHalf {
-    pub(super) queue: VecDeque<Payload>,
+    pub(super) queue: Items,
     /// Terminal signal, delivered after the queue drains.
     pub(super) end: Option<Result<(), RequestError>>,
     /// Credit the peer may still use.
@@ -105,7 +105,7 @@ pub(super) struct RecvHalf {
 impl RecvHalf {
     pub(super) fn new(window: u32, granted: bool, replenish: Replenish) -> Self {
         Self {
-            queue: VecDeque::new(),
+            queue: Items::default(),
             end: None,
             outstanding: if granted { u64::from(window) } else { 0 },
             window,
@@ -264,6 +264,49 @@ impl SendHalf {
     pub(super) fn stop(&mut self, key: u32, w: &mut Wakeups) {
         self.state = SendState::Stopped;
         self.notify(key, w);
+    }
+}
+
+/// The items an inbound half holds, in order. The first is kept inline, so
+/// that a request/response answer (or any one-item wait) needs no
+/// allocation.
+#[derive(Debug, Default)]
+pub(super) struct Items {
+    /// The front item, when it is not in `rest`.
+    head: Option<Payload>,
+    rest: VecDeque<Payload>,
+}
+
+impl Items {
+    pub(super) fn push_back(&mut self, p: Payload) {
+        if self.head.is_none() && self.rest.is_empty() {
+            self.head = Some(p);
+        } else {
+            self.rest.push_back(p);
+        }
+    }
+
+    pub(super) fn pop_front(&mut self) -> Option<Payload> {
+        self.head.take().or_else(|| self.rest.pop_front())
+    }
+
+    pub(super) fn len(&self) -> usize {
+        usize::from(self.head.is_some()) + self.rest.len()
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Payload> {
+        self.head.iter().chain(self.rest.iter())
+    }
+
+    /// Moves up to `n` items into `into`; returns their bytes.
+    pub(super) fn move_into(&mut self, n: usize, into: &mut VecDeque<Payload>) -> usize {
+        let mut bytes = 0;
+        for _ in 0..n {
+            let Some(p) = self.pop_front() else { break };
+            bytes += p.len();
+            into.push_back(p);
+        }
+        bytes
     }
 }
 
