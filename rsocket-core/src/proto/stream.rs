@@ -299,10 +299,17 @@ impl Items {
     }
 
     /// Moves up to `n` items into `into`; returns their bytes.
-    pub(super) fn move_into(&mut self, n: usize, into: &mut VecDeque<Payload>) -> usize {
+    pub(super) fn move_into(&mut self, mut n: usize, into: &mut VecDeque<Payload>) -> usize {
         let mut bytes = 0;
-        for _ in 0..n {
-            let Some(p) = self.pop_front() else { break };
+        if n > 0 {
+            if let Some(p) = self.head.take() {
+                bytes += p.len();
+                into.push_back(p);
+                n -= 1;
+            }
+        }
+        let n = n.min(self.rest.len());
+        for p in self.rest.drain(..n) {
             bytes += p.len();
             into.push_back(p);
         }
