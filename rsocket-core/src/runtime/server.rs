@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -538,35 +538,57 @@ enum Phase {
     Closing,
 }
 
-async fn serve_one<T: Transport>(
+/// Serves one transport: setup, then the connection until it ends or the
+/// server shuts it down.
+///
+/// The setup runs in an allocation of its own, freed once it is done: its
+/// state (the transport, the configuration, the acceptor's future) is
+/// several times what serving needs, and this task's allocation is kept for
+/// the connection's whole life.
+fn serve_one<T: Transport>(
     transport: T,
     config: Config,
     acceptor: Arc<dyn SocketAcceptor>,
-    mut phase: watch::Receiver<Phase>,
+    phase: watch::Receiver<Phase>,
     pending: PendingSetup,
     grace: Duration,
     sessions: Option<Arc<Sessions<T>>>,
+) -> impl Future<Output = ()> + Send {
+    let setup =
+        Box::pin(
+            async move { accept_inner(transport, config, &*acceptor, sessions.as_ref()).await },
+        );
+    serve_accepted(setup, phase, pending, grace)
+}
+
+/// The part of [`serve_one`] that lasts: the driver (boxed by the setup)
+/// and the server's shutdown phases. Everything here is kept small, and
+/// borrowed rather than moved, so that nothing is stored twice.
+async fn serve_accepted<T: Transport>(
+    setup: Pin<Box<impl Future<Output = Result<Accepted<T>, ConnectionError>>>>,
+    mut phase: watch::Receiver<Phase>,
+    pending: PendingSetup,
+    grace: Duration,
 ) {
-    let (requester, driver) =
-        match accept_inner(transport, config, &*acceptor, sessions.as_ref()).await {
-            Ok(Accepted::New(requester, driver)) => (requester, *driver),
-            Ok(Accepted::Resumed) => {
-                debug!("transport handed to the session it resumes");
-                return;
-            }
-            Err(e) => {
-                debug!(error = %e, "connection not established");
-                return;
-            }
-        };
+    let (requester, mut driver) = match setup.await {
+        Ok(Accepted::New(requester, driver)) => (requester, driver),
+        Ok(Accepted::Resumed) => {
+            debug!("transport handed to the session it resumes");
+            return;
+        }
+        Err(e) => {
+            debug!(error = %e, "connection not established");
+            return;
+        }
+    };
     let _registered = Registered::new(&pending.0, driver.shared_state().clone());
     drop(pending);
     let span = driver.span();
-    let mut driver = pin!(driver);
+    let (driver, phase, requester) = (&mut *driver, &mut phase, &requester);
     async move {
         loop {
             tokio::select! {
-                r = &mut driver => {
+                r = &mut *driver => {
                     if let Err(e) = r {
                         debug!(error = %e, "connection ended");
                     }

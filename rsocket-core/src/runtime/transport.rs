@@ -1,13 +1,18 @@
 //! The transport abstraction and the length-prefixed byte-stream transport
 //! shared by TCP, Unix sockets and the in-memory pair.
 
+use std::cell::Cell;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
+use std::thread::LocalKey;
 
+use bytes::BytesMut;
 use futures::{Sink, SinkExt, Stream};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::io::{poll_read_buf, poll_write_buf};
 
 use crate::codec::{CodecError, FrameCodec};
 use crate::config::PeerInfo;
@@ -82,56 +87,250 @@ pub trait Transport: Send + 'static {
     }
 }
 
+/// Bytes read at once into a buffer on the stack while the reader holds no
+/// buffer of its own: a poll that finds nothing allocates nothing.
+const PROBE_LEN: usize = 8 << 10;
+/// Capacity of a new read buffer when the probe was filled (more is likely
+/// waiting): reads of up to this much at once while data flows.
+const READ_CAPACITY: usize = 64 << 10;
+/// Room made in the read buffer before each read, at least, so that a
+/// buffer nearly full never makes for tiny reads.
+const READ_MIN_ROOM: usize = 4 << 10;
+
+thread_local! {
+    /// The last read buffer a connection on this thread released, for the
+    /// next one that needs a buffer. A connection paced by the network
+    /// releases and needs a buffer all the time; handing the same one back
+    /// spares the allocator a large allocation and free each time, which
+    /// can give the memory back to the system and fault it in again.
+    static SPARE_READ: Cell<Option<BytesMut>> = const { Cell::new(None) };
+    /// The same for write buffers.
+    static SPARE_WRITE: Cell<Option<BytesMut>> = const { Cell::new(None) };
+}
+
+/// Largest buffer kept as a spare: one that grew for a large frame is
+/// freed instead.
+const SPARE_MAX: usize = 2 * (64 << 10);
+
+/// Keeps `buf` as this thread's spare (replacing the one before).
+fn put_spare(spare: &'static LocalKey<Cell<Option<BytesMut>>>, buf: BytesMut) {
+    // Outside of `with`: dropping the spare replaced may free it.
+    let _replaced = spare.try_with(|s| s.replace(Some(buf)));
+}
+
+/// A buffer with room for `capacity` bytes: this thread's spare if it has
+/// the room and nothing else uses it any more, or a new one.
+fn take_spare(spare: &'static LocalKey<Cell<Option<BytesMut>>>, capacity: usize) -> BytesMut {
+    if let Some(mut buf) = spare.try_with(Cell::take).ok().flatten() {
+        buf.clear();
+        if buf.try_reclaim(capacity) {
+            return buf;
+        }
+    }
+    BytesMut::with_capacity(capacity)
+}
+
 /// Reads length-prefixed frames from any [`AsyncRead`].
+///
+/// The read buffer exists only while data flows: a read that finds nothing
+/// with no partial frame buffered releases it, and the next read goes to a
+/// stack buffer first, so that an idle connection holds no read buffer
+/// (frames read are slices of the buffer they were read into, which lives
+/// until they are dropped).
 #[derive(Debug)]
 pub struct FrameReader<R> {
-    inner: FramedRead<R, FrameCodec>,
+    io: R,
+    codec: FrameCodec,
+    /// Bytes read and not yet framed; no allocation while idle.
+    buf: BytesMut,
+    /// `buf` grew past [`SPARE_MAX`] (for a large frame): it is not kept as
+    /// a spare.
+    large: bool,
+    /// The stream ended or the framing failed: nothing more is read.
+    done: bool,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    fn fail(&mut self, e: TransportError) -> Poll<Option<Result<Frame, TransportError>>> {
+        self.done = true;
+        self.buf = BytesMut::new();
+        Poll::Ready(Some(Err(e)))
+    }
+
+    /// Lets go of the buffer (frames still using it keep it alive until
+    /// they are dropped); it becomes the thread's spare unless it grew
+    /// large.
+    fn release(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if !std::mem::take(&mut self.large) {
+            put_spare(&SPARE_READ, buf);
+        }
+    }
+
+    /// Notes a buffer that has grown too large to be kept as a spare (it
+    /// can only have grown in a `reserve`, after which its capacity is
+    /// that of its allocation).
+    fn note_capacity(&mut self) {
+        if self.buf.capacity() > SPARE_MAX {
+            self.large = true;
+        }
+    }
+
+    /// Reads once; the number of bytes read (0 at end of stream).
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() > 0 {
+            self.buf.reserve(READ_MIN_ROOM);
+            self.note_capacity();
+            let r = poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf);
+            if r.is_pending() && self.buf.is_empty() {
+                // Idle.
+                self.release();
+            }
+            return r;
+        }
+        let mut probe = [MaybeUninit::<u8>::uninit(); PROBE_LEN];
+        let mut read = ReadBuf::uninit(&mut probe);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
+        let got = read.filled();
+        if !got.is_empty() {
+            // A full probe: more is probably waiting, read it in large
+            // chunks. Otherwise the socket is likely drained.
+            let cap = if got.len() == PROBE_LEN {
+                READ_CAPACITY
+            } else {
+                PROBE_LEN
+            };
+            self.buf = take_spare(&SPARE_READ, cap);
+            self.buf.extend_from_slice(got);
+        }
+        Poll::Ready(Ok(got.len()))
+    }
 }
 
 impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
     type Item = Result<Frame, TransportError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match Pin::new(&mut self.inner).poll_next(cx) {
-            Poll::Ready(Some(Ok(bytes))) => {
-                Poll::Ready(Some(Frame::decode(bytes).map_err(TransportError::Decode)))
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            match this.codec.decode(&mut this.buf) {
+                Ok(Some(bytes)) => {
+                    if this.buf.capacity() == 0 {
+                        // Used up exactly: the next read needs another.
+                        this.release();
+                    }
+                    return Poll::Ready(Some(Frame::decode(bytes).map_err(TransportError::Decode)));
+                }
+                // `decode` may have made room for the rest of a frame.
+                Ok(None) => this.note_capacity(),
+                Err(e) => return this.fail(e.into()),
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            match this.poll_fill(cx) {
+                Poll::Ready(Ok(0)) => {
+                    if this.buf.is_empty() {
+                        this.done = true;
+                        return Poll::Ready(None);
+                    }
+                    return this.fail(TransportError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the stream ended inside a frame",
+                    )));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return this.fail(e.into()),
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 }
 
+/// Capacity of a new write buffer, at least.
+const WRITE_CAPACITY: usize = 8 << 10;
+/// Write buffer size at which the writer flushes early.
+const WRITE_HIGH_WATER: usize = 64 << 10;
+
 /// Writes length-prefixed frames to any [`AsyncWrite`], batching them in a
 /// buffer that is written out on flush (or when it passes 64 KiB).
+///
+/// The buffer is released once a flush has written it all, so that an idle
+/// connection holds none; the next one is allocated with the size the last
+/// batch needed, so that a batch does not grow its buffer step by step.
 #[derive(Debug)]
 pub struct FrameWriter<W> {
-    inner: FramedWrite<W, FrameCodec>,
+    io: W,
+    codec: FrameCodec,
+    buf: BytesMut,
+    /// Bytes encoded into the current buffer since it was allocated.
+    batch: usize,
+    /// Capacity of the next buffer: what the last one took.
+    next_capacity: usize,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    fn poll_write_all(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        while !self.buf.is_empty() {
+            let n = ready!(poll_write_buf(Pin::new(&mut self.io), cx, &mut self.buf))?;
+            if n == 0 {
+                return Poll::Ready(Err(TransportError::Io(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "failed to write frame to transport",
+                ))));
+            }
+        }
+        if self.batch > 0 {
+            // All written: release the buffer. It holds at most twice the
+            // batch (it grows by doubling from at least `next_capacity`).
+            let buf = std::mem::take(&mut self.buf);
+            if self.batch.max(self.next_capacity) <= SPARE_MAX / 2 {
+                put_spare(&SPARE_WRITE, buf);
+            }
+            self.next_capacity = self
+                .batch
+                .clamp(WRITE_CAPACITY, WRITE_HIGH_WATER + WRITE_CAPACITY);
+            self.batch = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl<W: AsyncWrite + Unpin> Sink<Frame> for FrameWriter<W> {
     type Error = TransportError;
 
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Sink::<Frame>::poll_ready(Pin::new(&mut self.inner), cx).map_err(Into::into)
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.buf.len() >= WRITE_HIGH_WATER {
+            self.poll_flush(cx)
+        } else {
+            Poll::Ready(Ok(()))
+        }
     }
 
     fn start_send(mut self: Pin<&mut Self>, item: Frame) -> Result<(), Self::Error> {
-        Sink::<&Frame>::start_send(Pin::new(&mut self.inner), &item).map_err(Into::into)
+        let this = &mut *self;
+        if this.buf.capacity() == 0 {
+            this.buf = take_spare(&SPARE_WRITE, this.next_capacity);
+        }
+        let before = this.buf.len();
+        this.codec.encode(&item, &mut this.buf)?;
+        this.batch += this.buf.len() - before;
+        Ok(())
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Sink::<Frame>::poll_flush(Pin::new(&mut self.inner), cx).map_err(Into::into)
+        let this = &mut *self;
+        ready!(this.poll_write_all(cx))?;
+        ready!(Pin::new(&mut this.io).poll_flush(cx))?;
+        Poll::Ready(Ok(()))
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Sink::<Frame>::poll_close(Pin::new(&mut self.inner), cx).map_err(Into::into)
+        ready!(self.as_mut().poll_flush(cx))?;
+        ready!(Pin::new(&mut self.io).poll_shutdown(cx))?;
+        Poll::Ready(Ok(()))
     }
 }
-
-/// Write buffer size at which the writer flushes early.
-const WRITE_HIGH_WATER: usize = 64 << 10;
 
 /// A transport over a byte stream split into read and write halves, framed
 /// with the 24-bit length prefix.
@@ -181,11 +380,20 @@ where
 
     fn split(self) -> (Self::Reader, Self::Writer) {
         let reader = FrameReader {
-            inner: FramedRead::with_capacity(self.reader, self.codec.clone(), 64 << 10),
+            io: self.reader,
+            codec: self.codec.clone(),
+            buf: BytesMut::new(),
+            large: false,
+            done: false,
         };
-        let mut inner = FramedWrite::new(self.writer, self.codec);
-        inner.set_backpressure_boundary(WRITE_HIGH_WATER);
-        (reader, FrameWriter { inner })
+        let writer = FrameWriter {
+            io: self.writer,
+            codec: self.codec,
+            buf: BytesMut::new(),
+            batch: 0,
+            next_capacity: WRITE_CAPACITY,
+        };
+        (reader, writer)
     }
 
     fn peer_info(&self) -> PeerInfo {
@@ -222,4 +430,216 @@ where
 {
     writer.send(frame).await?;
     writer.close().await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use bytes::Bytes;
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::frame::{PayloadFrame, StreamId};
+    use crate::Payload;
+
+    fn frame(data_len: usize) -> Frame {
+        let id = StreamId::new(1).expect("stream id");
+        Frame::Payload(PayloadFrame::next(
+            id,
+            Payload::new(Bytes::from(vec![7u8; data_len])),
+        ))
+    }
+
+    fn encoded(frames: &[Frame]) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        for f in frames {
+            FrameCodec::new().encode(f, &mut buf).unwrap();
+        }
+        buf.to_vec()
+    }
+
+    fn poll_next<R: AsyncRead + Unpin>(
+        r: &mut FrameReader<R>,
+    ) -> Poll<Option<Result<Frame, TransportError>>> {
+        Pin::new(r).poll_next(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[tokio::test]
+    async fn reader_holds_no_buffer_while_idle() {
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        let (mut reader, _writer) = StreamTransport::new(ours, tokio::io::sink()).split();
+        assert!(poll_next(&mut reader).is_pending());
+        assert_eq!(reader.buf.capacity(), 0, "no buffer before any data");
+
+        // Small frames: read and framed, then the buffer goes once empty.
+        let frames = [frame(10), frame(100)];
+        peer.write_all(&encoded(&frames)).await.unwrap();
+        for f in &frames {
+            match poll_next(&mut reader) {
+                Poll::Ready(Some(Ok(got))) => assert_eq!(&got, f),
+                other => panic!("expected a frame, got {other:?}"),
+            }
+        }
+        assert!(poll_next(&mut reader).is_pending());
+        assert_eq!(reader.buf.capacity(), 0, "released when idle");
+
+        // A frame larger than the probe, in two parts: the partial frame is
+        // kept across the wait.
+        let big = frame(3 * PROBE_LEN);
+        let bytes = encoded(std::slice::from_ref(&big));
+        peer.write_all(&bytes[..PROBE_LEN + 5]).await.unwrap();
+        assert!(poll_next(&mut reader).is_pending());
+        assert_eq!(reader.buf.len(), PROBE_LEN + 5);
+        peer.write_all(&bytes[PROBE_LEN + 5..]).await.unwrap();
+        match poll_next(&mut reader) {
+            Poll::Ready(Some(Ok(got))) => assert_eq!(got, big),
+            other => panic!("expected the large frame, got {other:?}"),
+        }
+        assert!(poll_next(&mut reader).is_pending());
+        assert_eq!(reader.buf.capacity(), 0);
+    }
+
+    /// Records the room each read is offered.
+    struct Recording<R> {
+        inner: R,
+        rooms: Vec<usize>,
+    }
+
+    impl<R: AsyncRead + Unpin> AsyncRead for Recording<R> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            self.rooms.push(buf.remaining());
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    #[tokio::test]
+    async fn reader_reads_in_large_chunks_while_data_flows() {
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        let ours = Recording {
+            inner: ours,
+            rooms: Vec::new(),
+        };
+        let (mut reader, _writer) = StreamTransport::new(ours, tokio::io::sink()).split();
+        let many: Vec<Frame> = (0..5000).map(|i| frame(i % 300)).collect();
+        let bytes = encoded(&many);
+        peer.write_all(&bytes).await.unwrap();
+        for f in &many {
+            match poll_next(&mut reader) {
+                Poll::Ready(Some(Ok(got))) => assert_eq!(&got, f),
+                other => panic!("expected a frame, got {other:?}"),
+            }
+        }
+        assert!(poll_next(&mut reader).is_pending());
+        assert_eq!(reader.buf.capacity(), 0);
+        let rooms = &reader.io.rooms;
+        assert_eq!(rooms[0], PROBE_LEN, "the first read goes to the probe");
+        assert!(rooms.iter().all(|&r| r >= READ_MIN_ROOM), "{rooms:?}");
+        // 5000 frames of 150 bytes on average: a few dozen reads, not
+        // thousands.
+        assert!(
+            rooms.len() < 4 * bytes.len() / READ_CAPACITY + 8,
+            "{rooms:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_buffer_grown_for_a_large_frame_is_not_kept() {
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        let (mut reader, _writer) = StreamTransport::new(ours, tokio::io::sink()).split();
+        drop(SPARE_READ.with(Cell::take));
+        let big = frame(4 * SPARE_MAX);
+        peer.write_all(&encoded(std::slice::from_ref(&big)))
+            .await
+            .unwrap();
+        loop {
+            match poll_next(&mut reader) {
+                Poll::Ready(Some(Ok(got))) => {
+                    assert_eq!(got, big);
+                    break;
+                }
+                Poll::Pending => tokio::task::yield_now().await,
+                other => panic!("expected the large frame, got {other:?}"),
+            }
+        }
+        assert!(poll_next(&mut reader).is_pending());
+        assert_eq!(reader.buf.capacity(), 0);
+        assert!(SPARE_READ.with(Cell::take).is_none(), "not kept");
+
+        peer.write_all(&encoded(&[frame(10)])).await.unwrap();
+        assert!(matches!(poll_next(&mut reader), Poll::Ready(Some(Ok(_)))));
+        assert!(poll_next(&mut reader).is_pending());
+        assert!(SPARE_READ.with(Cell::take).is_some(), "an ordinary one is");
+    }
+
+    #[tokio::test]
+    async fn reader_refuses_an_oversized_frame_from_its_prefix() {
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        let (mut reader, _writer) = StreamTransport::new(ours, tokio::io::sink())
+            .with_max_frame_len(1000)
+            .split();
+        // Announces 1,000,000 bytes; none of them is buffered.
+        peer.write_all(&[0x0f, 0x42, 0x40, 0, 0]).await.unwrap();
+        match poll_next(&mut reader) {
+            Poll::Ready(Some(Err(TransportError::FrameTooLarge { len, max }))) => {
+                assert_eq!((len, max), (1_000_000, 1000));
+            }
+            other => panic!("expected FrameTooLarge, got {other:?}"),
+        }
+        assert_eq!(reader.buf.capacity(), 0);
+        assert!(matches!(poll_next(&mut reader), Poll::Ready(None)));
+    }
+
+    #[tokio::test]
+    async fn reader_reports_a_stream_ending_inside_a_frame() {
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        let (mut reader, _writer) = StreamTransport::new(ours, tokio::io::sink()).split();
+        let bytes = encoded(&[frame(50)]);
+        peer.write_all(&bytes[..20]).await.unwrap();
+        drop(peer);
+        match poll_next(&mut reader) {
+            Poll::Ready(Some(Err(TransportError::Io(e)))) => {
+                assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+            }
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
+        assert!(matches!(poll_next(&mut reader), Poll::Ready(None)));
+
+        // A clean end between frames is the end of the stream.
+        let (peer, ours) = tokio::io::duplex(64);
+        let (mut reader, _writer) = StreamTransport::new(ours, tokio::io::sink()).split();
+        drop(peer);
+        assert!(matches!(poll_next(&mut reader), Poll::Ready(None)));
+    }
+
+    #[tokio::test]
+    async fn writer_releases_its_buffer_once_written() {
+        let (ours, mut peer) = tokio::io::duplex(1 << 20);
+        let (_reader, mut writer) = StreamTransport::new(tokio::io::empty(), ours).split();
+        assert_eq!(writer.buf.capacity(), 0);
+        // Less than the high-water mark: one batch.
+        let frames: Vec<Frame> = (0..500).map(|_| frame(100)).collect();
+        for f in &frames {
+            writer.feed(f.clone()).await.unwrap();
+        }
+        assert!(writer.buf.capacity() > 0);
+        writer.flush().await.unwrap();
+        assert_eq!(writer.buf.capacity(), 0, "released after the flush");
+        // The next buffer is sized for a batch like the last one.
+        let want = encoded(&frames);
+        assert_eq!(writer.next_capacity, want.len());
+        writer.send(frame(1)).await.unwrap();
+        assert_eq!(writer.buf.capacity(), 0);
+        assert_eq!(writer.next_capacity, WRITE_CAPACITY);
+
+        let mut got = vec![0u8; want.len()];
+        tokio::io::AsyncReadExt::read_exact(&mut peer, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(got, want);
+    }
 }
