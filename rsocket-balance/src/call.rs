@@ -9,8 +9,8 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
 use rsocket_core::{
-    async_trait, CallHints, ErrorCode, Payload, PayloadStream, RSocket, RequestError, Requester,
-    ResponseFuture, ResponseStream,
+    async_trait, CallHints, ErrorCode, Initiator, Payload, PayloadStream, RSocket, RequestError,
+    Requester, ResponseFuture, ResponseStream,
 };
 use tracing::debug;
 
@@ -19,7 +19,11 @@ use crate::member::{Picked, Start};
 use crate::Key;
 
 /// The message rsocket-core's responder sends with `ERROR[REJECTED]` for a
-/// request that reached it after it began a graceful close.
+/// request that reached it after it began a graceful close. Recognised
+/// by its text only when the balancer has not yet seen the server's
+/// CONNECTION_CLOSE on the connection itself (see [`on_failure`]): the
+/// engine does not tell a requester that its peer began a graceful close
+/// until the connection has ended.
 const DRAINING_REFUSAL: &str = "connection is shutting down";
 
 /// Per-call options of the raw API ([`Balancer::request_response_with`],
@@ -67,9 +71,10 @@ enum Verdict {
 ///
 /// * never sent (the connection was closed or closing before the request
 ///   was queued): always;
-/// * refused because the server is closing (`ConnectionClosing`, or the
-///   engine's `REJECTED` for a request that crossed its CONNECTION_CLOSE):
-///   always, the server did not process it;
+/// * refused because the server is closing (`ConnectionClosing`, or
+///   rsocket-rs's `REJECTED` for a request that crossed its
+///   CONNECTION_CLOSE, known here by its text; [`on_failure`] also knows it
+///   by the connection's state): always, the server did not process it;
 /// * refused locally for want of a lease (`NoLease`, nothing was sent):
 ///   always, and the member stays in use (its availability, which follows
 ///   its lease, steers the next picks away from it);
@@ -90,6 +95,11 @@ fn classify(err: &RequestError, sent: bool, idempotent: bool) -> Verdict {
 }
 
 /// Records a failed attempt on its member and says whether to retry.
+///
+/// On top of [`classify`], an `ERROR[REJECTED]` of any text is retried
+/// when the member's connection is known to have received the server's
+/// CONNECTION_CLOSE (see [`manual`](crate::manual#retries)): the request
+/// crossed it, and a rejected request was not processed.
 fn on_failure<K: Key>(
     core: &Core<K>,
     picked: &Picked,
@@ -97,15 +107,35 @@ fn on_failure<K: Key>(
     sent: bool,
     idempotent: bool,
 ) -> Verdict {
-    let verdict = classify(err, sent, idempotent);
-    if verdict == Verdict::Retry && !matches!(err, RequestError::NoLease(_)) {
-        let now = core.clock.now();
-        core.on_picked(picked, |slot| {
+    let classified = classify(err, sent, idempotent);
+    let peer_closing = matches!(
+        err,
+        RequestError::ConnectionClosing {
+            initiator: Initiator::Remote
+        }
+    );
+    let rejected = classified == Verdict::Return
+        && matches!(err, RequestError::Stream(e) if e.code == ErrorCode::REJECTED);
+    if classified == Verdict::Return && !rejected {
+        return classified;
+    }
+    let now = core.clock.now();
+    core.on_picked(picked, |slot| {
+        if peer_closing {
+            slot.note_peer_close(picked);
+        }
+        let verdict = if rejected && slot.peer_began_close(picked) {
+            Verdict::Retry
+        } else {
+            classified
+        };
+        if verdict == Verdict::Retry && !matches!(err, RequestError::NoLease(_)) {
             slot.stop_using(picked, &err.to_string(), now);
             debug!(key = ?slot.key(), error = %err, sent, "retrying on another member");
-        });
-    }
-    verdict
+        }
+        verdict
+    })
+    .unwrap_or(classified)
 }
 
 /// A request/response through the balancer, written out by hand (rather

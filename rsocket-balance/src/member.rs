@@ -14,7 +14,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rsocket_core::Requester;
+use rsocket_core::{ConnectionError, ErrorCode, Requester};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -83,6 +83,7 @@ impl Inner {
             failed_dials: 0,
             healthy: false,
             last_error: None,
+            peer_closed: 0,
             rng,
         }
     }
@@ -142,6 +143,9 @@ pub(crate) struct Inner {
     /// A request succeeded on the current connection.
     healthy: bool,
     last_error: Option<String>,
+    /// The latest connection (generation) known to have received the
+    /// server's CONNECTION_CLOSE; 0 for none.
+    peer_closed: u64,
     rng: Rng,
 }
 
@@ -247,6 +251,34 @@ impl<K: Key> Slot<K> {
         if inner.current(picked.generation) {
             inner.healthy = true;
         }
+    }
+
+    /// `picked`'s connection refused a request locally because the server
+    /// had begun a graceful close (`ConnectionClosing` from the remote
+    /// side): the connection received the server's CONNECTION_CLOSE.
+    pub(crate) fn note_peer_close(&mut self, picked: &Picked) {
+        let inner = self.inner.get_mut();
+        inner.peer_closed = inner.peer_closed.max(picked.generation);
+    }
+
+    /// Whether `picked`'s connection is known to have received the
+    /// server's CONNECTION_CLOSE: a request on it was refused locally for
+    /// that, or it ended with it (seen by the member's task, or now).
+    pub(crate) fn peer_began_close(&mut self, picked: &Picked) -> bool {
+        let inner = self.inner.get_mut();
+        if inner.peer_closed == picked.generation {
+            return true;
+        }
+        let ended_by_peer_close = inner.current(picked.generation)
+            && inner
+                .requester
+                .as_ref()
+                .and_then(Requester::closed_reason)
+                .is_some_and(|reason| closed_by_peer_close(&reason));
+        if ended_by_peer_close {
+            inner.peer_closed = picked.generation;
+        }
+        ended_by_peer_close
     }
 
     /// `picked`'s connection refused a request or failed under it: take no
@@ -391,6 +423,18 @@ impl<K: Key> View for Slot<K> {
     }
 }
 
+/// The connection ended after the server's graceful close (its
+/// `ERROR[CONNECTION_CLOSE]`).
+fn closed_by_peer_close(reason: &ConnectionError) -> bool {
+    matches!(
+        reason,
+        ConnectionError::Remote {
+            code: ErrorCode::CONNECTION_CLOSE,
+            ..
+        }
+    )
+}
+
 /// Re-dial delays: exponential from `min` to `max`, each drawn uniformly
 /// from its upper half ("equal jitter").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -470,7 +514,13 @@ pub(crate) async fn run<K: Key>(
         let removed = tokio::select! {
             reason = requester.closed() => {
                 debug!(key = ?member.key, %reason, "connection ended");
-                core.update(&member, |slot, _| slot.inner().last_error = Some(reason.to_string()));
+                core.update(&member, |slot, _| {
+                    let inner = slot.inner();
+                    inner.last_error = Some(reason.to_string());
+                    if closed_by_peer_close(&reason) {
+                        inner.peer_closed = inner.generation;
+                    }
+                });
                 false
             }
             () = member.removed.cancelled() => true,
