@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use rsocket_core::RequestError;
+use rsocket_core::{RequestError, Requester};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -16,7 +16,7 @@ use tracing::debug;
 use crate::clock::{Clock, TokioClock};
 use crate::connect::Connect;
 use crate::discovery::{self, Change};
-use crate::member::{self, Backoff, Member, MemberInfo, MemberState, Picked, Start};
+use crate::member::{self, Backoff, Member, MemberInfo, MemberState, Picked, Slot, Slots, Start};
 use crate::rng::Rng;
 use crate::strategy::{Candidates, List, Strategy, View, WeightedP2c};
 use crate::{CallOptions, Key};
@@ -94,20 +94,62 @@ struct State<K> {
     targets: HashMap<K, Arc<Member<K>>>,
     /// Every member not yet closed, in insertion order (draining ones too).
     all: Vec<Arc<Member<K>>>,
-    /// The members requests may go to.
-    ready: Vec<Arc<Member<K>>>,
+    /// The slots of the members requests may go to, in insertion order.
+    ready: Vec<usize>,
+    /// Every member's state, connection and statistics.
+    slots: Slots<K>,
     strategy: Box<dyn Strategy>,
     rng: Rng,
 }
 
-impl<K: Key> List for Vec<Arc<Member<K>>> {
+/// The ready members, as strategies see them.
+struct Ready<'a, K> {
+    ready: &'a [usize],
+    slots: &'a Slots<K>,
+}
+
+/// Stands in for a slot that is gone (never the case while the lock is
+/// held: a member leaves the ready list before its slot is freed).
+struct Gone;
+
+impl View for Gone {
+    fn key(&self) -> &dyn std::fmt::Debug {
+        &"(gone)"
+    }
+
+    fn weight(&self, _now: Instant) -> f64 {
+        0.0
+    }
+
+    fn pending(&self) -> u32 {
+        0
+    }
+
+    fn availability(&self) -> f64 {
+        0.0
+    }
+}
+
+impl<K: Key> List for Ready<'_, K> {
     fn len(&self) -> usize {
-        Self::len(self)
+        self.ready.len()
     }
 
     fn view(&self, i: usize) -> &dyn View {
-        &self[i]
+        match self.ready.get(i).and_then(|&slot| self.slots.at(slot)) {
+            Some(slot) => slot,
+            None => &Gone,
+        }
     }
+}
+
+/// What [`Core::select`] found.
+enum Selected {
+    Begun(Picked),
+    /// No member is ready.
+    Nobody,
+    /// The member picked is no longer ready: rebuild the list and retry.
+    Stale,
 }
 
 pub(crate) struct Core<K> {
@@ -132,12 +174,13 @@ impl<K: Key> Core<K> {
         let member = {
             let mut st = self.lock();
             let seed = st.rng.next_u64();
-            let member = Arc::new(Member::new(
-                key.clone(),
-                self.shutdown.child_token(),
-                self.clock.clone(),
-                seed,
-            ));
+            let (slot, id) = st.slots.insert(key.clone(), self.clock.now(), seed);
+            let member = Arc::new(Member {
+                key: key.clone(),
+                removed: self.shutdown.child_token(),
+                slot,
+                id,
+            });
             if let Some(old) = st.targets.insert(key.clone(), member.clone()) {
                 debug!(?key, "target replaced: the old member drains");
                 old.removed.cancel();
@@ -161,6 +204,27 @@ impl<K: Key> Core<K> {
         }
     }
 
+    /// Runs `f` on a member's entry under the lock, with the time; `None`
+    /// once the member is forgotten.
+    pub(crate) fn update<R>(
+        &self,
+        member: &Member<K>,
+        f: impl FnOnce(&mut Slot<K>, Instant) -> R,
+    ) -> Option<R> {
+        let now = self.clock.now();
+        self.lock().slots.of(member).map(|slot| f(slot, now))
+    }
+
+    /// Runs `f` on the entry of the member a request was sent to, if it is
+    /// still known.
+    pub(crate) fn on_picked<R>(
+        &self,
+        picked: &Picked,
+        f: impl FnOnce(&mut Slot<K>) -> R,
+    ) -> Option<R> {
+        self.lock().slots.get_mut(picked.slot, picked.id).map(f)
+    }
+
     /// A member's task has ended.
     pub(crate) fn forget(&self, member: &Arc<Member<K>>) {
         {
@@ -173,6 +237,8 @@ impl<K: Key> Core<K> {
             {
                 st.targets.remove(&member.key);
             }
+            st.ready.retain(|&slot| slot != member.slot);
+            st.slots.remove(member.slot, member.id);
         }
         self.live_members.fetch_sub(1, Ordering::SeqCst);
         self.changed();
@@ -186,8 +252,13 @@ impl<K: Key> Core<K> {
             st.ready.clear();
             for m in &st.all {
                 let is_target = st.targets.get(&m.key).is_some_and(|t| Arc::ptr_eq(t, m));
-                if is_target && m.lock().state == MemberState::Ready {
-                    st.ready.push(m.clone());
+                if is_target
+                    && st
+                        .slots
+                        .of(m)
+                        .is_some_and(|s| s.inner().state == MemberState::Ready)
+                {
+                    st.ready.push(m.slot);
                 }
             }
             debug!(
@@ -204,48 +275,87 @@ impl<K: Key> Core<K> {
         self.changes.send_modify(|g| *g = g.wrapping_add(1));
     }
 
-    /// A ready member chosen by the strategy, without waiting; `start` is
-    /// counted on it.
-    pub(crate) fn try_pick(&self, start: Start) -> Option<Picked<K>> {
-        // A member can stop being ready between the list and `begin`.
+    /// Picks a ready member without waiting, counts `start` on it and
+    /// opens the request with `open` (given the member's connection and
+    /// where to record the end), all under one lock, so that the request is
+    /// opened on the connection without cloning it. `open` comes back
+    /// unused when no member is ready.
+    pub(crate) fn try_begin<R, F: FnOnce(&Requester, Picked) -> R>(
+        &self,
+        start: Start,
+        open: F,
+    ) -> Result<R, F> {
+        // A member can have stopped being ready without the list knowing
+        // yet (a refusal takes it out of use at once).
         for _ in 0..3 {
-            let member = {
-                let mut st = self.lock();
-                let st = &mut *st;
-                match st.ready.len() {
-                    0 => return None,
-                    1 => st.ready[0].clone(),
-                    _ => {
-                        let candidates = Candidates::new(&st.ready, self.clock.now());
-                        let i = st.strategy.select(&candidates, &mut st.rng);
-                        st.ready.get(i).unwrap_or(&st.ready[0]).clone()
+            let mut st = self.lock();
+            match self.select(&mut st, start) {
+                Selected::Begun(picked) => {
+                    // `begin` checked the connection under this lock.
+                    if let Some(requester) = st
+                        .slots
+                        .at_mut(picked.slot)
+                        .and_then(|slot| slot.inner().requester())
+                    {
+                        return Ok(open(requester, picked));
                     }
                 }
-            };
-            if let Some(picked) = member.begin(start) {
-                return Some(picked);
+                Selected::Nobody => return Err(open),
+                Selected::Stale => {}
             }
+            drop(st);
             self.changed();
         }
-        None
+        Err(open)
     }
 
-    /// A ready member, waiting up to `wait_for_member` for one.
-    pub(crate) async fn pick(&self, what: Start) -> Result<Picked<K>, RequestError> {
-        if let Some(p) = self.try_pick(what) {
-            return Ok(p);
+    /// Picks a ready member and counts `start` on it.
+    #[inline]
+    fn select(&self, st: &mut State<K>, start: Start) -> Selected {
+        let slot = match st.ready.len() {
+            0 => return Selected::Nobody,
+            // With one candidate the strategy is not consulted.
+            1 => st.ready[0],
+            _ => {
+                // The request's start time serves as the pick's.
+                let now = match start {
+                    Start::Request(now) => now,
+                    _ => self.clock.now(),
+                };
+                let list = Ready {
+                    ready: &st.ready,
+                    slots: &st.slots,
+                };
+                let i = st
+                    .strategy
+                    .select(&Candidates::new(&list, now), &mut st.rng);
+                st.ready.get(i).copied().unwrap_or(st.ready[0])
+            }
+        };
+        let Some(entry) = st.slots.at_mut(slot) else {
+            return Selected::Stale;
+        };
+        let id = entry.id();
+        match entry.inner().begin(start) {
+            Some((generation, started)) => Selected::Begun(Picked {
+                slot,
+                id,
+                generation,
+                started,
+            }),
+            None => Selected::Stale,
         }
-        let start = tokio::time::Instant::now();
-        let deadline = start + self.config.wait_for_member;
+    }
+
+    /// Waits until some member is ready (then [`try_begin`](Self::try_begin)
+    /// again), failing once `wait_for_member` has passed since `since`.
+    pub(crate) async fn wait_ready(&self, since: tokio::time::Instant) -> Result<(), RequestError> {
+        let deadline = since + self.config.wait_for_member;
         loop {
             let mut notified = pin!(self.ready_notify.notified());
             notified.as_mut().enable();
-            let what = match what {
-                Start::Request(_) => Start::Request(self.clock.now()),
-                other => other,
-            };
-            if let Some(p) = self.try_pick(what) {
-                return Ok(p);
+            if !self.lock().ready.is_empty() {
+                return Ok(());
             }
             if self.shutdown.is_cancelled() {
                 return Err(BalanceError::Closed.into());
@@ -256,7 +366,7 @@ impl<K: Key> Core<K> {
                 () = tokio::time::sleep_until(deadline) => {
                     let st = self.lock();
                     return Err(BalanceError::NoReadyMember {
-                        waited: start.elapsed(),
+                        waited: since.elapsed(),
                         members: st.all.len(),
                         targets: st.targets.len(),
                     }
@@ -267,14 +377,17 @@ impl<K: Key> Core<K> {
     }
 }
 
-/// Cancels everything when the last handle goes.
-struct Owner {
-    shutdown: CancellationToken,
+/// What the application's handles share: the core, and the shutdown of
+/// everything when the last handle goes (member tasks hold the core too).
+/// One reference count per handle, so that cloning a [`Balancer`] costs
+/// what cloning a `Requester` costs.
+struct Handle<K> {
+    core: Arc<Core<K>>,
 }
 
-impl Drop for Owner {
+impl<K> Drop for Handle<K> {
     fn drop(&mut self) {
-        self.shutdown.cancel();
+        self.core.shutdown.cancel();
     }
 }
 
@@ -367,13 +480,13 @@ impl BalancerBuilder {
         C: Connect,
         S: Stream<Item = Change<K, C>> + Send + 'static,
     {
-        let shutdown = CancellationToken::new();
         let rng = self.seed.map_or_else(Rng::from_entropy, Rng::seeded);
         let core = Arc::new(Core {
             state: Mutex::new(State {
                 targets: HashMap::new(),
                 all: Vec::new(),
                 ready: Vec::new(),
+                slots: Slots::new(),
                 strategy: self.strategy,
                 rng,
             }),
@@ -381,13 +494,12 @@ impl BalancerBuilder {
             changes: watch::channel(0).0,
             config: self.config,
             clock: self.clock,
-            shutdown: shutdown.clone(),
+            shutdown: CancellationToken::new(),
             live_members: AtomicUsize::new(0),
         });
         tokio::spawn(follow(core.clone(), targets));
         Balancer {
-            core,
-            _owner: Arc::new(Owner { shutdown }),
+            handle: Arc::new(Handle { core }),
             defaults: self.defaults,
         }
     }
@@ -440,16 +552,14 @@ where
 /// clone; every clone shares the members. Dropping the last clone closes
 /// every member gracefully.
 pub struct Balancer<K: Key> {
-    pub(crate) core: Arc<Core<K>>,
-    _owner: Arc<Owner>,
+    handle: Arc<Handle<K>>,
     pub(crate) defaults: CallOptions,
 }
 
 impl<K: Key> Clone for Balancer<K> {
     fn clone(&self) -> Self {
         Self {
-            core: self.core.clone(),
-            _owner: self._owner.clone(),
+            handle: self.handle.clone(),
             defaults: self.defaults,
         }
     }
@@ -457,7 +567,7 @@ impl<K: Key> Clone for Balancer<K> {
 
 impl<K: Key> std::fmt::Debug for Balancer<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let st = self.core.lock();
+        let st = self.core().lock();
         f.debug_struct("Balancer")
             .field("targets", &st.targets.len())
             .field("ready", &st.ready.len())
@@ -475,6 +585,10 @@ impl Balancer<()> {
 }
 
 impl<K: Key> Balancer<K> {
+    pub(crate) fn core(&self) -> &Arc<Core<K>> {
+        &self.handle.core
+    }
+
     /// A balancer with default settings following `targets`.
     pub fn new<C, S>(targets: S) -> Self
     where
@@ -523,25 +637,28 @@ impl<K: Key> Balancer<K> {
     /// A snapshot of every member (draining ones included), in insertion
     /// order.
     pub fn members(&self) -> Vec<MemberInfo<K>> {
-        let st = self.core.lock();
+        let core = self.core();
+        let mut st = core.lock();
+        let st = &mut *st;
         st.all
             .iter()
-            .map(|m| {
+            .filter_map(|m| {
                 let is_target = st.targets.get(&m.key).is_some_and(|t| Arc::ptr_eq(t, m));
-                m.info(is_target)
+                let now = core.clock.now();
+                st.slots.of(m).map(|slot| slot.info(now, is_target))
             })
             .collect()
     }
 
     /// How many members take traffic now.
     pub fn ready_count(&self) -> usize {
-        self.core.lock().ready.len()
+        self.core().lock().ready.len()
     }
 
     /// A counter bumped on every member change (added, state, removed):
     /// `wait_for` on it to react to changes without polling.
     pub fn state_changes(&self) -> watch::Receiver<u64> {
-        self.core.changes.subscribe()
+        self.core().changes.subscribe()
     }
 
     /// Waits until `pred` holds for the member snapshot, re-checking on
@@ -563,9 +680,9 @@ impl<K: Key> Balancer<K> {
     /// finish) and waits until all are closed. Later requests fail with
     /// [`BalanceError::Closed`].
     pub async fn close(&self) {
-        self.core.shutdown.cancel();
+        self.core().shutdown.cancel();
         let mut rx = self.state_changes();
-        while self.core.live_members.load(Ordering::SeqCst) > 0 {
+        while self.core().live_members.load(Ordering::SeqCst) > 0 {
             if rx.changed().await.is_err() {
                 return;
             }

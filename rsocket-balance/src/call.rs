@@ -1,5 +1,6 @@
 //! Requests through the balancer: picking, statistics, and retries.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
@@ -8,17 +9,21 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
 use rsocket_core::{
-    async_trait, CallHints, ErrorCode, Payload, PayloadStream, RSocket, RequestError,
-    ResponseStream,
+    async_trait, CallHints, ErrorCode, Initiator, Payload, PayloadStream, RSocket, RequestError,
+    Requester, ResponseFuture, ResponseStream,
 };
 use tracing::debug;
 
-use crate::balancer::{Balancer, Core};
-use crate::member::{Member, Picked, Start};
+use crate::balancer::{BalanceError, Balancer, Core};
+use crate::member::{Picked, Start};
 use crate::Key;
 
 /// The message rsocket-core's responder sends with `ERROR[REJECTED]` for a
-/// request that reached it after it began a graceful close.
+/// request that reached it after it began a graceful close. Recognised
+/// by its text only when the balancer has not yet seen the server's
+/// CONNECTION_CLOSE on the connection itself (see [`on_failure`]): the
+/// engine does not tell a requester that its peer began a graceful close
+/// until the connection has ended.
 const DRAINING_REFUSAL: &str = "connection is shutting down";
 
 /// Per-call options of the raw API ([`Balancer::request_response_with`],
@@ -66,9 +71,10 @@ enum Verdict {
 ///
 /// * never sent (the connection was closed or closing before the request
 ///   was queued): always;
-/// * refused because the server is closing (`ConnectionClosing`, or the
-///   engine's `REJECTED` for a request that crossed its CONNECTION_CLOSE):
-///   always, the server did not process it;
+/// * refused because the server is closing (`ConnectionClosing`, or
+///   rsocket-rs's `REJECTED` for a request that crossed its
+///   CONNECTION_CLOSE, known here by its text; [`on_failure`] also knows it
+///   by the connection's state): always, the server did not process it;
 /// * refused locally for want of a lease (`NoLease`, nothing was sent):
 ///   always, and the member stays in use (its availability, which follows
 ///   its lease, steers the next picks away from it);
@@ -89,126 +95,231 @@ fn classify(err: &RequestError, sent: bool, idempotent: bool) -> Verdict {
 }
 
 /// Records a failed attempt on its member and says whether to retry.
+///
+/// On top of [`classify`], an `ERROR[REJECTED]` of any text is retried
+/// when the member's connection is known to have received the server's
+/// CONNECTION_CLOSE (see [`manual`](crate::manual#retries)): the request
+/// crossed it, and a rejected request was not processed.
 fn on_failure<K: Key>(
-    picked: &Picked<K>,
+    core: &Core<K>,
+    picked: &Picked,
     err: &RequestError,
     sent: bool,
     idempotent: bool,
 ) -> Verdict {
-    let verdict = classify(err, sent, idempotent);
-    if verdict == Verdict::Retry && !matches!(err, RequestError::NoLease(_)) {
-        picked
-            .member
-            .stop_using(picked.generation, &err.to_string());
-        debug!(key = ?picked.member.key, error = %err, sent, "retrying on another member");
+    let classified = classify(err, sent, idempotent);
+    let peer_closing = matches!(
+        err,
+        RequestError::ConnectionClosing {
+            initiator: Initiator::Remote
+        }
+    );
+    let rejected = classified == Verdict::Return
+        && matches!(err, RequestError::Stream(e) if e.code == ErrorCode::REJECTED);
+    if classified == Verdict::Return && !rejected {
+        return classified;
     }
-    verdict
+    let now = core.clock.now();
+    core.on_picked(picked, |slot| {
+        if peer_closing {
+            slot.note_peer_close(picked);
+        }
+        let verdict = if rejected && slot.peer_began_close(picked) {
+            Verdict::Retry
+        } else {
+            classified
+        };
+        if verdict == Verdict::Retry && !matches!(err, RequestError::NoLease(_)) {
+            slot.stop_using(picked, &err.to_string(), now);
+            debug!(key = ?slot.key(), error = %err, sent, "retrying on another member");
+        }
+        verdict
+    })
+    .unwrap_or(classified)
 }
 
-/// Pending-request accounting for one request/response; ends the request
-/// in the statistics when dropped (a cancel records no latency).
-struct RequestGuard<K: Key> {
-    member: Arc<Member<K>>,
-    started: i64,
-    generation: u64,
-    done: bool,
+/// A request/response through the balancer, written out by hand (rather
+/// than as an `async fn`) to keep it small: it is moved whole into the
+/// caller's future and copied with it.
+struct RequestResponse<'a, K: Key> {
+    core: &'a Core<K>,
+    idempotent: bool,
+    attempt: u32,
+    /// The request, until its last allowed attempt is sent (earlier ones
+    /// send a copy, so that it can be sent again).
+    request: Payload,
+    /// When it began waiting for a ready member.
+    since: Option<tokio::time::Instant>,
+    state: CallState<'a>,
 }
 
-impl<K: Key> RequestGuard<K> {
-    fn new(picked: &Picked<K>) -> Self {
-        Self {
-            member: picked.member.clone(),
-            started: picked.started,
-            generation: picked.generation,
-            done: false,
+enum CallState<'a> {
+    /// To be sent.
+    Idle,
+    /// Waiting for a ready member.
+    Waiting(BoxFuture<'a, Result<(), RequestError>>),
+    /// Sent; counted as pending on its member until it ends (a cancel, by
+    /// dropping, records no latency).
+    Running {
+        response: ResponseFuture,
+        picked: Picked,
+    },
+    Done,
+}
+
+impl<K: Key> Future for RequestResponse<'_, K> {
+    type Output = Result<Option<Payload>, RequestError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let core = this.core;
+        let max = core.config.max_retries;
+        loop {
+            match &mut this.state {
+                CallState::Idle => {
+                    let start = Start::Request(core.clock.now());
+                    let (attempt, request, state) =
+                        (this.attempt, &mut this.request, &mut this.state);
+                    let begun = core.try_begin(start, |requester, picked| {
+                        let request = if attempt < max {
+                            request.clone()
+                        } else {
+                            std::mem::take(request)
+                        };
+                        // Built in place, under the pick's lock.
+                        *state = CallState::Running {
+                            response: requester.request_response(request),
+                            picked,
+                        };
+                    });
+                    if begun.is_ok() {
+                        this.since = None;
+                    } else {
+                        let since = *this.since.get_or_insert_with(tokio::time::Instant::now);
+                        this.state = CallState::Waiting(core.wait_ready(since).boxed());
+                    }
+                }
+                CallState::Waiting(wait) => match ready!(wait.as_mut().poll(cx)) {
+                    Ok(()) => this.state = CallState::Idle,
+                    Err(e) => {
+                        this.state = CallState::Done;
+                        return Poll::Ready(Err(e));
+                    }
+                },
+                CallState::Running { response, picked } => {
+                    let result = ready!(Pin::new(&mut *response).poll(cx));
+                    let picked = *picked;
+                    let now = core.clock.now();
+                    let ok = result.is_ok();
+                    core.on_picked(&picked, |slot| slot.end_request(&picked, now, ok));
+                    match result {
+                        Ok(reply) => {
+                            this.state = CallState::Done;
+                            return Poll::Ready(Ok(reply));
+                        }
+                        Err(err) => {
+                            let sent = response.stream_id().is_some();
+                            this.state = CallState::Done;
+                            let verdict = on_failure(core, &picked, &err, sent, this.idempotent);
+                            if verdict == Verdict::Retry && this.attempt < max {
+                                this.attempt += 1;
+                                this.state = CallState::Idle;
+                                continue;
+                            }
+                            return Poll::Ready(Err(err));
+                        }
+                    }
+                }
+                CallState::Done => return Poll::Ready(Err(BalanceError::Closed.into())),
+            }
         }
     }
-
-    fn finish(mut self, ok: bool) {
-        self.done = true;
-        self.member.end_request(self.started, ok, self.generation);
-    }
 }
 
-impl<K: Key> Drop for RequestGuard<K> {
+impl<K: Key> Drop for RequestResponse<'_, K> {
     fn drop(&mut self) {
-        if !self.done {
-            let now = self.member.now();
-            self.member.lock().stats.stop_request(now, self.started);
+        // Dropped in flight: the request ends without a round trip (and
+        // the response future, dropped next, sends CANCEL).
+        if let CallState::Running { picked, .. } = &self.state {
+            let picked = *picked;
+            let now = self.core.clock.now();
+            self.core
+                .on_picked(&picked, |slot| slot.cancel_request(&picked, now));
         }
     }
 }
 
 /// Open-stream accounting for one stream or channel.
 struct StreamGuard<K: Key> {
-    member: Arc<Member<K>>,
+    core: Arc<Core<K>>,
+    picked: Picked,
+    done: bool,
 }
 
 impl<K: Key> StreamGuard<K> {
     /// Takes over the stream counted by the pick.
-    fn new(member: &Arc<Member<K>>) -> Self {
+    fn new(core: Arc<Core<K>>, picked: Picked) -> Self {
         Self {
-            member: member.clone(),
+            core,
+            picked,
+            done: false,
         }
     }
 
-    fn finish(self, ok: bool) {
-        let now = self.member.now();
-        self.member
-            .lock()
-            .stats
-            .update_availability(now, if ok { 1.0 } else { 0.0 });
+    fn finish(mut self, ok: bool) {
+        self.done = true;
+        let now = self.core.clock.now();
+        self.core
+            .on_picked(&self.picked, |slot| slot.end_stream(Some(now), ok));
     }
 }
 
 impl<K: Key> Drop for StreamGuard<K> {
     fn drop(&mut self) {
-        self.member.lock().stats.stop_stream();
+        if !self.done {
+            self.core
+                .on_picked(&self.picked, |slot| slot.end_stream(None, false));
+        }
     }
 }
 
 impl<K: Key> Balancer<K> {
-    async fn picked(&self, start: Start) -> Result<Picked<K>, RequestError> {
-        match self.core.try_pick(start) {
-            Some(p) => Ok(p),
+    /// Picks a ready member (waiting for one if there is none) and opens a
+    /// fire-and-forget or metadata push (nothing counted) on its connection
+    /// with `open`, under one lock.
+    async fn begin<R>(
+        &self,
+        open: impl FnOnce(&Requester) -> R,
+    ) -> Result<(Picked, R), RequestError> {
+        let core = self.core();
+        let mut open = move |requester: &Requester, picked| (picked, open(requester));
+        let mut since = None;
+        loop {
+            match core.try_begin(Start::Nothing, open) {
+                Ok(opened) => return Ok(opened),
+                Err(back) => open = back,
+            }
+            let since = *since.get_or_insert_with(tokio::time::Instant::now);
             // Boxed: the waiting state (a timer among others) would
             // otherwise grow every request's future, and be copied with it.
-            None => Box::pin(self.core.pick(start)).await,
+            Box::pin(core.wait_ready(since)).await?;
         }
     }
 
     /// Request/response with per-call options: sent to one member, and
     /// again to another (at most `max_retries` times) when that is safe.
-    pub async fn request_response_with(
+    pub fn request_response_with(
         &self,
         request: Payload,
         options: CallOptions,
-    ) -> Result<Option<Payload>, RequestError> {
-        let max = self.core.config.max_retries;
-        let mut request = request;
-        let mut attempt = 0;
-        loop {
-            let picked = self.picked(Start::Request(self.core.clock.now())).await?;
-            let spare = (attempt < max).then(|| request.clone());
-            let guard = RequestGuard::new(&picked);
-            let mut response = picked.requester.request_response(request);
-            match (&mut response).await {
-                Ok(reply) => {
-                    guard.finish(true);
-                    return Ok(reply);
-                }
-                Err(err) => {
-                    guard.finish(false);
-                    let sent = response.stream_id().is_some();
-                    match (on_failure(&picked, &err, sent, options.idempotent), spare) {
-                        (Verdict::Retry, Some(spare)) => {
-                            request = spare;
-                            attempt += 1;
-                        }
-                        _ => return Err(err),
-                    }
-                }
-            }
+    ) -> impl Future<Output = Result<Option<Payload>, RequestError>> + Send + '_ {
+        RequestResponse {
+            core: self.core(),
+            idempotent: options.idempotent,
+            attempt: 0,
+            request,
+            since: None,
+            state: CallState::Idle,
         }
     }
 
@@ -217,10 +328,11 @@ impl<K: Key> Balancer<K> {
     /// item (see [`CallOptions`]).
     pub fn request_stream_with(&self, request: Payload, options: CallOptions) -> PayloadStream {
         BalancedStream {
-            core: self.core.clone(),
+            core: self.core().clone(),
             options,
             request: Some(request),
             attempt: 0,
+            since: None,
             state: StreamState::Idle,
         }
         .boxed()
@@ -229,15 +341,16 @@ impl<K: Key> Balancer<K> {
     /// Fire-and-forget: resolves once queued on a member's connection. A
     /// failure means it was not queued, so it is tried on another member.
     pub async fn fire_and_forget(&self, request: Payload) -> Result<(), RequestError> {
-        let max = self.core.config.max_retries;
+        let core = self.core();
+        let max = core.config.max_retries;
         let mut request = request;
         let mut attempt = 0;
         loop {
-            let picked = self.picked(Start::Nothing).await?;
             let spare = (attempt < max).then(|| request.clone());
-            match picked.requester.fire_and_forget(request).await {
+            let (picked, sending) = self.begin(|r| r.fire_and_forget(request)).await?;
+            match sending.await {
                 Ok(()) => return Ok(()),
-                Err(err) => match (on_failure(&picked, &err, false, false), spare) {
+                Err(err) => match (on_failure(core, &picked, &err, false, false), spare) {
                     (Verdict::Retry, Some(spare)) => {
                         request = spare;
                         attempt += 1;
@@ -251,14 +364,16 @@ impl<K: Key> Balancer<K> {
     /// Metadata push to one member (chosen like a request), retried
     /// elsewhere if it could not be queued.
     pub async fn metadata_push(&self, metadata: Bytes) -> Result<(), RequestError> {
-        let max = self.core.config.max_retries;
+        let core = self.core();
+        let max = core.config.max_retries;
         let mut attempt = 0;
         loop {
-            let picked = self.picked(Start::Nothing).await?;
-            match picked.requester.metadata_push(metadata.clone()).await {
+            let (picked, sending) = self.begin(|r| r.metadata_push(metadata.clone())).await?;
+            match sending.await {
                 Ok(()) => return Ok(()),
                 Err(err) => {
-                    if on_failure(&picked, &err, false, false) == Verdict::Return || attempt >= max
+                    if on_failure(core, &picked, &err, false, false) == Verdict::Return
+                        || attempt >= max
                     {
                         return Err(err);
                     }
@@ -281,10 +396,11 @@ impl<K: Key> Balancer<K> {
 
     fn channel(&self, first: Payload, rest: PayloadStream) -> PayloadStream {
         BalancedChannel {
-            core: self.core.clone(),
+            core: self.core().clone(),
             first: Some(first),
             rest: Arc::new(Mutex::new(Some(rest))),
             attempt: 0,
+            since: None,
             state: StreamState::Idle,
         }
         .boxed()
@@ -334,9 +450,8 @@ enum StreamState<K: Key> {
     /// Not yet sent (or to be sent again).
     Idle,
     /// Waiting for a ready member.
-    Waiting(BoxFuture<'static, Result<Picked<K>, RequestError>>),
+    Waiting(BoxFuture<'static, Result<(), RequestError>>),
     Running {
-        picked: Picked<K>,
         inner: ResponseStream,
         guard: StreamGuard<K>,
         /// An item has arrived: no retry from here on.
@@ -346,27 +461,49 @@ enum StreamState<K: Key> {
 }
 
 impl<K: Key> StreamState<K> {
-    /// Picks without waiting if it can, else starts waiting.
-    fn poll_pick(
+    /// Opens the stream with `open` on a ready member (counted on it under
+    /// the same lock), or waits for one. `Ready(Ok)` when the state moved
+    /// on (to `Running`, to `Done` if `open` had nothing to send, or from
+    /// `Idle` to `Waiting`, which is then to be polled); `since` is when
+    /// waiting began.
+    fn poll_begin(
         &mut self,
         core: &Arc<Core<K>>,
+        since: &mut Option<tokio::time::Instant>,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<Picked<K>, RequestError>> {
-        if let Self::Idle = self {
-            if let Some(p) = core.try_pick(Start::Stream) {
-                return Poll::Ready(Ok(p));
-            }
-            let core = core.clone();
-            *self = Self::Waiting(async move { core.pick(Start::Stream).await }.boxed());
-        }
-        match self {
-            Self::Waiting(fut) => {
-                let r = ready!(fut.as_mut().poll(cx));
+        open: impl FnOnce(&Requester) -> Option<ResponseStream>,
+    ) -> Poll<Result<(), RequestError>> {
+        if let Self::Waiting(fut) = self {
+            if let Err(e) = ready!(fut.as_mut().poll(cx)) {
                 *self = Self::Done;
-                Poll::Ready(r)
+                return Poll::Ready(Err(e));
             }
-            _ => Poll::Ready(Err(crate::BalanceError::Closed.into())),
+            *self = Self::Idle;
         }
+        if !matches!(self, Self::Idle) {
+            return Poll::Ready(Ok(()));
+        }
+        match core.try_begin(Start::Stream, |requester, picked| (picked, open(requester))) {
+            Ok((picked, inner)) => {
+                *since = None;
+                // Counted by the pick; the guard takes over.
+                let guard = StreamGuard::new(core.clone(), picked);
+                *self = match inner {
+                    Some(inner) => Self::Running {
+                        inner,
+                        guard,
+                        started: false,
+                    },
+                    None => Self::Done,
+                };
+            }
+            Err(_) => {
+                let since = *since.get_or_insert_with(tokio::time::Instant::now);
+                let core = core.clone();
+                *self = Self::Waiting(async move { core.wait_ready(since).await }.boxed());
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -377,6 +514,8 @@ struct BalancedStream<K: Key> {
     /// Kept for a retry until the first item arrives.
     request: Option<Payload>,
     attempt: u32,
+    /// When it began waiting for a ready member.
+    since: Option<tokio::time::Instant>,
     state: StreamState<K>,
 }
 
@@ -389,48 +528,43 @@ impl<K: Key> Stream for BalancedStream<K> {
             match &mut this.state {
                 StreamState::Done => return Poll::Ready(None),
                 StreamState::Idle | StreamState::Waiting(_) => {
-                    let picked = match ready!(this.state.poll_pick(&this.core, cx)) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            this.state = StreamState::Done;
-                            return Poll::Ready(Some(Err(e)));
+                    let keep = this.attempt < this.core.config.max_retries;
+                    let request = &mut this.request;
+                    let begun = this.state.poll_begin(&this.core, &mut this.since, cx, |r| {
+                        let req = request.take()?;
+                        if keep {
+                            *request = Some(req.clone());
                         }
-                    };
-                    let guard = StreamGuard::new(&picked.member);
-                    let Some(request) = this.request.take() else {
-                        this.state = StreamState::Done;
-                        return Poll::Ready(None);
-                    };
-                    if this.attempt < this.core.config.max_retries {
-                        this.request = Some(request.clone());
+                        Some(r.request_stream(req))
+                    });
+                    if let Err(e) = ready!(begun) {
+                        return Poll::Ready(Some(Err(e)));
                     }
-                    let inner = picked.requester.request_stream(request);
-                    this.state = StreamState::Running {
-                        picked,
-                        inner,
-                        guard,
-                        started: false,
-                    };
                 }
                 StreamState::Running {
-                    picked,
                     inner,
+                    guard,
                     started,
-                    ..
                 } => match ready!(inner.poll_next_unpin(cx)) {
                     Some(Ok(item)) => {
                         if !*started {
                             *started = true;
                             this.request = None;
-                            picked.member.note_success(picked.generation);
+                            let p = guard.picked;
+                            this.core.on_picked(&p, |slot| slot.note_success(&p));
                         }
                         return Poll::Ready(Some(Ok(item)));
                     }
                     Some(Err(err)) => {
                         let sent = inner.stream_id().is_some();
                         let retry = !*started
-                            && on_failure(picked, &err, sent, this.options.idempotent)
-                                == Verdict::Retry
+                            && on_failure(
+                                &this.core,
+                                &guard.picked,
+                                &err,
+                                sent,
+                                this.options.idempotent,
+                            ) == Verdict::Retry
                             && this.request.is_some();
                         let StreamState::Running { guard, .. } =
                             std::mem::replace(&mut this.state, StreamState::Idle)
@@ -497,6 +631,8 @@ struct BalancedChannel<K: Key> {
     first: Option<Payload>,
     rest: Slot,
     attempt: u32,
+    /// When it began waiting for a ready member.
+    since: Option<tokio::time::Instant>,
     state: StreamState<K>,
 }
 
@@ -509,44 +645,35 @@ impl<K: Key> Stream for BalancedChannel<K> {
             match &mut this.state {
                 StreamState::Done => return Poll::Ready(None),
                 StreamState::Idle | StreamState::Waiting(_) => {
-                    let picked = match ready!(this.state.poll_pick(&this.core, cx)) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            this.state = StreamState::Done;
-                            return Poll::Ready(Some(Err(e)));
+                    let keep = this.attempt < this.core.config.max_retries;
+                    let first = &mut this.first;
+                    let slot = &this.rest;
+                    let begun = this.state.poll_begin(&this.core, &mut this.since, cx, |r| {
+                        let item = first.take()?;
+                        if keep {
+                            *first = Some(item.clone());
                         }
-                    };
-                    let guard = StreamGuard::new(&picked.member);
-                    let Some(first) = this.first.take() else {
-                        this.state = StreamState::Done;
-                        return Poll::Ready(None);
-                    };
-                    if this.attempt < this.core.config.max_retries {
-                        this.first = Some(first.clone());
+                        let rest = SlotStream {
+                            slot: slot.clone(),
+                            taken: None,
+                        };
+                        Some(r.request_channel_fallible(item, rest))
+                    });
+                    if let Err(e) = ready!(begun) {
+                        return Poll::Ready(Some(Err(e)));
                     }
-                    let rest = SlotStream {
-                        slot: this.rest.clone(),
-                        taken: None,
-                    };
-                    let inner = picked.requester.request_channel_fallible(first, rest);
-                    this.state = StreamState::Running {
-                        picked,
-                        inner,
-                        guard,
-                        started: false,
-                    };
                 }
                 StreamState::Running {
-                    picked,
                     inner,
+                    guard,
                     started,
-                    ..
                 } => match ready!(inner.poll_next_unpin(cx)) {
                     Some(Ok(item)) => {
                         if !*started {
                             *started = true;
                             this.first = None;
-                            picked.member.note_success(picked.generation);
+                            let p = guard.picked;
+                            this.core.on_picked(&p, |slot| slot.note_success(&p));
                         }
                         return Poll::Ready(Some(Ok(item)));
                     }
@@ -555,7 +682,8 @@ impl<K: Key> Stream for BalancedChannel<K> {
                         // take it back for the next member.
                         let sent = inner.stream_id().is_some();
                         let retry = !*started
-                            && on_failure(picked, &err, sent, false) == Verdict::Retry
+                            && on_failure(&this.core, &guard.picked, &err, sent, false)
+                                == Verdict::Retry
                             && !sent
                             && this.first.is_some()
                             && this

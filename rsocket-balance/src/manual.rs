@@ -88,9 +88,32 @@
 //! | never sent: the connection was closed before the request was queued | always |
 //! | `RequestError::ConnectionClosing` (the server's CONNECTION_CLOSE arrived first) | always |
 //! | `RequestError::NoLease` (leasing on, the member's lease allowed no request; nothing sent) | always |
-//! | `ERROR[REJECTED]` sent by a draining rsocket-rs server for a request that crossed its CONNECTION_CLOSE | always |
+//! | `ERROR[REJECTED]` for a request that crossed the server's CONNECTION_CLOSE (see below) | always |
 //! | the connection died with the request in flight | only if marked idempotent ([`CallOptions`](crate::CallOptions), or [`CallHints`](rsocket_core::CallHints) from the caller, as generated RPC clients pass for methods marked idempotent) |
 //! | any other answer (application error, other `REJECTED`, cancel) | never: it is the caller's answer |
+//!
+//! **A refusal from a closing server.** A server that begins a graceful
+//! close sends `ERROR[CONNECTION_CLOSE]` and then answers `ERROR[REJECTED]`
+//! to every request that reaches it afterwards: requests the client sent
+//! before the CONNECTION_CLOSE arrived. The connection delivers frames in
+//! order, and the spec guarantees that a rejected request was not
+//! processed, so sending it to another member cannot run it twice. Such a
+//! rejection is recognised by what the balancer knows of the member's
+//! connection when the rejection is handled, whatever its text:
+//!
+//! * another request on the same connection was refused locally with
+//!   `RequestError::ConnectionClosing` from the remote side (the
+//!   connection had processed the server's CONNECTION_CLOSE), or
+//! * the connection has ended with the server's CONNECTION_CLOSE.
+//!
+//! Failing both, a rejection whose text is rsocket-rs's own drain refusal
+//! (`connection is shutting down`) is recognised by that text: the
+//! connection does not report that its peer began a graceful close while
+//! it still drains, so a request whose rejection is the first sign of the
+//! close is known only by its text. A rejection of another text from a
+//! server whose close the balancer has not seen yet reaches the caller, as
+//! any other `REJECTED` does (an application's refusal is the caller's
+//! answer).
 //!
 //! Streams are retried only before their first item; a channel only if it
 //! was never sent (its outbound items untouched). Fire-and-forget and

@@ -9,11 +9,12 @@
 //!     └───────────────┴───────────────────────────────────────────┘ back-off, re-dial
 //! ```
 
+use std::cell::RefCell;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rsocket_core::Requester;
+use rsocket_core::{ConnectionError, ErrorCode, Requester};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -70,6 +71,23 @@ pub struct MemberInfo<K> {
 }
 
 impl Inner {
+    fn new(now: Instant, seed: u64) -> Self {
+        let mut rng = Rng::seeded(seed);
+        let stats = WeightedStats::new(now, rng.next_u64());
+        Self {
+            state: MemberState::Connecting,
+            requester: None,
+            generation: 0,
+            stats,
+            connects: 0,
+            failed_dials: 0,
+            healthy: false,
+            last_error: None,
+            peer_closed: 0,
+            rng,
+        }
+    }
+
     /// The member's own availability: 0 unless ready; when its connection
     /// leases, the lease's remaining share (`remaining / allowed`, 0 when
     /// spent or expired), so p2c avoids a member out of lease.
@@ -82,45 +100,293 @@ impl Inner {
             .and_then(Requester::lease)
             .map_or(1.0, |lease| lease.availability())
     }
+
+    /// The connection to use for a new request, if the member is ready,
+    /// with `start` counted in the statistics.
+    pub(crate) fn begin(&mut self, start: Start) -> Option<(u64, i64)> {
+        if self.state != MemberState::Ready || self.requester.is_none() {
+            return None;
+        }
+        let started = match start {
+            Start::Nothing => 0,
+            Start::Request(now) => self.stats.start_request(now),
+            Start::Stream => {
+                self.stats.start_stream();
+                0
+            }
+        };
+        Some((self.generation, started))
+    }
+
+    /// The current connection, if any.
+    pub(crate) fn requester(&self) -> Option<&Requester> {
+        self.requester.as_ref()
+    }
+
+    /// The connection the request was sent on is still the current one.
+    fn current(&self, generation: u64) -> bool {
+        self.generation == generation
+    }
 }
 
+/// What the balancer keeps about one member, under its lock: its state,
+/// connection and statistics.
 pub(crate) struct Inner {
     pub(crate) state: MemberState,
     requester: Option<Requester>,
     /// Bumped on every new connection, so that a refusal seen on an old
     /// connection does not mark the new one.
     generation: u64,
-    pub(crate) stats: WeightedStats,
+    stats: WeightedStats,
     connects: u64,
     failed_dials: u32,
     /// A request succeeded on the current connection.
     healthy: bool,
     last_error: Option<String>,
+    /// The latest connection (generation) known to have received the
+    /// server's CONNECTION_CLOSE; 0 for none.
+    peer_closed: u64,
     rng: Rng,
 }
 
+/// A member's entry in the balancer's state. The state, connection and
+/// statistics of every member sit under the balancer's one lock, so that a
+/// request takes one lock to start (pick and count) and one to end.
+pub(crate) struct Slot<K> {
+    /// The member's id, so that a late end does not touch a new member
+    /// that reuses the slot.
+    id: u64,
+    key: K,
+    /// Borrowed mutably through a shared reference only by strategies
+    /// (whose [`Candidates`](crate::Candidates) are shared), always under
+    /// the balancer's lock.
+    inner: RefCell<Inner>,
+}
+
+impl<K: Key> Slot<K> {
+    pub(crate) fn inner(&mut self) -> &mut Inner {
+        self.inner.get_mut()
+    }
+
+    pub(crate) fn key(&self) -> &K {
+        &self.key
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// A snapshot for [`Balancer::members`](crate::Balancer::members).
+    pub(crate) fn info(&mut self, now: Instant, is_target: bool) -> MemberInfo<K> {
+        let key = self.key.clone();
+        let inner = self.inner.get_mut();
+        let availability = inner.stats.weighted_availability(now);
+        let own = inner.own_availability();
+        let latency_us = inner.stats.predicted_latency(now);
+        MemberInfo {
+            key,
+            state: inner.state,
+            is_target,
+            pending: inner.stats.pending(),
+            latency: Duration::from_secs_f64((latency_us / 1e6).clamp(0.0, 1e9)),
+            weight: inner.stats.weight(now, own),
+            availability,
+            connects: inner.connects,
+            failed_dials: inner.failed_dials,
+            last_error: inner.last_error.clone(),
+        }
+    }
+
+    /// Moves the member to `to`, logging its statistics.
+    pub(crate) fn transition(&mut self, to: MemberState, now: Instant) {
+        let inner = self.inner.get_mut();
+        let from = inner.state;
+        if from == to {
+            return;
+        }
+        inner.state = to;
+        let pending = inner.stats.pending();
+        let latency_us = inner.stats.predicted_latency(now);
+        let availability = inner.stats.weighted_availability(now);
+        debug!(
+            key = ?self.key,
+            ?from,
+            ?to,
+            pending,
+            latency_us,
+            availability,
+            connects = inner.connects,
+            "member state"
+        );
+    }
+
+    /// The request/response `picked` ended; `ok` records its round trip.
+    pub(crate) fn end_request(&mut self, picked: &Picked, now: Instant, ok: bool) {
+        let inner = self.inner.get_mut();
+        inner.stats.end_request(now, picked.started, ok);
+        if ok && inner.current(picked.generation) {
+            inner.healthy = true;
+        }
+    }
+
+    /// The request/response `picked` was dropped before its answer: it
+    /// ends without a round trip.
+    pub(crate) fn cancel_request(&mut self, picked: &Picked, now: Instant) {
+        self.inner.get_mut().stats.stop_request(now, picked.started);
+    }
+
+    /// The stream `picked` ended; `ok` (when known) feeds the availability
+    /// average.
+    pub(crate) fn end_stream(&mut self, now: Option<Instant>, ok: bool) {
+        let stats = &mut self.inner.get_mut().stats;
+        if let Some(now) = now {
+            stats.update_availability(now, if ok { 1.0 } else { 0.0 });
+        }
+        stats.stop_stream();
+    }
+
+    /// A request on `picked`'s connection succeeded.
+    pub(crate) fn note_success(&mut self, picked: &Picked) {
+        let inner = self.inner.get_mut();
+        if inner.current(picked.generation) {
+            inner.healthy = true;
+        }
+    }
+
+    /// `picked`'s connection refused a request locally because the server
+    /// had begun a graceful close (`ConnectionClosing` from the remote
+    /// side): the connection received the server's CONNECTION_CLOSE.
+    pub(crate) fn note_peer_close(&mut self, picked: &Picked) {
+        let inner = self.inner.get_mut();
+        inner.peer_closed = inner.peer_closed.max(picked.generation);
+    }
+
+    /// Whether `picked`'s connection is known to have received the
+    /// server's CONNECTION_CLOSE: a request on it was refused locally for
+    /// that, or it ended with it (seen by the member's task, or now).
+    pub(crate) fn peer_began_close(&mut self, picked: &Picked) -> bool {
+        let inner = self.inner.get_mut();
+        if inner.peer_closed == picked.generation {
+            return true;
+        }
+        let ended_by_peer_close = inner.current(picked.generation)
+            && inner
+                .requester
+                .as_ref()
+                .and_then(Requester::closed_reason)
+                .is_some_and(|reason| closed_by_peer_close(&reason));
+        if ended_by_peer_close {
+            inner.peer_closed = picked.generation;
+        }
+        ended_by_peer_close
+    }
+
+    /// `picked`'s connection refused a request or failed under it: take no
+    /// more traffic on it. Returns true if the state changed.
+    pub(crate) fn stop_using(&mut self, picked: &Picked, why: &str, now: Instant) -> bool {
+        let inner = self.inner.get_mut();
+        if !inner.current(picked.generation) || inner.state != MemberState::Ready {
+            return false;
+        }
+        inner.last_error = Some(why.to_owned());
+        self.transition(MemberState::Draining, now);
+        true
+    }
+}
+
+/// The members' entries, indexed by slot; freed slots are reused.
+pub(crate) struct Slots<K> {
+    entries: Vec<Option<Slot<K>>>,
+    free: Vec<usize>,
+    next_id: u64,
+}
+
+impl<K: Key> Slots<K> {
+    pub(crate) fn new() -> Self {
+        Self {
+            entries: Vec::new(),
+            free: Vec::new(),
+            next_id: 0,
+        }
+    }
+
+    /// A new member's entry; returns its slot and id.
+    pub(crate) fn insert(&mut self, key: K, now: Instant, seed: u64) -> (usize, u64) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let slot = Slot {
+            id,
+            key,
+            inner: RefCell::new(Inner::new(now, seed)),
+        };
+        match self.free.pop() {
+            Some(i) => {
+                self.entries[i] = Some(slot);
+                (i, id)
+            }
+            None => {
+                self.entries.push(Some(slot));
+                (self.entries.len() - 1, id)
+            }
+        }
+    }
+
+    pub(crate) fn remove(&mut self, slot: usize, id: u64) {
+        if self.get_mut(slot, id).is_some() {
+            self.entries[slot] = None;
+            self.free.push(slot);
+        }
+    }
+
+    /// The entry at `slot` if it is still member `id`'s.
+    pub(crate) fn get_mut(&mut self, slot: usize, id: u64) -> Option<&mut Slot<K>> {
+        self.entries
+            .get_mut(slot)
+            .and_then(Option::as_mut)
+            .filter(|s| s.id == id)
+    }
+
+    /// The entry of a member that is still known.
+    pub(crate) fn of(&mut self, member: &Member<K>) -> Option<&mut Slot<K>> {
+        self.get_mut(member.slot, member.id)
+    }
+
+    /// The entry at `slot`, whoever it belongs to.
+    pub(crate) fn at(&self, slot: usize) -> Option<&Slot<K>> {
+        self.entries.get(slot).and_then(Option::as_ref)
+    }
+
+    /// The entry at `slot`, whoever it belongs to.
+    pub(crate) fn at_mut(&mut self, slot: usize) -> Option<&mut Slot<K>> {
+        self.entries.get_mut(slot).and_then(Option::as_mut)
+    }
+}
+
+/// One member: its identity. Its state lives in the balancer's [`Slots`].
 pub(crate) struct Member<K> {
     pub(crate) key: K,
     /// Cancelled when the key leaves the target list or the balancer shuts
     /// down.
     pub(crate) removed: CancellationToken,
-    inner: Mutex<Inner>,
-    now: Arc<dyn crate::Clock>,
+    pub(crate) slot: usize,
+    pub(crate) id: u64,
 }
 
 impl<K: Key> fmt::Debug for Member<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Member")
             .field("key", &self.key)
-            .field("state", &self.lock().state)
+            .field("id", &self.id)
             .finish()
     }
 }
 
-/// A member chosen for one request, with the connection to send it on.
-pub(crate) struct Picked<K> {
-    pub(crate) member: Arc<Member<K>>,
-    pub(crate) requester: Requester,
+/// A member chosen for one request: where to record its end.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Picked {
+    pub(crate) slot: usize,
+    pub(crate) id: u64,
+    /// The connection it was sent on.
     pub(crate) generation: u64,
     /// The request's start in the statistics (request/response only).
     pub(crate) started: i64,
@@ -137,157 +403,36 @@ pub(crate) enum Start {
     Stream,
 }
 
-impl<K: Key> Member<K> {
-    pub(crate) fn new(
-        key: K,
-        removed: CancellationToken,
-        clock: Arc<dyn crate::Clock>,
-        seed: u64,
-    ) -> Self {
-        let mut rng = Rng::seeded(seed);
-        let stats = WeightedStats::new(clock.now(), rng.next_u64());
-        Self {
-            key,
-            removed,
-            inner: Mutex::new(Inner {
-                state: MemberState::Connecting,
-                requester: None,
-                generation: 0,
-                stats,
-                connects: 0,
-                failed_dials: 0,
-                healthy: false,
-                last_error: None,
-                rng,
-            }),
-            now: clock,
-        }
-    }
-
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub(crate) fn now(&self) -> Instant {
-        self.now.now()
-    }
-
-    /// The connection to use, if the member is ready, with `start`
-    /// counted in the statistics.
-    pub(crate) fn begin(self: &Arc<Self>, start: Start) -> Option<Picked<K>> {
-        let mut inner = self.lock();
-        if inner.state != MemberState::Ready {
-            return None;
-        }
-        let requester = inner.requester.clone()?;
-        let started = match start {
-            Start::Nothing => 0,
-            Start::Request(now) => inner.stats.start_request(now),
-            Start::Stream => {
-                inner.stats.start_stream();
-                0
-            }
-        };
-        Some(Picked {
-            member: self.clone(),
-            requester,
-            generation: inner.generation,
-            started,
-        })
-    }
-
-    /// A request/response started at `started` on connection `generation`
-    /// ended; `ok` records its round trip.
-    pub(crate) fn end_request(&self, started: i64, ok: bool, generation: u64) {
-        let now = self.now();
-        let mut inner = self.lock();
-        inner.stats.end_request(now, started, ok);
-        if ok && inner.generation == generation {
-            inner.healthy = true;
-        }
-    }
-
-    /// A request succeeded on connection `generation`.
-    pub(crate) fn note_success(&self, generation: u64) {
-        let mut inner = self.lock();
-        if inner.generation == generation {
-            inner.healthy = true;
-        }
-    }
-
-    /// The connection `generation` refused a request or failed under it:
-    /// take no more traffic on it. Returns true if the state changed.
-    pub(crate) fn stop_using(&self, generation: u64, why: &str) -> bool {
-        let mut inner = self.lock();
-        if inner.generation != generation || inner.state != MemberState::Ready {
-            return false;
-        }
-        inner.last_error = Some(why.to_owned());
-        self.transition(&mut inner, MemberState::Draining);
-        true
-    }
-
-    fn transition(&self, inner: &mut Inner, to: MemberState) {
-        let from = inner.state;
-        if from == to {
-            return;
-        }
-        inner.state = to;
-        let now = self.now();
-        let pending = inner.stats.pending();
-        let latency_us = inner.stats.predicted_latency(now);
-        let availability = inner.stats.weighted_availability(now);
-        debug!(
-            key = ?self.key,
-            ?from,
-            ?to,
-            pending,
-            latency_us,
-            availability,
-            connects = inner.connects,
-            "member state"
-        );
-    }
-
-    pub(crate) fn info(&self, is_target: bool) -> MemberInfo<K> {
-        let now = self.now();
-        let mut inner = self.lock();
-        let availability = inner.stats.weighted_availability(now);
-        let own = inner.own_availability();
-        let latency_us = inner.stats.predicted_latency(now);
-        MemberInfo {
-            key: self.key.clone(),
-            state: inner.state,
-            is_target,
-            pending: inner.stats.pending(),
-            latency: Duration::from_secs_f64((latency_us / 1e6).clamp(0.0, 1e9)),
-            weight: inner.stats.weight(now, own),
-            availability,
-            connects: inner.connects,
-            failed_dials: inner.failed_dials,
-            last_error: inner.last_error.clone(),
-        }
-    }
-}
-
-impl<K: Key> View for Arc<Member<K>> {
+impl<K: Key> View for Slot<K> {
     fn key(&self) -> &dyn fmt::Debug {
         &self.key
     }
 
     fn weight(&self, now: Instant) -> f64 {
-        let mut inner = self.lock();
+        let mut inner = self.inner.borrow_mut();
         let own = inner.own_availability();
         inner.stats.weight(now, own)
     }
 
     fn pending(&self) -> u32 {
-        self.lock().stats.pending()
+        self.inner.borrow().stats.pending()
     }
 
     fn availability(&self) -> f64 {
-        self.lock().own_availability()
+        self.inner.borrow().own_availability()
     }
+}
+
+/// The connection ended after the server's graceful close (its
+/// `ERROR[CONNECTION_CLOSE]`).
+fn closed_by_peer_close(reason: &ConnectionError) -> bool {
+    matches!(
+        reason,
+        ConnectionError::Remote {
+            code: ErrorCode::CONNECTION_CLOSE,
+            ..
+        }
+    )
 }
 
 /// Re-dial delays: exponential from `min` to `max`, each drawn uniformly
@@ -328,6 +473,7 @@ pub(crate) async fn run<K: Key>(
     member: Arc<Member<K>>,
     connector: Arc<dyn Connect>,
 ) {
+    let backoff = core.config.backoff;
     let mut wait = Duration::ZERO;
     loop {
         if !wait.is_zero() {
@@ -343,51 +489,57 @@ pub(crate) async fn run<K: Key>(
         let requester = match dialled {
             Ok(r) => r,
             Err(e) => {
-                let mut inner = member.lock();
-                inner.failed_dials = inner.failed_dials.saturating_add(1);
-                inner.last_error = Some(e.to_string());
-                let failures = inner.failed_dials;
-                wait = core.config.backoff.delay(failures, &mut inner.rng);
-                drop(inner);
+                let failures = core.update(&member, |slot, _| {
+                    let inner = slot.inner();
+                    inner.failed_dials = inner.failed_dials.saturating_add(1);
+                    inner.last_error = Some(e.to_string());
+                    wait = backoff.delay(inner.failed_dials, &mut inner.rng);
+                    inner.failed_dials
+                });
                 warn!(key = ?member.key, error = %e, failures, retry_in = ?wait, "dial failed");
                 core.changed();
                 continue;
             }
         };
-        {
-            let mut inner = member.lock();
+        core.update(&member, |slot, now| {
+            let inner = slot.inner();
             inner.requester = Some(requester.clone());
             inner.generation += 1;
             inner.connects += 1;
             inner.failed_dials = 0;
             inner.healthy = false;
-            member.transition(&mut inner, MemberState::Ready);
-        }
+            slot.transition(MemberState::Ready, now);
+        });
         core.changed();
         let removed = tokio::select! {
             reason = requester.closed() => {
                 debug!(key = ?member.key, %reason, "connection ended");
-                member.lock().last_error = Some(reason.to_string());
+                core.update(&member, |slot, _| {
+                    let inner = slot.inner();
+                    inner.last_error = Some(reason.to_string());
+                    if closed_by_peer_close(&reason) {
+                        inner.peer_closed = inner.generation;
+                    }
+                });
                 false
             }
             () = member.removed.cancelled() => true,
         };
-        {
-            let mut inner = member.lock();
-            inner.requester = None;
+        core.update(&member, |slot, now| {
+            slot.inner().requester = None;
             if removed {
-                member.transition(&mut inner, MemberState::Draining);
+                slot.transition(MemberState::Draining, now);
             } else {
-                member.transition(&mut inner, MemberState::Connecting);
+                slot.transition(MemberState::Connecting, now);
+                let inner = slot.inner();
                 // A connection that served nothing counts as a failure, so
                 // a server that accepts and drops at once is not hammered.
                 if !inner.healthy {
                     inner.failed_dials = inner.failed_dials.saturating_add(1);
                 }
-                let failures = inner.failed_dials;
-                wait = core.config.backoff.delay(failures, &mut inner.rng);
+                wait = backoff.delay(inner.failed_dials, &mut inner.rng);
             }
-        }
+        });
         core.changed();
         if removed {
             // Graceful: CONNECTION_CLOSE now, in-flight streams finish
@@ -397,10 +549,9 @@ pub(crate) async fn run<K: Key>(
             break;
         }
     }
-    {
-        let mut inner = member.lock();
-        inner.requester = None;
-        member.transition(&mut inner, MemberState::Closed);
-    }
+    core.update(&member, |slot, now| {
+        slot.inner().requester = None;
+        slot.transition(MemberState::Closed, now);
+    });
     core.forget(&member);
 }

@@ -44,7 +44,8 @@ const EXP_FACTOR: i32 = 4;
 /// Exponentially weighted moving average over time.
 #[derive(Debug, Clone)]
 struct Ewma {
-    tau: f64,
+    /// `1 / tau`: a multiplication per sample instead of a division.
+    inv_tau: f64,
     stamp: Option<i64>,
     value: f64,
 }
@@ -52,7 +53,7 @@ struct Ewma {
 impl Ewma {
     fn new(tau: f64, initial: f64) -> Self {
         Self {
-            tau,
+            inv_tau: 1.0 / tau,
             stamp: None,
             value: initial,
         }
@@ -62,7 +63,7 @@ impl Ewma {
         // The first sample replaces the initial value, as in rsocket-java
         // (whose stamp starts at 0, an age of "forever").
         let w = match self.stamp {
-            Some(s) => decay((now - s).max(0) as f64 / self.tau),
+            Some(s) => decay((now - s).max(0) as f64 * self.inv_tau),
             None => 0.0,
         };
         self.stamp = Some(now);
@@ -103,6 +104,7 @@ impl FrugalQuantile {
         }
     }
 
+    #[inline]
     fn insert(&mut self, x: f64, rng: &mut Rng) {
         if self.sign == 0 {
             self.estimate = x;

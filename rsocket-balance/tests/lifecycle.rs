@@ -4,14 +4,18 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{count, text, within, MemServer, TcpServer};
 use futures::StreamExt;
-use rsocket_balance::{Balancer, MemberState, RoundRobin, TcpConnector};
-use rsocket_core::{ClientBuilder, Config, Payload, RSocket};
-use tokio::sync::watch;
+use rsocket_balance::{Balancer, BoxError, Connect, MemberState, RoundRobin, TcpConnector};
+use rsocket_core::{
+    async_trait, memory_pair, ClientBuilder, Config, Initiator, MemoryTransport, Payload, RSocket,
+    RequestError, Requester, Server, StreamError,
+};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn removed_target_finishes_its_stream_while_new_requests_go_elsewhere() {
@@ -248,4 +252,171 @@ async fn watch_helper_follows_additions_removals_and_replacements() {
         }
     })
     .await;
+}
+
+/// A server of another make: when its graceful close crosses a request, it
+/// answers that request `ERROR[REJECTED]` with its own text ("going
+/// away"), not rsocket-rs's. "hold" requests wait for `release`; others
+/// answer the server's name.
+struct ForeignServer {
+    hits: Arc<AtomicUsize>,
+    release: Arc<Notify>,
+    tx: mpsc::UnboundedSender<MemoryTransport>,
+    stop: Option<oneshot::Sender<()>>,
+    /// The client end of the last connection dialled, to watch it.
+    client: Arc<Mutex<Option<Requester>>>,
+}
+
+struct ForeignResponder {
+    hits: Arc<AtomicUsize>,
+    release: Arc<Notify>,
+}
+
+#[async_trait]
+impl RSocket for ForeignResponder {
+    async fn request_response(&self, req: Payload) -> Result<Option<Payload>, RequestError> {
+        self.hits.fetch_add(1, Ordering::SeqCst);
+        if req.data_utf8() == Some("hold") {
+            self.release.notified().await;
+            return Err(StreamError::rejected("going away").into());
+        }
+        Ok(Some(Payload::from("foreign")))
+    }
+}
+
+impl ForeignServer {
+    fn start() -> Self {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(Notify::new());
+        let (tx, rx) = mpsc::unbounded_channel::<MemoryTransport>();
+        let incoming = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|t| (Ok::<_, std::io::Error>(t), rx))
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (h, r) = (hits.clone(), release.clone());
+        let server = Server::new(move |_setup, _requester| {
+            let responder = ForeignResponder {
+                hits: h.clone(),
+                release: r.clone(),
+            };
+            async move { Ok(responder) }
+        })
+        .grace_period(Duration::from_secs(30));
+        tokio::spawn(server.serve_with_shutdown(incoming, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            hits,
+            release,
+            tx,
+            stop: Some(stop),
+            client: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn connector(&self) -> Arc<dyn Connect> {
+        let (tx, client) = (self.tx.clone(), self.client.clone());
+        Arc::new(move || {
+            let (tx, client) = (tx.clone(), client.clone());
+            async move {
+                let (client_end, server_end) = memory_pair(256 * 1024);
+                tx.send(server_end)
+                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::ConnectionRefused))?;
+                let requester = ClientBuilder::new().connect(client_end)?;
+                *client.lock().unwrap() = Some(requester.clone());
+                Ok::<_, BoxError>(requester)
+            }
+        })
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_rejection_after_the_servers_close_is_retried_whatever_its_text() {
+    let mut x = ForeignServer::start();
+    let y = MemServer::start("y", Duration::ZERO);
+    let y_connector: Arc<dyn Connect> = Arc::new(y.connector());
+    // Round robin over [x, y], in that order.
+    let b = Balancer::builder()
+        .strategy(RoundRobin::new())
+        .build_from_list(vec![("x", x.connector()), ("y", y_connector)]);
+    within(
+        "both ready",
+        b.wait_until(|m| count(m, MemberState::Ready) == 2),
+    )
+    .await;
+
+    // A request in flight on x when x begins its graceful close.
+    let held = tokio::spawn({
+        let b = b.clone();
+        async move { b.request_response(Payload::from("hold")).await }
+    });
+    within("the request at x", async {
+        while x.hits() < 1 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let _ = x.stop.take().expect("running").send(());
+    // The client has processed x's CONNECTION_CLOSE once its requests are
+    // refused locally (a fire-and-forget that reaches a draining x is
+    // dropped there, unanswered).
+    let client = x.client.lock().unwrap().clone().expect("dialled");
+    within("x's CONNECTION_CLOSE received", async {
+        loop {
+            match client.fire_and_forget(Payload::from("probe")).await {
+                Err(RequestError::ConnectionClosing {
+                    initiator: Initiator::Remote,
+                }) => break,
+                _ => tokio::task::yield_now().await,
+            }
+        }
+    })
+    .await;
+    // The next two requests go to y, then to x, which refuses it locally:
+    // the balancer now knows that x's connection is closing, and sends it
+    // to y.
+    for _ in 0..2 {
+        let reply = b.request_response(Payload::from("x")).await.unwrap();
+        assert_eq!(text(reply), "y");
+    }
+    assert_eq!(x.hits(), 1, "nothing more reached x");
+    let members = b.members();
+    assert_eq!(members[0].key, "x");
+    assert_eq!(members[0].state, MemberState::Draining, "{members:?}");
+
+    // x now rejects the request that crossed its close, with its own
+    // text: retried on y, not handed to the caller.
+    x.release.notify_one();
+    let reply = within("the held request", held).await.unwrap();
+    assert_eq!(text(reply.expect("retried on y")), "y");
+    assert_eq!(x.hits(), 1);
+    assert_eq!(y.hits(), 3);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_rejection_from_a_server_that_is_not_closing_reaches_the_caller() {
+    let x = ForeignServer::start();
+    let b = Balancer::builder().build_from_list([("x", x.connector())]);
+    within("ready", b.wait_until(|m| count(m, MemberState::Ready) == 1)).await;
+    let held = tokio::spawn({
+        let b = b.clone();
+        async move { b.request_response(Payload::from("hold")).await }
+    });
+    within("the request at x", async {
+        while x.hits() < 1 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    x.release.notify_one();
+    let err = within("the held request", held).await.unwrap().unwrap_err();
+    let err = err.as_stream_error().expect("the server's answer");
+    assert_eq!(err.code, rsocket_core::ErrorCode::REJECTED);
+    assert_eq!(err.message, "going away");
+    assert_eq!(x.hits(), 1, "not sent again");
+    assert_eq!(b.members()[0].state, MemberState::Ready);
 }

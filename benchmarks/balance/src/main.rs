@@ -10,13 +10,18 @@
 //!   connections cost without a balancer).
 //!
 //! ```text
-//! cargo run --release --manifest-path benchmarks/Cargo.toml -p rsocket-balance-bench -- [--runs 3] [--secs 3] [--flavor ct|mt2] [--only direct|balanced-1|balanced-3|balanced-3-rr|direct-3-rr]
+//! cargo run --release --manifest-path benchmarks/Cargo.toml -p rsocket-balance-bench -- [--runs 3] [--secs 3] [--flavor ct|mt2] [--only direct,balanced-1,balanced-3,balanced-3-rr,direct-3-rr] [--requests N]
 //! ```
 //!
 //! Each cell is a warm-up of 0.3 s then `--secs` of requests; runs are
 //! interleaved across setups and the table shows medians. CPU is the
 //! process's user+system time per request (client and servers share the
 //! process, as in the main suite).
+//!
+//! `--requests N` runs exactly `N` requests per cell instead (no warm-up),
+//! for instruction counts: under `valgrind --tool=cachegrind`, the
+//! difference between two runs with different `N` divided by the
+//! difference in `N` is the instructions per request, without the set-up.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -75,25 +80,38 @@ impl Client {
     }
 }
 
-/// Requests completed and CPU µs per request over `time`.
-async fn measure(client: &Client, time: Duration) -> (f64, f64) {
+/// How long a cell runs: a time, or an exact number of requests.
+#[derive(Clone, Copy)]
+enum Span {
+    Time(Duration),
+    Requests(u64),
+}
+
+/// Requests completed and CPU µs per request over `span`.
+async fn measure(client: &Client, span: Span) -> (f64, f64) {
     let payload = Payload::from(vec![7u8; 64]);
     let one = || {
         let c = client.clone();
         let p = payload.clone();
         async move { c.call(p).await }
     };
-    let mut inflight = FuturesUnordered::new();
-    for _ in 0..IN_FLIGHT {
-        inflight.push(one());
-    }
     let (t0, c0) = (Instant::now(), cpu_micros());
-    let deadline = t0 + time;
+    let (deadline, limit) = match span {
+        Span::Time(time) => (Some(t0 + time), u64::MAX),
+        Span::Requests(n) => (None, n),
+    };
+    let mut inflight = FuturesUnordered::new();
+    let mut issued = 0u64;
+    while issued < limit && inflight.len() < IN_FLIGHT {
+        inflight.push(one());
+        issued += 1;
+    }
     let mut n = 0u64;
     while inflight.next().await.is_some() {
         n += 1;
-        if Instant::now() < deadline {
+        if issued < limit && deadline.is_none_or(|d| Instant::now() < d) {
             inflight.push(one());
+            issued += 1;
         }
     }
     let secs = t0.elapsed().as_secs_f64();
@@ -106,7 +124,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-async fn bench(runs: usize, secs: f64, only: Option<String>) -> Vec<(String, f64, f64)> {
+async fn bench(runs: usize, span: Span, only: Option<String>) -> Vec<(String, f64, f64)> {
     let servers = [
         start_server().await,
         start_server().await,
@@ -152,13 +170,18 @@ async fn bench(runs: usize, secs: f64, only: Option<String>) -> Vec<(String, f64
     ];
     let setups: Vec<_> = setups
         .into_iter()
-        .filter(|(name, _)| only.as_deref().is_none_or(|o| o == *name))
+        .filter(|(name, _)| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|o| o == *name))
+        })
         .collect();
     let mut results: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); setups.len()];
     for _ in 0..runs {
         for (i, (_, client)) in setups.iter().enumerate() {
-            measure(client, Duration::from_millis(300)).await;
-            let (ops, cpu) = measure(client, Duration::from_secs_f64(secs)).await;
+            if let Span::Time(_) = span {
+                measure(client, Span::Time(Duration::from_millis(300))).await;
+            }
+            let (ops, cpu) = measure(client, span).await;
             results[i].0.push(ops);
             results[i].1.push(cpu);
         }
@@ -180,8 +203,12 @@ fn main() {
     };
     let runs: usize = arg("--runs").and_then(|v| v.parse().ok()).unwrap_or(3);
     let secs: f64 = arg("--secs").and_then(|v| v.parse().ok()).unwrap_or(3.0);
-    // `--only direct` etc.: one setup, for instruction counts under `perf stat`.
+    // `--only direct,balanced-1` etc.: some setups only.
     let only = arg("--only");
+    let span = match arg("--requests").and_then(|v| v.parse().ok()) {
+        Some(n) => Span::Requests(n),
+        None => Span::Time(Duration::from_secs_f64(secs)),
+    };
     let flavors: Vec<String> = match arg("--flavor") {
         Some(f) => vec![f],
         None => vec!["ct".into(), "mt2".into()],
@@ -201,11 +228,11 @@ fn main() {
         .expect("runtime");
         let only = only.clone();
         let rows =
-            rt.block_on(async move { tokio::spawn(bench(runs, secs, only)).await.expect("bench") });
+            rt.block_on(async move { tokio::spawn(bench(runs, span, only)).await.expect("bench") });
         let base = rows[0].1;
         for (name, ops, cpu) in rows {
             println!(
-                "| {flavor} | {name} | {:.0} k | {cpu:.2} | {:.3}× |",
+                "| {flavor} | {name} | {:.0} k | {cpu:.3} | {:.3}× |",
                 ops / 1000.0,
                 ops / base
             );
