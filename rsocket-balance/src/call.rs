@@ -18,14 +18,6 @@ use crate::balancer::{BalanceError, Balancer, Core};
 use crate::member::{Picked, Start};
 use crate::Key;
 
-/// The message rsocket-core's responder sends with `ERROR[REJECTED]` for a
-/// request that reached it after it began a graceful close. Recognised
-/// by its text only when the balancer has not yet seen the server's
-/// CONNECTION_CLOSE on the connection itself (see [`on_failure`]): the
-/// engine does not tell a requester that its peer began a graceful close
-/// until the connection has ended.
-const DRAINING_REFUSAL: &str = "connection is shutting down";
-
 /// Per-call options of the raw API ([`Balancer::request_response_with`],
 /// [`Balancer::request_stream_with`]) and of [`Balancer::with_options`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -71,10 +63,10 @@ enum Verdict {
 ///
 /// * never sent (the connection was closed or closing before the request
 ///   was queued): always;
-/// * refused because the server is closing (`ConnectionClosing`, or
-///   rsocket-rs's `REJECTED` for a request that crossed its
-///   CONNECTION_CLOSE, known here by its text; [`on_failure`] also knows it
-///   by the connection's state): always, the server did not process it;
+/// * refused because the server is closing (`ConnectionClosing`; a
+///   `REJECTED` for a request that crossed its CONNECTION_CLOSE is known by
+///   the connection's state in [`on_failure`]): always, the server did not
+///   process it;
 /// * refused locally for want of a lease (`NoLease`, nothing was sent):
 ///   always, and the member stays in use (its availability, which follows
 ///   its lease, steers the next picks away from it);
@@ -84,11 +76,6 @@ enum Verdict {
 fn classify(err: &RequestError, sent: bool, idempotent: bool) -> Verdict {
     match err {
         RequestError::ConnectionClosing { .. } | RequestError::NoLease(_) => Verdict::Retry,
-        RequestError::Stream(e)
-            if e.code == ErrorCode::REJECTED && e.message == DRAINING_REFUSAL =>
-        {
-            Verdict::Retry
-        }
         RequestError::Connection(_) if !sent || idempotent => Verdict::Retry,
         _ => Verdict::Return,
     }
@@ -730,11 +717,9 @@ mod tests {
             initiator: Initiator::Remote,
         };
         let died = RequestError::Connection(ConnectionError::ClosedByPeer);
-        let drain = RequestError::Stream(StreamError::rejected(DRAINING_REFUSAL));
         let app_reject = RequestError::Stream(StreamError::rejected("not allowed"));
         let app_error = RequestError::Stream(StreamError::application("boom"));
         assert_eq!(classify(&closing, false, false), Verdict::Retry);
-        assert_eq!(classify(&drain, true, false), Verdict::Retry);
         assert_eq!(classify(&died, false, false), Verdict::Retry);
         assert_eq!(classify(&died, true, false), Verdict::Return);
         assert_eq!(classify(&died, true, true), Verdict::Retry);

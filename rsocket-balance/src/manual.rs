@@ -101,19 +101,13 @@
 //! rejection is recognised by what the balancer knows of the member's
 //! connection when the rejection is handled, whatever its text:
 //!
-//! * another request on the same connection was refused locally with
-//!   `RequestError::ConnectionClosing` from the remote side (the
-//!   connection had processed the server's CONNECTION_CLOSE), or
-//! * the connection has ended with the server's CONNECTION_CLOSE.
-//!
-//! Failing both, a rejection whose text is rsocket-rs's own drain refusal
-//! (`connection is shutting down`) is recognised by that text: the
-//! connection does not report that its peer began a graceful close while
-//! it still drains, so a request whose rejection is the first sign of the
-//! close is known only by its text. A rejection of another text from a
-//! server whose close the balancer has not seen yet reaches the caller, as
-//! any other `REJECTED` does (an application's refusal is the caller's
-//! answer).
+//! the connection had processed the server's CONNECTION_CLOSE
+//! (`Requester::peer_closing`, which stays true once the connection has
+//! ended), or another request on it was refused locally with
+//! `RequestError::ConnectionClosing` from the remote side. The text plays
+//! no part. A rejection from a server that has not begun closing reaches
+//! the caller, as any other `REJECTED` does (an application's refusal is
+//! the caller's answer).
 //!
 //! Streams are retried only before their first item; a channel only if it
 //! was never sent (its outbound items untouched). Fire-and-forget and

@@ -269,16 +269,15 @@ impl<K: Key> Slot<K> {
         if inner.peer_closed == picked.generation {
             return true;
         }
-        let ended_by_peer_close = inner.current(picked.generation)
+        let closing = inner.current(picked.generation)
             && inner
                 .requester
                 .as_ref()
-                .and_then(Requester::closed_reason)
-                .is_some_and(|reason| closed_by_peer_close(&reason));
-        if ended_by_peer_close {
+                .is_some_and(Requester::peer_closing);
+        if closing {
             inner.peer_closed = picked.generation;
         }
-        ended_by_peer_close
+        closing
     }
 
     /// `picked`'s connection refused a request or failed under it: take no

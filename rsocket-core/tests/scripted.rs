@@ -1715,3 +1715,32 @@ async fn responder_channel_grants_credit_and_completes_without_extra_credit() {
     assert_eq!(f, Frame::Payload(PayloadFrame::complete(sid(1))));
     server_barrier(&mut raw, 3).await;
 }
+
+#[tokio::test]
+async fn peer_closing_is_set_by_the_peers_connection_close_and_stays() {
+    let (requester, mut raw) = scripted_client(ClientBuilder::new()).await;
+    sentinel(&requester, &mut raw, "open").await;
+    assert!(!requester.peer_closing());
+    send(
+        &mut raw,
+        Frame::Error(ErrorFrame::new(None, ErrorCode::CONNECTION_CLOSE, "bye")),
+    )
+    .await;
+    // The peer closes the transport after its close: the graceful end.
+    drop(raw);
+    prompt("closed", requester.closed()).await;
+    assert!(matches!(
+        requester.closed_reason(),
+        Some(ConnectionError::Remote {
+            code: ErrorCode::CONNECTION_CLOSE,
+            ..
+        })
+    ));
+    assert!(requester.peer_closing());
+
+    // A connection that ends otherwise never says so.
+    let (requester, raw) = scripted_client(ClientBuilder::new()).await;
+    drop(raw);
+    prompt("closed", requester.closed()).await;
+    assert!(!requester.peer_closing());
+}

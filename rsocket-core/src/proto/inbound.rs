@@ -163,6 +163,9 @@ impl Connection {
                 }
                 return;
             }
+            if e.code == ErrorCode::CONNECTION_CLOSE {
+                self.peer_closing = true;
+            }
             if e.code == ErrorCode::CONNECTION_CLOSE && matches!(self.state, State::Open) {
                 // Graceful close by the peer: open streams finish, new ones
                 // are refused on both sides.

@@ -173,6 +173,9 @@ pub(crate) struct Connection {
     state: State,
     /// Client only: a frame from the server has shown the SETUP was taken.
     established: bool,
+    /// The peer's ERROR[CONNECTION_CLOSE] has been handled (it stays set
+    /// after the connection ends).
+    peer_closing: bool,
     streams: IdMap<StreamState>,
     ids: IdAllocator,
     frags: IdMap<Reassembly>,
@@ -230,6 +233,7 @@ impl Connection {
             config,
             state: State::Open,
             established: side == Side::Server,
+            peer_closing: false,
             streams: IdMap::default(),
             ids: IdAllocator::new(side == Side::Client),
             frags: IdMap::default(),
@@ -323,6 +327,13 @@ impl Connection {
     /// Bytes in the resume store (0 when not resumable).
     pub(crate) fn resume_store_bytes(&self) -> usize {
         self.resume.as_ref().map_or(0, ResumeState::bytes)
+    }
+
+    /// The peer has begun a graceful close: its ERROR[CONNECTION_CLOSE] was
+    /// handled, so any frame it sent after it (a REJECTED for a request
+    /// that crossed it) is handled after this turned true.
+    pub(crate) fn peer_closing(&self) -> bool {
+        self.peer_closing
     }
 
     pub(crate) fn config(&self) -> &Config {

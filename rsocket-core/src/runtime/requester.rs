@@ -252,6 +252,16 @@ impl Requester {
         self.shared.lock().closed().cloned()
     }
 
+    /// True once the peer has begun a graceful close (its
+    /// `ERROR[CONNECTION_CLOSE]` was received), and ever after, also once
+    /// the connection has ended. Frames are handled in order, so a request
+    /// the peer rejects after its close is seen with this already true: a
+    /// load balancer can tell such a refusal (the request was not
+    /// processed) from any other.
+    pub fn peer_closing(&self) -> bool {
+        self.shared.lock().peer_closing()
+    }
+
     /// Number of streams currently open on the connection.
     pub fn open_streams(&self) -> usize {
         self.shared.lock().stream_count()
