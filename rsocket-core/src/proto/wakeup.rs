@@ -27,7 +27,7 @@ pub(crate) enum Wakeup {
     Space,
     /// Tasks that waited for a lease.
     Lease,
-    /// Every waiting task: the connection ended or began to drain.
+    /// Every waiting task: the connection ended.
     All,
 }
 

@@ -2,9 +2,9 @@
 //! and the client and server entry points.
 //!
 //! ```text
-//!   Requester (Clone) ──lock──┐            ┌── spawned responder tasks
-//!                             ▼            │   (one per request; pumps poll
-//!          Mutex<proto::Connection + wakers>   user streams only with credit)
+//!   Requester (Clone) ──lock──┐            ┌── responder tasks (handlers not
+//!                             ▼            │   done at once; pumps poll user
+//!          Mutex<proto::Connection + wakers>   streams only with credit)
 //!                             ▲
 //!   ConnectionDriver ─────────┘  reads the transport, handles frames in
 //!                                batches, writes every queued frame and

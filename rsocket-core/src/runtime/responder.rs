@@ -1,5 +1,7 @@
-//! Running the responder: one spawned task per inbound request, and the
-//! outbound pump that polls a stream only while the peer has granted credit.
+//! Running the responder: each handler is polled once on the connection's
+//! task and gets a task of its own only if it is not done at once; each
+//! stream's output runs in a spawned pump (`stream.rs`) that polls the user
+//! stream only while the peer has granted credit.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,8 +28,9 @@ use crate::Payload;
 /// that is ready at once (the common case for cheap handlers) finishes
 /// without spawning a task. One that is not gets its own task. Handlers
 /// must therefore not block in `poll` (the usual async rule).
-// Handlers are called on the `dyn RSocket` itself (`(*responder)`), not
-// through `impl RSocket for Arc<T>`, which would box every call twice.
+///
+/// Handlers are called on the `dyn RSocket` itself (`(*responder)`), not
+/// through `impl RSocket for Arc<T>`, which would box every call twice.
 pub(crate) fn dispatch(
     shared: &Arc<Shared>,
     responder: &Arc<dyn RSocket>,
