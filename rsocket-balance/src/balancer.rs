@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use rsocket_core::{RequestError, Requester};
@@ -13,7 +13,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::clock::{Clock, TokioClock};
+use crate::clock::{Clock, Micros, Time};
 use crate::connect::Connect;
 use crate::discovery::{self, Change};
 use crate::member::{self, Backoff, Member, MemberInfo, MemberState, Picked, Slot, Slots, Start};
@@ -117,7 +117,7 @@ impl View for Gone {
         &"(gone)"
     }
 
-    fn weight(&self, _now: Instant) -> f64 {
+    fn weight(&self, _now: Micros) -> f64 {
         0.0
     }
 
@@ -157,7 +157,7 @@ pub(crate) struct Core<K> {
     ready_notify: Notify,
     changes: watch::Sender<u64>,
     pub(crate) config: BalancerConfig,
-    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) clock: Time,
     shutdown: CancellationToken,
     live_members: AtomicUsize,
 }
@@ -209,7 +209,7 @@ impl<K: Key> Core<K> {
     pub(crate) fn update<R>(
         &self,
         member: &Member<K>,
-        f: impl FnOnce(&mut Slot<K>, Instant) -> R,
+        f: impl FnOnce(&mut Slot<K>, Micros) -> R,
     ) -> Option<R> {
         let now = self.clock.now();
         self.lock().slots.of(member).map(|slot| f(slot, now))
@@ -396,7 +396,7 @@ impl<K> Drop for Handle<K> {
 pub struct BalancerBuilder {
     config: BalancerConfig,
     strategy: Box<dyn Strategy>,
-    clock: Arc<dyn Clock>,
+    clock: Option<Arc<dyn Clock>>,
     seed: Option<u64>,
     defaults: CallOptions,
 }
@@ -406,7 +406,7 @@ impl Default for BalancerBuilder {
         Self {
             config: BalancerConfig::default(),
             strategy: Box::new(WeightedP2c::new()),
-            clock: Arc::new(TokioClock),
+            clock: None,
             seed: None,
             defaults: CallOptions::default(),
         }
@@ -421,10 +421,13 @@ impl BalancerBuilder {
         self
     }
 
-    /// The clock for latency measurement (default: [`TokioClock`]).
+    /// The clock for latency measurement (default: the CPU's time-stamp
+    /// counter, see [`Clock`]). Inject [`TokioClock`](crate::TokioClock)
+    /// when the balancer runs on a paused tokio clock, or a
+    /// [`ManualClock`](crate::ManualClock) to move time by hand.
     #[must_use]
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        self.clock = Some(Arc::new(clock));
         self
     }
 
@@ -493,7 +496,7 @@ impl BalancerBuilder {
             ready_notify: Notify::new(),
             changes: watch::channel(0).0,
             config: self.config,
-            clock: self.clock,
+            clock: self.clock.map_or_else(Time::counter, Time::injected),
             shutdown: CancellationToken::new(),
             live_members: AtomicUsize::new(0),
         });
@@ -577,7 +580,7 @@ impl<K: Key> std::fmt::Debug for Balancer<K> {
 }
 
 impl Balancer<()> {
-    /// A builder (weighted p2c, tokio's clock, random seed); the key type
+    /// A builder (weighted p2c, the time-stamp counter's clock, random seed); the key type
     /// comes from the targets given to its `build` methods.
     pub fn builder() -> BalancerBuilder {
         BalancerBuilder::default()

@@ -41,8 +41,10 @@
 //! member without taking this one out of use.
 //!
 //! The randomness is a seedable [`Rng`](crate::Rng) and the time comes from
-//! a [`Clock`](crate::Clock) (tokio's by default, which follows
-//! `tokio::time::pause`), so a test replays exactly.
+//! a [`Clock`](crate::Clock) (by default the CPU's time-stamp counter; a
+//! test injects [`TokioClock`](crate::TokioClock), which follows
+//! `tokio::time::pause`, or a [`ManualClock`](crate::ManualClock)), so a
+//! test replays exactly.
 //!
 //! [`RoundRobin`](crate::RoundRobin) takes the candidates in turn.
 //!

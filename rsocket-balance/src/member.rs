@@ -12,13 +12,14 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rsocket_core::{ConnectionError, ErrorCode, Requester};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::balancer::Core;
+use crate::clock::Micros;
 use crate::connect::Connect;
 use crate::rng::Rng;
 use crate::stats::WeightedStats;
@@ -71,7 +72,7 @@ pub struct MemberInfo<K> {
 }
 
 impl Inner {
-    fn new(now: Instant, seed: u64) -> Self {
+    fn new(now: Micros, seed: u64) -> Self {
         let mut rng = Rng::seeded(seed);
         let stats = WeightedStats::new(now, rng.next_u64());
         Self {
@@ -177,7 +178,7 @@ impl<K: Key> Slot<K> {
     }
 
     /// A snapshot for [`Balancer::members`](crate::Balancer::members).
-    pub(crate) fn info(&mut self, now: Instant, is_target: bool) -> MemberInfo<K> {
+    pub(crate) fn info(&mut self, now: Micros, is_target: bool) -> MemberInfo<K> {
         let key = self.key.clone();
         let inner = self.inner.get_mut();
         let availability = inner.stats.weighted_availability(now);
@@ -198,7 +199,7 @@ impl<K: Key> Slot<K> {
     }
 
     /// Moves the member to `to`, logging its statistics.
-    pub(crate) fn transition(&mut self, to: MemberState, now: Instant) {
+    pub(crate) fn transition(&mut self, to: MemberState, now: Micros) {
         let inner = self.inner.get_mut();
         let from = inner.state;
         if from == to {
@@ -221,7 +222,7 @@ impl<K: Key> Slot<K> {
     }
 
     /// The request/response `picked` ended; `ok` records its round trip.
-    pub(crate) fn end_request(&mut self, picked: &Picked, now: Instant, ok: bool) {
+    pub(crate) fn end_request(&mut self, picked: &Picked, now: Micros, ok: bool) {
         let inner = self.inner.get_mut();
         inner.stats.end_request(now, picked.started, ok);
         if ok && inner.current(picked.generation) {
@@ -231,13 +232,13 @@ impl<K: Key> Slot<K> {
 
     /// The request/response `picked` was dropped before its answer: it
     /// ends without a round trip.
-    pub(crate) fn cancel_request(&mut self, picked: &Picked, now: Instant) {
+    pub(crate) fn cancel_request(&mut self, picked: &Picked, now: Micros) {
         self.inner.get_mut().stats.stop_request(now, picked.started);
     }
 
     /// The stream `picked` ended; `ok` (when known) feeds the availability
     /// average.
-    pub(crate) fn end_stream(&mut self, now: Option<Instant>, ok: bool) {
+    pub(crate) fn end_stream(&mut self, now: Option<Micros>, ok: bool) {
         let stats = &mut self.inner.get_mut().stats;
         if let Some(now) = now {
             stats.update_availability(now, if ok { 1.0 } else { 0.0 });
@@ -282,7 +283,7 @@ impl<K: Key> Slot<K> {
 
     /// `picked`'s connection refused a request or failed under it: take no
     /// more traffic on it. Returns true if the state changed.
-    pub(crate) fn stop_using(&mut self, picked: &Picked, why: &str, now: Instant) -> bool {
+    pub(crate) fn stop_using(&mut self, picked: &Picked, why: &str, now: Micros) -> bool {
         let inner = self.inner.get_mut();
         if !inner.current(picked.generation) || inner.state != MemberState::Ready {
             return false;
@@ -310,7 +311,7 @@ impl<K: Key> Slots<K> {
     }
 
     /// A new member's entry; returns its slot and id.
-    pub(crate) fn insert(&mut self, key: K, now: Instant, seed: u64) -> (usize, u64) {
+    pub(crate) fn insert(&mut self, key: K, now: Micros, seed: u64) -> (usize, u64) {
         let id = self.next_id;
         self.next_id += 1;
         let slot = Slot {
@@ -397,7 +398,7 @@ pub(crate) enum Start {
     /// Nothing (fire-and-forget, metadata push).
     Nothing,
     /// A request/response, at this time.
-    Request(Instant),
+    Request(Micros),
     /// A stream or channel.
     Stream,
 }
@@ -407,7 +408,7 @@ impl<K: Key> View for Slot<K> {
         &self.key
     }
 
-    fn weight(&self, now: Instant) -> f64 {
+    fn weight(&self, now: Micros) -> f64 {
         let mut inner = self.inner.borrow_mut();
         let own = inner.own_availability();
         inner.stats.weight(now, own)

@@ -23,8 +23,7 @@
 //! * `availability`: the member's own (0 unless ready; 1 when ready, or
 //!   the lease's remaining share when its connection leases).
 
-use std::time::Instant;
-
+use crate::clock::Micros;
 use crate::rng::Rng;
 
 const LOWER_QUANTILE: f64 = 0.5;
@@ -166,7 +165,7 @@ impl FrugalQuantile {
 /// The load statistics of one member.
 #[derive(Debug, Clone)]
 pub(crate) struct WeightedStats {
-    origin: Instant,
+    origin: Micros,
     lower: FrugalQuantile,
     higher: FrugalQuantile,
     median: FrugalQuantile,
@@ -184,7 +183,7 @@ pub(crate) struct WeightedStats {
 }
 
 impl WeightedStats {
-    pub(crate) fn new(now: Instant, seed: u64) -> Self {
+    pub(crate) fn new(now: Micros, seed: u64) -> Self {
         Self {
             origin: now,
             lower: FrugalQuantile::new(LOWER_QUANTILE, true),
@@ -201,17 +200,12 @@ impl WeightedStats {
         }
     }
 
-    fn micros(&self, now: Instant) -> i64 {
-        // Seconds and sub-second micros: no 128-bit division per call.
-        let d = now.saturating_duration_since(self.origin);
-        i64::try_from(d.as_secs())
-            .unwrap_or(i64::MAX / 2_000_000)
-            .saturating_mul(1_000_000)
-            .saturating_add(i64::from(d.subsec_micros()))
+    fn micros(&self, now: Micros) -> i64 {
+        (now - self.origin).max(0)
     }
 
     /// A request was sent; returns its start time for [`stop_request`](Self::stop_request).
-    pub(crate) fn start_request(&mut self, now: Instant) -> i64 {
+    pub(crate) fn start_request(&mut self, now: Micros) -> i64 {
         let now = self.micros(now);
         self.inter_arrival.insert(now, (now - self.stamp) as f64);
         self.duration = self.duration.saturating_add(
@@ -226,7 +220,7 @@ impl WeightedStats {
     }
 
     /// A request ended (answered, failed or cancelled); returns the time.
-    pub(crate) fn stop_request(&mut self, now: Instant, started: i64) -> i64 {
+    pub(crate) fn stop_request(&mut self, now: Micros, started: i64) -> i64 {
         let now = self.micros(now);
         self.duration = self
             .duration
@@ -243,7 +237,7 @@ impl WeightedStats {
 
     /// A request/response ended: stops it, records its round trip if it
     /// succeeded, and feeds the availability average (one clock reading).
-    pub(crate) fn end_request(&mut self, now: Instant, started: i64, ok: bool) {
+    pub(crate) fn end_request(&mut self, now: Micros, started: i64, ok: bool) {
         let end = self.stop_request(now, started);
         if ok {
             self.record((end - started) as f64);
@@ -267,7 +261,7 @@ impl WeightedStats {
     }
 
     /// Feeds the availability average: 1 for a success, 0 for an error.
-    pub(crate) fn update_availability(&mut self, now: Instant, value: f64) {
+    pub(crate) fn update_availability(&mut self, now: Micros, value: f64) {
         let now = self.micros(now);
         self.availability.insert(now, value);
     }
@@ -278,7 +272,7 @@ impl WeightedStats {
     }
 
     /// The availability average, nudged towards 1 after an idle spell.
-    pub(crate) fn weighted_availability(&mut self, now: Instant) -> f64 {
+    pub(crate) fn weighted_availability(&mut self, now: Micros) -> f64 {
         let t = self.micros(now);
         if t - self.stamp > IDLE_RESET_US {
             self.availability.insert(t, 1.0);
@@ -287,7 +281,7 @@ impl WeightedStats {
     }
 
     /// The predicted latency in microseconds.
-    pub(crate) fn predicted_latency(&mut self, now: Instant) -> f64 {
+    pub(crate) fn predicted_latency(&mut self, now: Micros) -> f64 {
         let now = self.micros(now);
         let elapsed = (now - self.stamp).max(1) as f64;
         let prediction = self.median.estimate;
@@ -314,7 +308,7 @@ impl WeightedStats {
     }
 
     /// The p2c weight, given the member's own availability.
-    pub(crate) fn weight(&mut self, now: Instant, availability: f64) -> f64 {
+    pub(crate) fn weight(&mut self, now: Micros, availability: f64) -> f64 {
         if availability <= 0.0 {
             return 0.0;
         }
@@ -338,17 +332,15 @@ fn factor(u: f64, l: f64, band: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
+    fn ms(n: i64) -> Micros {
+        n * 1000
     }
 
     #[test]
     fn unmeasured_idle_member_has_full_weight() {
-        let t0 = Instant::now();
+        let t0: Micros = 5_000_000;
         let mut s = WeightedStats::new(t0, 1);
         assert_eq!(s.predicted_latency(t0), 0.0);
         assert_eq!(s.weight(t0, 1.0), 1.0);
@@ -357,7 +349,7 @@ mod tests {
 
     #[test]
     fn unmeasured_busy_member_pays_the_startup_penalty() {
-        let t0 = Instant::now();
+        let t0: Micros = 5_000_000;
         let mut s = WeightedStats::new(t0, 1);
         s.start_request(t0);
         assert!(s.predicted_latency(t0) >= STARTUP_PENALTY);
@@ -366,7 +358,7 @@ mod tests {
 
     #[test]
     fn slower_member_weighs_less() {
-        let t0 = Instant::now();
+        let t0: Micros = 5_000_000;
         let mut fast = WeightedStats::new(t0, 1);
         let mut slow = WeightedStats::new(t0, 2);
         let mut t = t0;
@@ -397,7 +389,7 @@ mod tests {
 
     #[test]
     fn pending_lowers_weight_and_errors_lower_availability() {
-        let t0 = Instant::now();
+        let t0: Micros = 5_000_000;
         let mut s = WeightedStats::new(t0, 1);
         let a = s.start_request(t0);
         let end = s.stop_request(t0 + ms(2), a);
@@ -433,14 +425,14 @@ mod tests {
 
     #[test]
     fn idle_member_prediction_decays() {
-        let t0 = Instant::now();
+        let t0: Micros = 5_000_000;
         let mut s = WeightedStats::new(t0, 1);
         let a = s.start_request(t0 + ms(1));
         let end = s.stop_request(t0 + ms(21), a);
         s.record((end - a) as f64);
         let before = s.predicted_latency(t0 + ms(22));
         // 500 × the inter-arrival estimate (1 ms here) of silence.
-        let after = s.predicted_latency(t0 + Duration::from_secs(2));
+        let after = s.predicted_latency(t0 + 2_000_000);
         assert!(after < before, "{before} -> {after}");
     }
 }

@@ -2,16 +2,15 @@
 //! [`WeightedP2c`], or any [`Strategy`] of your own.
 
 use std::fmt;
-use std::time::Instant;
-
 use tracing::trace;
 
+use crate::clock::Micros;
 use crate::rng::Rng;
 
 /// What a strategy may ask about one candidate.
 pub(crate) trait View {
     fn key(&self) -> &dyn fmt::Debug;
-    fn weight(&self, now: Instant) -> f64;
+    fn weight(&self, now: Micros) -> f64;
     fn pending(&self) -> u32;
     fn availability(&self) -> f64;
 }
@@ -27,7 +26,7 @@ pub(crate) trait List {
 /// when a strategy is asked.
 pub struct Candidates<'a> {
     list: &'a dyn List,
-    now: Instant,
+    now: Micros,
 }
 
 impl fmt::Debug for Candidates<'_> {
@@ -41,7 +40,7 @@ impl fmt::Debug for Candidates<'_> {
 }
 
 impl<'a> Candidates<'a> {
-    pub(crate) fn new(list: &'a dyn List, now: Instant) -> Self {
+    pub(crate) fn new(list: &'a dyn List, now: Micros) -> Self {
         Self { list, now }
     }
 
@@ -204,7 +203,7 @@ mod tests {
         fn key(&self) -> &dyn fmt::Debug {
             &self.0
         }
-        fn weight(&self, _now: Instant) -> f64 {
+        fn weight(&self, _now: Micros) -> f64 {
             self.1
         }
         fn pending(&self) -> u32 {
@@ -231,7 +230,7 @@ mod tests {
     #[test]
     fn round_robin_cycles() {
         let list = vec![Fixed("a", 1.0), Fixed("b", 1.0), Fixed("c", 1.0)];
-        let c = Candidates::new(&list, Instant::now());
+        let c = Candidates::new(&list, 0);
         let mut rr = RoundRobin::new();
         let mut rng = Rng::seeded(0);
         let picks: Vec<_> = (0..6).map(|_| rr.select(&c, &mut rng)).collect();
@@ -241,7 +240,7 @@ mod tests {
     #[test]
     fn p2c_never_picks_the_lightest_of_three() {
         let list = vec![Fixed("a", 0.5), Fixed("b", 0.01), Fixed("c", 0.6)];
-        let c = Candidates::new(&list, Instant::now());
+        let c = Candidates::new(&list, 0);
         let mut p2c = WeightedP2c::new();
         let mut rng = Rng::seeded(3);
         let mut counts = [0; 3];
@@ -259,16 +258,10 @@ mod tests {
         let two = vec![Fixed("a", 0.1), Fixed("b", 0.2)];
         let mut rng = Rng::seeded(0);
         let mut p2c = WeightedP2c::new();
-        assert_eq!(
-            p2c.select(&Candidates::new(&two, Instant::now()), &mut rng),
-            1
-        );
+        assert_eq!(p2c.select(&Candidates::new(&two, 0), &mut rng), 1);
         let one = vec![Fixed("a", 0.0)];
-        assert_eq!(
-            p2c.select(&Candidates::new(&one, Instant::now()), &mut rng),
-            0
-        );
-        let c = Candidates::new(&one, Instant::now());
+        assert_eq!(p2c.select(&Candidates::new(&one, 0), &mut rng), 0);
+        let c = Candidates::new(&one, 0);
         assert_eq!(c.weight(5), 0.0);
         assert!(c.key(5).is_none());
     }

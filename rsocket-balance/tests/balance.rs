@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use common::{count, targets, text, within, MemServer};
 use futures::StreamExt;
-use rsocket_balance::{BalanceError, Balancer, CallOptions, MemberState, RoundRobin, WeightedP2c};
+use rsocket_balance::{
+    BalanceError, Balancer, CallOptions, MemberState, RoundRobin, TokioClock, WeightedP2c,
+};
 use rsocket_core::{ErrorCode, Payload, RSocket, RequestError};
 
 async fn all_ready<K: rsocket_balance::Key>(b: &Balancer<K>, n: usize) {
@@ -24,6 +26,7 @@ async fn round_robin_spreads_exactly_evenly() {
         .map(|n| MemServer::start(n, Duration::ZERO))
         .collect();
     let b = Balancer::builder()
+        .clock(TokioClock)
         .strategy(RoundRobin::new())
         .build_from_list(targets(&servers));
     all_ready(&b, 3).await;
@@ -43,6 +46,7 @@ async fn slow_server_run(seed: u64) -> Vec<usize> {
         MemServer::start("fast2", Duration::from_millis(1)),
     ];
     let b = Balancer::builder()
+        .clock(TokioClock)
         .strategy(WeightedP2c::new())
         .seed(seed)
         .build_from_list(targets(&servers));
@@ -84,6 +88,7 @@ async fn killed_server_mid_run_fails_no_idempotent_request() {
         .map(|(n, ms)| MemServer::start(n, Duration::from_millis(*ms)))
         .collect();
     let b = Balancer::builder()
+        .clock(TokioClock)
         .seed(7)
         .build_from_list(targets(&servers));
     all_ready(&b, 3).await;
@@ -124,6 +129,7 @@ async fn graceful_shutdown_moves_traffic_without_errors() {
         .map(|n| MemServer::start(n, Duration::from_millis(1)))
         .collect();
     let b = Balancer::builder()
+        .clock(TokioClock)
         .seed(9)
         .build_from_list(targets(&servers));
     all_ready(&b, 3).await;
@@ -155,7 +161,10 @@ async fn in_flight_request_is_retried_only_when_idempotent() {
     let b_srv = MemServer::start("b", Duration::ZERO);
     // One member first, so both requests land on "a".
     let (tx, rx) = tokio::sync::watch::channel(vec![("a".to_owned(), a.connector())]);
-    let b = Balancer::builder().seed(1).build_from_watch(rx);
+    let b = Balancer::builder()
+        .clock(TokioClock)
+        .seed(1)
+        .build_from_watch(rx);
     all_ready(&b, 1).await;
     let plain = tokio::spawn({
         let b = b.clone();
@@ -200,6 +209,7 @@ async fn raw_requester_api_through_the_balancer() {
         .map(|n| MemServer::start(n, Duration::ZERO))
         .collect();
     let b = Balancer::builder()
+        .clock(TokioClock)
         .strategy(RoundRobin::new())
         .build_from_list(targets(&servers));
     all_ready(&b, 2).await;
@@ -259,6 +269,7 @@ async fn raw_requester_api_through_the_balancer() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn no_ready_member_fails_with_a_typed_error_in_time() {
     let b: Balancer<String> = Balancer::builder()
+        .clock(TokioClock)
         .wait_for_member(Duration::from_millis(250))
         .build_from_list(
             Vec::<(String, MemServer)>::new()
@@ -287,7 +298,7 @@ async fn no_ready_member_fails_with_a_typed_error_in_time() {
 async fn a_waiting_request_is_served_when_a_member_comes() {
     let s = MemServer::start("late", Duration::ZERO);
     let (tx, rx) = tokio::sync::watch::channel(Vec::new());
-    let b = Balancer::builder().build_from_watch(rx);
+    let b = Balancer::builder().clock(TokioClock).build_from_watch(rx);
     let waiting = tokio::spawn({
         let b = b.clone();
         async move { b.request_response(Payload::from("x")).await }

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::{count, text, within, MemServer};
-use rsocket_balance::{Balancer, MemberState};
+use rsocket_balance::{Balancer, MemberState, TokioClock};
 use rsocket_core::{
     ClientBuilder, LeaseConfig, LeasePolicy, NoLease, Payload, RSocket, RequestError,
 };
@@ -32,10 +32,13 @@ async fn a_member_out_of_lease_gets_no_requests_and_stays_ready() {
     let a = leasing_server("a", 3);
     // b answers slowly, so that p2c prefers a while a has lease left.
     let b = MemServer::start("b", Duration::from_millis(50));
-    let balancer = Balancer::builder().seed(7).build_from_list([
-        ("a", a.connector_with(leasing_client())),
-        ("b", b.connector_with(ClientBuilder::new())),
-    ]);
+    let balancer = Balancer::builder()
+        .clock(TokioClock)
+        .seed(7)
+        .build_from_list([
+            ("a", a.connector_with(leasing_client())),
+            ("b", b.connector_with(ClientBuilder::new())),
+        ]);
     within(
         "both ready",
         balancer.wait_until(|m| count(m, MemberState::Ready) == 2),
@@ -69,6 +72,7 @@ async fn a_member_out_of_lease_gets_no_requests_and_stays_ready() {
 async fn a_lone_member_out_of_lease_fails_with_no_lease() {
     let a = leasing_server("a", 2);
     let balancer = Balancer::builder()
+        .clock(TokioClock)
         .max_retries(1)
         .build_from_list([("a", a.connector_with(leasing_client()))]);
     within(

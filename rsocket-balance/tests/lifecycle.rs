@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use common::{count, text, within, MemServer, TcpServer};
 use futures::StreamExt;
-use rsocket_balance::{Balancer, BoxError, Connect, MemberState, RoundRobin, TcpConnector};
+use rsocket_balance::{
+    Balancer, BoxError, Connect, MemberState, RoundRobin, TcpConnector, TokioClock,
+};
 use rsocket_core::{
     async_trait, memory_pair, ClientBuilder, Config, Initiator, MemoryTransport, Payload, RSocket,
     RequestError, Requester, Server, StreamError,
@@ -29,7 +31,7 @@ async fn removed_target_finishes_its_stream_while_new_requests_go_elsewhere() {
     };
     let builder = ClientBuilder::new().config(config);
     let (tx, rx) = watch::channel(vec![("a", a.connector_with(builder.clone()))]);
-    let b = Balancer::builder().build_from_watch(rx);
+    let b = Balancer::builder().clock(TokioClock).build_from_watch(rx);
     within(
         "a ready",
         b.wait_until(|m| count(m, MemberState::Ready) == 1),
@@ -80,6 +82,7 @@ async fn restarted_server_at_the_same_address_is_redialled() {
         .unwrap();
     let addr: SocketAddr = first.addr;
     let b = Balancer::builder()
+        .clock(TokioClock)
         .backoff(Duration::from_millis(5), Duration::from_millis(50))
         .build_from_list([(addr, TcpConnector::new(addr))]);
     within("ready", b.wait_until(|m| count(m, MemberState::Ready) == 1)).await;
@@ -120,6 +123,7 @@ async fn backpressure_holds_through_the_balancer() {
     };
     let builder = ClientBuilder::new().config(config);
     let b = Balancer::builder()
+        .clock(TokioClock)
         .strategy(RoundRobin::new())
         .build_from_list(
             servers
@@ -152,7 +156,7 @@ async fn backpressure_holds_through_the_balancer() {
 async fn churn_of_100_targets_twenty_times_leaves_nothing_behind() {
     let server = MemServer::start("s", Duration::ZERO);
     let (tx, rx) = watch::channel(Vec::new());
-    let b = Balancer::builder().build_from_watch(rx);
+    let b = Balancer::builder().clock(TokioClock).build_from_watch(rx);
     tokio::task::yield_now().await;
     let tasks_before = tokio::runtime::Handle::current()
         .metrics()
@@ -206,6 +210,7 @@ async fn watch_helper_follows_additions_removals_and_replacements() {
     };
     let (tx, rx) = watch::channel(list(&[0, 1]));
     let b = Balancer::builder()
+        .clock(TokioClock)
         .strategy(RoundRobin::new())
         .build_from_watch(rx);
     let keys = |b: &Balancer<String>| -> Vec<String> {
@@ -341,6 +346,7 @@ async fn a_rejection_after_the_servers_close_is_retried_whatever_its_text() {
     let y_connector: Arc<dyn Connect> = Arc::new(y.connector());
     // Round robin over [x, y], in that order.
     let b = Balancer::builder()
+        .clock(TokioClock)
         .strategy(RoundRobin::new())
         .build_from_list(vec![("x", x.connector()), ("y", y_connector)]);
     within(
@@ -400,7 +406,9 @@ async fn a_rejection_after_the_servers_close_is_retried_whatever_its_text() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_rejection_from_a_server_that_is_not_closing_reaches_the_caller() {
     let x = ForeignServer::start();
-    let b = Balancer::builder().build_from_list([("x", x.connector())]);
+    let b = Balancer::builder()
+        .clock(TokioClock)
+        .build_from_list([("x", x.connector())]);
     within("ready", b.wait_until(|m| count(m, MemberState::Ready) == 1)).await;
     let held = tokio::spawn({
         let b = b.clone();

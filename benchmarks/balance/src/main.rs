@@ -18,6 +18,10 @@
 //! process's user+system time per request (client and servers share the
 //! process, as in the main suite).
 //!
+//! `--clock` prints what one clock reading costs instead: the system clock
+//! (`Instant::now`) and the balancer's default, the calibrated time-stamp
+//! counter (a raw reading converted to nanoseconds, as the balancer does).
+//!
 //! `--requests N` runs exactly `N` requests per cell instead (no warm-up),
 //! for instruction counts: under `valgrind --tool=cachegrind`, the
 //! difference between two runs with different `N` divided by the
@@ -193,8 +197,31 @@ async fn bench(runs: usize, span: Span, only: Option<String>) -> Vec<(String, f6
         .collect()
 }
 
+/// Nanoseconds per call of `read`, over 20 million calls.
+fn per_reading<T>(mut read: impl FnMut() -> T) -> f64 {
+    const N: u32 = 20_000_000;
+    let t0 = Instant::now();
+    for _ in 0..N {
+        std::hint::black_box(read());
+    }
+    t0.elapsed().as_nanos() as f64 / f64::from(N)
+}
+
+fn clock_costs() {
+    let system = per_reading(Instant::now);
+    let counter = quanta::Clock::new();
+    let epoch = counter.raw();
+    let tsc = per_reading(|| counter.delta_as_nanos(epoch, counter.raw()) / 1000);
+    println!("system clock (Instant::now): {system:.1} ns per reading");
+    println!("time-stamp counter (the balancer's default): {tsc:.1} ns per reading");
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--clock") {
+        clock_costs();
+        return;
+    }
     let arg = |name: &str| {
         args.iter()
             .position(|a| a == name)
