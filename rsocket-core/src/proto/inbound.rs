@@ -204,6 +204,10 @@ impl Connection {
 
     /// Discards the reassembly in progress on `key`, if any.
     pub(super) fn drop_reassembly(&mut self, key: u32) {
+        // Nearly always nothing is being reassembled: skip the lookup.
+        if self.frags.is_empty() {
+            return;
+        }
         if let Some(r) = self.frags.remove(&key) {
             self.reassembly_bytes -= r.len();
             if r.is_request() {
