@@ -164,10 +164,10 @@ pub mod greeter_server {
         fn methods(&self) -> &'static [rpc::MethodInfo] {
             METHODS
         }
-        fn call(&self, method: &'static str, call: rpc::ServerCall) -> rpc::ServerReply {
+        fn call(&self, method: usize, call: rpc::ServerCall) -> rpc::ServerReply {
             let inner = rpc::Arc::clone(&self.inner);
             match method {
-                "SayHello" => {
+                0 => {
                     rpc::unary(
                         call,
                         move |request: rpc::Request<super::HelloRequest>| async move {
@@ -175,7 +175,7 @@ pub mod greeter_server {
                         },
                     )
                 }
-                "LotsOfReplies" => {
+                1 => {
                     rpc::server_streaming(
                         call,
                         move |request: rpc::Request<super::HelloRequest>| async move {
@@ -183,7 +183,7 @@ pub mod greeter_server {
                         },
                     )
                 }
-                "LotsOfGreetings" => {
+                2 => {
                     rpc::client_streaming(
                         call,
                         move |
@@ -191,7 +191,7 @@ pub mod greeter_server {
                         async move { inner.lots_of_greetings(request).await },
                     )
                 }
-                "Chat" => {
+                3 => {
                     rpc::bidi_streaming(
                         call,
                         move |
@@ -199,7 +199,7 @@ pub mod greeter_server {
                         async move { inner.chat(request).await },
                     )
                 }
-                "Notify" => {
+                4 => {
                     rpc::fire_and_forget(
                         call,
                         move |request: rpc::Request<super::HelloRequest>| async move {
@@ -207,7 +207,7 @@ pub mod greeter_server {
                         },
                     )
                 }
-                "Log" => {
+                5 => {
                     rpc::fire_and_forget(
                         call,
                         move |request: rpc::Request<super::HelloRequest>| async move {
@@ -413,10 +413,10 @@ pub mod admin_server {
         fn methods(&self) -> &'static [rpc::MethodInfo] {
             METHODS
         }
-        fn call(&self, method: &'static str, call: rpc::ServerCall) -> rpc::ServerReply {
+        fn call(&self, method: usize, call: rpc::ServerCall) -> rpc::ServerReply {
             let inner = rpc::Arc::clone(&self.inner);
             match method {
-                "Ping" => {
+                0 => {
                     rpc::unary(
                         call,
                         move |request: rpc::Request<()>| async move {
@@ -424,7 +424,7 @@ pub mod admin_server {
                         },
                     )
                 }
-                "Lookup" => {
+                1 => {
                     rpc::unary(
                         call,
                         move |

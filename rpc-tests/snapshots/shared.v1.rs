@@ -81,10 +81,10 @@ pub mod inventory_server {
         fn methods(&self) -> &'static [rpc::MethodInfo] {
             METHODS
         }
-        fn call(&self, method: &'static str, call: rpc::ServerCall) -> rpc::ServerReply {
+        fn call(&self, method: usize, call: rpc::ServerCall) -> rpc::ServerReply {
             let inner = rpc::Arc::clone(&self.inner);
             match method {
-                "Get" => {
+                0 => {
                     rpc::unary(
                         call,
                         move |request: rpc::Request<super::HelloRequest>| async move {
@@ -92,7 +92,7 @@ pub mod inventory_server {
                         },
                     )
                 }
-                "Type" => {
+                1 => {
                     rpc::unary(
                         call,
                         move |request: rpc::Request<super::Item>| async move {
