@@ -430,8 +430,7 @@ fn request_payload<M: Message>(
     metadata: &Metadata,
     message: &M,
 ) -> Result<Payload, Status> {
-    let (metadata, data) = metadata
-        .encode_with_message(route, message)
+    let (metadata, data) = codec::encode_request(metadata, route, message)
         .map_err(|e| Status::internal(format!("cannot encode the request metadata: {e}")))?;
     Ok(Payload {
         metadata: Some(metadata),

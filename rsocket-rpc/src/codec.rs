@@ -1,11 +1,14 @@
 //! Protobuf encoding of messages, with the size limit checked before any
 //! decoding work.
 
+use std::cell::RefCell;
+
 use bytes::{Bytes, BytesMut};
 use prost::Message;
+use rsocket_core::metadata::MetadataError;
 use rsocket_core::ErrorCode;
 
-use crate::Status;
+use crate::{Metadata, Status};
 
 /// Default limit on the size of a message this side decodes: 4 MiB, as in
 /// gRPC.
@@ -37,11 +40,14 @@ pub(crate) fn encode_into<M: Message>(msg: &M, buf: &mut BytesMut) {
     let _ = msg.encode(buf);
 }
 
-/// Encodes a stream's messages into shared chunks: small messages cost one
+/// Encodes messages into shared chunks: small messages cost one
 /// allocation per [`ChunkEncoder::CHUNK`] bytes instead of one each. Each
 /// message is its own `Bytes`, cut from the chunk; a chunk is freed when
-/// the last message cut from it is dropped (sent), so a stream pins at most
-/// its queued messages plus one partly used chunk.
+/// the last message cut from it is dropped (sent), so an encoder pins at
+/// most the messages still queued plus one partly used chunk.
+///
+/// A stream has its own; single messages (unary requests and responses)
+/// use the thread's, [`encode_small`] and [`encode_request`].
 #[derive(Debug, Default)]
 pub(crate) struct ChunkEncoder {
     buf: BytesMut,
@@ -57,13 +63,86 @@ impl ChunkEncoder {
             // Large: its own allocation, so no chunk is pinned by it.
             return encode(msg);
         }
-        if self.buf.capacity() < len {
-            self.buf = BytesMut::with_capacity(Self::CHUNK);
-        }
-        // Cannot fail: the capacity is there.
-        let _ = msg.encode(&mut self.buf);
+        self.room(len);
+        encode_sized(msg, len, &mut self.buf);
         self.buf.split().freeze()
     }
+
+    /// Makes room for `len` more bytes, in a new chunk if needed.
+    fn room(&mut self, len: usize) {
+        if self.buf.capacity() - self.buf.len() < len {
+            self.buf = BytesMut::with_capacity(Self::CHUNK);
+        }
+    }
+
+    /// A request's metadata (with the route) and message, cut from the
+    /// chunk when both are small, else in one allocation of their own.
+    fn encode_request<M: Message>(
+        &mut self,
+        metadata: &Metadata,
+        route: &str,
+        message: &M,
+    ) -> Result<(Bytes, Bytes), MetadataError> {
+        let meta_len = metadata.encoded_len(Some(route));
+        let len = meta_len + message.encoded_len();
+        if len > Self::CHUNK / 4 {
+            return metadata.encode_with_message(route, message);
+        }
+        self.room(len);
+        if let Err(e) = metadata.encode_into(Some(route), &mut self.buf) {
+            // Nothing of a failed request stays in the chunk.
+            self.buf.clear();
+            return Err(e);
+        }
+        let metadata = self.buf.split().freeze();
+        encode_sized(message, len - meta_len, &mut self.buf);
+        Ok((metadata, self.buf.split().freeze()))
+    }
+}
+
+/// Appends `msg`, whose encoding is `len` bytes, to `buf`. Written into a
+/// zeroed slice: prost writes its varints a byte at a time, which costs
+/// several times less into a slice than into a growable `BytesMut`.
+fn encode_sized<M: Message>(msg: &M, len: usize, buf: &mut BytesMut) {
+    let start = buf.len();
+    buf.resize(start + len, 0);
+    let mut out = &mut buf[start..];
+    if msg.encode(&mut out).is_err() || !out.is_empty() {
+        // Only a hand-written `Message` whose `encoded_len` is wrong.
+        buf.truncate(start);
+        encode_into(msg, buf);
+    }
+}
+
+thread_local! {
+    /// The chunk single messages are encoded into on this thread.
+    static THREAD_ENCODER: RefCell<ChunkEncoder> = RefCell::new(ChunkEncoder::default());
+}
+
+/// Runs `f` with the thread's encoder; `None` if it is in use (a
+/// message's encoding encoding another) or gone (thread teardown).
+fn with_thread_encoder<R>(f: impl FnOnce(&mut ChunkEncoder) -> R) -> Option<R> {
+    THREAD_ENCODER
+        .try_with(|cell| cell.try_borrow_mut().ok().map(|mut enc| f(&mut enc)))
+        .ok()
+        .flatten()
+}
+
+/// The protobuf encoding of a single message (a unary response), cut from
+/// the thread's chunk when small.
+pub(crate) fn encode_small<M: Message>(msg: &M) -> Bytes {
+    with_thread_encoder(|enc| enc.encode(msg)).unwrap_or_else(|| encode(msg))
+}
+
+/// A request's metadata (with the route) and message, cut from the
+/// thread's chunk when small.
+pub(crate) fn encode_request<M: Message>(
+    metadata: &Metadata,
+    route: &str,
+    message: &M,
+) -> Result<(Bytes, Bytes), MetadataError> {
+    with_thread_encoder(|enc| enc.encode_request(metadata, route, message))
+        .unwrap_or_else(|| metadata.encode_with_message(route, message))
 }
 
 /// Decodes `data` as `M`, refusing data longer than `max` bytes before
@@ -141,6 +220,31 @@ mod tests {
             let back: prost_types::Timestamp = decode(enc.encode(&m), 64, Side::Client).unwrap();
             assert_eq!(back, m);
         }
+    }
+
+    #[test]
+    fn requests_from_the_thread_chunk() {
+        let mut md = Metadata::new();
+        md.insert("x/y", "ab").unwrap();
+        let msg = prost_types::Timestamp {
+            seconds: 5,
+            nanos: 6,
+        };
+        // A bad route fails and leaves nothing behind in the chunk.
+        assert!(encode_request(&md, "", &msg).is_err());
+        let (meta, data) = encode_request(&md, "a.B/C", &msg).unwrap();
+        assert_eq!(meta, md.encode(Some("a.B/C")).unwrap());
+        assert_eq!(data, encode(&msg));
+        assert_eq!(encode_small(&msg), encode(&msg));
+        // A large one is not cut from the chunk, and is still right.
+        let big = prost_types::Any {
+            type_url: "x".repeat(ChunkEncoder::CHUNK),
+            value: vec![1],
+        };
+        let (meta, data) = encode_request(&md, "a.B/C", &big).unwrap();
+        assert_eq!(meta, md.encode(Some("a.B/C")).unwrap());
+        assert_eq!(data, encode(&big));
+        assert_eq!(encode_small(&big), encode(&big));
     }
 
     #[test]

@@ -189,7 +189,7 @@ fn response_payload<T: Message>(response: Response<T>) -> Result<Payload, Status
         .map_err(|e| Status::internal(format!("cannot encode the response metadata: {e}")))?;
     Ok(Payload {
         metadata,
-        data: codec::encode(&message),
+        data: codec::encode_small(&message),
     })
 }
 
