@@ -573,15 +573,21 @@ fn client_method(m: &MethodModel) -> TokenStream {
         let hinted = format_ident!("{}_hinted", call.to_string());
         return quote! {
             #method_docs
-            pub async fn #ident(&self, request: #arg) -> Result<#ret, rpc::Status> {
-                self.inner.#hinted(#route, #request, rpc::CallHints::IDEMPOTENT).await
+            pub fn #ident(
+                &self,
+                request: #arg,
+            ) -> impl rpc::Future<Output = Result<#ret, rpc::Status>> + '_ {
+                self.inner.#hinted(#route, #request, rpc::CallHints::IDEMPOTENT)
             }
         };
     }
     quote! {
         #method_docs
-        pub async fn #ident(&self, request: #arg) -> Result<#ret, rpc::Status> {
-            self.inner.#call(#route, #request).await
+        pub fn #ident(
+            &self,
+            request: #arg,
+        ) -> impl rpc::Future<Output = Result<#ret, rpc::Status>> + '_ {
+            self.inner.#call(#route, #request)
         }
     }
 }
