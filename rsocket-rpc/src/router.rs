@@ -49,7 +49,7 @@ pub struct Router {
 struct Inner {
     /// Keyed by the route's bytes: a request's route is looked up as it
     /// arrived, with no UTF-8 check (every key came from a `&str`).
-    routes: HashMap<&'static [u8], Target, BuildHasherDefault<Fnv>>,
+    routes: HashMap<&'static [u8], Target, BuildHasherDefault<RouteHasher>>,
     interceptors: Interceptors,
     max_decode: usize,
 }
@@ -446,25 +446,42 @@ impl RSocket for Router {
     }
 }
 
-/// FNV-1a: routes are short and chosen by the application, and hashing
-/// them is on every call's path, where SipHash costs several times more.
+/// A word-at-a-time multiplicative hash (as rustc's FxHash): routes are
+/// short and chosen by the application, and hashing them is on every
+/// call's path, where SipHash costs several times more and a byte-at-a-time
+/// hash twice as much.
 #[derive(Default)]
-struct Fnv(u64);
+struct RouteHasher(u64);
 
-impl Hasher for Fnv {
+impl RouteHasher {
+    const K: u64 = 0xf135_7aea_2e62_a9c5;
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0 ^ word).wrapping_mul(Self::K).rotate_left(26);
+    }
+}
+
+impl Hasher for RouteHasher {
     fn finish(&self) -> u64 {
         self.0
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for &b in bytes {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
         }
-        self.0 = h;
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
     }
 }
