@@ -51,6 +51,12 @@ pub(crate) fn encode_into<M: Message>(msg: &M, buf: &mut BytesMut) {
 #[derive(Debug, Default)]
 pub(crate) struct ChunkEncoder {
     buf: BytesMut,
+    /// The request metadata of routes called without metadata of their
+    /// own, recently used (the thread's encoder only): encoded once, then
+    /// a reference count per request.
+    routes: Vec<(&'static str, Bytes)>,
+    /// The entry of `routes` to replace next when it is full.
+    next_route: usize,
 }
 
 impl ChunkEncoder {
@@ -75,14 +81,39 @@ impl ChunkEncoder {
         }
     }
 
+    /// Routes whose request metadata is remembered.
+    const ROUTES: usize = 8;
+
+    /// The request metadata for `route` with no other entries: remembered
+    /// per route string (by address: a `&'static str` never changes).
+    fn route_metadata(&mut self, route: &'static str) -> Result<Bytes, MetadataError> {
+        let same = |r: &&str| r.as_ptr() == route.as_ptr() && r.len() == route.len();
+        if let Some((_, encoded)) = self.routes.iter().find(|(r, _)| same(r)) {
+            return Ok(encoded.clone());
+        }
+        let encoded = Metadata::new().encode(Some(route))?;
+        if self.routes.len() < Self::ROUTES {
+            self.routes.push((route, encoded.clone()));
+        } else {
+            let slot = self.next_route % Self::ROUTES;
+            self.routes[slot] = (route, encoded.clone());
+            self.next_route = slot + 1;
+        }
+        Ok(encoded)
+    }
+
     /// A request's metadata (with the route) and message, cut from the
     /// chunk when both are small, else in one allocation of their own.
     fn encode_request<M: Message>(
         &mut self,
         metadata: &Metadata,
-        route: &str,
+        route: &'static str,
         message: &M,
     ) -> Result<(Bytes, Bytes), MetadataError> {
+        if metadata.is_empty() {
+            let encoded = self.route_metadata(route)?;
+            return Ok((encoded, self.encode(message)));
+        }
         let meta_len = metadata.encoded_len(Some(route));
         let len = meta_len + message.encoded_len();
         if len > Self::CHUNK / 4 {
@@ -138,7 +169,7 @@ pub(crate) fn encode_small<M: Message>(msg: &M) -> Bytes {
 /// thread's chunk when small.
 pub(crate) fn encode_request<M: Message>(
     metadata: &Metadata,
-    route: &str,
+    route: &'static str,
     message: &M,
 ) -> Result<(Bytes, Bytes), MetadataError> {
     with_thread_encoder(|enc| enc.encode_request(metadata, route, message))
@@ -245,6 +276,28 @@ mod tests {
         assert_eq!(meta, md.encode(Some("a.B/C")).unwrap());
         assert_eq!(data, encode(&big));
         assert_eq!(encode_small(&big), encode(&big));
+    }
+
+    #[test]
+    fn route_metadata_remembered_per_route() {
+        const ROUTES: [&str; 10] = [
+            "a/0", "a/1", "a/2", "a/3", "a/4", "a/5", "a/6", "a/7", "a/8", "a/9",
+        ];
+        let msg = prost_types::Timestamp {
+            seconds: 1,
+            nanos: 0,
+        };
+        let mut enc = ChunkEncoder::default();
+        for _ in 0..3 {
+            for route in ROUTES {
+                let (meta, data) = enc.encode_request(&Metadata::new(), route, &msg).unwrap();
+                assert_eq!(meta, Metadata::new().encode(Some(route)).unwrap());
+                assert_eq!(data, encode(&msg));
+            }
+        }
+        assert_eq!(enc.routes.len(), ChunkEncoder::ROUTES);
+        // An invalid route is refused, and not remembered.
+        assert!(enc.encode_request(&Metadata::new(), "", &msg).is_err());
     }
 
     #[test]
