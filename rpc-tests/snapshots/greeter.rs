@@ -164,10 +164,10 @@ pub mod greeter_server {
         fn methods(&self) -> &'static [rpc::MethodInfo] {
             METHODS
         }
-        fn call(&self, method: &'static str, call: rpc::ServerCall) -> rpc::ServerReply {
+        fn call(&self, method: usize, call: rpc::ServerCall) -> rpc::ServerReply {
             let inner = rpc::Arc::clone(&self.inner);
             match method {
-                "SayHello" => {
+                0 => {
                     rpc::unary(
                         call,
                         move |request: rpc::Request<super::HelloRequest>| async move {
@@ -175,7 +175,7 @@ pub mod greeter_server {
                         },
                     )
                 }
-                "LotsOfReplies" => {
+                1 => {
                     rpc::server_streaming(
                         call,
                         move |request: rpc::Request<super::HelloRequest>| async move {
@@ -183,7 +183,7 @@ pub mod greeter_server {
                         },
                     )
                 }
-                "LotsOfGreetings" => {
+                2 => {
                     rpc::client_streaming(
                         call,
                         move |
@@ -191,7 +191,7 @@ pub mod greeter_server {
                         async move { inner.lots_of_greetings(request).await },
                     )
                 }
-                "Chat" => {
+                3 => {
                     rpc::bidi_streaming(
                         call,
                         move |
@@ -199,7 +199,7 @@ pub mod greeter_server {
                         async move { inner.chat(request).await },
                     )
                 }
-                "Notify" => {
+                4 => {
                     rpc::fire_and_forget(
                         call,
                         move |request: rpc::Request<super::HelloRequest>| async move {
@@ -207,7 +207,7 @@ pub mod greeter_server {
                         },
                     )
                 }
-                "Log" => {
+                5 => {
                     rpc::fire_and_forget(
                         call,
                         move |request: rpc::Request<super::HelloRequest>| async move {
@@ -269,75 +269,76 @@ pub mod greeter_client {
         /// One greeting for one request.
         ///
         /// Unary call (REQUEST_RESPONSE); route `greeter.Greeter/SayHello`.
-        pub async fn say_hello(
+        pub fn say_hello(
             &self,
             request: impl rpc::IntoRequest<super::HelloRequest>,
-        ) -> Result<rpc::Response<super::HelloReply>, rpc::Status> {
-            self.inner.unary("greeter.Greeter/SayHello", request.into_request()).await
+        ) -> impl rpc::Future<
+            Output = Result<rpc::Response<super::HelloReply>, rpc::Status>,
+        > + '_ {
+            self.inner.unary("greeter.Greeter/SayHello", request.into_request())
         }
         /// `count` greetings for one request, streamed.
         ///
         /// Server-streaming call (REQUEST_STREAM); route `greeter.Greeter/LotsOfReplies`.
         ///
         /// Idempotent: over a load balancer it is sent again, to another server, if its connection dies with it in flight.
-        pub async fn lots_of_replies(
+        pub fn lots_of_replies(
             &self,
             request: impl rpc::IntoRequest<super::HelloRequest>,
-        ) -> Result<rpc::Streaming<super::HelloReply>, rpc::Status> {
+        ) -> impl rpc::Future<
+            Output = Result<rpc::Streaming<super::HelloReply>, rpc::Status>,
+        > + '_ {
             self.inner
                 .server_streaming_hinted(
                     "greeter.Greeter/LotsOfReplies",
                     request.into_request(),
                     rpc::CallHints::IDEMPOTENT,
                 )
-                .await
         }
         /// One greeting for a stream of names.
         ///
         /// Client-streaming call (REQUEST_CHANNEL answered with one message); route `greeter.Greeter/LotsOfGreetings`.
-        pub async fn lots_of_greetings(
+        pub fn lots_of_greetings(
             &self,
             request: impl rpc::IntoStreamingRequest<Message = super::HelloRequest>,
-        ) -> Result<rpc::Response<super::HelloReply>, rpc::Status> {
+        ) -> impl rpc::Future<
+            Output = Result<rpc::Response<super::HelloReply>, rpc::Status>,
+        > + '_ {
             self.inner
                 .client_streaming(
                     "greeter.Greeter/LotsOfGreetings",
                     request.into_streaming_request(),
                 )
-                .await
         }
         /// A greeting for each name, as they come.
         ///
         /// Bidirectional streaming call (REQUEST_CHANNEL); route `greeter.Greeter/Chat`.
-        pub async fn chat(
+        pub fn chat(
             &self,
             request: impl rpc::IntoStreamingRequest<Message = super::HelloRequest>,
-        ) -> Result<rpc::Streaming<super::HelloReply>, rpc::Status> {
+        ) -> impl rpc::Future<
+            Output = Result<rpc::Streaming<super::HelloReply>, rpc::Status>,
+        > + '_ {
             self.inner
                 .bidi_streaming("greeter.Greeter/Chat", request.into_streaming_request())
-                .await
         }
         /// Records the name; nothing comes back.
         ///
         /// Fire-and-forget call (REQUEST_FNF): nothing comes back; route `greeter.Greeter/Notify`.
-        pub async fn notify(
+        pub fn notify(
             &self,
             request: impl rpc::IntoRequest<super::HelloRequest>,
-        ) -> Result<(), rpc::Status> {
-            self.inner
-                .fire_and_forget("greeter.Greeter/Notify", request.into_request())
-                .await
+        ) -> impl rpc::Future<Output = Result<(), rpc::Status>> + '_ {
+            self.inner.fire_and_forget("greeter.Greeter/Notify", request.into_request())
         }
         /// Marked fire-and-forget by the build script, not by an option.
         ///
         /// Fire-and-forget call (REQUEST_FNF): nothing comes back; route `greeter.Greeter/Log`.
-        pub async fn log(
+        pub fn log(
             &self,
             request: impl rpc::IntoRequest<super::HelloRequest>,
-        ) -> Result<(), rpc::Status> {
-            self.inner
-                .fire_and_forget("greeter.Greeter/Log", request.into_request())
-                .await
+        ) -> impl rpc::Future<Output = Result<(), rpc::Status>> + '_ {
+            self.inner.fire_and_forget("greeter.Greeter/Log", request.into_request())
         }
     }
 }
@@ -413,10 +414,10 @@ pub mod admin_server {
         fn methods(&self) -> &'static [rpc::MethodInfo] {
             METHODS
         }
-        fn call(&self, method: &'static str, call: rpc::ServerCall) -> rpc::ServerReply {
+        fn call(&self, method: usize, call: rpc::ServerCall) -> rpc::ServerReply {
             let inner = rpc::Arc::clone(&self.inner);
             match method {
-                "Ping" => {
+                0 => {
                     rpc::unary(
                         call,
                         move |request: rpc::Request<()>| async move {
@@ -424,7 +425,7 @@ pub mod admin_server {
                         },
                     )
                 }
-                "Lookup" => {
+                1 => {
                     rpc::unary(
                         call,
                         move |
@@ -489,29 +490,32 @@ pub mod admin_client {
         /// Unary call (REQUEST_RESPONSE); route `greeter.Admin/Ping`.
         ///
         /// Idempotent: over a load balancer it is sent again, to another server, if its connection dies with it in flight.
-        pub async fn ping(
+        pub fn ping(
             &self,
             request: impl rpc::IntoRequest<()>,
-        ) -> Result<rpc::Response<super::super::shared::v1::Item>, rpc::Status> {
+        ) -> impl rpc::Future<
+            Output = Result<rpc::Response<super::super::shared::v1::Item>, rpc::Status>,
+        > + '_ {
             self.inner
                 .unary_hinted(
                     "greeter.Admin/Ping",
                     request.into_request(),
                     rpc::CallHints::IDEMPOTENT,
                 )
-                .await
         }
         /// Takes the other package's `HelloRequest`.
         ///
         /// Unary call (REQUEST_RESPONSE); route `greeter.Admin/Lookup`.
-        pub async fn lookup(
+        pub fn lookup(
             &self,
             request: impl rpc::IntoRequest<super::super::shared::v1::HelloRequest>,
-        ) -> Result<
-            rpc::Response<::rsocket_rpc::codegen::prost_types::Timestamp>,
-            rpc::Status,
-        > {
-            self.inner.unary("greeter.Admin/Lookup", request.into_request()).await
+        ) -> impl rpc::Future<
+            Output = Result<
+                rpc::Response<::rsocket_rpc::codegen::prost_types::Timestamp>,
+                rpc::Status,
+            >,
+        > + '_ {
+            self.inner.unary("greeter.Admin/Lookup", request.into_request())
         }
     }
 }

@@ -81,10 +81,10 @@ pub mod inventory_server {
         fn methods(&self) -> &'static [rpc::MethodInfo] {
             METHODS
         }
-        fn call(&self, method: &'static str, call: rpc::ServerCall) -> rpc::ServerReply {
+        fn call(&self, method: usize, call: rpc::ServerCall) -> rpc::ServerReply {
             let inner = rpc::Arc::clone(&self.inner);
             match method {
-                "Get" => {
+                0 => {
                     rpc::unary(
                         call,
                         move |request: rpc::Request<super::HelloRequest>| async move {
@@ -92,7 +92,7 @@ pub mod inventory_server {
                         },
                     )
                 }
-                "Type" => {
+                1 => {
                     rpc::unary(
                         call,
                         move |request: rpc::Request<super::Item>| async move {
@@ -152,20 +152,24 @@ pub mod inventory_client {
         /// Gets an item.
         ///
         /// Unary call (REQUEST_RESPONSE); route `shared.v1.Inventory/Get`.
-        pub async fn get(
+        pub fn get(
             &self,
             request: impl rpc::IntoRequest<super::HelloRequest>,
-        ) -> Result<rpc::Response<super::Item>, rpc::Status> {
-            self.inner.unary("shared.v1.Inventory/Get", request.into_request()).await
+        ) -> impl rpc::Future<
+            Output = Result<rpc::Response<super::Item>, rpc::Status>,
+        > + '_ {
+            self.inner.unary("shared.v1.Inventory/Get", request.into_request())
         }
         /// Named like a Rust keyword.
         ///
         /// Unary call (REQUEST_RESPONSE); route `shared.v1.Inventory/Type`.
-        pub async fn r#type(
+        pub fn r#type(
             &self,
             request: impl rpc::IntoRequest<super::Item>,
-        ) -> Result<rpc::Response<super::Item>, rpc::Status> {
-            self.inner.unary("shared.v1.Inventory/Type", request.into_request()).await
+        ) -> impl rpc::Future<
+            Output = Result<rpc::Response<super::Item>, rpc::Status>,
+        > + '_ {
+            self.inner.unary("shared.v1.Inventory/Type", request.into_request())
         }
     }
 }

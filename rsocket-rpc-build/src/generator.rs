@@ -307,8 +307,8 @@ fn server(service: &Service, full_name: &str, methods: &[MethodModel]) -> TokenS
         let kind = m.kind.variant();
         quote! { rpc::MethodInfo::new(#name, #route, rpc::MethodKind::#kind) }
     });
-    let arms = methods.iter().map(|m| {
-        let name = &m.proto_name;
+    let arms = methods.iter().enumerate().map(|(index, m)| {
+        let index = proc_macro2::Literal::usize_unsuffixed(index);
         let ident = &m.ident;
         let input = &m.input;
         let helper = format_ident!(
@@ -327,7 +327,7 @@ fn server(service: &Service, full_name: &str, methods: &[MethodModel]) -> TokenS
             quote! { rpc::Request<#input> }
         };
         quote! {
-            #name => rpc::#helper(call, move |request: #request| async move {
+            #index => rpc::#helper(call, move |request: #request| async move {
                 inner.#ident(request).await
             }),
         }
@@ -401,7 +401,7 @@ fn server(service: &Service, full_name: &str, methods: &[MethodModel]) -> TokenS
                     METHODS
                 }
 
-                fn call(&self, method: &'static str, call: rpc::ServerCall) -> rpc::ServerReply {
+                fn call(&self, method: usize, call: rpc::ServerCall) -> rpc::ServerReply {
                     #call_body
                 }
             }
@@ -573,15 +573,21 @@ fn client_method(m: &MethodModel) -> TokenStream {
         let hinted = format_ident!("{}_hinted", call.to_string());
         return quote! {
             #method_docs
-            pub async fn #ident(&self, request: #arg) -> Result<#ret, rpc::Status> {
-                self.inner.#hinted(#route, #request, rpc::CallHints::IDEMPOTENT).await
+            pub fn #ident(
+                &self,
+                request: #arg,
+            ) -> impl rpc::Future<Output = Result<#ret, rpc::Status>> + '_ {
+                self.inner.#hinted(#route, #request, rpc::CallHints::IDEMPOTENT)
             }
         };
     }
     quote! {
         #method_docs
-        pub async fn #ident(&self, request: #arg) -> Result<#ret, rpc::Status> {
-            self.inner.#call(#route, #request).await
+        pub fn #ident(
+            &self,
+            request: #arg,
+        ) -> impl rpc::Future<Output = Result<#ret, rpc::Status>> + '_ {
+            self.inner.#call(#route, #request)
         }
     }
 }

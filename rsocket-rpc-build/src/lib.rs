@@ -35,7 +35,8 @@
 //!   server-streaming or bidirectional RPC, and
 //!   `greeter_server::GreeterServer<T>`, which a `rsocket_rpc::Router`
 //!   serves;
-//! * `greeter_client::GreeterClient<R>`, with one `async fn` per RPC, over
+//! * `greeter_client::GreeterClient<R>`, with one method per RPC that
+//!   returns the call's future (`client.say_hello(request).await`), over
 //!   any `R: RSocket`.
 //!
 //! Proto comments become doc comments. The code only wires names, routes

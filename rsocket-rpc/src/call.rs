@@ -166,6 +166,11 @@ impl CallSpan {
         &self.span
     }
 
+    /// Enters the span for a poll, when anyone listens.
+    pub(crate) fn enter(&self) -> Option<tracing::span::Entered<'_>> {
+        self.enabled().then(|| self.span.enter())
+    }
+
     /// Records the outcome: `OK` or the status code.
     pub(crate) fn finish<T>(&mut self, result: &Result<T, Status>) {
         let code = match result {
@@ -200,7 +205,16 @@ impl CallSpan {
 
 impl Drop for CallSpan {
     fn drop(&mut self) {
-        self.finish_code(Code::Cancelled, None);
+        if self.done {
+            return;
+        }
+        if std::thread::panicking() {
+            // Dropped while a panic unwinds through the call's handler.
+            let status = Status::internal("the handler panicked");
+            self.finish_code(status.code(), Some(&status));
+        } else {
+            self.finish_code(Code::Cancelled, None);
+        }
     }
 }
 

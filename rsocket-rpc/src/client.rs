@@ -4,11 +4,14 @@
 
 use std::fmt;
 use std::future::Future;
-use std::task::Poll;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
+use pin_project_lite::pin_project;
 use prost::Message;
 use rsocket_core::{CallHints, Payload, PayloadStream, RSocket, RequestError};
 use tokio::time::Instant;
@@ -136,77 +139,107 @@ impl<R: RSocket> Client<R> {
     }
 
     /// A unary call: REQUEST_RESPONSE.
-    pub async fn unary<M, T>(
-        &self,
+    pub fn unary<'a, M, T>(
+        &'a self,
         route: &'static str,
         request: Request<M>,
-    ) -> Result<Response<T>, Status>
+    ) -> impl Future<Output = Result<Response<T>, Status>> + 'a
     where
-        M: Message,
-        T: Message + Default,
+        M: Message + 'a,
+        T: Message + Default + 'a,
     {
-        self.unary_hinted(route, request, CallHints::NONE).await
+        self.unary_hinted(route, request, CallHints::NONE)
     }
 
     /// A unary call with [`CallHints`] for the [`RSocket`] underneath
     /// (generated clients pass [`CallHints::IDEMPOTENT`] for methods
     /// marked idempotent, which a load balancer may then send again).
-    pub async fn unary_hinted<M, T>(
+    pub fn unary_hinted<'a, M, T>(
+        &'a self,
+        route: &'static str,
+        request: Request<M>,
+        hints: CallHints,
+    ) -> impl Future<Output = Result<Response<T>, Status>> + 'a
+    where
+        M: Message + 'a,
+        T: Message + Default + 'a,
+    {
+        UnaryCall {
+            client: self,
+            route,
+            hints,
+            state: UnaryState::Start(request),
+        }
+    }
+
+    /// Where a unary call goes on its first poll: straight to the send
+    /// in the common case, else into a boxed future with the interceptors,
+    /// the deadline and the span.
+    fn start_unary<'a, M, T>(
+        &'a self,
+        route: &'static str,
+        request: Request<M>,
+        hints: CallHints,
+    ) -> UnaryState<'a, M, T>
+    where
+        M: Message + 'a,
+        T: Message + Default + 'a,
+    {
+        let span = CallSpan::new("client", route, MethodKind::Unary);
+        let deadline = self.deadline(&request);
+        if deadline.is_none() && self.interceptors.is_empty() && !span.enabled() {
+            // The common case: everything before the send is synchronous,
+            // and the call holds only the sent request's future.
+            let (metadata, message) = request.into_parts();
+            return match request_payload(route, &metadata, &message) {
+                Ok(payload) => UnaryState::Sending(self.send_unary(payload, hints)),
+                Err(status) => UnaryState::Failed(status),
+            };
+        }
+        UnaryState::Slow(Box::pin(
+            self.unary_slow(route, request, hints, span, deadline),
+        ))
+    }
+
+    /// A unary call with interceptors, a deadline or a span listener.
+    async fn unary_slow<M, T>(
         &self,
         route: &'static str,
         request: Request<M>,
         hints: CallHints,
+        mut span: CallSpan,
+        deadline: Option<Instant>,
     ) -> Result<Response<T>, Status>
     where
         M: Message,
         T: Message + Default,
     {
-        let mut span = CallSpan::new("client", route, MethodKind::Unary);
-        let deadline = self.deadline(&request);
-        let result = if deadline.is_none() && self.interceptors.is_empty() && !span.enabled() {
-            // The common case, kept small (callers move this future into
-            // tasks and FuturesUnordered): everything before the send is
-            // synchronous, and across the await it holds one pointer.
+        let call = async {
             let (metadata, message) = request.into_parts();
-            match request_payload(route, &metadata, &message) {
-                Ok(payload) => {
-                    drop((metadata, message));
-                    let response = self.send_unary(payload, hints).await;
-                    self.unary_response(response)
-                }
-                Err(status) => Err(status),
-            }
-        } else {
-            let call = async {
-                let (metadata, message) = request.into_parts();
-                let p = self
-                    .prepare(route, MethodKind::Unary, metadata, message)
-                    .await?;
-                let payload = Payload {
-                    metadata: Some(p.metadata),
-                    data: codec::encode(&p.message),
-                };
-                let response = self.send_unary(payload, hints).await;
-                self.unary_response(response)
+            let p = self
+                .prepare(route, MethodKind::Unary, metadata, message)
+                .await?;
+            let payload = Payload {
+                metadata: Some(p.metadata),
+                data: codec::encode(&p.message),
             };
-            // Boxed: interceptors, timer and span make the state large.
-            Box::pin(with_deadline(deadline, call).instrument(span.span().clone())).await
+            let response = self.send_unary(payload, hints).await;
+            self.unary_response(response)
         };
+        let result = with_deadline(deadline, call)
+            .instrument(span.span().clone())
+            .await;
         span.finish(&result);
         result
     }
 
     /// Sends a unary request, through the hinted method only when there
     /// are hints (its default costs one more boxed future).
-    async fn send_unary(
-        &self,
-        payload: Payload,
-        hints: CallHints,
-    ) -> Result<Option<Payload>, RequestError> {
+    fn send_unary(&self, payload: Payload, hints: CallHints) -> Sent<'_> {
         if hints == CallHints::NONE {
-            self.rsocket.request_response(payload).await
+            self.rsocket.request_response(payload)
         } else {
-            self.rsocket.request_response_hinted(payload, hints).await
+            self.rsocket.request_response_hinted(payload, hints)
         }
     }
 
@@ -402,6 +435,69 @@ impl<R: RSocket> Client<R> {
     }
 }
 
+/// A sent request's answer, as [`RSocket::request_response`] returns it.
+type Sent<'a> = BoxFuture<'a, Result<Option<Payload>, RequestError>>;
+
+pin_project! {
+    /// A unary call, as [`Client::unary_hinted`] returns it: small (the
+    /// request, then the sent request's future), so that moving it into a
+    /// task or a `FuturesUnordered` costs little.
+    struct UnaryCall<'a, R, M, T> {
+        client: &'a Client<R>,
+        route: &'static str,
+        hints: CallHints,
+        state: UnaryState<'a, M, T>,
+    }
+}
+
+enum UnaryState<'a, M, T> {
+    /// Not polled yet.
+    Start(Request<M>),
+    /// The common case: sent, waiting for the answer.
+    Sending(Sent<'a>),
+    /// With interceptors, a deadline or a span listener.
+    Slow(BoxFuture<'a, Result<Response<T>, Status>>),
+    /// Failed before sending.
+    Failed(Status),
+    Done,
+}
+
+impl<'a, R, M, T> Future for UnaryCall<'a, R, M, T>
+where
+    R: RSocket,
+    M: Message + 'a,
+    T: Message + Default + 'a,
+{
+    type Output = Result<Response<T>, Status>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let UnaryState::Start(_) = this.state {
+            if let UnaryState::Start(request) = std::mem::replace(this.state, UnaryState::Done) {
+                *this.state = this.client.start_unary(this.route, request, *this.hints);
+            }
+        }
+        let output = match this.state {
+            UnaryState::Sending(sent) => {
+                let response = futures::ready!(sent.as_mut().poll(cx));
+                this.client.unary_response(response)
+            }
+            UnaryState::Slow(call) => futures::ready!(call.as_mut().poll(cx)),
+            UnaryState::Failed(_) => match std::mem::replace(this.state, UnaryState::Done) {
+                UnaryState::Failed(status) => Err(status),
+                _ => Err(polled_after_completion()),
+            },
+            UnaryState::Start(_) | UnaryState::Done => Err(polled_after_completion()),
+        };
+        *this.state = UnaryState::Done;
+        Poll::Ready(output)
+    }
+}
+
+fn polled_after_completion() -> Status {
+    Status::internal("the call's future was polled after it completed")
+}
+
 /// Runs `call` until `deadline`; when it passes, `call` is dropped (which
 /// cancels the request on the wire) and the result is `DEADLINE_EXCEEDED`.
 /// The timer is boxed and only made when there is a deadline, so that a
@@ -430,8 +526,7 @@ fn request_payload<M: Message>(
     metadata: &Metadata,
     message: &M,
 ) -> Result<Payload, Status> {
-    let (metadata, data) = metadata
-        .encode_with_message(route, message)
+    let (metadata, data) = codec::encode_request(metadata, route, message)
         .map_err(|e| Status::internal(format!("cannot encode the request metadata: {e}")))?;
     Ok(Payload {
         metadata: Some(metadata),

@@ -1,11 +1,14 @@
 //! Protobuf encoding of messages, with the size limit checked before any
 //! decoding work.
 
+use std::cell::RefCell;
+
 use bytes::{Bytes, BytesMut};
 use prost::Message;
+use rsocket_core::metadata::MetadataError;
 use rsocket_core::ErrorCode;
 
-use crate::Status;
+use crate::{Metadata, Status};
 
 /// Default limit on the size of a message this side decodes: 4 MiB, as in
 /// gRPC.
@@ -37,14 +40,23 @@ pub(crate) fn encode_into<M: Message>(msg: &M, buf: &mut BytesMut) {
     let _ = msg.encode(buf);
 }
 
-/// Encodes a stream's messages into shared chunks: small messages cost one
+/// Encodes messages into shared chunks: small messages cost one
 /// allocation per [`ChunkEncoder::CHUNK`] bytes instead of one each. Each
 /// message is its own `Bytes`, cut from the chunk; a chunk is freed when
-/// the last message cut from it is dropped (sent), so a stream pins at most
-/// its queued messages plus one partly used chunk.
+/// the last message cut from it is dropped (sent), so an encoder pins at
+/// most the messages still queued plus one partly used chunk.
+///
+/// A stream has its own; single messages (unary requests and responses)
+/// use the thread's, [`encode_small`] and [`encode_request`].
 #[derive(Debug, Default)]
 pub(crate) struct ChunkEncoder {
     buf: BytesMut,
+    /// The request metadata of routes called without metadata of their
+    /// own, recently used (the thread's encoder only): encoded once, then
+    /// a reference count per request.
+    routes: Vec<(&'static str, Bytes)>,
+    /// The entry of `routes` to replace next when it is full.
+    next_route: usize,
 }
 
 impl ChunkEncoder {
@@ -57,13 +69,111 @@ impl ChunkEncoder {
             // Large: its own allocation, so no chunk is pinned by it.
             return encode(msg);
         }
-        if self.buf.capacity() < len {
-            self.buf = BytesMut::with_capacity(Self::CHUNK);
-        }
-        // Cannot fail: the capacity is there.
-        let _ = msg.encode(&mut self.buf);
+        self.room(len);
+        encode_sized(msg, len, &mut self.buf);
         self.buf.split().freeze()
     }
+
+    /// Makes room for `len` more bytes, in a new chunk if needed.
+    fn room(&mut self, len: usize) {
+        if self.buf.capacity() - self.buf.len() < len {
+            self.buf = BytesMut::with_capacity(Self::CHUNK);
+        }
+    }
+
+    /// Routes whose request metadata is remembered.
+    const ROUTES: usize = 8;
+
+    /// The request metadata for `route` with no other entries: remembered
+    /// per route string (by address: a `&'static str` never changes).
+    fn route_metadata(&mut self, route: &'static str) -> Result<Bytes, MetadataError> {
+        let same = |r: &&str| r.as_ptr() == route.as_ptr() && r.len() == route.len();
+        if let Some((_, encoded)) = self.routes.iter().find(|(r, _)| same(r)) {
+            return Ok(encoded.clone());
+        }
+        let encoded = Metadata::new().encode(Some(route))?;
+        if self.routes.len() < Self::ROUTES {
+            self.routes.push((route, encoded.clone()));
+        } else {
+            let slot = self.next_route % Self::ROUTES;
+            self.routes[slot] = (route, encoded.clone());
+            self.next_route = slot + 1;
+        }
+        Ok(encoded)
+    }
+
+    /// A request's metadata (with the route) and message, cut from the
+    /// chunk when both are small, else in one allocation of their own.
+    fn encode_request<M: Message>(
+        &mut self,
+        metadata: &Metadata,
+        route: &'static str,
+        message: &M,
+    ) -> Result<(Bytes, Bytes), MetadataError> {
+        if metadata.is_empty() {
+            let encoded = self.route_metadata(route)?;
+            return Ok((encoded, self.encode(message)));
+        }
+        let meta_len = metadata.encoded_len(Some(route));
+        let len = meta_len + message.encoded_len();
+        if len > Self::CHUNK / 4 {
+            return metadata.encode_with_message(route, message);
+        }
+        self.room(len);
+        if let Err(e) = metadata.encode_into(Some(route), &mut self.buf) {
+            // Nothing of a failed request stays in the chunk.
+            self.buf.clear();
+            return Err(e);
+        }
+        let metadata = self.buf.split().freeze();
+        encode_sized(message, len - meta_len, &mut self.buf);
+        Ok((metadata, self.buf.split().freeze()))
+    }
+}
+
+/// Appends `msg`, whose encoding is `len` bytes, to `buf`. Written into a
+/// zeroed slice: prost writes its varints a byte at a time, which costs
+/// several times less into a slice than into a growable `BytesMut`.
+fn encode_sized<M: Message>(msg: &M, len: usize, buf: &mut BytesMut) {
+    let start = buf.len();
+    buf.resize(start + len, 0);
+    let mut out = &mut buf[start..];
+    if msg.encode(&mut out).is_err() || !out.is_empty() {
+        // Only a hand-written `Message` whose `encoded_len` is wrong.
+        buf.truncate(start);
+        encode_into(msg, buf);
+    }
+}
+
+thread_local! {
+    /// The chunk single messages are encoded into on this thread.
+    static THREAD_ENCODER: RefCell<ChunkEncoder> = RefCell::new(ChunkEncoder::default());
+}
+
+/// Runs `f` with the thread's encoder; `None` if it is in use (a
+/// message's encoding encoding another) or gone (thread teardown).
+fn with_thread_encoder<R>(f: impl FnOnce(&mut ChunkEncoder) -> R) -> Option<R> {
+    THREAD_ENCODER
+        .try_with(|cell| cell.try_borrow_mut().ok().map(|mut enc| f(&mut enc)))
+        .ok()
+        .flatten()
+}
+
+/// The protobuf encoding of a single message (a unary response), cut from
+/// the thread's chunk when small.
+pub(crate) fn encode_small<M: Message>(msg: &M) -> Bytes {
+    with_thread_encoder(|enc| enc.encode(msg)).unwrap_or_else(|| encode(msg))
+}
+
+/// A request's metadata (with the route) and message, cut from the
+/// thread's chunk when small.
+pub(crate) fn encode_request<M: Message>(
+    metadata: &Metadata,
+    route: &'static str,
+    message: &M,
+) -> Result<(Bytes, Bytes), MetadataError> {
+    with_thread_encoder(|enc| enc.encode_request(metadata, route, message))
+        .unwrap_or_else(|| metadata.encode_with_message(route, message))
 }
 
 /// Decodes `data` as `M`, refusing data longer than `max` bytes before
@@ -141,6 +251,53 @@ mod tests {
             let back: prost_types::Timestamp = decode(enc.encode(&m), 64, Side::Client).unwrap();
             assert_eq!(back, m);
         }
+    }
+
+    #[test]
+    fn requests_from_the_thread_chunk() {
+        let mut md = Metadata::new();
+        md.insert("x/y", "ab").unwrap();
+        let msg = prost_types::Timestamp {
+            seconds: 5,
+            nanos: 6,
+        };
+        // A bad route fails and leaves nothing behind in the chunk.
+        assert!(encode_request(&md, "", &msg).is_err());
+        let (meta, data) = encode_request(&md, "a.B/C", &msg).unwrap();
+        assert_eq!(meta, md.encode(Some("a.B/C")).unwrap());
+        assert_eq!(data, encode(&msg));
+        assert_eq!(encode_small(&msg), encode(&msg));
+        // A large one is not cut from the chunk, and is still right.
+        let big = prost_types::Any {
+            type_url: "x".repeat(ChunkEncoder::CHUNK),
+            value: vec![1],
+        };
+        let (meta, data) = encode_request(&md, "a.B/C", &big).unwrap();
+        assert_eq!(meta, md.encode(Some("a.B/C")).unwrap());
+        assert_eq!(data, encode(&big));
+        assert_eq!(encode_small(&big), encode(&big));
+    }
+
+    #[test]
+    fn route_metadata_remembered_per_route() {
+        const ROUTES: [&str; 10] = [
+            "a/0", "a/1", "a/2", "a/3", "a/4", "a/5", "a/6", "a/7", "a/8", "a/9",
+        ];
+        let msg = prost_types::Timestamp {
+            seconds: 1,
+            nanos: 0,
+        };
+        let mut enc = ChunkEncoder::default();
+        for _ in 0..3 {
+            for route in ROUTES {
+                let (meta, data) = enc.encode_request(&Metadata::new(), route, &msg).unwrap();
+                assert_eq!(meta, Metadata::new().encode(Some(route)).unwrap());
+                assert_eq!(data, encode(&msg));
+            }
+        }
+        assert_eq!(enc.routes.len(), ChunkEncoder::ROUTES);
+        // An invalid route is refused, and not remembered.
+        assert!(enc.encode_request(&Metadata::new(), "", &msg).is_err());
     }
 
     #[test]

@@ -177,7 +177,7 @@ impl Metadata {
 
     /// Encoded length as composite metadata, with a routing entry for
     /// `route` when given.
-    fn encoded_len(&self, route: Option<&str>) -> usize {
+    pub(crate) fn encoded_len(&self, route: Option<&str>) -> usize {
         let routing = route.map_or(0, |r| 1 + 3 + 1 + r.len());
         routing
             + self
@@ -211,7 +211,11 @@ impl Metadata {
         Ok((metadata, buf.freeze()))
     }
 
-    fn encode_into(&self, route: Option<&str>, buf: &mut BytesMut) -> Result<(), MetadataError> {
+    pub(crate) fn encode_into(
+        &self,
+        route: Option<&str>,
+        buf: &mut BytesMut,
+    ) -> Result<(), MetadataError> {
         if let Some(route) = route {
             RoutingMetadata::check_tag(route)?;
             // check_tag bounds the route to 255 bytes, so the entry's

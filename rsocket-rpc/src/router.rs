@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
@@ -20,7 +21,7 @@ use crate::call::{CallInfo, CallSpan};
 use crate::codec::DEFAULT_MAX_DECODING_MESSAGE_SIZE;
 use crate::interceptor::{Interceptor, Interceptors};
 use crate::metadata::{parse_request, sole_route, Layout};
-use crate::server::{Input, MethodInfo, Payloads, Reply, ServerCall, Service};
+use crate::server::{Input, MethodInfo, Reply, ServerCall, Service, SingleReply};
 use crate::Metadata;
 use crate::Status;
 
@@ -48,7 +49,7 @@ pub struct Router {
 struct Inner {
     /// Keyed by the route's bytes: a request's route is looked up as it
     /// arrived, with no UTF-8 check (every key came from a `&str`).
-    routes: HashMap<&'static [u8], Target, BuildHasherDefault<Fnv>>,
+    routes: HashMap<&'static [u8], Target, BuildHasherDefault<RouteHasher>>,
     interceptors: Interceptors,
     max_decode: usize,
 }
@@ -56,6 +57,8 @@ struct Inner {
 #[derive(Clone)]
 struct Target {
     service: Arc<dyn Service>,
+    /// The method's index in the service's `methods()`.
+    index: usize,
     method: MethodInfo,
 }
 
@@ -99,11 +102,12 @@ impl Router {
         let inner = self.inner_mut();
         let name = service.name();
         inner.routes.retain(|_, t| t.service.name() != name);
-        for method in service.methods() {
+        for (index, method) in service.methods().iter().enumerate() {
             inner.routes.insert(
                 method.route.as_bytes(),
                 Target {
                     service: service.clone(),
+                    index,
                     method: *method,
                 },
             );
@@ -170,30 +174,26 @@ impl Inner {
         Ok((target, metadata, layout))
     }
 
-    async fn begin(
+    /// Runs the interceptors (in the call's span); a rejection goes out
+    /// as `ERROR[REJECTED]`.
+    async fn intercept(
         &self,
         target: &Target,
         metadata: Metadata,
-        layout: Layout,
-        interaction: Interaction,
-        data: Bytes,
-        rest: Option<PayloadStream>,
-    ) -> Result<Reply, Status> {
-        let metadata = if self.interceptors.is_empty() {
-            metadata
-        } else {
-            let mut info = CallInfo::new(target.method.route, target.method.kind, metadata);
-            self.interceptors
-                .run(&mut info)
-                .await
-                .map_err(Status::rejected)?;
-            info.into_metadata()
-        };
-        self.dispatch(target, metadata, layout, interaction, data, rest)
+        span: &CallSpan,
+    ) -> Result<Metadata, Status> {
+        let mut info = CallInfo::new(target.method.route, target.method.kind, metadata);
+        self.interceptors
+            .run(&mut info)
+            .instrument(span.span().clone())
+            .await
+            .map_err(Status::rejected)?;
+        Ok(info.into_metadata())
     }
 
     /// Hands the call to the service, once the interceptors (if any) have
-    /// let it through.
+    /// let it through. A failure here is recorded in the span.
+    #[allow(clippy::too_many_arguments)]
     fn dispatch(
         &self,
         target: &Target,
@@ -202,14 +202,17 @@ impl Inner {
         interaction: Interaction,
         data: Bytes,
         rest: Option<PayloadStream>,
+        mut span: CallSpan,
     ) -> Result<Reply, Status> {
         let input = match (interaction, layout) {
             (Interaction::RequestChannel, Layout::Composite) => {
                 if !data.is_empty() {
-                    return Err(Status::invalid_argument(
+                    let status = Status::invalid_argument(
                         "the first payload of a channel carries only metadata; its data must be empty",
                     )
-                    .with_wire(ErrorCode::INVALID));
+                    .with_wire(ErrorCode::INVALID);
+                    span.fail(&status);
+                    return Err(status);
                 }
                 Input::Stream(rest.unwrap_or_else(|| futures::stream::empty().boxed()))
             }
@@ -223,8 +226,9 @@ impl Inner {
             }
             _ => Input::Message(data),
         };
-        let call = ServerCall::new(metadata, input, self.max_decode);
-        let method = target.method.name;
+        let call = ServerCall::new(metadata, input, self.max_decode, span);
+        let method = target.index;
+        // A panic here drops the span, which records it as `INTERNAL`.
         match catch_unwind(AssertUnwindSafe(|| target.service.call(method, call))) {
             Ok(reply) => Ok(reply.0),
             Err(_) => Err(panicked()),
@@ -232,71 +236,135 @@ impl Inner {
     }
 
     /// A call answered with one payload: REQUEST_RESPONSE or REQUEST_FNF.
-    async fn single(&self, interaction: Interaction, request: Payload) -> Result<Payload, Status> {
-        let (target, metadata, layout) = self
-            .resolve(interaction, request.metadata.as_ref())
-            .map_err(log_refusal)?;
-        let mut span = CallSpan::new("server", target.method.route, target.method.kind);
-        // Without interceptors everything up to the handler's (boxed)
-        // future is synchronous, so this future stays small: it is
-        // allocated and moved on every call.
-        let reply = if self.interceptors.is_empty() {
-            self.dispatch(target, metadata, layout, interaction, request.data, None)
-        } else {
-            Box::pin(
-                self.begin(target, metadata, layout, interaction, request.data, None)
-                    .instrument(span.span().clone()),
-            )
-            .await
+    /// Without interceptors, the service's future is returned as it is:
+    /// one allocation per call, the handler's.
+    fn single(self: &Arc<Self>, interaction: Interaction, request: Payload) -> SingleReply {
+        let (target, metadata, layout) = match self.resolve(interaction, request.metadata.as_ref())
+        {
+            Ok(resolved) => resolved,
+            Err(status) => return refused_single(log_refusal(status)),
         };
-        let result = match reply {
-            Ok(Reply::Single(fut)) => {
-                let fut = if span.enabled() {
-                    fut.instrument(span.span().clone()).boxed()
-                } else {
-                    fut
-                };
-                AssertUnwindSafe(fut)
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|_| Err(panicked()))
+        let span = CallSpan::new("server", target.method.route, target.method.kind);
+        if self.interceptors.is_empty() {
+            return match self.dispatch(
+                target,
+                metadata,
+                layout,
+                interaction,
+                request.data,
+                None,
+                span,
+            ) {
+                Ok(reply) => single_reply(reply),
+                Err(status) => refused_single(status),
+            };
+        }
+        let inner = Arc::clone(self);
+        let target = target.clone();
+        Box::pin(async move {
+            let mut span = span;
+            let metadata = match inner.intercept(&target, metadata, &span).await {
+                Ok(metadata) => metadata,
+                Err(status) => {
+                    span.fail(&status);
+                    return Err(status.into());
+                }
+            };
+            match inner.dispatch(
+                &target,
+                metadata,
+                layout,
+                interaction,
+                request.data,
+                None,
+                span,
+            ) {
+                Ok(reply) => single_reply(reply).await,
+                Err(status) => Err(status.into()),
             }
-            Ok(Reply::Stream(_)) => Err(Status::internal(
-                "the generated service returned a stream for a single-response method",
-            )),
-            Err(status) => Err(status),
-        };
-        span.finish(&result);
-        result
+        })
     }
 
+    /// A call answered with a stream: REQUEST_STREAM or REQUEST_CHANNEL.
+    /// Without interceptors, the service's stream is returned as it is.
     fn stream(
-        self: Arc<Self>,
+        self: &Arc<Self>,
         interaction: Interaction,
         first: Payload,
         rest: Option<PayloadStream>,
     ) -> PayloadStream {
+        let (target, metadata, layout) = match self.resolve(interaction, first.metadata.as_ref()) {
+            Ok(resolved) => resolved,
+            Err(status) => return error_stream(log_refusal(status)),
+        };
+        let span = CallSpan::new("server", target.method.route, target.method.kind);
+        if self.interceptors.is_empty() {
+            return match self.dispatch(
+                target,
+                metadata,
+                layout,
+                interaction,
+                first.data,
+                rest,
+                span,
+            ) {
+                Ok(reply) => stream_reply(reply),
+                Err(status) => error_stream(status),
+            };
+        }
+        let inner = Arc::clone(self);
+        let target = target.clone();
         let start = async move {
-            let (target, metadata, layout) = self
-                .resolve(interaction, first.metadata.as_ref())
-                .map_err(log_refusal)?;
-            let mut span = CallSpan::new("server", target.method.route, target.method.kind);
-            let begun = self
-                .begin(target, metadata, layout, interaction, first.data, rest)
-                .instrument(span.span().clone())
-                .await;
-            let state = match begun {
-                Ok(Reply::Single(fut)) => State::Single(fut),
-                Ok(Reply::Stream(fut)) => State::Start(fut),
+            let mut span = span;
+            let metadata = match inner.intercept(&target, metadata, &span).await {
+                Ok(metadata) => metadata,
                 Err(status) => {
                     span.fail(&status);
                     return Err(status);
                 }
             };
-            Ok(ReplyStream { state, span })
+            inner
+                .dispatch(
+                    &target,
+                    metadata,
+                    layout,
+                    interaction,
+                    first.data,
+                    rest,
+                    span,
+                )
+                .map(stream_reply)
         };
         Box::pin(Starting::Future(start.boxed()))
     }
+}
+
+/// The reply of a single-response call.
+fn single_reply(reply: Reply) -> SingleReply {
+    match reply {
+        Reply::Single(fut) => fut,
+        Reply::Stream(_) => refused_single(Status::internal(
+            "the generated service returned a stream for a single-response method",
+        )),
+    }
+}
+
+/// The reply of a streaming call.
+fn stream_reply(reply: Reply) -> PayloadStream {
+    match reply {
+        Reply::Stream(stream) => stream,
+        Reply::Single(fut) => futures::stream::once(fut)
+            .filter_map(|r| futures::future::ready(r.transpose()))
+            .boxed(),
+    }
+}
+
+fn refused_single(status: Status) -> SingleReply {
+    Box::pin(futures::future::ready(Err(status.into())))
+}
+
+fn error_stream(status: Status) -> PayloadStream {
+    rsocket_core::error_stream(status)
 }
 
 /// Logs a request refused before any handler ran.
@@ -309,11 +377,11 @@ fn panicked() -> Status {
     Status::internal("the handler panicked")
 }
 
-/// The response stream of a streaming call: resolves the router's setup
-/// (route, interceptors), then runs the [`ReplyStream`].
+/// The response stream of a streaming call with interceptors: runs them,
+/// then the service's stream.
 enum Starting {
-    Future(BoxFuture<'static, Result<ReplyStream, Status>>),
-    Running(ReplyStream),
+    Future(BoxFuture<'static, Result<PayloadStream, Status>>),
+    Running(PayloadStream),
     Done,
 }
 
@@ -325,25 +393,13 @@ impl Stream for Starting {
             match &mut *self {
                 Self::Future(fut) => match fut.poll_unpin(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(reply)) => *self = Self::Running(reply),
+                    Poll::Ready(Ok(stream)) => *self = Self::Running(stream),
                     Poll::Ready(Err(status)) => {
                         *self = Self::Done;
                         return Poll::Ready(Some(Err(status.into())));
                     }
                 },
-                Self::Running(reply) => {
-                    return match reply.poll_next_unpin(cx) {
-                        Poll::Ready(Some(Err(status))) => {
-                            *self = Self::Done;
-                            Poll::Ready(Some(Err(status.into())))
-                        }
-                        Poll::Ready(None) => {
-                            *self = Self::Done;
-                            Poll::Ready(None)
-                        }
-                        other => other.map(|item| item.map(|r| r.map_err(RequestError::from))),
-                    }
-                }
+                Self::Running(stream) => return stream.poll_next_unpin(cx),
                 Self::Done => return Poll::Ready(None),
             }
         }
@@ -352,78 +408,8 @@ impl Stream for Starting {
     fn size_hint(&self) -> (usize, Option<usize>) {
         match self {
             Self::Future(_) => (0, None),
-            Self::Running(reply) => reply.size_hint(),
+            Self::Running(stream) => stream.size_hint(),
             Self::Done => (0, Some(0)),
-        }
-    }
-}
-
-/// A handler's reply as a stream of payloads, inside the call's span,
-/// with panics turned into `INTERNAL` and the outcome recorded.
-struct ReplyStream {
-    state: State,
-    span: CallSpan,
-}
-
-enum State {
-    /// Client streaming: one payload to come.
-    Single(BoxFuture<'static, Result<Payload, Status>>),
-    /// Server streaming or bidi: the handler's future, then its stream.
-    Start(BoxFuture<'static, Result<Payloads, Status>>),
-    Run(Payloads),
-    Done,
-}
-
-impl Stream for ReplyStream {
-    type Item = Result<Payload, Status>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        let _enter = this.span.span().clone().entered();
-        let polled = catch_unwind(AssertUnwindSafe(|| poll_state(&mut this.state, cx)));
-        let item = match polled {
-            Ok(Poll::Pending) => return Poll::Pending,
-            Ok(Poll::Ready(item)) => item,
-            Err(_) => Some(Err(panicked())),
-        };
-        match &item {
-            Some(Ok(_)) => {}
-            Some(Err(status)) => {
-                this.state = State::Done;
-                this.span.fail(status);
-            }
-            None => {
-                this.state = State::Done;
-                this.span.finish::<()>(&Ok(()));
-            }
-        }
-        Poll::Ready(item)
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        match &self.state {
-            State::Single(_) => (1, Some(1)),
-            State::Start(_) => (0, None),
-            State::Run(s) => s.size_hint(),
-            State::Done => (0, Some(0)),
-        }
-    }
-}
-
-fn poll_state(state: &mut State, cx: &mut Context<'_>) -> Poll<Option<Result<Payload, Status>>> {
-    loop {
-        match state {
-            State::Single(fut) => {
-                let out = futures::ready!(fut.poll_unpin(cx));
-                *state = State::Done;
-                return Poll::Ready(Some(out));
-            }
-            State::Start(fut) => match futures::ready!(fut.poll_unpin(cx)) {
-                Ok(stream) => *state = State::Run(stream),
-                Err(status) => return Poll::Ready(Some(Err(status))),
-            },
-            State::Run(stream) => return stream.poll_next_unpin(cx),
-            State::Done => return Poll::Ready(None),
         }
     }
 }
@@ -435,49 +421,67 @@ impl RSocket for Router {
             .single(Interaction::FireAndForget, request)
             .await
             .map(drop)
-            .map_err(RequestError::from)
     }
 
-    async fn request_response(&self, request: Payload) -> Result<Option<Payload>, RequestError> {
-        self.inner
-            .single(Interaction::RequestResponse, request)
-            .await
-            .map(Some)
-            .map_err(RequestError::from)
+    // Not an `async fn`: the service's future is returned as it is, rather
+    // than boxed again inside this method's.
+    fn request_response<'a, 'b>(
+        &'a self,
+        request: Payload,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<Payload>, RequestError>> + Send + 'b>>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        self.inner.single(Interaction::RequestResponse, request)
     }
 
     fn request_stream(&self, request: Payload) -> PayloadStream {
-        self.inner
-            .clone()
-            .stream(Interaction::RequestStream, request, None)
+        self.inner.stream(Interaction::RequestStream, request, None)
     }
 
     fn request_channel(&self, first: Payload, rest: PayloadStream) -> PayloadStream {
         self.inner
-            .clone()
             .stream(Interaction::RequestChannel, first, Some(rest))
     }
 }
 
-/// FNV-1a: routes are short and chosen by the application, and hashing
-/// them is on every call's path, where SipHash costs several times more.
+/// A word-at-a-time multiplicative hash (as rustc's FxHash): routes are
+/// short and chosen by the application, and hashing them is on every
+/// call's path, where SipHash costs several times more and a byte-at-a-time
+/// hash twice as much.
 #[derive(Default)]
-struct Fnv(u64);
+struct RouteHasher(u64);
 
-impl Hasher for Fnv {
+impl RouteHasher {
+    const K: u64 = 0xf135_7aea_2e62_a9c5;
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0 ^ word).wrapping_mul(Self::K).rotate_left(26);
+    }
+}
+
+impl Hasher for RouteHasher {
     fn finish(&self) -> u64 {
         self.0
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for &b in bytes {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
         }
-        self.0 = h;
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
     }
 }

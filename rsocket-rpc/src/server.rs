@@ -4,15 +4,18 @@
 
 use std::fmt;
 use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::stream::BoxStream;
-use futures::{FutureExt, Stream, StreamExt};
+use futures::Stream;
+use pin_project_lite::pin_project;
 use prost::Message;
-use rsocket_core::{Payload, PayloadStream};
+use rsocket_core::{Payload, PayloadStream, RequestError};
 
-use crate::call::MethodKind;
+use crate::call::{CallSpan, MethodKind};
 use crate::codec::{self, Side};
 use crate::{Metadata, Request, Response, Status, Streaming};
 
@@ -45,18 +48,19 @@ pub trait Service: Send + Sync + 'static {
     /// Every method, with its route and kind.
     fn methods(&self) -> &'static [MethodInfo];
 
-    /// Starts one call of `method` (a name from [`Service::methods`]). The
-    /// router has already checked the route, the interaction and the
-    /// interceptors.
-    fn call(&self, method: &'static str, call: ServerCall) -> ServerReply;
+    /// Starts one call of the method at index `method` of
+    /// [`Service::methods`]. The router has already checked the route, the
+    /// interaction and the interceptors.
+    fn call(&self, method: usize, call: ServerCall) -> ServerReply;
 }
 
-/// One call as the router hands it to a [`Service`]: the request metadata
-/// and the undecoded input.
+/// One call as the router hands it to a [`Service`]: the request metadata,
+/// the undecoded input, and the call's tracing span.
 pub struct ServerCall {
     metadata: Metadata,
     input: Input,
     max_decode: usize,
+    span: CallSpan,
 }
 
 impl fmt::Debug for ServerCall {
@@ -76,15 +80,35 @@ pub(crate) enum Input {
     Stream(PayloadStream),
 }
 
+/// What a call's handler gets before it is started: its input, and the
+/// span its reply runs in.
+struct Parts {
+    metadata: Metadata,
+    input: Input,
+    max_decode: usize,
+}
+
 impl ServerCall {
-    pub(crate) fn new(metadata: Metadata, input: Input, max_decode: usize) -> Self {
+    pub(crate) fn new(metadata: Metadata, input: Input, max_decode: usize, span: CallSpan) -> Self {
         Self {
             metadata,
             input,
             max_decode,
+            span,
         }
     }
 
+    fn split(self) -> (Parts, CallSpan) {
+        let parts = Parts {
+            metadata: self.metadata,
+            input: self.input,
+            max_decode: self.max_decode,
+        };
+        (parts, self.span)
+    }
+}
+
+impl Parts {
     /// Decodes the single input message into a request.
     fn request<M: Message + Default>(self) -> Result<Request<M>, Status> {
         match self.input {
@@ -112,21 +136,25 @@ fn mismatch() -> Status {
     Status::internal("the generated service and the router disagree on the method kind")
 }
 
-/// What a [`Service`] returns for a call: one response payload to come, or
-/// a stream of them. The router sends it with the interaction the request
-/// used.
+fn panicked() -> Status {
+    Status::internal("the handler panicked")
+}
+
+/// What a [`Service`] returns for a call: the future of its one response,
+/// or its stream of responses, ready for the connection (in the call's
+/// span, with panics turned into `INTERNAL`). The router hands it on as it
+/// is: one allocation per call.
 pub struct ServerReply(pub(crate) Reply);
 
-/// A stream of response payloads.
-pub(crate) type Payloads = BoxStream<'static, Result<Payload, Status>>;
+/// The future of a single response, as `RSocket::request_response` returns
+/// it.
+pub(crate) type SingleReply = BoxFuture<'static, Result<Option<Payload>, RequestError>>;
 
 pub(crate) enum Reply {
-    /// One payload to come (unary, client streaming, fire-and-forget).
-    Single(BoxFuture<'static, Result<Payload, Status>>),
-    /// The handler's future, then its stream (server streaming, bidi). Kept
-    /// apart so that the stream's size hint reaches the core's pump, which
-    /// sends COMPLETE with the last item when the hint says nothing is left.
-    Stream(BoxFuture<'static, Result<Payloads, Status>>),
+    /// One payload to come (unary, fire-and-forget).
+    Single(SingleReply),
+    /// Payloads to come (server streaming, client streaming, bidi).
+    Stream(PayloadStream),
 }
 
 impl fmt::Debug for ServerReply {
@@ -141,12 +169,14 @@ impl fmt::Debug for ServerReply {
 impl ServerReply {
     /// A reply that fails with `status`.
     pub fn error(status: Status) -> Self {
-        Self(Reply::Single(futures::future::ready(Err(status)).boxed()))
+        Self(Reply::Single(Box::pin(futures::future::ready(Err(
+            status.into()
+        )))))
     }
 
-    /// The reply for a method name the service does not have: an
+    /// The reply for a method index the service does not have: an
     /// `UNIMPLEMENTED` status.
-    pub fn unimplemented(method: &str) -> Self {
+    pub fn unimplemented(method: usize) -> Self {
         Self::error(Status::unimplemented(format!("no method {method}")))
     }
 }
@@ -159,30 +189,182 @@ fn response_payload<T: Message>(response: Response<T>) -> Result<Payload, Status
         .map_err(|e| Status::internal(format!("cannot encode the response metadata: {e}")))?;
     Ok(Payload {
         metadata,
-        data: codec::encode(&message),
+        data: codec::encode_small(&message),
     })
 }
 
-/// Turns a handler's stream of messages into payloads; the response
-/// metadata goes on the first one.
-fn payload_stream<S, T>(response: Response<S>) -> Result<Payloads, Status>
+pin_project! {
+    /// A handler's future for one response: polled in the call's span (when
+    /// anyone listens), a panic caught and answered `INTERNAL`, the outcome
+    /// recorded.
+    struct Guarded<F> {
+        #[pin]
+        fut: F,
+        span: CallSpan,
+    }
+}
+
+impl<F> Future for Guarded<F>
 where
-    S: Stream<Item = Result<T, Status>> + Send + 'static,
+    F: Future<Output = Result<Payload, Status>>,
+{
+    type Output = Result<Option<Payload>, RequestError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let polled = {
+            let _enter = this.span.enter();
+            catch_unwind(AssertUnwindSafe(|| this.fut.as_mut().poll(cx)))
+        };
+        let result = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(result)) => result,
+            Err(_) => Err(panicked()),
+        };
+        this.span.finish(&result);
+        Poll::Ready(result.map(Some).map_err(RequestError::from))
+    }
+}
+
+pin_project! {
+    /// A client-streaming handler's one response as a stream: one item,
+    /// then the end (the size hint says so, so the core sends the item
+    /// with COMPLETE).
+    struct SingleStream<F> {
+        #[pin]
+        fut: Option<Guarded<F>>,
+    }
+}
+
+impl<F> Stream for SingleStream<F>
+where
+    F: Future<Output = Result<Payload, Status>>,
+{
+    type Item = Result<Payload, RequestError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut this = self.project();
+        let Some(fut) = this.fut.as_mut().as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        let result = futures::ready!(fut.poll(cx));
+        this.fut.set(None);
+        Poll::Ready(result.transpose())
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self.fut {
+            Some(_) => (1, Some(1)),
+            None => (0, Some(0)),
+        }
+    }
+}
+
+pin_project! {
+    /// A streaming handler's reply: its future, then its stream of
+    /// messages encoded as payloads (the response metadata on the first),
+    /// polled in the call's span, a panic ending it with `INTERNAL`, the
+    /// outcome recorded.
+    struct ReplyStream<Fut, S> {
+        #[pin]
+        state: StreamState<Fut, S>,
+        metadata: Option<Bytes>,
+        encoder: codec::ChunkEncoder,
+        span: CallSpan,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum StreamState<Fut, S> {
+        Start { #[pin] fut: Fut },
+        Run { #[pin] stream: S },
+        Done,
+    }
+}
+
+impl<Fut, S, T> Stream for ReplyStream<Fut, S>
+where
+    Fut: Future<Output = Result<Response<S>, Status>>,
+    S: Stream<Item = Result<T, Status>>,
     T: Message,
 {
-    let (metadata, stream) = response.into_parts();
-    let mut metadata = metadata
-        .encode_response()
-        .map_err(|e| Status::internal(format!("cannot encode the response metadata: {e}")))?;
-    let mut encoder = codec::ChunkEncoder::default();
-    Ok(stream
-        .map(move |item| {
-            item.map(|message| Payload {
-                metadata: metadata.take(),
-                data: encoder.encode(&message),
-            })
-        })
-        .boxed())
+    type Item = Result<Payload, RequestError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut this = self.project();
+        let polled = {
+            let _enter = this.span.enter();
+            let (state, metadata, encoder) =
+                (&mut this.state, &mut *this.metadata, &mut *this.encoder);
+            catch_unwind(AssertUnwindSafe(|| {
+                poll_reply(state.as_mut(), metadata, encoder, cx)
+            }))
+        };
+        let item = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(Some(Ok(payload)))) => return Poll::Ready(Some(Ok(payload))),
+            Ok(Poll::Ready(item)) => item,
+            Err(_) => Some(Err(panicked())),
+        };
+        this.state.set(StreamState::Done);
+        match item {
+            Some(Err(status)) => {
+                this.span.fail(&status);
+                Poll::Ready(Some(Err(status.into())))
+            }
+            _ => {
+                this.span.finish::<()>(&Ok(()));
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match &self.state {
+            StreamState::Start { .. } => (0, None),
+            StreamState::Run { stream } => stream.size_hint(),
+            StreamState::Done => (0, Some(0)),
+        }
+    }
+}
+
+fn poll_reply<Fut, S, T>(
+    mut state: Pin<&mut StreamState<Fut, S>>,
+    metadata: &mut Option<Bytes>,
+    encoder: &mut codec::ChunkEncoder,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Payload, Status>>>
+where
+    Fut: Future<Output = Result<Response<S>, Status>>,
+    S: Stream<Item = Result<T, Status>>,
+    T: Message,
+{
+    loop {
+        match state.as_mut().project() {
+            StateProj::Run { stream } => {
+                return stream.poll_next(cx).map(|item| {
+                    item.map(|item| {
+                        item.map(|message| Payload {
+                            metadata: metadata.take(),
+                            data: encoder.encode(&message),
+                        })
+                    })
+                })
+            }
+            StateProj::Start { fut } => {
+                let (md, stream) = match futures::ready!(fut.poll(cx)) {
+                    Ok(response) => response.into_parts(),
+                    Err(status) => return Poll::Ready(Some(Err(status))),
+                };
+                *metadata = md.encode_response().map_err(|e| {
+                    Status::internal(format!("cannot encode the response metadata: {e}"))
+                })?;
+                state.set(StreamState::Run { stream });
+            }
+            StateProj::Done => return Poll::Ready(None),
+        }
+    }
 }
 
 /// A unary handler.
@@ -193,13 +375,12 @@ where
     F: FnOnce(Request<M>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Response<T>, Status>> + Send + 'static,
 {
-    ServerReply(Reply::Single(
-        async move {
-            let request = call.request::<M>()?;
-            response_payload(handler(request).await?)
-        }
-        .boxed(),
-    ))
+    let (parts, span) = call.split();
+    let fut = async move {
+        let request = parts.request::<M>()?;
+        response_payload(handler(request).await?)
+    };
+    ServerReply(Reply::Single(Box::pin(Guarded { fut, span })))
 }
 
 /// A fire-and-forget handler. Called with REQUEST_RESPONSE instead, it is
@@ -210,14 +391,13 @@ where
     F: FnOnce(Request<M>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), Status>> + Send + 'static,
 {
-    ServerReply(Reply::Single(
-        async move {
-            let request = call.request::<M>()?;
-            handler(request).await?;
-            Ok(Payload::new(Bytes::new()))
-        }
-        .boxed(),
-    ))
+    let (parts, span) = call.split();
+    let fut = async move {
+        let request = parts.request::<M>()?;
+        handler(request).await?;
+        Ok(Payload::new(Bytes::new()))
+    };
+    ServerReply(Reply::Single(Box::pin(Guarded { fut, span })))
 }
 
 /// A server-streaming handler. Its stream is polled only while the client
@@ -230,11 +410,17 @@ where
     F: FnOnce(Request<M>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Response<S>, Status>> + Send + 'static,
 {
-    let start = async move {
-        let request = call.request::<M>()?;
-        payload_stream(handler(request).await?)
+    let (parts, span) = call.split();
+    let fut = async move {
+        let request = parts.request::<M>()?;
+        handler(request).await
     };
-    ServerReply(Reply::Stream(start.boxed()))
+    ServerReply(Reply::Stream(Box::pin(ReplyStream {
+        state: StreamState::Start { fut },
+        metadata: None,
+        encoder: codec::ChunkEncoder::default(),
+        span,
+    })))
 }
 
 /// A client-streaming handler: its input is a [`Streaming`] of messages, its
@@ -246,13 +432,14 @@ where
     F: FnOnce(Request<Streaming<M>>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Response<T>, Status>> + Send + 'static,
 {
-    ServerReply(Reply::Single(
-        async move {
-            let request = call.streaming_request::<M>()?;
-            response_payload(handler(request).await?)
-        }
-        .boxed(),
-    ))
+    let (parts, span) = call.split();
+    let fut = async move {
+        let request = parts.streaming_request::<M>()?;
+        response_payload(handler(request).await?)
+    };
+    ServerReply(Reply::Stream(Box::pin(SingleStream {
+        fut: Some(Guarded { fut, span }),
+    })))
 }
 
 /// A bidirectional handler.
@@ -264,9 +451,15 @@ where
     F: FnOnce(Request<Streaming<M>>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Response<S>, Status>> + Send + 'static,
 {
-    let start = async move {
-        let request = call.streaming_request::<M>()?;
-        payload_stream(handler(request).await?)
+    let (parts, span) = call.split();
+    let fut = async move {
+        let request = parts.streaming_request::<M>()?;
+        handler(request).await
     };
-    ServerReply(Reply::Stream(start.boxed()))
+    ServerReply(Reply::Stream(Box::pin(ReplyStream {
+        state: StreamState::Start { fut },
+        metadata: None,
+        encoder: codec::ChunkEncoder::default(),
+        span,
+    })))
 }
