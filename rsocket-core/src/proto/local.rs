@@ -257,6 +257,23 @@ impl Connection {
         }));
     }
 
+    /// A request/response answer: [`Connection::recv`] of one item,
+    /// releasing the half once the answer is delivered (nothing more can
+    /// arrive on it), so that the requester's handle has nothing left to
+    /// release. `Pending` waits for [`Wakeup::Recv`](super::Wakeup::Recv).
+    pub(crate) fn recv_response(
+        &mut self,
+        id: StreamId,
+    ) -> Poll<Option<Result<Payload, RequestError>>> {
+        let mut none = VecDeque::new();
+        let mut report_after = 0;
+        let r = self.recv_inner(id, 0, 1, &mut none, true, &mut report_after);
+        if matches!(r, Poll::Ready(Some(Ok(_)))) {
+            self.release_recv(id);
+        }
+        r
+    }
+
     /// The consumer of an inbound half went away.
     pub(crate) fn release_recv(&mut self, id: StreamId) {
         let key = id.get();
@@ -264,28 +281,31 @@ impl Connection {
         let Some(st) = self.streams.get_mut(&key) else {
             return;
         };
-        let Some(mut r) = st.recv.take() else {
+        let Some(r) = st.recv.as_mut() else {
             return;
         };
         r.forget(key, &mut self.wakeups);
-        self.in_bytes -= r.queue.iter().map(Payload::len).sum::<usize>();
+        let queued = r.queue.iter().map(Payload::len).sum::<usize>();
         let open = r.end.is_none() && !st.terminated && conn_open;
+        // Dropped in place: the half is not moved out.
+        st.recv = None;
+        if open && st.local() {
+            // Requester gives up: the whole stream ends.
+            st.terminated = true;
+            if let Some(s) = st.send.as_mut() {
+                s.stop(key, &mut self.wakeups);
+            }
+        }
+        let done = st.send.is_none();
+        self.in_bytes -= queued;
         // Nobody will take the item being reassembled.
         self.drop_reassembly(key);
-        let Some(st) = self.streams.get_mut(&key) else {
-            return;
-        };
         if open {
-            if st.local() {
-                // Requester gives up: the whole stream ends.
-                st.terminated = true;
-                if let Some(s) = st.send.as_mut() {
-                    s.stop(key, &mut self.wakeups);
-                }
-            }
             self.push_control(Frame::Cancel(Cancel { stream_id: id }));
         }
-        self.maybe_remove(key);
+        if done {
+            self.remove_stream(key);
+        }
     }
 
     // ----- producers of outbound halves ---------------------------------
@@ -424,16 +444,20 @@ impl Connection {
         let Some(st) = self.streams.get_mut(&key) else {
             return;
         };
-        let Some(mut s) = st.send.take() else {
+        let Some(s) = st.send.as_mut() else {
             return;
         };
         s.forget(key, &mut self.wakeups);
-        if s.open() && !st.terminated && conn_open {
+        let open = s.open() && !st.terminated && conn_open;
+        // Dropped in place: the half is not moved out.
+        st.send = None;
+        let mut frame = None;
+        if open {
             st.terminated = true;
             if let Some(r) = st.recv.as_mut() {
                 r.finish(Err(RequestError::Cancelled), key, &mut self.wakeups);
             }
-            let frame = if st.local() {
+            frame = Some(if st.local() {
                 Frame::Cancel(Cancel { stream_id: id })
             } else {
                 Frame::Error(ErrorFrame::new(
@@ -441,11 +465,16 @@ impl Connection {
                     ErrorCode::CANCELED,
                     "responder dropped the stream",
                 ))
-            };
+            });
+        }
+        let done = st.recv.is_none();
+        if let Some(frame) = frame {
             self.drop_reassembly(key);
             self.push_control(frame);
         }
-        self.maybe_remove(key);
+        if done {
+            self.remove_stream(key);
+        }
     }
 
     fn maybe_remove(&mut self, key: u32) {
@@ -454,16 +483,21 @@ impl Connection {
             .get(&key)
             .is_some_and(|st| st.recv.is_none() && st.send.is_none());
         if done {
-            self.drop_reassembly(key);
-            if let Some(st) = self.streams.remove(&key) {
-                if !st.local() {
-                    self.inbound_streams = self.inbound_streams.saturating_sub(1);
-                }
+            self.remove_stream(key);
+        }
+    }
+
+    /// Forgets a stream whose halves have both been released.
+    fn remove_stream(&mut self, key: u32) {
+        self.drop_reassembly(key);
+        if let Some(st) = self.streams.remove(&key) {
+            if !st.local() {
+                self.inbound_streams = self.inbound_streams.saturating_sub(1);
             }
-            if self.streams.is_empty() && matches!(self.state, State::Draining { .. }) {
-                // Let the driver notice that draining has finished.
-                self.wakeups.driver();
-            }
+        }
+        if self.streams.is_empty() && matches!(self.state, State::Draining { .. }) {
+            // Let the driver notice that draining has finished.
+            self.wakeups.driver();
         }
     }
 

@@ -12,7 +12,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use super::shared::Shared;
-use super::stream::{Inbound, LeaseGate};
+use super::stream::{poll_open, Inbound, LeaseGate};
 use crate::error::{ConnectionError, RequestError};
 use crate::frame::{ErrorCode, StreamId};
 use crate::lease::{Lease, LeaseState};
@@ -120,7 +120,12 @@ impl Requester {
     /// CANCEL.
     pub fn request_response(&self, request: Payload) -> ResponseFuture {
         ResponseFuture {
-            inner: self.inbound(Interaction::RequestResponse, request, 1),
+            shared: self.shared.clone(),
+            request: Some(request),
+            id: None,
+            done: false,
+            released: false,
+            gate: LeaseGate::new(self.lease_wait()),
         }
     }
 
@@ -377,15 +382,27 @@ fn wait_ms(d: Duration) -> u32 {
 }
 
 /// Future of [`Requester::request_response`].
+///
+/// Kept small (it is moved into whatever awaits it): only what opening the
+/// request and taking its one answer need.
 #[must_use = "futures do nothing unless polled"]
 pub struct ResponseFuture {
-    inner: Inbound,
+    shared: Arc<Shared>,
+    /// The request, until it is opened on the first poll.
+    request: Option<Payload>,
+    id: Option<StreamId>,
+    /// Resolved; polled again, it resolves to `Ok(None)`.
+    done: bool,
+    /// The stream's inbound half is no longer held (the answer or the end
+    /// was delivered): nothing to release on drop.
+    released: bool,
+    gate: LeaseGate,
 }
 
 impl std::fmt::Debug for ResponseFuture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("stream_id", &self.inner.id)
+            .field("stream_id", &self.id)
             .finish_non_exhaustive()
     }
 }
@@ -395,7 +412,7 @@ impl ResponseFuture {
     /// request that failed while this is still `None` never reached the
     /// connection, so it is safe to send again elsewhere.
     pub fn stream_id(&self) -> Option<StreamId> {
-        self.inner.id
+        self.id
     }
 }
 
@@ -403,14 +420,56 @@ impl Future for ResponseFuture {
     type Output = Result<Option<Payload>, RequestError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.inner.poll_next(cx) {
-            Poll::Ready(Some(Ok(p))) => {
-                self.inner.done = true;
-                Poll::Ready(Ok(Some(p)))
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(Ok(None));
+        }
+        let mut conn = this.shared.lock();
+        let id = match this.id {
+            Some(id) => id,
+            None => {
+                let opened = poll_open(
+                    &mut conn,
+                    cx,
+                    &mut this.gate,
+                    &mut this.request,
+                    Interaction::RequestResponse,
+                    1,
+                    false,
+                    false,
+                );
+                match opened {
+                    Poll::Ready(Ok(id)) => {
+                        this.id = Some(id);
+                        id
+                    }
+                    Poll::Ready(Err(e)) => {
+                        this.done = true;
+                        return Poll::Ready(Err(e));
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Err(e)),
-            Poll::Ready(None) => Poll::Ready(Ok(None)),
-            Poll::Pending => Poll::Pending,
+        };
+        let r = conn.poll_response(id, cx);
+        drop(conn);
+        let out = match r {
+            Poll::Ready(Some(Ok(p))) => Ok(Some(p)),
+            Poll::Ready(Some(Err(e))) => Err(e),
+            Poll::Ready(None) => Ok(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        // Every answer released the half (see `Connection::recv_response`).
+        this.done = true;
+        this.released = true;
+        Poll::Ready(out)
+    }
+}
+
+impl Drop for ResponseFuture {
+    fn drop(&mut self) {
+        if let (Some(id), false) = (self.id, self.released) {
+            self.shared.lock().release_recv(id);
         }
     }
 }

@@ -142,6 +142,20 @@ impl Locked<'_> {
         r
     }
 
+    /// See [`Connection::recv_response`].
+    pub(crate) fn poll_response(
+        &mut self,
+        id: StreamId,
+        cx: &Context<'_>,
+    ) -> Poll<Option<Result<Payload, RequestError>>> {
+        let inner = self.inner();
+        let r = inner.conn.recv_response(id);
+        if r.is_pending() {
+            register_map(&mut inner.wakers.recv, id.get(), cx.waker());
+        }
+        r
+    }
+
     /// See [`Connection::send_ready`].
     pub(crate) fn poll_send_ready(
         &mut self,

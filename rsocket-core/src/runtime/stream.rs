@@ -128,29 +128,19 @@ impl Inbound {
         let id = match self.id {
             Some(id) => id,
             None => {
-                let ready = match conn.poll_open_ready(cx) {
-                    Poll::Ready(Ok(())) => self.gate.poll(&mut conn, cx),
-                    other => other,
-                };
-                match ready {
-                    Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(e)) => {
-                        self.done = true;
-                        return Poll::Ready(Some(Err(e)));
-                    }
-                    Poll::Pending => return Poll::Pending,
-                }
-                let request = self.request.take().unwrap_or_default();
-                let now = conn.lease_now(super::tokio_now);
-                match conn.open(
-                    self.interaction,
+                let request = &mut self.request;
+                let opened = poll_open(
+                    &mut conn,
+                    cx,
+                    &mut self.gate,
                     request,
+                    self.interaction,
                     self.window,
                     self.manual,
                     self.adaptive,
-                    now,
-                ) {
-                    Ok(id) => {
+                );
+                match opened {
+                    Poll::Ready(Ok(id)) => {
                         self.id = Some(id);
                         if self.extra_credit > 0 {
                             conn.request_credit(id, std::mem::take(&mut self.extra_credit));
@@ -168,10 +158,11 @@ impl Inbound {
                         }
                         id
                     }
-                    Err(e) => {
+                    Poll::Ready(Err(e)) => {
                         self.done = true;
                         return Poll::Ready(Some(Err(e)));
                     }
+                    Poll::Pending => return Poll::Pending,
                 }
             }
         };
@@ -201,6 +192,33 @@ impl Inbound {
             Poll::Pending => Poll::Pending,
         }
     }
+}
+
+/// Opens a request once the connection may take it (room in the outbound
+/// queue, and the lease allows it): the request is taken from `request`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn poll_open(
+    conn: &mut Locked<'_>,
+    cx: &mut Context<'_>,
+    gate: &mut LeaseGate,
+    request: &mut Option<Payload>,
+    interaction: Interaction,
+    window: u32,
+    manual: bool,
+    adaptive: bool,
+) -> Poll<Result<StreamId, RequestError>> {
+    let ready = match conn.poll_open_ready(cx) {
+        Poll::Ready(Ok(())) => gate.poll(conn, cx),
+        other => other,
+    };
+    match ready {
+        Poll::Ready(Ok(())) => {}
+        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+        Poll::Pending => return Poll::Pending,
+    }
+    let request = request.take().unwrap_or_default();
+    let now = conn.lease_now(super::tokio_now);
+    Poll::Ready(conn.open(interaction, request, window, manual, adaptive, now))
 }
 
 impl Drop for Inbound {
