@@ -269,33 +269,45 @@ impl SendHalf {
 
 /// The items an inbound half holds, in order. The first is kept inline, so
 /// that a request/response answer (or any one-item wait) needs no
-/// allocation.
+/// allocation, and the queue of the others exists only once a second item
+/// has been held (dropping an unused one is free).
 #[derive(Debug, Default)]
 pub(super) struct Items {
     /// The front item, when it is not in `rest`.
     head: Option<Payload>,
-    rest: VecDeque<Payload>,
+    rest: Option<VecDeque<Payload>>,
 }
 
 impl Items {
     pub(super) fn push_back(&mut self, p: Payload) {
-        if self.head.is_none() && self.rest.is_empty() {
-            self.head = Some(p);
-        } else {
-            self.rest.push_back(p);
+        match &mut self.rest {
+            Some(rest) if !rest.is_empty() => rest.push_back(p),
+            rest => {
+                if self.head.is_none() {
+                    self.head = Some(p);
+                } else {
+                    rest.get_or_insert_with(VecDeque::new).push_back(p);
+                }
+            }
         }
     }
 
     pub(super) fn pop_front(&mut self) -> Option<Payload> {
-        self.head.take().or_else(|| self.rest.pop_front())
+        self.head
+            .take()
+            .or_else(|| self.rest.as_mut().and_then(VecDeque::pop_front))
+    }
+
+    fn rest_len(&self) -> usize {
+        self.rest.as_ref().map_or(0, VecDeque::len)
     }
 
     pub(super) fn len(&self) -> usize {
-        usize::from(self.head.is_some()) + self.rest.len()
+        usize::from(self.head.is_some()) + self.rest_len()
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = &Payload> {
-        self.head.iter().chain(self.rest.iter())
+        self.head.iter().chain(self.rest.iter().flatten())
     }
 
     /// Moves up to `n` items into `into`; returns their bytes.
@@ -308,10 +320,12 @@ impl Items {
                 n -= 1;
             }
         }
-        let n = n.min(self.rest.len());
-        for p in self.rest.drain(..n) {
-            bytes += p.len();
-            into.push_back(p);
+        if let Some(rest) = self.rest.as_mut() {
+            let n = n.min(rest.len());
+            for p in rest.drain(..n) {
+                bytes += p.len();
+                into.push_back(p);
+            }
         }
         bytes
     }
