@@ -13,14 +13,14 @@ use futures::{FutureExt, Sink, StreamExt};
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, Instrument, Span};
 
-use super::responder;
+use super::responder::{self, Dispatched};
 use super::resume::{AttemptError, Resumer, SessionMsg};
 use super::shared::Shared;
 use super::transport::{Transport, TransportError};
 use crate::error::{ConnectionError, ResumeFailure};
 use crate::frame::{ErrorCode, Frame};
 use crate::lease::Lease;
-use crate::proto::{is_resumable, Event};
+use crate::proto::is_resumable;
 use crate::rsocket::RSocket;
 
 /// Frames read ahead of handling, at most, per round.
@@ -53,7 +53,6 @@ pub struct ConnectionDriver<T: Transport> {
     /// Frames read and not yet handled (reading may pause in between).
     inbox: VecDeque<Result<Frame, TransportError>>,
     outbox: VecDeque<Frame>,
-    events: Vec<Event>,
     sleep: Pin<Box<Sleep>>,
     read_done: bool,
     /// The transport ended cleanly; handled once the inbox is empty.
@@ -97,7 +96,6 @@ impl<T: Transport> ConnectionDriver<T> {
             responder,
             inbox: VecDeque::new(),
             outbox: VecDeque::new(),
-            events: Vec::new(),
             sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
             read_done: false,
             eof: false,
@@ -500,21 +498,17 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                     }
                     Err(other) => conn.handle_transport_violation(other.to_string()),
                 }
-                if let Some(ev) = conn.poll_event() {
-                    this.events.push(ev);
-                    while let Some(ev) = conn.poll_event() {
-                        this.events.push(ev);
-                    }
+                // Each request is dispatched without the lock; what its
+                // handler left to do (an answer given at once) is done in
+                // the next lock, which the next frame needs anyway.
+                while let Some(ev) = conn.poll_event() {
                     drop(conn);
-                    let mut oneways_done = 0;
-                    for ev in this.events.drain(..) {
-                        if responder::dispatch(shared, &this.responder, ev, cx) {
-                            oneways_done += 1;
-                        }
-                    }
+                    let dispatched = responder::dispatch(shared, &this.responder, ev, cx);
                     conn = shared.lock();
-                    if oneways_done > 0 {
-                        conn.oneways_done(oneways_done);
+                    match dispatched {
+                        Dispatched::Started => {}
+                        Dispatched::OnewayDone => conn.oneways_done(1),
+                        Dispatched::Answered(id, out) => responder::answer_now(&mut conn, id, out),
                     }
                 }
             }
