@@ -11,12 +11,19 @@ use crate::frame::{StreamId, MAX_U31};
 pub(crate) struct IdAllocator {
     first: u32,
     next: u32,
+    /// Ids have wrapped: an id handed out may still be in use. Until then
+    /// every id is new, and nothing is looked up.
+    wrapped: bool,
 }
 
 impl IdAllocator {
     pub(crate) fn new(client: bool) -> Self {
         let first = if client { 1 } else { 2 };
-        Self { first, next: first }
+        Self {
+            first,
+            next: first,
+            wrapped: false,
+        }
     }
 
     /// The next free id; `None` when every id of our parity is in use.
@@ -26,9 +33,12 @@ impl IdAllocator {
             let id = self.next;
             self.next = match id.checked_add(2) {
                 Some(n) if n <= MAX_U31 => n,
-                _ => self.first,
+                _ => {
+                    self.wrapped = true;
+                    self.first
+                }
             };
-            if !in_use(id) {
+            if !self.wrapped || !in_use(id) {
                 return StreamId::new(id);
             }
         }
@@ -38,6 +48,7 @@ impl IdAllocator {
     #[cfg(test)]
     pub(crate) fn set_next(&mut self, next: u32) {
         self.next = next;
+        self.wrapped = true;
     }
 }
 

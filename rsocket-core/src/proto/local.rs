@@ -266,12 +266,20 @@ impl Connection {
         id: StreamId,
     ) -> Poll<Option<Result<Payload, RequestError>>> {
         let key = id.get();
+        let mut held = 0;
         let answer = match self.streams.get_mut(&key) {
-            Some(st) if st.interaction == Interaction::RequestResponse && st.send.is_none() => st
-                .recv
-                .as_mut()
-                .filter(|r| r.end.is_some())
-                .and_then(|r| r.queue.pop_front()),
+            Some(st) if st.interaction == Interaction::RequestResponse && st.send.is_none() => {
+                match st.recv.as_mut() {
+                    Some(r) if r.end.is_some() => r.queue.pop_front().inspect(|p| {
+                        // The answer ended the stream (its PAYLOAD completes
+                        // it): the half is released here, as
+                        // `release_recv` would.
+                        r.forget(key, &mut self.wakeups);
+                        held = p.len() + r.queue.iter().map(Payload::len).sum::<usize>();
+                    }),
+                    _ => None,
+                }
+            }
             _ => None,
         };
         let Some(answer) = answer else {
@@ -279,9 +287,8 @@ impl Connection {
             let mut report_after = 0;
             return self.recv_inner(id, 0, 1, &mut none, true, &mut report_after);
         };
-        // The answer ended the stream (its PAYLOAD completes it).
-        self.in_bytes -= answer.len();
-        self.release_recv(id);
+        self.in_bytes -= held;
+        self.remove_stream(key);
         Poll::Ready(Some(Ok(answer)))
     }
 
@@ -420,6 +427,59 @@ impl Connection {
             self.enqueue(f, len, pace);
         }
         self.wakeups.driver();
+    }
+
+    /// A request/response handler's answer (PAYLOAD(N+C), or PAYLOAD(C)
+    /// for `None`) followed by the release of the outbound half: what
+    /// [`send_items`](Self::send_items) and
+    /// [`release_send`](Self::release_send) do, with one lookup.
+    pub(crate) fn answer_and_release(&mut self, id: StreamId, answer: Option<Payload>) {
+        let key = id.get();
+        let fast = match self.streams.get_mut(&key) {
+            Some(st) if st.interaction == Interaction::RequestResponse && st.recv.is_none() => {
+                match st.send.as_mut() {
+                    Some(s) if s.open() => {
+                        s.forget(key, &mut self.wakeups);
+                        st.send = None;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            _ => false,
+        };
+        if !fast {
+            let complete = true;
+            match answer {
+                Some(p) => self.send_items(id, std::iter::once(p), complete),
+                None => self.send_items(id, std::iter::empty(), complete),
+            }
+            return self.release_send(id);
+        }
+        // A request/response answer is written as soon as it is ready (see
+        // `Pace`).
+        match answer {
+            Some(p) => {
+                let mtu = self.config.fragment_at();
+                fragment::fragment(
+                    FragKind::Payload { next: true },
+                    id,
+                    p,
+                    true,
+                    mtu,
+                    |f, len| {
+                        self.enqueue(f, len, Pace::Unpaced);
+                    },
+                );
+            }
+            None => {
+                let f = Frame::Payload(PayloadFrame::complete(id));
+                let len = f.encoded_len();
+                self.enqueue(f, len, Pace::Unpaced);
+            }
+        }
+        self.wakeups.driver();
+        self.remove_stream(key);
     }
 
     /// Sends ERROR on the stream, ending it on both halves.

@@ -151,8 +151,13 @@ pub(crate) fn answer_now(
     id: StreamId,
     out: Result<Option<Payload>, RequestError>,
 ) {
-    answer(conn, id, out);
-    conn.release_send(id);
+    match out {
+        Ok(p) => conn.answer_and_release(id, p),
+        Err(e) => {
+            conn.send_error(id, &e.to_stream_error());
+            conn.release_send(id);
+        }
+    }
 }
 
 /// Polls a fire-and-forget or metadata-push handler once; spawns it if it

@@ -316,8 +316,10 @@ impl WakeList {
         if let Some(w) = self.first {
             w.wake();
         }
-        for w in self.more {
-            w.wake();
+        if !self.more.is_empty() {
+            for w in self.more {
+                w.wake();
+            }
         }
     }
 }
