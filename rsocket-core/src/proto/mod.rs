@@ -384,6 +384,7 @@ impl Connection {
         }
     }
 
+    #[inline]
     pub(crate) fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }

@@ -69,6 +69,7 @@ impl Shared {
     /// Locks the state. A panic in another thread while holding the lock
     /// cannot leave the state half-updated in a way that matters more than
     /// refusing all further work, so poisoning is ignored.
+    #[inline]
     pub(crate) fn lock(&self) -> Locked<'_> {
         Locked {
             guard: Some(self.inner.lock().unwrap_or_else(|e| e.into_inner())),
@@ -93,6 +94,7 @@ pub(crate) struct Locked<'a> {
 }
 
 impl Locked<'_> {
+    #[inline]
     fn inner(&mut self) -> &mut Inner {
         match self.guard.as_mut() {
             Some(g) => g,
@@ -212,6 +214,7 @@ impl Locked<'_> {
 impl Deref for Locked<'_> {
     type Target = Connection;
 
+    #[inline]
     fn deref(&self) -> &Connection {
         match self.guard.as_ref() {
             Some(g) => &g.conn,
@@ -221,6 +224,7 @@ impl Deref for Locked<'_> {
 }
 
 impl DerefMut for Locked<'_> {
+    #[inline]
     fn deref_mut(&mut self) -> &mut Connection {
         &mut self.inner().conn
     }
