@@ -203,6 +203,7 @@ impl Connection {
     }
 
     /// Discards the reassembly in progress on `key`, if any.
+    #[inline]
     pub(super) fn drop_reassembly(&mut self, key: u32) {
         // Nearly always nothing is being reassembled: skip the lookup.
         if self.frags.is_empty() {

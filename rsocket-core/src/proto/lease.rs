@@ -236,6 +236,9 @@ impl Connection {
     /// Responder side: a new request from the peer arrived; true if our
     /// lease covers it (and one unit is consumed).
     pub(super) fn admit_leased(&mut self, now: Instant) -> bool {
+        if self.lease.is_none() {
+            return true;
+        }
         // A fixed grant due now is sent before the request is judged.
         self.regrant_due(now);
         match self.lease.as_mut() {

@@ -159,7 +159,7 @@ impl Connection {
         into: &mut VecDeque<Payload>,
         report_after: &mut u32,
     ) -> Poll<Option<Result<Payload, RequestError>>> {
-        self.recv_inner(id, consumed, max, into, true, report_after)
+        self.recv_inner(id, consumed, max, Some(into), true, report_after)
     }
 
     fn recv_inner(
@@ -167,7 +167,7 @@ impl Connection {
         id: StreamId,
         consumed: u32,
         max: usize,
-        into: &mut VecDeque<Payload>,
+        into: Option<&mut VecDeque<Payload>>,
         take: bool,
         report_after: &mut u32,
     ) -> Poll<Option<Result<Payload, RequestError>>> {
@@ -190,7 +190,11 @@ impl Connection {
         } else if let Some(first) = r.queue.pop_front() {
             // The first item is returned directly, so a single response
             // never touches the caller's buffer.
-            let taken = first.len() + r.queue.move_into(max.saturating_sub(1), into);
+            let more = match into {
+                Some(into) => r.queue.move_into(max.saturating_sub(1), into),
+                None => 0,
+            };
+            let taken = first.len() + more;
             self.in_bytes -= taken;
             Poll::Ready(Some(Ok(first)))
         } else {
@@ -224,10 +228,9 @@ impl Connection {
     /// the window has been consumed. Returns the new `report_after` (see
     /// [`Connection::recv`]).
     pub(crate) fn report_consumed(&mut self, id: StreamId, n: u32) -> u32 {
-        let mut noop = VecDeque::new();
         let mut report_after = 0;
         // `max` 0 moves nothing; only the accounting and REQUEST_N happen.
-        let _ = self.recv_inner(id, n, 0, &mut noop, false, &mut report_after);
+        let _ = self.recv_inner(id, n, 0, None, false, &mut report_after);
         report_after
     }
 
@@ -283,9 +286,8 @@ impl Connection {
             _ => None,
         };
         let Some(answer) = answer else {
-            let mut none = VecDeque::new();
             let mut report_after = 0;
-            return self.recv_inner(id, 0, 1, &mut none, true, &mut report_after);
+            return self.recv_inner(id, 0, 1, None, true, &mut report_after);
         };
         self.in_bytes -= held;
         self.remove_stream(key);

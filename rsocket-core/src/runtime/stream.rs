@@ -253,6 +253,7 @@ impl LeaseGate {
         }
     }
 
+    #[inline]
     pub(crate) fn poll(
         &mut self,
         conn: &mut Locked<'_>,
@@ -262,6 +263,14 @@ impl LeaseGate {
             // No clock reading on connections without leasing.
             return Poll::Ready(Ok(()));
         }
+        self.poll_leased(conn, cx)
+    }
+
+    fn poll_leased(
+        &mut self,
+        conn: &mut Locked<'_>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), RequestError>> {
         let now = super::tokio_now();
         let Some(w) = self.wait.as_mut() else {
             return conn.poll_lease(cx, now, false);
