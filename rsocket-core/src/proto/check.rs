@@ -51,7 +51,7 @@ impl Connection {
                 return Err(format!("reassembly on stream {id} that cannot take it"));
             }
         }
-        for (id, st) in &self.streams {
+        for (id, st) in self.streams.iter() {
             let Some(r) = &st.recv else { continue };
             if r.window >= MAX_U31 || r.replenish == super::Replenish::Manual {
                 continue;

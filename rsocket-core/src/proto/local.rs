@@ -563,8 +563,8 @@ impl Connection {
     /// Forgets a stream whose halves have both been released.
     fn remove_stream(&mut self, key: u32) {
         self.drop_reassembly(key);
-        if let Some(st) = self.streams.remove(&key) {
-            if !st.local() {
+        if let Some(local) = self.streams.remove_with(&key, StreamState::local) {
+            if !local {
                 self.inbound_streams = self.inbound_streams.saturating_sub(1);
             }
         }

@@ -66,6 +66,7 @@ mod output;
 pub mod pair;
 mod resume;
 mod stream;
+mod table;
 mod wakeup;
 
 use std::collections::VecDeque;
@@ -176,7 +177,7 @@ pub(crate) struct Connection {
     /// The peer's ERROR[CONNECTION_CLOSE] has been handled (it stays set
     /// after the connection ends).
     peer_closing: bool,
-    streams: IdMap<StreamState>,
+    streams: table::StreamTable,
     ids: IdAllocator,
     frags: IdMap<Reassembly>,
     reassembly_bytes: usize,
@@ -234,7 +235,7 @@ impl Connection {
             state: State::Open,
             established: side == Side::Server,
             peer_closing: false,
-            streams: IdMap::default(),
+            streams: table::StreamTable::default(),
             ids: IdAllocator::new(side == Side::Client),
             frags: IdMap::default(),
             reassembly_bytes: 0,
@@ -492,7 +493,7 @@ impl Connection {
         }
         debug!(error = %err, stats = ?self.stats(), "connection closed");
         let w = &mut self.wakeups;
-        for (&key, st) in self.streams.iter_mut() {
+        for (key, st) in self.streams.iter_mut() {
             if let Some(r) = st.recv.as_mut() {
                 r.finish(Err(RequestError::Connection(err.clone())), key, w);
             }

@@ -1,0 +1,259 @@
+//! The open streams by id, without hashing in the common case.
+//!
+//! Stream ids of one side are handed out in sequence (1, 3, 5, … or 2, 4,
+//! 6, …), so the ids open at once are usually close together: a stream
+//! lives in slot `(id / 2) mod slots` of a direct-mapped table, found with
+//! one index and one compare. An id whose slot is taken when it opens (a
+//! long-lived stream, or ids a peer picked far apart) goes to an overflow
+//! map. The table doubles while more than half of its slots would be in
+//! use, so it holds at most about four slots per open stream, like a hash
+//! map's spare capacity; it never shrinks (neither does a hash map).
+
+use super::ids::IdMap;
+use super::stream::StreamState;
+
+/// Slots of the first table.
+const MIN_SLOTS: usize = 16;
+
+#[derive(Debug, Default)]
+pub(super) struct StreamTable {
+    /// Id of the stream in each slot of `states`, 0 when the slot is free
+    /// (0 is never a stream id). The length is a power of two (or zero).
+    keys: Vec<u32>,
+    /// Direct-mapped stream states, `Some` exactly where `keys` is not 0.
+    states: Vec<Option<StreamState>>,
+    /// Streams whose slot was taken when they opened.
+    overflow: IdMap<StreamState>,
+    len: usize,
+}
+
+impl StreamTable {
+    #[inline]
+    fn slot_of(&self, key: u32) -> usize {
+        ((key >> 1) as usize) & self.keys.len().wrapping_sub(1)
+    }
+
+    /// The slot holding stream `key`, if it is direct-mapped.
+    #[inline]
+    fn find(&self, key: u32) -> Option<usize> {
+        let slot = self.slot_of(key);
+        (key != 0 && self.keys.get(slot) == Some(&key)).then_some(slot)
+    }
+
+    #[inline]
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline]
+    pub(super) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[inline]
+    pub(super) fn contains_key(&self, key: &u32) -> bool {
+        self.get(key).is_some()
+    }
+
+    #[inline]
+    pub(super) fn get(&self, key: &u32) -> Option<&StreamState> {
+        if let Some(slot) = self.find(*key) {
+            return self.states.get(slot).and_then(Option::as_ref);
+        }
+        if self.overflow.is_empty() {
+            return None;
+        }
+        self.overflow.get(key)
+    }
+
+    #[inline]
+    pub(super) fn get_mut(&mut self, key: &u32) -> Option<&mut StreamState> {
+        if let Some(slot) = self.find(*key) {
+            return self.states.get_mut(slot).and_then(Option::as_mut);
+        }
+        if self.overflow.is_empty() {
+            return None;
+        }
+        self.overflow.get_mut(key)
+    }
+
+    /// Adds the state of stream `key` (replacing one already there).
+    pub(super) fn insert(&mut self, key: u32, st: StreamState) {
+        if let Some(old) = self.get_mut(&key) {
+            *old = st;
+            return;
+        }
+        if (self.len + 1) * 2 > self.keys.len() {
+            self.grow();
+        }
+        self.len += 1;
+        self.place(key, st);
+    }
+
+    /// Puts a stream known not to be in the table in its slot, or in the
+    /// overflow map when the slot is taken (or `key` is 0).
+    fn place(&mut self, key: u32, st: StreamState) {
+        let slot = self.slot_of(key);
+        match (self.keys.get_mut(slot), self.states.get_mut(slot)) {
+            (Some(k), Some(s)) if *k == 0 && key != 0 => {
+                *k = key;
+                *s = Some(st);
+            }
+            _ => {
+                self.overflow.insert(key, st);
+            }
+        }
+    }
+
+    /// Doubles the table (at least `MIN_SLOTS`), placing every stream again.
+    #[cold]
+    fn grow(&mut self) {
+        let n = ((self.len + 1) * 2).next_power_of_two().max(MIN_SLOTS);
+        let keys = std::mem::replace(&mut self.keys, vec![0; n]);
+        let mut states = Vec::with_capacity(n);
+        states.resize_with(n, || None);
+        let states = std::mem::replace(&mut self.states, states);
+        let overflow = std::mem::take(&mut self.overflow);
+        let direct = keys
+            .into_iter()
+            .zip(states)
+            .filter_map(|(k, st)| st.map(|st| (k, st)));
+        for (key, st) in direct.chain(overflow) {
+            self.place(key, st);
+        }
+    }
+
+    /// Forgets stream `key`, dropping its state where it is (no move out);
+    /// returns what `f` read from it first.
+    #[inline]
+    pub(super) fn remove_with<R>(
+        &mut self,
+        key: &u32,
+        f: impl FnOnce(&StreamState) -> R,
+    ) -> Option<R> {
+        let r = match self.find(*key) {
+            Some(slot) => {
+                let r = self.states.get(slot).and_then(Option::as_ref).map(f);
+                if let (Some(k), Some(s)) = (self.keys.get_mut(slot), self.states.get_mut(slot)) {
+                    *k = 0;
+                    *s = None;
+                }
+                r
+            }
+            None if self.overflow.is_empty() => None,
+            None => self.overflow.remove(key).map(|st| f(&st)),
+        };
+        if r.is_some() {
+            self.len -= 1;
+        }
+        r
+    }
+
+    /// Forgets stream `key`; returns its state.
+    #[cfg(test)]
+    pub(super) fn remove(&mut self, key: &u32) -> Option<StreamState> {
+        let st = match self.find(*key) {
+            Some(slot) => {
+                if let Some(k) = self.keys.get_mut(slot) {
+                    *k = 0;
+                }
+                self.states.get_mut(slot).and_then(Option::take)
+            }
+            None => self.overflow.remove(key),
+        };
+        if st.is_some() {
+            self.len -= 1;
+        }
+        st
+    }
+
+    pub(super) fn values(&self) -> impl Iterator<Item = &StreamState> {
+        self.iter().map(|(_, st)| st)
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (u32, &StreamState)> {
+        self.keys
+            .iter()
+            .zip(&self.states)
+            .filter_map(|(k, st)| st.as_ref().map(|st| (*k, st)))
+            .chain(self.overflow.iter().map(|(k, st)| (*k, st)))
+    }
+
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = (u32, &mut StreamState)> {
+        self.keys
+            .iter()
+            .zip(&mut self.states)
+            .filter_map(|(k, st)| st.as_mut().map(|st| (*k, st)))
+            .chain(self.overflow.iter_mut().map(|(k, st)| (*k, st)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::stream::{Role, SendHalf};
+    use crate::proto::Interaction;
+
+    fn st(credit: u64) -> StreamState {
+        StreamState {
+            interaction: Interaction::RequestStream,
+            role: Role::Responder,
+            terminated: false,
+            recv: None,
+            send: Some(SendHalf::new(credit)),
+        }
+    }
+
+    fn credit(t: &StreamTable, key: u32) -> Option<u64> {
+        t.get(&key).and_then(|s| s.send.as_ref()).map(|s| s.credit)
+    }
+
+    #[test]
+    fn colliding_ids_overflow_and_come_back() {
+        let mut t = StreamTable::default();
+        // 1 and 33 share a slot of a 16-slot table.
+        t.insert(1, st(1));
+        t.insert(33, st(33));
+        t.insert(3, st(3));
+        assert_eq!(t.len(), 3);
+        assert_eq!(
+            (credit(&t, 1), credit(&t, 33), credit(&t, 3)),
+            (Some(1), Some(33), Some(3))
+        );
+        assert!(t.remove(&1).is_some());
+        assert!(t.remove(&1).is_none());
+        assert_eq!(credit(&t, 33), Some(33));
+        // 65's slot is free now, while 33 is still in the overflow map.
+        t.insert(65, st(65));
+        t.insert(33, st(34));
+        assert_eq!(
+            (credit(&t, 33), credit(&t, 65), t.len()),
+            (Some(34), Some(65), 3)
+        );
+        let mut keys: Vec<u32> = t.iter().map(|(k, _)| k).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, [3, 33, 65]);
+    }
+
+    #[test]
+    fn grows_and_keeps_every_stream() {
+        let mut t = StreamTable::default();
+        let ids: Vec<u32> = (0..1000).map(|i| i * 7919 % 100_003 + 1).collect();
+        for &id in &ids {
+            t.insert(id, st(u64::from(id)));
+        }
+        assert_eq!(t.len(), ids.len());
+        assert!(t.keys.len() <= 4 * ids.len());
+        for &id in &ids {
+            assert_eq!(credit(&t, id), Some(u64::from(id)));
+        }
+        for &id in &ids[..500] {
+            assert!(t.remove(&id).is_some());
+        }
+        assert_eq!(t.len(), 500);
+        assert_eq!(t.values().count(), 500);
+        for &id in &ids[500..] {
+            assert_eq!(credit(&t, id), Some(u64::from(id)));
+        }
+    }
+}
