@@ -91,6 +91,7 @@ use output::{Pace, Queued};
 pub(crate) use resume::is_resumable;
 use resume::ResumeState;
 use stream::{add_credit, RecvHalf, Replenish, Role, SendHalf, SendState, StreamState};
+pub(crate) use table::IdTable;
 pub(crate) use wakeup::Wakeup;
 use wakeup::Wakeups;
 
@@ -177,7 +178,7 @@ pub(crate) struct Connection {
     /// The peer's ERROR[CONNECTION_CLOSE] has been handled (it stays set
     /// after the connection ends).
     peer_closing: bool,
-    streams: table::StreamTable,
+    streams: IdTable<StreamState>,
     ids: IdAllocator,
     frags: IdMap<Reassembly>,
     reassembly_bytes: usize,
@@ -235,7 +236,7 @@ impl Connection {
             state: State::Open,
             established: side == Side::Server,
             peer_closing: false,
-            streams: table::StreamTable::default(),
+            streams: IdTable::default(),
             ids: IdAllocator::new(side == Side::Client),
             frags: IdMap::default(),
             reassembly_bytes: 0,

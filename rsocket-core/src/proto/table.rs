@@ -1,4 +1,5 @@
-//! The open streams by id, without hashing in the common case.
+//! Values by stream id, without hashing in the common case: the open
+//! streams, and the runtime's wakers of their handles.
 //!
 //! Stream ids of one side are handed out in sequence (1, 3, 5, … or 2, 4,
 //! 6, …), so the ids open at once are usually close together: a stream
@@ -10,24 +11,34 @@
 //! map's spare capacity; it never shrinks (neither does a hash map).
 
 use super::ids::IdMap;
-use super::stream::StreamState;
 
 /// Slots of the first table.
 const MIN_SLOTS: usize = 16;
 
-#[derive(Debug, Default)]
-pub(super) struct StreamTable {
+#[derive(Debug)]
+pub(crate) struct IdTable<V> {
     /// Id of the stream in each slot of `states`, 0 when the slot is free
     /// (0 is never a stream id). The length is a power of two (or zero).
     keys: Vec<u32>,
-    /// Direct-mapped stream states, `Some` exactly where `keys` is not 0.
-    states: Vec<Option<StreamState>>,
-    /// Streams whose slot was taken when they opened.
-    overflow: IdMap<StreamState>,
+    /// Direct-mapped values, `Some` exactly where `keys` is not 0.
+    states: Vec<Option<V>>,
+    /// Values whose slot was taken when they were added.
+    overflow: IdMap<V>,
     len: usize,
 }
 
-impl StreamTable {
+impl<V> Default for IdTable<V> {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            states: Vec::new(),
+            overflow: IdMap::default(),
+            len: 0,
+        }
+    }
+}
+
+impl<V> IdTable<V> {
     #[inline]
     fn slot_of(&self, key: u32) -> usize {
         ((key >> 1) as usize) & self.keys.len().wrapping_sub(1)
@@ -41,22 +52,22 @@ impl StreamTable {
     }
 
     #[inline]
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     #[inline]
-    pub(super) fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     #[inline]
-    pub(super) fn contains_key(&self, key: &u32) -> bool {
+    pub(crate) fn contains_key(&self, key: &u32) -> bool {
         self.get(key).is_some()
     }
 
     #[inline]
-    pub(super) fn get(&self, key: &u32) -> Option<&StreamState> {
+    pub(crate) fn get(&self, key: &u32) -> Option<&V> {
         if let Some(slot) = self.find(*key) {
             return self.states.get(slot).and_then(Option::as_ref);
         }
@@ -67,7 +78,7 @@ impl StreamTable {
     }
 
     #[inline]
-    pub(super) fn get_mut(&mut self, key: &u32) -> Option<&mut StreamState> {
+    pub(crate) fn get_mut(&mut self, key: &u32) -> Option<&mut V> {
         if let Some(slot) = self.find(*key) {
             return self.states.get_mut(slot).and_then(Option::as_mut);
         }
@@ -78,7 +89,7 @@ impl StreamTable {
     }
 
     /// Adds the state of stream `key` (replacing one already there).
-    pub(super) fn insert(&mut self, key: u32, st: StreamState) {
+    pub(crate) fn insert(&mut self, key: u32, st: V) {
         if let Some(old) = self.get_mut(&key) {
             *old = st;
             return;
@@ -92,7 +103,7 @@ impl StreamTable {
 
     /// Puts a stream known not to be in the table in its slot, or in the
     /// overflow map when the slot is taken (or `key` is 0).
-    fn place(&mut self, key: u32, st: StreamState) {
+    fn place(&mut self, key: u32, st: V) {
         let slot = self.slot_of(key);
         match (self.keys.get_mut(slot), self.states.get_mut(slot)) {
             (Some(k), Some(s)) if *k == 0 && key != 0 => {
@@ -126,11 +137,7 @@ impl StreamTable {
     /// Forgets stream `key`, dropping its state where it is (no move out);
     /// returns what `f` read from it first.
     #[inline]
-    pub(super) fn remove_with<R>(
-        &mut self,
-        key: &u32,
-        f: impl FnOnce(&StreamState) -> R,
-    ) -> Option<R> {
+    pub(crate) fn remove_with<R>(&mut self, key: &u32, f: impl FnOnce(&V) -> R) -> Option<R> {
         let r = match self.find(*key) {
             Some(slot) => {
                 let r = self.states.get(slot).and_then(Option::as_ref).map(f);
@@ -150,8 +157,7 @@ impl StreamTable {
     }
 
     /// Forgets stream `key`; returns its state.
-    #[cfg(test)]
-    pub(super) fn remove(&mut self, key: &u32) -> Option<StreamState> {
+    pub(crate) fn remove(&mut self, key: &u32) -> Option<V> {
         let st = match self.find(*key) {
             Some(slot) => {
                 if let Some(k) = self.keys.get_mut(slot) {
@@ -167,11 +173,28 @@ impl StreamTable {
         st
     }
 
-    pub(super) fn values(&self) -> impl Iterator<Item = &StreamState> {
+    /// Removes every value, handing each to `f`.
+    pub(crate) fn drain(&mut self, mut f: impl FnMut(V)) {
+        if self.len == 0 {
+            return;
+        }
+        for (k, st) in self.keys.iter_mut().zip(&mut self.states) {
+            *k = 0;
+            if let Some(v) = st.take() {
+                f(v);
+            }
+        }
+        for (_, v) in self.overflow.drain() {
+            f(v);
+        }
+        self.len = 0;
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
         self.iter().map(|(_, st)| st)
     }
 
-    pub(super) fn iter(&self) -> impl Iterator<Item = (u32, &StreamState)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &V)> {
         self.keys
             .iter()
             .zip(&self.states)
@@ -179,7 +202,7 @@ impl StreamTable {
             .chain(self.overflow.iter().map(|(k, st)| (*k, st)))
     }
 
-    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = (u32, &mut StreamState)> {
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (u32, &mut V)> {
         self.keys
             .iter()
             .zip(&mut self.states)
@@ -191,7 +214,7 @@ impl StreamTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::stream::{Role, SendHalf};
+    use crate::proto::stream::{Role, SendHalf, StreamState};
     use crate::proto::Interaction;
 
     fn st(credit: u64) -> StreamState {
@@ -204,13 +227,13 @@ mod tests {
         }
     }
 
-    fn credit(t: &StreamTable, key: u32) -> Option<u64> {
+    fn credit(t: &IdTable<StreamState>, key: u32) -> Option<u64> {
         t.get(&key).and_then(|s| s.send.as_ref()).map(|s| s.credit)
     }
 
     #[test]
     fn colliding_ids_overflow_and_come_back() {
-        let mut t = StreamTable::default();
+        let mut t = IdTable::<StreamState>::default();
         // 1 and 33 share a slot of a 16-slot table.
         t.insert(1, st(1));
         t.insert(33, st(33));
@@ -237,7 +260,7 @@ mod tests {
 
     #[test]
     fn grows_and_keeps_every_stream() {
-        let mut t = StreamTable::default();
+        let mut t = IdTable::<StreamState>::default();
         let ids: Vec<u32> = (0..1000).map(|i| i * 7919 % 100_003 + 1).collect();
         for &id in &ids {
             t.insert(id, st(u64::from(id)));

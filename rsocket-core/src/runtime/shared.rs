@@ -8,7 +8,6 @@
 //! and only then wakes the tasks, so a woken task never finds the lock
 //! still held by the task that woke it.
 
-use std::collections::hash_map::Entry;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -19,7 +18,7 @@ use tracing::Span;
 
 use crate::error::RequestError;
 use crate::frame::StreamId;
-use crate::proto::{Connection, IdMap, SendReady, Wakeup};
+use crate::proto::{Connection, IdTable, SendReady, Wakeup};
 use crate::Payload;
 
 /// State shared by the driver and every handle of one connection.
@@ -249,8 +248,8 @@ impl Drop for Locked<'_> {
 /// Wakers of the tasks waiting on the connection, keyed like [`Wakeup`].
 #[derive(Debug, Default)]
 struct Wakers {
-    recv: IdMap<Waker>,
-    send: IdMap<Waker>,
+    recv: IdTable<Waker>,
+    send: IdTable<Waker>,
     driver: Option<Waker>,
     space: Vec<Waker>,
     lease: Vec<Waker>,
@@ -267,8 +266,8 @@ impl Wakers {
             Wakeup::Space => out.extend(self.space.drain(..)),
             Wakeup::Lease => out.extend(self.lease.drain(..)),
             Wakeup::All => {
-                out.extend(self.recv.drain().map(|(_, w)| w));
-                out.extend(self.send.drain().map(|(_, w)| w));
+                self.recv.drain(|w| out.extend(Some(w)));
+                self.send.drain(|w| out.extend(Some(w)));
                 out.extend(self.space.drain(..));
                 out.extend(self.lease.drain(..));
                 out.extend(self.driver.take());
@@ -277,15 +276,11 @@ impl Wakers {
     }
 }
 
-fn register_map(map: &mut IdMap<Waker>, key: u32, waker: &Waker) {
-    match map.entry(key) {
-        Entry::Occupied(e) if e.get().will_wake(waker) => {}
-        Entry::Occupied(mut e) => {
-            e.insert(waker.clone());
-        }
-        Entry::Vacant(e) => {
-            e.insert(waker.clone());
-        }
+fn register_map(map: &mut IdTable<Waker>, key: u32, waker: &Waker) {
+    match map.get_mut(&key) {
+        Some(w) if w.will_wake(waker) => {}
+        Some(w) => w.clone_from(waker),
+        None => map.insert(key, waker.clone()),
     }
 }
 
