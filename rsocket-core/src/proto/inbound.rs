@@ -287,7 +287,9 @@ impl Connection {
         complete: bool,
     ) {
         let key = id.get();
-        if self.streams.contains_key(&key) || self.frags.contains_key(&key) {
+        if self.streams.contains_key(&key)
+            || (!self.frags.is_empty() && self.frags.contains_key(&key))
+        {
             debug!(stream = key, "ignoring request on a stream id in use");
             return;
         }

@@ -280,6 +280,13 @@ impl Connection {
                         r.forget(key, &mut self.wakeups);
                         held = p.len() + r.queue.iter().map(Payload::len).sum::<usize>();
                     }),
+                    Some(r) if r.queue.len() == 0 => {
+                        // Nothing yet: a request/response grants no credit
+                        // as it is consumed, so there is nothing else to do
+                        // than wait.
+                        r.waiting = true;
+                        return Poll::Pending;
+                    }
                     _ => None,
                 }
             }
