@@ -28,7 +28,18 @@ impl IdAllocator {
 
     /// The next free id; `None` when every id of our parity is in use.
     /// `live` is the number of ids in use, which bounds the search.
+    #[inline]
     pub(crate) fn next(&mut self, live: usize, in_use: impl Fn(u32) -> bool) -> Option<StreamId> {
+        if !self.wrapped && self.next + 2 <= MAX_U31 {
+            // Before the first wrap every id is new.
+            let id = self.next;
+            self.next += 2;
+            return StreamId::new(id);
+        }
+        self.next_after_wrap(live, in_use)
+    }
+
+    fn next_after_wrap(&mut self, live: usize, in_use: impl Fn(u32) -> bool) -> Option<StreamId> {
         for _ in 0..=live {
             let id = self.next;
             self.next = match id.checked_add(2) {
@@ -106,6 +117,25 @@ mod tests {
             take(&mut s, 4, &[]),
             vec![2_147_483_644, 2_147_483_646, 2, 4]
         );
+    }
+
+    #[test]
+    fn wraps_without_lookups_before() {
+        let mut c = IdAllocator::new(true);
+        c.next = 2_147_483_643;
+        assert_eq!(
+            take(&mut c, 4, &[]),
+            vec![2_147_483_643, 2_147_483_645, 2_147_483_647, 1]
+        );
+        assert!(c.wrapped);
+        let mut s = IdAllocator::new(false);
+        s.next = 2_147_483_642;
+        assert_eq!(
+            take(&mut s, 3, &[2]),
+            vec![2_147_483_642, 2_147_483_644, 2_147_483_646]
+        );
+        // Wrapped: 2 is in use, 4 is not.
+        assert_eq!(take(&mut s, 1, &[2]), vec![4]);
     }
 
     #[test]

@@ -101,6 +101,16 @@ impl<V> IdTable<V> {
         self.place(key, st);
     }
 
+    /// Adds a value for `key`, which the caller knows has none.
+    #[inline]
+    pub(crate) fn insert_new(&mut self, key: u32, v: V) {
+        if (self.len + 1) * 2 > self.keys.len() {
+            self.grow();
+        }
+        self.len += 1;
+        self.place(key, v);
+    }
+
     /// Puts a stream known not to be in the table in its slot, or in the
     /// overflow map when the slot is taken (or `key` is 0).
     fn place(&mut self, key: u32, st: V) {
