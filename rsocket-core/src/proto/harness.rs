@@ -155,6 +155,15 @@ impl Harness {
         self.conn.drain_wakeups(|_| {});
     }
 
+    /// Runs `f` on the connection itself (for the runtime-only commands),
+    /// then notes what it queued.
+    #[cfg(test)]
+    pub(crate) fn with_conn<R>(&mut self, f: impl FnOnce(&mut Connection) -> R) -> R {
+        let r = f(&mut self.conn);
+        self.observe();
+        r
+    }
+
     // ----- inputs -------------------------------------------------------
 
     /// The driver would read a frame now: not paused, not closed.

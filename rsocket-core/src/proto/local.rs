@@ -586,3 +586,110 @@ impl Connection {
         self.streams.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The request/response shortcuts the runtime uses (`recv_response`,
+    //! `answer_and_release`) against two connected peers.
+
+    use std::task::Poll;
+
+    use crate::error::{RequestError, StreamError};
+    use crate::proto::harness::Event;
+    use crate::proto::pair::{Pair, PairConfig, Peer};
+    use crate::proto::Interaction;
+    use crate::Payload;
+
+    fn connected() -> Pair {
+        let mut p = Pair::new(PairConfig::default());
+        p.settle();
+        p
+    }
+
+    /// The client opens a request/response; the server sees it.
+    fn request(p: &mut Pair) -> crate::frame::StreamId {
+        let id = p
+            .client()
+            .open(Interaction::RequestResponse, Payload::from("q"), 1, false)
+            .expect("open");
+        p.settle();
+        match p.events(Peer::Server).as_slice() {
+            [Event::Request { stream, .. }] => assert_eq!(*stream, id),
+            other => panic!("expected the request, got {other:?}"),
+        }
+        id
+    }
+
+    fn idle(p: &mut Pair) {
+        p.check_consistency().expect("consistent");
+        assert_eq!(p.client().stats().open_streams, 0);
+        assert_eq!(p.server().stats().open_streams, 0);
+        assert_eq!(p.client().stats().queued_in_bytes, 0);
+    }
+
+    #[test]
+    fn answer_taken_and_stream_forgotten_on_both_sides() {
+        let mut p = connected();
+        let id = request(&mut p);
+        let r = p.client().with_conn(|c| c.recv_response(id));
+        assert!(r.is_pending(), "{r:?}");
+        p.server()
+            .with_conn(|c| c.answer_and_release(id, Some(Payload::from("a"))));
+        assert_eq!(p.server().stats().open_streams, 0);
+        p.settle();
+        match p.client().with_conn(|c| c.recv_response(id)) {
+            Poll::Ready(Some(Ok(a))) => assert_eq!(&a.data[..], b"a"),
+            other => panic!("expected the answer, got {other:?}"),
+        }
+        idle(&mut p);
+        // Nothing left to release; a late release changes nothing.
+        p.client().release_recv(id);
+        assert!(matches!(
+            p.client().with_conn(|c| c.recv_response(id)),
+            Poll::Ready(None)
+        ));
+        idle(&mut p);
+    }
+
+    #[test]
+    fn empty_answer_and_error_end_the_request() {
+        let mut p = connected();
+        let id = request(&mut p);
+        p.server().with_conn(|c| c.answer_and_release(id, None));
+        p.settle();
+        assert!(matches!(
+            p.client().with_conn(|c| c.recv_response(id)),
+            Poll::Ready(None)
+        ));
+        idle(&mut p);
+
+        let id = request(&mut p);
+        p.server().send_error(id, &StreamError::application("no"));
+        p.server().release_send(id);
+        p.settle();
+        assert!(matches!(
+            p.client().with_conn(|c| c.recv_response(id)),
+            Poll::Ready(Some(Err(RequestError::Stream(_))))
+        ));
+        idle(&mut p);
+    }
+
+    #[test]
+    fn answer_after_cancel_is_dropped() {
+        let mut p = connected();
+        let id = request(&mut p);
+        // The requester gives up: CANCEL reaches the responder first.
+        p.client().release_recv(id);
+        p.settle();
+        p.server()
+            .with_conn(|c| c.answer_and_release(id, Some(Payload::from("late"))));
+        p.take_log();
+        p.settle();
+        assert!(
+            p.log().is_empty(),
+            "nothing sent after CANCEL: {:?}",
+            p.log()
+        );
+        idle(&mut p);
+    }
+}
