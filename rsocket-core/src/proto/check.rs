@@ -17,12 +17,12 @@ impl Connection {
             .filter_map(|st| st.recv.as_ref())
             .flat_map(|r| r.queue.iter().map(Payload::len))
             .sum();
-        let out_bytes: usize = self.out.iter().map(|q| q.len).sum();
+        let out_bytes: usize = self.out.iter().map(|(_, len, _)| len).sum();
         let unpaced: usize = self
             .out
             .iter()
-            .filter(|q| q.pace == Pace::Unpaced)
-            .map(|q| q.len)
+            .filter(|(_, _, pace)| *pace == Pace::Unpaced)
+            .map(|(_, len, _)| len)
             .sum();
         let totals = [
             ("reassembly_bytes", self.reassembly_bytes, frag_bytes),

@@ -149,7 +149,7 @@ impl Harness {
         let new = usize::try_from(queued - self.seen).unwrap_or(usize::MAX);
         let skip = self.conn.out.len().saturating_sub(new);
         self.log
-            .extend(self.conn.out.iter().skip(skip).map(|q| q.frame.clone()));
+            .extend(self.conn.out.iter().skip(skip).map(|(f, _, _)| f.clone()));
         self.seen = queued;
         // Nobody waits here: wake-ups are dropped (a runtime wakes tasks).
         self.conn.drain_wakeups(|_| {});

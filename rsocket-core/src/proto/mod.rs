@@ -87,7 +87,7 @@ pub(crate) use handshake::{First, Handshake};
 use ids::IdAllocator;
 pub(crate) use ids::IdMap;
 pub(crate) use keepalive::KeepaliveParams;
-use output::{Pace, Queued};
+use output::{OutQueue, Pace};
 pub(crate) use resume::is_resumable;
 use resume::ResumeState;
 use stream::{add_credit, RecvHalf, Replenish, Role, SendHalf, SendState, StreamState};
@@ -189,7 +189,7 @@ pub(crate) struct Connection {
     /// Fire-and-forget and metadata-push handlers running.
     inflight_oneway: usize,
     /// Frames for the writer.
-    out: VecDeque<Queued>,
+    out: OutQueue,
     out_bytes: usize,
     /// Bytes of `out` queued without waiting for room (see [`Pace`]).
     unpaced_bytes: usize,
@@ -243,7 +243,7 @@ impl Connection {
             partial_requests: 0,
             inbound_streams: 0,
             inflight_oneway: 0,
-            out: VecDeque::new(),
+            out: OutQueue::default(),
             out_bytes: 0,
             unpaced_bytes: 0,
             stalled_since: None,

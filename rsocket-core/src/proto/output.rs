@@ -39,6 +39,66 @@ pub(super) struct Queued {
     pub(super) pace: Pace,
 }
 
+/// The frames waiting for the writer, in order, with their lengths and
+/// pacing kept beside them: when everything queued goes to the writer at
+/// once, the frames are handed over as they are, without moving each one.
+#[derive(Debug, Default)]
+pub(super) struct OutQueue {
+    frames: VecDeque<Frame>,
+    /// Length and pacing of each frame of `frames`.
+    meta: VecDeque<(usize, Pace)>,
+}
+
+impl OutQueue {
+    #[inline]
+    pub(super) fn push_back(&mut self, frame: Frame, len: usize, pace: Pace) {
+        self.frames.push_back(frame);
+        self.meta.push_back((len, pace));
+    }
+
+    /// The first frame and its length.
+    pub(super) fn front(&self) -> Option<(&Frame, usize)> {
+        Some((self.frames.front()?, self.meta.front()?.0))
+    }
+
+    pub(super) fn pop_front(&mut self) -> Option<Queued> {
+        let frame = self.frames.pop_front()?;
+        let (len, pace) = self.meta.pop_front()?;
+        Some(Queued { frame, len, pace })
+    }
+
+    #[inline]
+    pub(super) fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    #[inline]
+    pub(super) fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.frames.clear();
+        self.meta.clear();
+    }
+
+    /// Each frame with its length and pacing, in order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&Frame, usize, Pace)> {
+        self.frames
+            .iter()
+            .zip(&self.meta)
+            .map(|(f, &(len, pace))| (f, len, pace))
+    }
+
+    /// Hands every frame to `into`, which must be empty: the two queues
+    /// trade places.
+    fn take_all(&mut self, into: &mut VecDeque<Frame>) {
+        debug_assert!(into.is_empty());
+        std::mem::swap(&mut self.frames, into);
+        self.meta.clear();
+    }
+}
+
 impl Connection {
     pub(super) fn enqueue(&mut self, frame: Frame, len: usize, pace: Pace) {
         self.out_bytes += len;
@@ -46,7 +106,7 @@ impl Connection {
             self.unpaced_bytes += len;
         }
         self.counters.frames_queued += 1;
-        self.out.push_back(Queued { frame, len, pace });
+        self.out.push_back(frame, len, pace);
     }
 
     /// Queues a frame and wakes the writer.
@@ -109,14 +169,17 @@ impl Connection {
             if r.ack_due() {
                 return true;
             }
-            return self.out.front().is_some_and(|q| self.may_take(r, q));
+            return self
+                .out
+                .front()
+                .is_some_and(|(f, len)| self.may_take(r, f, len));
         }
         !self.out.is_empty()
     }
 
-    /// The resume store lets `q` go to the writer now.
-    pub(super) fn may_take(&self, r: &ResumeState, q: &Queued) -> bool {
-        self.closed().is_some() || !is_resumable(&q.frame) || r.has_room(q.len)
+    /// The resume store lets `frame` (`len` bytes) go to the writer now.
+    pub(super) fn may_take(&self, r: &ResumeState, frame: &Frame, len: usize) -> bool {
+        self.closed().is_some() || !is_resumable(frame) || r.has_room(len)
     }
 
     /// Moves queued frames into `into` for the writer: up to `max` frames,
@@ -128,6 +191,25 @@ impl Connection {
         max_bytes: usize,
         into: &mut VecDeque<Frame>,
     ) {
+        if self.resume.is_none()
+            && into.is_empty()
+            && self.out.len() <= max
+            && self.out_bytes <= max_bytes
+        {
+            // Everything queued goes (the loop below would take it all):
+            // hand the frames over at once.
+            let n = self.out.len();
+            self.out.take_all(into);
+            self.counters.frames_out += n as u64;
+            self.counters.bytes_out += self.out_bytes as u64;
+            self.out_bytes = 0;
+            self.unpaced_bytes = 0;
+            self.stalled_since = None;
+            if self.has_space() {
+                self.notify_space();
+            }
+            return;
+        }
         let mut taken = 0usize;
         if let Some(ack) = self.resume.as_mut().and_then(ResumeState::take_ack) {
             into.push_back(ack);
@@ -138,7 +220,7 @@ impl Connection {
             }
             if let Some(r) = &self.resume {
                 match self.out.front() {
-                    Some(q) if !self.may_take(r, q) => break,
+                    Some((f, len)) if !self.may_take(r, f, len) => break,
                     _ => {}
                 }
             }
