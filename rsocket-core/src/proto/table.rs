@@ -13,7 +13,7 @@
 use super::ids::IdMap;
 
 /// Slots of the first table.
-const MIN_SLOTS: usize = 16;
+const MIN_SLOTS: usize = 4;
 
 #[derive(Debug)]
 pub(crate) struct IdTable<V> {
@@ -244,7 +244,7 @@ mod tests {
     #[test]
     fn colliding_ids_overflow_and_come_back() {
         let mut t = IdTable::<StreamState>::default();
-        // 1 and 33 share a slot of a 16-slot table.
+        // 1 and 33 share a slot in any table of up to 16 slots.
         t.insert(1, st(1));
         t.insert(33, st(33));
         t.insert(3, st(3));
