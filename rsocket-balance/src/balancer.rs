@@ -217,6 +217,7 @@ impl<K: Key> Core<K> {
 
     /// Runs `f` on the entry of the member a request was sent to, if it is
     /// still known.
+    #[inline]
     pub(crate) fn on_picked<R>(
         &self,
         picked: &Picked,
@@ -280,6 +281,7 @@ impl<K: Key> Core<K> {
     /// where to record the end), all under one lock, so that the request is
     /// opened on the connection without cloning it. `open` comes back
     /// unused when no member is ready.
+    #[inline]
     pub(crate) fn try_begin<R, F: FnOnce(&Requester, Picked) -> R>(
         &self,
         start: Start,

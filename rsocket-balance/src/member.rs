@@ -104,6 +104,7 @@ impl Inner {
 
     /// The connection to use for a new request, if the member is ready,
     /// with `start` counted in the statistics.
+    #[inline]
     pub(crate) fn begin(&mut self, start: Start) -> Option<(u64, i64)> {
         if self.state != MemberState::Ready || self.requester.is_none() {
             return None;
@@ -222,6 +223,7 @@ impl<K: Key> Slot<K> {
     }
 
     /// The request/response `picked` ended; `ok` records its round trip.
+    #[inline]
     pub(crate) fn end_request(&mut self, picked: &Picked, now: Micros, ok: bool) {
         let inner = self.inner.get_mut();
         inner.stats.end_request(now, picked.started, ok);

@@ -58,11 +58,16 @@ impl Ewma {
         }
     }
 
+    #[inline]
     fn insert(&mut self, now: i64, x: f64) {
         // The first sample replaces the initial value, as in rsocket-java
         // (whose stamp starts at 0, an age of "forever").
         let w = match self.stamp {
-            Some(s) => decay((now - s).max(0) as f64 * self.inv_tau),
+            // No time has passed (requests within the same microsecond,
+            // the usual case under load): the weight of the old value is
+            // exactly 1, so nothing changes.
+            Some(s) if now <= s => return,
+            Some(s) => decay((now - s) as f64 * self.inv_tau),
             None => 0.0,
         };
         self.stamp = Some(now);
@@ -85,8 +90,12 @@ fn decay(x: f64) -> f64 {
 /// quantile at 0.5 it is rsocket-java's `Median`.
 #[derive(Debug, Clone)]
 struct FrugalQuantile {
-    quantile: f64,
     randomized: bool,
+    /// A uniform draw above this moves the estimate up (`1 - quantile` of
+    /// the `u32` range) ...
+    up_above: u32,
+    /// ... and above this, down (`quantile` of the range).
+    down_above: u32,
     estimate: f64,
     step: i32,
     sign: i32,
@@ -94,9 +103,12 @@ struct FrugalQuantile {
 
 impl FrugalQuantile {
     fn new(quantile: f64, randomized: bool) -> Self {
+        // Float-to-int casts saturate: a quantile of 0 never moves up.
+        let share = |p: f64| (p * 4_294_967_296.0) as u32;
         Self {
-            quantile,
             randomized,
+            up_above: share(1.0 - quantile),
+            down_above: share(quantile),
             estimate: 0.0,
             step: 1,
             sign: 0,
@@ -104,15 +116,15 @@ impl FrugalQuantile {
     }
 
     #[inline]
-    fn insert(&mut self, x: f64, rng: &mut Rng) {
+    /// Feeds `x`; `draw` is a uniform random `u32` (used when randomized).
+    fn insert(&mut self, x: f64, draw: u32) {
         if self.sign == 0 {
             self.estimate = x;
             self.sign = 1;
             return;
         }
         let (up, down) = if self.randomized {
-            let v = rng.next_f64();
-            (v > 1.0 - self.quantile, v > self.quantile)
+            (draw > self.up_above, draw > self.down_above)
         } else {
             (true, true)
         };
@@ -205,6 +217,7 @@ impl WeightedStats {
     }
 
     /// A request was sent; returns its start time for [`stop_request`](Self::stop_request).
+    #[inline]
     pub(crate) fn start_request(&mut self, now: Micros) -> i64 {
         let now = self.micros(now);
         self.inter_arrival.insert(now, (now - self.stamp) as f64);
@@ -220,6 +233,7 @@ impl WeightedStats {
     }
 
     /// A request ended (answered, failed or cancelled); returns the time.
+    #[inline]
     pub(crate) fn stop_request(&mut self, now: Micros, started: i64) -> i64 {
         let now = self.micros(now);
         self.duration = self
@@ -237,6 +251,7 @@ impl WeightedStats {
 
     /// A request/response ended: stops it, records its round trip if it
     /// succeeded, and feeds the availability average (one clock reading).
+    #[inline]
     pub(crate) fn end_request(&mut self, now: Micros, started: i64, ok: bool) {
         let end = self.stop_request(now, started);
         if ok {
@@ -246,10 +261,13 @@ impl WeightedStats {
     }
 
     /// Records a measured round trip in microseconds.
+    #[inline]
     pub(crate) fn record(&mut self, rtt_us: f64) {
-        self.median.insert(rtt_us, &mut self.rng);
-        self.lower.insert(rtt_us, &mut self.rng);
-        self.higher.insert(rtt_us, &mut self.rng);
+        // One draw, its two halves for the two randomized estimates.
+        let draw = self.rng.next_u64();
+        self.median.insert(rtt_us, 0);
+        self.lower.insert(rtt_us, draw as u32);
+        self.higher.insert(rtt_us, (draw >> 32) as u32);
     }
 
     pub(crate) fn start_stream(&mut self) {
@@ -294,7 +312,7 @@ impl WeightedStats {
             }
         } else if pending == 0 && elapsed > INACTIVITY_FACTOR * self.inter_arrival.value {
             // Idle for long: decay the prediction so the member is tried.
-            self.median.insert(0.0, &mut self.rng);
+            self.median.insert(0.0, 0);
             self.median.estimate
         } else {
             let predicted = prediction * f64::from(pending);
