@@ -415,12 +415,7 @@ where
         let request = parts.request::<M>()?;
         handler(request).await
     };
-    ServerReply(Reply::Stream(Box::pin(ReplyStream {
-        state: StreamState::Start { fut },
-        metadata: None,
-        encoder: codec::ChunkEncoder::default(),
-        span,
-    })))
+    stream_reply(fut, span)
 }
 
 /// A client-streaming handler: its input is a [`Streaming`] of messages, its
@@ -442,6 +437,22 @@ where
     })))
 }
 
+/// The reply of a handler whose output is a stream of messages: `fut`
+/// gives the stream (or the call's failure).
+fn stream_reply<Fut, S, T>(fut: Fut, span: CallSpan) -> ServerReply
+where
+    Fut: Future<Output = Result<Response<S>, Status>> + Send + 'static,
+    S: Stream<Item = Result<T, Status>> + Send + 'static,
+    T: Message + 'static,
+{
+    ServerReply(Reply::Stream(Box::pin(ReplyStream {
+        state: StreamState::Start { fut },
+        metadata: None,
+        encoder: codec::ChunkEncoder::default(),
+        span,
+    })))
+}
+
 /// A bidirectional handler.
 pub fn bidi_streaming<M, T, S, F, Fut>(call: ServerCall, handler: F) -> ServerReply
 where
@@ -456,10 +467,5 @@ where
         let request = parts.streaming_request::<M>()?;
         handler(request).await
     };
-    ServerReply(Reply::Stream(Box::pin(ReplyStream {
-        state: StreamState::Start { fut },
-        metadata: None,
-        encoder: codec::ChunkEncoder::default(),
-        span,
-    })))
+    stream_reply(fut, span)
 }
