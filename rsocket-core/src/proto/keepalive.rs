@@ -75,6 +75,8 @@ impl Connection {
     /// A KEEPALIVE arrived: answered when it asks for it (its position was
     /// taken by the resume state already).
     pub(super) fn on_keepalive(&mut self, k: Keepalive) {
+        // Periodic and rare: a good time to give back a burst's memory.
+        self.streams.shrink_if_sparse();
         if k.respond {
             self.push_control(Frame::Keepalive(Keepalive {
                 respond: false,

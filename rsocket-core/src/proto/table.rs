@@ -129,7 +129,27 @@ impl<V> IdTable<V> {
     /// Doubles the table (at least `MIN_SLOTS`), placing every stream again.
     #[cold]
     fn grow(&mut self) {
-        let n = ((self.len + 1) * 2).next_power_of_two().max(MIN_SLOTS);
+        self.resize(((self.len + 1) * 2).next_power_of_two().max(MIN_SLOTS));
+    }
+
+    /// Gives back the memory of a burst: a table left with more than 8
+    /// slots per stream goes back to about 4 (the hash map this replaced
+    /// never shrank). Called now and then (on KEEPALIVE), not on every
+    /// removal: a connection whose streams come and go in batches would
+    /// otherwise resize at every batch.
+    pub(crate) fn shrink_if_sparse(&mut self) {
+        if self.keys.len() > MIN_SLOTS && self.len * 8 < self.keys.len() {
+            self.shrink();
+        }
+    }
+
+    #[cold]
+    fn shrink(&mut self) {
+        self.resize((self.len * 4).next_power_of_two().max(MIN_SLOTS));
+    }
+
+    /// A table of `n` slots (a power of two), every stream placed again.
+    fn resize(&mut self, n: usize) {
         let keys = std::mem::replace(&mut self.keys, vec![0; n]);
         let mut states = Vec::with_capacity(n);
         states.resize_with(n, || None);
@@ -288,5 +308,31 @@ mod tests {
         for &id in &ids[500..] {
             assert_eq!(credit(&t, id), Some(u64::from(id)));
         }
+    }
+
+    #[test]
+    fn shrinks_after_a_burst() {
+        let mut t = IdTable::<StreamState>::default();
+        let ids: Vec<u32> = (0..1000).map(|i| 2 * i + 1).collect();
+        for &id in &ids {
+            t.insert(id, st(u64::from(id)));
+        }
+        let peak = t.keys.len();
+        assert!(peak >= 2000);
+        for &id in &ids[..995] {
+            assert!(t.remove(&id).is_some());
+        }
+        assert_eq!(t.keys.len(), peak, "removals alone do not resize");
+        t.shrink_if_sparse();
+        assert!(t.keys.len() <= 32, "{} slots for 5 streams", t.keys.len());
+        for &id in &ids[995..] {
+            assert_eq!(credit(&t, id), Some(u64::from(id)));
+        }
+        // And grows again.
+        for &id in &ids[..995] {
+            t.insert(id, st(u64::from(id)));
+        }
+        assert_eq!(t.len(), 1000);
+        assert_eq!(t.values().count(), 1000);
     }
 }
