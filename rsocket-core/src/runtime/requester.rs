@@ -76,6 +76,11 @@ impl Requester {
     /// (see [`crate::lease`]); `None` when leasing is off on this
     /// connection.
     pub fn lease(&self) -> Option<LeaseState> {
+        if !self.shared.leasing {
+            // Asked for every candidate of every pick by the load balancer:
+            // no lock and no clock reading when there is nothing to read.
+            return None;
+        }
         self.shared.lock().lease_state(super::tokio_now())
     }
 

@@ -32,6 +32,10 @@ pub(crate) struct Shared {
     pub(crate) close_timeout: std::time::Duration,
     /// `LeaseConfig::wait` (zero without leasing).
     pub(crate) lease_wait: std::time::Duration,
+    /// Leasing was negotiated on this connection (decided before the
+    /// connection is shared, never changed): without it, lease queries
+    /// need no lock.
+    pub(crate) leasing: bool,
     /// Notified when the driver has finished (see `Requester::closed`).
     pub(crate) closed: tokio::sync::Notify,
     /// The driver has finished: the connection ended and what was queued
@@ -55,6 +59,7 @@ impl Shared {
                 .lease
                 .as_ref()
                 .map_or(std::time::Duration::ZERO, |l| l.wait),
+            leasing: conn.lease_enabled(),
             closed: tokio::sync::Notify::new(),
             driver_done: std::sync::atomic::AtomicBool::new(false),
             inner: Mutex::new(Inner {
