@@ -7,8 +7,13 @@
 //! one index and one compare. An id whose slot is taken when it opens (a
 //! long-lived stream, or ids a peer picked far apart) goes to an overflow
 //! map. The table doubles while more than half of its slots would be in
-//! use, so it holds at most about four slots per open stream, like a hash
-//! map's spare capacity; it never shrinks (neither does a hash map).
+//! use, so while streams are opening it holds at most about four slots per
+//! open stream, like a hash map's spare capacity. It shrinks only when
+//! asked ([`IdTable::shrink_if_sparse`]): the connection's stream table is
+//! asked on each KEEPALIVE, so a burst's memory is given back within a
+//! keepalive interval; the runtime's waker tables (16 bytes a slot) are
+//! never asked and keep the size of their largest burst, as the hash maps
+//! before them did.
 
 use super::ids::IdMap;
 
