@@ -172,7 +172,12 @@ impl CallSpan {
     }
 
     /// Records the outcome: `OK` or the status code.
+    #[inline]
     pub(crate) fn finish<T>(&mut self, result: &Result<T, Status>) {
+        if !self.enabled() {
+            self.done = true;
+            return;
+        }
         let code = match result {
             Ok(_) => Code::Ok,
             Err(s) => s.code(),
@@ -181,6 +186,7 @@ impl CallSpan {
     }
 
     /// Records a failure.
+    #[inline]
     pub(crate) fn fail(&mut self, status: &Status) {
         self.finish_code(status.code(), Some(status));
     }
@@ -204,8 +210,10 @@ impl CallSpan {
 }
 
 impl Drop for CallSpan {
+    #[inline]
     fn drop(&mut self) {
-        if self.done {
+        // Nothing to record when no one listens.
+        if self.done || !self.enabled() {
             return;
         }
         if std::thread::panicking() {

@@ -211,10 +211,10 @@ impl Metadata {
         Ok((metadata, buf.freeze()))
     }
 
-    pub(crate) fn encode_into(
+    pub(crate) fn encode_into<B: BufMut>(
         &self,
         route: Option<&str>,
-        buf: &mut BytesMut,
+        buf: &mut B,
     ) -> Result<(), MetadataError> {
         if let Some(route) = route {
             RoutingMetadata::check_tag(route)?;
@@ -223,8 +223,8 @@ impl Metadata {
             let [_, l1, l2, l3] = u32::try_from(1 + route.len()).unwrap_or(0).to_be_bytes();
             let mime = WellKnownMimeType::MessageRSocketRouting.header_byte();
             let tag_len = u8::try_from(route.len()).unwrap_or(0);
-            buf.extend_from_slice(&[mime, l1, l2, l3, tag_len]);
-            buf.extend_from_slice(route.as_bytes());
+            buf.put_slice(&[mime, l1, l2, l3, tag_len]);
+            buf.put_slice(route.as_bytes());
         }
         for e in &self.entries {
             e.encode_into(buf)?;
