@@ -194,7 +194,9 @@ impl<R: RSocket> Client<R> {
             // The common case: everything before the send is synchronous,
             // and the call holds only the sent request's future.
             let (metadata, message) = request.into_parts();
-            return match request_payload(route, &metadata, &message) {
+            let payload = request_payload(route, &metadata, &message);
+            metadata.discard();
+            return match payload {
                 Ok(payload) => self.send_unary_state(payload, hints),
                 Err(status) => UnaryState::Failed(status),
             };
