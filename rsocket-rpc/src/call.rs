@@ -130,12 +130,24 @@ impl CallInfo {
 /// The `rpc` span of one call (fields `side`, `route`, `kind`, `outcome`,
 /// `duration_us`). Records the outcome once: when told, or `CANCELLED` when
 /// dropped first (the call's future or stream was dropped).
+///
+/// The span is made for every call; when no one listens to it (no
+/// subscriber, or its level is off), `tracing` gives a disabled span,
+/// which is not kept: the call then carries one null pointer, and entering
+/// and finishing it are a test of that pointer.
 #[derive(Debug)]
-pub(crate) struct CallSpan {
+pub(crate) struct CallSpan(Option<Box<Listened>>);
+
+/// A span someone listens to, with the call's start.
+#[derive(Debug)]
+struct Listened {
     span: Span,
-    start: Option<Instant>,
+    start: Instant,
     done: bool,
 }
+
+/// What [`CallSpan::span`] gives for a span no one listens to.
+static DISABLED: Span = Span::none();
 
 impl CallSpan {
     pub(crate) fn new(side: &'static str, route: &str, kind: MethodKind) -> Self {
@@ -147,63 +159,74 @@ impl CallSpan {
             outcome = Empty,
             duration_us = Empty,
         );
-        // The clock is read only when someone listens.
-        let start = (!span.is_disabled()).then(Instant::now);
-        Self {
-            span,
-            start,
-            done: false,
+        if span.is_disabled() {
+            return Self(None);
         }
+        // The clock is read only when someone listens.
+        Self(Some(Box::new(Listened {
+            span,
+            start: Instant::now(),
+            done: false,
+        })))
     }
 
     /// Whether anyone listens to this span (otherwise it is a no-op and
     /// need not be entered).
+    #[inline]
     pub(crate) fn enabled(&self) -> bool {
-        self.start.is_some()
+        self.0.is_some()
     }
 
+    /// The span (a disabled one when no one listens).
     pub(crate) fn span(&self) -> &Span {
-        &self.span
+        self.0.as_ref().map_or(&DISABLED, |l| &l.span)
     }
 
     /// Enters the span for a poll, when anyone listens.
+    #[inline]
     pub(crate) fn enter(&self) -> Option<tracing::span::Entered<'_>> {
-        self.enabled().then(|| self.span.enter())
+        self.0.as_ref().map(|l| l.span.enter())
     }
 
     /// Records the outcome: `OK` or the status code.
+    #[inline]
     pub(crate) fn finish<T>(&mut self, result: &Result<T, Status>) {
-        let code = match result {
-            Ok(_) => Code::Ok,
-            Err(s) => s.code(),
-        };
-        self.finish_code(code, result.as_ref().err());
+        if let Some(listened) = &mut self.0 {
+            let code = match result {
+                Ok(_) => Code::Ok,
+                Err(s) => s.code(),
+            };
+            listened.finish(code, result.as_ref().err());
+        }
     }
 
     /// Records a failure.
+    #[inline]
     pub(crate) fn fail(&mut self, status: &Status) {
-        self.finish_code(status.code(), Some(status));
-    }
-
-    fn finish_code(&mut self, code: Code, status: Option<&Status>) {
-        if self.done {
-            return;
-        }
-        self.done = true;
-        if let Some(start) = self.start {
-            let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
-            self.span.record("outcome", code.as_str());
-            self.span.record("duration_us", micros);
-            let _enter = self.span.enter();
-            match status {
-                Some(s) => tracing::debug!(message = s.message(), "call failed"),
-                None => tracing::debug!("call finished"),
-            }
+        if let Some(listened) = &mut self.0 {
+            listened.finish(status.code(), Some(status));
         }
     }
 }
 
-impl Drop for CallSpan {
+impl Listened {
+    fn finish(&mut self, code: Code, status: Option<&Status>) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let micros = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.span.record("outcome", code.as_str());
+        self.span.record("duration_us", micros);
+        let _enter = self.span.enter();
+        match status {
+            Some(s) => tracing::debug!(message = s.message(), "call failed"),
+            None => tracing::debug!("call finished"),
+        }
+    }
+}
+
+impl Drop for Listened {
     fn drop(&mut self) {
         if self.done {
             return;
@@ -211,9 +234,9 @@ impl Drop for CallSpan {
         if std::thread::panicking() {
             // Dropped while a panic unwinds through the call's handler.
             let status = Status::internal("the handler panicked");
-            self.finish_code(status.code(), Some(&status));
+            self.finish(status.code(), Some(&status));
         } else {
-            self.finish_code(Code::Cancelled, None);
+            self.finish(Code::Cancelled, None);
         }
     }
 }
@@ -221,6 +244,78 @@ impl Drop for CallSpan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Keeps the fields of every span made and every value recorded.
+    #[derive(Default, Clone)]
+    struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    struct Fields<'a>(&'a mut Vec<String>);
+
+    impl tracing::field::Visit for Fields<'_> {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0.push(format!("{}={value:?}", field.name()));
+        }
+
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            self.0.push(format!("{}={value}", field.name()));
+        }
+    }
+
+    impl tracing::Subscriber for Recorder {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+
+        fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            span.record(&mut Fields(&mut self.0.lock().unwrap()));
+            tracing::span::Id::from_u64(1)
+        }
+
+        fn record(&self, _: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+            values.record(&mut Fields(&mut self.0.lock().unwrap()));
+        }
+
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, _: &tracing::Event<'_>) {}
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    #[test]
+    fn span_kept_and_recorded_only_when_listened_to() {
+        let mut quiet = CallSpan::new("client", "a.B/C", MethodKind::Unary);
+        assert!(!quiet.enabled());
+        assert!(quiet.span().is_disabled());
+        quiet.finish::<()>(&Ok(()));
+
+        let recorder = Recorder::default();
+        tracing::subscriber::with_default(recorder.clone(), || {
+            let mut span = CallSpan::new("server", "a.B/C", MethodKind::Unary);
+            assert!(span.enabled());
+            assert!(span.enter().is_some());
+            span.fail(&Status::not_found("x"));
+            // Recorded once.
+            span.finish::<()>(&Ok(()));
+            // Dropped before its outcome: cancelled.
+            drop(CallSpan::new("client", "a.B/D", MethodKind::Unary));
+        });
+        let fields = recorder.0.lock().unwrap().clone();
+        for field in ["side=server", "route=a.B/C", "kind=unary", "route=a.B/D"] {
+            assert!(fields.iter().any(|f| f == field), "{field} in {fields:?}");
+        }
+        let outcomes: Vec<_> = fields
+            .iter()
+            .filter(|f| f.starts_with("outcome="))
+            .collect();
+        assert_eq!(outcomes, ["outcome=NOT_FOUND", "outcome=CANCELLED"]);
+        assert_eq!(
+            fields
+                .iter()
+                .filter(|f| f.starts_with("duration_us="))
+                .count(),
+            2
+        );
+    }
 
     #[test]
     fn route_parts() {

@@ -2,6 +2,7 @@
 //! implements [`RSocket`]: a connection's `Requester`, an in-memory
 //! responder, a load balancer.
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -13,7 +14,9 @@ use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use pin_project_lite::pin_project;
 use prost::Message;
-use rsocket_core::{CallHints, Payload, PayloadStream, RSocket, RequestError};
+use rsocket_core::{
+    CallHints, Payload, PayloadStream, RSocket, RequestError, Requester, ResponseFuture,
+};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -191,8 +194,10 @@ impl<R: RSocket> Client<R> {
             // The common case: everything before the send is synchronous,
             // and the call holds only the sent request's future.
             let (metadata, message) = request.into_parts();
-            return match request_payload(route, &metadata, &message) {
-                Ok(payload) => UnaryState::Sending(self.send_unary(payload, hints)),
+            let payload = request_payload(route, &metadata, &message);
+            metadata.discard();
+            return match payload {
+                Ok(payload) => self.send_unary_state(payload, hints),
                 Err(status) => UnaryState::Failed(status),
             };
         }
@@ -241,6 +246,25 @@ impl<R: RSocket> Client<R> {
         } else {
             self.rsocket.request_response_hinted(payload, hints)
         }
+    }
+
+    /// Sends a unary request on the fast path. Over the library's own
+    /// [`Requester`] (known by type, at no cost at run time), its
+    /// request's future is kept as it is: the `RSocket` trait's method
+    /// would box it inside another future, one allocation and one more
+    /// poll per call. Its trait method does nothing else, and it ignores
+    /// hints; hinted calls still go through the trait.
+    fn send_unary_state<'a, M, T>(
+        &'a self,
+        payload: Payload,
+        hints: CallHints,
+    ) -> UnaryState<'a, M, T> {
+        if hints == CallHints::NONE {
+            if let Some(requester) = (&self.rsocket as &dyn Any).downcast_ref::<Requester>() {
+                return UnaryState::Direct(requester.request_response(payload));
+            }
+        }
+        UnaryState::Sending(self.send_unary(payload, hints))
     }
 
     /// A unary call's answer, decoded.
@@ -455,6 +479,8 @@ enum UnaryState<'a, M, T> {
     Start(Request<M>),
     /// The common case: sent, waiting for the answer.
     Sending(Sent<'a>),
+    /// The same over a [`Requester`], its future unboxed.
+    Direct(ResponseFuture),
     /// With interceptors, a deadline or a span listener.
     Slow(BoxFuture<'a, Result<Response<T>, Status>>),
     /// Failed before sending.
@@ -480,6 +506,10 @@ where
         let output = match this.state {
             UnaryState::Sending(sent) => {
                 let response = futures::ready!(sent.as_mut().poll(cx));
+                this.client.unary_response(response)
+            }
+            UnaryState::Direct(sent) => {
+                let response = futures::ready!(Pin::new(sent).poll(cx));
                 this.client.unary_response(response)
             }
             UnaryState::Slow(call) => futures::ready!(call.as_mut().poll(cx)),

@@ -2,6 +2,9 @@
 //! server reads: composite metadata with a routing entry (what this crate
 //! sends) and the rsocket-rpc-java version 1 header.
 
+use std::fmt;
+use std::mem::ManuallyDrop;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use rsocket_core::metadata::{
     Authentication, CompositeEntry, CompositeMetadata, EntryMime, MetadataError, RoutingMetadata,
@@ -25,12 +28,36 @@ use rsocket_core::metadata::{
 /// assert_eq!(md.bearer_token().as_deref(), Some("secret"));
 /// # Ok::<(), rsocket_core::metadata::MetadataError>(())
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Metadata {
-    entries: Vec<CompositeEntry>,
+    // Both fields are dropped by `Metadata`'s own `Drop`, which tests for
+    // emptiness inline: most calls have no metadata, and the fields' drop
+    // glue is a call each even when there is nothing to free.
+    entries: ManuallyDrop<Vec<CompositeEntry>>,
     // Boxed: rare, and it would triple the size of every request's
     // metadata (and of every call's future that holds one).
-    v1: Option<Box<RpcV1Metadata>>,
+    v1: ManuallyDrop<Option<Box<RpcV1Metadata>>>,
+}
+
+impl Drop for Metadata {
+    #[inline]
+    fn drop(&mut self) {
+        if self.entries.capacity() != 0 {
+            drop(std::mem::take(&mut *self.entries));
+        }
+        if self.v1.is_some() {
+            drop(self.v1.take());
+        }
+    }
+}
+
+impl fmt::Debug for Metadata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metadata")
+            .field("entries", &*self.entries)
+            .field("v1", &*self.v1)
+            .finish()
+    }
 }
 
 /// The parts of an rsocket-rpc-java version 1 metadata header that are not
@@ -48,6 +75,16 @@ impl Metadata {
     /// No entries.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Drops it; when it holds nothing to free (the common case), without
+    /// a call to its drop glue (forgetting an empty `Metadata` leaks
+    /// nothing: it has no allocation).
+    #[inline]
+    pub(crate) fn discard(self) {
+        if self.entries.capacity() == 0 && self.v1.is_none() {
+            std::mem::forget(self);
+        }
     }
 
     /// Number of entries.
@@ -211,10 +248,10 @@ impl Metadata {
         Ok((metadata, buf.freeze()))
     }
 
-    pub(crate) fn encode_into(
+    pub(crate) fn encode_into<B: BufMut>(
         &self,
         route: Option<&str>,
-        buf: &mut BytesMut,
+        buf: &mut B,
     ) -> Result<(), MetadataError> {
         if let Some(route) = route {
             RoutingMetadata::check_tag(route)?;
@@ -223,10 +260,10 @@ impl Metadata {
             let [_, l1, l2, l3] = u32::try_from(1 + route.len()).unwrap_or(0).to_be_bytes();
             let mime = WellKnownMimeType::MessageRSocketRouting.header_byte();
             let tag_len = u8::try_from(route.len()).unwrap_or(0);
-            buf.extend_from_slice(&[mime, l1, l2, l3, tag_len]);
-            buf.extend_from_slice(route.as_bytes());
+            buf.put_slice(&[mime, l1, l2, l3, tag_len]);
+            buf.put_slice(route.as_bytes());
         }
-        for e in &self.entries {
+        for e in self.entries.iter() {
             e.encode_into(buf)?;
         }
         Ok(())
@@ -234,6 +271,7 @@ impl Metadata {
 
     /// The metadata of a response or stream payload: `None` (no M flag)
     /// when there are no entries.
+    #[inline]
     pub(crate) fn encode_response(&self) -> Result<Option<Bytes>, MetadataError> {
         if self.entries.is_empty() {
             Ok(None)
@@ -245,10 +283,15 @@ impl Metadata {
     /// Reads response metadata leniently: the entries before a malformed
     /// one are kept (a peer's bad metadata must not fail a call that
     /// otherwise succeeded).
+    #[inline]
     pub(crate) fn decode_lenient(bytes: Option<&Bytes>) -> Self {
-        let Some(bytes) = bytes else {
-            return Self::default();
-        };
+        match bytes {
+            None => Self::default(),
+            Some(bytes) => Self::decode_entries(bytes),
+        }
+    }
+
+    fn decode_entries(bytes: &Bytes) -> Self {
         let mut entries = Vec::new();
         for e in CompositeMetadata::new(bytes.clone()).iter() {
             match e {
@@ -259,7 +302,10 @@ impl Metadata {
                 }
             }
         }
-        Self { entries, v1: None }
+        Self {
+            entries: ManuallyDrop::new(entries),
+            v1: ManuallyDrop::new(None),
+        }
     }
 }
 
@@ -368,7 +414,10 @@ pub(crate) fn parse_request(metadata: Option<&Bytes>) -> Result<Inbound, RouteEr
     let route = route.ok_or(RouteError::NoRoute)?;
     Ok(Inbound {
         route: RouteKey::Tag(route),
-        metadata: Metadata { entries, v1: None },
+        metadata: Metadata {
+            entries: ManuallyDrop::new(entries),
+            v1: ManuallyDrop::new(None),
+        },
         layout: Layout::Composite,
     })
 }
@@ -407,8 +456,8 @@ fn parse_rpc_v1(bytes: &Bytes) -> Option<Inbound> {
     Some(Inbound {
         route: RouteKey::Joined(format!("{service}/{method}")),
         metadata: Metadata {
-            entries,
-            v1: Some(Box::new(RpcV1Metadata { tracing, user })),
+            entries: ManuallyDrop::new(entries),
+            v1: ManuallyDrop::new(Some(Box::new(RpcV1Metadata { tracing, user }))),
         },
         layout: Layout::RpcV1,
     })
@@ -582,6 +631,45 @@ mod tests {
         assert_eq!(md.remove("x/a").as_deref(), Some(&b"3"[..]));
         assert!(md.is_empty());
         assert!(md.insert("", "x").is_err());
+    }
+
+    #[test]
+    fn entries_freed_when_dropped_or_discarded() {
+        struct Owner(std::sync::Arc<[u8; 2]>);
+        impl AsRef<[u8]> for Owner {
+            fn as_ref(&self) -> &[u8] {
+                &self.0[..]
+            }
+        }
+        let owner = std::sync::Arc::new(*b"ab");
+        for discard in [false, true] {
+            let mut md = Metadata::new();
+            md.insert("x/y", Bytes::from_owner(Owner(owner.clone())))
+                .unwrap();
+            assert_eq!(std::sync::Arc::strong_count(&owner), 2);
+            if discard {
+                md.discard();
+            } else {
+                drop(md);
+            }
+            assert_eq!(std::sync::Arc::strong_count(&owner), 1);
+        }
+        // The rsocket-rpc-java header's parts are freed too.
+        let user = Bytes::from_owner(Owner(owner.clone()));
+        let md = Metadata {
+            v1: ManuallyDrop::new(Some(Box::new(RpcV1Metadata {
+                tracing: Bytes::new(),
+                user,
+            }))),
+            entries: ManuallyDrop::new(Vec::new()),
+        };
+        assert_eq!(std::sync::Arc::strong_count(&owner), 2);
+        md.discard();
+        assert_eq!(std::sync::Arc::strong_count(&owner), 1);
+        assert_eq!(
+            format!("{:?}", Metadata::new()),
+            "Metadata { entries: [], v1: None }"
+        );
     }
 
     #[test]

@@ -56,6 +56,7 @@ impl<T> Request<T> {
 
     /// Takes the message.
     pub fn into_inner(self) -> T {
+        self.metadata.discard();
         self.message
     }
 
@@ -133,6 +134,7 @@ impl<T> Response<T> {
 
     /// Takes the message.
     pub fn into_inner(self) -> T {
+        self.metadata.discard();
         self.message
     }
 

@@ -138,6 +138,15 @@ impl Router {
 }
 
 impl Inner {
+    /// The common case, read in place: metadata that is a routing entry
+    /// alone, naming a method callable with `interaction`. Anything else
+    /// is left to [`Inner::resolve`].
+    #[inline]
+    fn resolve_sole(&self, interaction: Interaction, metadata: Option<&Bytes>) -> Option<&Target> {
+        let target = self.routes.get(sole_route(metadata?)?)?;
+        target.method.kind.accepts(interaction).then_some(target)
+    }
+
     /// Reads the route and checks that it names a method callable with
     /// `interaction`. Failures are refusals: `ERROR[REJECTED]`.
     fn resolve(
@@ -239,8 +248,11 @@ impl Inner {
     /// Without interceptors, the service's future is returned as it is:
     /// one allocation per call, the handler's.
     fn single(self: &Arc<Self>, interaction: Interaction, request: Payload) -> SingleReply {
-        let (target, metadata, layout) = match self.resolve(interaction, request.metadata.as_ref())
-        {
+        let resolved = match self.resolve_sole(interaction, request.metadata.as_ref()) {
+            Some(target) => Ok((target, Metadata::default(), Layout::Composite)),
+            None => self.resolve(interaction, request.metadata.as_ref()),
+        };
+        let (target, metadata, layout) = match resolved {
             Ok(resolved) => resolved,
             Err(status) => return refused_single(log_refusal(status)),
         };
@@ -293,7 +305,11 @@ impl Inner {
         first: Payload,
         rest: Option<PayloadStream>,
     ) -> PayloadStream {
-        let (target, metadata, layout) = match self.resolve(interaction, first.metadata.as_ref()) {
+        let resolved = match self.resolve_sole(interaction, first.metadata.as_ref()) {
+            Some(target) => Ok((target, Metadata::default(), Layout::Composite)),
+            None => self.resolve(interaction, first.metadata.as_ref()),
+        };
+        let (target, metadata, layout) = match resolved {
             Ok(resolved) => resolved,
             Err(status) => return error_stream(log_refusal(status)),
         };

@@ -184,8 +184,9 @@ impl ServerReply {
 /// Encodes a response message and its metadata as a payload.
 fn response_payload<T: Message>(response: Response<T>) -> Result<Payload, Status> {
     let (metadata, message) = response.into_parts();
-    let metadata = metadata
-        .encode_response()
+    let encoded = metadata.encode_response();
+    metadata.discard();
+    let metadata = encoded
         .map_err(|e| Status::internal(format!("cannot encode the response metadata: {e}")))?;
     Ok(Payload {
         metadata,
