@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::{Buf, Bytes};
 use futures::stream::BoxStream;
 use futures::{FutureExt, Sink, StreamExt};
 use tokio::time::{Instant, Sleep};
@@ -15,7 +16,7 @@ use tracing::{debug, Instrument, Span};
 
 use super::responder::{self, Dispatched};
 use super::resume::{AttemptError, Resumer, SessionMsg};
-use super::shared::Shared;
+use super::shared::{Locked, Shared};
 use super::transport::{Transport, TransportError};
 use crate::error::{ConnectionError, ResumeFailure};
 use crate::frame::{ErrorCode, Frame};
@@ -52,6 +53,11 @@ pub struct ConnectionDriver<T: Transport> {
     responder: Arc<dyn RSocket>,
     /// Frames read and not yet handled (reading may pause in between).
     inbox: VecDeque<Result<Frame, TransportError>>,
+    /// Frames read and not yet handled, as raw length-prefixed bytes, from
+    /// a transport with a [`WireRead`](super::transport::WireRead) reader
+    /// (handled before `inbox`, which then holds at most the reader's
+    /// error).
+    wire: Bytes,
     outbox: VecDeque<Frame>,
     sleep: Pin<Box<Sleep>>,
     read_done: bool,
@@ -95,6 +101,7 @@ impl<T: Transport> ConnectionDriver<T> {
             session_deadline: None,
             responder,
             inbox: VecDeque::new(),
+            wire: Bytes::new(),
             outbox: VecDeque::new(),
             sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
             read_done: false,
@@ -131,6 +138,29 @@ impl<T: Transport> ConnectionDriver<T> {
     pub fn spawn(self) -> tokio::task::JoinHandle<Result<(), ConnectionError>> {
         let span = self.shared.span.clone();
         tokio::spawn(self.instrument(span))
+    }
+
+    /// Hands one item the reader gave to the state machine; a resumable
+    /// connection's read error sets `lost` instead.
+    fn handle_item(
+        conn: &mut Locked<'_>,
+        item: Result<Frame, TransportError>,
+        now: std::time::Instant,
+        lost: &mut Option<&'static str>,
+    ) {
+        match item {
+            Ok(frame) => conn.handle_frame(frame, now),
+            Err(TransportError::Decode(e)) => conn.handle_decode_error(e),
+            Err(TransportError::Io(e)) => {
+                if conn.resumable() {
+                    debug!(error = %e, "read failed");
+                    *lost = Some("read failed");
+                    return;
+                }
+                conn.handle_transport_closed(e.into());
+            }
+            Err(other) => conn.handle_transport_violation(other.to_string()),
+        }
     }
 
     /// Feeds staged frames to the writer; returns false if the writer failed.
@@ -186,6 +216,7 @@ impl<T: Transport> ConnectionDriver<T> {
         debug!(why, "transport lost; the session waits to be resumed");
         self.link = None;
         self.inbox.clear();
+        self.wire = Bytes::new();
         self.outbox.retain(|f| !is_resumable(f));
         self.needs_flush = false;
         self.read_done = false;
@@ -220,6 +251,7 @@ impl<T: Transport> ConnectionDriver<T> {
         self.outbox.extend(kept);
         self.link = Some(Link { reader, writer });
         self.inbox.clear();
+        self.wire = Bytes::new();
         self.needs_flush = false;
         self.read_done = false;
         self.eof = false;
@@ -423,7 +455,25 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                 this.read_paused = this.shared.lock().read_paused();
             }
             if let Some(link) = this.link.as_mut() {
-                if !this.read_done && !this.read_paused && this.inbox.is_empty() {
+                let idle = this.inbox.is_empty() && this.wire.is_empty();
+                if !this.read_done && !this.read_paused && idle {
+                    if let Some(raw) = T::wire_reader(&mut link.reader) {
+                        match raw.poll_wire(cx, READ_AHEAD_BYTES) {
+                            Poll::Ready(Some(Ok(chunk))) => this.wire = chunk,
+                            Poll::Ready(Some(Err(e))) => {
+                                this.inbox.push_back(Err(e));
+                                this.read_done = true;
+                            }
+                            Poll::Ready(None) => {
+                                this.read_done = true;
+                                this.eof = true;
+                            }
+                            Poll::Pending => reader_pending = true,
+                        }
+                    }
+                }
+                let idle = this.inbox.is_empty() && this.wire.is_empty();
+                if !this.read_done && !this.read_paused && idle {
                     let mut bytes = 0;
                     loop {
                         match link.reader.poll_next_unpin(cx) {
@@ -481,22 +531,24 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                     }
                 }
             }
+            let mut handled = 0;
             while !conn.read_paused() {
-                let Some(item) = this.inbox.pop_front() else {
-                    break;
-                };
-                match item {
-                    Ok(frame) => conn.handle_frame(frame, now.into_std()),
-                    Err(TransportError::Decode(e)) => conn.handle_decode_error(e),
-                    Err(TransportError::Io(e)) => {
-                        if conn.resumable() {
-                            debug!(error = %e, "read failed");
-                            lost = Some("read failed");
-                            break;
-                        }
-                        conn.handle_transport_closed(e.into());
+                if !this.wire.is_empty() {
+                    // Raw frames: the common ones are handled in place.
+                    if handled == READ_BUDGET {
+                        break;
                     }
-                    Err(other) => conn.handle_transport_violation(other.to_string()),
+                    handled += 1;
+                    let used = conn.handle_wire(&this.wire, now.into_std());
+                    this.wire.advance(used.min(this.wire.len()));
+                } else {
+                    let Some(item) = this.inbox.pop_front() else {
+                        break;
+                    };
+                    Self::handle_item(&mut conn, item, now.into_std(), &mut lost);
+                    if lost.is_some() {
+                        break;
+                    }
                 }
                 // Each request is dispatched without the lock; what its
                 // handler left to do (an answer given at once) is done in
@@ -512,7 +564,7 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                     }
                 }
             }
-            if this.eof && this.inbox.is_empty() && lost.is_none() {
+            if this.eof && this.inbox.is_empty() && this.wire.is_empty() && lost.is_none() {
                 this.eof = false;
                 if conn.resumable() {
                     lost = Some("end of stream");
@@ -618,7 +670,8 @@ impl<T: Transport> Future for ConnectionDriver<T> {
             // Unless the reader itself said it has nothing (and will wake
             // us), reading goes on in the next round: the budget was used,
             // or frames read earlier were handled instead.
-            let more_to_read = !this.read_done && !this.read_paused && !reader_pending;
+            let more_to_read = !this.read_paused
+                && ((!this.read_done && !reader_pending) || !this.wire.is_empty());
             if more_to_read || more_to_write {
                 continue;
             }

@@ -8,14 +8,15 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::thread::LocalKey;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures::{Sink, SinkExt, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::io::{poll_read_buf, poll_write_buf};
 
-use crate::codec::{CodecError, FrameCodec};
+use crate::codec::{CodecError, FrameCodec, LENGTH_PREFIX_LEN};
 use crate::config::PeerInfo;
+use crate::frame::HEADER_LEN;
 use crate::frame::{DecodeError, Frame};
 
 /// Errors a transport reports.
@@ -85,6 +86,34 @@ pub trait Transport: Send + 'static {
     fn limit_frame_len(&mut self, max: usize) {
         let _ = max;
     }
+
+    /// The reader as a [`WireRead`], when it reads the length-prefixed byte
+    /// format: the engine then takes the frames read as runs of raw bytes
+    /// and parses the common ones (PAYLOAD) in place, without building a
+    /// [`Frame`] for each. The default, `None`, makes the engine read
+    /// frames through the reader's `Stream` (wrappers that inspect frames
+    /// keep the default).
+    fn wire_reader(reader: &mut Self::Reader) -> Option<&mut dyn WireRead> {
+        let _ = reader;
+        None
+    }
+}
+
+/// A reader of the length-prefixed byte format (see
+/// [`Transport::wire_reader`]) that hands out the frames it has read as
+/// raw bytes, many at once.
+pub trait WireRead: Send {
+    /// The complete frames read so far, each behind its 24-bit length
+    /// prefix, as one chunk of at most about `max` bytes (a single frame
+    /// may be larger); reads when none is buffered. Every prefix in the
+    /// chunk has been checked against the maximum frame length and the
+    /// header size. `Ready(None)` at the end of the stream; an error ends
+    /// the reader, as it does for the `Stream`.
+    fn poll_wire(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<Option<Result<Bytes, TransportError>>>;
 }
 
 /// Bytes read at once into a buffer on the stack while the reader holds no
@@ -151,7 +180,7 @@ pub struct FrameReader<R> {
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    fn fail(&mut self, e: TransportError) -> Poll<Option<Result<Frame, TransportError>>> {
+    fn fail<T>(&mut self, e: TransportError) -> Poll<Option<Result<T, TransportError>>> {
         self.done = true;
         self.buf = BytesMut::new();
         Poll::Ready(Some(Err(e)))
@@ -241,6 +270,81 @@ impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
                 }
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => return this.fail(e.into()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send> WireRead for FrameReader<R> {
+    fn poll_wire(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<Option<Result<Bytes, TransportError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            // Whole frames at the front of the buffer, up to `max` bytes.
+            let mut end = 0;
+            let mut failed = None;
+            while let Some(head) = self.buf.get(end..end + LENGTH_PREFIX_LEN) {
+                let len = (usize::from(head[0]) << 16)
+                    | (usize::from(head[1]) << 8)
+                    | usize::from(head[2]);
+                if len > self.codec.max_frame_len() {
+                    failed = Some(TransportError::FrameTooLarge {
+                        len,
+                        max: self.codec.max_frame_len(),
+                    });
+                    break;
+                }
+                if len < HEADER_LEN {
+                    failed = Some(CodecError::FrameTooShort(len).into());
+                    break;
+                }
+                let total = end + LENGTH_PREFIX_LEN + len;
+                if total > self.buf.len() {
+                    if end == 0 {
+                        // Room for the rest of this frame only: `len` was
+                        // checked against the maximum above.
+                        self.buf.reserve(total - self.buf.len());
+                        self.note_capacity();
+                    }
+                    break;
+                }
+                end = total;
+                if end >= max {
+                    break;
+                }
+            }
+            if end > 0 {
+                // Frames before a bad prefix go first; the error comes
+                // with the next call.
+                let chunk = self.buf.split_to(end).freeze();
+                if self.buf.capacity() == 0 {
+                    // Used up exactly: the next read needs another.
+                    self.release();
+                }
+                return Poll::Ready(Some(Ok(chunk)));
+            }
+            if let Some(e) = failed {
+                return self.fail(e);
+            }
+            match self.poll_fill(cx) {
+                Poll::Ready(Ok(0)) => {
+                    if self.buf.is_empty() {
+                        self.done = true;
+                        return Poll::Ready(None);
+                    }
+                    return self.fail(TransportError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the stream ended inside a frame",
+                    )));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return self.fail(e.into()),
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -404,6 +508,10 @@ where
         if max < self.codec.max_frame_len() {
             self.codec = FrameCodec::with_max_frame_len(max);
         }
+    }
+
+    fn wire_reader(reader: &mut Self::Reader) -> Option<&mut dyn WireRead> {
+        Some(reader)
     }
 }
 
@@ -574,6 +682,65 @@ mod tests {
         assert!(matches!(poll_next(&mut reader), Poll::Ready(Some(Ok(_)))));
         assert!(poll_next(&mut reader).is_pending());
         assert!(SPARE_READ.with(Cell::take).is_some(), "an ordinary one is");
+    }
+
+    fn poll_wire<R: AsyncRead + Unpin + Send>(
+        r: &mut FrameReader<R>,
+        max: usize,
+    ) -> Poll<Option<Result<Bytes, TransportError>>> {
+        r.poll_wire(&mut Context::from_waker(Waker::noop()), max)
+    }
+
+    #[tokio::test]
+    async fn wire_reader_hands_out_whole_frames_then_the_error() {
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        let (mut reader, _writer) = StreamTransport::new(ours, tokio::io::sink())
+            .with_max_frame_len(1000)
+            .split();
+        assert!(poll_wire(&mut reader, 1 << 20).is_pending());
+        let frames: Vec<Frame> = (0..10).map(|i| frame(i * 10)).collect();
+        let bytes = encoded(&frames);
+        // All but the last byte: the last frame is incomplete.
+        peer.write_all(&bytes[..bytes.len() - 1]).await.unwrap();
+        let first = encoded(&frames[..9]);
+        match poll_wire(&mut reader, 1 << 20) {
+            Poll::Ready(Some(Ok(chunk))) => assert_eq!(&chunk[..], &first[..]),
+            other => panic!("expected nine frames, got {other:?}"),
+        }
+        assert!(poll_wire(&mut reader, 1 << 20).is_pending());
+        // The rest, then a prefix beyond the maximum: the frame first.
+        peer.write_all(&bytes[bytes.len() - 1..]).await.unwrap();
+        peer.write_all(&[0x0f, 0x42, 0x40, 0, 0]).await.unwrap();
+        let last = encoded(&frames[9..]);
+        match poll_wire(&mut reader, 1 << 20) {
+            Poll::Ready(Some(Ok(chunk))) => assert_eq!(&chunk[..], &last[..]),
+            other => panic!("expected the last frame, got {other:?}"),
+        }
+        match poll_wire(&mut reader, 1 << 20) {
+            Poll::Ready(Some(Err(TransportError::FrameTooLarge { len, max }))) => {
+                assert_eq!((len, max), (1_000_000, 1000));
+            }
+            other => panic!("expected FrameTooLarge, got {other:?}"),
+        }
+        assert!(matches!(poll_wire(&mut reader, 1 << 20), Poll::Ready(None)));
+
+        // `max` splits a run at a frame boundary; a short prefix fails.
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        let (mut reader, _writer) = StreamTransport::new(ours, tokio::io::sink()).split();
+        peer.write_all(&encoded(&frames[..3])).await.unwrap();
+        peer.write_all(&[0, 0, 2, 0, 0]).await.unwrap();
+        for f in &frames[..3] {
+            match poll_wire(&mut reader, 1) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    assert_eq!(&chunk[..], &encoded(std::slice::from_ref(f))[..]);
+                }
+                other => panic!("expected one frame, got {other:?}"),
+            }
+        }
+        assert!(matches!(
+            poll_wire(&mut reader, 1),
+            Poll::Ready(Some(Err(TransportError::Framing(_))))
+        ));
     }
 
     #[tokio::test]
