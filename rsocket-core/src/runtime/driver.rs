@@ -21,7 +21,7 @@ use super::transport::{Transport, TransportError};
 use crate::error::{ConnectionError, ResumeFailure};
 use crate::frame::{ErrorCode, Frame};
 use crate::lease::Lease;
-use crate::proto::is_resumable;
+use crate::proto::{is_resumable, Outgoing};
 use crate::rsocket::RSocket;
 
 /// Frames read ahead of handling, at most, per round.
@@ -58,7 +58,7 @@ pub struct ConnectionDriver<T: Transport> {
     /// (handled before `inbox`, which then holds at most the reader's
     /// error).
     wire: Bytes,
-    outbox: VecDeque<Frame>,
+    outbox: VecDeque<Outgoing>,
     sleep: Pin<Box<Sleep>>,
     read_done: bool,
     /// The transport ended cleanly; handled once the inbox is empty.
@@ -170,12 +170,27 @@ impl<T: Transport> ConnectionDriver<T> {
         };
         while !self.outbox.is_empty() {
             match Pin::new(&mut link.writer).poll_ready(cx) {
-                Poll::Ready(Ok(())) => {
-                    if let Some(frame) = self.outbox.pop_front() {
+                Poll::Ready(Ok(())) => match self.outbox.pop_front() {
+                    Some(Outgoing::Frame(frame)) => {
                         Pin::new(&mut link.writer).start_send(frame)?;
                         self.needs_flush = true;
                     }
-                }
+                    Some(Outgoing::Wire(run)) => match T::wire_writer(&mut link.writer) {
+                        Some(w) => {
+                            w.start_send_wire(run)?;
+                            self.needs_flush = true;
+                        }
+                        None => {
+                            // A transport that takes frames only: the
+                            // run's frames go one by one.
+                            let frames = crate::proto::decode_run(run.freeze());
+                            for f in frames.into_iter().rev() {
+                                self.outbox.push_front(Outgoing::Frame(f));
+                            }
+                        }
+                    },
+                    None => {}
+                },
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => return Ok(()),
             }
@@ -188,6 +203,15 @@ impl<T: Transport> ConnectionDriver<T> {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether a staged entry is in the resume store (and replayed from it).
+fn resumable(item: &Outgoing) -> bool {
+    match item {
+        Outgoing::Frame(f) => is_resumable(f),
+        // Only PAYLOAD and requests are encoded ahead.
+        Outgoing::Wire(_) => true,
     }
 }
 
@@ -217,7 +241,7 @@ impl<T: Transport> ConnectionDriver<T> {
         self.link = None;
         self.inbox.clear();
         self.wire = Bytes::new();
-        self.outbox.retain(|f| !is_resumable(f));
+        self.outbox.retain(|f| !resumable(f));
         self.needs_flush = false;
         self.read_done = false;
         self.eof = false;
@@ -246,8 +270,8 @@ impl<T: Transport> ConnectionDriver<T> {
     /// frames).
     fn attach(&mut self, reader: T::Reader, writer: T::Writer, first: Vec<Frame>) {
         debug!(replayed = first.len(), "session resumed on a new transport");
-        let kept: Vec<Frame> = self.outbox.drain(..).filter(|f| !is_resumable(f)).collect();
-        self.outbox.extend(first);
+        let kept: Vec<Outgoing> = self.outbox.drain(..).filter(|f| !resumable(f)).collect();
+        self.outbox.extend(first.into_iter().map(Outgoing::Frame));
         self.outbox.extend(kept);
         self.link = Some(Link { reader, writer });
         self.inbox.clear();

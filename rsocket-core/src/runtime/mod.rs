@@ -43,7 +43,7 @@ pub use resume::{ResumeOptions, ServerResumeOptions};
 pub use server::{accept, ServeError, Server, ServerStatsHandle, SocketAcceptor};
 pub use transport::{
     memory_pair, FrameReader, FrameWriter, MemoryTransport, StreamTransport, Transport,
-    TransportError, WireRead,
+    TransportError, WireRead, WireWrite,
 };
 
 use crate::config::{Config, SetupParams};

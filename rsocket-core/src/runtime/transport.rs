@@ -97,6 +97,25 @@ pub trait Transport: Send + 'static {
         let _ = reader;
         None
     }
+
+    /// The writer as a [`WireWrite`], when it writes the length-prefixed
+    /// byte format: the engine then hands it runs of frames it encoded
+    /// itself (PAYLOAD, REQUEST_RESPONSE, REQUEST_FNF). The default,
+    /// `None`, makes the engine decode such runs and send their frames
+    /// through the writer's `Sink`.
+    fn wire_writer(writer: &mut Self::Writer) -> Option<&mut dyn WireWrite> {
+        let _ = writer;
+        None
+    }
+}
+
+/// A writer of the length-prefixed byte format (see
+/// [`Transport::wire_writer`]).
+pub trait WireWrite: Send {
+    /// Queues `frames`, whole frames each behind its 24-bit length prefix,
+    /// as `Sink::start_send` queues one frame: call it once `poll_ready`
+    /// has returned `Ready(Ok(()))`, and flush as for frames.
+    fn start_send_wire(&mut self, frames: BytesMut) -> Result<(), TransportError>;
 }
 
 /// A reader of the length-prefixed byte format (see
@@ -436,6 +455,27 @@ impl<W: AsyncWrite + Unpin> Sink<Frame> for FrameWriter<W> {
     }
 }
 
+impl<W: AsyncWrite + Unpin + Send> WireWrite for FrameWriter<W> {
+    fn start_send_wire(&mut self, frames: BytesMut) -> Result<(), TransportError> {
+        self.batch += frames.len();
+        if self.buf.is_empty() && frames.capacity() >= self.next_capacity {
+            // Nothing waits and the run has the room a batch needs: it
+            // becomes the buffer, without a copy (the one it replaces is
+            // kept as the spare).
+            let old = std::mem::replace(&mut self.buf, frames);
+            if old.capacity() > 0 && old.capacity() <= SPARE_MAX {
+                put_spare(&SPARE_WRITE, old);
+            }
+        } else {
+            if self.buf.capacity() == 0 {
+                self.buf = take_spare(&SPARE_WRITE, self.next_capacity);
+            }
+            self.buf.extend_from_slice(&frames);
+        }
+        Ok(())
+    }
+}
+
 /// A transport over a byte stream split into read and write halves, framed
 /// with the 24-bit length prefix.
 #[derive(Debug)]
@@ -512,6 +552,10 @@ where
 
     fn wire_reader(reader: &mut Self::Reader) -> Option<&mut dyn WireRead> {
         Some(reader)
+    }
+
+    fn wire_writer(writer: &mut Self::Writer) -> Option<&mut dyn WireWrite> {
+        Some(writer)
     }
 }
 
