@@ -87,7 +87,7 @@ pub(crate) use handshake::{First, Handshake};
 use ids::IdAllocator;
 pub(crate) use ids::IdMap;
 pub(crate) use keepalive::KeepaliveParams;
-pub(crate) use output::{decode_run, Outgoing};
+pub(crate) use output::{decode_run, Outgoing, RECYCLE_RUN_BYTES};
 use output::{OutQueue, Pace};
 pub(crate) use resume::is_resumable;
 use resume::ResumeState;

@@ -82,6 +82,10 @@ pub(crate) fn decode_run(mut run: Bytes) -> Vec<Frame> {
 const RUN_BYTES: usize = 64 << 10;
 /// The smallest run.
 const MIN_RUN_BYTES: usize = 256;
+/// The largest buffer kept for the next run: what an idle connection may
+/// hold (a run large enough to matter is usually taken by the writer as
+/// its buffer).
+pub(crate) const RECYCLE_RUN_BYTES: usize = 4 * MIN_RUN_BYTES;
 
 /// Length, pacing and frame count of a queued entry (a run's frames all
 /// have the same pacing).
@@ -133,6 +137,8 @@ pub(super) struct OutQueue {
     meta: VecDeque<Meta>,
     /// Frames in `items`.
     frames: usize,
+    /// An empty buffer for the next run (see [`Connection::recycle_run`]).
+    spare: Option<BytesMut>,
 }
 
 impl OutQueue {
@@ -165,9 +171,14 @@ impl OutQueue {
                     (Some(Outgoing::Wire(buf)), _) => buf.len(),
                     _ => 0,
                 };
-                let room = (2 * before).clamp(MIN_RUN_BYTES, RUN_BYTES).max(need);
-                self.items
-                    .push_back(Outgoing::Wire(BytesMut::with_capacity(room)));
+                let buf = match self.spare.take() {
+                    Some(b) if b.capacity() >= need => b,
+                    _ => {
+                        let room = (2 * before).clamp(MIN_RUN_BYTES, RUN_BYTES).max(need);
+                        BytesMut::with_capacity(room)
+                    }
+                };
+                self.items.push_back(Outgoing::Wire(buf));
                 self.meta.push_back(Meta {
                     len,
                     pace,
@@ -257,6 +268,7 @@ impl OutQueue {
     }
 
     pub(super) fn clear(&mut self) {
+        self.spare = None;
         self.items.clear();
         self.meta.clear();
         self.frames = 0;
@@ -301,6 +313,17 @@ impl Connection {
         } else {
             self.out.push_back(frame, len, pace);
         }
+    }
+
+    /// Keeps `buf`, an empty buffer the writer is done with, for the next
+    /// run of encoded frames (one of at most [`RECYCLE_RUN_BYTES`]), sparing
+    /// an allocation for each lone frame.
+    pub(crate) fn recycle_run(&mut self, mut buf: BytesMut) {
+        if self.resume.is_some() || buf.capacity() > RECYCLE_RUN_BYTES {
+            return;
+        }
+        buf.clear();
+        self.out.spare = Some(buf);
     }
 
     /// Queues a frame and wakes the writer.

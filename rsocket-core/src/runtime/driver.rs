@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::{FutureExt, Sink, StreamExt};
 use tokio::time::{Instant, Sleep};
@@ -21,7 +21,7 @@ use super::transport::{Transport, TransportError};
 use crate::error::{ConnectionError, ResumeFailure};
 use crate::frame::{ErrorCode, Frame};
 use crate::lease::Lease;
-use crate::proto::{is_resumable, Outgoing};
+use crate::proto::{is_resumable, Outgoing, RECYCLE_RUN_BYTES};
 use crate::rsocket::RSocket;
 
 /// Frames read ahead of handling, at most, per round.
@@ -59,6 +59,9 @@ pub struct ConnectionDriver<T: Transport> {
     /// error).
     wire: Bytes,
     outbox: VecDeque<Outgoing>,
+    /// An empty buffer the writer gave back, for the state machine's next
+    /// run of encoded frames.
+    spare_run: BytesMut,
     sleep: Pin<Box<Sleep>>,
     read_done: bool,
     /// The transport ended cleanly; handled once the inbox is empty.
@@ -103,6 +106,7 @@ impl<T: Transport> ConnectionDriver<T> {
             inbox: VecDeque::new(),
             wire: Bytes::new(),
             outbox: VecDeque::new(),
+            spare_run: BytesMut::new(),
             sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
             read_done: false,
             eof: false,
@@ -175,10 +179,16 @@ impl<T: Transport> ConnectionDriver<T> {
                         Pin::new(&mut link.writer).start_send(frame)?;
                         self.needs_flush = true;
                     }
-                    Some(Outgoing::Wire(run)) => match T::wire_writer(&mut link.writer) {
+                    Some(Outgoing::Wire(mut run)) => match T::wire_writer(&mut link.writer) {
                         Some(w) => {
-                            w.start_send_wire(run)?;
+                            w.start_send_wire(&mut run)?;
                             self.needs_flush = true;
+                            if run.capacity() > self.spare_run.capacity()
+                                && run.capacity() <= RECYCLE_RUN_BYTES
+                            {
+                                // Its room serves the next run.
+                                self.spare_run = run;
+                            }
                         }
                         None => {
                             // A transport that takes frames only: the
@@ -483,7 +493,10 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                 if !this.read_done && !this.read_paused && idle {
                     if let Some(raw) = T::wire_reader(&mut link.reader) {
                         match raw.poll_wire(cx, READ_AHEAD_BYTES) {
-                            Poll::Ready(Some(Ok(chunk))) => this.wire = chunk,
+                            Poll::Ready(Some(Ok(chunk))) => {
+                                this.wire = chunk;
+                                reader_pending = raw.waiting();
+                            }
                             Poll::Ready(Some(Err(e))) => {
                                 this.inbox.push_back(Err(e));
                                 this.read_done = true;
@@ -609,6 +622,9 @@ impl<T: Transport> Future for ConnectionDriver<T> {
             }
             if conn.drained() {
                 conn.finish_drain();
+            }
+            if this.spare_run.capacity() > 0 {
+                conn.recycle_run(std::mem::take(&mut this.spare_run));
             }
             if this.outbox.is_empty() {
                 conn.poll_transmit(WRITE_BUDGET, WRITE_BUDGET_BYTES, &mut this.outbox);

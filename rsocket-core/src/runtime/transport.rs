@@ -112,10 +112,12 @@ pub trait Transport: Send + 'static {
 /// A writer of the length-prefixed byte format (see
 /// [`Transport::wire_writer`]).
 pub trait WireWrite: Send {
-    /// Queues `frames`, whole frames each behind its 24-bit length prefix,
-    /// as `Sink::start_send` queues one frame: call it once `poll_ready`
-    /// has returned `Ready(Ok(()))`, and flush as for frames.
-    fn start_send_wire(&mut self, frames: BytesMut) -> Result<(), TransportError>;
+    /// Queues the bytes of `frames`, whole frames each behind its 24-bit
+    /// length prefix, as `Sink::start_send` queues one frame: call it once
+    /// `poll_ready` has returned `Ready(Ok(()))`, and flush as for frames.
+    /// It leaves `frames` empty: the same buffer, or one the writer gave
+    /// up, whose room the caller may use again.
+    fn start_send_wire(&mut self, frames: &mut BytesMut) -> Result<(), TransportError>;
 }
 
 /// A reader of the length-prefixed byte format (see
@@ -124,7 +126,8 @@ pub trait WireWrite: Send {
 pub trait WireRead: Send {
     /// The complete frames read so far, each behind its 24-bit length
     /// prefix, as one chunk of at most about `max` bytes (a single frame
-    /// may be larger); reads when none is buffered. Every prefix in the
+    /// may be larger); reads when none is buffered, and may read more
+    /// before answering. Every prefix in the
     /// chunk has been checked against the maximum frame length and the
     /// header size. `Ready(None)` at the end of the stream; an error ends
     /// the reader, as it does for the `Stream`.
@@ -133,6 +136,14 @@ pub trait WireRead: Send {
         cx: &mut Context<'_>,
         max: usize,
     ) -> Poll<Option<Result<Bytes, TransportError>>>;
+
+    /// The last `poll_wire` that gave frames also found the transport with
+    /// nothing more to read (so the task will be woken when more comes):
+    /// the engine need not poll again before then. `false` is always
+    /// correct.
+    fn waiting(&self) -> bool {
+        false
+    }
 }
 
 /// Bytes read at once into a buffer on the stack while the reader holds no
@@ -196,6 +207,11 @@ pub struct FrameReader<R> {
     large: bool,
     /// The stream ended or the framing failed: nothing more is read.
     done: bool,
+    /// A read error that came after whole frames, for the next
+    /// `poll_wire`.
+    deferred: Option<io::Error>,
+    /// The last `poll_wire` read until the transport had nothing more.
+    waiting: bool,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -301,12 +317,19 @@ impl<R: AsyncRead + Unpin + Send> WireRead for FrameReader<R> {
         cx: &mut Context<'_>,
         max: usize,
     ) -> Poll<Option<Result<Bytes, TransportError>>> {
+        self.waiting = false;
+        if let Some(e) = self.deferred.take() {
+            return self.fail(e.into());
+        }
         if self.done {
             return Poll::Ready(None);
         }
+        // Whole frames at the front of the buffer, up to `max` bytes; more
+        // is read until the transport has nothing more, `max` is reached
+        // or the buffer is full, so that one chunk carries what a wake-up
+        // brought.
+        let mut end = 0;
         loop {
-            // Whole frames at the front of the buffer, up to `max` bytes.
-            let mut end = 0;
             let mut failed = None;
             while let Some(head) = self.buf.get(end..end + LENGTH_PREFIX_LEN) {
                 let len = (usize::from(head[0]) << 16)
@@ -338,21 +361,23 @@ impl<R: AsyncRead + Unpin + Send> WireRead for FrameReader<R> {
                     break;
                 }
             }
-            if end > 0 {
+            // More is read only into the room the buffer has: growing it
+            // would copy what it holds.
+            let full = self.buf.capacity() - self.buf.len() < READ_MIN_ROOM;
+            if end > 0 && (end >= max || full || failed.is_some()) {
                 // Frames before a bad prefix go first; the error comes
                 // with the next call.
-                let chunk = self.buf.split_to(end).freeze();
-                if self.buf.capacity() == 0 {
-                    // Used up exactly: the next read needs another.
-                    self.release();
-                }
-                return Poll::Ready(Some(Ok(chunk)));
+                return Poll::Ready(Some(Ok(self.take_frames(end))));
             }
             if let Some(e) = failed {
                 return self.fail(e);
             }
             match self.poll_fill(cx) {
                 Poll::Ready(Ok(0)) => {
+                    if end > 0 {
+                        // The end is seen again by the next call.
+                        return Poll::Ready(Some(Ok(self.take_frames(end))));
+                    }
                     if self.buf.is_empty() {
                         self.done = true;
                         return Poll::Ready(None);
@@ -363,10 +388,38 @@ impl<R: AsyncRead + Unpin + Send> WireRead for FrameReader<R> {
                     )));
                 }
                 Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => return self.fail(e.into()),
-                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    if end > 0 {
+                        self.deferred = Some(e);
+                        return Poll::Ready(Some(Ok(self.take_frames(end))));
+                    }
+                    return self.fail(e.into());
+                }
+                Poll::Pending => {
+                    self.waiting = true;
+                    if end > 0 {
+                        return Poll::Ready(Some(Ok(self.take_frames(end))));
+                    }
+                    return Poll::Pending;
+                }
             }
         }
+    }
+
+    fn waiting(&self) -> bool {
+        self.waiting
+    }
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// The first `end` bytes of the buffer, whole frames.
+    fn take_frames(&mut self, end: usize) -> Bytes {
+        let chunk = self.buf.split_to(end).freeze();
+        if self.buf.capacity() == 0 {
+            // Used up exactly: the next read needs another.
+            self.release();
+        }
+        chunk
     }
 }
 
@@ -456,22 +509,20 @@ impl<W: AsyncWrite + Unpin> Sink<Frame> for FrameWriter<W> {
 }
 
 impl<W: AsyncWrite + Unpin + Send> WireWrite for FrameWriter<W> {
-    fn start_send_wire(&mut self, frames: BytesMut) -> Result<(), TransportError> {
+    fn start_send_wire(&mut self, frames: &mut BytesMut) -> Result<(), TransportError> {
         self.batch += frames.len();
         if self.buf.is_empty() && frames.capacity() >= self.next_capacity {
             // Nothing waits and the run has the room a batch needs: it
-            // becomes the buffer, without a copy (the one it replaces is
-            // kept as the spare).
-            let old = std::mem::replace(&mut self.buf, frames);
-            if old.capacity() > 0 && old.capacity() <= SPARE_MAX {
-                put_spare(&SPARE_WRITE, old);
-            }
+            // becomes the buffer, without a copy; the caller gets the one
+            // it replaces.
+            std::mem::swap(&mut self.buf, frames);
         } else {
             if self.buf.capacity() == 0 {
                 self.buf = take_spare(&SPARE_WRITE, self.next_capacity);
             }
-            self.buf.extend_from_slice(&frames);
+            self.buf.extend_from_slice(frames);
         }
+        frames.clear();
         Ok(())
     }
 }
@@ -529,6 +580,8 @@ where
             buf: BytesMut::new(),
             large: false,
             done: false,
+            deferred: None,
+            waiting: false,
         };
         let writer = FrameWriter {
             io: self.writer,
