@@ -578,6 +578,10 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                     handled += 1;
                     let used = conn.handle_wire(&this.wire, now.into_std());
                     this.wire.advance(used.min(this.wire.len()));
+                    if this.wire.is_empty() {
+                        // An empty slice still holds the read buffer.
+                        this.wire = Bytes::new();
+                    }
                 } else {
                     let Some(item) = this.inbox.pop_front() else {
                         break;

@@ -398,7 +398,13 @@ impl<R: AsyncRead + Unpin + Send> WireRead for FrameReader<R> {
                 Poll::Pending => {
                     self.waiting = true;
                     if end > 0 {
-                        return Poll::Ready(Some(Ok(self.take_frames(end))));
+                        let chunk = self.take_frames(end);
+                        if self.buf.is_empty() {
+                            // Idle: as `poll_fill` does when it finds the
+                            // buffer empty.
+                            self.release();
+                        }
+                        return Poll::Ready(Some(Ok(chunk)));
                     }
                     return Poll::Pending;
                 }
@@ -805,6 +811,7 @@ mod tests {
             other => panic!("expected nine frames, got {other:?}"),
         }
         assert!(poll_wire(&mut reader, 1 << 20).is_pending());
+        assert_eq!(reader.buf.len(), bytes.len() - 1 - first.len());
         // The rest, then a prefix beyond the maximum: the frame first.
         peer.write_all(&bytes[bytes.len() - 1..]).await.unwrap();
         peer.write_all(&[0x0f, 0x42, 0x40, 0, 0]).await.unwrap();
@@ -838,6 +845,23 @@ mod tests {
             poll_wire(&mut reader, 1),
             Poll::Ready(Some(Err(TransportError::Framing(_))))
         ));
+    }
+
+    #[tokio::test]
+    async fn wire_reader_holds_no_buffer_while_idle() {
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        let (mut reader, _writer) = StreamTransport::new(ours, tokio::io::sink()).split();
+        for round in 0..3 {
+            let frames: Vec<Frame> = (0..5).map(|i| frame(i * 30 + round)).collect();
+            peer.write_all(&encoded(&frames)).await.unwrap();
+            match poll_wire(&mut reader, 1 << 20) {
+                Poll::Ready(Some(Ok(chunk))) => assert_eq!(&chunk[..], &encoded(&frames)[..]),
+                other => panic!("expected the frames, got {other:?}"),
+            }
+            assert!(reader.waiting(), "read until nothing was left");
+            assert_eq!(reader.buf.capacity(), 0, "released once idle");
+            assert!(poll_wire(&mut reader, 1 << 20).is_pending());
+        }
     }
 
     #[tokio::test]
