@@ -1,5 +1,7 @@
 //! The outbound queue: frames waiting for the writer, counted against
 //! `Config::max_outbound_queue_bytes`, and the wake-ups the runtime drains.
+//! Without resumption the frames are encoded as they are queued, into runs
+//! the writer takes as they are (see [`OutQueue`]).
 //!
 //! Paced frames (requests, stream items) were queued after waiting for
 //! room; unpaced ones (control frames, answers written while reading) were

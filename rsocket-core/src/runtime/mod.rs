@@ -11,6 +11,11 @@
 //!                                flushes once, arms the keepalive timer
 //! ```
 //!
+//! Over a byte-stream transport ([`WireRead`], [`WireWrite`]) the driver
+//! reads runs of raw frames, which the state machine handles in place, and
+//! writes the runs of frames the state machine encoded when they were
+//! queued: no `Frame` value is built for a PAYLOAD either way.
+//!
 //! Modules, each importing only those below it: `driver` (the connection's
 //! task) and `server` / `handshake` / `resume` / `reconnect` (connection
 //! setup) → `requester` (the public handle) and `responder` (dispatching

@@ -1,5 +1,15 @@
 //! The transport abstraction and the length-prefixed byte-stream transport
 //! shared by TCP, Unix sockets and the in-memory pair.
+//!
+//! A transport moves [`Frame`] values. A transport whose wire format is
+//! the length-prefixed byte stream can also expose its halves as
+//! [`WireRead`] and [`WireWrite`] ([`Transport::wire_reader`],
+//! [`Transport::wire_writer`]): the engine then takes the bytes read as
+//! runs of whole frames and reads PAYLOADs in place, and hands the writer
+//! the runs of frames the state machine encoded as it queued them, so that
+//! a streamed item is neither decoded into nor encoded from a `Frame`
+//! value. [`StreamTransport`] does both; wrappers that inspect frames keep
+//! the defaults and see every frame.
 
 use std::cell::Cell;
 use std::io;
