@@ -93,6 +93,6 @@ pub use runtime::{
     accept, memory_pair, ClientBuilder, ConnectionDriver, MemoryTransport, MetadataPushFuture,
     ReconnectOptions, Reconnecting, Requester, ResponseFuture, ResponseStream, ResumeOptions,
     ServeError, Server, ServerResumeOptions, SocketAcceptor, StreamTransport, Transport,
-    TransportError,
+    TransportError, WireRead, WireWrite,
 };
 pub use stats::{ConnectionStats, ServerStats};

@@ -5,7 +5,7 @@ use bytes::{BufMut, Bytes};
 
 use super::{
     flag, flags, metadata_flag, put_header, put_payload, DecodeError, FrameType, Header, Reader,
-    RequestCount, StreamId,
+    RequestCount, StreamId, HEADER_LEN,
 };
 use crate::{ErrorCode, Payload};
 
@@ -15,7 +15,7 @@ fn request_n(r: &mut Reader, frame: FrameType, id: StreamId) -> Result<RequestCo
         frame,
         stream_id: id.get(),
         // The header, the request-n just read, and what follows.
-        len: super::HEADER_LEN + 4 + r.remaining(),
+        len: HEADER_LEN + 4 + r.remaining(),
     })
 }
 
@@ -226,6 +226,53 @@ impl PayloadFrame {
         }
     }
 
+    /// The well-formed PAYLOAD at `start..start + len` of `buf` (one frame,
+    /// no length prefix), read in place: metadata and data are slices of
+    /// `buf`. `None` for any other frame type and for every malformed
+    /// PAYLOAD ([`Frame::decode`](super::Frame::decode) then says what the
+    /// frame is), and when the range is not within `buf`.
+    #[inline]
+    pub(crate) fn peek(buf: &Bytes, start: usize, len: usize) -> Option<Self> {
+        let end = start.checked_add(len)?;
+        let b = buf.get(start..end)?;
+        let head: &[u8; HEADER_LEN] = b.get(..HEADER_LEN)?.try_into().ok()?;
+        let word = u16::from_be_bytes([head[4], head[5]]);
+        let f = word & 0x3FF;
+        if (word >> 10) as u8 != FrameType::Payload.code()
+            || f & (flags::NEXT | flags::COMPLETE) == 0
+            || f & flags::IGNORE != 0
+        {
+            return None;
+        }
+        let stream_id = StreamId::new(u32::from_be_bytes([head[0], head[1], head[2], head[3]]))?;
+        let mut at = start + HEADER_LEN;
+        let metadata = if f & flags::METADATA != 0 {
+            let m = b.get(HEADER_LEN..HEADER_LEN + 3)?;
+            let mlen = (usize::from(m[0]) << 16) | (usize::from(m[1]) << 8) | usize::from(m[2]);
+            at += 3;
+            if mlen > end - at {
+                return None;
+            }
+            let metadata = buf.slice(at..at + mlen);
+            at += mlen;
+            Some(metadata)
+        } else {
+            None
+        };
+        let data = if at == end {
+            Bytes::new()
+        } else {
+            buf.slice(at..end)
+        };
+        Some(Self {
+            stream_id,
+            follows: f & flags::FOLLOWS != 0,
+            complete: f & flags::COMPLETE != 0,
+            next: f & flags::NEXT != 0,
+            payload: Payload { metadata, data },
+        })
+    }
+
     pub(super) fn decode(h: Header, id: StreamId, r: &mut Reader) -> Result<Self, DecodeError> {
         let next = h.has(flags::NEXT);
         let complete = h.has(flags::COMPLETE);
@@ -421,5 +468,59 @@ impl RequestFnf {
             f,
             &self.payload,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::{BufMut, Bytes, BytesMut};
+
+    use super::PayloadFrame;
+    use crate::frame::{Frame, StreamId};
+    use crate::Payload;
+
+    /// `peek` reads exactly the PAYLOADs `Frame::decode` reads, in place,
+    /// and leaves every other frame (and every malformed PAYLOAD) to it.
+    #[test]
+    fn peek_agrees_with_decode() {
+        let id = StreamId::new(5).unwrap();
+        let frames = [
+            Frame::Payload(PayloadFrame::next(id, Payload::from("data"))),
+            Frame::Payload(PayloadFrame::next_complete(
+                id,
+                Payload::new("d").with_metadata("meta"),
+            )),
+            Frame::Payload(PayloadFrame::complete(id)),
+            Frame::Payload(PayloadFrame::next(id, Payload::metadata_only(""))),
+            Frame::Cancel(super::Cancel { stream_id: id }),
+        ];
+        for f in &frames {
+            let mut buf = BytesMut::new();
+            buf.put_slice(b"xx");
+            f.encode(&mut buf);
+            let buf = buf.freeze();
+            let len = buf.len() - 2;
+            match (PayloadFrame::peek(&buf, 2, len), f) {
+                (Some(p), Frame::Payload(want)) => assert_eq!(&p, want),
+                (None, Frame::Payload(_)) => panic!("not read in place: {f:?}"),
+                (Some(p), _) => panic!("{f:?} read as {p:?}"),
+                (None, _) => {}
+            }
+            assert!(
+                PayloadFrame::peek(&buf, 2, len + 1).is_none(),
+                "past the end"
+            );
+        }
+        // Malformed: metadata overrun, neither N nor C, stream 0, short.
+        let bad: [&[u8]; 4] = [
+            &[0, 0, 0, 1, 0x29, 0x20, 0, 0, 9, b'x'],
+            &[0, 0, 0, 1, 0x28, 0x00, b'x'],
+            &[0, 0, 0, 0, 0x28, 0x20, b'x'],
+            &[0, 0, 0, 1, 0x28],
+        ];
+        for b in bad {
+            let buf = Bytes::copy_from_slice(b);
+            assert!(PayloadFrame::peek(&buf, 0, b.len()).is_none(), "{b:?}");
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Self-checks of the connection's bookkeeping, for the test harness.
 
-use super::{Connection, FragKind, Pace};
+use super::{Connection, FragKind};
 use crate::frame::MAX_U31;
 use crate::Payload;
 
@@ -17,13 +17,8 @@ impl Connection {
             .filter_map(|st| st.recv.as_ref())
             .flat_map(|r| r.queue.iter().map(Payload::len))
             .sum();
-        let out_bytes: usize = self.out.iter().map(|(_, len, _)| len).sum();
-        let unpaced: usize = self
-            .out
-            .iter()
-            .filter(|(_, _, pace)| *pace == Pace::Unpaced)
-            .map(|(_, len, _)| len)
-            .sum();
+        let out_bytes: usize = self.out.iter_meta().map(|(len, _)| len).sum();
+        let unpaced: usize = self.out.iter_meta().map(|(_, unpaced)| unpaced).sum();
         let totals = [
             ("reassembly_bytes", self.reassembly_bytes, frag_bytes),
             ("partial_requests", self.partial_requests, partial),

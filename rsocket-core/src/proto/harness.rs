@@ -147,9 +147,9 @@ impl Harness {
         }
         let queued = self.conn.counters.frames_queued;
         let new = usize::try_from(queued - self.seen).unwrap_or(usize::MAX);
-        let skip = self.conn.out.len().saturating_sub(new);
+        let skip = self.conn.out.frame_count().saturating_sub(new);
         self.log
-            .extend(self.conn.out.iter().skip(skip).map(|(f, _, _)| f.clone()));
+            .extend(self.conn.out.frames().into_iter().skip(skip));
         self.seen = queued;
         // Nobody waits here: wake-ups are dropped (a runtime wakes tasks).
         self.conn.drain_wakeups(|_| {});
@@ -376,7 +376,9 @@ impl Harness {
         let mut out = VecDeque::new();
         self.conn.poll_transmit(usize::MAX, max_bytes, &mut out);
         self.observe();
-        out.into()
+        out.into_iter()
+            .flat_map(super::Outgoing::into_frames)
+            .collect()
     }
 
     /// Requests for the responder, in order.

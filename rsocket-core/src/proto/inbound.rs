@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+use bytes::Bytes;
 use tracing::{debug, trace};
 
 use super::fragment::Reassembly;
@@ -9,6 +10,7 @@ use super::{
     Connection, Event, FragKind, Interaction, RecvHalf, Replenish, Role, SendHalf, Side, State,
     StreamState,
 };
+use crate::codec::LENGTH_PREFIX_LEN;
 use crate::error::{ConnectionError, Initiator, Limit, RequestError, StreamError, StreamViolation};
 use crate::frame::{
     Cancel, DecodeError, ErrorCode, ErrorFrame, Frame, FrameType, PayloadFrame, RequestN, StreamId,
@@ -57,21 +59,86 @@ impl Connection {
     }
 
     pub(crate) fn handle_frame(&mut self, frame: Frame, now: Instant) {
+        let len = frame.encoded_len();
+        self.handle_frame_len(frame, len, now);
+    }
+
+    /// Handles the first frame of `buf`, raw bytes of whole frames each
+    /// behind its 24-bit length prefix (as the runtime's `WireRead`
+    /// readers give them); returns the bytes it took. A PAYLOAD is read in
+    /// place, its metadata and data sliced from `buf`; any other frame is
+    /// decoded.
+    pub(crate) fn handle_wire(&mut self, buf: &Bytes, now: Instant) -> usize {
+        let len = match buf.get(..LENGTH_PREFIX_LEN) {
+            Some(h) => (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]),
+            None => usize::MAX,
+        };
+        let Some(end) = len
+            .checked_add(LENGTH_PREFIX_LEN)
+            .filter(|&end| end <= buf.len())
+        else {
+            // The reader hands out whole frames only.
+            self.handle_transport_violation("a partial frame in a run of frames".into());
+            return buf.len();
+        };
+        match PayloadFrame::peek(buf, LENGTH_PREFIX_LEN, len) {
+            Some(p) => self.handle_payload_frame(p, len, now),
+            None => match Frame::decode(buf.slice(LENGTH_PREFIX_LEN..end)) {
+                Ok(frame) => self.handle_frame_len(frame, len, now),
+                Err(e) => self.handle_decode_error(e),
+            },
+        }
+        end
+    }
+
+    /// A PAYLOAD read in place (see [`Connection::handle_wire`]): what
+    /// [`Connection::handle_frame`] does with it, without the `Frame`.
+    fn handle_payload_frame(&mut self, p: PayloadFrame, len: usize, now: Instant) {
         if self.closed().is_some() {
             return;
         }
-        trace!(?frame, "recv");
-        let len = frame.encoded_len();
+        trace!(frame = ?p, "recv");
+        if !self.received(len, now) {
+            return;
+        }
+        self.established = true;
+        if let Some(r) = self.resume.as_mut() {
+            // PAYLOAD is resumable.
+            if r.record_received(len) {
+                self.wakeups.driver();
+            }
+        }
+        self.on_payload_frame(p);
+    }
+
+    /// Counts a frame of `len` bytes received at `now`; false (and the
+    /// connection failed) when it is larger than `max_frame_len`.
+    #[inline]
+    fn received(&mut self, len: usize, now: Instant) -> bool {
         self.counters.frames_in += 1;
         self.counters.bytes_in += len as u64;
         self.last_received = now;
         if len > self.config.max_frame_len {
             // Transports that frame with a length prefix reject such a
             // frame before reading it; this catches any other transport.
-            return self.protocol_violation(format!(
+            self.protocol_violation(format!(
                 "frame of {len} bytes exceeds max_frame_len {}",
                 self.config.max_frame_len
             ));
+            return false;
+        }
+        true
+    }
+
+    /// [`Connection::handle_frame`] of a frame whose encoded length is
+    /// known.
+    fn handle_frame_len(&mut self, frame: Frame, len: usize, now: Instant) {
+        if self.closed().is_some() {
+            return;
+        }
+        trace!(?frame, "recv");
+        if !self.received(len, now) {
+            return;
         }
         if !self.established && !matches!(&frame, Frame::Error(e) if e.stream_id.is_none()) {
             self.established = true;

@@ -15,10 +15,10 @@
 //! | module | concept |
 //! |---|---|
 //! | `mod.rs` | the connection: lifecycle (open, draining, closed), limits, timers, stats |
-//! | `inbound.rs` | frames from the peer: requests, items, REQUEST_N, CANCEL, ERROR |
+//! | `inbound.rs` | frames from the peer: requests, items, REQUEST_N, CANCEL, ERROR (a PAYLOAD from a run of raw frames is read in place, `handle_wire`) |
 //! | `local.rs` | commands from local handles: open, consume, produce, release |
 //! | `stream.rs` | one stream's halves, their states and credit (the replenishment rule) |
-//! | `output.rs` | the outbound queue and its byte cap |
+//! | `output.rs` | the outbound queue and its byte cap; frames encoded into runs as they are queued |
 //! | `keepalive.rs` | KEEPALIVE sending, answering, and the max lifetime |
 //! | `lease.rs`, `resume.rs` | leasing; resume positions and the store of unacknowledged frames |
 //! | `fragment.rs`, `ids.rs` | fragmentation and reassembly; stream ids |
@@ -87,6 +87,7 @@ pub(crate) use handshake::{First, Handshake};
 use ids::IdAllocator;
 pub(crate) use ids::IdMap;
 pub(crate) use keepalive::KeepaliveParams;
+pub(crate) use output::{decode_run, Outgoing, RECYCLE_RUN_BYTES};
 use output::{OutQueue, Pace};
 pub(crate) use resume::is_resumable;
 use resume::ResumeState;

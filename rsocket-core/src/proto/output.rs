@@ -1,5 +1,7 @@
 //! The outbound queue: frames waiting for the writer, counted against
 //! `Config::max_outbound_queue_bytes`, and the wake-ups the runtime drains.
+//! Without resumption the frames are encoded as they are queued, into runs
+//! the writer takes as they are (see [`OutQueue`]).
 //!
 //! Paced frames (requests, stream items) were queued after waiting for
 //! room; unpaced ones (control frames, answers written while reading) were
@@ -9,12 +11,14 @@
 
 use std::collections::VecDeque;
 
-use tracing::trace;
+use bytes::{Buf, Bytes, BytesMut};
+use tracing::{debug, trace};
 
 use super::fragment::{self, FragKind};
 use super::resume::{is_resumable, ResumeState};
 use super::wakeup::Wakeup;
 use super::Connection;
+use crate::codec::LENGTH_PREFIX_LEN;
 use crate::error::{ConnectionError, Limit};
 use crate::frame::{Frame, StreamId};
 use crate::Payload;
@@ -31,71 +35,271 @@ pub(super) enum Pace {
     Unpaced,
 }
 
-/// A frame waiting for the writer.
+/// What the writer is handed: a frame, or a run of frames already
+/// encoded.
 #[derive(Debug)]
-pub(super) struct Queued {
-    pub(super) frame: Frame,
-    pub(super) len: usize,
-    pub(super) pace: Pace,
+pub(crate) enum Outgoing {
+    /// A frame, to be encoded by the transport (resumable connections).
+    Frame(Frame),
+    /// Whole frames, each behind its 24-bit length prefix: the byte-stream
+    /// transports write them as they are; any other transport decodes them
+    /// again.
+    Wire(BytesMut),
 }
 
-/// The frames waiting for the writer, in order, with their lengths and
-/// pacing kept beside them: when everything queued goes to the writer at
-/// once, the frames are handed over as they are, without moving each one.
+impl Outgoing {
+    /// The frames, decoded again when encoded (for the harness, and
+    /// transports that take frames only).
+    pub(crate) fn into_frames(self) -> Vec<Frame> {
+        match self {
+            Self::Frame(f) => vec![f],
+            Self::Wire(b) => decode_run(b.freeze()),
+        }
+    }
+}
+
+/// Decodes a run of length-prefixed frames that this side encoded.
+pub(crate) fn decode_run(mut run: Bytes) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    while let Some(h) = run.get(..LENGTH_PREFIX_LEN) {
+        let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+        let Some(end) = len
+            .checked_add(LENGTH_PREFIX_LEN)
+            .filter(|&e| e <= run.len())
+        else {
+            break;
+        };
+        match Frame::decode(run.slice(LENGTH_PREFIX_LEN..end)) {
+            Ok(f) => frames.push(f),
+            // Not reached: the run holds frames this side encoded.
+            Err(e) => debug!(error = %e, "dropping a frame of an encoded run"),
+        }
+        run.advance(end);
+    }
+    frames
+}
+
+/// The largest run of encoded frames (unless one frame is larger): a run
+/// takes frames while they fit and is never grown, which would copy it.
+const RUN_BYTES: usize = 64 << 10;
+/// The smallest run.
+const MIN_RUN_BYTES: usize = 256;
+/// The largest buffer kept for the next run: what an idle connection may
+/// hold (a run large enough to matter is usually taken by the writer as
+/// its buffer).
+pub(crate) const RECYCLE_RUN_BYTES: usize = 4 * MIN_RUN_BYTES;
+
+/// Length, pacing and frame count of a queued entry (a run's frames all
+/// have the same pacing).
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    /// Encoded bytes of its frames (length prefixes excluded).
+    len: usize,
+    pace: Pace,
+    frames: usize,
+}
+
+impl Meta {
+    /// Bytes of `len` queued unpaced (see [`Pace`]).
+    fn unpaced(&self) -> usize {
+        match self.pace {
+            Pace::Paced => 0,
+            Pace::Unpaced => self.len,
+        }
+    }
+}
+
+/// An entry waiting for the writer.
+#[derive(Debug)]
+pub(super) struct Queued {
+    pub(super) item: Outgoing,
+    pub(super) len: usize,
+    pub(super) unpaced: usize,
+    pub(super) frames: usize,
+}
+
+/// The frames waiting for the writer, in order, with their lengths kept
+/// beside them: when everything queued goes to the writer at once, the
+/// entries are handed over as they are, without moving each one.
+///
+/// On a connection without resumption every frame is encoded as it is
+/// queued, into runs of frames of the same pacing ([`Outgoing::Wire`])
+/// that the writer of a byte-stream transport takes as they are: no frame
+/// value is kept, and the encoded length is computed once. A new run has
+/// room for twice what the run before it holds (from [`MIN_RUN_BYTES`] to
+/// [`RUN_BYTES`]): a burst gets large runs, and frames of alternating
+/// pacing get small ones, so that the memory of the runs stays within
+/// about twice the bytes they hold. A run larger than what the writer may
+/// take at once is split at a frame boundary. A resumable connection keeps
+/// every frame as a value (its store replays frames).
 #[derive(Debug, Default)]
 pub(super) struct OutQueue {
-    frames: VecDeque<Frame>,
-    /// Length and pacing of each frame of `frames`.
-    meta: VecDeque<(usize, Pace)>,
+    items: VecDeque<Outgoing>,
+    /// Length and pacing of each entry of `items`.
+    meta: VecDeque<Meta>,
+    /// Frames in `items`.
+    frames: usize,
+    /// An empty buffer for the next run (see [`Connection::recycle_run`]).
+    spare: Option<BytesMut>,
 }
 
 impl OutQueue {
     #[inline]
     pub(super) fn push_back(&mut self, frame: Frame, len: usize, pace: Pace) {
-        self.frames.push_back(frame);
-        self.meta.push_back((len, pace));
+        self.items.push_back(Outgoing::Frame(frame));
+        self.meta.push_back(Meta {
+            len,
+            pace,
+            frames: 1,
+        });
+        self.frames += 1;
     }
 
-    /// The first frame and its length.
-    pub(super) fn front(&self) -> Option<(&Frame, usize)> {
-        Some((self.frames.front()?, self.meta.front()?.0))
+    /// Encodes `frame` (`len` bytes) at the end of the last run, or of a
+    /// new one when it has no room or another pacing.
+    #[inline]
+    pub(super) fn push_encoded(&mut self, frame: &Frame, len: usize, pace: Pace) {
+        let need = LENGTH_PREFIX_LEN + len;
+        let run = match (self.items.back_mut(), self.meta.back_mut()) {
+            (Some(Outgoing::Wire(buf)), Some(m))
+                if m.pace == pace && buf.capacity() - buf.len() >= need =>
+            {
+                m.len += len;
+                m.frames += 1;
+                buf
+            }
+            last => {
+                let before = match last {
+                    (Some(Outgoing::Wire(buf)), _) => buf.len(),
+                    _ => 0,
+                };
+                let buf = match self.spare.take() {
+                    Some(b) if b.capacity() >= need => b,
+                    _ => {
+                        let room = (2 * before).clamp(MIN_RUN_BYTES, RUN_BYTES).max(need);
+                        BytesMut::with_capacity(room)
+                    }
+                };
+                self.items.push_back(Outgoing::Wire(buf));
+                self.meta.push_back(Meta {
+                    len,
+                    pace,
+                    frames: 1,
+                });
+                match self.items.back_mut() {
+                    Some(Outgoing::Wire(buf)) => buf,
+                    _ => unreachable!("a run was just pushed"),
+                }
+            }
+        };
+        self.frames += 1;
+        match frame {
+            Frame::Payload(p) => p.encode_with_prefix(Some(len), run),
+            Frame::RequestResponse(r) => r.encode_with_prefix(Some(len), run),
+            Frame::RequestFnf(r) => r.encode_with_prefix(Some(len), run),
+            _ => {
+                crate::frame::put_u24(run, len);
+                frame.encode(run);
+            }
+        }
+    }
+
+    /// The first entry and its length.
+    pub(super) fn front(&self) -> Option<(&Outgoing, usize)> {
+        Some((self.items.front()?, self.meta.front()?.len))
     }
 
     pub(super) fn pop_front(&mut self) -> Option<Queued> {
-        let frame = self.frames.pop_front()?;
-        let (len, pace) = self.meta.pop_front()?;
-        Some(Queued { frame, len, pace })
+        let item = self.items.pop_front()?;
+        let m = self.meta.pop_front()?;
+        self.frames -= m.frames;
+        Some(Queued {
+            item,
+            len: m.len,
+            unpaced: m.unpaced(),
+            frames: m.frames,
+        })
     }
 
+    /// Splits the first entry, a run, so that it holds no more than
+    /// `frames` frames and (at least one frame) `bytes` bytes.
+    fn split_front(&mut self, bytes: usize, frames: usize) {
+        let (Some(Outgoing::Wire(run)), Some(m)) = (self.items.front_mut(), self.meta.front_mut())
+        else {
+            return;
+        };
+        if m.frames <= frames.max(1) && m.len <= bytes {
+            return;
+        }
+        // Walk the prefixes: frames are taken while fewer than `bytes`
+        // bytes have been.
+        let (mut at, mut len, mut n) = (0, 0, 0);
+        while n < m.frames && n < frames.max(1) && (n == 0 || len < bytes) {
+            let Some(h) = run.get(at..at + LENGTH_PREFIX_LEN) else {
+                break;
+            };
+            let flen = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+            at += LENGTH_PREFIX_LEN + flen;
+            len += flen;
+            n += 1;
+        }
+        if n == m.frames || at > run.len() {
+            return;
+        }
+        let head = run.split_to(at);
+        let pace = m.pace;
+        m.len -= len;
+        m.frames -= n;
+        self.items.push_front(Outgoing::Wire(head));
+        self.meta.push_front(Meta {
+            len,
+            pace,
+            frames: n,
+        });
+    }
+
+    /// Frames queued (a run counts its frames).
     #[inline]
-    pub(super) fn len(&self) -> usize {
-        self.frames.len()
+    pub(super) fn frame_count(&self) -> usize {
+        self.frames
     }
 
     #[inline]
     pub(super) fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.items.is_empty()
     }
 
     pub(super) fn clear(&mut self) {
-        self.frames.clear();
+        self.spare = None;
+        self.items.clear();
         self.meta.clear();
+        self.frames = 0;
     }
 
-    /// Each frame with its length and pacing, in order.
-    pub(super) fn iter(&self) -> impl Iterator<Item = (&Frame, usize, Pace)> {
-        self.frames
-            .iter()
-            .zip(&self.meta)
-            .map(|(f, &(len, pace))| (f, len, pace))
+    /// Each entry's length and its unpaced part, in order.
+    pub(super) fn iter_meta(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.meta.iter().map(|m| (m.len, m.unpaced()))
     }
 
-    /// Hands every frame to `into`, which must be empty: the two queues
+    /// Every queued frame, in order (runs decoded again), for the harness.
+    pub(super) fn frames(&self) -> Vec<Frame> {
+        let mut v = Vec::new();
+        for item in &self.items {
+            match item {
+                Outgoing::Frame(f) => v.push(f.clone()),
+                Outgoing::Wire(b) => v.extend(decode_run(Bytes::copy_from_slice(b))),
+            }
+        }
+        v
+    }
+
+    /// Hands every entry to `into`, which must be empty: the two queues
     /// trade places.
-    fn take_all(&mut self, into: &mut VecDeque<Frame>) {
+    fn take_all(&mut self, into: &mut VecDeque<Outgoing>) {
         debug_assert!(into.is_empty());
-        std::mem::swap(&mut self.frames, into);
+        std::mem::swap(&mut self.items, into);
         self.meta.clear();
+        self.frames = 0;
     }
 }
 
@@ -106,7 +310,22 @@ impl Connection {
             self.unpaced_bytes += len;
         }
         self.counters.frames_queued += 1;
-        self.out.push_back(frame, len, pace);
+        if self.resume.is_none() {
+            self.out.push_encoded(&frame, len, pace);
+        } else {
+            self.out.push_back(frame, len, pace);
+        }
+    }
+
+    /// Keeps `buf`, an empty buffer the writer is done with, for the next
+    /// run of encoded frames (one of at most [`RECYCLE_RUN_BYTES`]), sparing
+    /// an allocation for each lone frame.
+    pub(crate) fn recycle_run(&mut self, mut buf: BytesMut) {
+        if self.resume.is_some() || buf.capacity() > RECYCLE_RUN_BYTES {
+            return;
+        }
+        buf.clear();
+        self.out.spare = Some(buf);
     }
 
     /// Queues a frame and wakes the writer.
@@ -177,9 +396,14 @@ impl Connection {
         !self.out.is_empty()
     }
 
-    /// The resume store lets `frame` (`len` bytes) go to the writer now.
-    pub(super) fn may_take(&self, r: &ResumeState, frame: &Frame, len: usize) -> bool {
-        self.closed().is_some() || !is_resumable(frame) || r.has_room(len)
+    /// The resume store lets `item` (`len` bytes) go to the writer now
+    /// (with resumption, every entry is a frame).
+    pub(super) fn may_take(&self, r: &ResumeState, item: &Outgoing, len: usize) -> bool {
+        let resumable = match item {
+            Outgoing::Frame(f) => is_resumable(f),
+            Outgoing::Wire(_) => true,
+        };
+        self.closed().is_some() || !resumable || r.has_room(len)
     }
 
     /// Moves queued frames into `into` for the writer: up to `max` frames,
@@ -189,16 +413,16 @@ impl Connection {
         &mut self,
         max: usize,
         max_bytes: usize,
-        into: &mut VecDeque<Frame>,
+        into: &mut VecDeque<Outgoing>,
     ) {
         if self.resume.is_none()
             && into.is_empty()
-            && self.out.len() <= max
+            && self.out.frame_count() <= max
             && self.out_bytes <= max_bytes
         {
             // Everything queued goes (the loop below would take it all):
             // hand the frames over at once.
-            let n = self.out.len();
+            let n = self.out.frame_count();
             self.out.take_all(into);
             self.counters.frames_out += n as u64;
             self.counters.bytes_out += self.out_bytes as u64;
@@ -212,9 +436,10 @@ impl Connection {
         }
         let mut taken = 0usize;
         if let Some(ack) = self.resume.as_mut().and_then(ResumeState::take_ack) {
-            into.push_back(ack);
+            into.push_back(Outgoing::Frame(ack));
         }
-        for _ in 0..max {
+        let mut frames = 0;
+        while frames < max {
             if taken >= max_bytes {
                 break;
             }
@@ -224,24 +449,24 @@ impl Connection {
                     _ => {}
                 }
             }
+            self.out.split_front(max_bytes - taken, max - frames);
             let Some(mut q) = self.out.pop_front() else {
                 break;
             };
-            if let Some(r) = self.resume.as_mut() {
-                if is_resumable(&q.frame) {
-                    r.record_sent(&q.frame, q.len);
-                } else if let Frame::Keepalive(k) = &mut q.frame {
+            if let (Some(r), Outgoing::Frame(frame)) = (self.resume.as_mut(), &mut q.item) {
+                if is_resumable(frame) {
+                    r.record_sent(frame, q.len);
+                } else if let Frame::Keepalive(k) = frame {
                     r.stamp(k);
                 }
             }
+            frames += q.frames;
             taken += q.len;
             self.out_bytes -= q.len;
-            if q.pace == Pace::Unpaced {
-                self.unpaced_bytes -= q.len;
-            }
-            self.counters.frames_out += 1;
+            self.unpaced_bytes -= q.unpaced;
+            self.counters.frames_out += q.frames as u64;
             self.counters.bytes_out += q.len as u64;
-            into.push_back(q.frame);
+            into.push_back(q.item);
         }
         if self.unpaced_bytes < self.config.max_outbound_queue_bytes {
             self.stalled_since = None;

@@ -310,8 +310,17 @@ impl Items {
         self.head.iter().chain(self.rest.iter().flatten())
     }
 
-    /// Moves up to `n` items into `into`; returns their bytes.
+    /// Moves up to `n` items into `into`; returns their bytes. When `into`
+    /// is empty and takes them all, the two queues trade places instead.
     pub(super) fn move_into(&mut self, mut n: usize, into: &mut VecDeque<Payload>) -> usize {
+        if self.head.is_none() && into.is_empty() {
+            if let Some(rest) = self.rest.as_mut() {
+                if rest.len() <= n {
+                    std::mem::swap(rest, into);
+                    return into.iter().map(Payload::len).sum();
+                }
+            }
+        }
         let mut bytes = 0;
         if n > 0 {
             if let Some(p) = self.head.take() {

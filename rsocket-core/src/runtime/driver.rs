@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::{Buf, Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::{FutureExt, Sink, StreamExt};
 use tokio::time::{Instant, Sleep};
@@ -15,12 +16,12 @@ use tracing::{debug, Instrument, Span};
 
 use super::responder::{self, Dispatched};
 use super::resume::{AttemptError, Resumer, SessionMsg};
-use super::shared::Shared;
+use super::shared::{Locked, Shared};
 use super::transport::{Transport, TransportError};
 use crate::error::{ConnectionError, ResumeFailure};
 use crate::frame::{ErrorCode, Frame};
 use crate::lease::Lease;
-use crate::proto::is_resumable;
+use crate::proto::{is_resumable, Outgoing, RECYCLE_RUN_BYTES};
 use crate::rsocket::RSocket;
 
 /// Frames read ahead of handling, at most, per round.
@@ -52,7 +53,15 @@ pub struct ConnectionDriver<T: Transport> {
     responder: Arc<dyn RSocket>,
     /// Frames read and not yet handled (reading may pause in between).
     inbox: VecDeque<Result<Frame, TransportError>>,
-    outbox: VecDeque<Frame>,
+    /// Frames read and not yet handled, as raw length-prefixed bytes, from
+    /// a transport with a [`WireRead`](super::transport::WireRead) reader
+    /// (handled before `inbox`, which then holds at most the reader's
+    /// error).
+    wire: Bytes,
+    outbox: VecDeque<Outgoing>,
+    /// An empty buffer the writer gave back, for the state machine's next
+    /// run of encoded frames.
+    spare_run: BytesMut,
     sleep: Pin<Box<Sleep>>,
     read_done: bool,
     /// The transport ended cleanly; handled once the inbox is empty.
@@ -95,7 +104,9 @@ impl<T: Transport> ConnectionDriver<T> {
             session_deadline: None,
             responder,
             inbox: VecDeque::new(),
+            wire: Bytes::new(),
             outbox: VecDeque::new(),
+            spare_run: BytesMut::new(),
             sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
             read_done: false,
             eof: false,
@@ -133,6 +144,29 @@ impl<T: Transport> ConnectionDriver<T> {
         tokio::spawn(self.instrument(span))
     }
 
+    /// Hands one item the reader gave to the state machine; a resumable
+    /// connection's read error sets `lost` instead.
+    fn handle_item(
+        conn: &mut Locked<'_>,
+        item: Result<Frame, TransportError>,
+        now: std::time::Instant,
+        lost: &mut Option<&'static str>,
+    ) {
+        match item {
+            Ok(frame) => conn.handle_frame(frame, now),
+            Err(TransportError::Decode(e)) => conn.handle_decode_error(e),
+            Err(TransportError::Io(e)) => {
+                if conn.resumable() {
+                    debug!(error = %e, "read failed");
+                    *lost = Some("read failed");
+                    return;
+                }
+                conn.handle_transport_closed(e.into());
+            }
+            Err(other) => conn.handle_transport_violation(other.to_string()),
+        }
+    }
+
     /// Feeds staged frames to the writer; returns false if the writer failed.
     fn write_out(&mut self, cx: &mut Context<'_>) -> Result<(), TransportError> {
         let Some(link) = self.link.as_mut() else {
@@ -140,12 +174,33 @@ impl<T: Transport> ConnectionDriver<T> {
         };
         while !self.outbox.is_empty() {
             match Pin::new(&mut link.writer).poll_ready(cx) {
-                Poll::Ready(Ok(())) => {
-                    if let Some(frame) = self.outbox.pop_front() {
+                Poll::Ready(Ok(())) => match self.outbox.pop_front() {
+                    Some(Outgoing::Frame(frame)) => {
                         Pin::new(&mut link.writer).start_send(frame)?;
                         self.needs_flush = true;
                     }
-                }
+                    Some(Outgoing::Wire(mut run)) => match T::wire_writer(&mut link.writer) {
+                        Some(w) => {
+                            w.start_send_wire(&mut run)?;
+                            self.needs_flush = true;
+                            if run.capacity() > self.spare_run.capacity()
+                                && run.capacity() <= RECYCLE_RUN_BYTES
+                            {
+                                // Its room serves the next run.
+                                self.spare_run = run;
+                            }
+                        }
+                        None => {
+                            // A transport that takes frames only: the
+                            // run's frames go one by one.
+                            let frames = crate::proto::decode_run(run.freeze());
+                            for f in frames.into_iter().rev() {
+                                self.outbox.push_front(Outgoing::Frame(f));
+                            }
+                        }
+                    },
+                    None => {}
+                },
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => return Ok(()),
             }
@@ -158,6 +213,15 @@ impl<T: Transport> ConnectionDriver<T> {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether a staged entry is in the resume store (and replayed from it).
+fn resumable(item: &Outgoing) -> bool {
+    match item {
+        Outgoing::Frame(f) => is_resumable(f),
+        // Only PAYLOAD and requests are encoded ahead.
+        Outgoing::Wire(_) => true,
     }
 }
 
@@ -186,7 +250,8 @@ impl<T: Transport> ConnectionDriver<T> {
         debug!(why, "transport lost; the session waits to be resumed");
         self.link = None;
         self.inbox.clear();
-        self.outbox.retain(|f| !is_resumable(f));
+        self.wire = Bytes::new();
+        self.outbox.retain(|f| !resumable(f));
         self.needs_flush = false;
         self.read_done = false;
         self.eof = false;
@@ -215,11 +280,12 @@ impl<T: Transport> ConnectionDriver<T> {
     /// frames).
     fn attach(&mut self, reader: T::Reader, writer: T::Writer, first: Vec<Frame>) {
         debug!(replayed = first.len(), "session resumed on a new transport");
-        let kept: Vec<Frame> = self.outbox.drain(..).filter(|f| !is_resumable(f)).collect();
-        self.outbox.extend(first);
+        let kept: Vec<Outgoing> = self.outbox.drain(..).filter(|f| !resumable(f)).collect();
+        self.outbox.extend(first.into_iter().map(Outgoing::Frame));
         self.outbox.extend(kept);
         self.link = Some(Link { reader, writer });
         self.inbox.clear();
+        self.wire = Bytes::new();
         self.needs_flush = false;
         self.read_done = false;
         self.eof = false;
@@ -423,7 +489,28 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                 this.read_paused = this.shared.lock().read_paused();
             }
             if let Some(link) = this.link.as_mut() {
-                if !this.read_done && !this.read_paused && this.inbox.is_empty() {
+                let idle = this.inbox.is_empty() && this.wire.is_empty();
+                if !this.read_done && !this.read_paused && idle {
+                    if let Some(raw) = T::wire_reader(&mut link.reader) {
+                        match raw.poll_wire(cx, READ_AHEAD_BYTES) {
+                            Poll::Ready(Some(Ok(chunk))) => {
+                                this.wire = chunk;
+                                reader_pending = raw.waiting();
+                            }
+                            Poll::Ready(Some(Err(e))) => {
+                                this.inbox.push_back(Err(e));
+                                this.read_done = true;
+                            }
+                            Poll::Ready(None) => {
+                                this.read_done = true;
+                                this.eof = true;
+                            }
+                            Poll::Pending => reader_pending = true,
+                        }
+                    }
+                }
+                let idle = this.inbox.is_empty() && this.wire.is_empty();
+                if !this.read_done && !this.read_paused && idle {
                     let mut bytes = 0;
                     loop {
                         match link.reader.poll_next_unpin(cx) {
@@ -481,22 +568,28 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                     }
                 }
             }
+            let mut handled = 0;
             while !conn.read_paused() {
-                let Some(item) = this.inbox.pop_front() else {
-                    break;
-                };
-                match item {
-                    Ok(frame) => conn.handle_frame(frame, now.into_std()),
-                    Err(TransportError::Decode(e)) => conn.handle_decode_error(e),
-                    Err(TransportError::Io(e)) => {
-                        if conn.resumable() {
-                            debug!(error = %e, "read failed");
-                            lost = Some("read failed");
-                            break;
-                        }
-                        conn.handle_transport_closed(e.into());
+                if !this.wire.is_empty() {
+                    // Raw frames: the common ones are handled in place.
+                    if handled == READ_BUDGET {
+                        break;
                     }
-                    Err(other) => conn.handle_transport_violation(other.to_string()),
+                    handled += 1;
+                    let used = conn.handle_wire(&this.wire, now.into_std());
+                    this.wire.advance(used.min(this.wire.len()));
+                    if this.wire.is_empty() {
+                        // An empty slice still holds the read buffer.
+                        this.wire = Bytes::new();
+                    }
+                } else {
+                    let Some(item) = this.inbox.pop_front() else {
+                        break;
+                    };
+                    Self::handle_item(&mut conn, item, now.into_std(), &mut lost);
+                    if lost.is_some() {
+                        break;
+                    }
                 }
                 // Each request is dispatched without the lock; what its
                 // handler left to do (an answer given at once) is done in
@@ -512,7 +605,7 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                     }
                 }
             }
-            if this.eof && this.inbox.is_empty() && lost.is_none() {
+            if this.eof && this.inbox.is_empty() && this.wire.is_empty() && lost.is_none() {
                 this.eof = false;
                 if conn.resumable() {
                     lost = Some("end of stream");
@@ -533,6 +626,9 @@ impl<T: Transport> Future for ConnectionDriver<T> {
             }
             if conn.drained() {
                 conn.finish_drain();
+            }
+            if this.spare_run.capacity() > 0 {
+                conn.recycle_run(std::mem::take(&mut this.spare_run));
             }
             if this.outbox.is_empty() {
                 conn.poll_transmit(WRITE_BUDGET, WRITE_BUDGET_BYTES, &mut this.outbox);
@@ -618,7 +714,8 @@ impl<T: Transport> Future for ConnectionDriver<T> {
             // Unless the reader itself said it has nothing (and will wake
             // us), reading goes on in the next round: the budget was used,
             // or frames read earlier were handled instead.
-            let more_to_read = !this.read_done && !this.read_paused && !reader_pending;
+            let more_to_read = !this.read_paused
+                && ((!this.read_done && !reader_pending) || !this.wire.is_empty());
             if more_to_read || more_to_write {
                 continue;
             }

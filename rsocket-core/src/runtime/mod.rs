@@ -11,6 +11,11 @@
 //!                                flushes once, arms the keepalive timer
 //! ```
 //!
+//! Over a byte-stream transport ([`WireRead`], [`WireWrite`]) the driver
+//! reads runs of raw frames, which the state machine handles in place, and
+//! writes the runs of frames the state machine encoded when they were
+//! queued: no `Frame` value is built for a PAYLOAD either way.
+//!
 //! Modules, each importing only those below it: `driver` (the connection's
 //! task) and `server` / `handshake` / `resume` / `reconnect` (connection
 //! setup) → `requester` (the public handle) and `responder` (dispatching
@@ -43,7 +48,7 @@ pub use resume::{ResumeOptions, ServerResumeOptions};
 pub use server::{accept, ServeError, Server, ServerStatsHandle, SocketAcceptor};
 pub use transport::{
     memory_pair, FrameReader, FrameWriter, MemoryTransport, StreamTransport, Transport,
-    TransportError,
+    TransportError, WireRead, WireWrite,
 };
 
 use crate::config::{Config, SetupParams};

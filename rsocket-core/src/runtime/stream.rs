@@ -20,8 +20,9 @@ use crate::proto::{Interaction, SendReady};
 use crate::rsocket::PayloadStream;
 use crate::Payload;
 
-/// Items moved from the state machine to a consumer per lock.
-const RECV_BATCH: usize = 64;
+/// Items moved from the state machine to a consumer per lock, at most (all
+/// of them at once, when the consumer holds none: the queues trade places).
+const RECV_BATCH: usize = 4096;
 /// Items taken from a user stream per lock of the connection state.
 const PUMP_BATCH: u64 = 64;
 /// Batches per task poll before yielding to other tasks.

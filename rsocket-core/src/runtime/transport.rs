@@ -1,5 +1,15 @@
 //! The transport abstraction and the length-prefixed byte-stream transport
 //! shared by TCP, Unix sockets and the in-memory pair.
+//!
+//! A transport moves [`Frame`] values. A transport whose wire format is
+//! the length-prefixed byte stream can also expose its halves as
+//! [`WireRead`] and [`WireWrite`] ([`Transport::wire_reader`],
+//! [`Transport::wire_writer`]): the engine then takes the bytes read as
+//! runs of whole frames and reads PAYLOADs in place, and hands the writer
+//! the runs of frames the state machine encoded as it queued them, so that
+//! a streamed item is neither decoded into nor encoded from a `Frame`
+//! value. [`StreamTransport`] does both; wrappers that inspect frames keep
+//! the defaults and see every frame.
 
 use std::cell::Cell;
 use std::io;
@@ -8,14 +18,15 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::thread::LocalKey;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures::{Sink, SinkExt, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::io::{poll_read_buf, poll_write_buf};
 
-use crate::codec::{CodecError, FrameCodec};
+use crate::codec::{CodecError, FrameCodec, LENGTH_PREFIX_LEN};
 use crate::config::PeerInfo;
+use crate::frame::HEADER_LEN;
 use crate::frame::{DecodeError, Frame};
 
 /// Errors a transport reports.
@@ -85,6 +96,64 @@ pub trait Transport: Send + 'static {
     fn limit_frame_len(&mut self, max: usize) {
         let _ = max;
     }
+
+    /// The reader as a [`WireRead`], when it reads the length-prefixed byte
+    /// format: the engine then takes the frames read as runs of raw bytes
+    /// and parses the common ones (PAYLOAD) in place, without building a
+    /// [`Frame`] for each. The default, `None`, makes the engine read
+    /// frames through the reader's `Stream` (wrappers that inspect frames
+    /// keep the default).
+    fn wire_reader(reader: &mut Self::Reader) -> Option<&mut dyn WireRead> {
+        let _ = reader;
+        None
+    }
+
+    /// The writer as a [`WireWrite`], when it writes the length-prefixed
+    /// byte format: the engine then hands it runs of frames it encoded
+    /// itself (PAYLOAD, REQUEST_RESPONSE, REQUEST_FNF). The default,
+    /// `None`, makes the engine decode such runs and send their frames
+    /// through the writer's `Sink`.
+    fn wire_writer(writer: &mut Self::Writer) -> Option<&mut dyn WireWrite> {
+        let _ = writer;
+        None
+    }
+}
+
+/// A writer of the length-prefixed byte format (see
+/// [`Transport::wire_writer`]).
+pub trait WireWrite: Send {
+    /// Queues the bytes of `frames`, whole frames each behind its 24-bit
+    /// length prefix, as `Sink::start_send` queues one frame: call it once
+    /// `poll_ready` has returned `Ready(Ok(()))`, and flush as for frames.
+    /// It leaves `frames` empty: the same buffer, or one the writer gave
+    /// up, whose room the caller may use again.
+    fn start_send_wire(&mut self, frames: &mut BytesMut) -> Result<(), TransportError>;
+}
+
+/// A reader of the length-prefixed byte format (see
+/// [`Transport::wire_reader`]) that hands out the frames it has read as
+/// raw bytes, many at once.
+pub trait WireRead: Send {
+    /// The complete frames read so far, each behind its 24-bit length
+    /// prefix, as one chunk of at most about `max` bytes (a single frame
+    /// may be larger); reads when none is buffered, and may read more
+    /// before answering. Every prefix in the
+    /// chunk has been checked against the maximum frame length and the
+    /// header size. `Ready(None)` at the end of the stream; an error ends
+    /// the reader, as it does for the `Stream`.
+    fn poll_wire(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<Option<Result<Bytes, TransportError>>>;
+
+    /// The last `poll_wire` that gave frames also found the transport with
+    /// nothing more to read (so the task will be woken when more comes):
+    /// the engine need not poll again before then. `false` is always
+    /// correct.
+    fn waiting(&self) -> bool {
+        false
+    }
 }
 
 /// Bytes read at once into a buffer on the stack while the reader holds no
@@ -148,10 +217,15 @@ pub struct FrameReader<R> {
     large: bool,
     /// The stream ended or the framing failed: nothing more is read.
     done: bool,
+    /// A read error that came after whole frames, for the next
+    /// `poll_wire`.
+    deferred: Option<io::Error>,
+    /// The last `poll_wire` read until the transport had nothing more.
+    waiting: bool,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    fn fail(&mut self, e: TransportError) -> Poll<Option<Result<Frame, TransportError>>> {
+    fn fail<T>(&mut self, e: TransportError) -> Poll<Option<Result<T, TransportError>>> {
         self.done = true;
         self.buf = BytesMut::new();
         Poll::Ready(Some(Err(e)))
@@ -247,6 +321,124 @@ impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
     }
 }
 
+impl<R: AsyncRead + Unpin + Send> WireRead for FrameReader<R> {
+    fn poll_wire(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<Option<Result<Bytes, TransportError>>> {
+        self.waiting = false;
+        if let Some(e) = self.deferred.take() {
+            return self.fail(e.into());
+        }
+        if self.done {
+            return Poll::Ready(None);
+        }
+        // Whole frames at the front of the buffer, up to `max` bytes; more
+        // is read until the transport has nothing more, `max` is reached
+        // or the buffer is full, so that one chunk carries what a wake-up
+        // brought.
+        let mut end = 0;
+        loop {
+            let mut failed = None;
+            while let Some(head) = self.buf.get(end..end + LENGTH_PREFIX_LEN) {
+                let len = (usize::from(head[0]) << 16)
+                    | (usize::from(head[1]) << 8)
+                    | usize::from(head[2]);
+                if len > self.codec.max_frame_len() {
+                    failed = Some(TransportError::FrameTooLarge {
+                        len,
+                        max: self.codec.max_frame_len(),
+                    });
+                    break;
+                }
+                if len < HEADER_LEN {
+                    failed = Some(CodecError::FrameTooShort(len).into());
+                    break;
+                }
+                let total = end + LENGTH_PREFIX_LEN + len;
+                if total > self.buf.len() {
+                    if end == 0 {
+                        // Room for the rest of this frame only: `len` was
+                        // checked against the maximum above.
+                        self.buf.reserve(total - self.buf.len());
+                        self.note_capacity();
+                    }
+                    break;
+                }
+                end = total;
+                if end >= max {
+                    break;
+                }
+            }
+            // More is read only into the room the buffer has: growing it
+            // would copy what it holds.
+            let full = self.buf.capacity() - self.buf.len() < READ_MIN_ROOM;
+            if end > 0 && (end >= max || full || failed.is_some()) {
+                // Frames before a bad prefix go first; the error comes
+                // with the next call.
+                return Poll::Ready(Some(Ok(self.take_frames(end))));
+            }
+            if let Some(e) = failed {
+                return self.fail(e);
+            }
+            match self.poll_fill(cx) {
+                Poll::Ready(Ok(0)) => {
+                    if end > 0 {
+                        // The end is seen again by the next call.
+                        return Poll::Ready(Some(Ok(self.take_frames(end))));
+                    }
+                    if self.buf.is_empty() {
+                        self.done = true;
+                        return Poll::Ready(None);
+                    }
+                    return self.fail(TransportError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the stream ended inside a frame",
+                    )));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    if end > 0 {
+                        self.deferred = Some(e);
+                        return Poll::Ready(Some(Ok(self.take_frames(end))));
+                    }
+                    return self.fail(e.into());
+                }
+                Poll::Pending => {
+                    self.waiting = true;
+                    if end > 0 {
+                        let chunk = self.take_frames(end);
+                        if self.buf.is_empty() {
+                            // Idle: as `poll_fill` does when it finds the
+                            // buffer empty.
+                            self.release();
+                        }
+                        return Poll::Ready(Some(Ok(chunk)));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn waiting(&self) -> bool {
+        self.waiting
+    }
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// The first `end` bytes of the buffer, whole frames.
+    fn take_frames(&mut self, end: usize) -> Bytes {
+        let chunk = self.buf.split_to(end).freeze();
+        if self.buf.capacity() == 0 {
+            // Used up exactly: the next read needs another.
+            self.release();
+        }
+        chunk
+    }
+}
+
 /// Capacity of a new write buffer, at least.
 const WRITE_CAPACITY: usize = 8 << 10;
 /// Write buffer size at which the writer flushes early.
@@ -332,6 +524,25 @@ impl<W: AsyncWrite + Unpin> Sink<Frame> for FrameWriter<W> {
     }
 }
 
+impl<W: AsyncWrite + Unpin + Send> WireWrite for FrameWriter<W> {
+    fn start_send_wire(&mut self, frames: &mut BytesMut) -> Result<(), TransportError> {
+        self.batch += frames.len();
+        if self.buf.is_empty() && frames.capacity() >= self.next_capacity {
+            // Nothing waits and the run has the room a batch needs: it
+            // becomes the buffer, without a copy; the caller gets the one
+            // it replaces.
+            std::mem::swap(&mut self.buf, frames);
+        } else {
+            if self.buf.capacity() == 0 {
+                self.buf = take_spare(&SPARE_WRITE, self.next_capacity);
+            }
+            self.buf.extend_from_slice(frames);
+        }
+        frames.clear();
+        Ok(())
+    }
+}
+
 /// A transport over a byte stream split into read and write halves, framed
 /// with the 24-bit length prefix.
 #[derive(Debug)]
@@ -385,6 +596,8 @@ where
             buf: BytesMut::new(),
             large: false,
             done: false,
+            deferred: None,
+            waiting: false,
         };
         let writer = FrameWriter {
             io: self.writer,
@@ -404,6 +617,14 @@ where
         if max < self.codec.max_frame_len() {
             self.codec = FrameCodec::with_max_frame_len(max);
         }
+    }
+
+    fn wire_reader(reader: &mut Self::Reader) -> Option<&mut dyn WireRead> {
+        Some(reader)
+    }
+
+    fn wire_writer(writer: &mut Self::Writer) -> Option<&mut dyn WireWrite> {
+        Some(writer)
     }
 }
 
@@ -574,6 +795,83 @@ mod tests {
         assert!(matches!(poll_next(&mut reader), Poll::Ready(Some(Ok(_)))));
         assert!(poll_next(&mut reader).is_pending());
         assert!(SPARE_READ.with(Cell::take).is_some(), "an ordinary one is");
+    }
+
+    fn poll_wire<R: AsyncRead + Unpin + Send>(
+        r: &mut FrameReader<R>,
+        max: usize,
+    ) -> Poll<Option<Result<Bytes, TransportError>>> {
+        r.poll_wire(&mut Context::from_waker(Waker::noop()), max)
+    }
+
+    #[tokio::test]
+    async fn wire_reader_hands_out_whole_frames_then_the_error() {
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        let (mut reader, _writer) = StreamTransport::new(ours, tokio::io::sink())
+            .with_max_frame_len(1000)
+            .split();
+        assert!(poll_wire(&mut reader, 1 << 20).is_pending());
+        let frames: Vec<Frame> = (0..10).map(|i| frame(i * 10)).collect();
+        let bytes = encoded(&frames);
+        // All but the last byte: the last frame is incomplete.
+        peer.write_all(&bytes[..bytes.len() - 1]).await.unwrap();
+        let first = encoded(&frames[..9]);
+        match poll_wire(&mut reader, 1 << 20) {
+            Poll::Ready(Some(Ok(chunk))) => assert_eq!(&chunk[..], &first[..]),
+            other => panic!("expected nine frames, got {other:?}"),
+        }
+        assert!(poll_wire(&mut reader, 1 << 20).is_pending());
+        assert_eq!(reader.buf.len(), bytes.len() - 1 - first.len());
+        // The rest, then a prefix beyond the maximum: the frame first.
+        peer.write_all(&bytes[bytes.len() - 1..]).await.unwrap();
+        peer.write_all(&[0x0f, 0x42, 0x40, 0, 0]).await.unwrap();
+        let last = encoded(&frames[9..]);
+        match poll_wire(&mut reader, 1 << 20) {
+            Poll::Ready(Some(Ok(chunk))) => assert_eq!(&chunk[..], &last[..]),
+            other => panic!("expected the last frame, got {other:?}"),
+        }
+        match poll_wire(&mut reader, 1 << 20) {
+            Poll::Ready(Some(Err(TransportError::FrameTooLarge { len, max }))) => {
+                assert_eq!((len, max), (1_000_000, 1000));
+            }
+            other => panic!("expected FrameTooLarge, got {other:?}"),
+        }
+        assert!(matches!(poll_wire(&mut reader, 1 << 20), Poll::Ready(None)));
+
+        // `max` splits a run at a frame boundary; a short prefix fails.
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        let (mut reader, _writer) = StreamTransport::new(ours, tokio::io::sink()).split();
+        peer.write_all(&encoded(&frames[..3])).await.unwrap();
+        peer.write_all(&[0, 0, 2, 0, 0]).await.unwrap();
+        for f in &frames[..3] {
+            match poll_wire(&mut reader, 1) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    assert_eq!(&chunk[..], &encoded(std::slice::from_ref(f))[..]);
+                }
+                other => panic!("expected one frame, got {other:?}"),
+            }
+        }
+        assert!(matches!(
+            poll_wire(&mut reader, 1),
+            Poll::Ready(Some(Err(TransportError::Framing(_))))
+        ));
+    }
+
+    #[tokio::test]
+    async fn wire_reader_holds_no_buffer_while_idle() {
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        let (mut reader, _writer) = StreamTransport::new(ours, tokio::io::sink()).split();
+        for round in 0..3 {
+            let frames: Vec<Frame> = (0..5).map(|i| frame(i * 30 + round)).collect();
+            peer.write_all(&encoded(&frames)).await.unwrap();
+            match poll_wire(&mut reader, 1 << 20) {
+                Poll::Ready(Some(Ok(chunk))) => assert_eq!(&chunk[..], &encoded(&frames)[..]),
+                other => panic!("expected the frames, got {other:?}"),
+            }
+            assert!(reader.waiting(), "read until nothing was left");
+            assert_eq!(reader.buf.capacity(), 0, "released once idle");
+            assert!(poll_wire(&mut reader, 1 << 20).is_pending());
+        }
     }
 
     #[tokio::test]
