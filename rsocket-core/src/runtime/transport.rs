@@ -18,11 +18,11 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::thread::LocalKey;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::{Sink, SinkExt, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::codec::{Decoder, Encoder};
-use tokio_util::io::{poll_read_buf, poll_write_buf};
+use tokio_util::io::poll_read_buf;
 
 use crate::codec::{CodecError, FrameCodec, LENGTH_PREFIX_LEN};
 use crate::config::PeerInfo;
@@ -334,6 +334,11 @@ impl<R: AsyncRead + Unpin + Send> WireRead for FrameReader<R> {
         if self.done {
             return Poll::Ready(None);
         }
+        if self.buf.capacity() == 0 {
+            if let Some(done) = self.poll_wire_probe(cx, max) {
+                return done;
+            }
+        }
         // Whole frames at the front of the buffer, up to `max` bytes; more
         // is read until the transport has nothing more, `max` is reached
         // or the buffer is full, so that one chunk carries what a wake-up
@@ -428,6 +433,67 @@ impl<R: AsyncRead + Unpin + Send> WireRead for FrameReader<R> {
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// `poll_wire` while the reader holds no buffer: reads into a buffer on
+    /// the stack, as `poll_fill` does, and when that brings whole frames
+    /// only (a lone request or answer, typically) and a second read into
+    /// the rest of it finds nothing more, hands them out in a slice of the
+    /// thread's spare read buffer, which stays the spare (the reader holds
+    /// no buffer after, and none is grown or read into).
+    /// `None` when what was read is now in `buf` for the general path (a
+    /// partial frame, a bad prefix, more data).
+    fn poll_wire_probe(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Option<Poll<Option<Result<Bytes, TransportError>>>> {
+        let mut probe = [MaybeUninit::<u8>::uninit(); PROBE_LEN];
+        let mut read = ReadBuf::uninit(&mut probe);
+        match Pin::new(&mut self.io).poll_read(cx, &mut read) {
+            Poll::Pending => {
+                self.waiting = true;
+                return Some(Poll::Pending);
+            }
+            Poll::Ready(Err(e)) => return Some(self.fail(e.into())),
+            Poll::Ready(Ok(())) => {}
+        }
+        let n = read.filled().len();
+        if n == 0 {
+            self.done = true;
+            return Some(Poll::Ready(None));
+        }
+        if n < PROBE_LEN && n <= max && whole_frames(read.filled(), self.codec.max_frame_len()) {
+            match Pin::new(&mut self.io).poll_read(cx, &mut read) {
+                Poll::Pending => {
+                    self.waiting = true;
+                    let chunk = spare_chunk(&read.filled()[..n]);
+                    return Some(Poll::Ready(Some(Ok(chunk))));
+                }
+                // The end (seen again by the next call).
+                Poll::Ready(Ok(())) if read.filled().len() == n => {
+                    let chunk = spare_chunk(&read.filled()[..n]);
+                    return Some(Poll::Ready(Some(Ok(chunk))));
+                }
+                Poll::Ready(Err(e)) => {
+                    self.deferred = Some(e);
+                    let chunk = spare_chunk(&read.filled()[..n]);
+                    return Some(Poll::Ready(Some(Ok(chunk))));
+                }
+                // More: on to a buffer.
+                Poll::Ready(Ok(())) => {}
+            }
+        }
+        let got = read.filled();
+        // As `poll_fill`: a full probe means more is probably waiting.
+        let cap = if got.len() == PROBE_LEN {
+            READ_CAPACITY
+        } else {
+            PROBE_LEN
+        };
+        self.buf = take_spare(&SPARE_READ, cap);
+        self.buf.extend_from_slice(got);
+        None
+    }
+
     /// The first `end` bytes of the buffer, whole frames.
     fn take_frames(&mut self, end: usize) -> Bytes {
         let chunk = self.buf.split_to(end).freeze();
@@ -437,6 +503,33 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         chunk
     }
+}
+
+/// A copy of `bytes` (at most [`PROBE_LEN`]) in the thread's spare read
+/// buffer, which stays the spare: shared, so that slicing the copy costs no
+/// allocation.
+fn spare_chunk(bytes: &[u8]) -> Bytes {
+    let mut buf = take_spare(&SPARE_READ, PROBE_LEN);
+    buf.extend_from_slice(bytes);
+    let chunk = buf.split().freeze();
+    put_spare(&SPARE_READ, buf);
+    chunk
+}
+
+/// `bytes` holds whole frames only, each behind a length prefix that is
+/// no more than `max_frame_len` nor less than the frame header.
+fn whole_frames(mut bytes: &[u8], max_frame_len: usize) -> bool {
+    while let Some(head) = bytes.get(..LENGTH_PREFIX_LEN) {
+        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        if len > max_frame_len || len < HEADER_LEN {
+            return false;
+        }
+        match bytes.get(LENGTH_PREFIX_LEN + len..) {
+            Some(rest) => bytes = rest,
+            None => return false,
+        }
+    }
+    bytes.is_empty()
 }
 
 /// Capacity of a new write buffer, at least.
@@ -464,7 +557,10 @@ pub struct FrameWriter<W> {
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     fn poll_write_all(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
         while !self.buf.is_empty() {
-            let n = ready!(poll_write_buf(Pin::new(&mut self.io), cx, &mut self.buf))?;
+            // One contiguous buffer: a plain write (`poll_write_buf` would
+            // set up an array of 64 slices for a vectored one each time).
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.buf))?;
+            self.buf.advance(n);
             if n == 0 {
                 return Poll::Ready(Err(TransportError::Io(io::Error::new(
                     io::ErrorKind::WriteZero,
@@ -855,6 +951,45 @@ mod tests {
             poll_wire(&mut reader, 1),
             Poll::Ready(Some(Err(TransportError::Framing(_))))
         ));
+    }
+
+    #[tokio::test]
+    async fn wire_reader_hands_out_a_lone_read_without_a_buffer() {
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        let (mut reader, _writer) = StreamTransport::new(ours, tokio::io::sink()).split();
+        // Whole frames in one read: handed out from the stack read, the
+        // reader keeps no buffer.
+        let frames: Vec<Frame> = (0..2).map(|i| frame(i * 10)).collect();
+        peer.write_all(&encoded(&frames)).await.unwrap();
+        match poll_wire(&mut reader, 1 << 20) {
+            Poll::Ready(Some(Ok(chunk))) => assert_eq!(&chunk[..], &encoded(&frames)[..]),
+            other => panic!("expected the frames, got {other:?}"),
+        }
+        assert!(reader.waiting());
+        assert_eq!(reader.buf.capacity(), 0);
+        // Whole frames, then a bad prefix in the same read: the frames
+        // first, then the error.
+        let mut bytes = encoded(&frames[..1]);
+        bytes.extend_from_slice(&[0, 0, 2, 0, 0]);
+        peer.write_all(&bytes).await.unwrap();
+        match poll_wire(&mut reader, 1 << 20) {
+            Poll::Ready(Some(Ok(chunk))) => assert_eq!(&chunk[..], &encoded(&frames[..1])[..]),
+            other => panic!("expected the frame, got {other:?}"),
+        }
+        assert!(matches!(
+            poll_wire(&mut reader, 1 << 20),
+            Poll::Ready(Some(Err(TransportError::Framing(_))))
+        ));
+        // Whole frames, then the end: the frames, then `None`.
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        let (mut reader, _writer) = StreamTransport::new(ours, tokio::io::sink()).split();
+        peer.write_all(&encoded(&frames)).await.unwrap();
+        drop(peer);
+        match poll_wire(&mut reader, 1 << 20) {
+            Poll::Ready(Some(Ok(chunk))) => assert_eq!(&chunk[..], &encoded(&frames)[..]),
+            other => panic!("expected the frames, got {other:?}"),
+        }
+        assert!(matches!(poll_wire(&mut reader, 1 << 20), Poll::Ready(None)));
     }
 
     #[tokio::test]
