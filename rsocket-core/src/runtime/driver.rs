@@ -490,8 +490,13 @@ impl<T: Transport> Future for ConnectionDriver<T> {
             }
             if let Some(link) = this.link.as_mut() {
                 let idle = this.inbox.is_empty() && this.wire.is_empty();
+                // A reader with a `WireRead` is read through it only: its
+                // `Stream` would poll the transport a second time for
+                // nothing when it has nothing.
+                let mut wire_read = false;
                 if !this.read_done && !this.read_paused && idle {
                     if let Some(raw) = T::wire_reader(&mut link.reader) {
+                        wire_read = true;
                         match raw.poll_wire(cx, READ_AHEAD_BYTES) {
                             Poll::Ready(Some(Ok(chunk))) => {
                                 this.wire = chunk;
@@ -510,7 +515,7 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                     }
                 }
                 let idle = this.inbox.is_empty() && this.wire.is_empty();
-                if !this.read_done && !this.read_paused && idle {
+                if !wire_read && !this.read_done && !this.read_paused && idle {
                     let mut bytes = 0;
                     loop {
                         match link.reader.poll_next_unpin(cx) {

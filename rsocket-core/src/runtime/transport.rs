@@ -12,17 +12,18 @@
 //! the defaults and see every frame.
 
 use std::cell::Cell;
-use std::io;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::thread::LocalKey;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::{Sink, SinkExt, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::codec::{Decoder, Encoder};
-use tokio_util::io::{poll_read_buf, poll_write_buf};
+use tokio_util::io::poll_read_buf;
 
 use crate::codec::{CodecError, FrameCodec, LENGTH_PREFIX_LEN};
 use crate::config::PeerInfo;
@@ -125,8 +126,9 @@ pub trait WireWrite: Send {
     /// Queues the bytes of `frames`, whole frames each behind its 24-bit
     /// length prefix, as `Sink::start_send` queues one frame: call it once
     /// `poll_ready` has returned `Ready(Ok(()))`, and flush as for frames.
-    /// It leaves `frames` empty: the same buffer, or one the writer gave
-    /// up, whose room the caller may use again.
+    /// It leaves `frames` empty: the same buffer, one the writer gave up,
+    /// whose room the caller may use again, or none (the writer kept the
+    /// run to write it as it is).
     fn start_send_wire(&mut self, frames: &mut BytesMut) -> Result<(), TransportError>;
 }
 
@@ -334,6 +336,11 @@ impl<R: AsyncRead + Unpin + Send> WireRead for FrameReader<R> {
         if self.done {
             return Poll::Ready(None);
         }
+        if self.buf.capacity() == 0 {
+            if let Some(done) = self.poll_wire_probe(cx, max) {
+                return done;
+            }
+        }
         // Whole frames at the front of the buffer, up to `max` bytes; more
         // is read until the transport has nothing more, `max` is reached
         // or the buffer is full, so that one chunk carries what a wake-up
@@ -428,6 +435,67 @@ impl<R: AsyncRead + Unpin + Send> WireRead for FrameReader<R> {
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// `poll_wire` while the reader holds no buffer: reads into a buffer on
+    /// the stack, as `poll_fill` does, and when that brings whole frames
+    /// only (a lone request or answer, typically) and a second read into
+    /// the rest of it finds nothing more, hands them out in a slice of the
+    /// thread's spare read buffer, which stays the spare (the reader holds
+    /// no buffer after, and none is grown or read into).
+    /// `None` when what was read is now in `buf` for the general path (a
+    /// partial frame, a bad prefix, more data).
+    fn poll_wire_probe(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Option<Poll<Option<Result<Bytes, TransportError>>>> {
+        let mut probe = [MaybeUninit::<u8>::uninit(); PROBE_LEN];
+        let mut read = ReadBuf::uninit(&mut probe);
+        match Pin::new(&mut self.io).poll_read(cx, &mut read) {
+            Poll::Pending => {
+                self.waiting = true;
+                return Some(Poll::Pending);
+            }
+            Poll::Ready(Err(e)) => return Some(self.fail(e.into())),
+            Poll::Ready(Ok(())) => {}
+        }
+        let n = read.filled().len();
+        if n == 0 {
+            self.done = true;
+            return Some(Poll::Ready(None));
+        }
+        if n < PROBE_LEN && n <= max && whole_frames(read.filled(), self.codec.max_frame_len()) {
+            match Pin::new(&mut self.io).poll_read(cx, &mut read) {
+                Poll::Pending => {
+                    self.waiting = true;
+                    let chunk = spare_chunk(&read.filled()[..n]);
+                    return Some(Poll::Ready(Some(Ok(chunk))));
+                }
+                // The end (seen again by the next call).
+                Poll::Ready(Ok(())) if read.filled().len() == n => {
+                    let chunk = spare_chunk(&read.filled()[..n]);
+                    return Some(Poll::Ready(Some(Ok(chunk))));
+                }
+                Poll::Ready(Err(e)) => {
+                    self.deferred = Some(e);
+                    let chunk = spare_chunk(&read.filled()[..n]);
+                    return Some(Poll::Ready(Some(Ok(chunk))));
+                }
+                // More: on to a buffer.
+                Poll::Ready(Ok(())) => {}
+            }
+        }
+        let got = read.filled();
+        // As `poll_fill`: a full probe means more is probably waiting.
+        let cap = if got.len() == PROBE_LEN {
+            READ_CAPACITY
+        } else {
+            PROBE_LEN
+        };
+        self.buf = take_spare(&SPARE_READ, cap);
+        self.buf.extend_from_slice(got);
+        None
+    }
+
     /// The first `end` bytes of the buffer, whole frames.
     fn take_frames(&mut self, end: usize) -> Bytes {
         let chunk = self.buf.split_to(end).freeze();
@@ -439,10 +507,42 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+/// A copy of `bytes` (at most [`PROBE_LEN`]) in the thread's spare read
+/// buffer, which stays the spare: shared, so that slicing the copy costs no
+/// allocation.
+fn spare_chunk(bytes: &[u8]) -> Bytes {
+    let mut buf = take_spare(&SPARE_READ, PROBE_LEN);
+    buf.extend_from_slice(bytes);
+    let chunk = buf.split().freeze();
+    put_spare(&SPARE_READ, buf);
+    chunk
+}
+
+/// `bytes` holds whole frames only, each behind a length prefix that is
+/// no more than `max_frame_len` nor less than the frame header.
+fn whole_frames(mut bytes: &[u8], max_frame_len: usize) -> bool {
+    while let Some(head) = bytes.get(..LENGTH_PREFIX_LEN) {
+        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        if len > max_frame_len || len < HEADER_LEN {
+            return false;
+        }
+        match bytes.get(LENGTH_PREFIX_LEN + len..) {
+            Some(rest) => bytes = rest,
+            None => return false,
+        }
+    }
+    bytes.is_empty()
+}
+
 /// Capacity of a new write buffer, at least.
 const WRITE_CAPACITY: usize = 8 << 10;
 /// Write buffer size at which the writer flushes early.
 const WRITE_HIGH_WATER: usize = 64 << 10;
+/// A run of encoded frames at least this large is queued as it is (written
+/// with a vectored write) rather than copied into the buffer.
+const QUEUE_RUN_MIN: usize = 512;
+/// Buffers written with one vectored write, at most.
+const WRITE_SLICES: usize = 16;
 
 /// Writes length-prefixed frames to any [`AsyncWrite`], batching them in a
 /// buffer that is written out on flush (or when it passes 64 KiB).
@@ -450,11 +550,19 @@ const WRITE_HIGH_WATER: usize = 64 << 10;
 /// The buffer is released once a flush has written it all, so that an idle
 /// connection holds none; the next one is allocated with the size the last
 /// batch needed, so that a batch does not grow its buffer step by step.
+/// Runs of frames the engine encoded itself (see [`WireWrite`]) that are
+/// not small are queued behind the buffer as they are, without a copy, and
+/// written with it by vectored writes.
 #[derive(Debug)]
 pub struct FrameWriter<W> {
     io: W,
     codec: FrameCodec,
     buf: BytesMut,
+    /// Runs written after `buf`, in order; what comes after them is added
+    /// to the last one.
+    runs: VecDeque<BytesMut>,
+    /// Bytes in `runs`.
+    queued: usize,
     /// Bytes encoded into the current buffer since it was allocated.
     batch: usize,
     /// Capacity of the next buffer: what the last one took.
@@ -463,8 +571,28 @@ pub struct FrameWriter<W> {
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     fn poll_write_all(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
-        while !self.buf.is_empty() {
-            let n = ready!(poll_write_buf(Pin::new(&mut self.io), cx, &mut self.buf))?;
+        while !self.buf.is_empty() || !self.runs.is_empty() {
+            let n = if self.runs.is_empty() {
+                // One contiguous buffer: a plain write (`poll_write_buf`
+                // would set up an array of 64 slices each time).
+                let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.buf))?;
+                self.buf.advance(n.min(self.buf.len()));
+                n
+            } else {
+                let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+                let mut k = 0;
+                if !self.buf.is_empty() {
+                    slices[0] = IoSlice::new(&self.buf);
+                    k = 1;
+                }
+                for run in self.runs.iter().take(WRITE_SLICES - k) {
+                    slices[k] = IoSlice::new(run);
+                    k += 1;
+                }
+                let n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..k]))?;
+                self.consume(n);
+                n
+            };
             if n == 0 {
                 return Poll::Ready(Err(TransportError::Io(io::Error::new(
                     io::ErrorKind::WriteZero,
@@ -476,8 +604,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             // All written: release the buffer. It holds at most twice the
             // batch (it grows by doubling from at least `next_capacity`).
             let buf = std::mem::take(&mut self.buf);
-            if self.batch.max(self.next_capacity) <= SPARE_MAX / 2 {
+            if buf.capacity() > 0 && self.batch.max(self.next_capacity) <= SPARE_MAX / 2 {
                 put_spare(&SPARE_WRITE, buf);
+            }
+            if self.runs.capacity() > 0 {
+                // Nor does an idle connection keep the queue of runs.
+                self.runs = VecDeque::new();
             }
             self.next_capacity = self
                 .batch
@@ -488,11 +620,34 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 }
 
+impl<W> FrameWriter<W> {
+    /// Drops the first `n` bytes written, from `buf` and then the runs
+    /// (a run written whole is freed).
+    fn consume(&mut self, mut n: usize) {
+        let from_buf = n.min(self.buf.len());
+        self.buf.advance(from_buf);
+        n -= from_buf;
+        while n > 0 {
+            let Some(run) = self.runs.front_mut() else {
+                break;
+            };
+            if n < run.len() {
+                run.advance(n);
+                self.queued -= n;
+                break;
+            }
+            n -= run.len();
+            self.queued -= run.len();
+            self.runs.pop_front();
+        }
+    }
+}
+
 impl<W: AsyncWrite + Unpin> Sink<Frame> for FrameWriter<W> {
     type Error = TransportError;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.buf.len() >= WRITE_HIGH_WATER {
+        if self.buf.len() + self.queued >= WRITE_HIGH_WATER {
             self.poll_flush(cx)
         } else {
             Poll::Ready(Ok(()))
@@ -501,6 +656,15 @@ impl<W: AsyncWrite + Unpin> Sink<Frame> for FrameWriter<W> {
 
     fn start_send(mut self: Pin<&mut Self>, item: Frame) -> Result<(), Self::Error> {
         let this = &mut *self;
+        if let Some(last) = this.runs.back_mut() {
+            // After the runs queued.
+            let before = last.len();
+            this.codec.encode(&item, last)?;
+            let n = last.len() - before;
+            this.queued += n;
+            this.batch += n;
+            return Ok(());
+        }
         if this.buf.capacity() == 0 {
             this.buf = take_spare(&SPARE_WRITE, this.next_capacity);
         }
@@ -527,6 +691,26 @@ impl<W: AsyncWrite + Unpin> Sink<Frame> for FrameWriter<W> {
 impl<W: AsyncWrite + Unpin + Send> WireWrite for FrameWriter<W> {
     fn start_send_wire(&mut self, frames: &mut BytesMut) -> Result<(), TransportError> {
         self.batch += frames.len();
+        if let Some(last) = self.runs.back_mut() {
+            // After the runs queued: copied into the last one when it has
+            // the room, queued as well otherwise.
+            self.queued += frames.len();
+            if last.capacity() - last.len() >= frames.len() {
+                last.extend_from_slice(frames);
+                frames.clear();
+            } else {
+                self.runs.push_back(std::mem::take(frames));
+            }
+            return Ok(());
+        }
+        if frames.len() >= QUEUE_RUN_MIN
+            && !(self.buf.is_empty() && frames.capacity() >= self.next_capacity)
+        {
+            // Not small: queued behind the buffer without a copy.
+            self.queued += frames.len();
+            self.runs.push_back(std::mem::take(frames));
+            return Ok(());
+        }
         if self.buf.is_empty() && frames.capacity() >= self.next_capacity {
             // Nothing waits and the run has the room a batch needs: it
             // becomes the buffer, without a copy; the caller gets the one
@@ -603,6 +787,8 @@ where
             io: self.writer,
             codec: self.codec,
             buf: BytesMut::new(),
+            runs: VecDeque::new(),
+            queued: 0,
             batch: 0,
             next_capacity: WRITE_CAPACITY,
         };
@@ -858,6 +1044,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn wire_reader_hands_out_a_lone_read_without_a_buffer() {
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        let (mut reader, _writer) = StreamTransport::new(ours, tokio::io::sink()).split();
+        // Whole frames in one read: handed out from the stack read, the
+        // reader keeps no buffer.
+        let frames: Vec<Frame> = (0..2).map(|i| frame(i * 10)).collect();
+        peer.write_all(&encoded(&frames)).await.unwrap();
+        match poll_wire(&mut reader, 1 << 20) {
+            Poll::Ready(Some(Ok(chunk))) => assert_eq!(&chunk[..], &encoded(&frames)[..]),
+            other => panic!("expected the frames, got {other:?}"),
+        }
+        assert!(reader.waiting());
+        assert_eq!(reader.buf.capacity(), 0);
+        // Whole frames, then a bad prefix in the same read: the frames
+        // first, then the error.
+        let mut bytes = encoded(&frames[..1]);
+        bytes.extend_from_slice(&[0, 0, 2, 0, 0]);
+        peer.write_all(&bytes).await.unwrap();
+        match poll_wire(&mut reader, 1 << 20) {
+            Poll::Ready(Some(Ok(chunk))) => assert_eq!(&chunk[..], &encoded(&frames[..1])[..]),
+            other => panic!("expected the frame, got {other:?}"),
+        }
+        assert!(matches!(
+            poll_wire(&mut reader, 1 << 20),
+            Poll::Ready(Some(Err(TransportError::Framing(_))))
+        ));
+        // Whole frames, then the end: the frames, then `None`.
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        let (mut reader, _writer) = StreamTransport::new(ours, tokio::io::sink()).split();
+        peer.write_all(&encoded(&frames)).await.unwrap();
+        drop(peer);
+        match poll_wire(&mut reader, 1 << 20) {
+            Poll::Ready(Some(Ok(chunk))) => assert_eq!(&chunk[..], &encoded(&frames)[..]),
+            other => panic!("expected the frames, got {other:?}"),
+        }
+        assert!(matches!(poll_wire(&mut reader, 1 << 20), Poll::Ready(None)));
+    }
+
+    #[tokio::test]
     async fn wire_reader_holds_no_buffer_while_idle() {
         let (mut peer, ours) = tokio::io::duplex(1 << 20);
         let (mut reader, _writer) = StreamTransport::new(ours, tokio::io::sink()).split();
@@ -912,6 +1137,55 @@ mod tests {
         let (mut reader, _writer) = StreamTransport::new(ours, tokio::io::sink()).split();
         drop(peer);
         assert!(matches!(poll_next(&mut reader), Poll::Ready(None)));
+    }
+
+    #[tokio::test]
+    async fn writer_queues_large_runs_and_writes_everything_in_order() {
+        // A small pipe: the vectored writes are partial.
+        let (ours, mut peer) = tokio::io::duplex(1000);
+        let (_reader, mut writer) = StreamTransport::new(tokio::io::empty(), ours).split();
+        let run = |frames: &[Frame]| BytesMut::from(&encoded(frames)[..]);
+        let mut want = Vec::new();
+        let mut sent = 0;
+        for round in 0..3 {
+            let small: Vec<Frame> = (0..2).map(|i| frame(i + round)).collect();
+            let large: Vec<Frame> = (0..20).map(|i| frame(40 + i)).collect();
+            let single = frame(7 + round);
+            // A small run (copied), a large one (queued), a frame and a
+            // small run after it (added to the last run), a large one.
+            for (i, part) in [&small[..], &large[..]].into_iter().enumerate() {
+                let mut r = run(part);
+                want.extend_from_slice(&r);
+                writer.start_send_wire(&mut r).unwrap();
+                if i == 1 {
+                    assert!(!writer.runs.is_empty(), "a large run is queued");
+                }
+            }
+            futures::future::poll_fn(|cx| Pin::new(&mut writer).poll_ready(cx))
+                .await
+                .unwrap();
+            Pin::new(&mut writer).start_send(single.clone()).unwrap();
+            want.extend_from_slice(&encoded(std::slice::from_ref(&single)));
+            for part in [&small[..], &large[..]] {
+                let mut r = run(part);
+                want.extend_from_slice(&r);
+                writer.start_send_wire(&mut r).unwrap();
+            }
+            let expect = want.len() - sent;
+            let flush = tokio::spawn(async move {
+                writer.flush().await.unwrap();
+                writer
+            });
+            let mut got = vec![0u8; expect];
+            tokio::io::AsyncReadExt::read_exact(&mut peer, &mut got)
+                .await
+                .unwrap();
+            writer = flush.await.unwrap();
+            assert_eq!(&got[..], &want[sent..]);
+            sent = want.len();
+            assert!(writer.runs.is_empty() && writer.runs.capacity() == 0);
+            assert_eq!((writer.queued, writer.buf.capacity()), (0, 0));
+        }
     }
 
     #[tokio::test]
