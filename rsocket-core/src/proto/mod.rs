@@ -18,7 +18,7 @@
 //! | `inbound.rs` | frames from the peer: requests, items, REQUEST_N, CANCEL, ERROR (a PAYLOAD from a run of raw frames is read in place, `handle_wire`) |
 //! | `local.rs` | commands from local handles: open, consume, produce, release |
 //! | `stream.rs` | one stream's halves, their states and credit (the replenishment rule) |
-//! | `output.rs` | the outbound queue and its byte cap; frames encoded into runs as they are queued |
+//! | `output.rs` | the outbound queue and its byte cap; frames under 4 KiB encoded into runs as they are queued |
 //! | `keepalive.rs` | KEEPALIVE sending, answering, and the max lifetime |
 //! | `lease.rs`, `resume.rs` | leasing; resume positions and the store of unacknowledged frames |
 //! | `fragment.rs`, `ids.rs` | fragmentation and reassembly; stream ids |

@@ -1,7 +1,7 @@
 //! The outbound queue: frames waiting for the writer, counted against
 //! `Config::max_outbound_queue_bytes`, and the wake-ups the runtime drains.
-//! Without resumption the frames are encoded as they are queued, into runs
-//! the writer takes as they are (see [`OutQueue`]).
+//! Without resumption the frames under 4 KiB are encoded as they are
+//! queued, into runs the writer takes as they are (see [`OutQueue`]).
 //!
 //! Paced frames (requests, stream items) were queued after waiting for
 //! room; unpaced ones (control frames, answers written while reading) were
@@ -88,6 +88,12 @@ const MIN_RUN_BYTES: usize = 256;
 /// hold (a run large enough to matter is usually taken by the writer as
 /// its buffer).
 pub(crate) const RECYCLE_RUN_BYTES: usize = 4 * MIN_RUN_BYTES;
+/// A frame at least this large is queued as a value, not encoded into a
+/// run: the writer encodes it into its own buffer, which it keeps as the
+/// thread's spare, whereas runs for large frames would be fresh
+/// allocations of up to [`RUN_BYTES`] for each burst, freed once written
+/// (with the allocator giving the memory back and faulting it in again).
+const RUN_FRAME_MAX: usize = 4 << 10;
 
 /// Length, pacing and frame count of a queued entry (a run's frames all
 /// have the same pacing).
@@ -122,16 +128,18 @@ pub(super) struct Queued {
 /// beside them: when everything queued goes to the writer at once, the
 /// entries are handed over as they are, without moving each one.
 ///
-/// On a connection without resumption every frame is encoded as it is
-/// queued, into runs of frames of the same pacing ([`Outgoing::Wire`])
+/// On a connection without resumption every frame under
+/// [`RUN_FRAME_MAX`] is encoded as it is queued, into runs of frames of the
+/// same pacing ([`Outgoing::Wire`])
 /// that the writer of a byte-stream transport takes as they are: no frame
 /// value is kept, and the encoded length is computed once. A new run has
 /// room for twice what the run before it holds (from [`MIN_RUN_BYTES`] to
 /// [`RUN_BYTES`]): a burst gets large runs, and frames of alternating
 /// pacing get small ones, so that the memory of the runs stays within
 /// about twice the bytes they hold. A run larger than what the writer may
-/// take at once is split at a frame boundary. A resumable connection keeps
-/// every frame as a value (its store replays frames).
+/// take at once is split at a frame boundary. Larger frames, and every
+/// frame of a resumable connection (its store replays frames), are kept as
+/// values.
 #[derive(Debug, Default)]
 pub(super) struct OutQueue {
     items: VecDeque<Outgoing>,
@@ -310,7 +318,7 @@ impl Connection {
             self.unpaced_bytes += len;
         }
         self.counters.frames_queued += 1;
-        if self.resume.is_none() {
+        if self.resume.is_none() && len < RUN_FRAME_MAX {
             self.out.push_encoded(&frame, len, pace);
         } else {
             self.out.push_back(frame, len, pace);
