@@ -310,10 +310,7 @@ impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
                         this.done = true;
                         return Poll::Ready(None);
                     }
-                    return this.fail(TransportError::Io(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the stream ended inside a frame",
-                    )));
+                    return this.fail(ended_inside_frame());
                 }
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => return this.fail(e.into()),
@@ -399,10 +396,7 @@ impl<R: AsyncRead + Unpin + Send> WireRead for FrameReader<R> {
                         self.done = true;
                         return Poll::Ready(None);
                     }
-                    return self.fail(TransportError::Io(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the stream ended inside a frame",
-                    )));
+                    return self.fail(ended_inside_frame());
                 }
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => {
@@ -532,6 +526,14 @@ fn whole_frames(mut bytes: &[u8], max_frame_len: usize) -> bool {
         }
     }
     bytes.is_empty()
+}
+
+/// The byte stream ended with part of a frame read.
+fn ended_inside_frame() -> TransportError {
+    TransportError::Io(io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the stream ended inside a frame",
+    ))
 }
 
 /// Capacity of a new write buffer, at least.
