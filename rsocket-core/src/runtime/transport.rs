@@ -269,17 +269,22 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
         let got = read.filled();
         if !got.is_empty() {
-            // A full probe: more is probably waiting, read it in large
-            // chunks. Otherwise the socket is likely drained.
-            let cap = if got.len() == PROBE_LEN {
-                READ_CAPACITY
-            } else {
-                PROBE_LEN
-            };
-            self.buf = take_spare(&SPARE_READ, cap);
-            self.buf.extend_from_slice(got);
+            self.keep_probe(got);
         }
         Poll::Ready(Ok(got.len()))
+    }
+
+    /// Moves what a probe read into a read buffer: a large one after a
+    /// full probe (more is probably waiting, read it in large chunks), a
+    /// small one otherwise (the socket is likely drained).
+    fn keep_probe(&mut self, got: &[u8]) {
+        let cap = if got.len() == PROBE_LEN {
+            READ_CAPACITY
+        } else {
+            PROBE_LEN
+        };
+        self.buf = take_spare(&SPARE_READ, cap);
+        self.buf.extend_from_slice(got);
     }
 }
 
@@ -478,15 +483,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 Poll::Ready(Ok(())) => {}
             }
         }
-        let got = read.filled();
-        // As `poll_fill`: a full probe means more is probably waiting.
-        let cap = if got.len() == PROBE_LEN {
-            READ_CAPACITY
-        } else {
-            PROBE_LEN
-        };
-        self.buf = take_spare(&SPARE_READ, cap);
-        self.buf.extend_from_slice(got);
+        self.keep_probe(read.filled());
         None
     }
 
