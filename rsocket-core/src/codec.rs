@@ -86,10 +86,9 @@ impl Decoder for FrameCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, CodecError> {
-        if src.len() < LENGTH_PREFIX_LEN {
+        let Some(len) = crate::frame::get_u24(src) else {
             return Ok(None);
-        }
-        let len = (usize::from(src[0]) << 16) | (usize::from(src[1]) << 8) | usize::from(src[2]);
+        };
         self.check(len)?;
         if len < HEADER_LEN {
             return Err(CodecError::FrameTooShort(len));
@@ -116,15 +115,7 @@ impl Encoder<&Frame> for FrameCodec {
         let len = frame.encoded_len();
         self.check(len)?;
         dst.reserve(LENGTH_PREFIX_LEN + len);
-        match frame {
-            Frame::Payload(p) => p.encode_with_prefix(Some(len), dst),
-            Frame::RequestResponse(r) => r.encode_with_prefix(Some(len), dst),
-            Frame::RequestFnf(r) => r.encode_with_prefix(Some(len), dst),
-            _ => {
-                crate::frame::put_u24(dst, len);
-                frame.encode(dst);
-            }
-        }
+        frame.encode_prefixed(len, dst);
         Ok(())
     }
 }

@@ -384,6 +384,18 @@ pub(crate) fn put_payload(dst: &mut impl BufMut, p: &Payload) {
     dst.put_slice(&p.data);
 }
 
+/// The 24-bit big-endian number at the start of `b` (a length prefix or a
+/// metadata length); `None` when `b` holds fewer than three bytes.
+#[inline]
+pub(crate) fn get_u24(b: &[u8]) -> Option<usize> {
+    match *b {
+        [b0, b1, b2, ..] => {
+            Some((usize::from(b0) << 16) | (usize::from(b1) << 8) | usize::from(b2))
+        }
+        _ => None,
+    }
+}
+
 #[inline]
 pub(crate) fn put_u24(dst: &mut impl BufMut, v: usize) {
     let v = (v & 0xFF_FFFF) as u32;
@@ -449,9 +461,7 @@ impl Frame {
         }
         let stream_id = StreamId::new(stream_id)?;
         let metadata = if f & flags::METADATA != 0 {
-            let head = body.get(..3)?;
-            let len =
-                (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+            let len = get_u24(body)?;
             if len > body.len() - 3 {
                 return None;
             }
@@ -612,6 +622,22 @@ impl Frame {
                 Self::Ext(f) => 4 + payload_len(&f.payload),
                 Self::Ignored(f) => f.filler().1,
             }
+    }
+
+    /// Writes the frame behind its 24-bit length prefix, `len` being its
+    /// [`encoded_len`](Self::encoded_len) (computed once by the caller).
+    /// The frames of the hot paths write prefix and header together.
+    #[inline]
+    pub(crate) fn encode_prefixed(&self, len: usize, dst: &mut impl BufMut) {
+        match self {
+            Self::Payload(p) => p.encode_with_prefix(Some(len), dst),
+            Self::RequestResponse(r) => r.encode_with_prefix(Some(len), dst),
+            Self::RequestFnf(r) => r.encode_with_prefix(Some(len), dst),
+            _ => {
+                put_u24(dst, len);
+                self.encode(dst);
+            }
+        }
     }
 
     /// Writes the frame (header and body, no length prefix).

@@ -247,8 +247,7 @@ impl PayloadFrame {
         let stream_id = StreamId::new(u32::from_be_bytes([head[0], head[1], head[2], head[3]]))?;
         let mut at = start + HEADER_LEN;
         let metadata = if f & flags::METADATA != 0 {
-            let m = b.get(HEADER_LEN..HEADER_LEN + 3)?;
-            let mlen = (usize::from(m[0]) << 16) | (usize::from(m[1]) << 8) | usize::from(m[2]);
+            let mlen = super::get_u24(b.get(HEADER_LEN..)?)?;
             at += 3;
             if mlen > end - at {
                 return None;

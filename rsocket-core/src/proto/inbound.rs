@@ -69,10 +69,7 @@ impl Connection {
     /// place, its metadata and data sliced from `buf`; any other frame is
     /// decoded.
     pub(crate) fn handle_wire(&mut self, buf: &Bytes, now: Instant) -> usize {
-        let len = match buf.get(..LENGTH_PREFIX_LEN) {
-            Some(h) => (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]),
-            None => usize::MAX,
-        };
+        let len = crate::frame::get_u24(buf).unwrap_or(usize::MAX);
         let Some(end) = len
             .checked_add(LENGTH_PREFIX_LEN)
             .filter(|&end| end <= buf.len())

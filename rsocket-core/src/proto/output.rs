@@ -20,7 +20,7 @@ use super::wakeup::Wakeup;
 use super::Connection;
 use crate::codec::LENGTH_PREFIX_LEN;
 use crate::error::{ConnectionError, Limit};
-use crate::frame::{Frame, StreamId};
+use crate::frame::{get_u24, Frame, StreamId};
 use crate::Payload;
 
 /// How a queued frame counts against the outbound cap.
@@ -61,8 +61,7 @@ impl Outgoing {
 /// Decodes a run of length-prefixed frames that this side encoded.
 pub(crate) fn decode_run(mut run: Bytes) -> Vec<Frame> {
     let mut frames = Vec::new();
-    while let Some(h) = run.get(..LENGTH_PREFIX_LEN) {
-        let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+    while let Some(len) = get_u24(&run) {
         let Some(end) = len
             .checked_add(LENGTH_PREFIX_LEN)
             .filter(|&e| e <= run.len())
@@ -201,15 +200,7 @@ impl OutQueue {
             }
         };
         self.frames += 1;
-        match frame {
-            Frame::Payload(p) => p.encode_with_prefix(Some(len), run),
-            Frame::RequestResponse(r) => r.encode_with_prefix(Some(len), run),
-            Frame::RequestFnf(r) => r.encode_with_prefix(Some(len), run),
-            _ => {
-                crate::frame::put_u24(run, len);
-                frame.encode(run);
-            }
-        }
+        frame.encode_prefixed(len, run);
     }
 
     /// The first entry and its length.
@@ -243,10 +234,9 @@ impl OutQueue {
         // bytes have been.
         let (mut at, mut len, mut n) = (0, 0, 0);
         while n < m.frames && n < frames.max(1) && (n == 0 || len < bytes) {
-            let Some(h) = run.get(at..at + LENGTH_PREFIX_LEN) else {
+            let Some(flen) = run.get(at..).and_then(get_u24) else {
                 break;
             };
-            let flen = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
             at += LENGTH_PREFIX_LEN + flen;
             len += flen;
             n += 1;

@@ -27,7 +27,7 @@ use tokio_util::io::poll_read_buf;
 
 use crate::codec::{CodecError, FrameCodec, LENGTH_PREFIX_LEN};
 use crate::config::PeerInfo;
-use crate::frame::HEADER_LEN;
+use crate::frame::{get_u24, HEADER_LEN};
 use crate::frame::{DecodeError, Frame};
 
 /// Errors a transport reports.
@@ -350,10 +350,7 @@ impl<R: AsyncRead + Unpin + Send> WireRead for FrameReader<R> {
         let mut end = 0;
         loop {
             let mut failed = None;
-            while let Some(head) = self.buf.get(end..end + LENGTH_PREFIX_LEN) {
-                let len = (usize::from(head[0]) << 16)
-                    | (usize::from(head[1]) << 8)
-                    | usize::from(head[2]);
+            while let Some(len) = self.buf.get(end..).and_then(get_u24) {
                 if len > self.codec.max_frame_len() {
                     failed = Some(TransportError::FrameTooLarge {
                         len,
@@ -512,8 +509,7 @@ fn spare_chunk(bytes: &[u8]) -> Bytes {
 /// `bytes` holds whole frames only, each behind a length prefix that is
 /// no more than `max_frame_len` nor less than the frame header.
 fn whole_frames(mut bytes: &[u8], max_frame_len: usize) -> bool {
-    while let Some(head) = bytes.get(..LENGTH_PREFIX_LEN) {
-        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+    while let Some(len) = get_u24(bytes) {
         if len > max_frame_len || len < HEADER_LEN {
             return false;
         }
