@@ -54,21 +54,34 @@ impl MethodKind {
     /// (the result is dropped) and a fire-and-forget method also accepts
     /// REQUEST_RESPONSE (answered with the empty message), so that clients
     /// that do not know the fire-and-forget marking still work.
+    #[inline]
     pub(crate) fn accepts(self, interaction: Interaction) -> bool {
-        matches!(
-            (self, interaction),
-            (
-                Self::Unary | Self::FireAndForget,
-                Interaction::RequestResponse
-            ) | (
-                Self::Unary | Self::FireAndForget,
-                Interaction::FireAndForget
-            ) | (Self::ServerStreaming, Interaction::RequestStream)
-                | (
-                    Self::ClientStreaming | Self::BidiStreaming,
-                    Interaction::RequestChannel
-                )
-        )
+        self.accepted() & interaction_bit(interaction) != 0
+    }
+
+    /// The interactions [`MethodKind::accepts`], one bit each.
+    #[inline]
+    pub(crate) const fn accepted(self) -> u8 {
+        let single = interaction_bit(Interaction::RequestResponse)
+            | interaction_bit(Interaction::FireAndForget);
+        match self {
+            Self::Unary | Self::FireAndForget => single,
+            Self::ServerStreaming => interaction_bit(Interaction::RequestStream),
+            Self::ClientStreaming | Self::BidiStreaming => {
+                interaction_bit(Interaction::RequestChannel)
+            }
+        }
+    }
+}
+
+/// An interaction's bit in [`MethodKind::accepted`].
+#[inline]
+pub(crate) const fn interaction_bit(interaction: Interaction) -> u8 {
+    match interaction {
+        Interaction::RequestResponse => 1,
+        Interaction::FireAndForget => 2,
+        Interaction::RequestStream => 4,
+        Interaction::RequestChannel => 8,
     }
 }
 

@@ -68,22 +68,48 @@ impl ChunkEncoder {
     /// Bytes per chunk.
     pub(crate) const CHUNK: usize = 4096;
 
+    /// Messages up to this size are cut from a chunk; larger ones get an
+    /// allocation of their own, so that none pins a chunk.
+    const SMALL: usize = Self::CHUNK / 4;
+
+    /// The encoding of `msg`, cut from the chunk when small. prost sizes
+    /// the message once, in its own `encode`: it is written straight into
+    /// the chunk's free part, and what was written is cut off the front.
+    #[inline]
     pub(crate) fn encode<M: Message>(&mut self, msg: &M) -> Bytes {
-        let len = msg.encoded_len();
-        if len > Self::CHUNK / 4 {
-            // Large: its own allocation, so no chunk is pinned by it.
-            return encode(msg);
+        match self.try_encode(msg) {
+            Ok(encoded) => encoded,
+            Err(needed) if needed <= Self::SMALL => {
+                // The current chunk is too full: a new one has room.
+                self.free = zeroed_chunk();
+                self.try_encode(msg).unwrap_or_else(|_| encode(msg))
+            }
+            Err(_) => encode(msg),
         }
-        self.room(len);
-        if write_exact(msg, &mut self.free[..len]) {
-            self.free.split_to(len).freeze()
-        } else {
-            self.free[..len].fill(0);
-            encode(msg)
+    }
+
+    /// Writes `msg` into the chunk's free part (at most [`Self::SMALL`]
+    /// bytes of it) and cuts it off; or the size it needs when it does not
+    /// fit, with nothing written (prost checks the room first).
+    #[inline]
+    fn try_encode<M: Message>(&mut self, msg: &M) -> Result<Bytes, usize> {
+        let window = self.free.len().min(Self::SMALL);
+        let mut out = &mut self.free[..window];
+        match msg.encode(&mut out) {
+            Ok(()) => {
+                let len = window - out.len();
+                Ok(if len == 0 {
+                    Bytes::new()
+                } else {
+                    self.free.split_to(len).freeze()
+                })
+            }
+            Err(e) => Err(e.required_capacity()),
         }
     }
 
     /// Makes room for `len` more bytes, in a new chunk if needed.
+    #[inline]
     fn room(&mut self, len: usize) {
         if self.free.len() < len {
             self.free = zeroed_chunk();
@@ -125,7 +151,7 @@ impl ChunkEncoder {
         }
         let meta_len = metadata.encoded_len(Some(route));
         let len = meta_len + message.encoded_len();
-        if len > Self::CHUNK / 4 {
+        if len > Self::SMALL {
             return metadata.encode_with_message(route, message);
         }
         self.room(len);
@@ -199,6 +225,7 @@ pub(crate) fn encode_request<M: Message>(
 
 /// Decodes `data` as `M`, refusing data longer than `max` bytes before
 /// looking at it. `Bytes` fields of `M` are zero-copy slices of `data`.
+#[inline]
 pub(crate) fn decode<M: Message + Default>(
     data: Bytes,
     max: usize,

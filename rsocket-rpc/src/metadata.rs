@@ -315,9 +315,12 @@ impl Metadata {
 /// beyond the lengths; anything else (more entries or tags, the
 /// rsocket-rpc-java header, malformed input) gives `None` and is left to
 /// [`parse_request`], which reads it the same way when it is this shape.
+#[inline]
 pub(crate) fn sole_route(bytes: &[u8]) -> Option<&[u8]> {
+    // Evaluated at compile time: the call is not inlined across crates.
+    const ROUTING: u8 = WellKnownMimeType::MessageRSocketRouting.header_byte();
     let (&mime, rest) = bytes.split_first()?;
-    if mime != WellKnownMimeType::MessageRSocketRouting.header_byte() {
+    if mime != ROUTING {
         return None;
     }
     let (len, entry) = rest.split_first_chunk::<3>()?;

@@ -304,7 +304,11 @@ where
         };
         let item = match polled {
             Ok(Poll::Pending) => return Poll::Pending,
-            Ok(Poll::Ready(Some(Ok(payload)))) => return Poll::Ready(Some(Ok(payload))),
+            Ok(Poll::Ready(Some(Ok(data)))) => {
+                // The response metadata goes with the first message only.
+                let metadata = this.metadata.take();
+                return Poll::Ready(Some(Ok(Payload { metadata, data })));
+            }
             Ok(Poll::Ready(item)) => item,
             Err(_) => Some(Err(panicked())),
         };
@@ -330,12 +334,13 @@ where
     }
 }
 
+/// The next message, encoded (its payload's data).
 fn poll_reply<Fut, S, T>(
     mut state: Pin<&mut StreamState<Fut, S>>,
     metadata: &mut Option<Bytes>,
     encoder: &mut codec::ChunkEncoder,
     cx: &mut Context<'_>,
-) -> Poll<Option<Result<Payload, Status>>>
+) -> Poll<Option<Result<Bytes, Status>>>
 where
     Fut: Future<Output = Result<Response<S>, Status>>,
     S: Stream<Item = Result<T, Status>>,
@@ -344,14 +349,9 @@ where
     loop {
         match state.as_mut().project() {
             StateProj::Run { stream } => {
-                return stream.poll_next(cx).map(|item| {
-                    item.map(|item| {
-                        item.map(|message| Payload {
-                            metadata: metadata.take(),
-                            data: encoder.encode(&message),
-                        })
-                    })
-                })
+                return stream
+                    .poll_next(cx)
+                    .map(|item| item.map(|item| item.map(|message| encoder.encode(&message))))
             }
             StateProj::Start { fut } => {
                 let (md, stream) = match futures::ready!(fut.poll(cx)) {

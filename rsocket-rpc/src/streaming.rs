@@ -113,27 +113,32 @@ impl<T: Message + Default> Stream for Streaming<T> {
                 return Poll::Ready(Some(Err(status)));
             }
         }
-        let item = match inner.poll_next_unpin(cx) {
+        let payload = match inner.poll_next_unpin(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(None) => {
                 this.end(Ok(()));
                 return Poll::Ready(None);
             }
-            Poll::Ready(Some(item)) => item,
-        };
-        let decoded = item.map_err(Status::from).and_then(|payload| {
-            if this.first {
-                this.first = false;
-                if payload.metadata.is_some() {
-                    this.metadata = Metadata::decode_lenient(payload.metadata.as_ref());
-                }
+            Poll::Ready(Some(Ok(payload))) => payload,
+            Poll::Ready(Some(Err(e))) => {
+                let status = Status::from(e);
+                this.end(Err(&status));
+                return Poll::Ready(Some(Err(status)));
             }
-            codec::decode::<T>(payload.data, this.max_decode, this.side)
-        });
-        if let Err(status) = &decoded {
-            this.end(Err(status));
+        };
+        if this.first {
+            this.first = false;
+            if payload.metadata.is_some() {
+                this.metadata = Metadata::decode_lenient(payload.metadata.as_ref());
+            }
         }
-        Poll::Ready(Some(decoded))
+        match codec::decode::<T>(payload.data, this.max_decode, this.side) {
+            Ok(message) => Poll::Ready(Some(Ok(message))),
+            Err(status) => {
+                this.end(Err(&status));
+                Poll::Ready(Some(Err(status)))
+            }
+        }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
