@@ -311,6 +311,22 @@ impl PayloadFrame {
             &self.payload,
         );
     }
+
+    /// Writes PAYLOAD(N), or PAYLOAD(N+C) with `complete`, unfragmented,
+    /// behind its 24-bit length prefix `len` (the frame's encoded length):
+    /// what [`encode_with_prefix`](Self::encode_with_prefix) writes for
+    /// such a frame, without building the frame value first.
+    #[inline]
+    pub(crate) fn encode_next(
+        stream_id: StreamId,
+        complete: bool,
+        payload: &Payload,
+        len: usize,
+        dst: &mut impl BufMut,
+    ) {
+        let f = metadata_flag(payload) | flag(complete, flags::COMPLETE) | flags::NEXT;
+        put_payload_frame(dst, Some(len), stream_id, FrameType::Payload, f, payload);
+    }
 }
 
 /// ERROR: ends a stream, or the connection when `stream_id` is `None`.

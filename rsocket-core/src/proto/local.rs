@@ -426,9 +426,7 @@ impl Connection {
         let mtu = self.config.fragment_at();
         for (i, p) in items.enumerate() {
             let c = complete && i + 1 == count;
-            fragment::fragment(FragKind::Payload { next: true }, id, p, c, mtu, |f, len| {
-                self.enqueue(f, len, pace);
-            });
+            self.enqueue_next(id, p, c, pace, mtu);
         }
         if count == 0 && complete {
             let f = Frame::Payload(PayloadFrame::complete(id));

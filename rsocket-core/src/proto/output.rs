@@ -20,7 +20,7 @@ use super::wakeup::Wakeup;
 use super::Connection;
 use crate::codec::LENGTH_PREFIX_LEN;
 use crate::error::{ConnectionError, Limit};
-use crate::frame::{get_u24, Frame, StreamId};
+use crate::frame::{get_u24, Frame, PayloadFrame, StreamId};
 use crate::Payload;
 
 /// How a queued frame counts against the outbound cap.
@@ -203,6 +203,34 @@ impl OutQueue {
         frame.encode_prefixed(len, run);
     }
 
+    /// Encodes PAYLOAD(N) (PAYLOAD(N+C) with `complete`) of `len` bytes
+    /// at the end of the last run, as [`push_encoded`](Self::push_encoded)
+    /// would, without a frame value: false, with nothing done, when the
+    /// last entry is not a run of this pacing with room for it.
+    #[inline]
+    fn push_next(
+        &mut self,
+        id: StreamId,
+        complete: bool,
+        payload: &Payload,
+        len: usize,
+        pace: Pace,
+    ) -> bool {
+        let need = LENGTH_PREFIX_LEN + len;
+        match (self.items.back_mut(), self.meta.back_mut()) {
+            (Some(Outgoing::Wire(buf)), Some(m))
+                if m.pace == pace && buf.capacity() - buf.len() >= need =>
+            {
+                m.len += len;
+                m.frames += 1;
+                self.frames += 1;
+                PayloadFrame::encode_next(id, complete, payload, len, buf);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The first entry and its length.
     pub(super) fn front(&self) -> Option<(&Outgoing, usize)> {
         Some((self.items.front()?, self.meta.front()?.len))
@@ -313,6 +341,38 @@ impl Connection {
         } else {
             self.out.push_back(frame, len, pace);
         }
+    }
+
+    /// Queues PAYLOAD(N) of `payload` (PAYLOAD(N+C) with `complete`),
+    /// fragmented at `mtu` if it must be, without waking the writer. A
+    /// frame that goes whole into the current run (the common case for
+    /// stream items) is encoded there without building a frame value.
+    #[inline]
+    pub(super) fn enqueue_next(
+        &mut self,
+        id: StreamId,
+        payload: Payload,
+        complete: bool,
+        pace: Pace,
+        mtu: usize,
+    ) {
+        let kind = FragKind::Payload { next: true };
+        let len = fragment::whole_len(kind, &payload);
+        if self.resume.is_none()
+            && len <= mtu
+            && len < RUN_FRAME_MAX
+            && self.out.push_next(id, complete, &payload, len, pace)
+        {
+            self.out_bytes += len;
+            if pace == Pace::Unpaced {
+                self.unpaced_bytes += len;
+            }
+            self.counters.frames_queued += 1;
+            return;
+        }
+        fragment::fragment(kind, id, payload, complete, mtu, |f, len| {
+            self.enqueue(f, len, pace);
+        });
     }
 
     /// Keeps `buf`, an empty buffer the writer is done with, for the next
