@@ -63,29 +63,47 @@ impl Connection {
         self.handle_frame_len(frame, len, now);
     }
 
-    /// Handles the first frame of `buf`, raw bytes of whole frames each
-    /// behind its 24-bit length prefix (as the runtime's `WireRead`
-    /// readers give them); returns the bytes it took. A PAYLOAD is read in
-    /// place, its metadata and data sliced from `buf`; any other frame is
-    /// decoded.
-    pub(crate) fn handle_wire(&mut self, buf: &Bytes, now: Instant) -> usize {
-        let len = crate::frame::get_u24(buf).unwrap_or(usize::MAX);
-        let Some(end) = len
-            .checked_add(LENGTH_PREFIX_LEN)
-            .filter(|&end| end <= buf.len())
-        else {
-            // The reader hands out whole frames only.
-            self.handle_transport_violation("a partial frame in a run of frames".into());
-            return buf.len();
-        };
-        match PayloadFrame::peek(buf, LENGTH_PREFIX_LEN, len) {
-            Some(p) => self.handle_payload_frame(p, len, now),
-            None => match Frame::decode(buf.slice(LENGTH_PREFIX_LEN..end)) {
-                Ok(frame) => self.handle_frame_len(frame, len, now),
-                Err(e) => self.handle_decode_error(e),
-            },
+    /// Handles frames from the start of `buf`, raw bytes of whole frames
+    /// each behind its 24-bit length prefix (as the runtime's `WireRead`
+    /// readers give them): the first frame, and after it the PAYLOAD frames
+    /// that follow, read in place (metadata and data sliced from `buf`), in
+    /// the same call. Stops before any other frame, after `max` frames,
+    /// after a frame that left an [`Event`] (the caller dispatches it
+    /// before the next frame is read) and once reading is paused. Returns
+    /// the bytes and the frames taken (at least one frame when `max` is not
+    /// 0).
+    pub(crate) fn handle_wire(&mut self, buf: &Bytes, now: Instant, max: usize) -> (usize, usize) {
+        let (mut at, mut n) = (0, 0);
+        while n < max {
+            let len = buf
+                .get(at..)
+                .and_then(crate::frame::get_u24)
+                .unwrap_or(usize::MAX);
+            let start = at + LENGTH_PREFIX_LEN;
+            let Some(end) = len.checked_add(start).filter(|&end| end <= buf.len()) else {
+                // The reader hands out whole frames only.
+                self.handle_transport_violation("a partial frame in a run of frames".into());
+                return (buf.len(), n + 1);
+            };
+            match PayloadFrame::peek(buf, start, len) {
+                Some(p) => self.handle_payload_frame(p, len, now),
+                None if n == 0 => {
+                    match Frame::decode(buf.slice(start..end)) {
+                        Ok(frame) => self.handle_frame_len(frame, len, now),
+                        Err(e) => self.handle_decode_error(e),
+                    }
+                    return (end, 1);
+                }
+                // Another frame: the next call takes it.
+                None => break,
+            }
+            at = end;
+            n += 1;
+            if at == buf.len() || !self.events.is_empty() || self.read_paused() {
+                break;
+            }
         }
-        end
+        (at, n)
     }
 
     /// A PAYLOAD read in place (see [`Connection::handle_wire`]): what
