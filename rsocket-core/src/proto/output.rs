@@ -540,6 +540,13 @@ impl Connection {
         self.wakeups.any()
     }
 
+    /// The driver's wake-up is the only one recorded (see
+    /// [`Connection::drain_wakeups`]).
+    #[inline]
+    pub(crate) fn driver_wakeup_only(&self) -> bool {
+        self.wakeups.driver_only()
+    }
+
     /// Hands the recorded wake-ups to `f` and clears them.
     #[inline]
     pub(crate) fn drain_wakeups(&mut self, f: impl FnMut(Wakeup)) {
