@@ -424,10 +424,7 @@ impl Connection {
         // (see `Pace`); stream items waited for room.
         let pace = if rr { Pace::Unpaced } else { Pace::Paced };
         let mtu = self.config.fragment_at();
-        for (i, p) in items.enumerate() {
-            let c = complete && i + 1 == count;
-            self.enqueue_next(id, p, c, pace, mtu);
-        }
+        self.enqueue_items(id, items, count, complete, pace, mtu);
         if count == 0 && complete {
             let f = Frame::Payload(PayloadFrame::complete(id));
             let len = f.encoded_len();

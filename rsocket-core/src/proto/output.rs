@@ -203,31 +203,17 @@ impl OutQueue {
         frame.encode_prefixed(len, run);
     }
 
-    /// Encodes PAYLOAD(N) (PAYLOAD(N+C) with `complete`) of `len` bytes
-    /// at the end of the last run, as [`push_encoded`](Self::push_encoded)
-    /// would, without a frame value: false, with nothing done, when the
-    /// last entry is not a run of this pacing with room for it.
+    /// The last entry, when it is a run of frames of this pacing with room
+    /// for `need` more bytes, and its length and frame count.
     #[inline]
-    fn push_next(
-        &mut self,
-        id: StreamId,
-        complete: bool,
-        payload: &Payload,
-        len: usize,
-        pace: Pace,
-    ) -> bool {
-        let need = LENGTH_PREFIX_LEN + len;
+    fn tail_run(&mut self, pace: Pace, need: usize) -> Option<(&mut BytesMut, &mut Meta)> {
         match (self.items.back_mut(), self.meta.back_mut()) {
             (Some(Outgoing::Wire(buf)), Some(m))
                 if m.pace == pace && buf.capacity() - buf.len() >= need =>
             {
-                m.len += len;
-                m.frames += 1;
-                self.frames += 1;
-                PayloadFrame::encode_next(id, complete, payload, len, buf);
-                true
+                Some((buf, m))
             }
-            _ => false,
+            _ => None,
         }
     }
 
@@ -343,36 +329,73 @@ impl Connection {
         }
     }
 
-    /// Queues PAYLOAD(N) of `payload` (PAYLOAD(N+C) with `complete`),
-    /// fragmented at `mtu` if it must be, without waking the writer. A
-    /// frame that goes whole into the current run (the common case for
-    /// stream items) is encoded there without building a frame value.
-    #[inline]
-    pub(super) fn enqueue_next(
+    /// Queues PAYLOAD(N) for each of `items` (`count` of them), the last
+    /// one PAYLOAD(N+C) with `complete`, each fragmented at `mtu` if it
+    /// must be, without waking the writer. Items that go whole into the
+    /// current run (the common case for stream items) are encoded there
+    /// one after another, without building a frame value for each, and
+    /// counted once for them all; any other item goes through
+    /// [`fragment`](fragment::fragment) and [`enqueue`](Self::enqueue) (a
+    /// new run, when the last one is full).
+    pub(super) fn enqueue_items(
         &mut self,
         id: StreamId,
-        payload: Payload,
+        items: impl Iterator<Item = Payload>,
+        count: usize,
         complete: bool,
         pace: Pace,
         mtu: usize,
     ) {
         let kind = FragKind::Payload { next: true };
-        let len = fragment::whole_len(kind, &payload);
-        if self.resume.is_none()
-            && len <= mtu
-            && len < RUN_FRAME_MAX
-            && self.out.push_next(id, complete, &payload, len, pace)
-        {
-            self.out_bytes += len;
-            if pace == Pace::Unpaced {
-                self.unpaced_bytes += len;
+        // The largest frame encoded in place (0: none, with resumption).
+        let direct_max = if self.resume.is_none() {
+            mtu.min(RUN_FRAME_MAX - 1)
+        } else {
+            0
+        };
+        let mut items = items.enumerate();
+        let mut next = items.next();
+        while let Some((mut i, mut p)) = next.take() {
+            let mut len = fragment::whole_len(kind, &p);
+            if len <= direct_max {
+                if let Some((buf, m)) = self.out.tail_run(pace, LENGTH_PREFIX_LEN + len) {
+                    let (mut frames, mut bytes) = (0, 0);
+                    loop {
+                        let c = complete && i + 1 == count;
+                        PayloadFrame::encode_next(id, c, &p, len, buf);
+                        drop(p);
+                        frames += 1;
+                        bytes += len;
+                        // `next` is `None` here: it was taken above.
+                        let Some((ni, np)) = items.next() else {
+                            break;
+                        };
+                        let nlen = fragment::whole_len(kind, &np);
+                        if nlen > direct_max
+                            || buf.capacity() - buf.len() < LENGTH_PREFIX_LEN + nlen
+                        {
+                            next = Some((ni, np));
+                            break;
+                        }
+                        (i, p, len) = (ni, np, nlen);
+                    }
+                    m.len += bytes;
+                    m.frames += frames;
+                    self.out.frames += frames;
+                    self.out_bytes += bytes;
+                    if pace == Pace::Unpaced {
+                        self.unpaced_bytes += bytes;
+                    }
+                    self.counters.frames_queued += frames as u64;
+                    continue;
+                }
             }
-            self.counters.frames_queued += 1;
-            return;
+            let c = complete && i + 1 == count;
+            fragment::fragment(kind, id, p, c, mtu, |f, len| {
+                self.enqueue(f, len, pace);
+            });
+            next = items.next();
         }
-        fragment::fragment(kind, id, payload, complete, mtu, |f, len| {
-            self.enqueue(f, len, pace);
-        });
     }
 
     /// Keeps `buf`, an empty buffer the writer is done with, for the next
