@@ -457,6 +457,27 @@ pub(crate) fn put_payload_frame(
 }
 
 impl RequestResponse {
+    /// Writes REQUEST_RESPONSE, unfragmented, behind its 24-bit length
+    /// prefix `len` (the frame's encoded length), without building the
+    /// frame value first.
+    #[inline]
+    pub(crate) fn encode_whole(
+        stream_id: StreamId,
+        payload: &Payload,
+        len: usize,
+        dst: &mut impl BufMut,
+    ) {
+        let f = metadata_flag(payload);
+        put_payload_frame(
+            dst,
+            Some(len),
+            stream_id,
+            FrameType::RequestResponse,
+            f,
+            payload,
+        );
+    }
+
     /// See [`put_payload_frame`].
     pub(crate) fn encode_with_prefix(&self, prefix: Option<usize>, dst: &mut impl BufMut) {
         let f = metadata_flag(&self.payload) | flag(self.follows, flags::FOLLOWS);
@@ -472,6 +493,20 @@ impl RequestResponse {
 }
 
 impl RequestFnf {
+    /// Writes REQUEST_FNF, unfragmented, behind its 24-bit length prefix
+    /// `len` (the frame's encoded length), without building the frame
+    /// value first.
+    #[inline]
+    pub(crate) fn encode_whole(
+        stream_id: StreamId,
+        payload: &Payload,
+        len: usize,
+        dst: &mut impl BufMut,
+    ) {
+        let f = metadata_flag(payload);
+        put_payload_frame(dst, Some(len), stream_id, FrameType::RequestFnf, f, payload);
+    }
+
     /// See [`put_payload_frame`].
     pub(crate) fn encode_with_prefix(&self, prefix: Option<usize>, dst: &mut impl BufMut) {
         let f = metadata_flag(&self.payload) | flag(self.follows, flags::FOLLOWS);

@@ -95,7 +95,18 @@ impl Connection {
                 },
             );
         }
-        self.push_fragmented(kind, id, payload, false, Pace::Paced);
+        let direct = match kind {
+            FragKind::RequestFnf | FragKind::RequestResponse => {
+                let mtu = self.config.fragment_at();
+                self.enqueue_request_direct(matches!(kind, FragKind::RequestFnf), id, &payload, mtu)
+            }
+            _ => false,
+        };
+        if direct {
+            self.wakeups.driver();
+        } else {
+            self.push_fragmented(kind, id, payload, false, Pace::Paced);
+        }
         Ok(id)
     }
 

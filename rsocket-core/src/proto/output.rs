@@ -20,7 +20,7 @@ use super::wakeup::Wakeup;
 use super::Connection;
 use crate::codec::LENGTH_PREFIX_LEN;
 use crate::error::{ConnectionError, Limit};
-use crate::frame::{get_u24, Frame, PayloadFrame, StreamId};
+use crate::frame::{get_u24, Frame, PayloadFrame, RequestFnf, RequestResponse, StreamId};
 use crate::Payload;
 
 /// How a queued frame counts against the outbound cap.
@@ -396,6 +396,43 @@ impl Connection {
             });
             next = items.next();
         }
+    }
+
+    /// Queues a REQUEST_FNF (`fnf`) or REQUEST_RESPONSE of `payload` on
+    /// `id`, paced, encoded straight into the current run when it goes
+    /// there whole (no resumption, no fragmenting, room in a run of paced
+    /// frames): true when it did, false (nothing done) otherwise.
+    #[inline]
+    pub(super) fn enqueue_request_direct(
+        &mut self,
+        fnf: bool,
+        id: StreamId,
+        payload: &Payload,
+        mtu: usize,
+    ) -> bool {
+        let kind = if fnf {
+            FragKind::RequestFnf
+        } else {
+            FragKind::RequestResponse
+        };
+        let len = fragment::whole_len(kind, payload);
+        if self.resume.is_some() || len > mtu || len >= RUN_FRAME_MAX {
+            return false;
+        }
+        let Some((buf, m)) = self.out.tail_run(Pace::Paced, LENGTH_PREFIX_LEN + len) else {
+            return false;
+        };
+        if fnf {
+            RequestFnf::encode_whole(id, payload, len, buf);
+        } else {
+            RequestResponse::encode_whole(id, payload, len, buf);
+        }
+        m.len += len;
+        m.frames += 1;
+        self.out.frames += 1;
+        self.out_bytes += len;
+        self.counters.frames_queued += 1;
+        true
     }
 
     /// Keeps `buf`, an empty buffer the writer is done with, for the next
