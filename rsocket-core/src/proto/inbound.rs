@@ -13,7 +13,8 @@ use super::{
 use crate::codec::LENGTH_PREFIX_LEN;
 use crate::error::{ConnectionError, Initiator, Limit, RequestError, StreamError, StreamViolation};
 use crate::frame::{
-    Cancel, DecodeError, ErrorCode, ErrorFrame, Frame, FrameType, PayloadFrame, RequestN, StreamId,
+    Cancel, DecodeError, ErrorCode, ErrorFrame, Frame, FrameType, PayloadFrame, RequestFnf,
+    RequestN, StreamId,
 };
 use crate::Payload;
 
@@ -88,6 +89,10 @@ impl Connection {
             match PayloadFrame::peek(buf, start, len) {
                 Some(p) => self.handle_payload_frame(p, len, now),
                 None if n == 0 => {
+                    if let Some(r) = RequestFnf::peek(buf, start, len) {
+                        self.handle_fnf_frame(r, len, now);
+                        return (end, 1);
+                    }
                     match Frame::decode(buf.slice(start..end)) {
                         Ok(frame) => self.handle_frame_len(frame, len, now),
                         Err(e) => self.handle_decode_error(e),
@@ -104,6 +109,32 @@ impl Connection {
             }
         }
         (at, n)
+    }
+
+    /// A REQUEST_FNF read in place (see [`Connection::handle_wire`]): what
+    /// [`Connection::handle_frame`] does with it, without the `Frame`.
+    fn handle_fnf_frame(&mut self, r: RequestFnf, len: usize, now: Instant) {
+        if self.closed().is_some() {
+            return;
+        }
+        trace!(frame = ?r, "recv");
+        if !self.received(len, now) {
+            return;
+        }
+        self.established = true;
+        if let Some(rs) = self.resume.as_mut() {
+            // REQUEST_FNF is resumable.
+            if rs.record_received(len) {
+                self.wakeups.driver();
+            }
+        }
+        self.on_request_frame(
+            r.stream_id,
+            FragKind::RequestFnf,
+            r.payload,
+            r.follows,
+            false,
+        );
     }
 
     /// A PAYLOAD read in place (see [`Connection::handle_wire`]): what
