@@ -311,6 +311,22 @@ impl PayloadFrame {
             &self.payload,
         );
     }
+
+    /// Writes PAYLOAD(N), or PAYLOAD(N+C) with `complete`, unfragmented,
+    /// behind its 24-bit length prefix `len` (the frame's encoded length):
+    /// what [`encode_with_prefix`](Self::encode_with_prefix) writes for
+    /// such a frame, without building the frame value first.
+    #[inline]
+    pub(crate) fn encode_next(
+        stream_id: StreamId,
+        complete: bool,
+        payload: &Payload,
+        len: usize,
+        dst: &mut impl BufMut,
+    ) {
+        let f = metadata_flag(payload) | flag(complete, flags::COMPLETE) | flags::NEXT;
+        put_payload_frame(dst, Some(len), stream_id, FrameType::Payload, f, payload);
+    }
 }
 
 /// ERROR: ends a stream, or the connection when `stream_id` is `None`.
@@ -441,6 +457,27 @@ pub(crate) fn put_payload_frame(
 }
 
 impl RequestResponse {
+    /// Writes REQUEST_RESPONSE, unfragmented, behind its 24-bit length
+    /// prefix `len` (the frame's encoded length), without building the
+    /// frame value first.
+    #[inline]
+    pub(crate) fn encode_whole(
+        stream_id: StreamId,
+        payload: &Payload,
+        len: usize,
+        dst: &mut impl BufMut,
+    ) {
+        let f = metadata_flag(payload);
+        put_payload_frame(
+            dst,
+            Some(len),
+            stream_id,
+            FrameType::RequestResponse,
+            f,
+            payload,
+        );
+    }
+
     /// See [`put_payload_frame`].
     pub(crate) fn encode_with_prefix(&self, prefix: Option<usize>, dst: &mut impl BufMut) {
         let f = metadata_flag(&self.payload) | flag(self.follows, flags::FOLLOWS);
@@ -456,6 +493,61 @@ impl RequestResponse {
 }
 
 impl RequestFnf {
+    /// Reads the REQUEST_FNF of `len` bytes at `start` in `buf` in place,
+    /// its metadata and data sliced from `buf`: what
+    /// [`Frame::decode`](super::Frame::decode) gives for it. `None` for
+    /// any other frame, and for one that decoding must judge (I flag, stream
+    /// 0, a metadata length beyond the frame).
+    #[inline]
+    pub(crate) fn peek(buf: &Bytes, start: usize, len: usize) -> Option<Self> {
+        let end = start.checked_add(len)?;
+        let b = buf.get(start..end)?;
+        let head: &[u8; HEADER_LEN] = b.get(..HEADER_LEN)?.try_into().ok()?;
+        let word = u16::from_be_bytes([head[4], head[5]]);
+        let f = word & 0x3FF;
+        if (word >> 10) as u8 != FrameType::RequestFnf.code() || f & flags::IGNORE != 0 {
+            return None;
+        }
+        let stream_id = StreamId::new(u32::from_be_bytes([head[0], head[1], head[2], head[3]]))?;
+        let mut at = start + HEADER_LEN;
+        let metadata = if f & flags::METADATA != 0 {
+            let mlen = super::get_u24(b.get(HEADER_LEN..)?)?;
+            at += 3;
+            if mlen > end - at {
+                return None;
+            }
+            let metadata = buf.slice(at..at + mlen);
+            at += mlen;
+            Some(metadata)
+        } else {
+            None
+        };
+        let data = if at == end {
+            Bytes::new()
+        } else {
+            buf.slice(at..end)
+        };
+        Some(Self {
+            stream_id,
+            follows: f & flags::FOLLOWS != 0,
+            payload: Payload { metadata, data },
+        })
+    }
+
+    /// Writes REQUEST_FNF, unfragmented, behind its 24-bit length prefix
+    /// `len` (the frame's encoded length), without building the frame
+    /// value first.
+    #[inline]
+    pub(crate) fn encode_whole(
+        stream_id: StreamId,
+        payload: &Payload,
+        len: usize,
+        dst: &mut impl BufMut,
+    ) {
+        let f = metadata_flag(payload);
+        put_payload_frame(dst, Some(len), stream_id, FrameType::RequestFnf, f, payload);
+    }
+
     /// See [`put_payload_frame`].
     pub(crate) fn encode_with_prefix(&self, prefix: Option<usize>, dst: &mut impl BufMut) {
         let f = metadata_flag(&self.payload) | flag(self.follows, flags::FOLLOWS);
@@ -520,6 +612,58 @@ mod tests {
         for b in bad {
             let buf = Bytes::copy_from_slice(b);
             assert!(PayloadFrame::peek(&buf, 0, b.len()).is_none(), "{b:?}");
+        }
+    }
+
+    #[test]
+    fn fnf_peek_agrees_with_decode() {
+        let id = StreamId::new(7).unwrap();
+        let fnf = |follows, payload| {
+            Frame::RequestFnf(super::RequestFnf {
+                stream_id: id,
+                follows,
+                payload,
+            })
+        };
+        let frames = [
+            fnf(false, Payload::from("data")),
+            fnf(true, Payload::new("d").with_metadata("meta")),
+            fnf(false, Payload::metadata_only("")),
+            fnf(false, Payload::default()),
+            Frame::Payload(PayloadFrame::next(id, Payload::from("data"))),
+            Frame::Cancel(super::Cancel { stream_id: id }),
+        ];
+        for f in &frames {
+            let mut buf = BytesMut::new();
+            buf.put_slice(b"xx");
+            f.encode(&mut buf);
+            let buf = buf.freeze();
+            let len = buf.len() - 2;
+            match (super::RequestFnf::peek(&buf, 2, len), f) {
+                (Some(p), Frame::RequestFnf(want)) => {
+                    assert_eq!(&p, want);
+                    assert_eq!(Frame::decode(buf.slice(2..)).unwrap(), Frame::RequestFnf(p));
+                }
+                (None, Frame::RequestFnf(_)) => panic!("not read in place: {f:?}"),
+                (Some(p), _) => panic!("{f:?} read as {p:?}"),
+                (None, _) => {}
+            }
+            assert!(
+                super::RequestFnf::peek(&buf, 2, len + 1).is_none(),
+                "past the end"
+            );
+        }
+        // Malformed or for the decoder: metadata overrun, stream 0, I flag,
+        // short.
+        let bad: [&[u8]; 4] = [
+            &[0, 0, 0, 1, 0x15, 0x00, 0, 0, 9, b'x'],
+            &[0, 0, 0, 0, 0x14, 0x00, b'x'],
+            &[0, 0, 0, 1, 0x16, 0x00, b'x'],
+            &[0, 0, 0, 1, 0x14],
+        ];
+        for b in bad {
+            let buf = Bytes::copy_from_slice(b);
+            assert!(super::RequestFnf::peek(&buf, 0, b.len()).is_none(), "{b:?}");
         }
     }
 }

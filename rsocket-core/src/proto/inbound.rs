@@ -13,7 +13,8 @@ use super::{
 use crate::codec::LENGTH_PREFIX_LEN;
 use crate::error::{ConnectionError, Initiator, Limit, RequestError, StreamError, StreamViolation};
 use crate::frame::{
-    Cancel, DecodeError, ErrorCode, ErrorFrame, Frame, FrameType, PayloadFrame, RequestN, StreamId,
+    Cancel, DecodeError, ErrorCode, ErrorFrame, Frame, FrameType, PayloadFrame, RequestFnf,
+    RequestN, StreamId,
 };
 use crate::Payload;
 
@@ -63,29 +64,77 @@ impl Connection {
         self.handle_frame_len(frame, len, now);
     }
 
-    /// Handles the first frame of `buf`, raw bytes of whole frames each
-    /// behind its 24-bit length prefix (as the runtime's `WireRead`
-    /// readers give them); returns the bytes it took. A PAYLOAD is read in
-    /// place, its metadata and data sliced from `buf`; any other frame is
-    /// decoded.
-    pub(crate) fn handle_wire(&mut self, buf: &Bytes, now: Instant) -> usize {
-        let len = crate::frame::get_u24(buf).unwrap_or(usize::MAX);
-        let Some(end) = len
-            .checked_add(LENGTH_PREFIX_LEN)
-            .filter(|&end| end <= buf.len())
-        else {
-            // The reader hands out whole frames only.
-            self.handle_transport_violation("a partial frame in a run of frames".into());
-            return buf.len();
-        };
-        match PayloadFrame::peek(buf, LENGTH_PREFIX_LEN, len) {
-            Some(p) => self.handle_payload_frame(p, len, now),
-            None => match Frame::decode(buf.slice(LENGTH_PREFIX_LEN..end)) {
-                Ok(frame) => self.handle_frame_len(frame, len, now),
-                Err(e) => self.handle_decode_error(e),
-            },
+    /// Handles frames from the start of `buf`, raw bytes of whole frames
+    /// each behind its 24-bit length prefix (as the runtime's `WireRead`
+    /// readers give them): the first frame, and after it the PAYLOAD frames
+    /// that follow, read in place (metadata and data sliced from `buf`), in
+    /// the same call. Stops before any other frame, after `max` frames,
+    /// after a frame that left an [`Event`] (the caller dispatches it
+    /// before the next frame is read) and once reading is paused. Returns
+    /// the bytes and the frames taken (at least one frame when `max` is not
+    /// 0).
+    pub(crate) fn handle_wire(&mut self, buf: &Bytes, now: Instant, max: usize) -> (usize, usize) {
+        let (mut at, mut n) = (0, 0);
+        while n < max {
+            let len = buf
+                .get(at..)
+                .and_then(crate::frame::get_u24)
+                .unwrap_or(usize::MAX);
+            let start = at + LENGTH_PREFIX_LEN;
+            let Some(end) = len.checked_add(start).filter(|&end| end <= buf.len()) else {
+                // The reader hands out whole frames only.
+                self.handle_transport_violation("a partial frame in a run of frames".into());
+                return (buf.len(), n + 1);
+            };
+            match PayloadFrame::peek(buf, start, len) {
+                Some(p) => self.handle_payload_frame(p, len, now),
+                None if n == 0 => {
+                    if let Some(r) = RequestFnf::peek(buf, start, len) {
+                        self.handle_fnf_frame(r, len, now);
+                        return (end, 1);
+                    }
+                    match Frame::decode(buf.slice(start..end)) {
+                        Ok(frame) => self.handle_frame_len(frame, len, now),
+                        Err(e) => self.handle_decode_error(e),
+                    }
+                    return (end, 1);
+                }
+                // Another frame: the next call takes it.
+                None => break,
+            }
+            at = end;
+            n += 1;
+            if at == buf.len() || !self.events.is_empty() || self.read_paused() {
+                break;
+            }
         }
-        end
+        (at, n)
+    }
+
+    /// A REQUEST_FNF read in place (see [`Connection::handle_wire`]): what
+    /// [`Connection::handle_frame`] does with it, without the `Frame`.
+    fn handle_fnf_frame(&mut self, r: RequestFnf, len: usize, now: Instant) {
+        if self.closed().is_some() {
+            return;
+        }
+        trace!(frame = ?r, "recv");
+        if !self.received(len, now) {
+            return;
+        }
+        self.established = true;
+        if let Some(rs) = self.resume.as_mut() {
+            // REQUEST_FNF is resumable.
+            if rs.record_received(len) {
+                self.wakeups.driver();
+            }
+        }
+        self.on_request_frame(
+            r.stream_id,
+            FragKind::RequestFnf,
+            r.payload,
+            r.follows,
+            false,
+        );
     }
 
     /// A PAYLOAD read in place (see [`Connection::handle_wire`]): what
@@ -95,6 +144,33 @@ impl Connection {
             return;
         }
         trace!(frame = ?p, "recv");
+        if p.next
+            && !p.complete
+            && !p.follows
+            && self.resume.is_none()
+            && self.frags.is_empty()
+            && len <= self.config.max_frame_len
+        {
+            // The common case, a stream's item within credit: what
+            // `received` and `on_payload` do for it, in one step.
+            let key = p.stream_id.get();
+            let open = self
+                .streams
+                .get_mut(&key)
+                .filter(|st| st.interaction != Interaction::RequestResponse)
+                .and_then(|st| st.recv.as_mut())
+                .filter(|r| r.end.is_none() && r.outstanding > 0);
+            if let Some(r) = open {
+                self.counters.frames_in += 1;
+                self.counters.bytes_in += len as u64;
+                self.last_received = now;
+                self.established = true;
+                self.in_bytes += p.payload.len();
+                r.push(p.payload);
+                r.notify(key, &mut self.wakeups);
+                return;
+            }
+        }
         if !self.received(len, now) {
             return;
         }

@@ -95,7 +95,18 @@ impl Connection {
                 },
             );
         }
-        self.push_fragmented(kind, id, payload, false, Pace::Paced);
+        let direct = match kind {
+            FragKind::RequestFnf | FragKind::RequestResponse => {
+                let mtu = self.config.fragment_at();
+                self.enqueue_request_direct(matches!(kind, FragKind::RequestFnf), id, &payload, mtu)
+            }
+            _ => false,
+        };
+        if direct {
+            self.wakeups.driver();
+        } else {
+            self.push_fragmented(kind, id, payload, false, Pace::Paced);
+        }
         Ok(id)
     }
 
@@ -424,12 +435,7 @@ impl Connection {
         // (see `Pace`); stream items waited for room.
         let pace = if rr { Pace::Unpaced } else { Pace::Paced };
         let mtu = self.config.fragment_at();
-        for (i, p) in items.enumerate() {
-            let c = complete && i + 1 == count;
-            fragment::fragment(FragKind::Payload { next: true }, id, p, c, mtu, |f, len| {
-                self.enqueue(f, len, pace);
-            });
-        }
+        self.enqueue_items(id, items, count, complete, pace, mtu);
         if count == 0 && complete {
             let f = Frame::Payload(PayloadFrame::complete(id));
             let len = f.encoded_len();

@@ -20,7 +20,7 @@ use super::wakeup::Wakeup;
 use super::Connection;
 use crate::codec::LENGTH_PREFIX_LEN;
 use crate::error::{ConnectionError, Limit};
-use crate::frame::{get_u24, Frame, StreamId};
+use crate::frame::{get_u24, Frame, PayloadFrame, RequestFnf, RequestResponse, StreamId};
 use crate::Payload;
 
 /// How a queued frame counts against the outbound cap.
@@ -203,6 +203,20 @@ impl OutQueue {
         frame.encode_prefixed(len, run);
     }
 
+    /// The last entry, when it is a run of frames of this pacing with room
+    /// for `need` more bytes, and its length and frame count.
+    #[inline]
+    fn tail_run(&mut self, pace: Pace, need: usize) -> Option<(&mut BytesMut, &mut Meta)> {
+        match (self.items.back_mut(), self.meta.back_mut()) {
+            (Some(Outgoing::Wire(buf)), Some(m))
+                if m.pace == pace && buf.capacity() - buf.len() >= need =>
+            {
+                Some((buf, m))
+            }
+            _ => None,
+        }
+    }
+
     /// The first entry and its length.
     pub(super) fn front(&self) -> Option<(&Outgoing, usize)> {
         Some((self.items.front()?, self.meta.front()?.len))
@@ -313,6 +327,112 @@ impl Connection {
         } else {
             self.out.push_back(frame, len, pace);
         }
+    }
+
+    /// Queues PAYLOAD(N) for each of `items` (`count` of them), the last
+    /// one PAYLOAD(N+C) with `complete`, each fragmented at `mtu` if it
+    /// must be, without waking the writer. Items that go whole into the
+    /// current run (the common case for stream items) are encoded there
+    /// one after another, without building a frame value for each, and
+    /// counted once for them all; any other item goes through
+    /// [`fragment`](fragment::fragment) and [`enqueue`](Self::enqueue) (a
+    /// new run, when the last one is full).
+    pub(super) fn enqueue_items(
+        &mut self,
+        id: StreamId,
+        items: impl Iterator<Item = Payload>,
+        count: usize,
+        complete: bool,
+        pace: Pace,
+        mtu: usize,
+    ) {
+        let kind = FragKind::Payload { next: true };
+        // The largest frame encoded in place (0: none, with resumption).
+        let direct_max = if self.resume.is_none() {
+            mtu.min(RUN_FRAME_MAX - 1)
+        } else {
+            0
+        };
+        let mut items = items.enumerate();
+        let mut next = items.next();
+        while let Some((mut i, mut p)) = next.take() {
+            let mut len = fragment::whole_len(kind, &p);
+            if len <= direct_max {
+                if let Some((buf, m)) = self.out.tail_run(pace, LENGTH_PREFIX_LEN + len) {
+                    let (mut frames, mut bytes) = (0, 0);
+                    loop {
+                        let c = complete && i + 1 == count;
+                        PayloadFrame::encode_next(id, c, &p, len, buf);
+                        drop(p);
+                        frames += 1;
+                        bytes += len;
+                        // `next` is `None` here: it was taken above.
+                        let Some((ni, np)) = items.next() else {
+                            break;
+                        };
+                        let nlen = fragment::whole_len(kind, &np);
+                        if nlen > direct_max
+                            || buf.capacity() - buf.len() < LENGTH_PREFIX_LEN + nlen
+                        {
+                            next = Some((ni, np));
+                            break;
+                        }
+                        (i, p, len) = (ni, np, nlen);
+                    }
+                    m.len += bytes;
+                    m.frames += frames;
+                    self.out.frames += frames;
+                    self.out_bytes += bytes;
+                    if pace == Pace::Unpaced {
+                        self.unpaced_bytes += bytes;
+                    }
+                    self.counters.frames_queued += frames as u64;
+                    continue;
+                }
+            }
+            let c = complete && i + 1 == count;
+            fragment::fragment(kind, id, p, c, mtu, |f, len| {
+                self.enqueue(f, len, pace);
+            });
+            next = items.next();
+        }
+    }
+
+    /// Queues a REQUEST_FNF (`fnf`) or REQUEST_RESPONSE of `payload` on
+    /// `id`, paced, encoded straight into the current run when it goes
+    /// there whole (no resumption, no fragmenting, room in a run of paced
+    /// frames): true when it did, false (nothing done) otherwise.
+    #[inline]
+    pub(super) fn enqueue_request_direct(
+        &mut self,
+        fnf: bool,
+        id: StreamId,
+        payload: &Payload,
+        mtu: usize,
+    ) -> bool {
+        let kind = if fnf {
+            FragKind::RequestFnf
+        } else {
+            FragKind::RequestResponse
+        };
+        let len = fragment::whole_len(kind, payload);
+        if self.resume.is_some() || len > mtu || len >= RUN_FRAME_MAX {
+            return false;
+        }
+        let Some((buf, m)) = self.out.tail_run(Pace::Paced, LENGTH_PREFIX_LEN + len) else {
+            return false;
+        };
+        if fnf {
+            RequestFnf::encode_whole(id, payload, len, buf);
+        } else {
+            RequestResponse::encode_whole(id, payload, len, buf);
+        }
+        m.len += len;
+        m.frames += 1;
+        self.out.frames += 1;
+        self.out_bytes += len;
+        self.counters.frames_queued += 1;
+        true
     }
 
     /// Keeps `buf`, an empty buffer the writer is done with, for the next
@@ -478,6 +598,13 @@ impl Connection {
     #[inline]
     pub(crate) fn has_wakeups(&self) -> bool {
         self.wakeups.any()
+    }
+
+    /// The driver's wake-up is the only one recorded (see
+    /// [`Connection::drain_wakeups`]).
+    #[inline]
+    pub(crate) fn driver_wakeup_only(&self) -> bool {
+        self.wakeups.driver_only()
     }
 
     /// Hands the recorded wake-ups to `f` and clears them.

@@ -51,6 +51,12 @@ impl Wakeups {
         self.flags != 0 || !self.streams.is_empty()
     }
 
+    /// The driver's wake-up is the only one recorded.
+    #[inline]
+    pub(crate) fn driver_only(&self) -> bool {
+        self.flags == DRIVER && self.streams.is_empty()
+    }
+
     #[inline]
     pub(crate) fn stream(&mut self, w: Wakeup) {
         self.streams.push(w);

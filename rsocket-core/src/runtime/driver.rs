@@ -580,9 +580,10 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                     if handled == READ_BUDGET {
                         break;
                     }
-                    handled += 1;
-                    let used = conn.handle_wire(&this.wire, now.into_std());
-                    this.wire.advance(used.min(this.wire.len()));
+                    let (used, n) =
+                        conn.handle_wire(&this.wire, now.into_std(), READ_BUDGET - handled);
+                    handled += n;
+                    this.wire.advance(used);
                     if this.wire.is_empty() {
                         // An empty slice still holds the read buffer.
                         this.wire = Bytes::new();

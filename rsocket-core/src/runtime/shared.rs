@@ -242,6 +242,12 @@ impl Drop for Locked<'_> {
         if !guard.conn.has_wakeups() {
             return;
         }
+        if guard.conn.driver_wakeup_only() && guard.wakers.driver.is_none() {
+            // The driver was woken and has not waited again since (a burst
+            // of requests from one task): nothing to wake.
+            guard.conn.clear_driver_wakeup();
+            return;
+        }
         let mut wake = WakeList::default();
         let Inner { conn, wakers } = &mut *guard;
         conn.drain_wakeups(|w| wakers.collect(w, &mut wake));

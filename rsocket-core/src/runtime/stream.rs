@@ -85,6 +85,7 @@ impl Inbound {
 
     /// Counts an item handed to the user; reports consumption as soon as it
     /// earns the peer more credit.
+    #[inline]
     fn note_consumed(&mut self) {
         self.unreported += 1;
         if self.threshold == 0 {
@@ -92,11 +93,17 @@ impl Inbound {
         }
         self.since_grant += 1;
         if self.since_grant >= self.threshold {
-            self.since_grant = 0;
-            if let Some(id) = self.id {
-                let n = std::mem::take(&mut self.unreported);
-                self.threshold = self.shared.lock().report_consumed(id, n);
-            }
+            self.report_consumed();
+        }
+    }
+
+    /// Reports the items handed out since the last report (see
+    /// [`note_consumed`](Self::note_consumed)).
+    fn report_consumed(&mut self) {
+        self.since_grant = 0;
+        if let Some(id) = self.id {
+            let n = std::mem::take(&mut self.unreported);
+            self.threshold = self.shared.lock().report_consumed(id, n);
         }
     }
 
@@ -114,6 +121,9 @@ impl Inbound {
         inbound
     }
 
+    /// The next item: from the items taken in the last lock while there
+    /// are any (no lock), else from the state machine.
+    #[inline]
     pub(crate) fn poll_next(
         &mut self,
         cx: &mut Context<'_>,
@@ -122,6 +132,12 @@ impl Inbound {
             self.note_consumed();
             return Poll::Ready(Some(Ok(p)));
         }
+        self.poll_locked(cx)
+    }
+
+    /// [`poll_next`](Self::poll_next) once the items taken are handed out:
+    /// opens the stream on first use, then takes the next batch.
+    fn poll_locked(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Payload, RequestError>>> {
         if self.done {
             return Poll::Ready(None);
         }
