@@ -69,7 +69,8 @@ impl FrameCodec {
         self.max_frame_len
     }
 
-    fn check(&self, len: usize) -> Result<(), CodecError> {
+    /// Refuses a frame longer than the maximum.
+    pub(crate) fn check(&self, len: usize) -> Result<(), CodecError> {
         if len > self.max_frame_len {
             Err(CodecError::FrameTooLarge {
                 len,

@@ -298,18 +298,40 @@ impl PayloadFrame {
     /// write from a stack buffer, then metadata and data.
     #[inline]
     pub(crate) fn encode_with_prefix(&self, prefix: Option<usize>, dst: &mut impl BufMut) {
-        let f = metadata_flag(&self.payload)
-            | flag(self.follows, flags::FOLLOWS)
-            | flag(self.complete, flags::COMPLETE)
-            | flag(self.next, flags::NEXT);
         put_payload_frame(
             dst,
             prefix,
             self.stream_id,
             FrameType::Payload,
-            f,
+            self.flags(),
             &self.payload,
         );
+    }
+
+    /// Writes the frame behind its 24-bit length prefix `len` (the frame's
+    /// encoded length), except its data, which are the frame's last bytes:
+    /// a writer that sends the data from their own buffer writes this first.
+    pub(crate) fn encode_head(&self, len: usize, dst: &mut impl BufMut) {
+        put_payload_head(
+            dst,
+            Some(len),
+            self.stream_id,
+            FrameType::Payload,
+            self.flags(),
+            &self.payload,
+        );
+    }
+
+    /// The frame's encoded length, without the length prefix.
+    pub(crate) fn encoded_len(&self) -> usize {
+        HEADER_LEN + super::payload_len(&self.payload)
+    }
+
+    fn flags(&self) -> u16 {
+        metadata_flag(&self.payload)
+            | flag(self.follows, flags::FOLLOWS)
+            | flag(self.complete, flags::COMPLETE)
+            | flag(self.next, flags::NEXT)
     }
 
     /// Writes PAYLOAD(N), or PAYLOAD(N+C) with `complete`, unfragmented,
@@ -435,6 +457,20 @@ pub(crate) fn put_payload_frame(
     f: u16,
     payload: &Payload,
 ) {
+    put_payload_head(dst, prefix, stream_id, ty, f, payload);
+    dst.put_slice(&payload.data);
+}
+
+/// What [`put_payload_frame`] writes, without the data.
+#[inline]
+fn put_payload_head(
+    dst: &mut impl BufMut,
+    prefix: Option<usize>,
+    stream_id: StreamId,
+    ty: FrameType,
+    f: u16,
+    payload: &Payload,
+) {
     let mut head = [0u8; 12];
     let mut n = 0;
     if let Some(len) = prefix {
@@ -453,7 +489,6 @@ pub(crate) fn put_payload_frame(
     if let Some(m) = &payload.metadata {
         dst.put_slice(m);
     }
-    dst.put_slice(&payload.data);
 }
 
 impl RequestResponse {

@@ -28,7 +28,7 @@ use tokio_util::io::poll_read_buf;
 use crate::codec::{CodecError, FrameCodec, LENGTH_PREFIX_LEN};
 use crate::config::PeerInfo;
 use crate::frame::{get_u24, HEADER_LEN};
-use crate::frame::{DecodeError, Frame};
+use crate::frame::{DecodeError, Frame, PayloadFrame};
 
 /// Errors a transport reports.
 #[derive(Debug, thiserror::Error)]
@@ -538,6 +538,77 @@ const WRITE_HIGH_WATER: usize = 64 << 10;
 const QUEUE_RUN_MIN: usize = 512;
 /// Buffers written with one vectored write, at most.
 const WRITE_SLICES: usize = 16;
+/// A PAYLOAD frame whose data are at least this large, and whose head
+/// (length prefix, header, metadata) fits in [`HEAD_MAX`] bytes, is sent
+/// with its data written from their own buffer by a vectored write rather
+/// than copied into the write buffer.
+const SHARED_DATA_MIN: usize = 4 << 10;
+/// Longest head of a frame sent that way (12 bytes and up to 20 of
+/// metadata).
+const HEAD_MAX: usize = 32;
+
+/// What waits behind a [`FrameWriter`]'s buffer.
+#[derive(Debug)]
+enum Queued {
+    /// Encoded frames.
+    Run(BytesMut),
+    /// The head of one frame (`head[at..end]`), then its data.
+    Data {
+        head: [u8; HEAD_MAX],
+        at: u8,
+        end: u8,
+        data: Bytes,
+    },
+}
+
+impl Queued {
+    fn len(&self) -> usize {
+        match self {
+            Self::Run(run) => run.len(),
+            Self::Data { at, end, data, .. } => usize::from(end - at) + data.len(),
+        }
+    }
+
+    /// Drops the first `n` bytes, fewer than [`len`](Self::len).
+    fn advance(&mut self, mut n: usize) {
+        match self {
+            Self::Run(run) => run.advance(n),
+            Self::Data { at, end, data, .. } => {
+                let from_head = n.min(usize::from(*end - *at));
+                // At most HEAD_MAX: fits in a u8.
+                *at += from_head as u8;
+                n -= from_head;
+                data.advance(n);
+            }
+        }
+    }
+
+    /// Adds this chunk's slices after the first `k` of `slices`, if they
+    /// fit; returns the new count.
+    fn add_slices<'a>(&'a self, slices: &mut [IoSlice<'a>; WRITE_SLICES], k: usize) -> usize {
+        match self {
+            Self::Run(run) if k < WRITE_SLICES => {
+                slices[k] = IoSlice::new(run);
+                k + 1
+            }
+            Self::Data {
+                head,
+                at,
+                end,
+                data,
+            } if k + 1 < WRITE_SLICES => {
+                let mut k = k;
+                if at < end {
+                    slices[k] = IoSlice::new(&head[usize::from(*at)..usize::from(*end)]);
+                    k += 1;
+                }
+                slices[k] = IoSlice::new(data);
+                k + 1
+            }
+            _ => k,
+        }
+    }
+}
 
 /// Writes length-prefixed frames to any [`AsyncWrite`], batching them in a
 /// buffer that is written out on flush (or when it passes 64 KiB).
@@ -553,9 +624,10 @@ pub struct FrameWriter<W> {
     io: W,
     codec: FrameCodec,
     buf: BytesMut,
-    /// Runs written after `buf`, in order; what comes after them is added
-    /// to the last one.
-    runs: VecDeque<BytesMut>,
+    /// Runs, and frames' heads and data, written after `buf`, in order;
+    /// what comes after them is added to the last run, or queued as a new
+    /// one after data.
+    runs: VecDeque<Queued>,
     /// Bytes in `runs`.
     queued: usize,
     /// Bytes encoded into the current buffer since it was allocated.
@@ -580,9 +652,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                     slices[0] = IoSlice::new(&self.buf);
                     k = 1;
                 }
-                for run in self.runs.iter().take(WRITE_SLICES - k) {
-                    slices[k] = IoSlice::new(run);
-                    k += 1;
+                for run in &self.runs {
+                    let added = run.add_slices(&mut slices, k);
+                    if added == k {
+                        break;
+                    }
+                    k = added;
                 }
                 let n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..k]))?;
                 self.consume(n);
@@ -616,6 +691,33 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 }
 
 impl<W> FrameWriter<W> {
+    /// Queues a PAYLOAD frame with large data as its head and its data,
+    /// written from the data's own buffer; gives the frame back when its
+    /// head is too long for that.
+    fn queue_data(&mut self, p: PayloadFrame) -> Result<Option<PayloadFrame>, TransportError> {
+        let len = p.encoded_len();
+        if len + LENGTH_PREFIX_LEN - p.payload.data.len() > HEAD_MAX {
+            return Ok(Some(p));
+        }
+        self.codec.check(len)?;
+        let mut head = [0u8; HEAD_MAX];
+        let mut dst = &mut head[..];
+        p.encode_head(len, &mut dst);
+        let end = HEAD_MAX - dst.len();
+        let chunk = Queued::Data {
+            head,
+            at: 0,
+            // At most HEAD_MAX: fits in a u8.
+            end: end as u8,
+            data: p.payload.data,
+        };
+        self.queued += chunk.len();
+        // The next buffer is sized for what is copied into buffers.
+        self.batch += end;
+        self.runs.push_back(chunk);
+        Ok(None)
+    }
+
     /// Drops the first `n` bytes written, from `buf` and then the runs
     /// (a run written whole is freed).
     fn consume(&mut self, mut n: usize) {
@@ -651,13 +753,31 @@ impl<W: AsyncWrite + Unpin> Sink<Frame> for FrameWriter<W> {
 
     fn start_send(mut self: Pin<&mut Self>, item: Frame) -> Result<(), Self::Error> {
         let this = &mut *self;
-        if let Some(last) = this.runs.back_mut() {
+        let item = match item {
+            Frame::Payload(p) if p.payload.data.len() >= SHARED_DATA_MIN => {
+                match this.queue_data(p)? {
+                    None => return Ok(()),
+                    Some(p) => Frame::Payload(p),
+                }
+            }
+            other => other,
+        };
+        if let Some(Queued::Run(last)) = this.runs.back_mut() {
             // After the runs queued.
             let before = last.len();
             this.codec.encode(&item, last)?;
             let n = last.len() - before;
             this.queued += n;
             this.batch += n;
+            return Ok(());
+        }
+        if !this.runs.is_empty() {
+            // After data queued: a run of its own.
+            let mut run = BytesMut::new();
+            this.codec.encode(&item, &mut run)?;
+            this.queued += run.len();
+            this.batch += run.len();
+            this.runs.push_back(Queued::Run(run));
             return Ok(());
         }
         if this.buf.capacity() == 0 {
@@ -686,15 +806,16 @@ impl<W: AsyncWrite + Unpin> Sink<Frame> for FrameWriter<W> {
 impl<W: AsyncWrite + Unpin + Send> WireWrite for FrameWriter<W> {
     fn start_send_wire(&mut self, frames: &mut BytesMut) -> Result<(), TransportError> {
         self.batch += frames.len();
-        if let Some(last) = self.runs.back_mut() {
-            // After the runs queued: copied into the last one when it has
+        if !self.runs.is_empty() {
+            // After what is queued: copied into the last run when it has
             // the room, queued as well otherwise.
             self.queued += frames.len();
-            if last.capacity() - last.len() >= frames.len() {
-                last.extend_from_slice(frames);
-                frames.clear();
-            } else {
-                self.runs.push_back(std::mem::take(frames));
+            match self.runs.back_mut() {
+                Some(Queued::Run(last)) if last.capacity() - last.len() >= frames.len() => {
+                    last.extend_from_slice(frames);
+                    frames.clear();
+                }
+                _ => self.runs.push_back(Queued::Run(std::mem::take(frames))),
             }
             return Ok(());
         }
@@ -703,7 +824,7 @@ impl<W: AsyncWrite + Unpin + Send> WireWrite for FrameWriter<W> {
         {
             // Not small: queued behind the buffer without a copy.
             self.queued += frames.len();
-            self.runs.push_back(std::mem::take(frames));
+            self.runs.push_back(Queued::Run(std::mem::take(frames)));
             return Ok(());
         }
         if self.buf.is_empty() && frames.capacity() >= self.next_capacity {
@@ -1181,6 +1302,73 @@ mod tests {
             assert!(writer.runs.is_empty() && writer.runs.capacity() == 0);
             assert_eq!((writer.queued, writer.buf.capacity()), (0, 0));
         }
+    }
+
+    #[tokio::test]
+    async fn writer_sends_large_data_from_their_own_buffer_in_order() {
+        let id = StreamId::new(3).expect("stream id");
+        let with_metadata = |m: usize, d: usize| {
+            Frame::Payload(PayloadFrame::next(
+                id,
+                Payload::new(Bytes::from(vec![9u8; d])).with_metadata(Bytes::from(vec![5u8; m])),
+            ))
+        };
+        let frames = vec![
+            frame(10),
+            frame(SHARED_DATA_MIN),             // data queued, no metadata
+            frame(20),                          // a frame after data: a run of its own
+            with_metadata(20, SHARED_DATA_MIN), // the longest head queued
+            with_metadata(21, SHARED_DATA_MIN), // a head too long: copied
+            frame(SHARED_DATA_MIN - 1),         // too small: copied
+            frame(40_000),
+            frame(40_000),
+        ];
+        // A small pipe: the vectored writes are partial, some end inside a
+        // head.
+        let (ours, mut peer) = tokio::io::duplex(997);
+        let (_reader, mut writer) = StreamTransport::new(tokio::io::empty(), ours).split();
+        let want = encoded(&frames);
+        let expect = want.len();
+        let sending = tokio::spawn(async move {
+            for (i, f) in frames.into_iter().enumerate() {
+                writer.feed(f).await.unwrap();
+                if i == 1 {
+                    assert!(
+                        matches!(writer.runs.back(), Some(Queued::Data { .. })),
+                        "large data are queued, not copied"
+                    );
+                }
+            }
+            // A run of frames after data is queued after it.
+            let mut run = BytesMut::from(&encoded(&[frame(30)])[..]);
+            writer.start_send_wire(&mut run).unwrap();
+            writer.flush().await.unwrap();
+            writer
+        });
+        let mut got = vec![0u8; expect + encoded(&[frame(30)]).len()];
+        tokio::io::AsyncReadExt::read_exact(&mut peer, &mut got)
+            .await
+            .unwrap();
+        let writer = sending.await.unwrap();
+        assert_eq!(&got[..expect], &want[..]);
+        assert_eq!(&got[expect..], &encoded(&[frame(30)])[..]);
+        assert!(writer.runs.is_empty() && writer.queued == 0);
+    }
+
+    #[tokio::test]
+    async fn writer_refuses_large_data_over_the_frame_limit() {
+        let (ours, _peer) = tokio::io::duplex(1 << 16);
+        let (_reader, mut writer) = StreamTransport::new(tokio::io::empty(), ours)
+            .with_max_frame_len(SHARED_DATA_MIN + 8)
+            .split();
+        let err = Pin::new(&mut writer)
+            .start_send(frame(SHARED_DATA_MIN + 8))
+            .unwrap_err();
+        assert!(
+            matches!(err, TransportError::FrameTooLarge { .. }),
+            "{err:?}"
+        );
+        assert!(writer.runs.is_empty() && writer.queued == 0);
     }
 
     #[tokio::test]
