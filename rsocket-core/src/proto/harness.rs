@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::{Connection, KeepaliveParams, SendReady, Side};
 use crate::config::Config;
@@ -26,6 +26,9 @@ use crate::error::{ConnectionError, RequestError, StreamError};
 use crate::frame::{ErrorCode, Frame, StreamId};
 use crate::stats::ConnectionStats;
 use crate::{Interaction, Payload};
+
+/// The longest frame a 24-bit length prefix can carry.
+const MAX_WIRE_FRAME: usize = 0xFF_FFFF;
 
 /// Work for the responder that the connection produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,6 +195,43 @@ impl Harness {
             Ok(frame) => self.conn.handle_frame(frame, self.now),
             Err(e) => self.conn.handle_decode_error(e),
         }
+        self.observe();
+        true
+    }
+
+    /// Handles an inbound frame the way a byte-stream transport delivers it
+    /// (encoded behind its length prefix and read in place, see
+    /// `Connection::handle_wire`), if the driver would read one now;
+    /// returns whether it was read. Frames too long for the 24-bit prefix
+    /// go through [`frame_in`](Self::frame_in).
+    pub fn wire_in(&mut self, frame: Frame) -> bool {
+        let len = frame.encoded_len();
+        if len > MAX_WIRE_FRAME {
+            return self.frame_in(frame);
+        }
+        let mut buf = BytesMut::with_capacity(3 + len);
+        frame.encode_prefixed(len, &mut buf);
+        self.wire_run_in(buf.freeze())
+    }
+
+    /// [`bytes_in`](Self::bytes_in) the way a byte-stream transport
+    /// delivers the bytes: behind a length prefix, read in place.
+    pub fn wire_bytes_in(&mut self, bytes: Bytes) -> bool {
+        if bytes.len() > MAX_WIRE_FRAME {
+            return self.bytes_in(bytes);
+        }
+        let mut buf = BytesMut::with_capacity(3 + bytes.len());
+        crate::frame::put_u24(&mut buf, bytes.len());
+        buf.extend_from_slice(&bytes);
+        self.wire_run_in(buf.freeze())
+    }
+
+    fn wire_run_in(&mut self, run: Bytes) -> bool {
+        if !self.can_read() {
+            return false;
+        }
+        let (taken, _) = self.conn.handle_wire(&run, self.now, 1);
+        debug_assert_eq!(taken, run.len(), "one whole frame taken");
         self.observe();
         true
     }
