@@ -11,7 +11,9 @@
 //! 2. a side that has closed and has nothing left to write closes its end
 //!    of the wire;
 //! 3. each side's reader hands the frames on its inbound wire to its
-//!    connection ([`Harness::frame_in`]), in order, up to the byte budget,
+//!    connection, in order (every other one as bytes read in place,
+//!    [`Harness::wire_in`], the others as values, [`Harness::frame_in`]),
+//!    up to the byte budget,
 //!    and only while the connection reads ([`Harness::can_read`]); once the
 //!    wire is empty and the other end has closed it, the connection sees
 //!    the transport close ([`Harness::transport_closed`]).
@@ -467,8 +469,14 @@ impl Pair {
                 at: self.now,
                 frame: frame.clone(),
             });
-            let read = self.peer(to).frame_in(frame);
-            debug_assert!(read, "frame_in refused a frame after can_read");
+            // Every other frame is read in place from its bytes, as from a
+            // byte-stream transport; the others as frame values.
+            let read = if self.log.len().is_multiple_of(2) {
+                self.peer(to).wire_in(frame)
+            } else {
+                self.peer(to).frame_in(frame)
+            };
+            debug_assert!(read, "a frame refused after can_read");
         }
         let wire = &self.wires[from.index()];
         if wire.frames.is_empty() && wire.closed && !wire.close_seen {
