@@ -597,8 +597,43 @@ mod tests {
     use crate::frame::{Frame, StreamId};
     use crate::Payload;
 
-    /// `peek` reads exactly the PAYLOADs `Frame::decode` reads, in place,
-    /// and leaves every other frame (and every malformed PAYLOAD) to it.
+    /// Checks an in-place reader against `Frame::decode`: every frame of
+    /// `frames` that `expect` picks is read in place, equal to what the
+    /// decoder gives (each encoded after two bytes of something else, so
+    /// that the offset counts), no other frame is, a range past the end is
+    /// refused, and so is every frame in `bad`.
+    fn agrees_with_decode<T: PartialEq + std::fmt::Debug>(
+        frames: &[Frame],
+        peek: fn(&Bytes, usize, usize) -> Option<T>,
+        expect: fn(&Frame) -> Option<&T>,
+        bad: &[&[u8]],
+    ) {
+        for f in frames {
+            let mut buf = BytesMut::new();
+            buf.put_slice(b"xx");
+            f.encode(&mut buf);
+            let buf = buf.freeze();
+            let len = buf.len() - 2;
+            match (peek(&buf, 2, len), expect(f)) {
+                (Some(p), Some(want)) => {
+                    assert_eq!(&p, want);
+                    assert_eq!(&Frame::decode(buf.slice(2..)).unwrap(), f);
+                }
+                (None, Some(_)) => panic!("not read in place: {f:?}"),
+                (Some(p), None) => panic!("{f:?} read as {p:?}"),
+                (None, None) => {}
+            }
+            assert!(peek(&buf, 2, len + 1).is_none(), "past the end");
+        }
+        for b in bad {
+            let buf = Bytes::copy_from_slice(b);
+            assert!(peek(&buf, 0, b.len()).is_none(), "{b:?}");
+        }
+    }
+
+    /// `PayloadFrame::peek` reads exactly the PAYLOADs `Frame::decode`
+    /// reads, in place, and leaves every other frame (and every malformed
+    /// PAYLOAD) to it.
     #[test]
     fn peek_agrees_with_decode() {
         let id = StreamId::new(5).unwrap();
@@ -612,23 +647,6 @@ mod tests {
             Frame::Payload(PayloadFrame::next(id, Payload::metadata_only(""))),
             Frame::Cancel(super::Cancel { stream_id: id }),
         ];
-        for f in &frames {
-            let mut buf = BytesMut::new();
-            buf.put_slice(b"xx");
-            f.encode(&mut buf);
-            let buf = buf.freeze();
-            let len = buf.len() - 2;
-            match (PayloadFrame::peek(&buf, 2, len), f) {
-                (Some(p), Frame::Payload(want)) => assert_eq!(&p, want),
-                (None, Frame::Payload(_)) => panic!("not read in place: {f:?}"),
-                (Some(p), _) => panic!("{f:?} read as {p:?}"),
-                (None, _) => {}
-            }
-            assert!(
-                PayloadFrame::peek(&buf, 2, len + 1).is_none(),
-                "past the end"
-            );
-        }
         // Malformed: metadata overrun, neither N nor C, stream 0, short.
         let bad: [&[u8]; 4] = [
             &[0, 0, 0, 1, 0x29, 0x20, 0, 0, 9, b'x'],
@@ -636,12 +654,18 @@ mod tests {
             &[0, 0, 0, 0, 0x28, 0x20, b'x'],
             &[0, 0, 0, 1, 0x28],
         ];
-        for b in bad {
-            let buf = Bytes::copy_from_slice(b);
-            assert!(PayloadFrame::peek(&buf, 0, b.len()).is_none(), "{b:?}");
-        }
+        agrees_with_decode(
+            &frames,
+            PayloadFrame::peek,
+            |f| match f {
+                Frame::Payload(p) => Some(p),
+                _ => None,
+            },
+            &bad,
+        );
     }
 
+    /// The same for `RequestFnf::peek` and REQUEST_FNF.
     #[test]
     fn fnf_peek_agrees_with_decode() {
         let id = StreamId::new(7).unwrap();
@@ -660,26 +684,6 @@ mod tests {
             Frame::Payload(PayloadFrame::next(id, Payload::from("data"))),
             Frame::Cancel(super::Cancel { stream_id: id }),
         ];
-        for f in &frames {
-            let mut buf = BytesMut::new();
-            buf.put_slice(b"xx");
-            f.encode(&mut buf);
-            let buf = buf.freeze();
-            let len = buf.len() - 2;
-            match (super::RequestFnf::peek(&buf, 2, len), f) {
-                (Some(p), Frame::RequestFnf(want)) => {
-                    assert_eq!(&p, want);
-                    assert_eq!(Frame::decode(buf.slice(2..)).unwrap(), Frame::RequestFnf(p));
-                }
-                (None, Frame::RequestFnf(_)) => panic!("not read in place: {f:?}"),
-                (Some(p), _) => panic!("{f:?} read as {p:?}"),
-                (None, _) => {}
-            }
-            assert!(
-                super::RequestFnf::peek(&buf, 2, len + 1).is_none(),
-                "past the end"
-            );
-        }
         // Malformed or for the decoder: metadata overrun, stream 0, I flag,
         // short.
         let bad: [&[u8]; 4] = [
@@ -688,9 +692,14 @@ mod tests {
             &[0, 0, 0, 1, 0x16, 0x00, b'x'],
             &[0, 0, 0, 1, 0x14],
         ];
-        for b in bad {
-            let buf = Bytes::copy_from_slice(b);
-            assert!(super::RequestFnf::peek(&buf, 0, b.len()).is_none(), "{b:?}");
-        }
+        agrees_with_decode(
+            &frames,
+            super::RequestFnf::peek,
+            |f| match f {
+                Frame::RequestFnf(r) => Some(r),
+                _ => None,
+            },
+            &bad,
+        );
     }
 }
