@@ -118,15 +118,8 @@ impl Connection {
             return;
         }
         trace!(frame = ?r, "recv");
-        if !self.received(len, now) {
+        if !self.received_resumable(len, now) {
             return;
-        }
-        self.established = true;
-        if let Some(rs) = self.resume.as_mut() {
-            // REQUEST_FNF is resumable.
-            if rs.record_received(len) {
-                self.wakeups.driver();
-            }
         }
         self.on_request_frame(
             r.stream_id,
@@ -171,17 +164,27 @@ impl Connection {
                 return;
             }
         }
-        if !self.received(len, now) {
+        if !self.received_resumable(len, now) {
             return;
+        }
+        self.on_payload_frame(p);
+    }
+
+    /// [`received`](Self::received) for a resumable frame that establishes
+    /// the connection (PAYLOAD, REQUEST_FNF): also marks it established
+    /// and records the frame in the resume position.
+    #[inline]
+    fn received_resumable(&mut self, len: usize, now: Instant) -> bool {
+        if !self.received(len, now) {
+            return false;
         }
         self.established = true;
         if let Some(r) = self.resume.as_mut() {
-            // PAYLOAD is resumable.
             if r.record_received(len) {
                 self.wakeups.driver();
             }
         }
-        self.on_payload_frame(p);
+        true
     }
 
     /// Counts a frame of `len` bytes received at `now`; false (and the

@@ -317,11 +317,7 @@ impl OutQueue {
 
 impl Connection {
     pub(super) fn enqueue(&mut self, frame: Frame, len: usize, pace: Pace) {
-        self.out_bytes += len;
-        if pace == Pace::Unpaced {
-            self.unpaced_bytes += len;
-        }
-        self.counters.frames_queued += 1;
+        self.count_queued(1, len, pace);
         if self.resume.is_none() && len < RUN_FRAME_MAX {
             self.out.push_encoded(&frame, len, pace);
         } else {
@@ -382,11 +378,7 @@ impl Connection {
                     m.len += bytes;
                     m.frames += frames;
                     self.out.frames += frames;
-                    self.out_bytes += bytes;
-                    if pace == Pace::Unpaced {
-                        self.unpaced_bytes += bytes;
-                    }
-                    self.counters.frames_queued += frames as u64;
+                    self.count_queued(frames, bytes, pace);
                     continue;
                 }
             }
@@ -430,9 +422,19 @@ impl Connection {
         m.len += len;
         m.frames += 1;
         self.out.frames += 1;
-        self.out_bytes += len;
-        self.counters.frames_queued += 1;
+        self.count_queued(1, len, Pace::Paced);
         true
+    }
+
+    /// Counts `frames` frames of `bytes` bytes (without length prefixes)
+    /// queued with `pace`, against the outbound cap and in the counters.
+    #[inline]
+    fn count_queued(&mut self, frames: usize, bytes: usize, pace: Pace) {
+        self.out_bytes += bytes;
+        if pace == Pace::Unpaced {
+            self.unpaced_bytes += bytes;
+        }
+        self.counters.frames_queued += frames as u64;
     }
 
     /// Keeps `buf`, an empty buffer the writer is done with, for the next
