@@ -153,27 +153,34 @@ impl Inner {
 
     /// Reads the route and checks that it names a method callable with
     /// `interaction`. Failures are refusals: `ERROR[REJECTED]`.
+    #[inline]
     fn resolve(
         &self,
         interaction: Interaction,
         metadata: Option<&Bytes>,
     ) -> Result<(&Target, Metadata, Layout), Status> {
-        // The common shape first, read in place: a routing entry alone.
-        let sole = metadata
-            .and_then(|m| sole_route(m))
-            .and_then(|route| self.routes.get(route));
-        let (target, metadata, layout) = match sole {
-            Some(target) => (target, Metadata::default(), Layout::Composite),
-            None => {
-                let inbound = parse_request(metadata)
-                    .map_err(|e| Status::invalid_argument(e.to_string()).rejected())?;
-                let route = inbound.route.as_str();
-                let target = self.routes.get(route.as_bytes()).ok_or_else(|| {
-                    Status::unimplemented(format!("unknown method {route:?}")).rejected()
-                })?;
-                (target, inbound.metadata, inbound.layout)
-            }
-        };
+        match self.resolve_sole(interaction, metadata) {
+            Some(target) => Ok((target, Metadata::default(), Layout::Composite)),
+            None => self.resolve_parsed(interaction, metadata),
+        }
+    }
+
+    /// [`resolve`](Self::resolve) for every other case: the metadata
+    /// parsed whole (composite with other entries, or rsocket-rpc-java's
+    /// layout), and the refusals.
+    fn resolve_parsed(
+        &self,
+        interaction: Interaction,
+        metadata: Option<&Bytes>,
+    ) -> Result<(&Target, Metadata, Layout), Status> {
+        let inbound = parse_request(metadata)
+            .map_err(|e| Status::invalid_argument(e.to_string()).rejected())?;
+        let route = inbound.route.as_str();
+        let target = self
+            .routes
+            .get(route.as_bytes())
+            .ok_or_else(|| Status::unimplemented(format!("unknown method {route:?}")).rejected())?;
+        let (metadata, layout) = (inbound.metadata, inbound.layout);
         if !target.method.kind.accepts(interaction) {
             let kind = target.method.kind;
             return Err(Status::unimplemented(format!(
@@ -252,11 +259,8 @@ impl Inner {
     /// Without interceptors, the service's future is returned as it is:
     /// one allocation per call, the handler's.
     fn single(self: &Arc<Self>, interaction: Interaction, request: Payload) -> SingleReply {
-        let resolved = match self.resolve_sole(interaction, request.metadata.as_ref()) {
-            Some(target) => Ok((target, Metadata::default(), Layout::Composite)),
-            None => self.resolve(interaction, request.metadata.as_ref()),
-        };
-        let (target, metadata, layout) = match resolved {
+        let (target, metadata, layout) = match self.resolve(interaction, request.metadata.as_ref())
+        {
             Ok(resolved) => resolved,
             Err(status) => return refused_single(log_refusal(status)),
         };
@@ -309,11 +313,7 @@ impl Inner {
         first: Payload,
         rest: Option<PayloadStream>,
     ) -> PayloadStream {
-        let resolved = match self.resolve_sole(interaction, first.metadata.as_ref()) {
-            Some(target) => Ok((target, Metadata::default(), Layout::Composite)),
-            None => self.resolve(interaction, first.metadata.as_ref()),
-        };
-        let (target, metadata, layout) = match resolved {
+        let (target, metadata, layout) = match self.resolve(interaction, first.metadata.as_ref()) {
             Ok(resolved) => resolved,
             Err(status) => return error_stream(log_refusal(status)),
         };
