@@ -127,31 +127,41 @@ fn on_failure<K: Key>(
 
 /// A request/response through the balancer, written out by hand (rather
 /// than as an `async fn`) to keep it small: it is moved whole into the
-/// caller's future and copied with it.
+/// caller's future and copied with it. Its fields are flat rather than an
+/// enum of states, so that the usual path (send, then take the answer)
+/// tests one pointer per step.
 struct RequestResponse<'a, K: Key> {
     core: &'a Core<K>,
-    idempotent: bool,
-    attempt: u32,
+    /// The attempt in flight: its answer, and the member it went to (its
+    /// request is counted as pending there until it ends; a cancel, by
+    /// dropping, records no latency).
+    sent: Option<(ResponseFuture, Picked)>,
     /// The request, until its last allowed attempt is sent (earlier ones
     /// send a copy, so that it can be sent again).
     request: Payload,
+    /// Waiting for a ready member.
+    waiting: Option<BoxFuture<'a, Result<(), RequestError>>>,
     /// When it began waiting for a ready member.
     since: Option<tokio::time::Instant>,
-    state: CallState<'a>,
+    attempt: u32,
+    idempotent: bool,
+    /// Resolved.
+    done: bool,
 }
 
-enum CallState<'a> {
-    /// To be sent.
-    Idle,
-    /// Waiting for a ready member.
-    Waiting(BoxFuture<'a, Result<(), RequestError>>),
-    /// Sent; counted as pending on its member until it ends (a cancel, by
-    /// dropping, records no latency).
-    Running {
-        response: ResponseFuture,
-        picked: Picked,
-    },
-    Done,
+impl<'a, K: Key> RequestResponse<'a, K> {
+    fn new(core: &'a Core<K>, request: Payload, idempotent: bool) -> Self {
+        Self {
+            core,
+            sent: None,
+            request,
+            waiting: None,
+            since: None,
+            attempt: 0,
+            idempotent,
+            done: false,
+        }
+    }
 }
 
 impl<K: Key> Future for RequestResponse<'_, K> {
@@ -160,64 +170,57 @@ impl<K: Key> Future for RequestResponse<'_, K> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let core = this.core;
-        let max = core.config.max_retries;
         loop {
-            match &mut this.state {
-                CallState::Idle => {
-                    let start = Start::Request(core.clock.now());
-                    let (attempt, request, state) =
-                        (this.attempt, &mut this.request, &mut this.state);
-                    let begun = core.try_begin(start, |requester, picked| {
-                        let request = if attempt < max {
-                            request.clone()
-                        } else {
-                            std::mem::take(request)
-                        };
-                        // Built in place, under the pick's lock.
-                        *state = CallState::Running {
-                            response: requester.request_response(request),
-                            picked,
-                        };
-                    });
-                    if begun.is_ok() {
-                        this.since = None;
-                    } else {
-                        let since = *this.since.get_or_insert_with(tokio::time::Instant::now);
-                        this.state = CallState::Waiting(core.wait_ready(since).boxed());
+            if let Some((response, picked)) = &mut this.sent {
+                let result = ready!(Pin::new(&mut *response).poll(cx));
+                let picked = *picked;
+                let written = response.stream_id().is_some();
+                this.sent = None;
+                let now = core.clock.now();
+                let ok = result.is_ok();
+                core.on_picked(&picked, |slot| slot.end_request(&picked, now, ok));
+                let err = match result {
+                    Ok(reply) => {
+                        this.done = true;
+                        return Poll::Ready(Ok(reply));
                     }
+                    Err(err) => err,
+                };
+                let verdict = on_failure(core, &picked, &err, written, this.idempotent);
+                if verdict != Verdict::Retry || this.attempt >= core.config.max_retries {
+                    this.done = true;
+                    return Poll::Ready(Err(err));
                 }
-                CallState::Waiting(wait) => match ready!(wait.as_mut().poll(cx)) {
-                    Ok(()) => this.state = CallState::Idle,
-                    Err(e) => {
-                        this.state = CallState::Done;
-                        return Poll::Ready(Err(e));
-                    }
-                },
-                CallState::Running { response, picked } => {
-                    let result = ready!(Pin::new(&mut *response).poll(cx));
-                    let picked = *picked;
-                    let now = core.clock.now();
-                    let ok = result.is_ok();
-                    core.on_picked(&picked, |slot| slot.end_request(&picked, now, ok));
-                    match result {
-                        Ok(reply) => {
-                            this.state = CallState::Done;
-                            return Poll::Ready(Ok(reply));
-                        }
-                        Err(err) => {
-                            let sent = response.stream_id().is_some();
-                            this.state = CallState::Done;
-                            let verdict = on_failure(core, &picked, &err, sent, this.idempotent);
-                            if verdict == Verdict::Retry && this.attempt < max {
-                                this.attempt += 1;
-                                this.state = CallState::Idle;
-                                continue;
-                            }
-                            return Poll::Ready(Err(err));
-                        }
-                    }
+                this.attempt += 1;
+            }
+            if this.done {
+                return Poll::Ready(Err(BalanceError::Closed.into()));
+            }
+            if let Some(wait) = &mut this.waiting {
+                let waited = ready!(wait.as_mut().poll(cx));
+                this.waiting = None;
+                if let Err(e) = waited {
+                    this.done = true;
+                    return Poll::Ready(Err(e));
                 }
-                CallState::Done => return Poll::Ready(Err(BalanceError::Closed.into())),
+            }
+            let start = Start::Request(core.clock.now());
+            let last = this.attempt >= core.config.max_retries;
+            let (request, sent) = (&mut this.request, &mut this.sent);
+            let begun = core.try_begin(start, |requester, picked| {
+                let request = if last {
+                    std::mem::take(request)
+                } else {
+                    request.clone()
+                };
+                // Built in place, under the pick's lock.
+                *sent = Some((requester.request_response(request), picked));
+            });
+            if begun.is_ok() {
+                this.since = None;
+            } else {
+                let since = *this.since.get_or_insert_with(tokio::time::Instant::now);
+                this.waiting = Some(core.wait_ready(since).boxed());
             }
         }
     }
@@ -227,7 +230,7 @@ impl<K: Key> Drop for RequestResponse<'_, K> {
     fn drop(&mut self) {
         // Dropped in flight: the request ends without a round trip (and
         // the response future, dropped next, sends CANCEL).
-        if let CallState::Running { picked, .. } = &self.state {
+        if let Some((_, picked)) = &self.sent {
             let picked = *picked;
             let now = self.core.clock.now();
             self.core
@@ -300,14 +303,7 @@ impl<K: Key> Balancer<K> {
         request: Payload,
         options: CallOptions,
     ) -> impl Future<Output = Result<Option<Payload>, RequestError>> + Send + '_ {
-        RequestResponse {
-            core: self.core(),
-            idempotent: options.idempotent,
-            attempt: 0,
-            request,
-            since: None,
-            state: CallState::Idle,
-        }
+        RequestResponse::new(self.core(), request, options.idempotent)
     }
 
     /// Request/stream with per-call options. The stream picks its member
