@@ -187,8 +187,9 @@ pub(crate) struct WeightedStats {
     stamp: i64,
     /// Last time a request was sent or answered.
     stamp0: i64,
-    /// Cumulated time the requests in flight have been waiting.
-    duration: i64,
+    /// Cumulated time the requests in flight have been waiting, in µs (a
+    /// float: no overflow to guard against, and exact below 2^53).
+    duration: f64,
     pending_requests: u32,
     pending_streams: u32,
     rng: Rng,
@@ -205,7 +206,7 @@ impl WeightedStats {
             inter_arrival: Ewma::new(INTER_ARRIVAL_TAU_US, INITIAL_INTER_ARRIVAL_US),
             stamp: 0,
             stamp0: 0,
-            duration: 0,
+            duration: 0.0,
             pending_requests: 0,
             pending_streams: 0,
             rng: Rng::seeded(seed),
@@ -216,16 +217,18 @@ impl WeightedStats {
         (now - self.origin).max(0)
     }
 
+    /// The time the requests in flight have waited since `stamp0`.
+    #[inline]
+    fn waited_since_stamp0(&self, now: i64) -> f64 {
+        (now - self.stamp0).max(0) as f64 * f64::from(self.pending_requests)
+    }
+
     /// A request was sent; returns its start time for [`stop_request`](Self::stop_request).
     #[inline]
     pub(crate) fn start_request(&mut self, now: Micros) -> i64 {
         let now = self.micros(now);
         self.inter_arrival.insert(now, (now - self.stamp) as f64);
-        self.duration = self.duration.saturating_add(
-            (now - self.stamp0)
-                .max(0)
-                .saturating_mul(i64::from(self.pending_requests)),
-        );
+        self.duration += self.waited_since_stamp0(now);
         self.pending_requests += 1;
         self.stamp = now;
         self.stamp0 = now;
@@ -236,14 +239,7 @@ impl WeightedStats {
     #[inline]
     pub(crate) fn stop_request(&mut self, now: Micros, started: i64) -> i64 {
         let now = self.micros(now);
-        self.duration = self
-            .duration
-            .saturating_add(
-                (now - self.stamp0)
-                    .max(0)
-                    .saturating_mul(i64::from(self.pending_requests)),
-            )
-            .saturating_sub(now - started);
+        self.duration += self.waited_since_stamp0(now) - (now - started) as f64;
         self.pending_requests = self.pending_requests.saturating_sub(1);
         self.stamp0 = now;
         now
@@ -316,7 +312,7 @@ impl WeightedStats {
             self.median.estimate
         } else {
             let predicted = prediction * f64::from(pending);
-            let instant = (self.duration + (now - self.stamp0) * i64::from(pending)) as f64;
+            let instant = self.duration + (now - self.stamp0) as f64 * f64::from(pending);
             if predicted < instant {
                 instant / f64::from(pending)
             } else {
