@@ -14,7 +14,7 @@ use futures::{FutureExt, Sink, StreamExt};
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, Instrument, Span};
 
-use super::responder::{self, Dispatched};
+use super::responder::{self, Dispatched, FnfRunner};
 use super::resume::{AttemptError, Resumer, SessionMsg};
 use super::shared::{Locked, Shared};
 use super::transport::{Transport, TransportError};
@@ -51,6 +51,8 @@ pub struct ConnectionDriver<T: Transport> {
     /// While detached: when the session is given up.
     session_deadline: Option<Instant>,
     responder: Arc<dyn RSocket>,
+    /// Runs the responder's fire-and-forget handlers.
+    fnf: FnfRunner,
     /// Frames read and not yet handled (reading may pause in between).
     inbox: VecDeque<Result<Frame, TransportError>>,
     /// Frames read and not yet handled, as raw length-prefixed bytes, from
@@ -103,6 +105,7 @@ impl<T: Transport> ConnectionDriver<T> {
             resumer: None,
             session_deadline: None,
             responder,
+            fnf: FnfRunner::new(),
             inbox: VecDeque::new(),
             wire: Bytes::new(),
             outbox: VecDeque::new(),
@@ -602,7 +605,8 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                 // the next lock, which the next frame needs anyway.
                 while let Some(ev) = conn.poll_event() {
                     drop(conn);
-                    let dispatched = responder::dispatch(shared, &this.responder, ev, cx);
+                    let dispatched =
+                        responder::dispatch(shared, &this.responder, &mut this.fnf, ev, cx);
                     conn = shared.lock();
                     match dispatched {
                         Dispatched::Started => {}
