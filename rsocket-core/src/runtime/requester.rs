@@ -348,10 +348,20 @@ impl Future for OpenFuture {
     type Output = Result<(), RequestError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(request) = self.request.take() else {
+        let this = &mut *self;
+        if this.request.is_none() {
+            return Poll::Ready(Ok(()));
+        }
+        if !this.shared.leasing {
+            // Without leasing nothing waits for a lease: room, the id and
+            // the frame in one call.
+            let mut conn = this.shared.lock();
+            let now = conn.lease_now(super::tokio_now);
+            return conn.poll_fire_and_forget(cx, &mut this.request, now);
+        }
+        let Some(request) = this.request.take() else {
             return Poll::Ready(Ok(()));
         };
-        let this = &mut *self;
         let mut conn = this.shared.lock();
         let ready = match conn.poll_open_ready(cx) {
             Poll::Ready(Ok(())) => this.gate.poll(&mut conn, cx),
