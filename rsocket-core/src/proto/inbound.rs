@@ -18,6 +18,10 @@ use crate::frame::{
 };
 use crate::Payload;
 
+/// Fire-and-forgets [`Connection::handle_wire`] leaves, at most, before
+/// the caller dispatches them.
+pub(crate) const FNF_BATCH: usize = 32;
+
 impl Connection {
     // ----- inbound frames -----------------------------------------------
 
@@ -66,13 +70,17 @@ impl Connection {
 
     /// Handles frames from the start of `buf`, raw bytes of whole frames
     /// each behind its 24-bit length prefix (as the runtime's `WireRead`
-    /// readers give them): the first frame, and after it the PAYLOAD frames
-    /// that follow, read in place (metadata and data sliced from `buf`), in
-    /// the same call. Stops before any other frame, after `max` frames,
-    /// after a frame that left an [`Event`] (the caller dispatches it
-    /// before the next frame is read) and once reading is paused. Returns
-    /// the bytes and the frames taken (at least one frame when `max` is not
-    /// 0).
+    /// readers give them): the first frame, and after it the PAYLOAD
+    /// frames that follow (or, after a REQUEST_FNF, the REQUEST_FNF frames
+    /// that follow), read in place (metadata and data sliced from `buf`),
+    /// in the same call. Stops before any other frame, after `max` frames,
+    /// after a frame that left an [`Event`] other than the fire-and-forget
+    /// of a REQUEST_FNF taken here (the caller dispatches it before the
+    /// next frame is read), after [`FNF_BATCH`] such fire-and-forgets, and
+    /// once reading is paused (which running fire-and-forget handlers,
+    /// counted as their events are left, also cause: a run never starts
+    /// more handlers than the limit allows). Returns the bytes and the
+    /// frames taken (at least one frame when `max` is not 0).
     pub(crate) fn handle_wire(&mut self, buf: &Bytes, now: Instant, max: usize) -> (usize, usize) {
         let (mut at, mut n) = (0, 0);
         while n < max {
@@ -88,17 +96,7 @@ impl Connection {
             };
             match PayloadFrame::peek(buf, start, len) {
                 Some(p) => self.handle_payload_frame(p, len, now),
-                None if n == 0 => {
-                    if let Some(r) = RequestFnf::peek(buf, start, len) {
-                        self.handle_fnf_frame(r, len, now);
-                        return (end, 1);
-                    }
-                    match Frame::decode(buf.slice(start..end)) {
-                        Ok(frame) => self.handle_frame_len(frame, len, now),
-                        Err(e) => self.handle_decode_error(e),
-                    }
-                    return (end, 1);
-                }
+                None if n == 0 => return self.handle_wire_first(buf, len, now, max),
                 // Another frame: the next call takes it.
                 None => break,
             }
@@ -109,6 +107,72 @@ impl Connection {
             }
         }
         (at, n)
+    }
+
+    /// [`Connection::handle_wire`] when `buf` starts with a frame other
+    /// than PAYLOAD, of `len` bytes: a run of REQUEST_FNF, or that frame
+    /// alone, decoded. Kept out of line: the PAYLOAD loop of `handle_wire`
+    /// is the hotter one.
+    #[inline(never)]
+    fn handle_wire_first(
+        &mut self,
+        buf: &Bytes,
+        len: usize,
+        now: Instant,
+        max: usize,
+    ) -> (usize, usize) {
+        if let Some(taken) = self.handle_fnf_run(buf, now, max) {
+            return taken;
+        }
+        let end = LENGTH_PREFIX_LEN + len;
+        match Frame::decode(buf.slice(LENGTH_PREFIX_LEN..end)) {
+            Ok(frame) => self.handle_frame_len(frame, len, now),
+            Err(e) => self.handle_decode_error(e),
+        }
+        (end, 1)
+    }
+
+    /// [`Connection::handle_wire`] when `buf` starts with a REQUEST_FNF
+    /// (`None` otherwise, having done nothing): it and the REQUEST_FNF
+    /// frames right after it, while each leaves no event but its own
+    /// fire-and-forget, up to [`FNF_BATCH`] of those, `max` (at least 1)
+    /// frames, and the pause (see `handle_wire`).
+    #[inline]
+    fn handle_fnf_run(&mut self, buf: &Bytes, now: Instant, max: usize) -> Option<(usize, usize)> {
+        // Events left by the frames taken here: a REQUEST_FNF leaves its
+        // own fire-and-forget or nothing. Events pending before this call
+        // end it after the first frame, as any event would.
+        let mut fnf_events = 0;
+        let (mut at, mut n) = (0, 0);
+        loop {
+            let len = buf
+                .get(at..)
+                .and_then(crate::frame::get_u24)
+                .unwrap_or(usize::MAX);
+            let start = at + LENGTH_PREFIX_LEN;
+            // A partial frame is left for the next call, which fails the
+            // connection; another frame for the next call too.
+            let Some((r, end)) = len
+                .checked_add(start)
+                .filter(|&end| end <= buf.len())
+                .and_then(|end| Some((RequestFnf::peek(buf, start, len)?, end)))
+            else {
+                return (n > 0).then_some((at, n));
+            };
+            let before = self.events.len();
+            self.handle_fnf_frame(r, len, now);
+            fnf_events += self.events.len() - before;
+            at = end;
+            n += 1;
+            if n >= max
+                || at == buf.len()
+                || self.events.len() != fnf_events
+                || fnf_events >= FNF_BATCH
+                || self.read_paused()
+            {
+                return Some((at, n));
+            }
+        }
     }
 
     /// A REQUEST_FNF read in place (see [`Connection::handle_wire`]): what
@@ -651,5 +715,122 @@ impl Connection {
             r.end = Some(Ok(()));
         }
         r.notify(key, &mut self.wakeups);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! `handle_wire` taking a run of raw frames: REQUEST_FNF frames are
+    //! taken together, up to the handler limit and `FNF_BATCH`; any other
+    //! event still ends the call.
+
+    use bytes::{Bytes, BytesMut};
+
+    use super::FNF_BATCH;
+    use crate::frame::{Frame, RequestFnf, RequestResponse, StreamId};
+    use crate::proto::harness::Event;
+    use crate::proto::pair::{Pair, PairConfig, Peer};
+    use crate::{Config, Payload};
+
+    fn sid(id: u32) -> StreamId {
+        StreamId::new(id).expect("non-zero")
+    }
+
+    fn fnf(id: u32) -> Frame {
+        Frame::RequestFnf(RequestFnf {
+            stream_id: sid(id),
+            follows: false,
+            payload: Payload::from(format!("f{id}")),
+        })
+    }
+
+    fn rr(id: u32) -> Frame {
+        Frame::RequestResponse(RequestResponse {
+            stream_id: sid(id),
+            follows: false,
+            payload: Payload::from(format!("r{id}")),
+        })
+    }
+
+    fn run(frames: &[Frame]) -> Bytes {
+        let mut buf = BytesMut::new();
+        for f in frames {
+            f.encode_prefixed(f.encoded_len(), &mut buf);
+        }
+        buf.freeze()
+    }
+
+    fn connected(limit: usize) -> Pair {
+        let config = Config {
+            max_concurrent_inbound_streams: limit,
+            ..Config::default()
+        };
+        let mut p = Pair::new(PairConfig::both(config));
+        p.settle();
+        p
+    }
+
+    /// Takes frames from `run` the way the driver does, returning the
+    /// frames each call took and the events each left.
+    fn take(p: &mut Pair, run: &Bytes) -> Vec<(usize, Vec<Event>)> {
+        let now = std::time::Instant::now();
+        let mut at = 0;
+        let mut calls = Vec::new();
+        while at < run.len() {
+            let rest = run.slice(at..);
+            let (used, n) = p.server().with_conn(|c| c.handle_wire(&rest, now, 256));
+            assert!(used > 0, "no progress");
+            at += used;
+            let events = p.events(Peer::Server);
+            for e in &events {
+                if matches!(e, Event::FireAndForget(_)) {
+                    p.server().handler_done();
+                }
+            }
+            calls.push((n, events));
+        }
+        calls
+    }
+
+    #[test]
+    fn fire_and_forgets_are_taken_together_until_another_event() {
+        let mut p = connected(1_000);
+        let frames = [fnf(1), fnf(3), fnf(5), rr(7), fnf(9), fnf(11)];
+        let calls = take(&mut p, &run(&frames));
+        let shape: Vec<(usize, usize)> = calls.iter().map(|(n, e)| (*n, e.len())).collect();
+        // Three fire-and-forgets at once; the request/response is read
+        // alone (decoded) and dispatched before the next frame; then the
+        // last two together.
+        assert_eq!(shape, vec![(3, 3), (1, 1), (2, 2)]);
+        assert!(matches!(&calls[1].1[0], Event::Request { .. }));
+        let fnf_data: Vec<Bytes> = calls
+            .iter()
+            .flat_map(|(_, e)| e.iter())
+            .filter_map(|e| match e {
+                Event::FireAndForget(p) => Some(p.data.clone()),
+                _ => None,
+            })
+            .collect();
+        let want: Vec<Bytes> = ["f1", "f3", "f5", "f9", "f11"]
+            .into_iter()
+            .map(|s| Bytes::from_static(s.as_bytes()))
+            .collect();
+        assert_eq!(fnf_data, want);
+    }
+
+    #[test]
+    fn a_batch_stops_at_the_handler_limit_and_at_its_size() {
+        // Limit 2: each call leaves at most two running handlers.
+        let mut p = connected(2);
+        let frames: Vec<Frame> = (0..5).map(|i| fnf(2 * i + 1)).collect();
+        let calls = take(&mut p, &run(&frames));
+        let shape: Vec<usize> = calls.iter().map(|(n, _)| *n).collect();
+        assert_eq!(shape, vec![2, 2, 1]);
+        // No limit in the way: a batch holds at most `FNF_BATCH`.
+        let mut p = connected(10_000);
+        let frames: Vec<Frame> = (0..FNF_BATCH as u32 + 3).map(|i| fnf(2 * i + 1)).collect();
+        let calls = take(&mut p, &run(&frames));
+        let shape: Vec<usize> = calls.iter().map(|(n, _)| *n).collect();
+        assert_eq!(shape, vec![FNF_BATCH, 3]);
     }
 }

@@ -21,7 +21,7 @@ use super::transport::{Transport, TransportError};
 use crate::error::{ConnectionError, ResumeFailure};
 use crate::frame::{ErrorCode, Frame};
 use crate::lease::Lease;
-use crate::proto::{is_resumable, Outgoing, RECYCLE_RUN_BYTES};
+use crate::proto::{is_resumable, Event, Outgoing, RECYCLE_RUN_BYTES};
 use crate::rsocket::RSocket;
 
 /// Frames read ahead of handling, at most, per round.
@@ -53,6 +53,9 @@ pub struct ConnectionDriver<T: Transport> {
     responder: Arc<dyn RSocket>,
     /// Runs the responder's fire-and-forget handlers.
     fnf: FnfRunner,
+    /// Events taken from the state machine, being dispatched (kept for its
+    /// buffer).
+    events: VecDeque<Event>,
     /// Frames read and not yet handled (reading may pause in between).
     inbox: VecDeque<Result<Frame, TransportError>>,
     /// Frames read and not yet handled, as raw length-prefixed bytes, from
@@ -106,6 +109,7 @@ impl<T: Transport> ConnectionDriver<T> {
             session_deadline: None,
             responder,
             fnf: FnfRunner::new(),
+            events: VecDeque::new(),
             inbox: VecDeque::new(),
             wire: Bytes::new(),
             outbox: VecDeque::new(),
@@ -600,18 +604,34 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                         break;
                     }
                 }
-                // Each request is dispatched without the lock; what its
+                // Requests are dispatched without the lock, a run of
+                // fire-and-forgets (see `handle_wire`) in one unlock; what a
                 // handler left to do (an answer given at once) is done in
-                // the next lock, which the next frame needs anyway.
-                while let Some(ev) = conn.poll_event() {
+                // the next lock, before any later request is dispatched.
+                let events = &mut this.events;
+                loop {
+                    if events.is_empty() && !conn.take_events(events) {
+                        break;
+                    }
                     drop(conn);
-                    let dispatched =
-                        responder::dispatch(shared, &this.responder, &mut this.fnf, ev, cx);
+                    let mut oneways_done = 0;
+                    let mut answered = None;
+                    while let Some(ev) = events.pop_front() {
+                        match responder::dispatch(shared, &this.responder, &mut this.fnf, ev, cx) {
+                            Dispatched::Started => {}
+                            Dispatched::OnewayDone => oneways_done += 1,
+                            Dispatched::Answered(id, out) => {
+                                answered = Some((id, out));
+                                break;
+                            }
+                        }
+                    }
                     conn = shared.lock();
-                    match dispatched {
-                        Dispatched::Started => {}
-                        Dispatched::OnewayDone => conn.oneways_done(1),
-                        Dispatched::Answered(id, out) => responder::answer_now(&mut conn, id, out),
+                    if oneways_done > 0 {
+                        conn.oneways_done(oneways_done);
+                    }
+                    if let Some((id, out)) = answered {
+                        responder::answer_now(&mut conn, id, out);
                     }
                 }
             }
