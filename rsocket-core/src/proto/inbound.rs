@@ -96,7 +96,19 @@ impl Connection {
             };
             match PayloadFrame::peek(buf, start, len) {
                 Some(p) => self.handle_payload_frame(p, len, now),
-                None if n == 0 => return self.handle_wire_first(buf, len, now, max),
+                None if n == 0 => {
+                    if let Some(r) = RequestFnf::peek(buf, start, len) {
+                        let before = self.events.len();
+                        self.handle_fnf_frame(r, len, now);
+                        let fnf_events = self.events.len() - before;
+                        return self.handle_fnf_run(buf, end, fnf_events, now, max);
+                    }
+                    match Frame::decode(buf.slice(start..end)) {
+                        Ok(frame) => self.handle_frame_len(frame, len, now),
+                        Err(e) => self.handle_decode_error(e),
+                    }
+                    return (end, 1);
+                }
                 // Another frame: the next call takes it.
                 None => break,
             }
@@ -109,42 +121,30 @@ impl Connection {
         (at, n)
     }
 
-    /// [`Connection::handle_wire`] when `buf` starts with a frame other
-    /// than PAYLOAD, of `len` bytes: a run of REQUEST_FNF, or that frame
-    /// alone, decoded. Kept out of line: the PAYLOAD loop of `handle_wire`
-    /// is the hotter one.
+    /// [`Connection::handle_wire`] after a REQUEST_FNF at the start of
+    /// `buf`, ending at `at`, that left `fnf_events` events (its own
+    /// fire-and-forget, or none): the REQUEST_FNF frames right after it,
+    /// while each leaves no event but its own fire-and-forget, up to
+    /// [`FNF_BATCH`] of those, `max` (at least 1) frames in all, and the
+    /// pause (see `handle_wire`). Events pending before the first frame
+    /// end the run after it, as any event would. Kept out of line: the
+    /// PAYLOAD loop of `handle_wire` is the hotter one.
     #[inline(never)]
-    fn handle_wire_first(
+    fn handle_fnf_run(
         &mut self,
         buf: &Bytes,
-        len: usize,
+        mut at: usize,
+        mut fnf_events: usize,
         now: Instant,
         max: usize,
     ) -> (usize, usize) {
-        if let Some(taken) = self.handle_fnf_run(buf, now, max) {
-            return taken;
-        }
-        let end = LENGTH_PREFIX_LEN + len;
-        match Frame::decode(buf.slice(LENGTH_PREFIX_LEN..end)) {
-            Ok(frame) => self.handle_frame_len(frame, len, now),
-            Err(e) => self.handle_decode_error(e),
-        }
-        (end, 1)
-    }
-
-    /// [`Connection::handle_wire`] when `buf` starts with a REQUEST_FNF
-    /// (`None` otherwise, having done nothing): it and the REQUEST_FNF
-    /// frames right after it, while each leaves no event but its own
-    /// fire-and-forget, up to [`FNF_BATCH`] of those, `max` (at least 1)
-    /// frames, and the pause (see `handle_wire`).
-    #[inline]
-    fn handle_fnf_run(&mut self, buf: &Bytes, now: Instant, max: usize) -> Option<(usize, usize)> {
-        // Events left by the frames taken here: a REQUEST_FNF leaves its
-        // own fire-and-forget or nothing. Events pending before this call
-        // end it after the first frame, as any event would.
-        let mut fnf_events = 0;
-        let (mut at, mut n) = (0, 0);
-        loop {
+        let mut n = 1;
+        while n < max
+            && at < buf.len()
+            && self.events.len() == fnf_events
+            && fnf_events < FNF_BATCH
+            && !self.read_paused()
+        {
             let len = buf
                 .get(at..)
                 .and_then(crate::frame::get_u24)
@@ -157,22 +157,15 @@ impl Connection {
                 .filter(|&end| end <= buf.len())
                 .and_then(|end| Some((RequestFnf::peek(buf, start, len)?, end)))
             else {
-                return (n > 0).then_some((at, n));
+                break;
             };
             let before = self.events.len();
             self.handle_fnf_frame(r, len, now);
             fnf_events += self.events.len() - before;
             at = end;
             n += 1;
-            if n >= max
-                || at == buf.len()
-                || self.events.len() != fnf_events
-                || fnf_events >= FNF_BATCH
-                || self.read_paused()
-            {
-                return Some((at, n));
-            }
         }
+        (at, n)
     }
 
     /// A REQUEST_FNF read in place (see [`Connection::handle_wire`]): what
