@@ -617,6 +617,16 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                     let mut oneways_done = 0;
                     let mut answered = None;
                     while let Some(ev) = events.pop_front() {
+                        let ev = match ev {
+                            // The common case, without `dispatch`.
+                            Event::FireAndForget(payload) => {
+                                if this.fnf.run(shared, &this.responder, payload, cx) {
+                                    oneways_done += 1;
+                                }
+                                continue;
+                            }
+                            ev => ev,
+                        };
                         match responder::dispatch(shared, &this.responder, &mut this.fnf, ev, cx) {
                             Dispatched::Started => {}
                             Dispatched::OnewayDone => oneways_done += 1,

@@ -53,7 +53,7 @@ pub(crate) fn dispatch(
 ) -> Dispatched {
     match ev {
         Event::FireAndForget(payload) => {
-            if fnf.0.run(shared, responder, payload, cx) {
+            if fnf.run(shared, responder, payload, cx) {
                 Dispatched::OnewayDone
             } else {
                 Dispatched::Started
@@ -142,6 +142,21 @@ impl FnfRunner {
     /// A runner without a box yet (the first request allocates it).
     pub(crate) fn new() -> Self {
         Self(Box::new(Recycled::new(fnf_future)))
+    }
+
+    /// Polls the fire-and-forget handler for `payload` once, spawning it
+    /// if it is not done (counted as running until it is). True when it
+    /// finished here: the caller counts it as done
+    /// (`Connection::oneways_done`).
+    #[inline]
+    pub(crate) fn run(
+        &mut self,
+        shared: &Arc<Shared>,
+        responder: &Arc<dyn RSocket>,
+        payload: Payload,
+        cx: &mut Context<'_>,
+    ) -> bool {
+        self.0.run(shared, responder, payload, cx)
     }
 }
 
