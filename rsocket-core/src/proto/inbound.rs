@@ -178,13 +178,37 @@ impl Connection {
         if !self.received_resumable(len, now) {
             return;
         }
-        self.on_request_frame(
-            r.stream_id,
-            FragKind::RequestFnf,
-            r.payload,
-            r.follows,
-            false,
-        );
+        self.on_fnf_frame(r.stream_id, r.payload, r.follows);
+    }
+
+    /// [`on_request_frame`](Self::on_request_frame) of a REQUEST_FNF. A
+    /// whole one without leasing (the common case) is checked and queued
+    /// here, as `on_request_frame` and `on_request` would, in one call
+    /// and without the checks that concern other requests; the others go
+    /// through `on_request_frame`.
+    #[inline(never)]
+    fn on_fnf_frame(&mut self, id: StreamId, payload: Payload, follows: bool) {
+        if follows || self.lease.is_some() {
+            return self.on_request_frame(id, FragKind::RequestFnf, payload, follows, false);
+        }
+        let key = id.get();
+        if self.streams.contains_key(&key)
+            || (!self.frags.is_empty() && self.frags.contains_key(&key))
+        {
+            debug!(stream = key, "ignoring request on a stream id in use");
+            return;
+        }
+        if id.is_client_initiated() == (self.side == Side::Client) {
+            debug!(stream = key, "ignoring request with our own stream parity");
+            return;
+        }
+        if matches!(self.state, State::Draining { .. }) {
+            debug!("dropping fire-and-forget: connection is shutting down");
+            return;
+        }
+        // Never dropped for load (see `on_request`).
+        self.inflight_oneway += 1;
+        self.events.push_back(Event::FireAndForget(payload));
     }
 
     /// A PAYLOAD read in place (see [`Connection::handle_wire`]): what
@@ -809,6 +833,36 @@ mod tests {
             .map(|s| Bytes::from_static(s.as_bytes()))
             .collect();
         assert_eq!(fnf_data, want);
+    }
+
+    #[test]
+    fn fire_and_forgets_on_ids_in_use_of_our_parity_or_while_draining_are_dropped() {
+        let mut p = connected(1_000);
+        // Stream 1 is in use: the client's request/stream.
+        p.client()
+            .open(
+                crate::proto::Interaction::RequestStream,
+                Payload::from("s"),
+                8,
+                false,
+            )
+            .expect("open");
+        p.settle();
+        assert_eq!(p.events(Peer::Server).len(), 1);
+        let running = p.server().stats().handlers_running;
+        // In use, our own parity, then a good one.
+        let calls = take(&mut p, &run(&[fnf(1), fnf(2), fnf(3)]));
+        let events: Vec<&Event> = calls.iter().flat_map(|(_, e)| e.iter()).collect();
+        assert!(
+            matches!(events.as_slice(), [Event::FireAndForget(f)] if &f.data[..] == b"f3"),
+            "{events:?}"
+        );
+        assert_eq!(p.server().stats().handlers_running, running);
+        // Draining: dropped, and not counted as running.
+        p.server().start_drain(std::time::Duration::from_secs(30));
+        let calls = take(&mut p, &run(&[fnf(5), fnf(7)]));
+        assert!(calls.iter().all(|(_, e)| e.is_empty()), "{calls:?}");
+        assert_eq!(p.server().stats().handlers_running, running);
     }
 
     #[test]
