@@ -52,7 +52,7 @@ impl Connection {
             return Err(refusal);
         }
         if interaction == Interaction::FireAndForget {
-            return self.open_fnf(payload, now);
+            return self.open_fnf(&mut Some(payload), now);
         }
         // Every request type needs one unit of the peer's lease.
         self.check_lease(now)?;
@@ -135,17 +135,48 @@ impl Connection {
             self.wait_space();
             return Poll::Pending;
         }
-        let Some(payload) = request.take() else {
+        if request.is_none() {
             return Poll::Ready(Ok(()));
-        };
-        Poll::Ready(self.open_fnf(payload, now).map(|_| ()))
+        }
+        Poll::Ready(self.open_fnf(request, now).map(|_| ()))
     }
 
     /// [`open`](Self::open) of a fire-and-forget on an open connection:
     /// nothing of the stream is kept once its frame(s) are queued, so only
     /// the id moves on (ids still in use by other streams are skipped).
-    fn open_fnf(&mut self, payload: Payload, now: Instant) -> Result<StreamId, RequestError> {
-        // One unit of the peer's lease, as for every request type.
+    /// The request is taken from `request` (and dropped), whatever the
+    /// outcome; a frame that goes whole into the current run is encoded
+    /// from it in place.
+    fn open_fnf(
+        &mut self,
+        request: &mut Option<Payload>,
+        now: Instant,
+    ) -> Result<StreamId, RequestError> {
+        let id = match self.fnf_id(now) {
+            Ok(id) => id,
+            Err(e) => {
+                *request = None;
+                return Err(e);
+            }
+        };
+        let mtu = self.config.fragment_at();
+        let direct = match request.as_ref() {
+            Some(payload) => self.enqueue_request_direct(true, id, payload, mtu),
+            None => true,
+        };
+        if direct {
+            *request = None;
+            self.wakeups.driver();
+        } else if let Some(payload) = request.take() {
+            self.push_fragmented(FragKind::RequestFnf, id, payload, false, Pace::Paced);
+        }
+        Ok(id)
+    }
+
+    /// The id of a new fire-and-forget, after taking one unit of the
+    /// peer's lease, as for every request type.
+    #[inline]
+    fn fnf_id(&mut self, now: Instant) -> Result<StreamId, RequestError> {
         self.check_lease(now)?;
         let streams = &self.streams;
         let id = self
@@ -153,12 +184,6 @@ impl Connection {
             .next(streams.len(), |id| streams.contains_key(&id))
             .ok_or_else(|| RequestError::Stream(StreamError::rejected("no free stream ids")))?;
         self.take_lease(now)?;
-        let mtu = self.config.fragment_at();
-        if self.enqueue_request_direct(true, id, &payload, mtu) {
-            self.wakeups.driver();
-        } else {
-            self.push_fragmented(FragKind::RequestFnf, id, payload, false, Pace::Paced);
-        }
         Ok(id)
     }
 
