@@ -121,6 +121,7 @@ impl Connection {
     /// the lease (see [`Connection::lease_now`]); a request refused for
     /// want of one fails at once (the runtime waits for a lease, when it
     /// may, before it calls this).
+    #[inline]
     pub(crate) fn fire_and_forget(
         &mut self,
         request: &mut Option<Payload>,
@@ -147,6 +148,7 @@ impl Connection {
     /// The request is taken from `request` (and dropped), whatever the
     /// outcome; a frame that goes whole into the current run is encoded
     /// from it in place.
+    #[inline]
     fn open_fnf(
         &mut self,
         request: &mut Option<Payload>,
