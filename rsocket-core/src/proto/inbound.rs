@@ -170,6 +170,7 @@ impl Connection {
 
     /// A REQUEST_FNF read in place (see [`Connection::handle_wire`]): what
     /// [`Connection::handle_frame`] does with it, without the `Frame`.
+    #[inline(always)]
     fn handle_fnf_frame(&mut self, r: RequestFnf, len: usize, now: Instant) {
         if self.closed().is_some() {
             return;
