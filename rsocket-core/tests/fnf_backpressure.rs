@@ -146,3 +146,63 @@ async fn metadata_push_beyond_the_handler_limit_waits_and_is_not_dropped() {
     })
     .await;
 }
+
+/// Records each request's data; every third one waits for a yield before
+/// it is done, so that handlers done at once and handlers that run on a
+/// task of their own alternate.
+#[derive(Clone, Default)]
+struct Mixed {
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+    calls: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl RSocket for Mixed {
+    async fn fire_and_forget(&self, req: Payload) -> Result<(), RequestError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) % 3 == 1 {
+            tokio::task::yield_now().await;
+        }
+        let data = String::from_utf8_lossy(&req.data).into_owned();
+        self.seen.lock().expect("not poisoned").push(data);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn fire_and_forget_handlers_done_at_once_or_later_each_see_their_request() {
+    let mixed = Mixed::default();
+    let (c, s) = memory_pair(64 * 1024);
+    let responder = mixed.clone();
+    let server = Server::new(move |_s, _r| {
+        let responder = responder.clone();
+        async move { Ok(Arc::new(responder) as Arc<dyn RSocket>) }
+    });
+    let stats: ServerStatsHandle = server.stats_handle();
+    tokio::spawn(server.serve_with_shutdown(
+        futures::stream::iter([Ok::<_, std::io::Error>(s)]),
+        futures::future::pending(),
+    ));
+    let requester = ClientBuilder::new().connect(c).expect("connect");
+    for i in 0..SENT {
+        tokio::time::timeout(
+            WAIT,
+            requester.fire_and_forget(Payload::from(format!("m{i}"))),
+        )
+        .await
+        .expect("queued in time")
+        .expect("queued");
+    }
+    wait_until("every request to be handled", || {
+        mixed.seen.lock().expect("not poisoned").len() == SENT
+    })
+    .await;
+    wait_until("the handlers to be counted out", || {
+        stats.snapshot().handlers_running == 0
+    })
+    .await;
+    let mut seen = mixed.seen.lock().expect("not poisoned").clone();
+    seen.sort();
+    let mut want: Vec<String> = (0..SENT).map(|i| format!("m{i}")).collect();
+    want.sort();
+    assert_eq!(seen, want);
+}

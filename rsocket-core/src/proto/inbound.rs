@@ -18,6 +18,10 @@ use crate::frame::{
 };
 use crate::Payload;
 
+/// Fire-and-forgets [`Connection::handle_wire`] leaves, at most, before
+/// the caller dispatches them.
+pub(crate) const FNF_BATCH: usize = 32;
+
 impl Connection {
     // ----- inbound frames -----------------------------------------------
 
@@ -66,13 +70,17 @@ impl Connection {
 
     /// Handles frames from the start of `buf`, raw bytes of whole frames
     /// each behind its 24-bit length prefix (as the runtime's `WireRead`
-    /// readers give them): the first frame, and after it the PAYLOAD frames
-    /// that follow, read in place (metadata and data sliced from `buf`), in
-    /// the same call. Stops before any other frame, after `max` frames,
-    /// after a frame that left an [`Event`] (the caller dispatches it
-    /// before the next frame is read) and once reading is paused. Returns
-    /// the bytes and the frames taken (at least one frame when `max` is not
-    /// 0).
+    /// readers give them): the first frame, and after it the PAYLOAD
+    /// frames that follow (or, after a REQUEST_FNF, the REQUEST_FNF frames
+    /// that follow), read in place (metadata and data sliced from `buf`),
+    /// in the same call. Stops before any other frame, after `max` frames,
+    /// after a frame that left an [`Event`] other than the fire-and-forget
+    /// of a REQUEST_FNF taken here (the caller dispatches it before the
+    /// next frame is read), after [`FNF_BATCH`] such fire-and-forgets, and
+    /// once reading is paused (which running fire-and-forget handlers,
+    /// counted as their events are left, also cause: a run never starts
+    /// more handlers than the limit allows). Returns the bytes and the
+    /// frames taken (at least one frame when `max` is not 0).
     pub(crate) fn handle_wire(&mut self, buf: &Bytes, now: Instant, max: usize) -> (usize, usize) {
         let (mut at, mut n) = (0, 0);
         while n < max {
@@ -90,8 +98,10 @@ impl Connection {
                 Some(p) => self.handle_payload_frame(p, len, now),
                 None if n == 0 => {
                     if let Some(r) = RequestFnf::peek(buf, start, len) {
+                        let before = self.events.len();
                         self.handle_fnf_frame(r, len, now);
-                        return (end, 1);
+                        let fnf_events = self.events.len() - before;
+                        return self.handle_fnf_run(buf, end, fnf_events, now, max);
                     }
                     match Frame::decode(buf.slice(start..end)) {
                         Ok(frame) => self.handle_frame_len(frame, len, now),
@@ -111,8 +121,56 @@ impl Connection {
         (at, n)
     }
 
+    /// [`Connection::handle_wire`] after a REQUEST_FNF at the start of
+    /// `buf`, ending at `at`, that left `fnf_events` events (its own
+    /// fire-and-forget, or none): the REQUEST_FNF frames right after it,
+    /// while each leaves no event but its own fire-and-forget, up to
+    /// [`FNF_BATCH`] of those, `max` (at least 1) frames in all, and the
+    /// pause (see `handle_wire`). Events pending before the first frame
+    /// end the run after it, as any event would. Kept out of line: the
+    /// PAYLOAD loop of `handle_wire` is the hotter one.
+    #[inline(never)]
+    fn handle_fnf_run(
+        &mut self,
+        buf: &Bytes,
+        mut at: usize,
+        mut fnf_events: usize,
+        now: Instant,
+        max: usize,
+    ) -> (usize, usize) {
+        let mut n = 1;
+        while n < max
+            && at < buf.len()
+            && self.events.len() == fnf_events
+            && fnf_events < FNF_BATCH
+            && !self.read_paused()
+        {
+            let len = buf
+                .get(at..)
+                .and_then(crate::frame::get_u24)
+                .unwrap_or(usize::MAX);
+            let start = at + LENGTH_PREFIX_LEN;
+            // A partial frame is left for the next call, which fails the
+            // connection; another frame for the next call too.
+            let Some((r, end)) = len
+                .checked_add(start)
+                .filter(|&end| end <= buf.len())
+                .and_then(|end| Some((RequestFnf::peek(buf, start, len)?, end)))
+            else {
+                break;
+            };
+            let before = self.events.len();
+            self.handle_fnf_frame(r, len, now);
+            fnf_events += self.events.len() - before;
+            at = end;
+            n += 1;
+        }
+        (at, n)
+    }
+
     /// A REQUEST_FNF read in place (see [`Connection::handle_wire`]): what
     /// [`Connection::handle_frame`] does with it, without the `Frame`.
+    #[inline(always)]
     fn handle_fnf_frame(&mut self, r: RequestFnf, len: usize, now: Instant) {
         if self.closed().is_some() {
             return;
@@ -121,13 +179,37 @@ impl Connection {
         if !self.received_resumable(len, now) {
             return;
         }
-        self.on_request_frame(
-            r.stream_id,
-            FragKind::RequestFnf,
-            r.payload,
-            r.follows,
-            false,
-        );
+        self.on_fnf_frame(r.stream_id, r.payload, r.follows);
+    }
+
+    /// [`on_request_frame`](Self::on_request_frame) of a REQUEST_FNF. A
+    /// whole one without leasing (the common case) is checked and queued
+    /// here, as `on_request_frame` and `on_request` would, in one call
+    /// and without the checks that concern other requests; the others go
+    /// through `on_request_frame`.
+    #[inline(never)]
+    fn on_fnf_frame(&mut self, id: StreamId, payload: Payload, follows: bool) {
+        if follows || self.lease.is_some() {
+            return self.on_request_frame(id, FragKind::RequestFnf, payload, follows, false);
+        }
+        let key = id.get();
+        if self.streams.contains_key(&key)
+            || (!self.frags.is_empty() && self.frags.contains_key(&key))
+        {
+            debug!(stream = key, "ignoring request on a stream id in use");
+            return;
+        }
+        if id.is_client_initiated() == (self.side == Side::Client) {
+            debug!(stream = key, "ignoring request with our own stream parity");
+            return;
+        }
+        if matches!(self.state, State::Draining { .. }) {
+            debug!("dropping fire-and-forget: connection is shutting down");
+            return;
+        }
+        // Never dropped for load (see `on_request`).
+        self.inflight_oneway += 1;
+        self.events.push_back(Event::FireAndForget(payload));
     }
 
     /// A PAYLOAD read in place (see [`Connection::handle_wire`]): what
@@ -651,5 +733,152 @@ impl Connection {
             r.end = Some(Ok(()));
         }
         r.notify(key, &mut self.wakeups);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! `handle_wire` taking a run of raw frames: REQUEST_FNF frames are
+    //! taken together, up to the handler limit and `FNF_BATCH`; any other
+    //! event still ends the call.
+
+    use bytes::{Bytes, BytesMut};
+
+    use super::FNF_BATCH;
+    use crate::frame::{Frame, RequestFnf, RequestResponse, StreamId};
+    use crate::proto::harness::Event;
+    use crate::proto::pair::{Pair, PairConfig, Peer};
+    use crate::{Config, Payload};
+
+    fn sid(id: u32) -> StreamId {
+        StreamId::new(id).expect("non-zero")
+    }
+
+    fn fnf(id: u32) -> Frame {
+        Frame::RequestFnf(RequestFnf {
+            stream_id: sid(id),
+            follows: false,
+            payload: Payload::from(format!("f{id}")),
+        })
+    }
+
+    fn rr(id: u32) -> Frame {
+        Frame::RequestResponse(RequestResponse {
+            stream_id: sid(id),
+            follows: false,
+            payload: Payload::from(format!("r{id}")),
+        })
+    }
+
+    fn run(frames: &[Frame]) -> Bytes {
+        let mut buf = BytesMut::new();
+        for f in frames {
+            f.encode_prefixed(f.encoded_len(), &mut buf);
+        }
+        buf.freeze()
+    }
+
+    fn connected(limit: usize) -> Pair {
+        let config = Config {
+            max_concurrent_inbound_streams: limit,
+            ..Config::default()
+        };
+        let mut p = Pair::new(PairConfig::both(config));
+        p.settle();
+        p
+    }
+
+    /// Takes frames from `run` the way the driver does, returning the
+    /// frames each call took and the events each left.
+    fn take(p: &mut Pair, run: &Bytes) -> Vec<(usize, Vec<Event>)> {
+        let now = std::time::Instant::now();
+        let mut at = 0;
+        let mut calls = Vec::new();
+        while at < run.len() {
+            let rest = run.slice(at..);
+            let (used, n) = p.server().with_conn(|c| c.handle_wire(&rest, now, 256));
+            assert!(used > 0, "no progress");
+            at += used;
+            let events = p.events(Peer::Server);
+            for e in &events {
+                if matches!(e, Event::FireAndForget(_)) {
+                    p.server().handler_done();
+                }
+            }
+            calls.push((n, events));
+        }
+        calls
+    }
+
+    #[test]
+    fn fire_and_forgets_are_taken_together_until_another_event() {
+        let mut p = connected(1_000);
+        let frames = [fnf(1), fnf(3), fnf(5), rr(7), fnf(9), fnf(11)];
+        let calls = take(&mut p, &run(&frames));
+        let shape: Vec<(usize, usize)> = calls.iter().map(|(n, e)| (*n, e.len())).collect();
+        // Three fire-and-forgets at once; the request/response is read
+        // alone (decoded) and dispatched before the next frame; then the
+        // last two together.
+        assert_eq!(shape, vec![(3, 3), (1, 1), (2, 2)]);
+        assert!(matches!(&calls[1].1[0], Event::Request { .. }));
+        let fnf_data: Vec<Bytes> = calls
+            .iter()
+            .flat_map(|(_, e)| e.iter())
+            .filter_map(|e| match e {
+                Event::FireAndForget(p) => Some(p.data.clone()),
+                _ => None,
+            })
+            .collect();
+        let want: Vec<Bytes> = ["f1", "f3", "f5", "f9", "f11"]
+            .into_iter()
+            .map(|s| Bytes::from_static(s.as_bytes()))
+            .collect();
+        assert_eq!(fnf_data, want);
+    }
+
+    #[test]
+    fn fire_and_forgets_on_ids_in_use_of_our_parity_or_while_draining_are_dropped() {
+        let mut p = connected(1_000);
+        // Stream 1 is in use: the client's request/stream.
+        p.client()
+            .open(
+                crate::proto::Interaction::RequestStream,
+                Payload::from("s"),
+                8,
+                false,
+            )
+            .expect("open");
+        p.settle();
+        assert_eq!(p.events(Peer::Server).len(), 1);
+        let running = p.server().stats().handlers_running;
+        // In use, our own parity, then a good one.
+        let calls = take(&mut p, &run(&[fnf(1), fnf(2), fnf(3)]));
+        let events: Vec<&Event> = calls.iter().flat_map(|(_, e)| e.iter()).collect();
+        assert!(
+            matches!(events.as_slice(), [Event::FireAndForget(f)] if &f.data[..] == b"f3"),
+            "{events:?}"
+        );
+        assert_eq!(p.server().stats().handlers_running, running);
+        // Draining: dropped, and not counted as running.
+        p.server().start_drain(std::time::Duration::from_secs(30));
+        let calls = take(&mut p, &run(&[fnf(5), fnf(7)]));
+        assert!(calls.iter().all(|(_, e)| e.is_empty()), "{calls:?}");
+        assert_eq!(p.server().stats().handlers_running, running);
+    }
+
+    #[test]
+    fn a_batch_stops_at_the_handler_limit_and_at_its_size() {
+        // Limit 2: each call leaves at most two running handlers.
+        let mut p = connected(2);
+        let frames: Vec<Frame> = (0..5).map(|i| fnf(2 * i + 1)).collect();
+        let calls = take(&mut p, &run(&frames));
+        let shape: Vec<usize> = calls.iter().map(|(n, _)| *n).collect();
+        assert_eq!(shape, vec![2, 2, 1]);
+        // No limit in the way: a batch holds at most `FNF_BATCH`.
+        let mut p = connected(10_000);
+        let frames: Vec<Frame> = (0..FNF_BATCH as u32 + 3).map(|i| fnf(2 * i + 1)).collect();
+        let calls = take(&mut p, &run(&frames));
+        let shape: Vec<usize> = calls.iter().map(|(n, _)| *n).collect();
+        assert_eq!(shape, vec![FNF_BATCH, 3]);
     }
 }

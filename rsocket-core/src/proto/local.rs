@@ -51,6 +51,9 @@ impl Connection {
         if let Some(refusal) = self.refusal() {
             return Err(refusal);
         }
+        if interaction == Interaction::FireAndForget {
+            return self.open_fnf(&mut Some(payload), now);
+        }
         // Every request type needs one unit of the peer's lease.
         self.check_lease(now)?;
         let streams = &self.streams;
@@ -107,6 +110,82 @@ impl Connection {
         } else {
             self.push_fragmented(kind, id, payload, false, Pace::Paced);
         }
+        Ok(id)
+    }
+
+    /// A fire-and-forget once the outbound queue has room: what
+    /// [`open_ready`](Self::open_ready) and then [`open`](Self::open) do for
+    /// one, in one call. Takes the request out of `request` when it is
+    /// queued or refused; `Pending` leaves it there
+    /// and waits for [`Wakeup::Space`](super::Wakeup::Space). `now` is for
+    /// the lease (see [`Connection::lease_now`]); a request refused for
+    /// want of one fails at once (the runtime waits for a lease, when it
+    /// may, before it calls this).
+    #[inline]
+    pub(crate) fn fire_and_forget(
+        &mut self,
+        request: &mut Option<Payload>,
+        now: Instant,
+    ) -> Poll<Result<(), RequestError>> {
+        if let Some(refusal) = self.refusal() {
+            // Dropped: the request is done with.
+            *request = None;
+            return Poll::Ready(Err(refusal));
+        }
+        if !self.has_space() {
+            self.wait_space();
+            return Poll::Pending;
+        }
+        if request.is_none() {
+            return Poll::Ready(Ok(()));
+        }
+        Poll::Ready(self.open_fnf(request, now).map(|_| ()))
+    }
+
+    /// [`open`](Self::open) of a fire-and-forget on an open connection:
+    /// nothing of the stream is kept once its frame(s) are queued, so only
+    /// the id moves on (ids still in use by other streams are skipped).
+    /// The request is taken from `request` (and dropped), whatever the
+    /// outcome; a frame that goes whole into the current run is encoded
+    /// from it in place.
+    #[inline]
+    fn open_fnf(
+        &mut self,
+        request: &mut Option<Payload>,
+        now: Instant,
+    ) -> Result<StreamId, RequestError> {
+        let id = match self.fnf_id(now) {
+            Ok(id) => id,
+            Err(e) => {
+                *request = None;
+                return Err(e);
+            }
+        };
+        let mtu = self.config.fragment_at();
+        let direct = match request.as_ref() {
+            Some(payload) => self.enqueue_request_direct(true, id, payload, mtu),
+            None => true,
+        };
+        if direct {
+            *request = None;
+            self.wakeups.driver();
+        } else if let Some(payload) = request.take() {
+            self.push_fragmented(FragKind::RequestFnf, id, payload, false, Pace::Paced);
+        }
+        Ok(id)
+    }
+
+    /// The id of a new fire-and-forget, after taking one unit of the
+    /// peer's lease, as for every request type.
+    #[inline]
+    fn fnf_id(&mut self, now: Instant) -> Result<StreamId, RequestError> {
+        self.check_lease(now)?;
+        let streams = &self.streams;
+        let id = self
+            .ids
+            .next(streams.len(), |id| streams.contains_key(&id))
+            .ok_or_else(|| RequestError::Stream(StreamError::rejected("no free stream ids")))?;
+        self.take_lease(now)?;
         Ok(id)
     }
 
@@ -678,6 +757,92 @@ mod tests {
             Poll::Ready(Some(Err(RequestError::Stream(_))))
         ));
         idle(&mut p);
+    }
+
+    /// `Connection::fire_and_forget`, the runtime's one call for a
+    /// fire-and-forget without leasing: waits while the outbound queue is
+    /// full (keeping the request), fragments a large request, keeps no
+    /// stream, and fails once the connection is closed.
+    #[test]
+    fn fire_and_forget_waits_for_room_fragments_and_fails_when_closed() {
+        let config = crate::Config {
+            max_outbound_queue_bytes: 256,
+            mtu: Some(1024),
+            ..crate::Config::default()
+        };
+        let mut p = Pair::new(PairConfig::both(config));
+        p.settle();
+        let now = std::time::Instant::now();
+        let send = |p: &mut Pair, data: &str, request: &mut Option<Payload>| {
+            *request = Some(Payload::from(data.to_owned()));
+            p.client().with_conn(|c| c.fire_and_forget(request, now))
+        };
+        let mut request = None;
+        // Queued until the queue passes its cap; then the next one waits,
+        // and keeps its request.
+        let mut queued = 0;
+        loop {
+            match send(&mut p, &"x".repeat(100), &mut request) {
+                Poll::Ready(Ok(())) => {
+                    assert!(request.is_none());
+                    queued += 1;
+                }
+                Poll::Pending => break,
+                Poll::Ready(Err(e)) => panic!("refused: {e}"),
+            }
+            assert!(queued < 10, "never waited for room");
+        }
+        assert!(request.is_some(), "a waiting request is kept");
+        assert_eq!(p.client().stats().open_streams, 0);
+        p.settle();
+        // Room again: the waiting request goes, then a large one, split in
+        // fragments and reassembled by the server.
+        assert!(matches!(
+            p.client()
+                .with_conn(|c| c.fire_and_forget(&mut request, now)),
+            Poll::Ready(Ok(()))
+        ));
+        let big = "y".repeat(5_000);
+        p.take_log();
+        let mut request = Some(Payload::from(big.clone()));
+        let mut r = p
+            .client()
+            .with_conn(|c| c.fire_and_forget(&mut request, now));
+        while r.is_pending() {
+            p.settle();
+            r = p
+                .client()
+                .with_conn(|c| c.fire_and_forget(&mut request, now));
+        }
+        assert!(matches!(r, Poll::Ready(Ok(()))), "{r:?}");
+        p.settle();
+        let fragments = p
+            .take_log()
+            .iter()
+            .filter(|d| {
+                matches!(
+                    &d.frame,
+                    crate::frame::Frame::RequestFnf(_) | crate::frame::Frame::Payload(_)
+                )
+            })
+            .count();
+        assert!(fragments >= 5, "sent in {fragments} frames");
+        let events = p.events(Peer::Server);
+        assert_eq!(events.len(), queued + 2, "{events:?}");
+        match events.last() {
+            Some(Event::FireAndForget(last)) => assert_eq!(&last.data[..], big.as_bytes()),
+            other => panic!("expected the large request, got {other:?}"),
+        }
+        assert_eq!(p.client().stats().open_streams, 0);
+        // Closed: fails at once, and the request is dropped.
+        p.client().close();
+        let mut request = Some(Payload::from("late"));
+        assert!(matches!(
+            p.client()
+                .with_conn(|c| c.fire_and_forget(&mut request, now)),
+            Poll::Ready(Err(RequestError::Connection(_)))
+        ));
+        assert!(request.is_none());
     }
 
     #[test]

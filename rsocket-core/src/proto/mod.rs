@@ -392,6 +392,22 @@ impl Connection {
         self.events.pop_front()
     }
 
+    /// Moves every pending event, in order, to the end of `into` (when
+    /// `into` is empty, the two queues trade places: nothing is moved one
+    /// by one). False when there was none.
+    #[inline]
+    pub(crate) fn take_events(&mut self, into: &mut VecDeque<Event>) -> bool {
+        if self.events.is_empty() {
+            return false;
+        }
+        if into.is_empty() {
+            std::mem::swap(&mut self.events, into);
+        } else {
+            into.extend(self.events.drain(..));
+        }
+        true
+    }
+
     /// The next instant [`Connection::handle_timeout`] must be called.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         if matches!(self.state, State::Closed(_)) {

@@ -14,14 +14,14 @@ use futures::{FutureExt, Sink, StreamExt};
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, Instrument, Span};
 
-use super::responder::{self, Dispatched};
+use super::responder::{self, Dispatched, FnfRunner};
 use super::resume::{AttemptError, Resumer, SessionMsg};
 use super::shared::{Locked, Shared};
 use super::transport::{Transport, TransportError};
 use crate::error::{ConnectionError, ResumeFailure};
 use crate::frame::{ErrorCode, Frame};
 use crate::lease::Lease;
-use crate::proto::{is_resumable, Outgoing, RECYCLE_RUN_BYTES};
+use crate::proto::{is_resumable, Event, Outgoing, RECYCLE_RUN_BYTES};
 use crate::rsocket::RSocket;
 
 /// Frames read ahead of handling, at most, per round.
@@ -51,6 +51,11 @@ pub struct ConnectionDriver<T: Transport> {
     /// While detached: when the session is given up.
     session_deadline: Option<Instant>,
     responder: Arc<dyn RSocket>,
+    /// Runs the responder's fire-and-forget handlers.
+    fnf: FnfRunner,
+    /// Events taken from the state machine, being dispatched (kept for its
+    /// buffer).
+    events: VecDeque<Event>,
     /// Frames read and not yet handled (reading may pause in between).
     inbox: VecDeque<Result<Frame, TransportError>>,
     /// Frames read and not yet handled, as raw length-prefixed bytes, from
@@ -103,6 +108,8 @@ impl<T: Transport> ConnectionDriver<T> {
             resumer: None,
             session_deadline: None,
             responder,
+            fnf: FnfRunner::new(),
+            events: VecDeque::new(),
             inbox: VecDeque::new(),
             wire: Bytes::new(),
             outbox: VecDeque::new(),
@@ -597,17 +604,44 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                         break;
                     }
                 }
-                // Each request is dispatched without the lock; what its
+                // Requests are dispatched without the lock, a run of
+                // fire-and-forgets (see `handle_wire`) in one unlock; what a
                 // handler left to do (an answer given at once) is done in
-                // the next lock, which the next frame needs anyway.
-                while let Some(ev) = conn.poll_event() {
+                // the next lock, before any later request is dispatched.
+                let events = &mut this.events;
+                loop {
+                    if events.is_empty() && !conn.take_events(events) {
+                        break;
+                    }
                     drop(conn);
-                    let dispatched = responder::dispatch(shared, &this.responder, ev, cx);
+                    let mut oneways_done = 0;
+                    let mut answered = None;
+                    while let Some(ev) = events.pop_front() {
+                        let ev = match ev {
+                            // The common case, without `dispatch`.
+                            Event::FireAndForget(payload) => {
+                                if this.fnf.run(shared, &this.responder, payload, cx) {
+                                    oneways_done += 1;
+                                }
+                                continue;
+                            }
+                            ev => ev,
+                        };
+                        match responder::dispatch(shared, &this.responder, &mut this.fnf, ev, cx) {
+                            Dispatched::Started => {}
+                            Dispatched::OnewayDone => oneways_done += 1,
+                            Dispatched::Answered(id, out) => {
+                                answered = Some((id, out));
+                                break;
+                            }
+                        }
+                    }
                     conn = shared.lock();
-                    match dispatched {
-                        Dispatched::Started => {}
-                        Dispatched::OnewayDone => conn.oneways_done(1),
-                        Dispatched::Answered(id, out) => responder::answer_now(&mut conn, id, out),
+                    if oneways_done > 0 {
+                        conn.oneways_done(oneways_done);
+                    }
+                    if let Some((id, out)) = answered {
+                        responder::answer_now(&mut conn, id, out);
                     }
                 }
             }

@@ -94,7 +94,7 @@ impl Requester {
     /// The inbound side of a new request, with this handle's lease wait.
     fn inbound(&self, interaction: Interaction, request: Payload, window: u32) -> Inbound {
         let mut inbound = Inbound::new(self.shared.clone(), interaction, request, window);
-        inbound.gate = LeaseGate::new(self.lease_wait());
+        inbound.gate = self.lease_gate();
         // A window set with `with_prefetch` is fixed; the default one grows
         // while items are small.
         inbound.adaptive = self.prefetch.is_none();
@@ -110,13 +110,25 @@ impl Requester {
         Duration::from_millis(u64::from(self.lease_wait_ms))
     }
 
+    /// The lease gate of a new request: without a lease wait (always so
+    /// without leasing), one that fails at once, with no `Duration` to
+    /// compute.
+    #[inline]
+    fn lease_gate(&self) -> LeaseGate {
+        if self.lease_wait_ms == 0 {
+            LeaseGate::new(Duration::ZERO)
+        } else {
+            LeaseGate::new(self.lease_wait())
+        }
+    }
+
     /// Fire-and-forget: resolves once the frame is queued for sending (not
     /// when it is delivered). Waits while the outbound queue is full.
     pub fn fire_and_forget(&self, request: Payload) -> OpenFuture {
         OpenFuture {
             shared: self.shared.clone(),
             request: Some(request),
-            gate: LeaseGate::new(self.lease_wait()),
+            gate: self.lease_gate(),
         }
     }
 
@@ -130,7 +142,7 @@ impl Requester {
             id: None,
             done: false,
             released: false,
-            gate: LeaseGate::new(self.lease_wait()),
+            gate: self.lease_gate(),
         }
     }
 
@@ -348,10 +360,20 @@ impl Future for OpenFuture {
     type Output = Result<(), RequestError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(request) = self.request.take() else {
+        let this = &mut *self;
+        if this.request.is_none() {
+            return Poll::Ready(Ok(()));
+        }
+        if !this.shared.leasing {
+            // Without leasing nothing waits for a lease: room, the id and
+            // the frame in one call.
+            let mut conn = this.shared.lock();
+            let now = conn.lease_now(super::tokio_now);
+            return conn.poll_fire_and_forget(cx, &mut this.request, now);
+        }
+        let Some(request) = this.request.take() else {
             return Poll::Ready(Ok(()));
         };
-        let this = &mut *self;
         let mut conn = this.shared.lock();
         let ready = match conn.poll_open_ready(cx) {
             Poll::Ready(Ok(())) => this.gate.poll(&mut conn, cx),

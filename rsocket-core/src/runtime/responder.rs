@@ -47,20 +47,17 @@ pub(crate) enum Dispatched {
 pub(crate) fn dispatch(
     shared: &Arc<Shared>,
     responder: &Arc<dyn RSocket>,
+    fnf: &mut FnfRunner,
     ev: Event,
     cx: &mut Context<'_>,
 ) -> Dispatched {
     match ev {
         Event::FireAndForget(payload) => {
-            let responder = responder.clone();
-            oneway_dispatched(
-                shared,
-                Box::pin(async move {
-                    let _ = (*responder).fire_and_forget(payload).await;
-                }),
-                debug_span!("fnf"),
-                cx,
-            )
+            if fnf.run(shared, responder, payload, cx) {
+                Dispatched::OnewayDone
+            } else {
+                Dispatched::Started
+            }
         }
         Event::MetadataPush(metadata) => {
             let responder = responder.clone();
@@ -130,6 +127,115 @@ pub(crate) fn dispatch(
     }
 }
 
+/// Runs fire-and-forget handlers like [`oneway`], with one allocation
+/// fewer per request: the future that owns a clone of the responder and
+/// awaits the handler is written into the box the previous request's
+/// future used, once that one has finished at once (the common case). A
+/// handler that is not done at once takes its box into its task, and the
+/// next request allocates a new one.
+///
+/// The future's type has no name (it is an `async` block), hence the trait
+/// object; one per connection driver.
+pub(crate) struct FnfRunner(Box<dyn RunOneway>);
+
+impl FnfRunner {
+    /// A runner without a box yet (the first request allocates it).
+    pub(crate) fn new() -> Self {
+        Self(Box::new(Recycled::new(fnf_future)))
+    }
+
+    /// Polls the fire-and-forget handler for `payload` once, spawning it
+    /// if it is not done (counted as running until it is). True when it
+    /// finished here: the caller counts it as done
+    /// (`Connection::oneways_done`).
+    #[inline]
+    pub(crate) fn run(
+        &mut self,
+        shared: &Arc<Shared>,
+        responder: &Arc<dyn RSocket>,
+        payload: Payload,
+        cx: &mut Context<'_>,
+    ) -> bool {
+        self.0.run(shared, responder, payload, cx)
+    }
+}
+
+impl std::fmt::Debug for FnfRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FnfRunner").finish_non_exhaustive()
+    }
+}
+
+/// The future that runs one fire-and-forget handler, owning what it
+/// borrows.
+async fn fnf_future(responder: Arc<dyn RSocket>, payload: Payload) {
+    let _ = (*responder).fire_and_forget(payload).await;
+}
+
+/// Runs one oneway handler (see [`FnfRunner`]).
+trait RunOneway: Send {
+    /// Polls the handler for `payload` once, spawning it if it is not
+    /// done. True when it finished here.
+    fn run(
+        &mut self,
+        shared: &Arc<Shared>,
+        responder: &Arc<dyn RSocket>,
+        payload: Payload,
+        cx: &mut Context<'_>,
+    ) -> bool;
+}
+
+/// The futures `make` builds, each in the box of the one before it when
+/// that one finished at once.
+struct Recycled<F, M> {
+    /// A finished future's box (its captures already dropped).
+    slot: Option<Pin<Box<F>>>,
+    make: M,
+}
+
+impl<F, M> Recycled<F, M>
+where
+    M: Fn(Arc<dyn RSocket>, Payload) -> F,
+{
+    fn new(make: M) -> Self {
+        Self { slot: None, make }
+    }
+}
+
+impl<F, M> RunOneway for Recycled<F, M>
+where
+    M: Fn(Arc<dyn RSocket>, Payload) -> F + Send,
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn run(
+        &mut self,
+        shared: &Arc<Shared>,
+        responder: &Arc<dyn RSocket>,
+        payload: Payload,
+        cx: &mut Context<'_>,
+    ) -> bool {
+        let fut = (self.make)(responder.clone(), payload);
+        let mut boxed = match self.slot.take() {
+            Some(mut b) => {
+                b.set(fut);
+                b
+            }
+            None => Box::pin(fut),
+        };
+        let span = debug_span!("fnf");
+        let ready = {
+            let _g = span.enter();
+            boxed.as_mut().poll(cx).is_ready()
+        };
+        if ready {
+            self.slot = Some(boxed);
+        } else {
+            spawn_oneway(shared, boxed, span);
+        }
+        ready
+    }
+}
+
 /// [`oneway`], as a [`Dispatched`].
 fn oneway_dispatched(
     shared: &Arc<Shared>,
@@ -173,16 +279,25 @@ fn oneway(
         fut.poll_unpin(cx).is_ready()
     };
     if !ready {
-        let done = OnewayDone(shared.clone());
-        tokio::spawn(
-            async move {
-                fut.await;
-                drop(done);
-            }
-            .instrument(span),
-        );
+        spawn_oneway(shared, fut, span);
     }
     ready
+}
+
+/// Runs a oneway handler that was not done at once on a task of its own,
+/// counted as running until it finishes (see [`OnewayDone`]).
+fn spawn_oneway<F>(shared: &Arc<Shared>, fut: F, span: tracing::Span)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let done = OnewayDone(shared.clone());
+    tokio::spawn(
+        async move {
+            fut.await;
+            drop(done);
+        }
+        .instrument(span),
+    );
 }
 
 /// Counts a running fire-and-forget or metadata-push handler: dropped when

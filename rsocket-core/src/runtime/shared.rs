@@ -116,6 +116,21 @@ impl Locked<'_> {
         r
     }
 
+    /// See [`Connection::fire_and_forget`].
+    pub(crate) fn poll_fire_and_forget(
+        &mut self,
+        cx: &Context<'_>,
+        request: &mut Option<Payload>,
+        now: Instant,
+    ) -> Poll<Result<(), RequestError>> {
+        let inner = self.inner();
+        let r = inner.conn.fire_and_forget(request, now);
+        if r.is_pending() {
+            register_list(&mut inner.wakers.space, cx.waker());
+        }
+        r
+    }
+
     /// Queues a METADATA_PUSH once the outbound queue has room.
     pub(crate) fn poll_metadata_push(
         &mut self,
