@@ -1,7 +1,7 @@
 //! Frames that belong to a stream: the four requests, REQUEST_N, CANCEL,
 //! PAYLOAD, plus ERROR and EXT, which may be on stream 0 or a stream.
 
-use bytes::{BufMut, Bytes};
+use bytes::{Buf, BufMut, Bytes};
 
 use super::{
     flag, flags, metadata_flag, put_header, put_payload, DecodeError, FrameType, Header, Reader,
@@ -265,6 +265,78 @@ impl PayloadFrame {
 
     pub(super) fn encode(&self, dst: &mut impl BufMut) {
         self.encode_with_prefix(None, dst);
+    }
+
+    /// Checks the frame behind its 24-bit length prefix at `at` of `buf`
+    /// for a plain item of stream `key`: a PAYLOAD with the N flag and no C,
+    /// F or I flag, a metadata length within the frame, whole in `buf` and
+    /// no longer than `max_len`. Returns where the frame ends and the
+    /// length of its payload (metadata and data); `None` for anything else
+    /// (the frame is then read the ordinary way). Such frames in a row are
+    /// kept as one run and cut apart by [`take_item`](Self::take_item) as
+    /// they are consumed.
+    #[inline(always)]
+    pub(crate) fn scan_item(
+        buf: &[u8],
+        at: usize,
+        key: u32,
+        max_len: usize,
+    ) -> Option<(usize, usize)> {
+        const PLAIN: u16 = ((FrameType::Payload.code() as u16) << 10) | flags::NEXT;
+        let b = buf.get(at..)?;
+        let head: &[u8; 9] = b.get(..9)?.try_into().ok()?;
+        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        let body = len.checked_sub(HEADER_LEN)?;
+        if len > max_len || len + 3 > b.len() {
+            return None;
+        }
+        if u32::from_be_bytes([head[3], head[4], head[5], head[6]]) != key {
+            return None;
+        }
+        let word = u16::from_be_bytes([head[7], head[8]]);
+        let end = at + 3 + len;
+        if word == PLAIN {
+            return Some((end, body));
+        }
+        if word != PLAIN | flags::METADATA {
+            return None;
+        }
+        let mlen = super::get_u24(b.get(9..)?)?;
+        if mlen.checked_add(3)? > body {
+            return None;
+        }
+        Some((end, body - 3))
+    }
+
+    /// Cuts the first frame of a run checked by
+    /// [`scan_item`](Self::scan_item) from the front of `run` and returns
+    /// its payload, slices of `run` (the run's last item takes what is left
+    /// of it, without another reference). `None`, with `run` left as it
+    /// was, when the front is not such a frame.
+    #[inline]
+    pub(crate) fn take_item(run: &mut Bytes) -> Option<Payload> {
+        let head: &[u8; 9] = run.get(..9)?.try_into().ok()?;
+        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        let metadata = u16::from_be_bytes([head[7], head[8]]) & flags::METADATA != 0;
+        let mut body = len.checked_sub(HEADER_LEN)?;
+        if len + 3 > run.len() {
+            return None;
+        }
+        let metadata = if metadata {
+            let mlen = super::get_u24(run.get(9..)?)?;
+            body = body.checked_sub(mlen.checked_add(3)?)?;
+            run.advance(12);
+            Some(run.split_to(mlen))
+        } else {
+            run.advance(9);
+            None
+        };
+        let data = if body == run.len() {
+            std::mem::take(run)
+        } else {
+            run.split_to(body)
+        };
+        Some(Payload { metadata, data })
     }
 
     /// Writes the frame, preceded by the 24-bit length `prefix` when given.

@@ -1,15 +1,14 @@
 //! Commands from local handles: opening requests, consuming inbound
 //! halves, producing on outbound halves.
 
-use std::collections::VecDeque;
 use std::task::Poll;
 use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::{
-    add_credit, fragment, Connection, FragKind, Interaction, Pace, RecvHalf, Replenish, Role,
-    SendHalf, SendReady, SendState, State, StreamState,
+    add_credit, fragment, Batch, Connection, FragKind, Interaction, Pace, RecvHalf, Replenish,
+    Role, SendHalf, SendReady, SendState, State, StreamState,
 };
 use crate::error::{RequestError, StreamError};
 use crate::frame::{
@@ -167,7 +166,7 @@ impl Connection {
         id: StreamId,
         consumed: u32,
         max: usize,
-        into: &mut VecDeque<Payload>,
+        into: &mut Batch,
         report_after: &mut u32,
     ) -> Poll<Option<Result<Payload, RequestError>>> {
         self.recv_inner(id, consumed, max, Some(into), true, report_after)
@@ -178,7 +177,7 @@ impl Connection {
         id: StreamId,
         consumed: u32,
         max: usize,
-        into: Option<&mut VecDeque<Payload>>,
+        into: Option<&mut Batch>,
         take: bool,
         report_after: &mut u32,
     ) -> Poll<Option<Result<Payload, RequestError>>> {
@@ -289,9 +288,9 @@ impl Connection {
                         // it): the half is released here, as
                         // `release_recv` would.
                         r.forget(key, &mut self.wakeups);
-                        held = p.len() + r.queue.iter().map(Payload::len).sum::<usize>();
+                        held = p.len() + r.queue.bytes();
                     }),
-                    Some(r) if r.queue.len() == 0 => {
+                    Some(r) if r.queue.is_empty() => {
                         // Nothing yet: a request/response grants no credit
                         // as it is consumed, so there is nothing else to do
                         // than wait.
@@ -323,7 +322,7 @@ impl Connection {
             return;
         };
         r.forget(key, &mut self.wakeups);
-        let queued = r.queue.iter().map(Payload::len).sum::<usize>();
+        let queued = r.queue.bytes();
         let open = r.end.is_none() && !st.terminated && conn_open;
         // Dropped in place: the half is not moved out.
         st.recv = None;

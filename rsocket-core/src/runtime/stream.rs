@@ -3,7 +3,6 @@
 //! stream's items to the connection as credit allows. The requester and the
 //! responder both build on these; neither imports the other.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,7 +15,7 @@ use tracing::{debug_span, Instrument};
 use super::shared::{Locked, Shared};
 use crate::error::RequestError;
 use crate::frame::StreamId;
-use crate::proto::{Interaction, SendReady};
+use crate::proto::{Batch, Interaction, SendReady};
 use crate::rsocket::PayloadStream;
 use crate::Payload;
 
@@ -43,7 +42,7 @@ pub(crate) struct Inbound {
     /// Credit requested before the stream was opened.
     pub(super) extra_credit: u32,
     /// Items taken from the state machine in one lock, not yet handed out.
-    pub(super) local: VecDeque<Payload>,
+    pub(super) local: Batch,
     /// Items handed out and not yet reported to the state machine.
     pub(super) unreported: u32,
     /// Items handed out since the state machine last saw the count, and
@@ -74,7 +73,7 @@ impl Inbound {
             manual: false,
             adaptive: false,
             extra_credit: 0,
-            local: VecDeque::new(),
+            local: Batch::default(),
             unreported: 0,
             since_grant: 0,
             threshold: 0,
