@@ -1,7 +1,7 @@
 //! Frames that belong to a stream: the four requests, REQUEST_N, CANCEL,
 //! PAYLOAD, plus ERROR and EXT, which may be on stream 0 or a stream.
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::{
     flag, flags, metadata_flag, put_header, put_payload, DecodeError, FrameType, Header, Reader,
@@ -326,7 +326,7 @@ impl PayloadFrame {
             let mlen = super::get_u24(run.get(9..)?)?;
             body = body.checked_sub(mlen.checked_add(3)?)?;
             run.advance(12);
-            Some(run.split_to(mlen))
+            Some(cut_front(run, mlen))
         } else {
             run.advance(9);
             None
@@ -334,7 +334,7 @@ impl PayloadFrame {
         let data = if body == run.len() {
             std::mem::take(run)
         } else {
-            run.split_to(body)
+            cut_front(run, body)
         };
         Some(Payload { metadata, data })
     }
@@ -384,16 +384,37 @@ impl PayloadFrame {
     /// behind its 24-bit length prefix `len` (the frame's encoded length):
     /// what [`encode_with_prefix`](Self::encode_with_prefix) writes for
     /// such a frame, without building the frame value first.
+    ///
+    /// Written with `BytesMut::extend_from_slice`, which inlines (the
+    /// `BufMut::put_slice` of `BytesMut` does not): prefix and header go
+    /// out as one copy of a constant length, and no call is made but the
+    /// copy of the data.
     #[inline]
     pub(crate) fn encode_next(
         stream_id: StreamId,
         complete: bool,
         payload: &Payload,
         len: usize,
-        dst: &mut impl BufMut,
+        dst: &mut BytesMut,
     ) {
-        let f = metadata_flag(payload) | flag(complete, flags::COMPLETE) | flags::NEXT;
-        put_payload_frame(dst, Some(len), stream_id, FrameType::Payload, f, payload);
+        let f = flag(complete, flags::COMPLETE) | flags::NEXT;
+        let word = (u16::from(FrameType::Payload.code()) << 10) | f;
+        let mut head = [0u8; 12];
+        head[..3].copy_from_slice(&((len & 0xFF_FFFF) as u32).to_be_bytes()[1..]);
+        head[3..7].copy_from_slice(&stream_id.get().to_be_bytes());
+        match &payload.metadata {
+            Some(m) => {
+                head[7..9].copy_from_slice(&(word | flags::METADATA).to_be_bytes());
+                head[9..].copy_from_slice(&((m.len() & 0xFF_FFFF) as u32).to_be_bytes()[1..]);
+                dst.extend_from_slice(&head);
+                dst.extend_from_slice(m);
+            }
+            None => {
+                head[7..9].copy_from_slice(&word.to_be_bytes());
+                dst.extend_from_slice(&head[..9]);
+            }
+        }
+        dst.extend_from_slice(&payload.data);
     }
 }
 
@@ -489,6 +510,16 @@ impl Ext {
         dst.put_u32(self.extended_type & super::MAX_U31);
         put_payload(dst, &self.payload);
     }
+}
+
+/// The first `n` bytes of `b` (at most its length), cut from it: what
+/// `Bytes::split_to` does, inlined (it is not, across crates).
+#[inline(always)]
+fn cut_front(b: &mut Bytes, n: usize) -> Bytes {
+    let mut front = b.clone();
+    front.truncate(n);
+    b.advance(n.min(b.len()));
+    front
 }
 
 /// Reads in place the frame of type `ty` at `start..start + len` of `buf`
@@ -668,6 +699,33 @@ mod tests {
     use super::PayloadFrame;
     use crate::frame::{Frame, StreamId};
     use crate::Payload;
+
+    /// `encode_next` writes what the frame value's encoder writes.
+    #[test]
+    fn encode_next_agrees_with_the_frame_encoder() {
+        let id = StreamId::new(9).expect("id");
+        let payloads = [
+            Payload::from("data"),
+            Payload::default(),
+            Payload::from("d").with_metadata(Bytes::from_static(b"meta")),
+            Payload::default().with_metadata(Bytes::new()),
+        ];
+        for p in payloads {
+            for complete in [false, true] {
+                let f = Frame::Payload(if complete {
+                    PayloadFrame::next_complete(id, p.clone())
+                } else {
+                    PayloadFrame::next(id, p.clone())
+                });
+                let len = f.encoded_len();
+                let mut want = BytesMut::new();
+                f.encode_prefixed(len, &mut want);
+                let mut got = BytesMut::from(&b"xx"[..]);
+                PayloadFrame::encode_next(id, complete, &p, len, &mut got);
+                assert_eq!(&got[2..], &want[..], "{f:?}");
+            }
+        }
+    }
 
     /// Checks an in-place reader against `Frame::decode`: every frame of
     /// `frames` that `expect` picks is read in place, equal to what the

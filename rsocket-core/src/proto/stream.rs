@@ -291,17 +291,21 @@ impl Run {
         }
     }
 
-    /// The next item. `None` once the run is used up (and, which its check
-    /// when read rules out, when what is left is not a run: it is dropped).
-    #[inline]
-    fn take(&mut self) -> Option<Payload> {
+    /// The next item; with `track`, `bytes` follows (a consumer's batch
+    /// does not need it). `None` once the run is used up (and, which its
+    /// check when read rules out, when what is left is not a run: it is
+    /// dropped).
+    #[inline(always)]
+    fn take(&mut self, track: bool) -> Option<Payload> {
         if self.count == 0 {
             return None;
         }
         match PayloadFrame::take_item(&mut self.frames) {
             Some(p) => {
                 self.count -= 1;
-                self.bytes = self.bytes.saturating_sub(p.len());
+                if track {
+                    self.bytes = self.bytes.saturating_sub(p.len());
+                }
                 Some(p)
             }
             None => {
@@ -363,13 +367,13 @@ impl Entry {
 }
 
 /// Takes the front item of `entries`, cutting it from a run when the front
-/// entry is one.
-#[inline]
-fn pop_entry(entries: &mut VecDeque<Entry>) -> Option<Payload> {
+/// entry is one (see [`Run::take`] for `track`).
+#[inline(always)]
+fn pop_entry(entries: &mut VecDeque<Entry>, track: bool) -> Option<Payload> {
     loop {
         match entries.front_mut()? {
             Entry::Run(run) => {
-                let p = run.take();
+                let p = run.take(track);
                 if run.count == 0 {
                     entries.pop_front();
                 }
@@ -397,7 +401,7 @@ impl Batch {
     /// The next item.
     #[inline]
     pub(crate) fn pop_front(&mut self) -> Option<Payload> {
-        pop_entry(&mut self.entries)
+        pop_entry(&mut self.entries, false)
     }
 }
 
@@ -440,7 +444,7 @@ impl Items {
     pub(super) fn pop_front(&mut self) -> Option<Payload> {
         self.head
             .take()
-            .or_else(|| self.rest.as_mut().and_then(pop_entry))
+            .or_else(|| self.rest.as_mut().and_then(|rest| pop_entry(rest, true)))
     }
 
     /// The number of items held.
