@@ -388,8 +388,9 @@ impl PayloadFrame {
     /// Written with `BytesMut::extend_from_slice`, which inlines (the
     /// `BufMut::put_slice` of `BytesMut` does not): prefix and header go
     /// out as one copy of a constant length, and no call is made but the
-    /// copy of the data.
-    #[inline]
+    /// copy of the data. Always inlined: its one caller is the loop that
+    /// encodes a batch of items.
+    #[inline(always)]
     pub(crate) fn encode_next(
         stream_id: StreamId,
         complete: bool,
