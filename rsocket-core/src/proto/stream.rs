@@ -291,30 +291,19 @@ impl Run {
         }
     }
 
-    /// The next item; with `track`, `bytes` follows (a consumer's batch
-    /// does not need it). `None` once the run is used up (and, which its
-    /// check when read rules out, when what is left is not a run: it is
-    /// dropped).
+    /// The next item of a run that holds one (`bytes` is left to the
+    /// caller: a consumer's batch does not need it). `None`, which the
+    /// run's check when read rules out, when what is left is not a run:
+    /// the run is then used up.
     #[inline(always)]
-    fn take(&mut self, track: bool) -> Option<Payload> {
-        if self.count == 0 {
-            return None;
+    fn take(&mut self) -> Option<Payload> {
+        self.count = self.count.saturating_sub(1);
+        let p = PayloadFrame::take_item(&mut self.frames);
+        if p.is_none() {
+            debug_assert!(false, "a run holds only checked frames");
+            self.count = 0;
         }
-        match PayloadFrame::take_item(&mut self.frames) {
-            Some(p) => {
-                self.count -= 1;
-                if track {
-                    self.bytes = self.bytes.saturating_sub(p.len());
-                }
-                Some(p)
-            }
-            None => {
-                debug_assert!(false, "a run holds only checked frames");
-                self.count = 0;
-                self.bytes = 0;
-                None
-            }
-        }
+        p
     }
 
     /// Splits off the first `n` items (fewer than the run holds) as a run
@@ -367,13 +356,17 @@ impl Entry {
 }
 
 /// Takes the front item of `entries`, cutting it from a run when the front
-/// entry is one (see [`Run::take`] for `track`).
+/// entry is one; with `track`, the run's `bytes` follow.
 #[inline(always)]
 fn pop_entry(entries: &mut VecDeque<Entry>, track: bool) -> Option<Payload> {
     loop {
         match entries.front_mut()? {
             Entry::Run(run) => {
-                let p = run.take(track);
+                let p = run.take();
+                if track {
+                    let len = p.as_ref().map_or(run.bytes, Payload::len);
+                    run.bytes = run.bytes.saturating_sub(len);
+                }
                 if run.count == 0 {
                     entries.pop_front();
                 }

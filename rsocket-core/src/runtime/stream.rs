@@ -128,8 +128,11 @@ impl Inbound {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Payload, RequestError>>> {
         if let Some(p) = self.local.pop_front() {
+            // Built before the count, so that the item goes straight to
+            // where it is returned (not through another copy).
+            let ready = Poll::Ready(Some(Ok(p)));
             self.note_consumed();
-            return Poll::Ready(Some(Ok(p)));
+            return ready;
         }
         self.poll_locked(cx)
     }
