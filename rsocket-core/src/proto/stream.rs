@@ -275,7 +275,7 @@ impl SendHalf {
 /// length of their payloads. A run costs one queue entry and one reference
 /// to the read buffer however many items it holds; each item is cut from
 /// it when it is taken.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct Run {
     frames: Bytes,
     count: usize,
@@ -387,6 +387,9 @@ fn pop_entry(entries: &mut VecDeque<Entry>, track: bool) -> Option<Payload> {
 /// it hands out without the connection ([`Connection::recv`](super::Connection::recv)).
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
+    /// The run items are being cut from, before `entries` (`count` 0:
+    /// none): the next item is cut from it without a look at the queue.
+    run: Run,
     entries: VecDeque<Entry>,
 }
 
@@ -394,7 +397,28 @@ impl Batch {
     /// The next item.
     #[inline]
     pub(crate) fn pop_front(&mut self) -> Option<Payload> {
-        pop_entry(&mut self.entries, false)
+        if self.run.count > 0 {
+            if let Some(p) = self.run.take() {
+                return Some(p);
+            }
+        }
+        self.pop_entry()
+    }
+
+    /// [`pop_front`](Self::pop_front) once the current run is used up: the
+    /// next entry, which becomes the current run when it is one.
+    fn pop_entry(&mut self) -> Option<Payload> {
+        loop {
+            match self.entries.pop_front()? {
+                Entry::One(p) => return Some(p),
+                Entry::Run(run) => {
+                    self.run = run;
+                    if let Some(p) = self.run.take() {
+                        return Some(p);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -601,6 +625,28 @@ mod tests {
         // Too long, or cut short.
         assert_eq!(PayloadFrame::scan_item(&buf, 0, 5, 5), None);
         assert_eq!(PayloadFrame::scan_item(&buf[..8], 0, 5, usize::MAX), None);
+    }
+
+    #[test]
+    fn a_batch_hands_out_items_and_runs_in_order() {
+        let mut items = Items::default();
+        items.push_back(Payload::from("a"));
+        items.push_run(scan(&wire(5, 3), 5).0);
+        items.push_back(Payload::from("b"));
+        items.push_run(scan(&wire(5, 2), 5).0);
+        items.push_back(Payload::from("c"));
+        let mut batch = Batch::default();
+        // Taken in two goes, the second while the batch still holds items.
+        items.move_into(3, &mut batch);
+        assert_eq!(batch.pop_front(), Some(Payload::from("a")));
+        items.move_into(10, &mut batch);
+        assert!(items.is_empty());
+        let got: Vec<Payload> = std::iter::from_fn(|| batch.pop_front()).collect();
+        let mut want: Vec<Payload> = (0..3).map(item).collect();
+        want.push(Payload::from("b"));
+        want.extend((0..2).map(item));
+        want.push(Payload::from("c"));
+        assert_eq!(got, want);
     }
 
     #[test]
