@@ -405,6 +405,12 @@ impl Batch {
         self.pop_entry()
     }
 
+    /// Whether [`pop_front`](Self::pop_front) has an item to give.
+    #[inline]
+    pub(crate) fn has_next(&self) -> bool {
+        self.run.count > 0 || !self.entries.is_empty()
+    }
+
     /// [`pop_front`](Self::pop_front) once the current run is used up: the
     /// next entry, which becomes the current run when it is one.
     fn pop_entry(&mut self) -> Option<Payload> {

@@ -127,12 +127,16 @@ impl Inbound {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Payload, RequestError>>> {
-        if let Some(p) = self.local.pop_front() {
-            // Built before the count, so that the item goes straight to
-            // where it is returned (not through another copy).
-            let ready = Poll::Ready(Some(Ok(p)));
+        if self.local.has_next() {
+            // Counted first, so that the item goes straight to where it is
+            // returned (not through another copy). Nothing runs between
+            // the count and the handing out: a REQUEST_N it earns is only
+            // queued, and the item is gone from the batch before the peer
+            // can see it.
             self.note_consumed();
-            return ready;
+            if let Some(p) = self.local.pop_front() {
+                return Poll::Ready(Some(Ok(p)));
+            }
         }
         self.poll_locked(cx)
     }
