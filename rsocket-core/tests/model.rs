@@ -491,11 +491,14 @@ impl Model {
             frames.push(f);
         }
         let read = self.h.wire_frames_in(&frames);
+        if read == 0 {
+            return;
+        }
+        // A request its items completed is accounted before the REQUEST_N
+        // that may follow them, as the connection took them.
+        self.take_events(false);
         for f in &frames[..read] {
             self.granted_by_peer(f);
-        }
-        if read > 0 {
-            self.take_events(false);
         }
     }
 
@@ -972,4 +975,48 @@ proptest! {
         }
         m.finish();
     }
+}
+
+/// Found by the property test: a burst whose item completes a fragmented
+/// request/response and whose REQUEST_N then adds to that request's
+/// credit. The model must see the request before the credit.
+#[test]
+fn burst_completing_a_request_then_granting_credit() {
+    let ops = [
+        Op::In {
+            frame: In::Request {
+                kind: 0,
+                id: Id::Live(0),
+                follows: true,
+                complete: false,
+                len: 0,
+                md: false,
+            },
+            inline: false,
+        },
+        Op::Burst(Burst {
+            id: Id::Live(0),
+            count: 1,
+            len: 0,
+            md: false,
+            tail: Some(In::RequestN {
+                id: Id::Live(0),
+                n: 1,
+            }),
+        }),
+        Op::Produce {
+            which: 0,
+            count: 2,
+            complete: false,
+            error: false,
+            len: 0,
+        },
+    ];
+    let mut m = Model::new(false, false);
+    m.check();
+    for op in &ops {
+        m.step(op);
+        m.check();
+    }
+    m.finish();
 }
