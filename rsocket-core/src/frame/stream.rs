@@ -285,20 +285,22 @@ impl PayloadFrame {
         const PLAIN: u16 = ((FrameType::Payload.code() as u16) << 10) | flags::NEXT;
         let b = buf.get(at..)?;
         let head: &[u8; 9] = b.get(..9)?.try_into().ok()?;
-        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        // Bytes 1..9 in one word: the low two bytes of the length, then
+        // the stream id and the type and flags, which are compared at once.
+        let [_, rest @ ..] = *head;
+        let word = u64::from_be_bytes(rest);
+        let len = (usize::from(head[0]) << 16) | (word >> 48) as usize;
         let body = len.checked_sub(HEADER_LEN)?;
         if len > max_len || len + 3 > b.len() {
             return None;
         }
-        if u32::from_be_bytes([head[3], head[4], head[5], head[6]]) != key {
-            return None;
-        }
-        let word = u16::from_be_bytes([head[7], head[8]]);
+        let id_type_flags = word & 0xFFFF_FFFF_FFFF;
+        let plain = (u64::from(key) << 16) | u64::from(PLAIN);
         let end = at + 3 + len;
-        if word == PLAIN {
+        if id_type_flags == plain {
             return Some((end, body));
         }
-        if word != PLAIN | flags::METADATA {
+        if id_type_flags != plain | u64::from(flags::METADATA) {
             return None;
         }
         let mlen = super::get_u24(b.get(9..)?)?;
@@ -317,7 +319,7 @@ impl PayloadFrame {
     #[inline]
     pub(crate) fn take_item(run: &mut Bytes) -> Option<Payload> {
         let head: &[u8; 9] = run.get(..9)?.try_into().ok()?;
-        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        let len = (u32::from_be_bytes([head[0], head[1], head[2], head[3]]) >> 8) as usize;
         let metadata = u16::from_be_bytes([head[7], head[8]]) & flags::METADATA != 0;
         let body = len.checked_sub(HEADER_LEN)?;
         if len + 3 > run.len() {
