@@ -372,8 +372,8 @@ impl Harness {
 
     /// Sends items (no more than [`Ready::Credit`] allowed), completing the
     /// half after them if `complete`.
-    pub fn send(&mut self, stream: StreamId, items: Vec<Payload>, complete: bool) {
-        self.conn.send_items(stream, items.into_iter(), complete);
+    pub fn send(&mut self, stream: StreamId, mut items: Vec<Payload>, complete: bool) {
+        self.conn.send_batch(stream, &mut items, complete);
         self.observe();
     }
 

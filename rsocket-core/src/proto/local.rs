@@ -409,9 +409,23 @@ impl Connection {
     pub(crate) fn send_items(
         &mut self,
         id: StreamId,
-        items: impl ExactSizeIterator<Item = Payload>,
+        mut items: impl ExactSizeIterator<Item = Payload>,
         complete: bool,
     ) {
+        // No allocation for none or one (a request/response answer).
+        let mut first = items.next();
+        if items.len() == 0 {
+            let one = first.as_mut().map_or(&mut [][..], std::slice::from_mut);
+            return self.send_batch(id, one, complete);
+        }
+        let mut all: Vec<Payload> = first.into_iter().chain(items).collect();
+        self.send_batch(id, &mut all, complete);
+    }
+
+    /// [`send_items`](Self::send_items) of the items in `items`, read in
+    /// place: the caller drops them afterwards (a producer's batch is
+    /// cleared and used again).
+    pub(crate) fn send_batch(&mut self, id: StreamId, items: &mut [Payload], complete: bool) {
         let Some(st) = self.streams.get_mut(&id.get()) else {
             return;
         };
@@ -434,7 +448,7 @@ impl Connection {
         // (see `Pace`); stream items waited for room.
         let pace = if rr { Pace::Unpaced } else { Pace::Paced };
         let mtu = self.config.fragment_at();
-        self.enqueue_items(id, items, count, complete, pace, mtu);
+        self.enqueue_items(id, items, complete, pace, mtu);
         if count == 0 && complete {
             let f = Frame::Payload(PayloadFrame::complete(id));
             let len = f.encoded_len();

@@ -394,14 +394,16 @@ impl Pump {
         {
             let mut conn = self.shared.lock();
             match &end {
-                None => conn.send_items(self.id, self.batch.drain(..), false),
-                Some(Ok(())) => conn.send_items(self.id, self.batch.drain(..), true),
+                None => conn.send_batch(self.id, &mut self.batch, false),
+                Some(Ok(())) => conn.send_batch(self.id, &mut self.batch, true),
                 Some(Err(e)) => {
-                    conn.send_items(self.id, self.batch.drain(..), false);
+                    conn.send_batch(self.id, &mut self.batch, false);
                     conn.send_error(self.id, &e.to_stream_error());
                 }
             }
         }
+        // Sent (encoded in place): dropped outside the lock.
+        self.batch.clear();
         if end.is_some() {
             self.release();
             true
