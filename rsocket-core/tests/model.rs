@@ -314,6 +314,9 @@ struct Model {
     remote: BTreeMap<u32, Remote>,
     oneway: usize,
     last_in: Option<Frame>,
+    /// The initial request-n of requests that random bytes formed (not
+    /// the one `initial_n` gives), by stream, until the request is seen.
+    raw_initial: BTreeMap<u32, u32>,
     /// The peer's next fresh stream id (its parity).
     next_peer_id: u32,
     draining: bool,
@@ -339,6 +342,7 @@ impl Model {
             remote: BTreeMap::new(),
             oneway: 0,
             last_in: None,
+            raw_initial: BTreeMap::new(),
             next_peer_id: if client { 2 } else { 1 },
             draining: false,
             inputs: 0,
@@ -454,11 +458,27 @@ impl Model {
         let read = match spec {
             In::Raw(bytes) => {
                 let bytes = Bytes::from(bytes.clone());
-                if self.wire_next() {
+                // Random bytes may form a valid frame: what it grants counts
+                // as for a built one.
+                let frame = Frame::decode(bytes.clone()).ok();
+                let read = if self.wire_next() {
                     self.h.wire_bytes_in(bytes)
                 } else {
                     self.h.bytes_in(bytes)
+                };
+                match frame {
+                    Some(Frame::RequestStream(r)) if read => {
+                        self.raw_initial
+                            .insert(r.stream_id.get(), r.initial_request_n.get());
+                    }
+                    Some(Frame::RequestChannel(r)) if read => {
+                        self.raw_initial
+                            .insert(r.stream_id.get(), r.initial_request_n.get());
+                    }
+                    Some(f) if read => self.granted_by_peer(&f),
+                    _ => {}
                 }
+                read
             }
             In::Again => match self.last_in.clone() {
                 Some(f) => self.feed(f),
@@ -517,9 +537,10 @@ impl Model {
                         !self.remote.contains_key(&id),
                         "request accepted on stream {id}, which is still open"
                     );
+                    let initial = self.raw_initial.remove(&id);
                     let credit = match interaction {
                         Interaction::RequestResponse => 1,
-                        _ => u64::from(initial_n(id)),
+                        _ => u64::from(initial.unwrap_or_else(|| initial_n(id))),
                     };
                     let channel = interaction == Interaction::RequestChannel;
                     self.remote.insert(
@@ -1013,6 +1034,33 @@ fn burst_completing_a_request_then_granting_credit() {
         },
     ];
     let mut m = Model::new(false, false);
+    m.check();
+    for op in &ops {
+        m.step(op);
+        m.check();
+    }
+    m.finish();
+}
+
+/// Found by the property test: random bytes that form a valid
+/// REQUEST_CHANNEL whose initial request-n is not the one the scripted
+/// peer uses for that stream id.
+#[test]
+fn raw_bytes_forming_a_request() {
+    let ops = [
+        Op::In {
+            frame: In::Raw(vec![86, 5, 96, 44, 30, 0, 0, 0, 0, 3]),
+            inline: false,
+        },
+        Op::Produce {
+            which: 0,
+            count: 3,
+            complete: false,
+            error: false,
+            len: 0,
+        },
+    ];
+    let mut m = Model::new(true, false);
     m.check();
     for op in &ops {
         m.step(op);
