@@ -45,11 +45,9 @@ pub(crate) struct Inbound {
     pub(super) local: Batch,
     /// Items handed out and not yet reported to the state machine.
     pub(super) unreported: u32,
-    /// Items handed out since the state machine last saw the count, and
-    /// how many it said may be handed out before REQUEST_N is due (0:
-    /// never): crossing it is reported at once. The state machine owns the
-    /// rule; this only counts.
-    pub(super) since_grant: u32,
+    /// How many items the state machine said may be handed out after its
+    /// last look before REQUEST_N is due (0: never): reaching it is
+    /// reported at once. The state machine owns the rule; this only counts.
     pub(super) threshold: u32,
     pub(super) done: bool,
     pub(super) gate: LeaseGate,
@@ -75,7 +73,6 @@ impl Inbound {
             extra_credit: 0,
             local: Batch::default(),
             unreported: 0,
-            since_grant: 0,
             threshold: 0,
             done: false,
             gate: LeaseGate::new(shared_lease_wait),
@@ -87,11 +84,7 @@ impl Inbound {
     #[inline]
     fn note_consumed(&mut self) {
         self.unreported += 1;
-        if self.threshold == 0 {
-            return;
-        }
-        self.since_grant += 1;
-        if self.since_grant >= self.threshold {
+        if self.threshold != 0 && self.unreported >= self.threshold {
             self.report_consumed();
         }
     }
@@ -99,7 +92,6 @@ impl Inbound {
     /// Reports the items handed out since the last report (see
     /// [`note_consumed`](Self::note_consumed)).
     fn report_consumed(&mut self) {
-        self.since_grant = 0;
         if let Some(id) = self.id {
             let n = std::mem::take(&mut self.unreported);
             self.threshold = self.shared.lock().report_consumed(id, n);
@@ -190,7 +182,6 @@ impl Inbound {
             }
         };
         let consumed = std::mem::take(&mut self.unreported);
-        self.since_grant = 0;
         match conn.poll_recv(
             id,
             cx,
