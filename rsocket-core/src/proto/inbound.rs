@@ -159,8 +159,9 @@ impl Connection {
             usize::try_from(r.outstanding).map_or(max, |o| o.min(max))
         };
         let (mut at, mut count, mut bytes, mut largest) = (from, 0, 0, 0);
+        let frames: &[u8] = buf;
         while count < limit {
-            let Some((end, len)) = PayloadFrame::scan_item(buf, at, key, max_len) else {
+            let Some((end, len)) = PayloadFrame::scan_item(frames, at, key, max_len) else {
                 break;
             };
             at = end;
