@@ -388,6 +388,11 @@ pub(crate) fn put_payload(dst: &mut impl BufMut, p: &Payload) {
 /// metadata length); `None` when `b` holds fewer than three bytes.
 #[inline]
 pub(crate) fn get_u24(b: &[u8]) -> Option<usize> {
+    // One load when a fourth byte follows (nearly always: a frame's
+    // header follows its length prefix).
+    if let Some(w) = b.first_chunk::<4>() {
+        return Some((u32::from_be_bytes(*w) >> 8) as usize);
+    }
     match *b {
         [b0, b1, b2, ..] => {
             Some((usize::from(b0) << 16) | (usize::from(b1) << 8) | usize::from(b2))

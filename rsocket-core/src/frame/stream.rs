@@ -1,7 +1,7 @@
 //! Frames that belong to a stream: the four requests, REQUEST_N, CANCEL,
 //! PAYLOAD, plus ERROR and EXT, which may be on stream 0 or a stream.
 
-use bytes::{BufMut, Bytes};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::{
     flag, flags, metadata_flag, put_header, put_payload, DecodeError, FrameType, Header, Reader,
@@ -267,6 +267,81 @@ impl PayloadFrame {
         self.encode_with_prefix(None, dst);
     }
 
+    /// Checks the frame behind its 24-bit length prefix at `at` of `buf`
+    /// for a plain item of stream `key`: a PAYLOAD with the N flag and no C,
+    /// F or I flag, a metadata length within the frame, whole in `buf` and
+    /// no longer than `max_len`. Returns where the frame ends and the
+    /// length of its payload (metadata and data); `None` for anything else
+    /// (the frame is then read the ordinary way). Such frames in a row are
+    /// kept as one run and cut apart by [`take_item`](Self::take_item) as
+    /// they are consumed.
+    #[inline(always)]
+    pub(crate) fn scan_item(
+        buf: &[u8],
+        at: usize,
+        key: u32,
+        max_len: usize,
+    ) -> Option<(usize, usize)> {
+        const PLAIN: u16 = ((FrameType::Payload.code() as u16) << 10) | flags::NEXT;
+        let b = buf.get(at..)?;
+        let head: &[u8; 9] = b.get(..9)?.try_into().ok()?;
+        // Bytes 1..9 in one word: the low two bytes of the length, then
+        // the stream id and the type and flags, which are compared at once.
+        let [_, rest @ ..] = *head;
+        let word = u64::from_be_bytes(rest);
+        let len = (usize::from(head[0]) << 16) | (word >> 48) as usize;
+        let body = len.checked_sub(HEADER_LEN)?;
+        if len > max_len || len + 3 > b.len() {
+            return None;
+        }
+        let id_type_flags = word & 0xFFFF_FFFF_FFFF;
+        let plain = (u64::from(key) << 16) | u64::from(PLAIN);
+        let end = at + 3 + len;
+        if id_type_flags == plain {
+            return Some((end, body));
+        }
+        if id_type_flags != plain | u64::from(flags::METADATA) {
+            return None;
+        }
+        let mlen = super::get_u24(b.get(9..)?)?;
+        if mlen.checked_add(3)? > body {
+            return None;
+        }
+        Some((end, body - 3))
+    }
+
+    /// Cuts the first frame of a run checked by
+    /// [`scan_item`](Self::scan_item) from the front of `run` and returns
+    /// its payload, slices of `run`. `None`, with `run` left as it was,
+    /// when the front is not such a frame. Each payload is built where it
+    /// is returned (no branch merges two of them): a consumer takes one per
+    /// item, and copies of the 64-byte value were a fair part of its cost.
+    #[inline]
+    pub(crate) fn take_item(run: &mut Bytes) -> Option<Payload> {
+        let head: &[u8; 9] = run.get(..9)?.try_into().ok()?;
+        let len = (u32::from_be_bytes([head[0], head[1], head[2], head[3]]) >> 8) as usize;
+        let metadata = u16::from_be_bytes([head[7], head[8]]) & flags::METADATA != 0;
+        let body = len.checked_sub(HEADER_LEN)?;
+        if len + 3 > run.len() {
+            return None;
+        }
+        if !metadata {
+            run.advance(9);
+            return Some(Payload {
+                metadata: None,
+                data: cut_front(run, body),
+            });
+        }
+        let mlen = super::get_u24(run.get(9..)?)?;
+        let body = body.checked_sub(mlen.checked_add(3)?)?;
+        run.advance(12);
+        let metadata = cut_front(run, mlen);
+        Some(Payload {
+            metadata: Some(metadata),
+            data: cut_front(run, body),
+        })
+    }
+
     /// Writes the frame, preceded by the 24-bit length `prefix` when given.
     /// The hottest encoder: prefix, header and metadata length go out in one
     /// write from a stack buffer, then metadata and data.
@@ -312,16 +387,38 @@ impl PayloadFrame {
     /// behind its 24-bit length prefix `len` (the frame's encoded length):
     /// what [`encode_with_prefix`](Self::encode_with_prefix) writes for
     /// such a frame, without building the frame value first.
-    #[inline]
+    ///
+    /// Written with `BytesMut::extend_from_slice`, which inlines (the
+    /// `BufMut::put_slice` of `BytesMut` does not): prefix and header go
+    /// out as one copy of a constant length, and no call is made but the
+    /// copy of the data. Always inlined: its one caller is the loop that
+    /// encodes a batch of items.
+    #[inline(always)]
     pub(crate) fn encode_next(
         stream_id: StreamId,
         complete: bool,
         payload: &Payload,
         len: usize,
-        dst: &mut impl BufMut,
+        dst: &mut BytesMut,
     ) {
-        let f = metadata_flag(payload) | flag(complete, flags::COMPLETE) | flags::NEXT;
-        put_payload_frame(dst, Some(len), stream_id, FrameType::Payload, f, payload);
+        let f = flag(complete, flags::COMPLETE) | flags::NEXT;
+        let word = (u16::from(FrameType::Payload.code()) << 10) | f;
+        let mut head = [0u8; 12];
+        head[..3].copy_from_slice(&((len & 0xFF_FFFF) as u32).to_be_bytes()[1..]);
+        head[3..7].copy_from_slice(&stream_id.get().to_be_bytes());
+        match &payload.metadata {
+            Some(m) => {
+                head[7..9].copy_from_slice(&(word | flags::METADATA).to_be_bytes());
+                head[9..].copy_from_slice(&((m.len() & 0xFF_FFFF) as u32).to_be_bytes()[1..]);
+                dst.extend_from_slice(&head);
+                dst.extend_from_slice(m);
+            }
+            None => {
+                head[7..9].copy_from_slice(&word.to_be_bytes());
+                dst.extend_from_slice(&head[..9]);
+            }
+        }
+        dst.extend_from_slice(&payload.data);
     }
 }
 
@@ -417,6 +514,16 @@ impl Ext {
         dst.put_u32(self.extended_type & super::MAX_U31);
         put_payload(dst, &self.payload);
     }
+}
+
+/// The first `n` bytes of `b` (at most its length), cut from it: what
+/// `Bytes::split_to` does, inlined (it is not, across crates).
+#[inline(always)]
+fn cut_front(b: &mut Bytes, n: usize) -> Bytes {
+    let mut front = b.clone();
+    front.truncate(n);
+    b.advance(n.min(b.len()));
+    front
 }
 
 /// Reads in place the frame of type `ty` at `start..start + len` of `buf`
@@ -596,6 +703,33 @@ mod tests {
     use super::PayloadFrame;
     use crate::frame::{Frame, StreamId};
     use crate::Payload;
+
+    /// `encode_next` writes what the frame value's encoder writes.
+    #[test]
+    fn encode_next_agrees_with_the_frame_encoder() {
+        let id = StreamId::new(9).expect("id");
+        let payloads = [
+            Payload::from("data"),
+            Payload::default(),
+            Payload::from("d").with_metadata(Bytes::from_static(b"meta")),
+            Payload::default().with_metadata(Bytes::new()),
+        ];
+        for p in payloads {
+            for complete in [false, true] {
+                let f = Frame::Payload(if complete {
+                    PayloadFrame::next_complete(id, p.clone())
+                } else {
+                    PayloadFrame::next(id, p.clone())
+                });
+                let len = f.encoded_len();
+                let mut want = BytesMut::new();
+                f.encode_prefixed(len, &mut want);
+                let mut got = BytesMut::from(&b"xx"[..]);
+                PayloadFrame::encode_next(id, complete, &p, len, &mut got);
+                assert_eq!(&got[2..], &want[..], "{f:?}");
+            }
+        }
+    }
 
     /// Checks an in-place reader against `Frame::decode`: every frame of
     /// `frames` that `expect` picks is read in place, equal to what the

@@ -2,7 +2,6 @@
 
 use super::{Connection, FragKind};
 use crate::frame::MAX_U31;
-use crate::Payload;
 
 impl Connection {
     /// Recounts what the connection holds and compares it with its running
@@ -15,7 +14,7 @@ impl Connection {
             .streams
             .values()
             .filter_map(|st| st.recv.as_ref())
-            .flat_map(|r| r.queue.iter().map(Payload::len))
+            .map(|r| r.queue.bytes())
             .sum();
         let out_bytes: usize = self.out.iter_meta().map(|(len, _)| len).sum();
         let unpaced: usize = self.out.iter_meta().map(|(_, unpaced)| unpaced).sum();

@@ -226,6 +226,31 @@ impl Harness {
         self.wire_run_in(buf.freeze())
     }
 
+    /// Frames as a byte-stream transport delivers one read of several:
+    /// encoded behind their length prefixes in one buffer and read in place
+    /// (`Connection::handle_wire`, which takes a run of PAYLOAD frames in
+    /// one call), for as long as the driver would read. Returns how many
+    /// were read; the others stay unread, as the driver would hold them.
+    /// Every frame must fit a 24-bit length prefix.
+    pub fn wire_frames_in(&mut self, frames: &[Frame]) -> usize {
+        let mut buf = BytesMut::new();
+        for frame in frames {
+            let len = frame.encoded_len();
+            assert!(len <= MAX_WIRE_FRAME, "a frame too long for a prefix");
+            frame.encode_prefixed(len, &mut buf);
+        }
+        let buf = buf.freeze();
+        let (mut at, mut read) = (0, 0);
+        while at < buf.len() && self.can_read() {
+            // As many frames a call as the driver allows itself.
+            let (taken, n) = self.conn.handle_wire(&buf.slice(at..), self.now, 256);
+            at += taken;
+            read += n;
+            self.observe();
+        }
+        read.min(frames.len())
+    }
+
     fn wire_run_in(&mut self, run: Bytes) -> bool {
         if !self.can_read() {
             return false;
@@ -304,7 +329,7 @@ impl Harness {
     /// Takes up to `max` items from an inbound half, first reporting
     /// `consumed` items as handed to the user since the last call.
     pub fn recv(&mut self, stream: StreamId, consumed: u32, max: usize) -> Recv {
-        let mut rest = VecDeque::new();
+        let mut rest = super::Batch::default();
         let mut report_after = 0;
         let r = self
             .conn
@@ -313,7 +338,7 @@ impl Harness {
         match r {
             Poll::Ready(Some(Ok(first))) => {
                 let mut items = vec![first];
-                items.extend(rest);
+                items.extend(std::iter::from_fn(|| rest.pop_front()));
                 Recv::Items(items)
             }
             Poll::Ready(Some(Err(e))) => Recv::Failed(e),
@@ -347,8 +372,8 @@ impl Harness {
 
     /// Sends items (no more than [`Ready::Credit`] allowed), completing the
     /// half after them if `complete`.
-    pub fn send(&mut self, stream: StreamId, items: Vec<Payload>, complete: bool) {
-        self.conn.send_items(stream, items.into_iter(), complete);
+    pub fn send(&mut self, stream: StreamId, mut items: Vec<Payload>, complete: bool) {
+        self.conn.send_batch(stream, &mut items, complete);
         self.observe();
     }
 

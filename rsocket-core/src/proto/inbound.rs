@@ -6,6 +6,7 @@ use bytes::Bytes;
 use tracing::{debug, trace};
 
 use super::fragment::Reassembly;
+use super::stream::Run;
 use super::{
     Connection, Event, FragKind, Interaction, RecvHalf, Replenish, Role, SendHalf, Side, State,
     StreamState,
@@ -14,7 +15,7 @@ use crate::codec::LENGTH_PREFIX_LEN;
 use crate::error::{ConnectionError, Initiator, Limit, RequestError, StreamError, StreamViolation};
 use crate::frame::{
     Cancel, DecodeError, ErrorCode, ErrorFrame, Frame, FrameType, PayloadFrame, RequestFnf,
-    RequestN, StreamId,
+    RequestN, StreamId, MAX_U31,
 };
 use crate::Payload;
 
@@ -89,13 +90,22 @@ impl Connection {
                 .and_then(crate::frame::get_u24)
                 .unwrap_or(usize::MAX);
             let start = at + LENGTH_PREFIX_LEN;
-            let Some(end) = len.checked_add(start).filter(|&end| end <= buf.len()) else {
+            let Some(mut end) = len.checked_add(start).filter(|&end| end <= buf.len()) else {
                 // The reader hands out whole frames only.
                 self.handle_transport_violation("a partial frame in a run of frames".into());
                 return (buf.len(), n + 1);
             };
             match PayloadFrame::peek(buf, start, len) {
-                Some(p) => self.handle_payload_frame(p, len, now),
+                Some(p) => {
+                    let key = p.stream_id.get();
+                    if self.handle_payload_frame(p, len, now) && n + 1 < max {
+                        // The items of the same stream right behind it:
+                        // one run.
+                        let (run_end, taken) = self.take_run(buf, end, key, max - n - 1);
+                        end = run_end;
+                        n += taken;
+                    }
+                }
                 None if n == 0 => {
                     if let Some(r) = RequestFnf::peek(buf, start, len) {
                         let before = self.events.len();
@@ -212,11 +222,59 @@ impl Connection {
         self.events.push_back(Event::FireAndForget(payload));
     }
 
+    /// After an item [`handle_payload_frame`](Self::handle_payload_frame)
+    /// queued in one step: the plain items of the same stream that follow
+    /// it in `buf` from `from` (see [`PayloadFrame::scan_item`]), at most
+    /// `max` and within the credit left, are queued together as one
+    /// [`Run`], sliced from `buf`. Returns where they end and how many they
+    /// are.
+    fn take_run(&mut self, buf: &Bytes, from: usize, key: u32, max: usize) -> (usize, usize) {
+        let max_len = self.config.max_frame_len;
+        let Some(r) = self.streams.get_mut(&key).and_then(|st| st.recv.as_mut()) else {
+            return (from, 0);
+        };
+        // At 2^31 - 1 credit is unbounded and is not counted down.
+        let unbounded = r.outstanding >= u64::from(MAX_U31);
+        let limit = if unbounded {
+            max
+        } else {
+            usize::try_from(r.outstanding).map_or(max, |o| o.min(max))
+        };
+        let (mut at, mut count, mut bytes, mut largest) = (from, 0, 0, 0);
+        let frames: &[u8] = buf;
+        while count < limit {
+            let Some((end, len)) = PayloadFrame::scan_item(frames, at, key, max_len) else {
+                break;
+            };
+            at = end;
+            count += 1;
+            bytes += len;
+            largest = largest.max(len);
+        }
+        if count == 0 {
+            return (from, 0);
+        }
+        if !unbounded {
+            r.outstanding -= count as u64;
+        }
+        if r.replenish == Replenish::Adaptive && largest > r.largest {
+            r.largest = largest;
+        }
+        r.queue
+            .push_run(Run::new(buf.slice(from..at), count, bytes));
+        trace!(stream = key, count, "recv a run of PAYLOAD frames");
+        self.counters.frames_in += count as u64;
+        self.counters.bytes_in += (at - from - count * LENGTH_PREFIX_LEN) as u64;
+        self.in_bytes += bytes;
+        (at, count)
+    }
+
     /// A PAYLOAD read in place (see [`Connection::handle_wire`]): what
     /// [`Connection::handle_frame`] does with it, without the `Frame`.
-    fn handle_payload_frame(&mut self, p: PayloadFrame, len: usize, now: Instant) {
+    /// True when it was an item within credit, queued in one step.
+    fn handle_payload_frame(&mut self, p: PayloadFrame, len: usize, now: Instant) -> bool {
         if self.closed().is_some() {
-            return;
+            return false;
         }
         trace!(frame = ?p, "recv");
         if p.next
@@ -243,13 +301,13 @@ impl Connection {
                 self.in_bytes += p.payload.len();
                 r.push(p.payload);
                 r.notify(key, &mut self.wakeups);
-                return;
+                return true;
             }
         }
-        if !self.received_resumable(len, now) {
-            return;
+        if self.received_resumable(len, now) {
+            self.on_payload_frame(p);
         }
-        self.on_payload_frame(p);
+        false
     }
 
     /// [`received`](Self::received) for a resumable frame that establishes

@@ -1,15 +1,14 @@
 //! Commands from local handles: opening requests, consuming inbound
 //! halves, producing on outbound halves.
 
-use std::collections::VecDeque;
 use std::task::Poll;
 use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::{
-    add_credit, fragment, Connection, FragKind, Interaction, Pace, RecvHalf, Replenish, Role,
-    SendHalf, SendReady, SendState, State, StreamState,
+    add_credit, fragment, Batch, Connection, FragKind, Interaction, Pace, RecvHalf, Replenish,
+    Role, SendHalf, SendReady, SendState, State, StreamState,
 };
 use crate::error::{RequestError, StreamError};
 use crate::frame::{
@@ -246,7 +245,7 @@ impl Connection {
         id: StreamId,
         consumed: u32,
         max: usize,
-        into: &mut VecDeque<Payload>,
+        into: &mut Batch,
         report_after: &mut u32,
     ) -> Poll<Option<Result<Payload, RequestError>>> {
         self.recv_inner(id, consumed, max, Some(into), true, report_after)
@@ -257,7 +256,7 @@ impl Connection {
         id: StreamId,
         consumed: u32,
         max: usize,
-        into: Option<&mut VecDeque<Payload>>,
+        into: Option<&mut Batch>,
         take: bool,
         report_after: &mut u32,
     ) -> Poll<Option<Result<Payload, RequestError>>> {
@@ -368,9 +367,9 @@ impl Connection {
                         // it): the half is released here, as
                         // `release_recv` would.
                         r.forget(key, &mut self.wakeups);
-                        held = p.len() + r.queue.iter().map(Payload::len).sum::<usize>();
+                        held = p.len() + r.queue.bytes();
                     }),
-                    Some(r) if r.queue.len() == 0 => {
+                    Some(r) if r.queue.is_empty() => {
                         // Nothing yet: a request/response grants no credit
                         // as it is consumed, so there is nothing else to do
                         // than wait.
@@ -402,7 +401,7 @@ impl Connection {
             return;
         };
         r.forget(key, &mut self.wakeups);
-        let queued = r.queue.iter().map(Payload::len).sum::<usize>();
+        let queued = r.queue.bytes();
         let open = r.end.is_none() && !st.terminated && conn_open;
         // Dropped in place: the half is not moved out.
         st.recv = None;
@@ -489,9 +488,23 @@ impl Connection {
     pub(crate) fn send_items(
         &mut self,
         id: StreamId,
-        items: impl ExactSizeIterator<Item = Payload>,
+        mut items: impl ExactSizeIterator<Item = Payload>,
         complete: bool,
     ) {
+        // No allocation for none or one (a request/response answer).
+        let mut first = items.next();
+        if items.len() == 0 {
+            let one = first.as_mut().map_or(&mut [][..], std::slice::from_mut);
+            return self.send_batch(id, one, complete);
+        }
+        let mut all: Vec<Payload> = first.into_iter().chain(items).collect();
+        self.send_batch(id, &mut all, complete);
+    }
+
+    /// [`send_items`](Self::send_items) of the items in `items`, read in
+    /// place: the caller drops them afterwards (a producer's batch is
+    /// cleared and used again).
+    pub(crate) fn send_batch(&mut self, id: StreamId, items: &mut [Payload], complete: bool) {
         let Some(st) = self.streams.get_mut(&id.get()) else {
             return;
         };
@@ -514,7 +527,7 @@ impl Connection {
         // (see `Pace`); stream items waited for room.
         let pace = if rr { Pace::Unpaced } else { Pace::Paced };
         let mtu = self.config.fragment_at();
-        self.enqueue_items(id, items, count, complete, pace, mtu);
+        self.enqueue_items(id, items, complete, pace, mtu);
         if count == 0 && complete {
             let f = Frame::Payload(PayloadFrame::complete(id));
             let len = f.encoded_len();

@@ -15,7 +15,7 @@
 //! | module | concept |
 //! |---|---|
 //! | `mod.rs` | the connection: lifecycle (open, draining, closed), limits, timers, stats |
-//! | `inbound.rs` | frames from the peer: requests, items, REQUEST_N, CANCEL, ERROR (a PAYLOAD from a run of raw frames is read in place, `handle_wire`) |
+//! | `inbound.rs` | frames from the peer: requests, items, REQUEST_N, CANCEL, ERROR (a PAYLOAD from a run of raw frames is read in place, `handle_wire`; the items of one stream that follow it are queued as one run, cut apart as consumed) |
 //! | `local.rs` | commands from local handles: open, consume, produce, release |
 //! | `stream.rs` | one stream's halves, their states and credit (the replenishment rule) |
 //! | `output.rs` | the outbound queue and its byte cap; frames under 4 KiB encoded into runs as they are queued |
@@ -91,6 +91,7 @@ pub(crate) use output::{decode_run, Outgoing, RECYCLE_RUN_BYTES};
 use output::{OutQueue, Pace};
 pub(crate) use resume::is_resumable;
 use resume::ResumeState;
+pub(crate) use stream::Batch;
 use stream::{add_credit, RecvHalf, Replenish, Role, SendHalf, SendState, StreamState};
 pub(crate) use table::IdTable;
 pub(crate) use wakeup::Wakeup;

@@ -333,48 +333,49 @@ impl Connection {
     /// counted once for them all; any other item goes through
     /// [`fragment`](fragment::fragment) and [`enqueue`](Self::enqueue) (a
     /// new run, when the last one is full).
+    ///
+    /// The items are read in place: those encoded are left in `items` for
+    /// the caller to drop (moving each out cost a streamed item more than
+    /// encoding it in place), those fragmented are taken out of it.
     pub(super) fn enqueue_items(
         &mut self,
         id: StreamId,
-        items: impl Iterator<Item = Payload>,
-        count: usize,
+        items: &mut [Payload],
         complete: bool,
         pace: Pace,
         mtu: usize,
     ) {
         let kind = FragKind::Payload { next: true };
+        let count = items.len();
         // The largest frame encoded in place (0: none, with resumption).
         let direct_max = if self.resume.is_none() {
             mtu.min(RUN_FRAME_MAX - 1)
         } else {
             0
         };
-        let mut items = items.enumerate();
-        let mut next = items.next();
-        while let Some((mut i, mut p)) = next.take() {
-            let mut len = fragment::whole_len(kind, &p);
+        let mut i = 0;
+        while let Some(p) = items.get(i) {
+            let mut len = fragment::whole_len(kind, p);
             if len <= direct_max {
                 if let Some((buf, m)) = self.out.tail_run(pace, LENGTH_PREFIX_LEN + len) {
-                    let (mut frames, mut bytes) = (0, 0);
+                    let (first, mut bytes) = (i, 0);
+                    let mut p = p;
                     loop {
                         let c = complete && i + 1 == count;
-                        PayloadFrame::encode_next(id, c, &p, len, buf);
-                        drop(p);
-                        frames += 1;
+                        PayloadFrame::encode_next(id, c, p, len, buf);
                         bytes += len;
-                        // `next` is `None` here: it was taken above.
-                        let Some((ni, np)) = items.next() else {
+                        i += 1;
+                        let Some(np) = items.get(i) else {
                             break;
                         };
-                        let nlen = fragment::whole_len(kind, &np);
-                        if nlen > direct_max
-                            || buf.capacity() - buf.len() < LENGTH_PREFIX_LEN + nlen
+                        len = fragment::whole_len(kind, np);
+                        if len > direct_max || buf.capacity() - buf.len() < LENGTH_PREFIX_LEN + len
                         {
-                            next = Some((ni, np));
                             break;
                         }
-                        (i, p, len) = (ni, np, nlen);
+                        p = np;
                     }
+                    let frames = i - first;
                     m.len += bytes;
                     m.frames += frames;
                     self.out.frames += frames;
@@ -383,10 +384,11 @@ impl Connection {
                 }
             }
             let c = complete && i + 1 == count;
+            let p = std::mem::take(&mut items[i]);
             fragment::fragment(kind, id, p, c, mtu, |f, len| {
                 self.enqueue(f, len, pace);
             });
-            next = items.next();
+            i += 1;
         }
     }
 

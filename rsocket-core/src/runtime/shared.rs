@@ -152,7 +152,7 @@ impl Locked<'_> {
         cx: &Context<'_>,
         consumed: u32,
         max: usize,
-        into: &mut std::collections::VecDeque<Payload>,
+        into: &mut crate::proto::Batch,
         report_after: &mut u32,
     ) -> Poll<Option<Result<Payload, RequestError>>> {
         let inner = self.inner();

@@ -3,7 +3,6 @@
 //! stream's items to the connection as credit allows. The requester and the
 //! responder both build on these; neither imports the other.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,7 +15,7 @@ use tracing::{debug_span, Instrument};
 use super::shared::{Locked, Shared};
 use crate::error::RequestError;
 use crate::frame::StreamId;
-use crate::proto::{Interaction, SendReady};
+use crate::proto::{Batch, Interaction, SendReady};
 use crate::rsocket::PayloadStream;
 use crate::Payload;
 
@@ -43,14 +42,12 @@ pub(crate) struct Inbound {
     /// Credit requested before the stream was opened.
     pub(super) extra_credit: u32,
     /// Items taken from the state machine in one lock, not yet handed out.
-    pub(super) local: VecDeque<Payload>,
+    pub(super) local: Batch,
     /// Items handed out and not yet reported to the state machine.
     pub(super) unreported: u32,
-    /// Items handed out since the state machine last saw the count, and
-    /// how many it said may be handed out before REQUEST_N is due (0:
-    /// never): crossing it is reported at once. The state machine owns the
-    /// rule; this only counts.
-    pub(super) since_grant: u32,
+    /// How many items the state machine said may be handed out after its
+    /// last look before REQUEST_N is due (0: never): reaching it is
+    /// reported at once. The state machine owns the rule; this only counts.
     pub(super) threshold: u32,
     pub(super) done: bool,
     pub(super) gate: LeaseGate,
@@ -74,9 +71,8 @@ impl Inbound {
             manual: false,
             adaptive: false,
             extra_credit: 0,
-            local: VecDeque::new(),
+            local: Batch::default(),
             unreported: 0,
-            since_grant: 0,
             threshold: 0,
             done: false,
             gate: LeaseGate::new(shared_lease_wait),
@@ -88,11 +84,7 @@ impl Inbound {
     #[inline]
     fn note_consumed(&mut self) {
         self.unreported += 1;
-        if self.threshold == 0 {
-            return;
-        }
-        self.since_grant += 1;
-        if self.since_grant >= self.threshold {
+        if self.threshold != 0 && self.unreported >= self.threshold {
             self.report_consumed();
         }
     }
@@ -100,7 +92,6 @@ impl Inbound {
     /// Reports the items handed out since the last report (see
     /// [`note_consumed`](Self::note_consumed)).
     fn report_consumed(&mut self) {
-        self.since_grant = 0;
         if let Some(id) = self.id {
             let n = std::mem::take(&mut self.unreported);
             self.threshold = self.shared.lock().report_consumed(id, n);
@@ -128,9 +119,16 @@ impl Inbound {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Payload, RequestError>>> {
-        if let Some(p) = self.local.pop_front() {
+        if self.local.has_next() {
+            // Counted first, so that the item goes straight to where it is
+            // returned (not through another copy). Nothing runs between
+            // the count and the handing out: a REQUEST_N it earns is only
+            // queued, and the item is gone from the batch before the peer
+            // can see it.
             self.note_consumed();
-            return Poll::Ready(Some(Ok(p)));
+            if let Some(p) = self.local.pop_front() {
+                return Poll::Ready(Some(Ok(p)));
+            }
         }
         self.poll_locked(cx)
     }
@@ -184,7 +182,6 @@ impl Inbound {
             }
         };
         let consumed = std::mem::take(&mut self.unreported);
-        self.since_grant = 0;
         match conn.poll_recv(
             id,
             cx,
@@ -388,14 +385,16 @@ impl Pump {
         {
             let mut conn = self.shared.lock();
             match &end {
-                None => conn.send_items(self.id, self.batch.drain(..), false),
-                Some(Ok(())) => conn.send_items(self.id, self.batch.drain(..), true),
+                None => conn.send_batch(self.id, &mut self.batch, false),
+                Some(Ok(())) => conn.send_batch(self.id, &mut self.batch, true),
                 Some(Err(e)) => {
-                    conn.send_items(self.id, self.batch.drain(..), false);
+                    conn.send_batch(self.id, &mut self.batch, false);
                     conn.send_error(self.id, &e.to_stream_error());
                 }
             }
         }
+        // Sent (encoded in place): dropped outside the lock.
+        self.batch.clear();
         if end.is_some() {
             self.release();
             true
