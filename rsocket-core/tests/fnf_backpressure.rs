@@ -66,6 +66,27 @@ impl RSocket for Gated {
     }
 }
 
+/// Serves `responder` with `config` over an in-memory pair; the client's
+/// requester and the server's counters.
+fn serve<R>(responder: R, config: Config) -> (rsocket_core::Requester, ServerStatsHandle)
+where
+    R: RSocket + Clone + 'static,
+{
+    let (c, s) = memory_pair(64 * 1024);
+    let server = Server::new(move |_s, _r| {
+        let responder = responder.clone();
+        async move { Ok(Arc::new(responder) as Arc<dyn RSocket>) }
+    })
+    .config(config);
+    let stats = server.stats_handle();
+    tokio::spawn(server.serve_with_shutdown(
+        futures::stream::iter([Ok::<_, std::io::Error>(s)]),
+        futures::future::pending(),
+    ));
+    let requester = ClientBuilder::new().connect(c).expect("connect");
+    (requester, stats)
+}
+
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     tokio::time::timeout(WAIT, async {
         while !cond() {
@@ -85,19 +106,7 @@ async fn flood(send: impl Fn(&rsocket_core::Requester, usize) -> BoxFuture<'stat
         max_concurrent_inbound_streams: LIMIT,
         ..Config::default()
     };
-    let (c, s) = memory_pair(64 * 1024);
-    let responder = gated.clone();
-    let server = Server::new(move |_s, _r| {
-        let responder = responder.clone();
-        async move { Ok(Arc::new(responder) as Arc<dyn RSocket>) }
-    })
-    .config(config);
-    let stats: ServerStatsHandle = server.stats_handle();
-    tokio::spawn(server.serve_with_shutdown(
-        futures::stream::iter([Ok::<_, std::io::Error>(s)]),
-        futures::future::pending(),
-    ));
-    let requester = ClientBuilder::new().connect(c).expect("connect");
+    let (requester, stats) = serve(gated.clone(), config);
     for i in 0..SENT {
         tokio::time::timeout(WAIT, send(&requester, i))
             .await
@@ -171,18 +180,7 @@ impl RSocket for Mixed {
 #[tokio::test]
 async fn fire_and_forget_handlers_done_at_once_or_later_each_see_their_request() {
     let mixed = Mixed::default();
-    let (c, s) = memory_pair(64 * 1024);
-    let responder = mixed.clone();
-    let server = Server::new(move |_s, _r| {
-        let responder = responder.clone();
-        async move { Ok(Arc::new(responder) as Arc<dyn RSocket>) }
-    });
-    let stats: ServerStatsHandle = server.stats_handle();
-    tokio::spawn(server.serve_with_shutdown(
-        futures::stream::iter([Ok::<_, std::io::Error>(s)]),
-        futures::future::pending(),
-    ));
-    let requester = ClientBuilder::new().connect(c).expect("connect");
+    let (requester, stats) = serve(mixed.clone(), Config::default());
     for i in 0..SENT {
         tokio::time::timeout(
             WAIT,

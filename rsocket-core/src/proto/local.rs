@@ -53,14 +53,7 @@ impl Connection {
         if interaction == Interaction::FireAndForget {
             return self.open_fnf(&mut Some(payload), now);
         }
-        // Every request type needs one unit of the peer's lease.
-        self.check_lease(now)?;
-        let streams = &self.streams;
-        let id = self
-            .ids
-            .next(streams.len(), |id| streams.contains_key(&id))
-            .ok_or_else(|| RequestError::Stream(StreamError::rejected("no free stream ids")))?;
-        self.take_lease(now)?;
+        let id = self.request_id(now)?;
         let n = RequestCount::new(window.min(MAX_U31)).unwrap_or(RequestCount::ONE);
         let replenish = match (manual, adaptive) {
             (true, _) => Replenish::Manual,
@@ -153,7 +146,7 @@ impl Connection {
         request: &mut Option<Payload>,
         now: Instant,
     ) -> Result<StreamId, RequestError> {
-        let id = match self.fnf_id(now) {
+        let id = match self.request_id(now) {
             Ok(id) => id,
             Err(e) => {
                 *request = None;
@@ -174,10 +167,10 @@ impl Connection {
         Ok(id)
     }
 
-    /// The id of a new fire-and-forget, after taking one unit of the
-    /// peer's lease, as for every request type.
+    /// The id of a new request, after taking one unit of the peer's
+    /// lease, which every request type needs.
     #[inline]
-    fn fnf_id(&mut self, now: Instant) -> Result<StreamId, RequestError> {
+    fn request_id(&mut self, now: Instant) -> Result<StreamId, RequestError> {
         self.check_lease(now)?;
         let streams = &self.streams;
         let id = self
