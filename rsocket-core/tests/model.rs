@@ -988,14 +988,19 @@ proptest! {
         mtu in any::<bool>(),
         ops in proptest::collection::vec(op(), 1..120),
     ) {
-        let mut m = Model::new(client, mtu);
-        m.check();
-        for op in &ops {
-            m.step(op);
-            m.check();
-        }
-        m.finish();
+        run(client, mtu, &ops);
     }
+}
+
+/// Runs `ops` on a new model, checking its invariants after each step.
+fn run(client: bool, mtu: bool, ops: &[Op]) {
+    let mut m = Model::new(client, mtu);
+    m.check();
+    for op in ops {
+        m.step(op);
+        m.check();
+    }
+    m.finish();
 }
 
 /// Found by the property test: a burst whose item completes a fragmented
@@ -1033,13 +1038,7 @@ fn burst_completing_a_request_then_granting_credit() {
             len: 0,
         },
     ];
-    let mut m = Model::new(false, false);
-    m.check();
-    for op in &ops {
-        m.step(op);
-        m.check();
-    }
-    m.finish();
+    run(false, false, &ops);
 }
 
 /// Found by the property test: random bytes that form a valid
@@ -1060,11 +1059,5 @@ fn raw_bytes_forming_a_request() {
             len: 0,
         },
     ];
-    let mut m = Model::new(true, false);
-    m.check();
-    for op in &ops {
-        m.step(op);
-        m.check();
-    }
-    m.finish();
+    run(true, false, &ops);
 }
