@@ -2,6 +2,9 @@
 //! `max_concurrent_inbound_streams` handlers running, the server stops
 //! reading (checked before every frame, so never one handler more), and
 //! nothing is dropped: every request is handled once the handlers catch up.
+//! Handlers done at once and handlers that finish later, mixed, each see
+//! their own request (fire-and-forget) and give their own answer
+//! (request/response).
 
 use rsocket_core::async_trait;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -175,6 +178,37 @@ impl RSocket for Mixed {
         self.seen.lock().expect("not poisoned").push(data);
         Ok(())
     }
+
+    /// Echoes the request, every third one after a yield (so it finishes
+    /// in a task of its own, and the next one gets a new box).
+    async fn request_response(&self, req: Payload) -> Result<Option<Payload>, RequestError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) % 3 == 1 {
+            tokio::task::yield_now().await;
+        }
+        Ok(Some(req))
+    }
+}
+
+/// The same for request/response, whose handlers' futures are run the
+/// same way: each concurrent request gets its own answer.
+#[tokio::test]
+async fn request_response_handlers_done_at_once_or_later_each_answer_their_request() {
+    let (requester, _stats) = serve(Mixed::default(), Config::default());
+    let calls = (0..SENT).map(|i| {
+        let requester = requester.clone();
+        async move {
+            let want = format!("r{i}");
+            let got = requester
+                .request_response(Payload::from(want.clone()))
+                .await
+                .expect("answered")
+                .expect("a payload");
+            assert_eq!(got.data, want.as_bytes(), "request {i}");
+        }
+    });
+    tokio::time::timeout(WAIT, futures::future::join_all(calls))
+        .await
+        .expect("all answered in time");
 }
 
 #[tokio::test]

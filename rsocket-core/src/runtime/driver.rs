@@ -14,7 +14,7 @@ use futures::{FutureExt, Sink, StreamExt};
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, Instrument, Span};
 
-use super::responder::{self, Dispatched, FnfRunner};
+use super::responder::{self, Dispatched, Runners};
 use super::resume::{AttemptError, Resumer, SessionMsg};
 use super::shared::{Locked, Shared};
 use super::transport::{Transport, TransportError};
@@ -51,8 +51,8 @@ pub struct ConnectionDriver<T: Transport> {
     /// While detached: when the session is given up.
     session_deadline: Option<Instant>,
     responder: Arc<dyn RSocket>,
-    /// Runs the responder's fire-and-forget handlers.
-    fnf: FnfRunner,
+    /// Runs the responder's fire-and-forget and request/response handlers.
+    runners: Runners,
     /// Events taken from the state machine, being dispatched (kept for its
     /// buffer).
     events: VecDeque<Event>,
@@ -108,7 +108,7 @@ impl<T: Transport> ConnectionDriver<T> {
             resumer: None,
             session_deadline: None,
             responder,
-            fnf: FnfRunner::new(),
+            runners: Runners::new(),
             events: VecDeque::new(),
             inbox: VecDeque::new(),
             wire: Bytes::new(),
@@ -620,14 +620,25 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                         let ev = match ev {
                             // The common case, without `dispatch`.
                             Event::FireAndForget(payload) => {
-                                if this.fnf.run(shared, &this.responder, payload, cx) {
+                                if this.runners.fire_and_forget(
+                                    shared,
+                                    &this.responder,
+                                    payload,
+                                    cx,
+                                ) {
                                     oneways_done += 1;
                                 }
                                 continue;
                             }
                             ev => ev,
                         };
-                        match responder::dispatch(shared, &this.responder, &mut this.fnf, ev, cx) {
+                        match responder::dispatch(
+                            shared,
+                            &this.responder,
+                            &mut this.runners,
+                            ev,
+                            cx,
+                        ) {
                             Dispatched::Started => {}
                             Dispatched::OnewayDone => oneways_done += 1,
                             Dispatched::Answered(id, out) => {

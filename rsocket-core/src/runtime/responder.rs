@@ -47,13 +47,13 @@ pub(crate) enum Dispatched {
 pub(crate) fn dispatch(
     shared: &Arc<Shared>,
     responder: &Arc<dyn RSocket>,
-    fnf: &mut FnfRunner,
+    runners: &mut Runners,
     ev: Event,
     cx: &mut Context<'_>,
 ) -> Dispatched {
     match ev {
         Event::FireAndForget(payload) => {
-            if fnf.run(shared, responder, payload, cx) {
+            if runners.fire_and_forget(shared, responder, payload, cx) {
                 Dispatched::OnewayDone
             } else {
                 Dispatched::Started
@@ -79,18 +79,11 @@ pub(crate) fn dispatch(
                 debug_span!(parent: &shared.span, "stream", id = stream_id.get(), ?interaction);
             match interaction {
                 Interaction::RequestResponse => {
-                    // The handler borrows the responder: own an `Arc` of
-                    // it in the future so that it can outlive this call.
-                    let responder = responder.clone();
-                    let mut fut: BoxFuture<'static, _> =
-                        Box::pin(async move { (*responder).request_response(payload).await });
-                    let ready = {
-                        let _g = span.enter();
-                        fut.poll_unpin(cx)
-                    };
-                    match ready {
-                        Poll::Ready(out) => return Dispatched::Answered(stream_id, out),
-                        Poll::Pending => {
+                    // The handler borrows the responder: the future owns
+                    // an `Arc` of it so that it can outlive this call.
+                    match runners.request_response(responder, payload, &span, cx) {
+                        Ok(out) => return Dispatched::Answered(stream_id, out),
+                        Err(fut) => {
                             tokio::spawn(
                                 Respond {
                                     shared: shared.clone(),
@@ -127,21 +120,30 @@ pub(crate) fn dispatch(
     }
 }
 
-/// Runs fire-and-forget handlers like [`oneway`], with one allocation
+/// Runs fire-and-forget and request/response handlers with one allocation
 /// fewer per request: the future that owns a clone of the responder and
 /// awaits the handler is written into the box the previous request's
 /// future used, once that one has finished at once (the common case). A
 /// handler that is not done at once takes its box into its task, and the
 /// next request allocates a new one.
 ///
-/// The future's type has no name (it is an `async` block), hence the trait
-/// object; one per connection driver.
-pub(crate) struct FnfRunner(Box<dyn RunOneway>);
+/// The futures' types have no names (`async` blocks), hence the trait
+/// objects; one of each per connection driver.
+pub(crate) struct Runners {
+    fnf: Box<dyn RunOneway>,
+    rr: Box<dyn RunRequest>,
+}
 
-impl FnfRunner {
-    /// A runner without a box yet (the first request allocates it).
+/// What a request/response handler answers.
+type Answer = Result<Option<Payload>, RequestError>;
+
+impl Runners {
+    /// Runners without boxes yet (the first request of each allocates).
     pub(crate) fn new() -> Self {
-        Self(Box::new(Recycled::new(fnf_future)))
+        Self {
+            fnf: Box::new(Recycled::new(fnf_future)),
+            rr: Box::new(Recycled::new(rr_future)),
+        }
     }
 
     /// Polls the fire-and-forget handler for `payload` once, spawning it
@@ -149,20 +151,79 @@ impl FnfRunner {
     /// finished here: the caller counts it as done
     /// (`Connection::oneways_done`).
     #[inline]
-    pub(crate) fn run(
+    pub(crate) fn fire_and_forget(
         &mut self,
         shared: &Arc<Shared>,
         responder: &Arc<dyn RSocket>,
         payload: Payload,
         cx: &mut Context<'_>,
     ) -> bool {
-        self.0.run(shared, responder, payload, cx)
+        self.fnf.run(shared, responder, payload, cx)
+    }
+
+    /// Polls the request/response handler for `payload` once, in `span`:
+    /// its answer, or, when it is not done, its future to finish in a task.
+    #[inline]
+    fn request_response(
+        &mut self,
+        responder: &Arc<dyn RSocket>,
+        payload: Payload,
+        span: &tracing::Span,
+        cx: &mut Context<'_>,
+    ) -> Result<Answer, BoxFuture<'static, Answer>> {
+        self.rr.run(responder, payload, span, cx)
     }
 }
 
-impl std::fmt::Debug for FnfRunner {
+impl std::fmt::Debug for Runners {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FnfRunner").finish_non_exhaustive()
+        f.debug_struct("Runners").finish_non_exhaustive()
+    }
+}
+
+/// The future that runs one request/response handler, owning what it
+/// borrows.
+async fn rr_future(responder: Arc<dyn RSocket>, payload: Payload) -> Answer {
+    (*responder).request_response(payload).await
+}
+
+/// Runs one request/response handler (see [`Runners`]).
+trait RunRequest: Send {
+    /// Polls the handler for `payload` once in `span`: its answer, or its
+    /// future when it is not done.
+    fn run(
+        &mut self,
+        responder: &Arc<dyn RSocket>,
+        payload: Payload,
+        span: &tracing::Span,
+        cx: &mut Context<'_>,
+    ) -> Result<Answer, BoxFuture<'static, Answer>>;
+}
+
+impl<F, M> RunRequest for Recycled<F, M>
+where
+    M: Fn(Arc<dyn RSocket>, Payload) -> F + Send,
+    F: Future<Output = Answer> + Send + 'static,
+{
+    fn run(
+        &mut self,
+        responder: &Arc<dyn RSocket>,
+        payload: Payload,
+        span: &tracing::Span,
+        cx: &mut Context<'_>,
+    ) -> Result<Answer, BoxFuture<'static, Answer>> {
+        let mut boxed = self.fill(responder, payload);
+        let ready = {
+            let _g = span.enter();
+            boxed.as_mut().poll(cx)
+        };
+        match ready {
+            Poll::Ready(out) => {
+                self.slot = Some(boxed);
+                Ok(out)
+            }
+            Poll::Pending => Err(boxed),
+        }
     }
 }
 
@@ -172,7 +233,7 @@ async fn fnf_future(responder: Arc<dyn RSocket>, payload: Payload) {
     let _ = (*responder).fire_and_forget(payload).await;
 }
 
-/// Runs one oneway handler (see [`FnfRunner`]).
+/// Runs one oneway handler (see [`Runners`]).
 trait RunOneway: Send {
     /// Polls the handler for `payload` once, spawning it if it is not
     /// done. True when it finished here.
@@ -200,6 +261,20 @@ where
     fn new(make: M) -> Self {
         Self { slot: None, make }
     }
+
+    /// The future for `payload`, in the finished one's box when there is
+    /// one.
+    #[inline]
+    fn fill(&mut self, responder: &Arc<dyn RSocket>, payload: Payload) -> Pin<Box<F>> {
+        let fut = (self.make)(responder.clone(), payload);
+        match self.slot.take() {
+            Some(mut b) => {
+                b.set(fut);
+                b
+            }
+            None => Box::pin(fut),
+        }
+    }
 }
 
 impl<F, M> RunOneway for Recycled<F, M>
@@ -214,14 +289,7 @@ where
         payload: Payload,
         cx: &mut Context<'_>,
     ) -> bool {
-        let fut = (self.make)(responder.clone(), payload);
-        let mut boxed = match self.slot.take() {
-            Some(mut b) => {
-                b.set(fut);
-                b
-            }
-            None => Box::pin(fut),
-        };
+        let mut boxed = self.fill(responder, payload);
         let span = debug_span!("fnf");
         let ready = {
             let _g = span.enter();
