@@ -732,18 +732,22 @@ mod tests {
     use crate::frame::{Frame, StreamId};
     use crate::Payload;
 
+    /// Data only, empty, data with metadata, empty metadata.
+    fn sample_payloads() -> [Payload; 4] {
+        [
+            Payload::from("data"),
+            Payload::default(),
+            Payload::from("d").with_metadata(Bytes::from_static(b"meta")),
+            Payload::default().with_metadata(Bytes::new()),
+        ]
+    }
+
     /// The encoders of whole requests write what the general frame
     /// encoder writes for the same REQUEST_FNF and REQUEST_RESPONSE.
     #[test]
     fn whole_request_encoders_agree_with_the_frame_encoder() {
         let id = StreamId::new(11).expect("id");
-        let payloads = [
-            Payload::from("data"),
-            Payload::default(),
-            Payload::from("d").with_metadata(Bytes::from_static(b"meta")),
-            Payload::default().with_metadata(Bytes::new()),
-        ];
-        for p in payloads {
+        for p in sample_payloads() {
             let fnf = Frame::RequestFnf(super::RequestFnf {
                 stream_id: id,
                 follows: false,
@@ -775,13 +779,7 @@ mod tests {
     #[test]
     fn encode_next_agrees_with_the_frame_encoder() {
         let id = StreamId::new(9).expect("id");
-        let payloads = [
-            Payload::from("data"),
-            Payload::default(),
-            Payload::from("d").with_metadata(Bytes::from_static(b"meta")),
-            Payload::default().with_metadata(Bytes::new()),
-        ];
-        for p in payloads {
+        for p in sample_payloads() {
             for complete in [false, true] {
                 let f = Frame::Payload(if complete {
                     PayloadFrame::next_complete(id, p.clone())
