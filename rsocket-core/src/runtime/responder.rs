@@ -81,7 +81,7 @@ pub(crate) fn dispatch(
                 Interaction::RequestResponse => {
                     // The handler borrows the responder: the future owns
                     // an `Arc` of it so that it can outlive this call.
-                    match runners.request_response(responder, payload, &span, cx) {
+                    match runners.rr.run(responder, payload, &span, cx) {
                         Ok(out) => return Dispatched::Answered(stream_id, out),
                         Err(fut) => {
                             tokio::spawn(
@@ -159,19 +159,6 @@ impl Runners {
         cx: &mut Context<'_>,
     ) -> bool {
         self.fnf.run(shared, responder, payload, cx)
-    }
-
-    /// Polls the request/response handler for `payload` once, in `span`:
-    /// its answer, or, when it is not done, its future to finish in a task.
-    #[inline]
-    fn request_response(
-        &mut self,
-        responder: &Arc<dyn RSocket>,
-        payload: Payload,
-        span: &tracing::Span,
-        cx: &mut Context<'_>,
-    ) -> Result<Answer, BoxFuture<'static, Answer>> {
-        self.rr.run(responder, payload, span, cx)
     }
 }
 
@@ -386,9 +373,9 @@ impl Drop for OnewayDone {
 struct Respond {
     shared: Arc<Shared>,
     id: StreamId,
-    fut: BoxFuture<'static, Result<Option<Payload>, RequestError>>,
+    fut: BoxFuture<'static, Answer>,
     /// The handler's result, waiting for room in the outbound queue.
-    out: Option<Result<Option<Payload>, RequestError>>,
+    out: Option<Answer>,
     released: bool,
 }
 
