@@ -13,7 +13,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::clock::{Clock, Micros, Time};
+use crate::clock::{Clock, Micros, Sampler, Time};
 use crate::connect::Connect;
 use crate::discovery::{self, Change};
 use crate::member::{self, Backoff, Member, MemberInfo, MemberState, Picked, Slot, Slots, Start};
@@ -100,6 +100,8 @@ struct State<K> {
     slots: Slots<K>,
     strategy: Box<dyn Strategy>,
     rng: Rng,
+    /// Which request/responses are timed.
+    sampler: Sampler,
 }
 
 /// The ready members, as strategies see them.
@@ -215,6 +217,18 @@ impl<K: Key> Core<K> {
         self.lock().slots.of(member).map(|slot| f(slot, now))
     }
 
+    /// A request/response `picked` has its answer (`ok`) or error: ends it
+    /// on its member, at a reading of the clock if it was timed or failed.
+    #[inline]
+    pub(crate) fn end_request(&self, picked: &Picked, ok: bool) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let now = st.sampler.end(&self.clock, picked.timed, ok);
+        if let Some(slot) = st.slots.get_mut(picked.slot, picked.id) {
+            slot.end_request(picked, now, ok);
+        }
+    }
+
     /// Runs `f` on the entry of the member a request was sent to, if it is
     /// still known.
     #[inline]
@@ -314,15 +328,22 @@ impl<K: Key> Core<K> {
     /// Picks a ready member and counts `start` on it.
     #[inline]
     fn select(&self, st: &mut State<K>, start: Start) -> Selected {
+        if st.ready.is_empty() {
+            return Selected::Nobody;
+        }
+        // A request/response's start time (when it is timed, a reading)
+        // serves as the pick's.
+        let (now, timed) = match start {
+            Start::Request => st.sampler.start(&self.clock),
+            _ => (0, false),
+        };
         let slot = match st.ready.len() {
-            0 => return Selected::Nobody,
             // With one candidate the strategy is not consulted.
             1 => st.ready[0],
             _ => {
-                // The request's start time serves as the pick's.
                 let now = match start {
-                    Start::Request(now) => now,
-                    _ => self.clock.now(),
+                    Start::Request => now,
+                    _ => st.sampler.saw(self.clock.now()),
                 };
                 let list = Ready {
                     ready: &st.ready,
@@ -338,12 +359,13 @@ impl<K: Key> Core<K> {
             return Selected::Stale;
         };
         let id = entry.id();
-        match entry.inner().begin(start) {
+        match entry.inner().begin(start, now) {
             Some((generation, started)) => Selected::Begun(Picked {
                 slot,
                 id,
                 generation,
                 started,
+                timed,
             }),
             None => Selected::Stale,
         }
@@ -494,6 +516,7 @@ impl BalancerBuilder {
                 slots: Slots::new(),
                 strategy: self.strategy,
                 rng,
+                sampler: Sampler::default(),
             }),
             ready_notify: Notify::new(),
             changes: watch::channel(0).0,

@@ -176,9 +176,7 @@ impl<K: Key> Future for RequestResponse<'_, K> {
                 let picked = *picked;
                 let written = response.stream_id().is_some();
                 this.sent = None;
-                let now = core.clock.now();
-                let ok = result.is_ok();
-                core.on_picked(&picked, |slot| slot.end_request(&picked, now, ok));
+                core.end_request(&picked, result.is_ok());
                 let err = match result {
                     Ok(reply) => {
                         this.done = true;
@@ -204,7 +202,7 @@ impl<K: Key> Future for RequestResponse<'_, K> {
                     return Poll::Ready(Err(e));
                 }
             }
-            let start = Start::Request(core.clock.now());
+            let start = Start::Request;
             let last = this.attempt >= core.config.max_retries;
             let (request, sent) = (&mut this.request, &mut this.sent);
             let begun = core.try_begin(start, |requester, picked| {

@@ -138,3 +138,165 @@ impl Time {
         }
     }
 }
+
+/// Busy: more than one request/response started per this many
+/// microseconds (50,000 a second), over a window of [`WINDOW_US`].
+const BUSY_INTERVAL_US: Micros = 20;
+
+/// How long the start rate is measured over before the sampling is
+/// reconsidered.
+const WINDOW_US: Micros = 1_000;
+
+/// When busy, one request/response in this many is timed.
+pub(crate) const BUSY_SAMPLE: u32 = 8;
+
+/// Which request/responses read the clock.
+///
+/// Timing a request costs two clock readings and a statistics update (about
+/// half of what a balanced request adds to a direct one). While requests
+/// start at less than 50,000 a second (measured over a millisecond) every
+/// request is timed, as in rsocket-java; above, one in [`BUSY_SAMPLE`],
+/// which still feeds the estimates thousands of round trips a second. The
+/// others are counted (pending requests stay exact) at the time of the
+/// latest reading, as if no time had passed since: for the statistics the
+/// clock moves in small steps, which keeps their accounting consistent, and
+/// only timed requests record a round trip. A failed request always reads
+/// the clock, so that the availability average sees every error. When the
+/// rate drops, the next timed request (at most [`BUSY_SAMPLE`] later) sees
+/// it and timing goes back to every request.
+#[derive(Debug, Default)]
+pub(crate) struct Sampler {
+    /// The latest reading.
+    latest: Micros,
+    /// Requests started since the last timed one.
+    since: u32,
+    /// Time one request in this many (1, or [`BUSY_SAMPLE`] when busy; 0
+    /// before the first).
+    every: u32,
+    /// When the current rate window began, and the requests started in it
+    /// up to the last timed one.
+    window_at: Micros,
+    window_starts: u32,
+}
+
+impl Sampler {
+    /// A request/response starts: its time, and whether it is timed.
+    #[inline]
+    pub(crate) fn start(&mut self, clock: &Time) -> (Micros, bool) {
+        self.since += 1;
+        if self.since < self.every {
+            return (self.latest, false);
+        }
+        let now = self.saw(clock.now());
+        self.window_starts = self.window_starts.saturating_add(self.since);
+        self.since = 0;
+        let elapsed = now - self.window_at;
+        if elapsed >= WINDOW_US {
+            let busy = Micros::from(self.window_starts) * BUSY_INTERVAL_US > elapsed;
+            self.every = if busy { BUSY_SAMPLE } else { 1 };
+            self.window_at = now;
+            self.window_starts = 0;
+        } else if self.every == 0 {
+            self.every = 1;
+        }
+        (now, true)
+    }
+
+    /// The time for the end of a request: read if it was timed or failed,
+    /// else the latest reading.
+    #[inline]
+    pub(crate) fn end(&mut self, clock: &Time, timed: bool, ok: bool) -> Micros {
+        if timed || !ok {
+            self.saw(clock.now())
+        } else {
+            self.latest
+        }
+    }
+
+    /// Notes a reading; returns the latest (readings taken on other threads
+    /// can arrive out of order).
+    #[inline]
+    pub(crate) fn saw(&mut self, now: Micros) -> Micros {
+        self.latest = self.latest.max(now);
+        self.latest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manual() -> (ManualClock, Time) {
+        let clock = ManualClock::new();
+        let time = Time::injected(Arc::new(clock.clone()));
+        (clock, time)
+    }
+
+    /// Starts `n` requests; returns how many were timed.
+    fn timed(sampler: &mut Sampler, time: &Time, n: usize) -> usize {
+        (0..n).filter(|_| sampler.start(time).1).count()
+    }
+
+    #[test]
+    fn every_request_is_timed_below_the_busy_rate() {
+        let (clock, time) = manual();
+        let mut s = Sampler::default();
+        // 40 µs apart: 25,000 a second.
+        for _ in 0..1_000 {
+            assert!(s.start(&time).1);
+            clock.advance(Duration::from_micros(40));
+        }
+        // A burst at one instant is not a rate: still every request.
+        assert_eq!(timed(&mut s, &time, 30), 30);
+    }
+
+    #[test]
+    fn one_in_eight_is_timed_while_busy_and_all_again_after() {
+        let (clock, time) = manual();
+        let mut s = Sampler::default();
+        // 4 per µs: every request is timed until the first window ends
+        // (1 ms), then one in eight.
+        let mut counted = 0;
+        for _ in 0..1_000 {
+            counted += timed(&mut s, &time, 4);
+            clock.advance(Duration::from_micros(1));
+        }
+        assert_eq!(counted, 4_000);
+        counted = 0;
+        for _ in 0..2_000 {
+            counted += timed(&mut s, &time, 4);
+            clock.advance(Duration::from_micros(1));
+        }
+        assert_eq!(counted, 8_000 / BUSY_SAMPLE as usize);
+        // Untimed requests carry the latest reading, never a later one.
+        let (at, was_timed) = s.start(&time);
+        assert!(was_timed || at <= time.now());
+        // The rate drops to one per 100 µs: at most BUSY_SAMPLE requests
+        // later, every request is timed again.
+        let mut untimed_run = 0;
+        for _ in 0..BUSY_SAMPLE {
+            clock.advance(Duration::from_micros(1_100));
+            if !s.start(&time).1 {
+                untimed_run += 1;
+            }
+        }
+        assert!(untimed_run < BUSY_SAMPLE as usize);
+        for _ in 0..100 {
+            clock.advance(Duration::from_micros(100));
+            assert!(s.start(&time).1);
+        }
+    }
+
+    #[test]
+    fn errors_and_timed_ends_read_the_clock_others_take_the_latest() {
+        let (clock, time) = manual();
+        let mut s = Sampler::default();
+        let (t0, _) = s.start(&time);
+        clock.advance(Duration::from_micros(50));
+        assert_eq!(s.end(&time, false, true), t0);
+        assert_eq!(s.end(&time, false, false), t0 + 50);
+        clock.advance(Duration::from_micros(50));
+        assert_eq!(s.end(&time, true, true), t0 + 100);
+        assert_eq!(s.end(&time, false, true), t0 + 100);
+    }
+}

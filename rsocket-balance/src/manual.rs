@@ -46,6 +46,21 @@
 //! `tokio::time::pause`, or a [`ManualClock`](crate::ManualClock)), so a
 //! test replays exactly.
 //!
+//! **Busy balancers time a sample.** Timing a request (two clock readings,
+//! the three latency estimates, the moving averages) is about half of what
+//! the balancer adds to a request. While requests start at less than
+//! 50,000 a second (measured over each millisecond), every request/response
+//! is timed, as in rsocket-java. Above that rate one in eight is timed,
+//! which still feeds the estimates thousands of round trips a second; the
+//! others are counted exactly (pending requests, and so the `pending` of
+//! the weight) at the time of the latest reading, and record no round trip.
+//! A failed request always reads the clock, so the availability average
+//! sees every error, and when the rate falls the next timed request (at
+//! most eight later) sees it and timing goes back to every request. Tests
+//! on a paused clock that start more than 50 requests per millisecond of
+//! that clock are sampled too (`weighted_p2c_starves_the_slow_server_while_sampling`
+//! in `tests/balance.rs`).
+//!
 //! [`RoundRobin`](crate::RoundRobin) takes the candidates in turn.
 //!
 //! # Members

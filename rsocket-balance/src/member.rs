@@ -105,13 +105,13 @@ impl Inner {
     /// The connection to use for a new request, if the member is ready,
     /// with `start` counted in the statistics.
     #[inline]
-    pub(crate) fn begin(&mut self, start: Start) -> Option<(u64, i64)> {
+    pub(crate) fn begin(&mut self, start: Start, now: Micros) -> Option<(u64, i64)> {
         if self.state != MemberState::Ready || self.requester.is_none() {
             return None;
         }
         let started = match start {
             Start::Nothing => 0,
-            Start::Request(now) => self.stats.start_request(now),
+            Start::Request => self.stats.start_request(now),
             Start::Stream => {
                 self.stats.start_stream();
                 0
@@ -226,7 +226,9 @@ impl<K: Key> Slot<K> {
     #[inline]
     pub(crate) fn end_request(&mut self, picked: &Picked, now: Micros, ok: bool) {
         let inner = self.inner.get_mut();
-        inner.stats.end_request(now, picked.started, ok);
+        inner
+            .stats
+            .end_request(now, picked.started, ok, picked.timed);
         if ok && inner.current(picked.generation) {
             inner.healthy = true;
         }
@@ -392,6 +394,9 @@ pub(crate) struct Picked {
     pub(crate) generation: u64,
     /// The request's start in the statistics (request/response only).
     pub(crate) started: i64,
+    /// Its start was read from the clock, and so is its end: it records
+    /// a round trip (see [`Sampler`](crate::clock::Sampler)).
+    pub(crate) timed: bool,
 }
 
 /// What a pick starts counting, under the same lock as the pick itself.
@@ -399,8 +404,8 @@ pub(crate) struct Picked {
 pub(crate) enum Start {
     /// Nothing (fire-and-forget, metadata push).
     Nothing,
-    /// A request/response, at this time.
-    Request(Micros),
+    /// A request/response (at a time the pick chooses).
+    Request,
     /// A stream or channel.
     Stream,
 }

@@ -246,11 +246,12 @@ impl WeightedStats {
     }
 
     /// A request/response ended: stops it, records its round trip if it
-    /// succeeded, and feeds the availability average (one clock reading).
+    /// succeeded and was `timed` (its start and `now` are readings of the
+    /// clock), and feeds the availability average.
     #[inline]
-    pub(crate) fn end_request(&mut self, now: Micros, started: i64, ok: bool) {
+    pub(crate) fn end_request(&mut self, now: Micros, started: i64, ok: bool, timed: bool) {
         let end = self.stop_request(now, started);
-        if ok {
+        if ok && timed {
             self.record((end - started) as f64);
         }
         self.availability.insert(end, if ok { 1.0 } else { 0.0 });
