@@ -77,6 +77,10 @@ pub struct BalancerConfig {
     pub max_retries: u32,
     /// Re-dial delays after a dial fails or a connection ends.
     pub backoff: Backoff,
+    /// Request/responses a second above which only one in eight is timed
+    /// (see the [manual](crate::manual#weights)). Default 50,000;
+    /// `u32::MAX` times every request, as rsocket-java does.
+    pub busy_rate: u32,
 }
 
 impl Default for BalancerConfig {
@@ -85,6 +89,7 @@ impl Default for BalancerConfig {
             wait_for_member: Duration::from_secs(5),
             max_retries: 2,
             backoff: Backoff::default(),
+            busy_rate: 50_000,
         }
     }
 }
@@ -516,7 +521,7 @@ impl BalancerBuilder {
                 slots: Slots::new(),
                 strategy: self.strategy,
                 rng,
-                sampler: Sampler::default(),
+                sampler: Sampler::new(self.config.busy_rate),
             }),
             ready_notify: Notify::new(),
             changes: watch::channel(0).0,

@@ -136,8 +136,7 @@ struct RequestResponse<'a, K: Key> {
     /// request is counted as pending there until it ends; a cancel, by
     /// dropping, records no latency).
     sent: Option<(ResponseFuture, Picked)>,
-    /// The request, until its last allowed attempt is sent (earlier ones
-    /// send a copy, so that it can be sent again).
+    /// The request, lent to each attempt.
     request: Payload,
     /// Waiting for a ready member.
     waiting: Option<BoxFuture<'a, Result<(), RequestError>>>,
@@ -172,7 +171,7 @@ impl<K: Key> Future for RequestResponse<'_, K> {
         let core = this.core;
         loop {
             if let Some((response, picked)) = &mut this.sent {
-                let result = ready!(Pin::new(&mut *response).poll(cx));
+                let result = ready!(response.poll_lent(cx, &this.request));
                 let picked = *picked;
                 let written = response.stream_id().is_some();
                 this.sent = None;
@@ -202,17 +201,11 @@ impl<K: Key> Future for RequestResponse<'_, K> {
                     return Poll::Ready(Err(e));
                 }
             }
-            let start = Start::Request;
-            let last = this.attempt >= core.config.max_retries;
-            let (request, sent) = (&mut this.request, &mut this.sent);
-            let begun = core.try_begin(start, |requester, picked| {
-                let request = if last {
-                    std::mem::take(request)
-                } else {
-                    request.clone()
-                };
-                // Built in place, under the pick's lock.
-                *sent = Some((requester.request_response(request), picked));
+            let sent = &mut this.sent;
+            let begun = core.try_begin(Start::Request, |requester, picked| {
+                // Built in place, under the pick's lock. The request stays
+                // here, lent to each attempt, so that a retry needs no copy.
+                *sent = Some((requester.request_response_lent(), picked));
             });
             if begun.is_ok() {
                 this.since = None;

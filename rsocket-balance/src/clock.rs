@@ -139,10 +139,6 @@ impl Time {
     }
 }
 
-/// Busy: more than one request/response started per this many
-/// microseconds (50,000 a second), over a window of [`WINDOW_US`].
-const BUSY_INTERVAL_US: Micros = 20;
-
 /// How long the start rate is measured over before the sampling is
 /// reconsidered.
 const WINDOW_US: Micros = 1_000;
@@ -154,8 +150,9 @@ pub(crate) const BUSY_SAMPLE: u32 = 8;
 ///
 /// Timing a request costs two clock readings and a statistics update (about
 /// half of what a balanced request adds to a direct one). While requests
-/// start at less than 50,000 a second (measured over a millisecond) every
-/// request is timed, as in rsocket-java; above, one in [`BUSY_SAMPLE`],
+/// start at less than the busy rate (`BalancerConfig::busy_rate`, 50,000 a
+/// second by default, measured over a millisecond) every request is timed,
+/// as in rsocket-java; above, one in [`BUSY_SAMPLE`],
 /// which still feeds the estimates thousands of round trips a second. The
 /// others are counted (pending requests stay exact) at the time of the
 /// latest reading, as if no time had passed since: for the statistics the
@@ -164,8 +161,11 @@ pub(crate) const BUSY_SAMPLE: u32 = 8;
 /// the clock, so that the availability average sees every error. When the
 /// rate drops, the next timed request (at most [`BUSY_SAMPLE`] later) sees
 /// it and timing goes back to every request.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Sampler {
+    /// Busy: more than this many request/responses a second, over a
+    /// window of [`WINDOW_US`].
+    busy_rate: i64,
     /// The latest reading.
     latest: Micros,
     /// Requests started since the last timed one.
@@ -180,6 +180,19 @@ pub(crate) struct Sampler {
 }
 
 impl Sampler {
+    /// A sampler that times every request until more than `busy_rate`
+    /// start in a second.
+    pub(crate) fn new(busy_rate: u32) -> Self {
+        Self {
+            busy_rate: i64::from(busy_rate),
+            latest: 0,
+            since: 0,
+            every: 0,
+            window_at: 0,
+            window_starts: 0,
+        }
+    }
+
     /// A request/response starts: its time, and whether it is timed.
     #[inline]
     pub(crate) fn start(&mut self, clock: &Time) -> (Micros, bool) {
@@ -192,7 +205,7 @@ impl Sampler {
         self.since = 0;
         let elapsed = now - self.window_at;
         if elapsed >= WINDOW_US {
-            let busy = Micros::from(self.window_starts) * BUSY_INTERVAL_US > elapsed;
+            let busy = Micros::from(self.window_starts) * 1_000_000 > self.busy_rate * elapsed;
             self.every = if busy { BUSY_SAMPLE } else { 1 };
             self.window_at = now;
             self.window_starts = 0;
@@ -240,7 +253,7 @@ mod tests {
     #[test]
     fn every_request_is_timed_below_the_busy_rate() {
         let (clock, time) = manual();
-        let mut s = Sampler::default();
+        let mut s = Sampler::new(50_000);
         // 40 µs apart: 25,000 a second.
         for _ in 0..1_000 {
             assert!(s.start(&time).1);
@@ -253,7 +266,7 @@ mod tests {
     #[test]
     fn one_in_eight_is_timed_while_busy_and_all_again_after() {
         let (clock, time) = manual();
-        let mut s = Sampler::default();
+        let mut s = Sampler::new(50_000);
         // 4 per µs: every request is timed until the first window ends
         // (1 ms), then one in eight.
         let mut counted = 0;
@@ -290,7 +303,7 @@ mod tests {
     #[test]
     fn errors_and_timed_ends_read_the_clock_others_take_the_latest() {
         let (clock, time) = manual();
-        let mut s = Sampler::default();
+        let mut s = Sampler::new(50_000);
         let (t0, _) = s.start(&time);
         clock.advance(Duration::from_micros(50));
         assert_eq!(s.end(&time, false, true), t0);

@@ -10,7 +10,7 @@
 //!   connections cost without a balancer).
 //!
 //! ```text
-//! cargo run --release --manifest-path benchmarks/Cargo.toml -p rsocket-balance-bench -- [--runs 3] [--secs 3] [--flavor ct|mt2] [--only direct,balanced-1,balanced-3,balanced-3-rr,direct-3-rr] [--requests N]
+//! cargo run --release --manifest-path benchmarks/Cargo.toml -p rsocket-balance-bench -- [--runs 3] [--secs 3] [--flavor ct|mt2] [--only direct,balanced-1,balanced-3,balanced-3-rr,direct-3-rr] [--requests N] [--busy-rate N]
 //! ```
 //!
 //! Each cell is a warm-up of 0.3 s then `--secs` of requests; runs are
@@ -26,6 +26,9 @@
 //! for instruction counts: under `valgrind --tool=cachegrind`, the
 //! difference between two runs with different `N` divided by the
 //! difference in `N` is the instructions per request, without the set-up.
+//! A balancer times only one request in eight above 50,000 requests a
+//! second; under valgrind everything runs some 50 times slower, so give
+//! `--busy-rate 1000` there to count what a native run does.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,7 +37,9 @@ use std::time::{Duration, Instant};
 
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use rsocket_balance::{Balancer, CallOptions, RoundRobin, TcpConnector, WeightedP2c};
+use rsocket_balance::{
+    Balancer, BalancerConfig, CallOptions, RoundRobin, TcpConnector, WeightedP2c,
+};
 use rsocket_core::{request_response_fn, ClientBuilder, Payload, Requester, Server};
 
 const IN_FLIGHT: usize = 256;
@@ -128,7 +133,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-async fn bench(runs: usize, span: Span, only: Option<String>) -> Vec<(String, f64, f64)> {
+async fn bench(
+    runs: usize,
+    span: Span,
+    only: Option<String>,
+    config: BalancerConfig,
+) -> Vec<(String, f64, f64)> {
     let servers = [
         start_server().await,
         start_server().await,
@@ -144,12 +154,15 @@ async fn bench(runs: usize, span: Span, only: Option<String>) -> Vec<(String, f6
     }
     let direct3: [Requester; 3] = [direct[0].clone(), direct[1].clone(), direct[2].clone()];
     let one = Balancer::builder()
+        .config(config.clone())
         .strategy(WeightedP2c::new())
         .build_from_list([(servers[0], TcpConnector::new(servers[0]))]);
     let three = Balancer::builder()
+        .config(config.clone())
         .strategy(WeightedP2c::new())
         .build_from_list(servers.map(|a| (a, TcpConnector::new(a))));
     let three_rr = Balancer::builder()
+        .config(config)
         .strategy(RoundRobin::new())
         .build_from_list(servers.map(|a| (a, TcpConnector::new(a))));
     for b in [&one, &three, &three_rr] {
@@ -232,6 +245,10 @@ fn main() {
     let secs: f64 = arg("--secs").and_then(|v| v.parse().ok()).unwrap_or(3.0);
     // `--only direct,balanced-1` etc.: some setups only.
     let only = arg("--only");
+    let mut config = BalancerConfig::default();
+    if let Some(rate) = arg("--busy-rate").and_then(|v| v.parse().ok()) {
+        config.busy_rate = rate;
+    }
     let span = match arg("--requests").and_then(|v| v.parse().ok()) {
         Some(n) => Span::Requests(n),
         None => Span::Time(Duration::from_secs_f64(secs)),
@@ -254,8 +271,12 @@ fn main() {
         }
         .expect("runtime");
         let only = only.clone();
-        let rows =
-            rt.block_on(async move { tokio::spawn(bench(runs, span, only)).await.expect("bench") });
+        let config = config.clone();
+        let rows = rt.block_on(async move {
+            tokio::spawn(bench(runs, span, only, config))
+                .await
+                .expect("bench")
+        });
         let base = rows[0].1;
         for (name, ops, cpu) in rows {
             println!(

@@ -1,6 +1,7 @@
 //! Commands from local handles: opening requests, consuming inbound
 //! halves, producing on outbound halves.
 
+use std::borrow::Cow;
 use std::task::Poll;
 use std::time::Instant;
 
@@ -47,11 +48,34 @@ impl Connection {
         adaptive: bool,
         now: Instant,
     ) -> Result<StreamId, RequestError> {
+        self.open_cow(
+            interaction,
+            Cow::Owned(payload),
+            window,
+            manual,
+            adaptive,
+            now,
+        )
+    }
+
+    /// [`open`](Self::open) with a request that may be lent: it is copied
+    /// into the outbound queue, and cloned only where it has to be kept
+    /// (a request written in fragments, or with resumption on).
+    #[inline]
+    pub(crate) fn open_cow(
+        &mut self,
+        interaction: Interaction,
+        payload: Cow<'_, Payload>,
+        window: u32,
+        manual: bool,
+        adaptive: bool,
+        now: Instant,
+    ) -> Result<StreamId, RequestError> {
         if let Some(refusal) = self.refusal() {
             return Err(refusal);
         }
         if interaction == Interaction::FireAndForget {
-            return self.open_fnf(&mut Some(payload), now);
+            return self.open_fnf(&mut Some(payload.into_owned()), now);
         }
         let id = self.request_id(now)?;
         let n = RequestCount::new(window.min(MAX_U31)).unwrap_or(RequestCount::ONE);
@@ -100,7 +124,7 @@ impl Connection {
         if direct {
             self.wakeups.driver();
         } else {
-            self.push_fragmented(kind, id, payload, false, Pace::Paced);
+            self.push_fragmented(kind, id, payload.into_owned(), false, Pace::Paced);
         }
         Ok(id)
     }

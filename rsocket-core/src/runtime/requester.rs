@@ -146,6 +146,24 @@ impl Requester {
         }
     }
 
+    /// Request/response whose request the caller keeps, to send it again
+    /// elsewhere if this attempt fails (what the load balancer does):
+    /// poll the future with [`ResponseFuture::poll_lent`], which copies the
+    /// request into the connection's write buffer when it is sent (and
+    /// clones it only where it has to be kept: a request sent in
+    /// fragments, or with resumption on). Awaited as a plain future, it
+    /// sends an empty request.
+    pub fn request_response_lent(&self) -> ResponseFuture {
+        ResponseFuture {
+            shared: self.shared.clone(),
+            request: None,
+            id: None,
+            done: false,
+            released: false,
+            gate: self.lease_gate(),
+        }
+    }
+
     /// Request/stream. The request is sent on the first poll; polling
     /// grants credit, dropping early sends CANCEL.
     pub fn request_stream(&self, request: Payload) -> ResponseStream {
@@ -443,23 +461,38 @@ impl ResponseFuture {
     }
 }
 
-impl Future for ResponseFuture {
-    type Output = Result<Option<Payload>, RequestError>;
+impl ResponseFuture {
+    /// Polls a future of [`Requester::request_response_lent`], with the
+    /// request it sends (the same one at every poll). For a future that
+    /// holds its own request, `request` is not used.
+    pub fn poll_lent(
+        &mut self,
+        cx: &mut Context<'_>,
+        request: &Payload,
+    ) -> Poll<Result<Option<Payload>, RequestError>> {
+        self.poll_with(cx, Some(request))
+    }
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        if this.done {
+    #[inline]
+    fn poll_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        lent: Option<&Payload>,
+    ) -> Poll<Result<Option<Payload>, RequestError>> {
+        if self.done {
             return Poll::Ready(Ok(None));
         }
-        let mut conn = this.shared.lock();
-        let id = match this.id {
+        let mut conn = self.shared.lock();
+        let id = match self.id {
             Some(id) => id,
             None => {
+                let lent = if self.request.is_some() { None } else { lent };
                 let opened = poll_open(
                     &mut conn,
                     cx,
-                    &mut this.gate,
-                    &mut this.request,
+                    &mut self.gate,
+                    &mut self.request,
+                    lent,
                     Interaction::RequestResponse,
                     1,
                     false,
@@ -467,11 +500,11 @@ impl Future for ResponseFuture {
                 );
                 match opened {
                     Poll::Ready(Ok(id)) => {
-                        this.id = Some(id);
+                        self.id = Some(id);
                         id
                     }
                     Poll::Ready(Err(e)) => {
-                        this.done = true;
+                        self.done = true;
                         return Poll::Ready(Err(e));
                     }
                     Poll::Pending => return Poll::Pending,
@@ -487,9 +520,17 @@ impl Future for ResponseFuture {
             Poll::Pending => return Poll::Pending,
         };
         // Every answer released the half (see `Connection::recv_response`).
-        this.done = true;
-        this.released = true;
+        self.done = true;
+        self.released = true;
         Poll::Ready(out)
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Option<Payload>, RequestError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.poll_with(cx, None)
     }
 }
 

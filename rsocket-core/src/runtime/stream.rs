@@ -3,6 +3,7 @@
 //! stream's items to the connection as credit allows. The requester and the
 //! responder both build on these; neither imports the other.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -154,6 +155,7 @@ impl Inbound {
                     cx,
                     &mut self.gate,
                     request,
+                    None,
                     self.interaction,
                     self.window,
                     self.manual,
@@ -214,13 +216,15 @@ impl Inbound {
 }
 
 /// Opens a request once the connection may take it (room in the outbound
-/// queue, and the lease allows it): the request is taken from `request`.
+/// queue, and the lease allows it): the request is `lent`, or else taken
+/// from `request`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn poll_open(
     conn: &mut Locked<'_>,
     cx: &mut Context<'_>,
     gate: &mut LeaseGate,
     request: &mut Option<Payload>,
+    lent: Option<&Payload>,
     interaction: Interaction,
     window: u32,
     manual: bool,
@@ -235,9 +239,12 @@ pub(crate) fn poll_open(
         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
         Poll::Pending => return Poll::Pending,
     }
-    let request = request.take().unwrap_or_default();
+    let request = match lent {
+        Some(lent) => Cow::Borrowed(lent),
+        None => Cow::Owned(request.take().unwrap_or_default()),
+    };
     let now = conn.lease_now(super::tokio_now);
-    Poll::Ready(conn.open(interaction, request, window, manual, adaptive, now))
+    Poll::Ready(conn.open_cow(interaction, request, window, manual, adaptive, now))
 }
 
 impl Drop for Inbound {
