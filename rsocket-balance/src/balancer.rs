@@ -78,7 +78,7 @@ pub struct BalancerConfig {
     /// Re-dial delays after a dial fails or a connection ends.
     pub backoff: Backoff,
     /// Request/responses a second above which only one in eight is timed
-    /// (see the [manual](crate::manual#weights)). Default 50,000;
+    /// (see the [manual](crate::manual#picking)). Default 50,000;
     /// `u32::MAX` times every request, as rsocket-java does.
     pub busy_rate: u32,
 }

@@ -49,8 +49,9 @@
 //! **Busy balancers time a sample.** Timing a request (two clock readings,
 //! the three latency estimates, the moving averages) is about half of what
 //! the balancer adds to a request. While requests start at less than
-//! 50,000 a second (measured over each millisecond), every request/response
-//! is timed, as in rsocket-java. Above that rate one in eight is timed,
+//! 50,000 a second (measured over each millisecond;
+//! [`BalancerConfig::busy_rate`](crate::BalancerConfig::busy_rate)), every
+//! request/response is timed, as in rsocket-java. Above that rate one in eight is timed,
 //! which still feeds the estimates thousands of round trips a second; the
 //! others are counted exactly (pending requests, and so the `pending` of
 //! the weight) at the time of the latest reading, and record no round trip.
