@@ -330,6 +330,20 @@ impl<K: Key> Core<K> {
         Err(open)
     }
 
+    /// Asks the strategy for one of the (two or more) ready members: out of
+    /// line, so that the one-member path stays small.
+    #[inline(never)]
+    fn choose(st: &mut State<K>, now: Micros) -> usize {
+        let list = Ready {
+            ready: &st.ready,
+            slots: &st.slots,
+        };
+        let i = st
+            .strategy
+            .select(&Candidates::new(&list, now), &mut st.rng);
+        st.ready.get(i).copied().unwrap_or(st.ready[0])
+    }
+
     /// Picks a ready member and counts `start` on it.
     #[inline]
     fn select(&self, st: &mut State<K>, start: Start) -> Selected {
@@ -350,14 +364,7 @@ impl<K: Key> Core<K> {
                     Start::Request => now,
                     _ => st.sampler.saw(self.clock.now()),
                 };
-                let list = Ready {
-                    ready: &st.ready,
-                    slots: &st.slots,
-                };
-                let i = st
-                    .strategy
-                    .select(&Candidates::new(&list, now), &mut st.rng);
-                st.ready.get(i).copied().unwrap_or(st.ready[0])
+                Self::choose(st, now)
             }
         };
         let Some(entry) = st.slots.at_mut(slot) else {

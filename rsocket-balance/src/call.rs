@@ -81,12 +81,15 @@ fn classify(err: &RequestError, sent: bool, idempotent: bool) -> Verdict {
     }
 }
 
-/// Records a failed attempt on its member and says whether to retry.
+/// Records a failed attempt on its member and says whether to retry
+/// (out of line: the path of every successful request stays small).
 ///
 /// On top of [`classify`], an `ERROR[REJECTED]` of any text is retried
 /// when the member's connection is known to have received the server's
 /// CONNECTION_CLOSE (see [`manual`](crate::manual#retries)): the request
 /// crossed it, and a rejected request was not processed.
+#[cold]
+#[inline(never)]
 fn on_failure<K: Key>(
     core: &Core<K>,
     picked: &Picked,
@@ -210,11 +213,22 @@ impl<K: Key> Future for RequestResponse<'_, K> {
             if begun.is_ok() {
                 this.since = None;
             } else {
-                let since = *this.since.get_or_insert_with(tokio::time::Instant::now);
-                this.waiting = Some(core.wait_ready(since).boxed());
+                this.waiting = Some(wait_for_member(core, &mut this.since));
             }
         }
     }
+}
+
+/// Waits for a ready member, from when the request first waited (out of
+/// line: the usual path finds one at once).
+#[cold]
+#[inline(never)]
+fn wait_for_member<'a, K: Key>(
+    core: &'a Core<K>,
+    since: &mut Option<tokio::time::Instant>,
+) -> BoxFuture<'a, Result<(), RequestError>> {
+    let since = *since.get_or_insert_with(tokio::time::Instant::now);
+    core.wait_ready(since).boxed()
 }
 
 impl<K: Key> Drop for RequestResponse<'_, K> {
