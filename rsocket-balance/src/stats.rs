@@ -227,6 +227,14 @@ impl WeightedStats {
     #[inline]
     pub(crate) fn start_request(&mut self, now: Micros) -> i64 {
         let now = self.micros(now);
+        if now == self.stamp && now == self.stamp0 {
+            // No time has passed since the last start and nothing ended
+            // since (the usual case for requests the sampler does not
+            // time): the inter-arrival average already stands at `now` and
+            // nothing has waited, so only the count moves. Exact.
+            self.pending_requests += 1;
+            return now;
+        }
         self.inter_arrival.insert(now, (now - self.stamp) as f64);
         self.duration += self.waited_since_stamp0(now);
         self.pending_requests += 1;
