@@ -496,6 +496,13 @@ impl BalancerBuilder {
         self
     }
 
+    /// See [`BalancerConfig::busy_rate`].
+    #[must_use]
+    pub fn busy_rate(mut self, per_second: u32) -> Self {
+        self.config.busy_rate = per_second;
+        self
+    }
+
     /// Re-dial delays between `min` and `max`.
     #[must_use]
     pub fn backoff(mut self, min: Duration, max: Duration) -> Self {

@@ -301,6 +301,25 @@ mod tests {
     }
 
     #[test]
+    fn the_busy_rate_is_configurable() {
+        let (clock, time) = manual();
+        // `u32::MAX`: every request, however fast they come.
+        let mut every = Sampler::new(u32::MAX);
+        // 1,000 a second: busy at 2 per millisecond.
+        let mut low = Sampler::new(1_000);
+        let (mut all, mut some) = (0, 0);
+        for _ in 0..4_000 {
+            all += timed(&mut every, &time, 4);
+            some += timed(&mut low, &time, 1);
+            clock.advance(Duration::from_micros(500));
+        }
+        assert_eq!(all, 16_000);
+        // Every request until the first window closes (at 0, 0.5 and
+        // 1 ms), then one in eight.
+        assert_eq!(some, 3 + (4_000 - 3) / BUSY_SAMPLE as usize);
+    }
+
+    #[test]
     fn errors_and_timed_ends_read_the_clock_others_take_the_latest() {
         let (clock, time) = manual();
         let mut s = Sampler::new(50_000);
