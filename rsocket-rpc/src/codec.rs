@@ -121,11 +121,20 @@ impl ChunkEncoder {
 
     /// The request metadata for `route` with no other entries: remembered
     /// per route string (by address: a `&'static str` never changes).
+    #[inline]
     fn route_metadata(&mut self, route: &'static str) -> Result<Bytes, MetadataError> {
         let same = |r: &&str| r.as_ptr() == route.as_ptr() && r.len() == route.len();
-        if let Some((_, encoded)) = self.routes.iter().find(|(r, _)| same(r)) {
-            return Ok(encoded.clone());
+        match self.routes.iter().find(|(r, _)| same(r)) {
+            Some((_, encoded)) => Ok(encoded.clone()),
+            None => self.new_route_metadata(route),
         }
+    }
+
+    /// [`route_metadata`](Self::route_metadata) for a route not
+    /// remembered: encoded and remembered.
+    #[cold]
+    #[inline(never)]
+    fn new_route_metadata(&mut self, route: &'static str) -> Result<Bytes, MetadataError> {
         let encoded = Metadata::new().encode(Some(route))?;
         if self.routes.len() < Self::ROUTES {
             self.routes.push((route, encoded.clone()));
