@@ -75,23 +75,35 @@ impl ChunkEncoder {
     /// The encoding of `msg`, cut from the chunk when small. prost sizes
     /// the message once, in its own `encode`: it is written straight into
     /// the chunk's free part, and what was written is cut off the front.
+    /// The common case, a message that fits, is written in line; the
+    /// rest is out of line.
     #[inline]
     pub(crate) fn encode<M: Message>(&mut self, msg: &M) -> Bytes {
         match self.try_encode(msg) {
             Ok(encoded) => encoded,
-            Err(needed) if needed <= Self::SMALL => {
-                // The current chunk is too full: a new one has room.
-                self.free = zeroed_chunk();
-                self.try_encode(msg).unwrap_or_else(|_| encode(msg))
-            }
-            Err(_) => encode(msg),
+            Err(needed) => self.encode_elsewhere(msg, needed),
+        }
+    }
+
+    /// [`encode`](Self::encode) for a message that does not fit in the
+    /// chunk's free part (`needed` bytes): in a new chunk if it is small,
+    /// else in an allocation of its own.
+    #[cold]
+    #[inline(never)]
+    fn encode_elsewhere<M: Message>(&mut self, msg: &M, needed: usize) -> Bytes {
+        if needed <= Self::SMALL {
+            // The current chunk is too full: a new one has room.
+            self.free = zeroed_chunk();
+            self.try_encode(msg).unwrap_or_else(|_| encode(msg))
+        } else {
+            encode(msg)
         }
     }
 
     /// Writes `msg` into the chunk's free part (at most [`Self::SMALL`]
     /// bytes of it) and cuts it off; or the size it needs when it does not
     /// fit, with nothing written (prost checks the room first).
-    #[inline]
+    #[inline(always)]
     fn try_encode<M: Message>(&mut self, msg: &M) -> Result<Bytes, usize> {
         let window = self.free.len().min(Self::SMALL);
         let mut out = &mut self.free[..window];
@@ -217,6 +229,7 @@ fn with_thread_encoder<R>(f: impl FnOnce(&mut ChunkEncoder) -> R) -> Option<R> {
 
 /// The protobuf encoding of a single message (a unary response), cut from
 /// the thread's chunk when small.
+#[inline]
 pub(crate) fn encode_small<M: Message>(msg: &M) -> Bytes {
     with_thread_encoder(|enc| enc.encode(msg)).unwrap_or_else(|| encode(msg))
 }
