@@ -249,25 +249,42 @@ pub(crate) fn encode_request<M: Message>(
 /// looking at it. `Bytes` fields of `M` are zero-copy slices of `data`.
 #[inline]
 pub(crate) fn decode<M: Message + Default>(
-    data: Bytes,
+    mut data: Bytes,
     max: usize,
     side: Side,
 ) -> Result<M, Status> {
     if data.len() > max {
-        let status = Status::resource_exhausted(format!(
-            "message of {} bytes exceeds the limit of {max} bytes",
-            data.len()
-        ));
-        return Err(match side {
-            Side::Server => status.with_wire(ErrorCode::INVALID),
-            Side::Client => status,
-        });
+        return Err(too_large(data.len(), max, side));
     }
-    M::decode(data).map_err(|e| match side {
+    // What `M::decode` does (the default message, merged with the data),
+    // without the call to it.
+    let mut message = M::default();
+    match message.merge(&mut data) {
+        Ok(()) => Ok(message),
+        Err(e) => Err(undecodable(&e, side)),
+    }
+}
+
+/// The status of a message of `len` bytes, over the limit of `max`.
+#[cold]
+fn too_large(len: usize, max: usize, side: Side) -> Status {
+    let status = Status::resource_exhausted(format!(
+        "message of {len} bytes exceeds the limit of {max} bytes"
+    ));
+    match side {
+        Side::Server => status.with_wire(ErrorCode::INVALID),
+        Side::Client => status,
+    }
+}
+
+/// The status of a message that does not decode.
+#[cold]
+fn undecodable(e: &prost::DecodeError, side: Side) -> Status {
+    match side {
         Side::Server => Status::invalid_argument(format!("cannot decode the request message: {e}"))
             .with_wire(ErrorCode::INVALID),
         Side::Client => Status::internal(format!("cannot decode the response message: {e}")),
-    })
+    }
 }
 
 #[cfg(test)]
