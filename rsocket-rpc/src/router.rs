@@ -145,7 +145,7 @@ impl Inner {
     /// The common case, read in place: metadata that is a routing entry
     /// alone, naming a method callable with `interaction`. Anything else
     /// is left to [`Inner::resolve`].
-    #[inline]
+    #[inline(always)]
     fn resolve_sole(&self, interaction: Interaction, metadata: Option<&Bytes>) -> Option<&Target> {
         let target = self.routes.get(sole_route(metadata?)?)?;
         (target.accepts & interaction_bit(interaction) != 0).then_some(target)
