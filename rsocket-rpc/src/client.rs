@@ -268,7 +268,7 @@ impl<R: RSocket> Client<R> {
     }
 
     /// A unary call's answer, decoded.
-    #[inline]
+    #[inline(always)]
     fn unary_response<T: Message + Default>(
         &self,
         response: Result<Option<Payload>, RequestError>,

@@ -21,7 +21,7 @@ use crate::call::{interaction_bit, CallInfo, CallSpan};
 use crate::codec::DEFAULT_MAX_DECODING_MESSAGE_SIZE;
 use crate::interceptor::{Interceptor, Interceptors};
 use crate::metadata::{parse_request, sole_route, Layout};
-use crate::server::{Input, MethodInfo, Reply, ServerCall, Service, SingleReply};
+use crate::server::{Input, MethodInfo, Reply, ServerCall, ServerReply, Service, SingleReply};
 use crate::Metadata;
 use crate::Status;
 
@@ -327,7 +327,8 @@ impl Inner {
         );
         // A panic here drops the span, which records it as `INTERNAL`.
         match catch_unwind(AssertUnwindSafe(|| target.service.call(target.index, call))) {
-            Ok(reply) => single_reply(reply.0),
+            Ok(ServerReply(Reply::Single(fut))) => fut,
+            Ok(ServerReply(reply)) => single_reply(reply),
             Err(_) => refused_single(panicked()),
         }
     }
