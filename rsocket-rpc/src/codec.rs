@@ -220,6 +220,7 @@ thread_local! {
 
 /// Runs `f` with the thread's encoder; `None` if it is in use (a
 /// message's encoding encoding another) or gone (thread teardown).
+#[inline(always)]
 fn with_thread_encoder<R>(f: impl FnOnce(&mut ChunkEncoder) -> R) -> Option<R> {
     THREAD_ENCODER
         .try_with(|cell| cell.try_borrow_mut().ok().map(|mut enc| f(&mut enc)))
