@@ -248,7 +248,7 @@ pub(crate) fn encode_request<M: Message>(
 
 /// Decodes `data` as `M`, refusing data longer than `max` bytes before
 /// looking at it. `Bytes` fields of `M` are zero-copy slices of `data`.
-#[inline]
+#[inline(always)]
 pub(crate) fn decode<M: Message + Default>(
     mut data: Bytes,
     max: usize,
