@@ -163,6 +163,7 @@ struct Listened {
 static DISABLED: Span = Span::none();
 
 impl CallSpan {
+    #[inline]
     pub(crate) fn new(side: &'static str, route: &str, kind: MethodKind) -> Self {
         let span = tracing::debug_span!(
             "rpc",

@@ -268,6 +268,7 @@ impl<R: RSocket> Client<R> {
     }
 
     /// A unary call's answer, decoded.
+    #[inline(always)]
     fn unary_response<T: Message + Default>(
         &self,
         response: Result<Option<Payload>, RequestError>,
@@ -500,7 +501,10 @@ where
         let this = self.project();
         if let UnaryState::Start(_) = this.state {
             if let UnaryState::Start(request) = std::mem::replace(this.state, UnaryState::Done) {
-                *this.state = this.client.start_unary(this.route, request, *this.hints);
+                let started = this.client.start_unary(this.route, request, *this.hints);
+                // What is replaced is the `Done` just put there: nothing to
+                // drop (an assignment would call the state's drop glue).
+                std::mem::forget(std::mem::replace(this.state, started));
             }
         }
         let output = match this.state {

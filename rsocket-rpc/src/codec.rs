@@ -75,23 +75,35 @@ impl ChunkEncoder {
     /// The encoding of `msg`, cut from the chunk when small. prost sizes
     /// the message once, in its own `encode`: it is written straight into
     /// the chunk's free part, and what was written is cut off the front.
+    /// The common case, a message that fits, is written in line; the
+    /// rest is out of line.
     #[inline]
     pub(crate) fn encode<M: Message>(&mut self, msg: &M) -> Bytes {
         match self.try_encode(msg) {
             Ok(encoded) => encoded,
-            Err(needed) if needed <= Self::SMALL => {
-                // The current chunk is too full: a new one has room.
-                self.free = zeroed_chunk();
-                self.try_encode(msg).unwrap_or_else(|_| encode(msg))
-            }
-            Err(_) => encode(msg),
+            Err(needed) => self.encode_elsewhere(msg, needed),
+        }
+    }
+
+    /// [`encode`](Self::encode) for a message that does not fit in the
+    /// chunk's free part (`needed` bytes): in a new chunk if it is small,
+    /// else in an allocation of its own.
+    #[cold]
+    #[inline(never)]
+    fn encode_elsewhere<M: Message>(&mut self, msg: &M, needed: usize) -> Bytes {
+        if needed <= Self::SMALL {
+            // The current chunk is too full: a new one has room.
+            self.free = zeroed_chunk();
+            self.try_encode(msg).unwrap_or_else(|_| encode(msg))
+        } else {
+            encode(msg)
         }
     }
 
     /// Writes `msg` into the chunk's free part (at most [`Self::SMALL`]
     /// bytes of it) and cuts it off; or the size it needs when it does not
     /// fit, with nothing written (prost checks the room first).
-    #[inline]
+    #[inline(always)]
     fn try_encode<M: Message>(&mut self, msg: &M) -> Result<Bytes, usize> {
         let window = self.free.len().min(Self::SMALL);
         let mut out = &mut self.free[..window];
@@ -121,11 +133,20 @@ impl ChunkEncoder {
 
     /// The request metadata for `route` with no other entries: remembered
     /// per route string (by address: a `&'static str` never changes).
+    #[inline]
     fn route_metadata(&mut self, route: &'static str) -> Result<Bytes, MetadataError> {
         let same = |r: &&str| r.as_ptr() == route.as_ptr() && r.len() == route.len();
-        if let Some((_, encoded)) = self.routes.iter().find(|(r, _)| same(r)) {
-            return Ok(encoded.clone());
+        match self.routes.iter().find(|(r, _)| same(r)) {
+            Some((_, encoded)) => Ok(encoded.clone()),
+            None => self.new_route_metadata(route),
         }
+    }
+
+    /// [`route_metadata`](Self::route_metadata) for a route not
+    /// remembered: encoded and remembered.
+    #[cold]
+    #[inline(never)]
+    fn new_route_metadata(&mut self, route: &'static str) -> Result<Bytes, MetadataError> {
         let encoded = Metadata::new().encode(Some(route))?;
         if self.routes.len() < Self::ROUTES {
             self.routes.push((route, encoded.clone()));
@@ -199,6 +220,7 @@ thread_local! {
 
 /// Runs `f` with the thread's encoder; `None` if it is in use (a
 /// message's encoding encoding another) or gone (thread teardown).
+#[inline(always)]
 fn with_thread_encoder<R>(f: impl FnOnce(&mut ChunkEncoder) -> R) -> Option<R> {
     THREAD_ENCODER
         .try_with(|cell| cell.try_borrow_mut().ok().map(|mut enc| f(&mut enc)))
@@ -208,6 +230,7 @@ fn with_thread_encoder<R>(f: impl FnOnce(&mut ChunkEncoder) -> R) -> Option<R> {
 
 /// The protobuf encoding of a single message (a unary response), cut from
 /// the thread's chunk when small.
+#[inline]
 pub(crate) fn encode_small<M: Message>(msg: &M) -> Bytes {
     with_thread_encoder(|enc| enc.encode(msg)).unwrap_or_else(|| encode(msg))
 }
@@ -225,27 +248,44 @@ pub(crate) fn encode_request<M: Message>(
 
 /// Decodes `data` as `M`, refusing data longer than `max` bytes before
 /// looking at it. `Bytes` fields of `M` are zero-copy slices of `data`.
-#[inline]
+#[inline(always)]
 pub(crate) fn decode<M: Message + Default>(
-    data: Bytes,
+    mut data: Bytes,
     max: usize,
     side: Side,
 ) -> Result<M, Status> {
     if data.len() > max {
-        let status = Status::resource_exhausted(format!(
-            "message of {} bytes exceeds the limit of {max} bytes",
-            data.len()
-        ));
-        return Err(match side {
-            Side::Server => status.with_wire(ErrorCode::INVALID),
-            Side::Client => status,
-        });
+        return Err(too_large(data.len(), max, side));
     }
-    M::decode(data).map_err(|e| match side {
+    // What `M::decode` does (the default message, merged with the data),
+    // without the call to it.
+    let mut message = M::default();
+    match message.merge(&mut data) {
+        Ok(()) => Ok(message),
+        Err(e) => Err(undecodable(&e, side)),
+    }
+}
+
+/// The status of a message of `len` bytes, over the limit of `max`.
+#[cold]
+fn too_large(len: usize, max: usize, side: Side) -> Status {
+    let status = Status::resource_exhausted(format!(
+        "message of {len} bytes exceeds the limit of {max} bytes"
+    ));
+    match side {
+        Side::Server => status.with_wire(ErrorCode::INVALID),
+        Side::Client => status,
+    }
+}
+
+/// The status of a message that does not decode.
+#[cold]
+fn undecodable(e: &prost::DecodeError, side: Side) -> Status {
+    match side {
         Side::Server => Status::invalid_argument(format!("cannot decode the request message: {e}"))
             .with_wire(ErrorCode::INVALID),
         Side::Client => Status::internal(format!("cannot decode the response message: {e}")),
-    })
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use crate::call::{interaction_bit, CallInfo, CallSpan};
 use crate::codec::DEFAULT_MAX_DECODING_MESSAGE_SIZE;
 use crate::interceptor::{Interceptor, Interceptors};
 use crate::metadata::{parse_request, sole_route, Layout};
-use crate::server::{Input, MethodInfo, Reply, ServerCall, Service, SingleReply};
+use crate::server::{Input, MethodInfo, Reply, ServerCall, ServerReply, Service, SingleReply};
 use crate::Metadata;
 use crate::Status;
 
@@ -145,7 +145,7 @@ impl Inner {
     /// The common case, read in place: metadata that is a routing entry
     /// alone, naming a method callable with `interaction`. Anything else
     /// is left to [`Inner::resolve`].
-    #[inline]
+    #[inline(always)]
     fn resolve_sole(&self, interaction: Interaction, metadata: Option<&Bytes>) -> Option<&Target> {
         let target = self.routes.get(sole_route(metadata?)?)?;
         (target.accepts & interaction_bit(interaction) != 0).then_some(target)
@@ -259,8 +259,14 @@ impl Inner {
     /// Without interceptors, the service's future is returned as it is:
     /// one allocation per call, the handler's.
     fn single(self: &Arc<Self>, interaction: Interaction, request: Payload) -> SingleReply {
-        let (target, metadata, layout) = match self.resolve(interaction, request.metadata.as_ref())
-        {
+        let resolved = match self.resolve_sole(interaction, request.metadata.as_ref()) {
+            Some(target) if self.interceptors.is_empty() => {
+                return self.single_direct(target, request.data);
+            }
+            Some(target) => Ok((target, Metadata::default(), Layout::Composite)),
+            None => self.resolve_parsed(interaction, request.metadata.as_ref()),
+        };
+        let (target, metadata, layout) = match resolved {
             Ok(resolved) => resolved,
             Err(status) => return refused_single(log_refusal(status)),
         };
@@ -303,6 +309,28 @@ impl Inner {
                 Err(status) => Err(status.into()),
             }
         })
+    }
+
+    /// The common single-response call, straight to the service: a
+    /// routing entry alone (no call metadata, the composite layout, so the
+    /// input is the request's data as it is) and no interceptors. What
+    /// [`dispatch`](Self::dispatch) and [`single_reply`] do for it,
+    /// without their general cases.
+    #[inline]
+    fn single_direct(&self, target: &Target, data: Bytes) -> SingleReply {
+        let span = CallSpan::new("server", target.method.route, target.method.kind);
+        let call = ServerCall::new(
+            Metadata::default(),
+            Input::Message(data),
+            self.max_decode,
+            span,
+        );
+        // A panic here drops the span, which records it as `INTERNAL`.
+        match catch_unwind(AssertUnwindSafe(|| target.service.call(target.index, call))) {
+            Ok(ServerReply(Reply::Single(fut))) => fut,
+            Ok(ServerReply(reply)) => single_reply(reply),
+            Err(_) => refused_single(panicked()),
+        }
     }
 
     /// A call answered with a stream: REQUEST_STREAM or REQUEST_CHANNEL.
@@ -360,6 +388,7 @@ impl Inner {
 }
 
 /// The reply of a single-response call.
+#[inline]
 fn single_reply(reply: Reply) -> SingleReply {
     match reply {
         Reply::Single(fut) => fut,

@@ -369,6 +369,12 @@ where
 }
 
 /// A unary handler.
+///
+/// The request is decoded here, when the router dispatches the call, and
+/// the handler's future is wrapped as it is (no `async` block around it,
+/// which would keep the undecoded input and the request beside the
+/// handler's own copy: a larger future to move into its allocation). A
+/// request that does not decode is answered without starting the handler.
 pub fn unary<M, T, F, Fut>(call: ServerCall, handler: F) -> ServerReply
 where
     M: Message + Default + 'static,
@@ -376,29 +382,92 @@ where
     F: FnOnce(Request<M>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Response<T>, Status>> + Send + 'static,
 {
-    let (parts, span) = call.split();
-    let fut = async move {
-        let request = parts.request::<M>()?;
-        response_payload(handler(request).await?)
-    };
-    ServerReply(Reply::Single(Box::pin(Guarded { fut, span })))
+    let (parts, mut span) = call.split();
+    match parts.request::<M>() {
+        Ok(request) => {
+            let fut = Encoded {
+                fut: handler(request),
+            };
+            ServerReply(Reply::Single(Box::pin(Guarded { fut, span })))
+        }
+        Err(status) => {
+            span.fail(&status);
+            ServerReply::error(status)
+        }
+    }
+}
+
+pin_project! {
+    /// A unary or client-streaming handler's future, its response encoded
+    /// as a payload.
+    struct Encoded<F> {
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F, T> Future for Encoded<F>
+where
+    F: Future<Output = Result<Response<T>, Status>>,
+    T: Message,
+{
+    type Output = Result<Payload, Status>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project()
+            .fut
+            .poll(cx)
+            .map(|result| result.and_then(response_payload))
+    }
 }
 
 /// A fire-and-forget handler. Called with REQUEST_RESPONSE instead, it is
-/// answered with the empty (all-default) message.
+/// answered with the empty (all-default) message. The request is decoded
+/// when the call is dispatched, as for [`unary`].
 pub fn fire_and_forget<M, F, Fut>(call: ServerCall, handler: F) -> ServerReply
 where
     M: Message + Default + 'static,
     F: FnOnce(Request<M>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), Status>> + Send + 'static,
 {
-    let (parts, span) = call.split();
-    let fut = async move {
-        let request = parts.request::<M>()?;
-        handler(request).await?;
-        Ok(Payload::new(Bytes::new()))
-    };
-    ServerReply(Reply::Single(Box::pin(Guarded { fut, span })))
+    let (parts, mut span) = call.split();
+    match parts.request::<M>() {
+        Ok(request) => {
+            let fut = Emptied {
+                fut: handler(request),
+            };
+            ServerReply(Reply::Single(Box::pin(Guarded { fut, span })))
+        }
+        Err(status) => {
+            span.fail(&status);
+            ServerReply::error(status)
+        }
+    }
+}
+
+pin_project! {
+    /// A fire-and-forget handler's future, answered with the empty
+    /// message.
+    struct Emptied<F> {
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F> Future for Emptied<F>
+where
+    F: Future<Output = Result<(), Status>>,
+{
+    type Output = Result<Payload, Status>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project()
+            .fut
+            .poll(cx)
+            .map(|result| result.map(|()| Payload::new(Bytes::new())))
+    }
 }
 
 /// A server-streaming handler. Its stream is polled only while the client
