@@ -15,7 +15,7 @@ use crate::codec::LENGTH_PREFIX_LEN;
 use crate::error::{ConnectionError, Initiator, Limit, RequestError, StreamError, StreamViolation};
 use crate::frame::{
     Cancel, DecodeError, ErrorCode, ErrorFrame, Frame, FrameType, PayloadFrame, RequestFnf,
-    RequestN, StreamId, MAX_U31,
+    RequestN, RequestResponse, StreamId, MAX_U31,
 };
 use crate::Payload;
 
@@ -113,6 +113,10 @@ impl Connection {
                         let fnf_events = self.events.len() - before;
                         return self.handle_fnf_run(buf, end, fnf_events, now, max);
                     }
+                    if let Some(r) = RequestResponse::peek(buf, start, len) {
+                        self.handle_rr_frame(r, len, now);
+                        return (end, 1);
+                    }
                     match Frame::decode(buf.slice(start..end)) {
                         Ok(frame) => self.handle_frame_len(frame, len, now),
                         Err(e) => self.handle_decode_error(e),
@@ -190,6 +194,26 @@ impl Connection {
             return;
         }
         self.on_fnf_frame(r.stream_id, r.payload, r.follows);
+    }
+
+    /// A REQUEST_RESPONSE read in place (see [`Connection::handle_wire`]):
+    /// what [`Connection::handle_frame`] does with it, without the `Frame`.
+    #[inline]
+    fn handle_rr_frame(&mut self, r: RequestResponse, len: usize, now: Instant) {
+        if self.closed().is_some() {
+            return;
+        }
+        trace!(frame = ?r, "recv");
+        if !self.received_resumable(len, now) {
+            return;
+        }
+        self.on_request_frame(
+            r.stream_id,
+            FragKind::RequestResponse,
+            r.payload,
+            r.follows,
+            false,
+        );
     }
 
     /// [`on_request_frame`](Self::on_request_frame) of a REQUEST_FNF. A

@@ -79,7 +79,8 @@ impl Connection {
             ),
         };
         if recv.is_some() || send.is_some() {
-            self.streams.insert(
+            // A new id (`request_id` skips those in use).
+            self.streams.insert_new(
                 id.get(),
                 StreamState {
                     interaction,
@@ -561,16 +562,18 @@ impl Connection {
         match answer {
             Some(p) => {
                 let mtu = self.config.fragment_at();
-                fragment::fragment(
-                    FragKind::Payload { next: true },
-                    id,
-                    p,
-                    true,
-                    mtu,
-                    |f, len| {
-                        self.enqueue(f, len, Pace::Unpaced);
-                    },
-                );
+                if !self.enqueue_answer_direct(id, &p, mtu) {
+                    fragment::fragment(
+                        FragKind::Payload { next: true },
+                        id,
+                        p,
+                        true,
+                        mtu,
+                        |f, len| {
+                            self.enqueue(f, len, Pace::Unpaced);
+                        },
+                    );
+                }
             }
             None => {
                 let f = Frame::Payload(PayloadFrame::complete(id));

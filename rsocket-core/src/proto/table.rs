@@ -117,7 +117,9 @@ impl<V> IdTable<V> {
     }
 
     /// Puts a stream known not to be in the table in its slot, or in the
-    /// overflow map when the slot is taken (or `key` is 0).
+    /// overflow map when the slot is taken (or `key` is 0). Inlined: the
+    /// value is then written where it goes, not copied there.
+    #[inline]
     fn place(&mut self, key: u32, st: V) {
         let slot = self.slot_of(key);
         match (self.keys.get_mut(slot), self.states.get_mut(slot)) {
