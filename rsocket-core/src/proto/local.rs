@@ -135,6 +135,67 @@ impl Connection {
         Poll::Ready(self.open_fnf(request, now).map(|_| ()))
     }
 
+    /// A request/response on a connection without leasing: what
+    /// [`open_ready`](Self::open_ready), [`open`](Self::open) and the first
+    /// [`recv_response`](Self::recv_response) do for it, in one call. Takes
+    /// the request out of `request` when it is queued or refused (a frame
+    /// that goes whole into the current run is encoded from it in place);
+    /// `Pending` leaves it there and waits for
+    /// [`Wakeup::Space`](super::Wakeup::Space). Once opened, the stream's
+    /// inbound half already waits for its answer (a
+    /// [`Wakeup::Recv`](super::Wakeup::Recv)), as after a `recv_response`
+    /// that found nothing: the caller registers for it. Only for
+    /// connections without leasing (the runtime goes through the lease
+    /// gate and `open` otherwise).
+    #[inline]
+    pub(crate) fn request_response(
+        &mut self,
+        request: &mut Option<Payload>,
+    ) -> Poll<Result<StreamId, RequestError>> {
+        debug_assert!(self.lease.is_none());
+        if let Some(refusal) = self.refusal() {
+            *request = None;
+            return Poll::Ready(Err(refusal));
+        }
+        if !self.has_space() {
+            self.wait_space();
+            return Poll::Pending;
+        }
+        let id = match self.request_id(self.last_received) {
+            Ok(id) => id,
+            Err(e) => {
+                *request = None;
+                return Poll::Ready(Err(e));
+            }
+        };
+        let mut recv = RecvHalf::new(1, true, Replenish::Fixed);
+        recv.waiting = true;
+        // A new id (`request_id` skips those in use).
+        self.streams.insert_new(
+            id.get(),
+            StreamState {
+                interaction: Interaction::RequestResponse,
+                role: Role::Requester,
+                terminated: false,
+                recv: Some(recv),
+                send: None,
+            },
+        );
+        let mtu = self.config.fragment_at();
+        let direct = match request.as_ref() {
+            Some(payload) => self.enqueue_request_direct(false, id, payload, mtu),
+            None => false,
+        };
+        if direct {
+            *request = None;
+            self.wakeups.driver();
+        } else {
+            let payload = request.take().unwrap_or_default();
+            self.push_fragmented(FragKind::RequestResponse, id, payload, false, Pace::Paced);
+        }
+        Poll::Ready(Ok(id))
+    }
+
     /// [`open`](Self::open) of a fire-and-forget on an open connection:
     /// nothing of the stream is kept once its frame(s) are queued, so only
     /// the id moves on (ids still in use by other streams are skipped).

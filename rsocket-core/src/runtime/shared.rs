@@ -116,6 +116,24 @@ impl Locked<'_> {
         r
     }
 
+    /// See [`Connection::request_response`]; once opened, registers for
+    /// the answer.
+    #[inline]
+    pub(crate) fn poll_request_response(
+        &mut self,
+        cx: &Context<'_>,
+        request: &mut Option<Payload>,
+    ) -> Poll<Result<StreamId, RequestError>> {
+        let inner = self.inner();
+        let r = inner.conn.request_response(request);
+        match r {
+            Poll::Ready(Ok(id)) => register_map(&mut inner.wakers.recv, id.get(), cx.waker()),
+            Poll::Pending => register_list(&mut inner.wakers.space, cx.waker()),
+            Poll::Ready(Err(_)) => {}
+        }
+        r
+    }
+
     /// See [`Connection::fire_and_forget`].
     pub(crate) fn poll_fire_and_forget(
         &mut self,
