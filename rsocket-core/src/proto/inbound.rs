@@ -207,13 +207,51 @@ impl Connection {
         if !self.received_resumable(len, now) {
             return;
         }
-        self.on_request_frame(
-            r.stream_id,
-            FragKind::RequestResponse,
-            r.payload,
-            r.follows,
-            false,
-        );
+        if r.follows || self.lease.is_some() {
+            return self.on_request_frame(
+                r.stream_id,
+                FragKind::RequestResponse,
+                r.payload,
+                r.follows,
+                false,
+            );
+        }
+        // A whole one without leasing (the common case): what
+        // `on_request_frame` and `on_request` do for it, in one call.
+        let id = r.stream_id;
+        let key = id.get();
+        if self.streams.contains_key(&key)
+            || (!self.frags.is_empty() && self.frags.contains_key(&key))
+        {
+            debug!(stream = key, "ignoring request on a stream id in use");
+            return;
+        }
+        if id.is_client_initiated() == (self.side == Side::Client) {
+            debug!(stream = key, "ignoring request with our own stream parity");
+            return;
+        }
+        if matches!(self.state, State::Draining { .. }) {
+            return self.reject(id, "connection is shutting down");
+        }
+        if self.inbound_streams + self.partial_requests
+            >= self.config.max_concurrent_inbound_streams
+        {
+            return self.reject(id, "too many concurrent streams");
+        }
+        self.inbound_streams += 1;
+        // Not in use (checked above).
+        self.streams.insert_new_with(key, || StreamState {
+            interaction: Interaction::RequestResponse,
+            role: Role::Responder,
+            terminated: false,
+            recv: None,
+            send: Some(SendHalf::new(1)),
+        });
+        self.events.push_back(Event::Request {
+            stream_id: id,
+            interaction: Interaction::RequestResponse,
+            payload: r.payload,
+        });
     }
 
     /// [`on_request_frame`](Self::on_request_frame) of a REQUEST_FNF. A

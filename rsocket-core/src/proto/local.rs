@@ -168,19 +168,18 @@ impl Connection {
                 return Poll::Ready(Err(e));
             }
         };
-        let mut recv = RecvHalf::new(1, true, Replenish::Fixed);
-        recv.waiting = true;
         // A new id (`request_id` skips those in use).
-        self.streams.insert_new(
-            id.get(),
+        self.streams.insert_new_with(id.get(), || {
+            let mut recv = RecvHalf::new(1, true, Replenish::Fixed);
+            recv.waiting = true;
             StreamState {
                 interaction: Interaction::RequestResponse,
                 role: Role::Requester,
                 terminated: false,
                 recv: Some(recv),
                 send: None,
-            },
-        );
+            }
+        });
         let mtu = self.config.fragment_at();
         let direct = match request.as_ref() {
             Some(payload) => self.enqueue_request_direct(false, id, payload, mtu),

@@ -116,6 +116,27 @@ impl<V> IdTable<V> {
         self.place(key, v);
     }
 
+    /// Adds the value `make` builds for `key`, which the caller knows has
+    /// none. The value is built where it goes (a free slot is known to
+    /// hold `None`: nothing to drop first), not built and then copied.
+    #[inline]
+    pub(crate) fn insert_new_with(&mut self, key: u32, make: impl FnOnce() -> V) {
+        if (self.len + 1) * 2 > self.keys.len() {
+            self.grow();
+        }
+        self.len += 1;
+        let slot = self.slot_of(key);
+        match (self.keys.get_mut(slot), self.states.get_mut(slot)) {
+            (Some(k), Some(s)) if *k == 0 && key != 0 => {
+                *k = key;
+                s.get_or_insert_with(make);
+            }
+            _ => {
+                self.overflow.insert(key, make());
+            }
+        }
+    }
+
     /// Puts a stream known not to be in the table in its slot, or in the
     /// overflow map when the slot is taken (or `key` is 0). Inlined: the
     /// value is then written where it goes, not copied there.
