@@ -412,6 +412,24 @@ impl Connection {
         id: StreamId,
     ) -> Poll<Option<Result<Payload, RequestError>>> {
         let key = id.get();
+        // The common case, the answer is there: taken and the stream
+        // forgotten with one lookup (what the code below and
+        // `remove_stream` do).
+        let wakeups = &mut self.wakeups;
+        let taken = self.streams.take_if(&key, |st| {
+            if st.interaction != Interaction::RequestResponse || st.send.is_some() {
+                return None;
+            }
+            let r = st.recv.as_mut().filter(|r| r.end.is_some())?;
+            let p = r.queue.pop_front()?;
+            r.forget(key, wakeups);
+            Some((p, r.queue.bytes(), st.local()))
+        });
+        if let Some((answer, rest, local)) = taken {
+            self.in_bytes -= answer.len() + rest;
+            self.removed_stream(key, local);
+            return Poll::Ready(Some(Ok(answer)));
+        }
         let mut held = 0;
         let answer = match self.streams.get_mut(&key) {
             Some(st) if st.interaction == Interaction::RequestResponse && st.send.is_none() => {
@@ -596,27 +614,25 @@ impl Connection {
     /// [`release_send`](Self::release_send) do, with one lookup.
     pub(crate) fn answer_and_release(&mut self, id: StreamId, answer: Option<Payload>) {
         let key = id.get();
-        let fast = match self.streams.get_mut(&key) {
-            Some(st) if st.interaction == Interaction::RequestResponse && st.recv.is_none() => {
-                match st.send.as_mut() {
-                    Some(s) if s.open() => {
-                        s.forget(key, &mut self.wakeups);
-                        st.send = None;
-                        true
-                    }
-                    _ => false,
-                }
+        // The common case: the outbound half released and the stream
+        // forgotten with one lookup, before the answer is queued.
+        let wakeups = &mut self.wakeups;
+        let fast = self.streams.take_if(&key, |st| {
+            if st.interaction != Interaction::RequestResponse || st.recv.is_some() {
+                return None;
             }
-            _ => false,
-        };
-        if !fast {
+            let s = st.send.as_mut().filter(|s| s.open())?;
+            s.forget(key, wakeups);
+            Some(st.local())
+        });
+        let Some(local) = fast else {
             let complete = true;
             match answer {
                 Some(p) => self.send_items(id, std::iter::once(p), complete),
                 None => self.send_items(id, std::iter::empty(), complete),
             }
             return self.release_send(id);
-        }
+        };
         // A request/response answer is written as soon as it is ready (see
         // `Pace`).
         match answer {
@@ -642,7 +658,7 @@ impl Connection {
             }
         }
         self.wakeups.driver();
-        self.remove_stream(key);
+        self.removed_stream(key, local);
     }
 
     /// Sends ERROR on the stream, ending it on both halves.
@@ -729,6 +745,23 @@ impl Connection {
                 self.inbound_streams = self.inbound_streams.saturating_sub(1);
             }
         }
+        self.check_drained();
+    }
+
+    /// What [`remove_stream`](Self::remove_stream) does besides the
+    /// removal, for a stream taken out of the table already (`local`: we
+    /// opened it).
+    #[inline]
+    fn removed_stream(&mut self, key: u32, local: bool) {
+        self.drop_reassembly(key);
+        if !local {
+            self.inbound_streams = self.inbound_streams.saturating_sub(1);
+        }
+        self.check_drained();
+    }
+
+    #[inline]
+    fn check_drained(&mut self) {
         if self.streams.is_empty() && matches!(self.state, State::Draining { .. }) {
             // Let the driver notice that draining has finished.
             self.wakeups.driver();

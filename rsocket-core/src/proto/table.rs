@@ -214,6 +214,33 @@ impl<V> IdTable<V> {
         r
     }
 
+    /// Forgets stream `key` when `f`, given its state, returns something
+    /// (which is returned; the state is dropped where it is, after `f` took
+    /// what it wanted from it), with one lookup. When `f` returns `None`
+    /// the state stays.
+    #[inline]
+    pub(crate) fn take_if<R>(&mut self, key: &u32, f: impl FnOnce(&mut V) -> Option<R>) -> Option<R> {
+        let r = match self.find(*key) {
+            Some(slot) => {
+                let (Some(k), Some(s)) = (self.keys.get_mut(slot), self.states.get_mut(slot)) else {
+                    return None;
+                };
+                let r = f(s.as_mut()?)?;
+                *k = 0;
+                *s = None;
+                r
+            }
+            None if self.overflow.is_empty() => return None,
+            None => {
+                let r = f(self.overflow.get_mut(key)?)?;
+                self.overflow.remove(key);
+                r
+            }
+        };
+        self.len -= 1;
+        Some(r)
+    }
+
     /// Forgets stream `key`; returns its state.
     pub(crate) fn remove(&mut self, key: &u32) -> Option<V> {
         let st = match self.find(*key) {
