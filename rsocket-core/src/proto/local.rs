@@ -407,13 +407,14 @@ impl Connection {
     /// releasing the half once the answer is delivered (nothing more can
     /// arrive on it), so that the requester's handle has nothing left to
     /// release. `Pending` waits for [`Wakeup::Recv`](super::Wakeup::Recv).
+    #[inline]
     pub(crate) fn recv_response(
         &mut self,
         id: StreamId,
     ) -> Poll<Option<Result<Payload, RequestError>>> {
         let key = id.get();
-        // The common case, the answer is there: taken and the stream
-        // forgotten with one lookup (what the code below and
+        // The common case, the answer is there, alone: taken and the
+        // stream forgotten with one lookup (what `recv_response_slow` and
         // `remove_stream` do).
         let wakeups = &mut self.wakeups;
         let taken = self.streams.take_if(&key, |st| {
@@ -421,15 +422,24 @@ impl Connection {
                 return None;
             }
             let r = st.recv.as_mut().filter(|r| r.end.is_some())?;
-            let p = r.queue.pop_front()?;
+            let p = r.queue.take_only()?;
             r.forget(key, wakeups);
-            Some((p, r.queue.bytes(), st.local()))
+            Some((p, st.local()))
         });
-        if let Some((answer, rest, local)) = taken {
-            self.in_bytes -= answer.len() + rest;
-            self.removed_stream(key, local);
-            return Poll::Ready(Some(Ok(answer)));
+        match taken {
+            Some((answer, local)) => {
+                self.in_bytes -= answer.len();
+                self.removed_stream(key, local);
+                Poll::Ready(Some(Ok(answer)))
+            }
+            None => self.recv_response_slow(id),
         }
+    }
+
+    /// [`recv_response`](Self::recv_response) in every other case.
+    #[inline(never)]
+    fn recv_response_slow(&mut self, id: StreamId) -> Poll<Option<Result<Payload, RequestError>>> {
+        let key = id.get();
         let mut held = 0;
         let answer = match self.streams.get_mut(&key) {
             Some(st) if st.interaction == Interaction::RequestResponse && st.send.is_none() => {
