@@ -21,7 +21,7 @@ use super::transport::{Transport, TransportError};
 use crate::error::{ConnectionError, ResumeFailure};
 use crate::frame::{ErrorCode, Frame};
 use crate::lease::Lease;
-use crate::proto::{is_resumable, Event, Interaction, Outgoing, RECYCLE_RUN_BYTES};
+use crate::proto::{is_resumable, Event, Outgoing, RECYCLE_RUN_BYTES};
 use crate::rsocket::RSocket;
 
 /// Frames read ahead of handling, at most, per round.
@@ -629,27 +629,6 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                                     oneways_done += 1;
                                 }
                                 continue;
-                            }
-                            // The next most common, without `dispatch`.
-                            Event::Request {
-                                stream_id,
-                                interaction: Interaction::RequestResponse,
-                                payload,
-                            } => {
-                                match responder::request_response(
-                                    shared,
-                                    &this.responder,
-                                    &mut this.runners,
-                                    stream_id,
-                                    payload,
-                                    cx,
-                                ) {
-                                    Some(out) => {
-                                        answered = Some((stream_id, out));
-                                        break;
-                                    }
-                                    None => continue,
-                                }
                             }
                             ev => ev,
                         };

@@ -75,16 +75,28 @@ pub(crate) fn dispatch(
             interaction,
             payload,
         } => {
-            if interaction == Interaction::RequestResponse {
-                return match request_response(shared, responder, runners, stream_id, payload, cx) {
-                    Some(out) => Dispatched::Answered(stream_id, out),
-                    None => Dispatched::Started,
-                };
-            }
             let span =
                 debug_span!(parent: &shared.span, "stream", id = stream_id.get(), ?interaction);
             match interaction {
-                Interaction::RequestResponse => {}
+                Interaction::RequestResponse => {
+                    // The handler borrows the responder: the future owns
+                    // an `Arc` of it so that it can outlive this call.
+                    match runners.rr.run(responder, payload, &span, cx) {
+                        Ok(out) => return Dispatched::Answered(stream_id, out),
+                        Err(fut) => {
+                            tokio::spawn(
+                                Respond {
+                                    shared: shared.clone(),
+                                    id: stream_id,
+                                    fut,
+                                    out: None,
+                                    released: false,
+                                }
+                                .instrument(span),
+                            );
+                        }
+                    }
+                }
                 Interaction::RequestStream => {
                     let stream = (**responder).request_stream(payload);
                     let _g = span.enter();
@@ -108,41 +120,6 @@ pub(crate) fn dispatch(
     }
 }
 
-/// Runs the request/response handler for `payload`, on stream `stream_id`:
-/// its answer when it gives one at once (the caller sends it, see
-/// [`answer_now`]), `None` when it goes on in a task of its own, which
-/// answers.
-#[inline]
-pub(crate) fn request_response(
-    shared: &Arc<Shared>,
-    responder: &Arc<dyn RSocket>,
-    runners: &mut Runners,
-    stream_id: StreamId,
-    payload: Payload,
-    cx: &mut Context<'_>,
-) -> Option<Answer> {
-    let interaction = Interaction::RequestResponse;
-    let span = debug_span!(parent: &shared.span, "stream", id = stream_id.get(), ?interaction);
-    // The handler borrows the responder: the future owns an `Arc` of it so
-    // that it can outlive this call.
-    match runners.rr.run(responder, payload, &span, cx) {
-        Ok(out) => Some(out),
-        Err(fut) => {
-            tokio::spawn(
-                Respond {
-                    shared: shared.clone(),
-                    id: stream_id,
-                    fut,
-                    out: None,
-                    released: false,
-                }
-                .instrument(span),
-            );
-            None
-        }
-    }
-}
-
 /// Runs fire-and-forget and request/response handlers with one allocation
 /// fewer per request: the future that owns a clone of the responder and
 /// awaits the handler is written into the box the previous request's
@@ -158,7 +135,7 @@ pub(crate) struct Runners {
 }
 
 /// What a request/response handler answers.
-pub(crate) type Answer = Result<Option<Payload>, RequestError>;
+type Answer = Result<Option<Payload>, RequestError>;
 
 impl Runners {
     /// Runners without boxes yet (the first request of each allocates).
