@@ -871,6 +871,116 @@ mod tests {
         idle(&mut p);
     }
 
+    /// `Connection::request_response`, the runtime's one call for a
+    /// request/response without leasing: queued like `open`'s, its half
+    /// already waiting for the answer (its arrival wakes it), waits while
+    /// the outbound queue is full (keeping the request), fragments a large
+    /// request, and fails once the connection is closed.
+    #[test]
+    fn request_response_opens_waits_for_room_and_fails_when_closed() {
+        let config = crate::Config {
+            max_outbound_queue_bytes: 256,
+            mtu: Some(1024),
+            ..crate::Config::default()
+        };
+        let mut p = Pair::new(PairConfig::both(config));
+        p.settle();
+        let mut request = Some(Payload::from("q"));
+        let id = match p.client().with_conn(|c| c.request_response(&mut request)) {
+            Poll::Ready(Ok(id)) => id,
+            other => panic!("not opened: {other:?}"),
+        };
+        assert!(request.is_none());
+        // Waiting for its answer, as after a `recv_response` that found
+        // none.
+        let waiting = |p: &mut Pair| {
+            p.client().with_conn(|c| {
+                c.streams
+                    .get(&id.get())
+                    .and_then(|st| st.recv.as_ref())
+                    .map(|r| r.waiting)
+            })
+        };
+        assert_eq!(waiting(&mut p), Some(true));
+        p.settle();
+        match p.events(Peer::Server).as_slice() {
+            [Event::Request {
+                stream, payload, ..
+            }] => {
+                assert_eq!(*stream, id);
+                assert_eq!(&payload.data[..], b"q");
+            }
+            other => panic!("expected the request, got {other:?}"),
+        }
+        p.server()
+            .with_conn(|c| c.answer_and_release(id, Some(Payload::from("a"))));
+        p.settle();
+        // The answer woke it.
+        assert_eq!(waiting(&mut p), Some(false));
+        match p.client().with_conn(|c| c.recv_response(id)) {
+            Poll::Ready(Some(Ok(a))) => assert_eq!(&a.data[..], b"a"),
+            other => panic!("expected the answer, got {other:?}"),
+        }
+        idle(&mut p);
+
+        // Requests queued until the queue passes its cap; then the next
+        // one waits, and keeps its request.
+        let mut opened = Vec::new();
+        loop {
+            let mut request = Some(Payload::from("x".repeat(100)));
+            match p.client().with_conn(|c| c.request_response(&mut request)) {
+                Poll::Ready(Ok(id)) => {
+                    assert!(request.is_none());
+                    opened.push(id);
+                }
+                Poll::Pending => {
+                    assert!(request.is_some(), "a waiting request is kept");
+                    break;
+                }
+                Poll::Ready(Err(e)) => panic!("refused: {e}"),
+            }
+            assert!(opened.len() < 10, "never waited for room");
+        }
+        p.settle();
+        for id in opened {
+            p.server().with_conn(|c| c.answer_and_release(id, None));
+        }
+        p.settle();
+        let _ = p.events(Peer::Server);
+
+        // A large request is split in fragments and reassembled.
+        let big = "y".repeat(5_000);
+        let mut request = Some(Payload::from(big.clone()));
+        let id = loop {
+            match p.client().with_conn(|c| c.request_response(&mut request)) {
+                Poll::Ready(Ok(id)) => break id,
+                Poll::Pending => {
+                    p.settle();
+                }
+                Poll::Ready(Err(e)) => panic!("refused: {e}"),
+            }
+        };
+        p.settle();
+        match p.events(Peer::Server).as_slice() {
+            [Event::Request {
+                stream, payload, ..
+            }] => {
+                assert_eq!(*stream, id);
+                assert_eq!(&payload.data[..], big.as_bytes());
+            }
+            other => panic!("expected the large request, got {other:?}"),
+        }
+
+        // Closed: fails at once, and the request is dropped.
+        p.client().close();
+        let mut request = Some(Payload::from("late"));
+        assert!(matches!(
+            p.client().with_conn(|c| c.request_response(&mut request)),
+            Poll::Ready(Err(RequestError::Connection(_)))
+        ));
+        assert!(request.is_none());
+    }
+
     /// `Connection::fire_and_forget`, the runtime's one call for a
     /// fire-and-forget without leasing: waits while the outbound queue is
     /// full (keeping the request), fragments a large request, keeps no

@@ -219,10 +219,15 @@ impl<V> IdTable<V> {
     /// what it wanted from it), with one lookup. When `f` returns `None`
     /// the state stays.
     #[inline]
-    pub(crate) fn take_if<R>(&mut self, key: &u32, f: impl FnOnce(&mut V) -> Option<R>) -> Option<R> {
+    pub(crate) fn take_if<R>(
+        &mut self,
+        key: &u32,
+        f: impl FnOnce(&mut V) -> Option<R>,
+    ) -> Option<R> {
         let r = match self.find(*key) {
             Some(slot) => {
-                let (Some(k), Some(s)) = (self.keys.get_mut(slot), self.states.get_mut(slot)) else {
+                let (Some(k), Some(s)) = (self.keys.get_mut(slot), self.states.get_mut(slot))
+                else {
                     return None;
                 };
                 let r = f(s.as_mut()?)?;
