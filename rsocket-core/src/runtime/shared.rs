@@ -320,11 +320,12 @@ impl Wakers {
     }
 }
 
+#[inline]
 fn register_map(map: &mut IdTable<Waker>, key: u32, waker: &Waker) {
     match map.get_mut(&key) {
         Some(w) if w.will_wake(waker) => {}
         Some(w) => w.clone_from(waker),
-        None => map.insert_new(key, waker.clone()),
+        None => map.insert_new_with(key, || waker.clone()),
     }
 }
 
