@@ -652,6 +652,23 @@ fn payload_head(
 }
 
 impl RequestResponse {
+    /// A REQUEST_RESPONSE at `start..start + len` of `buf` (one frame, no
+    /// length prefix), read in place like [`RequestFnf::peek`]: its
+    /// metadata and data sliced from `buf`, what
+    /// [`Frame::decode`](super::Frame::decode) gives for it. `None` for
+    /// any other frame, and for one that decoding must judge (I flag,
+    /// stream 0, a metadata length beyond the frame).
+    #[inline]
+    pub(crate) fn peek(buf: &Bytes, start: usize, len: usize) -> Option<Self> {
+        let (stream_id, f, payload) =
+            peek_payload_frame(buf, start, len, FrameType::RequestResponse)?;
+        Some(Self {
+            stream_id,
+            follows: f & flags::FOLLOWS != 0,
+            payload,
+        })
+    }
+
     /// Writes REQUEST_RESPONSE, unfragmented, behind its 24-bit length
     /// prefix `len` (the frame's encoded length), without building the
     /// frame value first.
@@ -896,6 +913,49 @@ mod tests {
             super::RequestFnf::peek,
             |f| match f {
                 Frame::RequestFnf(r) => Some(r),
+                _ => None,
+            },
+            &bad,
+        );
+    }
+
+    /// The same for `RequestResponse::peek` and REQUEST_RESPONSE.
+    #[test]
+    fn rr_peek_agrees_with_decode() {
+        let id = StreamId::new(7).unwrap();
+        let rr = |follows, payload| {
+            Frame::RequestResponse(super::RequestResponse {
+                stream_id: id,
+                follows,
+                payload,
+            })
+        };
+        let frames = [
+            rr(false, Payload::from("data")),
+            rr(true, Payload::new("d").with_metadata("meta")),
+            rr(false, Payload::metadata_only("")),
+            rr(false, Payload::default()),
+            Frame::RequestFnf(super::RequestFnf {
+                stream_id: id,
+                follows: false,
+                payload: Payload::from("data"),
+            }),
+            Frame::Payload(PayloadFrame::next(id, Payload::from("data"))),
+            Frame::Cancel(super::Cancel { stream_id: id }),
+        ];
+        // Malformed or for the decoder: metadata overrun, stream 0, I flag,
+        // short.
+        let bad: [&[u8]; 4] = [
+            &[0, 0, 0, 1, 0x11, 0x00, 0, 0, 9, b'x'],
+            &[0, 0, 0, 0, 0x10, 0x00, b'x'],
+            &[0, 0, 0, 1, 0x12, 0x00, b'x'],
+            &[0, 0, 0, 1, 0x10],
+        ];
+        agrees_with_decode(
+            &frames,
+            super::RequestResponse::peek,
+            |f| match f {
+                Frame::RequestResponse(r) => Some(r),
                 _ => None,
             },
             &bad,

@@ -15,7 +15,7 @@ use crate::codec::LENGTH_PREFIX_LEN;
 use crate::error::{ConnectionError, Initiator, Limit, RequestError, StreamError, StreamViolation};
 use crate::frame::{
     Cancel, DecodeError, ErrorCode, ErrorFrame, Frame, FrameType, PayloadFrame, RequestFnf,
-    RequestN, StreamId, MAX_U31,
+    RequestN, RequestResponse, StreamId, MAX_U31,
 };
 use crate::Payload;
 
@@ -113,6 +113,10 @@ impl Connection {
                         let fnf_events = self.events.len() - before;
                         return self.handle_fnf_run(buf, end, fnf_events, now, max);
                     }
+                    if let Some(r) = RequestResponse::peek(buf, start, len) {
+                        self.handle_rr_frame(r, len, now);
+                        return (end, 1);
+                    }
                     match Frame::decode(buf.slice(start..end)) {
                         Ok(frame) => self.handle_frame_len(frame, len, now),
                         Err(e) => self.handle_decode_error(e),
@@ -190,6 +194,64 @@ impl Connection {
             return;
         }
         self.on_fnf_frame(r.stream_id, r.payload, r.follows);
+    }
+
+    /// A REQUEST_RESPONSE read in place (see [`Connection::handle_wire`]):
+    /// what [`Connection::handle_frame`] does with it, without the `Frame`.
+    #[inline]
+    fn handle_rr_frame(&mut self, r: RequestResponse, len: usize, now: Instant) {
+        if self.closed().is_some() {
+            return;
+        }
+        trace!(frame = ?r, "recv");
+        if !self.received_resumable(len, now) {
+            return;
+        }
+        if r.follows || self.lease.is_some() {
+            return self.on_request_frame(
+                r.stream_id,
+                FragKind::RequestResponse,
+                r.payload,
+                r.follows,
+                false,
+            );
+        }
+        // A whole one without leasing (the common case): what
+        // `on_request_frame` and `on_request` do for it, in one call.
+        let id = r.stream_id;
+        let key = id.get();
+        if self.streams.contains_key(&key)
+            || (!self.frags.is_empty() && self.frags.contains_key(&key))
+        {
+            debug!(stream = key, "ignoring request on a stream id in use");
+            return;
+        }
+        if id.is_client_initiated() == (self.side == Side::Client) {
+            debug!(stream = key, "ignoring request with our own stream parity");
+            return;
+        }
+        if matches!(self.state, State::Draining { .. }) {
+            return self.reject(id, "connection is shutting down");
+        }
+        if self.inbound_streams + self.partial_requests
+            >= self.config.max_concurrent_inbound_streams
+        {
+            return self.reject(id, "too many concurrent streams");
+        }
+        self.inbound_streams += 1;
+        // Not in use (checked above).
+        self.streams.insert_new_with(key, || StreamState {
+            interaction: Interaction::RequestResponse,
+            role: Role::Responder,
+            terminated: false,
+            recv: None,
+            send: Some(SendHalf::new(1)),
+        });
+        self.events.push_back(Event::Request {
+            stream_id: id,
+            interaction: Interaction::RequestResponse,
+            payload: r.payload,
+        });
     }
 
     /// [`on_request_frame`](Self::on_request_frame) of a REQUEST_FNF. A
@@ -277,6 +339,34 @@ impl Connection {
             return false;
         }
         trace!(frame = ?p, "recv");
+        if p.next
+            && p.complete
+            && !p.follows
+            && self.resume.is_none()
+            && self.frags.is_empty()
+            && len <= self.config.max_frame_len
+        {
+            // A request/response's answer: what `received`,
+            // `on_payload_frame` and `on_payload` do for it, in one step.
+            let key = p.stream_id.get();
+            let open = self
+                .streams
+                .get_mut(&key)
+                .filter(|st| st.interaction == Interaction::RequestResponse)
+                .and_then(|st| st.recv.as_mut())
+                .filter(|r| r.end.is_none() && r.outstanding > 0);
+            if let Some(r) = open {
+                self.counters.frames_in += 1;
+                self.counters.bytes_in += len as u64;
+                self.last_received = now;
+                self.established = true;
+                self.in_bytes += p.payload.len();
+                r.push(p.payload);
+                r.end = Some(Ok(()));
+                r.notify(key, &mut self.wakeups);
+                return false;
+            }
+        }
         if p.next
             && !p.complete
             && !p.follows

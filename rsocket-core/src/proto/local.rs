@@ -103,7 +103,8 @@ impl Connection {
             ),
         };
         if recv.is_some() || send.is_some() {
-            self.streams.insert(
+            // A new id (`request_id` skips those in use).
+            self.streams.insert_new(
                 id.get(),
                 StreamState {
                     interaction,
@@ -156,6 +157,66 @@ impl Connection {
             return Poll::Ready(Ok(()));
         }
         Poll::Ready(self.open_fnf(request, now).map(|_| ()))
+    }
+
+    /// A request/response on a connection without leasing: what
+    /// [`open_ready`](Self::open_ready), [`open`](Self::open) and the first
+    /// [`recv_response`](Self::recv_response) do for it, in one call. Takes
+    /// the request out of `request` when it is queued or refused (a frame
+    /// that goes whole into the current run is encoded from it in place);
+    /// `Pending` leaves it there and waits for
+    /// [`Wakeup::Space`](super::Wakeup::Space). Once opened, the stream's
+    /// inbound half already waits for its answer (a
+    /// [`Wakeup::Recv`](super::Wakeup::Recv)), as after a `recv_response`
+    /// that found nothing: the caller registers for it. Only for
+    /// connections without leasing (the runtime goes through the lease
+    /// gate and `open` otherwise).
+    #[inline]
+    pub(crate) fn request_response(
+        &mut self,
+        request: &mut Option<Payload>,
+    ) -> Poll<Result<StreamId, RequestError>> {
+        debug_assert!(self.lease.is_none());
+        if let Some(refusal) = self.refusal() {
+            *request = None;
+            return Poll::Ready(Err(refusal));
+        }
+        if !self.has_space() {
+            self.wait_space();
+            return Poll::Pending;
+        }
+        let id = match self.request_id(self.last_received) {
+            Ok(id) => id,
+            Err(e) => {
+                *request = None;
+                return Poll::Ready(Err(e));
+            }
+        };
+        // A new id (`request_id` skips those in use).
+        self.streams.insert_new_with(id.get(), || {
+            let mut recv = RecvHalf::new(1, true, Replenish::Fixed);
+            recv.waiting = true;
+            StreamState {
+                interaction: Interaction::RequestResponse,
+                role: Role::Requester,
+                terminated: false,
+                recv: Some(recv),
+                send: None,
+            }
+        });
+        let mtu = self.config.fragment_at();
+        let direct = match request.as_ref() {
+            Some(payload) => self.enqueue_request_direct(false, id, payload, mtu),
+            None => false,
+        };
+        if direct {
+            *request = None;
+            self.wakeups.driver();
+        } else {
+            let payload = request.take().unwrap_or_default();
+            self.push_fragmented(FragKind::RequestResponse, id, payload, false, Pace::Paced);
+        }
+        Poll::Ready(Ok(id))
     }
 
     /// [`open`](Self::open) of a fire-and-forget on an open connection:
@@ -370,10 +431,38 @@ impl Connection {
     /// releasing the half once the answer is delivered (nothing more can
     /// arrive on it), so that the requester's handle has nothing left to
     /// release. `Pending` waits for [`Wakeup::Recv`](super::Wakeup::Recv).
+    #[inline]
     pub(crate) fn recv_response(
         &mut self,
         id: StreamId,
     ) -> Poll<Option<Result<Payload, RequestError>>> {
+        let key = id.get();
+        // The common case, the answer is there, alone: taken and the
+        // stream forgotten with one lookup (what `recv_response_slow` and
+        // `remove_stream` do).
+        let wakeups = &mut self.wakeups;
+        let taken = self.streams.take_if(&key, |st| {
+            if st.interaction != Interaction::RequestResponse || st.send.is_some() {
+                return None;
+            }
+            let r = st.recv.as_mut().filter(|r| r.end.is_some())?;
+            let p = r.queue.take_only()?;
+            r.forget(key, wakeups);
+            Some((p, st.local()))
+        });
+        match taken {
+            Some((answer, local)) => {
+                self.in_bytes -= answer.len();
+                self.removed_stream(key, local);
+                Poll::Ready(Some(Ok(answer)))
+            }
+            None => self.recv_response_slow(id),
+        }
+    }
+
+    /// [`recv_response`](Self::recv_response) in every other case.
+    #[inline(never)]
+    fn recv_response_slow(&mut self, id: StreamId) -> Poll<Option<Result<Payload, RequestError>>> {
         let key = id.get();
         let mut held = 0;
         let answer = match self.streams.get_mut(&key) {
@@ -559,42 +648,42 @@ impl Connection {
     /// [`release_send`](Self::release_send) do, with one lookup.
     pub(crate) fn answer_and_release(&mut self, id: StreamId, answer: Option<Payload>) {
         let key = id.get();
-        let fast = match self.streams.get_mut(&key) {
-            Some(st) if st.interaction == Interaction::RequestResponse && st.recv.is_none() => {
-                match st.send.as_mut() {
-                    Some(s) if s.open() => {
-                        s.forget(key, &mut self.wakeups);
-                        st.send = None;
-                        true
-                    }
-                    _ => false,
-                }
+        // The common case: the outbound half released and the stream
+        // forgotten with one lookup, before the answer is queued.
+        let wakeups = &mut self.wakeups;
+        let fast = self.streams.take_if(&key, |st| {
+            if st.interaction != Interaction::RequestResponse || st.recv.is_some() {
+                return None;
             }
-            _ => false,
-        };
-        if !fast {
+            let s = st.send.as_mut().filter(|s| s.open())?;
+            s.forget(key, wakeups);
+            Some(st.local())
+        });
+        let Some(local) = fast else {
             let complete = true;
             match answer {
                 Some(p) => self.send_items(id, std::iter::once(p), complete),
                 None => self.send_items(id, std::iter::empty(), complete),
             }
             return self.release_send(id);
-        }
+        };
         // A request/response answer is written as soon as it is ready (see
         // `Pace`).
         match answer {
             Some(p) => {
                 let mtu = self.config.fragment_at();
-                fragment::fragment(
-                    FragKind::Payload { next: true },
-                    id,
-                    p,
-                    true,
-                    mtu,
-                    |f, len| {
-                        self.enqueue(f, len, Pace::Unpaced);
-                    },
-                );
+                if !self.enqueue_answer_direct(id, &p, mtu) {
+                    fragment::fragment(
+                        FragKind::Payload { next: true },
+                        id,
+                        p,
+                        true,
+                        mtu,
+                        |f, len| {
+                            self.enqueue(f, len, Pace::Unpaced);
+                        },
+                    );
+                }
             }
             None => {
                 let f = Frame::Payload(PayloadFrame::complete(id));
@@ -603,7 +692,7 @@ impl Connection {
             }
         }
         self.wakeups.driver();
-        self.remove_stream(key);
+        self.removed_stream(key, local);
     }
 
     /// Sends ERROR on the stream, ending it on both halves.
@@ -690,6 +779,23 @@ impl Connection {
                 self.inbound_streams = self.inbound_streams.saturating_sub(1);
             }
         }
+        self.check_drained();
+    }
+
+    /// What [`remove_stream`](Self::remove_stream) does besides the
+    /// removal, for a stream taken out of the table already (`local`: we
+    /// opened it).
+    #[inline]
+    fn removed_stream(&mut self, key: u32, local: bool) {
+        self.drop_reassembly(key);
+        if !local {
+            self.inbound_streams = self.inbound_streams.saturating_sub(1);
+        }
+        self.check_drained();
+    }
+
+    #[inline]
+    fn check_drained(&mut self) {
         if self.streams.is_empty() && matches!(self.state, State::Draining { .. }) {
             // Let the driver notice that draining has finished.
             self.wakeups.driver();
@@ -787,6 +893,116 @@ mod tests {
             Poll::Ready(Some(Err(RequestError::Stream(_))))
         ));
         idle(&mut p);
+    }
+
+    /// `Connection::request_response`, the runtime's one call for a
+    /// request/response without leasing: queued like `open`'s, its half
+    /// already waiting for the answer (its arrival wakes it), waits while
+    /// the outbound queue is full (keeping the request), fragments a large
+    /// request, and fails once the connection is closed.
+    #[test]
+    fn request_response_opens_waits_for_room_and_fails_when_closed() {
+        let config = crate::Config {
+            max_outbound_queue_bytes: 256,
+            mtu: Some(1024),
+            ..crate::Config::default()
+        };
+        let mut p = Pair::new(PairConfig::both(config));
+        p.settle();
+        let mut request = Some(Payload::from("q"));
+        let id = match p.client().with_conn(|c| c.request_response(&mut request)) {
+            Poll::Ready(Ok(id)) => id,
+            other => panic!("not opened: {other:?}"),
+        };
+        assert!(request.is_none());
+        // Waiting for its answer, as after a `recv_response` that found
+        // none.
+        let waiting = |p: &mut Pair| {
+            p.client().with_conn(|c| {
+                c.streams
+                    .get(&id.get())
+                    .and_then(|st| st.recv.as_ref())
+                    .map(|r| r.waiting)
+            })
+        };
+        assert_eq!(waiting(&mut p), Some(true));
+        p.settle();
+        match p.events(Peer::Server).as_slice() {
+            [Event::Request {
+                stream, payload, ..
+            }] => {
+                assert_eq!(*stream, id);
+                assert_eq!(&payload.data[..], b"q");
+            }
+            other => panic!("expected the request, got {other:?}"),
+        }
+        p.server()
+            .with_conn(|c| c.answer_and_release(id, Some(Payload::from("a"))));
+        p.settle();
+        // The answer woke it.
+        assert_eq!(waiting(&mut p), Some(false));
+        match p.client().with_conn(|c| c.recv_response(id)) {
+            Poll::Ready(Some(Ok(a))) => assert_eq!(&a.data[..], b"a"),
+            other => panic!("expected the answer, got {other:?}"),
+        }
+        idle(&mut p);
+
+        // Requests queued until the queue passes its cap; then the next
+        // one waits, and keeps its request.
+        let mut opened = Vec::new();
+        loop {
+            let mut request = Some(Payload::from("x".repeat(100)));
+            match p.client().with_conn(|c| c.request_response(&mut request)) {
+                Poll::Ready(Ok(id)) => {
+                    assert!(request.is_none());
+                    opened.push(id);
+                }
+                Poll::Pending => {
+                    assert!(request.is_some(), "a waiting request is kept");
+                    break;
+                }
+                Poll::Ready(Err(e)) => panic!("refused: {e}"),
+            }
+            assert!(opened.len() < 10, "never waited for room");
+        }
+        p.settle();
+        for id in opened {
+            p.server().with_conn(|c| c.answer_and_release(id, None));
+        }
+        p.settle();
+        let _ = p.events(Peer::Server);
+
+        // A large request is split in fragments and reassembled.
+        let big = "y".repeat(5_000);
+        let mut request = Some(Payload::from(big.clone()));
+        let id = loop {
+            match p.client().with_conn(|c| c.request_response(&mut request)) {
+                Poll::Ready(Ok(id)) => break id,
+                Poll::Pending => {
+                    p.settle();
+                }
+                Poll::Ready(Err(e)) => panic!("refused: {e}"),
+            }
+        };
+        p.settle();
+        match p.events(Peer::Server).as_slice() {
+            [Event::Request {
+                stream, payload, ..
+            }] => {
+                assert_eq!(*stream, id);
+                assert_eq!(&payload.data[..], big.as_bytes());
+            }
+            other => panic!("expected the large request, got {other:?}"),
+        }
+
+        // Closed: fails at once, and the request is dropped.
+        p.client().close();
+        let mut request = Some(Payload::from("late"));
+        assert!(matches!(
+            p.client().with_conn(|c| c.request_response(&mut request)),
+            Poll::Ready(Err(RequestError::Connection(_)))
+        ));
+        assert!(request.is_none());
     }
 
     /// `Connection::fire_and_forget`, the runtime's one call for a

@@ -428,6 +428,34 @@ impl Connection {
         true
     }
 
+    /// Queues a request/response answer, PAYLOAD(N+C) of `payload` on
+    /// `id`, unpaced, encoded straight into the current run when it goes
+    /// there whole (no resumption, no fragmenting, room in a run of
+    /// unpaced frames): what [`fragment`](fragment::fragment) and
+    /// [`enqueue`](Self::enqueue) do for it, without the frame value. True
+    /// when it did, false (nothing done) otherwise.
+    #[inline]
+    pub(super) fn enqueue_answer_direct(
+        &mut self,
+        id: StreamId,
+        payload: &Payload,
+        mtu: usize,
+    ) -> bool {
+        let len = fragment::whole_len(FragKind::Payload { next: true }, payload);
+        if self.resume.is_some() || len > mtu || len >= RUN_FRAME_MAX {
+            return false;
+        }
+        let Some((buf, m)) = self.out.tail_run(Pace::Unpaced, LENGTH_PREFIX_LEN + len) else {
+            return false;
+        };
+        PayloadFrame::encode_next(id, true, payload, len, buf);
+        m.len += len;
+        m.frames += 1;
+        self.out.frames += 1;
+        self.count_queued(1, len, Pace::Unpaced);
+        true
+    }
+
     /// Counts `frames` frames of `bytes` bytes (without length prefixes)
     /// queued with `pace`, against the outbound cap and in the counters.
     #[inline]

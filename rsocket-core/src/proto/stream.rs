@@ -470,6 +470,16 @@ impl Items {
             .or_else(|| self.rest.as_mut().and_then(|rest| pop_entry(rest, true)))
     }
 
+    /// The one item held, taken out; `None` (and nothing taken) when
+    /// there is none or more than one.
+    #[inline]
+    pub(super) fn take_only(&mut self) -> Option<Payload> {
+        if self.rest.as_ref().is_some_and(|rest| !rest.is_empty()) {
+            return None;
+        }
+        self.head.take()
+    }
+
     /// The number of items held.
     pub(super) fn len(&self) -> usize {
         usize::from(self.head.is_some())

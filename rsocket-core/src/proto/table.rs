@@ -116,8 +116,31 @@ impl<V> IdTable<V> {
         self.place(key, v);
     }
 
+    /// Adds the value `make` builds for `key`, which the caller knows has
+    /// none. The value is built where it goes (a free slot is known to
+    /// hold `None`: nothing to drop first), not built and then copied.
+    #[inline]
+    pub(crate) fn insert_new_with(&mut self, key: u32, make: impl FnOnce() -> V) {
+        if (self.len + 1) * 2 > self.keys.len() {
+            self.grow();
+        }
+        self.len += 1;
+        let slot = self.slot_of(key);
+        match (self.keys.get_mut(slot), self.states.get_mut(slot)) {
+            (Some(k), Some(s)) if *k == 0 && key != 0 => {
+                *k = key;
+                s.get_or_insert_with(make);
+            }
+            _ => {
+                self.overflow.insert(key, make());
+            }
+        }
+    }
+
     /// Puts a stream known not to be in the table in its slot, or in the
-    /// overflow map when the slot is taken (or `key` is 0).
+    /// overflow map when the slot is taken (or `key` is 0). Inlined: the
+    /// value is then written where it goes, not copied there.
+    #[inline]
     fn place(&mut self, key: u32, st: V) {
         let slot = self.slot_of(key);
         match (self.keys.get_mut(slot), self.states.get_mut(slot)) {
@@ -189,6 +212,38 @@ impl<V> IdTable<V> {
             self.len -= 1;
         }
         r
+    }
+
+    /// Forgets stream `key` when `f`, given its state, returns something
+    /// (which is returned; the state is dropped where it is, after `f` took
+    /// what it wanted from it), with one lookup. When `f` returns `None`
+    /// the state stays.
+    #[inline]
+    pub(crate) fn take_if<R>(
+        &mut self,
+        key: &u32,
+        f: impl FnOnce(&mut V) -> Option<R>,
+    ) -> Option<R> {
+        let r = match self.find(*key) {
+            Some(slot) => {
+                let (Some(k), Some(s)) = (self.keys.get_mut(slot), self.states.get_mut(slot))
+                else {
+                    return None;
+                };
+                let r = f(s.as_mut()?)?;
+                *k = 0;
+                *s = None;
+                r
+            }
+            None if self.overflow.is_empty() => return None,
+            None => {
+                let r = f(self.overflow.get_mut(key)?)?;
+                self.overflow.remove(key);
+                r
+            }
+        };
+        self.len -= 1;
+        Some(r)
     }
 
     /// Forgets stream `key`; returns its state.

@@ -485,6 +485,21 @@ impl ResponseFuture {
         let mut conn = self.shared.lock();
         let id = match self.id {
             Some(id) => id,
+            None if !conn.lease_enabled() => {
+                // Opened and registered for the answer in one call: the
+                // answer cannot be there yet.
+                return match conn.poll_request_response(cx, &mut this.request) {
+                    Poll::Ready(Ok(id)) => {
+                        this.id = Some(id);
+                        Poll::Pending
+                    }
+                    Poll::Ready(Err(e)) => {
+                        this.done = true;
+                        Poll::Ready(Err(e))
+                    }
+                    Poll::Pending => Poll::Pending,
+                };
+            }
             None => {
                 let lent = if self.request.is_some() { None } else { lent };
                 let opened = poll_open(

@@ -116,6 +116,24 @@ impl Locked<'_> {
         r
     }
 
+    /// See [`Connection::request_response`]; once opened, registers for
+    /// the answer.
+    #[inline]
+    pub(crate) fn poll_request_response(
+        &mut self,
+        cx: &Context<'_>,
+        request: &mut Option<Payload>,
+    ) -> Poll<Result<StreamId, RequestError>> {
+        let inner = self.inner();
+        let r = inner.conn.request_response(request);
+        match r {
+            Poll::Ready(Ok(id)) => register_map(&mut inner.wakers.recv, id.get(), cx.waker()),
+            Poll::Pending => register_list(&mut inner.wakers.space, cx.waker()),
+            Poll::Ready(Err(_)) => {}
+        }
+        r
+    }
+
     /// See [`Connection::fire_and_forget`].
     pub(crate) fn poll_fire_and_forget(
         &mut self,
@@ -302,11 +320,12 @@ impl Wakers {
     }
 }
 
+#[inline]
 fn register_map(map: &mut IdTable<Waker>, key: u32, waker: &Waker) {
     match map.get_mut(&key) {
         Some(w) if w.will_wake(waker) => {}
         Some(w) => w.clone_from(waker),
-        None => map.insert_new(key, waker.clone()),
+        None => map.insert_new_with(key, || waker.clone()),
     }
 }
 
