@@ -170,11 +170,14 @@ impl Connection {
     /// [`Wakeup::Recv`](super::Wakeup::Recv)), as after a `recv_response`
     /// that found nothing: the caller registers for it. Only for
     /// connections without leasing (the runtime goes through the lease
-    /// gate and `open` otherwise).
+    /// gate and `open` otherwise). A request `lent` (with `request` empty)
+    /// is encoded from where it lies too, and cloned only to be queued in
+    /// fragments.
     #[inline]
     pub(crate) fn request_response(
         &mut self,
         request: &mut Option<Payload>,
+        lent: Option<&Payload>,
     ) -> Poll<Result<StreamId, RequestError>> {
         debug_assert!(self.lease.is_none());
         if let Some(refusal) = self.refusal() {
@@ -205,7 +208,7 @@ impl Connection {
             }
         });
         let mtu = self.config.fragment_at();
-        let direct = match request.as_ref() {
+        let direct = match request.as_ref().or(lent) {
             Some(payload) => self.enqueue_request_direct(false, id, payload, mtu),
             None => false,
         };
@@ -213,7 +216,7 @@ impl Connection {
             *request = None;
             self.wakeups.driver();
         } else {
-            let payload = request.take().unwrap_or_default();
+            let payload = request.take().or_else(|| lent.cloned()).unwrap_or_default();
             self.push_fragmented(FragKind::RequestResponse, id, payload, false, Pace::Paced);
         }
         Poll::Ready(Ok(id))
@@ -910,7 +913,10 @@ mod tests {
         let mut p = Pair::new(PairConfig::both(config));
         p.settle();
         let mut request = Some(Payload::from("q"));
-        let id = match p.client().with_conn(|c| c.request_response(&mut request)) {
+        let id = match p
+            .client()
+            .with_conn(|c| c.request_response(&mut request, None))
+        {
             Poll::Ready(Ok(id)) => id,
             other => panic!("not opened: {other:?}"),
         };
@@ -952,7 +958,10 @@ mod tests {
         let mut opened = Vec::new();
         loop {
             let mut request = Some(Payload::from("x".repeat(100)));
-            match p.client().with_conn(|c| c.request_response(&mut request)) {
+            match p
+                .client()
+                .with_conn(|c| c.request_response(&mut request, None))
+            {
                 Poll::Ready(Ok(id)) => {
                     assert!(request.is_none());
                     opened.push(id);
@@ -976,7 +985,10 @@ mod tests {
         let big = "y".repeat(5_000);
         let mut request = Some(Payload::from(big.clone()));
         let id = loop {
-            match p.client().with_conn(|c| c.request_response(&mut request)) {
+            match p
+                .client()
+                .with_conn(|c| c.request_response(&mut request, None))
+            {
                 Poll::Ready(Ok(id)) => break id,
                 Poll::Pending => {
                     p.settle();
@@ -995,11 +1007,37 @@ mod tests {
             other => panic!("expected the large request, got {other:?}"),
         }
 
+        // Lent requests, small (encoded where it lies) and large (cloned
+        // into fragments), arrive the same, and stay with the caller.
+        for lent in [Payload::from("lent"), Payload::from(big)] {
+            let mut none = None;
+            let id = loop {
+                match p
+                    .client()
+                    .with_conn(|c| c.request_response(&mut none, Some(&lent)))
+                {
+                    Poll::Ready(Ok(id)) => break id,
+                    Poll::Pending => {
+                        p.settle();
+                    }
+                    Poll::Ready(Err(e)) => panic!("refused: {e}"),
+                }
+            };
+            p.settle();
+            match p.events(Peer::Server).as_slice() {
+                [Event::Request {
+                    stream, payload, ..
+                }] => assert_eq!((*stream, payload), (id, &lent)),
+                other => panic!("expected the lent request, got {other:?}"),
+            }
+        }
+
         // Closed: fails at once, and the request is dropped.
         p.client().close();
         let mut request = Some(Payload::from("late"));
         assert!(matches!(
-            p.client().with_conn(|c| c.request_response(&mut request)),
+            p.client()
+                .with_conn(|c| c.request_response(&mut request, None)),
             Poll::Ready(Err(RequestError::Connection(_)))
         ));
         assert!(request.is_none());

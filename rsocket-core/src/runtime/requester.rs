@@ -488,13 +488,14 @@ impl ResponseFuture {
             None if !conn.lease_enabled() => {
                 // Opened and registered for the answer in one call: the
                 // answer cannot be there yet.
-                return match conn.poll_request_response(cx, &mut this.request) {
+                let lent = if self.request.is_some() { None } else { lent };
+                return match conn.poll_request_response(cx, &mut self.request, lent) {
                     Poll::Ready(Ok(id)) => {
-                        this.id = Some(id);
+                        self.id = Some(id);
                         Poll::Pending
                     }
                     Poll::Ready(Err(e)) => {
-                        this.done = true;
+                        self.done = true;
                         Poll::Ready(Err(e))
                     }
                     Poll::Pending => Poll::Pending,

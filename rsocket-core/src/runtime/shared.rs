@@ -123,9 +123,10 @@ impl Locked<'_> {
         &mut self,
         cx: &Context<'_>,
         request: &mut Option<Payload>,
+        lent: Option<&Payload>,
     ) -> Poll<Result<StreamId, RequestError>> {
         let inner = self.inner();
-        let r = inner.conn.request_response(request);
+        let r = inner.conn.request_response(request, lent);
         match r {
             Poll::Ready(Ok(id)) => register_map(&mut inner.wakers.recv, id.get(), cx.waker()),
             Poll::Pending => register_list(&mut inner.wakers.space, cx.waker()),
