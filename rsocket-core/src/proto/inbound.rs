@@ -220,14 +220,7 @@ impl Connection {
         // `on_request_frame` and `on_request` do for it, in one call.
         let id = r.stream_id;
         let key = id.get();
-        if self.streams.contains_key(&key)
-            || (!self.frags.is_empty() && self.frags.contains_key(&key))
-        {
-            debug!(stream = key, "ignoring request on a stream id in use");
-            return;
-        }
-        if id.is_client_initiated() == (self.side == Side::Client) {
-            debug!(stream = key, "ignoring request with our own stream parity");
+        if !self.opens_new_stream(id) {
             return;
         }
         if matches!(self.state, State::Draining { .. }) {
@@ -264,15 +257,7 @@ impl Connection {
         if follows || self.lease.is_some() {
             return self.on_request_frame(id, FragKind::RequestFnf, payload, follows, false);
         }
-        let key = id.get();
-        if self.streams.contains_key(&key)
-            || (!self.frags.is_empty() && self.frags.contains_key(&key))
-        {
-            debug!(stream = key, "ignoring request on a stream id in use");
-            return;
-        }
-        if id.is_client_initiated() == (self.side == Side::Client) {
-            debug!(stream = key, "ignoring request with our own stream parity");
+        if !self.opens_new_stream(id) {
             return;
         }
         if matches!(self.state, State::Draining { .. }) {
@@ -651,6 +636,25 @@ impl Connection {
         Some((r.kind, r.finish()))
     }
 
+    /// Whether a request on `id` may open a stream: the id is not in use
+    /// (by a stream or a reassembly) and has the peer's parity. A request
+    /// that may not is ignored (logged here).
+    #[inline(always)]
+    fn opens_new_stream(&self, id: StreamId) -> bool {
+        let key = id.get();
+        if self.streams.contains_key(&key)
+            || (!self.frags.is_empty() && self.frags.contains_key(&key))
+        {
+            debug!(stream = key, "ignoring request on a stream id in use");
+            return false;
+        }
+        if id.is_client_initiated() == (self.side == Side::Client) {
+            debug!(stream = key, "ignoring request with our own stream parity");
+            return false;
+        }
+        true
+    }
+
     fn on_request_frame(
         &mut self,
         id: StreamId,
@@ -659,18 +663,10 @@ impl Connection {
         follows: bool,
         complete: bool,
     ) {
+        if !self.opens_new_stream(id) {
+            return;
+        }
         let key = id.get();
-        if self.streams.contains_key(&key)
-            || (!self.frags.is_empty() && self.frags.contains_key(&key))
-        {
-            debug!(stream = key, "ignoring request on a stream id in use");
-            return;
-        }
-        let ours = id.is_client_initiated() == (self.side == Side::Client);
-        if ours {
-            debug!(stream = key, "ignoring request with our own stream parity");
-            return;
-        }
         // The first frame of a request is what a lease counts (one unit per
         // logical request, however fragmented).
         let fnf = matches!(kind, FragKind::RequestFnf);
