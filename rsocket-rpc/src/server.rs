@@ -382,14 +382,28 @@ where
     F: FnOnce(Request<M>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Response<T>, Status>> + Send + 'static,
 {
+    single(call, |request: Request<M>| Encoded {
+        fut: handler(request),
+    })
+}
+
+/// Decodes the call's request and starts the future `start` makes of it,
+/// guarded (see [`Guarded`]); a request that does not decode is answered
+/// with its status, and nothing is started. Out of line, with the
+/// decoding inlined in it: inlined into a service's dispatch, it left the
+/// decoding out of line (24 more instructions per call, `rpc_layer both`).
+#[inline(never)]
+fn single<M, R>(call: ServerCall, start: impl FnOnce(Request<M>) -> R) -> ServerReply
+where
+    M: Message + Default + 'static,
+    R: Future<Output = Result<Payload, Status>> + Send + 'static,
+{
     let (parts, mut span) = call.split();
     match parts.request::<M>() {
-        Ok(request) => {
-            let fut = Encoded {
-                fut: handler(request),
-            };
-            ServerReply(Reply::Single(Box::pin(Guarded { fut, span })))
-        }
+        Ok(request) => ServerReply(Reply::Single(Box::pin(Guarded {
+            fut: start(request),
+            span,
+        }))),
         Err(status) => {
             span.fail(&status);
             ServerReply::error(status)
@@ -431,19 +445,9 @@ where
     F: FnOnce(Request<M>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), Status>> + Send + 'static,
 {
-    let (parts, mut span) = call.split();
-    match parts.request::<M>() {
-        Ok(request) => {
-            let fut = Emptied {
-                fut: handler(request),
-            };
-            ServerReply(Reply::Single(Box::pin(Guarded { fut, span })))
-        }
-        Err(status) => {
-            span.fail(&status);
-            ServerReply::error(status)
-        }
-    }
+    single(call, |request: Request<M>| Emptied {
+        fut: handler(request),
+    })
 }
 
 pin_project! {
