@@ -1,8 +1,9 @@
 //! The clock the balancer measures latency with, injectable so that tests
 //! are exact.
 //!
-//! Every request/response reads the clock twice (start and end), so the
-//! default is the cheapest reading there is: the CPU's time-stamp counter,
+//! A timed request/response reads the clock twice (start and end; every
+//! request is timed below the busy rate, one in eight above it: see
+//! [`Sampler`]), so the default is the cheapest reading there is: the CPU's time-stamp counter,
 //! calibrated against the system clock by `quanta` (about 12 ns a reading
 //! on an x86-64 VM where the system clock takes about 27 ns; `quanta` falls back
 //! to the system clock where the counter is missing or unreliable).
