@@ -325,19 +325,23 @@ impl Connection {
         }
         trace!(frame = ?p, "recv");
         if p.next
-            && p.complete
             && !p.follows
             && self.resume.is_none()
             && self.frags.is_empty()
             && len <= self.config.max_frame_len
         {
-            // A request/response's answer: what `received`,
-            // `on_payload_frame` and `on_payload` do for it, in one step.
+            // The common cases, in one step: a stream's item within credit
+            // (what `received` and `on_payload` do for it), and a
+            // request/response's answer, PAYLOAD(N+C) (what `received`,
+            // `on_payload_frame` and `on_payload` do for it). Anything else
+            // (an answer without C, a stream's last item with C) takes the
+            // general path.
             let key = p.stream_id.get();
+            let answer = p.complete;
             let open = self
                 .streams
                 .get_mut(&key)
-                .filter(|st| st.interaction == Interaction::RequestResponse)
+                .filter(|st| (st.interaction == Interaction::RequestResponse) == answer)
                 .and_then(|st| st.recv.as_mut())
                 .filter(|r| r.end.is_none() && r.outstanding > 0);
             if let Some(r) = open {
@@ -347,36 +351,11 @@ impl Connection {
                 self.established = true;
                 self.in_bytes += p.payload.len();
                 r.push(p.payload);
-                r.end = Some(Ok(()));
+                if answer {
+                    r.end = Some(Ok(()));
+                }
                 r.notify(key, &mut self.wakeups);
-                return false;
-            }
-        }
-        if p.next
-            && !p.complete
-            && !p.follows
-            && self.resume.is_none()
-            && self.frags.is_empty()
-            && len <= self.config.max_frame_len
-        {
-            // The common case, a stream's item within credit: what
-            // `received` and `on_payload` do for it, in one step.
-            let key = p.stream_id.get();
-            let open = self
-                .streams
-                .get_mut(&key)
-                .filter(|st| st.interaction != Interaction::RequestResponse)
-                .and_then(|st| st.recv.as_mut())
-                .filter(|r| r.end.is_none() && r.outstanding > 0);
-            if let Some(r) = open {
-                self.counters.frames_in += 1;
-                self.counters.bytes_in += len as u64;
-                self.last_received = now;
-                self.established = true;
-                self.in_bytes += p.payload.len();
-                r.push(p.payload);
-                r.notify(key, &mut self.wakeups);
-                return true;
+                return !answer;
             }
         }
         if self.received_resumable(len, now) {
