@@ -222,6 +222,96 @@ async fn in_flight_request_is_retried_only_when_idempotent() {
     marked.abort();
 }
 
+/// Servers `a` and `b`, a balancer that knows only `a` until the returned
+/// function adds `b`.
+fn a_then_b() -> (MemServer, MemServer, Balancer<String>, impl FnOnce()) {
+    let a = MemServer::start("a", Duration::ZERO);
+    let b_srv = MemServer::start("b", Duration::ZERO);
+    let (tx, rx) = tokio::sync::watch::channel(vec![("a".to_owned(), a.connector())]);
+    let both = vec![
+        ("a".to_owned(), a.connector()),
+        ("b".to_owned(), b_srv.connector()),
+    ];
+    let add_b = move || tx.send(both).expect("the balancer watches");
+    let b = Balancer::builder()
+        .clock(TokioClock)
+        .seed(1)
+        .build_from_watch(rx);
+    (a, b_srv, b, add_b)
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_idempotent_stream_is_retried_only_before_its_first_item() {
+    let (a, b_srv, b, add_b) = a_then_b();
+    all_ready(&b, 1).await;
+    let view = b.idempotent();
+    // Both streams land on a: one has had its first item, one has none.
+    let mut begun = view.request_stream(Payload::from("hang1"));
+    let first = within("the first item", begun.next()).await;
+    assert_eq!(text(first.transpose().expect("ok")), "a:0");
+    let waiting = tokio::spawn({
+        let view = view.clone();
+        async move {
+            let mut s = view.request_stream(Payload::from("hang"));
+            s.next().await
+        }
+    });
+    within("both streams at a", async {
+        while a.hits() < 2 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    add_b();
+    all_ready(&b, 2).await;
+    a.kill();
+    // Past its first item: the error is the caller's.
+    let after = within("the begun stream's end", begun.next()).await;
+    assert!(
+        matches!(after, Some(Err(RequestError::Connection(_)))),
+        "{after:?}"
+    );
+    // Before its first item: sent again, to b, where it waits (no error).
+    within("the waiting stream re-sent to b", async {
+        while b_srv.hits() < 1 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(!waiting.is_finished(), "the retried stream waits at b");
+    assert_eq!(b_srv.hits(), 1, "only the stream without items is re-sent");
+    waiting.abort();
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_sent_channel_is_not_retried_even_before_its_first_item() {
+    let (a, b_srv, b, add_b) = a_then_b();
+    all_ready(&b, 1).await;
+    let waiting = tokio::spawn({
+        let view = b.idempotent();
+        async move {
+            let rest = futures::stream::pending();
+            let mut c = view.request_channel(Payload::from("hang"), rest);
+            c.next().await
+        }
+    });
+    within("the channel at a", async {
+        while a.hits() < 1 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    add_b();
+    all_ready(&b, 2).await;
+    a.kill();
+    let end = within("the channel's end", waiting).await.unwrap();
+    assert!(
+        matches!(end, Some(Err(RequestError::Connection(_)))),
+        "{end:?}"
+    );
+    assert_eq!(b_srv.hits(), 0, "a channel once sent is never re-sent");
+}
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn raw_requester_api_through_the_balancer() {
     let servers: Vec<_> = ["a", "b"]

@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,13 +19,28 @@ use rsocket_balance::{Balancer, Change, MemberState, RoundRobin};
 use rsocket_core::{Payload, RSocket};
 use tokio::net::UdpSocket;
 
-/// The records the responder serves; tests change them as they go.
-#[derive(Clone, Default)]
-struct Zone(Arc<Mutex<Vec<Record>>>);
+/// The records the responder serves; tests change them as they go. While
+/// `failing`, every query gets SERVFAIL, counted in `failed`.
+#[derive(Clone)]
+struct Zone {
+    records: Arc<Mutex<Vec<Record>>>,
+    failing: Arc<AtomicBool>,
+    failed: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl Default for Zone {
+    fn default() -> Self {
+        Self {
+            records: Arc::default(),
+            failing: Arc::default(),
+            failed: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
+}
 
 impl Zone {
     fn set(&self, records: Vec<Record>) {
-        *self.0.lock().unwrap() = records;
+        *self.records.lock().unwrap() = records;
     }
 }
 
@@ -66,7 +82,18 @@ async fn start_dns(zone: Zone) -> SocketAddr {
             response.metadata.recursion_desired = request.metadata.recursion_desired;
             response.metadata.recursion_available = true;
             response.metadata.authoritative = true;
-            let records = zone.0.lock().unwrap().clone();
+            if zone.failing.load(Ordering::SeqCst) {
+                response.metadata.response_code = ResponseCode::ServFail;
+                for q in &request.queries {
+                    response.add_query(q.clone());
+                }
+                if let Ok(bytes) = response.to_vec() {
+                    let _ = socket.send_to(&bytes, peer).await;
+                }
+                zone.failed.send_modify(|n| *n += 1);
+                continue;
+            }
+            let records = zone.records.lock().unwrap().clone();
             let mut known = false;
             for q in &request.queries {
                 response.add_query(q.clone());
@@ -153,6 +180,45 @@ async fn a_records_are_followed() {
     // The name disappears: every endpoint goes.
     zone.set(Vec::new());
     assert_eq!(next_changes(&mut s, 1).await, ["-127.0.0.4:7000"]);
+}
+
+#[tokio::test]
+async fn a_failing_lookup_keeps_the_members() {
+    let zone = Zone::default();
+    zone.set(vec![a("svc.test.", [127, 0, 0, 1])]);
+    let ns = start_dns(zone.clone()).await;
+    let discovery = DnsDiscovery::ip("svc.test.", 7000)
+        .nameserver(ns)
+        .interval(Duration::from_millis(20));
+    let mut s = Box::pin(discovery.changes(|addr| addr).unwrap());
+    assert_eq!(next_changes(&mut s, 1).await, ["+127.0.0.1:7000"]);
+    // The nameserver fails eight queries at least (the resolver may ask
+    // more than once per round); the stream is polled meanwhile, so a
+    // removal would be taken from it.
+    let mut failed = zone.failed.subscribe();
+    zone.failing.store(true, Ordering::SeqCst);
+    let waited = within("eight failed queries", async {
+        tokio::select! {
+            r = failed.wait_for(|n| *n >= 8) => r.map(|_| None).unwrap_or(None),
+            change = s.next() => Some(change),
+        }
+    })
+    .await;
+    assert!(
+        waited.is_none(),
+        "a failed lookup must change nothing: {:?}",
+        waited.flatten().map(|c| match c {
+            Change::Insert(k, _) => format!("+{k}"),
+            Change::Remove(k) => format!("-{k}"),
+        })
+    );
+    // Back, with one more endpoint: only that one is new.
+    zone.set(vec![
+        a("svc.test.", [127, 0, 0, 1]),
+        a("svc.test.", [127, 0, 0, 2]),
+    ]);
+    zone.failing.store(false, Ordering::SeqCst);
+    assert_eq!(next_changes(&mut s, 1).await, ["+127.0.0.2:7000"]);
 }
 
 #[tokio::test]

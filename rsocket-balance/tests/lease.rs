@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::{count, text, within, MemServer};
+use futures::StreamExt;
 use rsocket_balance::{Balancer, MemberState, TokioClock};
 use rsocket_core::{
     ClientBuilder, LeaseConfig, LeasePolicy, NoLease, Payload, RSocket, RequestError,
@@ -99,4 +100,46 @@ async fn a_lone_member_out_of_lease_fails_with_no_lease() {
     }
     assert_eq!(a.hits(), 2);
     assert_eq!(count(&balancer.members(), MemberState::Ready), 1);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_channel_refused_for_want_of_a_lease_is_retried_elsewhere() {
+    // a never grants a request; round robin still picks it every other
+    // time, and the channel, refused before anything is sent, goes to b.
+    let a = leasing_server("a", 0);
+    let b = MemServer::start("b", Duration::ZERO);
+    let balancer = Balancer::builder()
+        .clock(TokioClock)
+        .strategy(rsocket_balance::RoundRobin::new())
+        .build_from_list([
+            ("a", a.connector_with(leasing_client())),
+            ("b", b.connector_with(ClientBuilder::new())),
+        ]);
+    within(
+        "both ready",
+        balancer.wait_until(|m| count(m, MemberState::Ready) == 2),
+    )
+    .await;
+    for i in 0..4 {
+        let first = Payload::from(format!("x{i}"));
+        let rest = futures::stream::iter([Payload::from("y")]);
+        let echoed: Vec<String> = balancer
+            .request_channel(first, rest)
+            .map(|p| text(Some(p.expect("no error reaches the caller"))))
+            .collect()
+            .await;
+        assert_eq!(echoed, [format!("b:x{i}"), "b:y".to_owned()]);
+    }
+    assert_eq!(a.hits(), 0, "nothing reached a");
+    assert_eq!(b.hits(), 4);
+    let refused = balancer
+        .members()
+        .iter()
+        .find(|m| m.key == "a")
+        .map(|m| m.state);
+    assert_eq!(
+        refused,
+        Some(MemberState::Ready),
+        "a refusal is not a failure"
+    );
 }

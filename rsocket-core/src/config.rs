@@ -71,9 +71,10 @@ pub struct Config {
     /// Default 30 s.
     pub setup_timeout: Duration,
     /// How long a graceful close (`ERROR[CONNECTION_CLOSE]`, sent by
-    /// `Requester::close` or a server's shutdown, or received from the
-    /// peer) lets open streams run before the connection is closed with
-    /// `ERROR[CONNECTION_ERROR]`. Default 30 s.
+    /// `Requester::close` or received from the peer) lets open streams run
+    /// before the connection is closed with `ERROR[CONNECTION_ERROR]`.
+    /// Default 30 s. A server's shutdown uses its own bound instead,
+    /// `Server::grace_period`.
     pub close_timeout: Duration,
     /// Leasing (see [`crate::lease`]). `None` (the default): a client does
     /// not ask for it and a server refuses a SETUP that does with

@@ -517,6 +517,39 @@ async fn compressed_message_is_a_connection_error() {
     );
 }
 
+/// One client-to-server WebSocket frame, masked with a zero key: `first`
+/// is the FIN/RSV/opcode byte.
+fn raw_ws_frame(first: u8, payload: &[u8]) -> BytesMut {
+    assert!(payload.len() < 126, "short frames only");
+    let mut frame = BytesMut::new();
+    frame.put_u8(first);
+    frame.put_u8(0x80 | payload.len() as u8);
+    frame.put_slice(&[0, 0, 0, 0]);
+    frame.put_slice(payload);
+    frame
+}
+
+#[tokio::test]
+async fn a_framing_error_ends_a_served_connection_with_1002() {
+    let listener = WsListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut server = serve(listener);
+    let (mut tcp, head) = raw_handshake(addr, "/", &[]).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tcp.write_all(&raw_ws_frame(0x80 | 0x02, &encode(&setup_frame())))
+        .await
+        .unwrap();
+    let (_setup, requester) = within(server.setups.recv()).await.unwrap();
+    // A compressed message (RSV1) that was never negotiated.
+    tcp.write_all(&raw_ws_frame(0x80 | 0x40 | 0x02, &[1, 2, 3, 4]))
+        .await
+        .unwrap();
+    let mut ws = WebSocketStream::from_raw_socket(tcp, Role::Client, None).await;
+    // ERROR[CONNECTION_ERROR], then a close with 1002 (protocol error).
+    expect_error_then_close(&mut ws, CloseCode::Protocol).await;
+    assert!(requester.closed_reason().is_some());
+}
+
 #[tokio::test]
 async fn stalled_handshake_does_not_block_other_accepts() {
     let (url, _server) = ws_server().await;

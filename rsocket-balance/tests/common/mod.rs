@@ -31,7 +31,11 @@ pub struct Counters {
 /// The responder every test server runs. Request data:
 /// * request/response: `"fail"` answers APPLICATION_ERROR, `"hang"` never
 ///   answers, anything else answers the server's name after its delay;
-/// * request/stream: the data is an item count; items are `name:i`.
+/// * request/stream: the data is an item count; items are `name:i`;
+///   `"hang"` sends no item and never ends, `"hang1"` sends `name:0` and
+///   then nothing, never ending;
+/// * request/channel: echoes each item as `name:data`; a first item
+///   `"hang"` gets no answer and the channel never ends.
 pub struct Responder {
     name: String,
     delay: Duration,
@@ -65,6 +69,16 @@ impl RSocket for Responder {
 
     fn request_stream(&self, req: Payload) -> PayloadStream {
         self.counters.hits.fetch_add(1, Ordering::SeqCst);
+        match req.data_utf8() {
+            Some("hang") => return futures::stream::pending().boxed(),
+            Some("hang1") => {
+                let first = Payload::from(format!("{}:0", self.name));
+                return futures::stream::once(async { Ok(first) })
+                    .chain(futures::stream::pending())
+                    .boxed();
+            }
+            _ => {}
+        }
         let n: usize = req.data_utf8().and_then(|s| s.parse().ok()).unwrap_or(0);
         let name = self.name.clone();
         let counters = self.counters.clone();
@@ -78,6 +92,9 @@ impl RSocket for Responder {
 
     fn request_channel(&self, first: Payload, rest: PayloadStream) -> PayloadStream {
         self.counters.hits.fetch_add(1, Ordering::SeqCst);
+        if first.data_utf8() == Some("hang") {
+            return futures::stream::pending().boxed();
+        }
         let name = self.name.clone();
         futures::stream::once(async { Ok(first) })
             .chain(rest)
