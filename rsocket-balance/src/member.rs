@@ -462,11 +462,15 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    /// The delay after `failures` consecutive failures (0: the first).
-    pub(crate) fn delay(&self, failures: u32, rng: &mut Rng) -> Duration {
+    /// The delay before the next dial after `failures` consecutive failed
+    /// dials: the first from `min`, each later one from twice the one
+    /// before, up to `max` (0, after a connection that served requests:
+    /// from `min` too).
+    pub(crate) fn after(&self, failures: u32, rng: &mut Rng) -> Duration {
+        let doublings = failures.saturating_sub(1).min(20);
         let base = self
             .min
-            .saturating_mul(1u32 << failures.min(20))
+            .saturating_mul(1u32 << doublings)
             .min(self.max.max(self.min));
         let half = base / 2;
         half + half.mul_f64(rng.next_f64())
@@ -500,7 +504,7 @@ pub(crate) async fn run<K: Key>(
                     let inner = slot.inner();
                     inner.failed_dials = inner.failed_dials.saturating_add(1);
                     inner.last_error = Some(e.to_string());
-                    wait = backoff.delay(inner.failed_dials, &mut inner.rng);
+                    wait = backoff.after(inner.failed_dials, &mut inner.rng);
                     inner.failed_dials
                 });
                 warn!(key = ?member.key, error = %e, failures, retry_in = ?wait, "dial failed");
@@ -544,7 +548,7 @@ pub(crate) async fn run<K: Key>(
                 if !inner.healthy {
                     inner.failed_dials = inner.failed_dials.saturating_add(1);
                 }
-                wait = backoff.delay(inner.failed_dials, &mut inner.rng);
+                wait = backoff.after(inner.failed_dials, &mut inner.rng);
             }
         });
         core.changed();

@@ -110,6 +110,45 @@ async fn restarted_server_at_the_same_address_is_redialled() {
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn failed_dials_back_off_from_min_doubling_up_to_max() {
+    // Every dial fails; the clock is paused, so the gaps are the delays.
+    let dials: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+    let connector = {
+        let dials = dials.clone();
+        move || {
+            dials.lock().unwrap().push(tokio::time::Instant::now());
+            async {
+                Err::<Requester, BoxError>(Box::new(std::io::Error::from(
+                    std::io::ErrorKind::ConnectionRefused,
+                )))
+            }
+        }
+    };
+    let b = Balancer::builder()
+        .clock(TokioClock)
+        .backoff(Duration::from_millis(100), Duration::from_millis(400))
+        .build_from_list([("x", connector)]);
+    within(
+        "seven failed dials",
+        b.wait_until(|m| m.first().is_some_and(|m| m.failed_dials >= 7)),
+    )
+    .await;
+    let times = dials.lock().unwrap().clone();
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    // Equal jitter: each delay in the upper half of 100, 200, 400, 400, ...
+    let ranges = [100, 200, 400, 400, 400, 400].map(|ms| {
+        let top = Duration::from_millis(ms);
+        top / 2..top
+    });
+    for (i, (gap, range)) in gaps.iter().zip(&ranges).enumerate() {
+        assert!(
+            range.contains(gap),
+            "delay {i}: {gap:?} not in {range:?}: {gaps:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn backpressure_holds_through_the_balancer() {
     let servers = [
         MemServer::start("a", Duration::ZERO),

@@ -31,9 +31,12 @@ pub struct Config {
     /// request beyond it is answered with `ERROR[REJECTED]`. With this many
     /// fire-and-forget handlers still running, the connection reads no more
     /// frames until one finishes, so load pushes back on the peer and no
-    /// fire-and-forget is dropped; meanwhile this side does not hold the
-    /// peer's silence against the keepalive's max lifetime (the peer, whose
-    /// KEEPALIVEs wait unanswered, may close). Default 10,000.
+    /// whole fire-and-forget is dropped; meanwhile this side does not hold
+    /// the peer's silence against the keepalive's max lifetime (the peer,
+    /// whose KEEPALIVEs wait unanswered, may close). The first fragment of
+    /// a fragmented fire-and-forget that arrives while open streams and
+    /// requests still being reassembled number this many is dropped (there
+    /// is nobody to tell). Default 10,000.
     pub max_concurrent_inbound_streams: usize,
     /// Bytes of encoded frames waiting for the writer. When reached, new
     /// requests, responder streams and request/response answers from
@@ -47,7 +50,9 @@ pub struct Config {
     pub max_outbound_queue_bytes: usize,
     /// How long reading may stay paused because the peer does not read
     /// what we queued in reply (see `max_outbound_queue_bytes`) before the
-    /// connection is closed with `ERROR[CONNECTION_ERROR]`. Default 30 s.
+    /// transport is dropped: a peer that reads nothing cannot be sent an
+    /// ERROR frame either. Also the longest the driver waits to flush its
+    /// last frames after any close. Default 30 s.
     pub outbound_stall_timeout: Duration,
     /// Default credit window of request/stream and channel inbound halves:
     /// the initial request-n, replenished with REQUEST_N when half of it has
