@@ -10,8 +10,8 @@
 //! A server that stops without deregistering disappears when its lease
 //! expires (at most `ttl` later); the watch turns that into a removal.
 //! A changed value under the same key is a replacement (the old member
-//! drains). If the watch breaks (etcd restarted, history compacted) the
-//! prefix is listed again and the difference applied.
+//! drains). If the watch breaks (etcd restarted, say) or etcd cancels it,
+//! the prefix is listed again and the difference applied.
 //!
 //! ```no_run
 //! use std::time::Duration;

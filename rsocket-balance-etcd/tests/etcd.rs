@@ -25,6 +25,30 @@ struct EtcdProcess {
 impl EtcdProcess {
     fn start() -> Self {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        // Tests run at once in this process: a directory each.
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, Ordering::SeqCst);
+        let dir = root.join(format!("target/etcd-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (child, endpoint) = Self::spawn(&dir, "http://127.0.0.1:0");
+        Self {
+            child,
+            endpoint,
+            dir,
+        }
+    }
+
+    /// Kills etcd and starts it again on the same data and client address.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, endpoint) = Self::spawn(&self.dir, &self.endpoint);
+        assert_eq!(endpoint, self.endpoint, "etcd came back elsewhere");
+        self.child = child;
+    }
+
+    fn spawn(dir: &Path, client_url: &str) -> (Child, String) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let bin = std::env::var_os("ETCD_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("target/etcd/usr/bin/etcd"));
@@ -33,18 +57,17 @@ impl EtcdProcess {
             "etcd not found at {}: run scripts/fetch-etcd.sh (scripts/test.sh does)",
             bin.display()
         );
-        let dir = root.join(format!("target/etcd-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let url = "http://127.0.0.1:0";
+        let peer = "http://127.0.0.1:0";
         let mut child = Command::new(bin)
             .args(["--name", "t", "--data-dir"])
-            .arg(&dir)
-            .args(["--listen-client-urls", url, "--advertise-client-urls", url])
+            .arg(dir)
+            .args(["--listen-client-urls", client_url])
+            .args(["--advertise-client-urls", client_url])
             .args([
                 "--listen-peer-urls",
-                url,
+                peer,
                 "--initial-advertise-peer-urls",
-                url,
+                peer,
             ])
             .args(["--initial-cluster", "t=http://127.0.0.1:0"])
             // Fast elections, and a minimum lease TTL of 1 s.
@@ -68,11 +91,7 @@ impl EtcdProcess {
         let addr = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("etcd did not report its client address");
-        Self {
-            child,
-            endpoint: format!("http://{addr}"),
-            dir,
-        }
+        (child, format!("http://{addr}"))
     }
 }
 
@@ -214,4 +233,100 @@ async fn etcd_registered_servers_come_and_go_while_requests_succeed() {
     let members: Vec<_> = b.members().into_iter().map(|m| m.key).collect();
     assert_eq!(members, [format!("{prefix}s3")]);
     reg3.deregister().await.unwrap();
+}
+
+/// etcd's `LeaseRevokeRequest`, for revoking a lease behind a
+/// registration's back.
+#[derive(Clone, PartialEq, prost::Message)]
+struct LeaseRevoke {
+    #[prost(int64, tag = "1")]
+    id: i64,
+}
+
+/// etcd's `LeaseRevokeResponse` (its header is not needed).
+#[derive(Clone, PartialEq, prost::Message)]
+struct LeaseRevoked {}
+
+async fn revoke_lease(endpoint: &str, id: i64) {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let _: tonic::Response<LeaseRevoked> = grpc
+        .unary(
+            tonic::Request::new(LeaseRevoke { id }),
+            tonic::codegen::http::uri::PathAndQuery::from_static("/etcdserverpb.Lease/LeaseRevoke"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect("lease revoked");
+}
+
+/// The next change of a raw watch, as `+key=value` or `-key`.
+async fn next_change<S>(changes: &mut S) -> String
+where
+    S: futures::Stream<Item = rsocket_balance::Change<String, String>> + Unpin,
+{
+    use futures::StreamExt;
+    let change = tokio::time::timeout(Duration::from_secs(20), changes.next())
+        .await
+        .expect("a change within 20 s")
+        .expect("the watch goes on");
+    match change {
+        rsocket_balance::Change::Insert(k, v) => format!("+{k}={v}"),
+        rsocket_balance::Change::Remove(k) => format!("-{k}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_values_lost_leases_and_an_etcd_restart_are_followed() {
+    let mut etcd_process = EtcdProcess::start();
+    let etcd = Etcd::connect(&etcd_process.endpoint).await.unwrap();
+    let prefix = "/services/echo/";
+    let ttl = Duration::from_secs(1);
+    let reg_v1 = etcd.register(prefix, "a", "v1", ttl).await.unwrap();
+    let mut changes = Box::pin(etcd.watch(prefix, |v: &str| Some(v.to_owned())));
+    assert_eq!(next_change(&mut changes).await, "+/services/echo/a=v1");
+
+    // A new value under the same key: an insert, which replaces.
+    let reg_v2 = etcd.register(prefix, "a", "v2", ttl).await.unwrap();
+    assert_eq!(next_change(&mut changes).await, "+/services/echo/a=v2");
+    drop(reg_v1); // its lease holds no key any more
+
+    // The lease is revoked behind the registration's back: the key goes,
+    // and the registration puts it back under a new lease.
+    let lost = reg_v2.lease_id();
+    revoke_lease(&etcd_process.endpoint, lost).await;
+    assert_eq!(next_change(&mut changes).await, "-/services/echo/a");
+    assert_eq!(next_change(&mut changes).await, "+/services/echo/a=v2");
+    // The new lease is published right after the key is put back.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while reg_v2.lease_id() == lost {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("registered again under a new lease");
+
+    // etcd restarts: the watch breaks, lists again and follows on.
+    etcd_process.restart();
+    // The client reconnects on its own; calls fail until etcd is back.
+    let reg_b = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match etcd.register(prefix, "b", "w", ttl).await {
+                Ok(r) => break r,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await
+    .expect("etcd back within 20 s");
+    assert_eq!(next_change(&mut changes).await, "+/services/echo/b=w");
+    reg_b.deregister().await.unwrap();
+    assert_eq!(next_change(&mut changes).await, "-/services/echo/b");
+    reg_v2.deregister().await.unwrap();
+    assert_eq!(next_change(&mut changes).await, "-/services/echo/a");
 }
