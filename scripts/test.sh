@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs every check and test of the workspace. Needs the Rust toolchain and
-# apt (it fetches etcd 3.4 for the etcd discovery tests)
-# (plus Python 3 and Node for the interop suites once they land).
+# Runs every check and test of the workspace. Needs the Rust toolchain, apt
+# (it fetches etcd 3.4 for the etcd discovery tests), Python 3 and Node (the
+# interop suites install their peers from PyPI and npm by themselves).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never

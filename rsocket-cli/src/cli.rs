@@ -130,12 +130,14 @@ pub(crate) struct ClientArgs {
     /// Cancel a stream or channel after N items.
     #[arg(long, value_name = "N")]
     pub(crate) take: Option<u64>,
-    /// Credit window of a stream or channel: initial request-n, then
-    /// REQUEST_N as half of it is consumed (default 256).
+    /// Fixed credit window of a stream or channel: initial request-n, then
+    /// REQUEST_N as half of it is consumed (default: the engine's window,
+    /// 256 at first, growing up to 4,096 while items are small).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=0x7FFF_FFFF))]
     pub(crate) prefetch: Option<u32>,
     /// One JSON object per line: `{"event":"next","data":..}`, then
-    /// `complete`, `cancel` or `error`.
+    /// `complete`, `cancel` or `error` (`sent` for fire-and-forget and
+    /// metadata push).
     #[arg(long)]
     pub(crate) json: bool,
     #[command(flatten)]
@@ -162,9 +164,10 @@ pub(crate) struct ServeArgs {
     /// (port 0 picks a free port). The bound URI is printed on the first
     /// line of standard output.
     pub(crate) uri: String,
-    /// Answer every interaction: request/response and fire-and-forget echo,
-    /// a stream of N items (`0`..`N-1`) when the data is a number N (else
-    /// the request once), channel echo.
+    /// Answer every interaction: request/response echo, a stream of N
+    /// items (`0`..`N-1`) when the data is a number N (else the request
+    /// once), channel echo; fire-and-forget and metadata push are accepted
+    /// (and printed with --verbose).
     #[arg(long)]
     pub(crate) echo: bool,
     /// Print one line per request received (and CANCEL) to standard output.
