@@ -105,6 +105,52 @@ async fn untrusted_certificate_is_refused() {
 }
 
 #[tokio::test]
+async fn a_stalled_handshake_is_dropped_at_the_handshake_timeout() {
+    use tokio::io::AsyncReadExt;
+    let (server_tls, _) = tls_configs();
+    let listener = TlsListener::bind("127.0.0.1:0", server_tls)
+        .await
+        .unwrap()
+        .with_handshake_timeout(Duration::from_millis(200));
+    let addr = listener.local_addr().unwrap();
+    let _peers = serve(listener);
+    // Connects and never starts TLS: the server closes it (the default
+    // timeout, 10 s, would pass the bound below).
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut buf))
+        .await
+        .expect("closed within 5 s");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
+#[tokio::test]
+async fn at_most_max_pending_handshakes_run_at_once() {
+    let (server_tls, client_tls) = tls_configs();
+    let listener = TlsListener::bind("127.0.0.1:0", server_tls)
+        .await
+        .unwrap()
+        .with_max_pending_handshakes(1);
+    let addr = listener.local_addr().unwrap();
+    let _peers = serve(listener);
+    // One silent connection takes the only slot (it is accepted first: the
+    // TLS client below connects after it).
+    let stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = tokio::spawn(connect_tls(addr, "localhost", client_tls));
+    let held = tokio::time::timeout(Duration::from_millis(300), &mut tls).await;
+    assert!(held.is_err(), "a second handshake ran beside the first");
+    // The silent peer leaves: its handshake fails and the slot is free.
+    drop(stalled);
+    let transport = within(tls).await.unwrap().unwrap();
+    let client = ClientBuilder::new().connect(transport).unwrap();
+    let reply = within(client.request_response(Payload::from("after")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.data_utf8(), Some("after"));
+}
+
+#[tokio::test]
 async fn stalled_handshake_does_not_block_other_accepts() {
     let (server_tls, client_tls) = tls_configs();
     let listener = TlsListener::bind("127.0.0.1:0", server_tls).await.unwrap();
