@@ -116,11 +116,21 @@
 //! | a server interceptor refused the call | `REJECTED` | `<CODE>: <message>` of its status | |
 //! | the server cancelled (core) | `CANCELED` (0x203) | as sent | `CANCELLED` |
 //!
-//! None of these affects the connection or other calls. On the client, a
-//! connection that ends gives `UNAVAILABLE`, a passed deadline
-//! `DEADLINE_EXCEEDED`, a dropped call `CANCELLED`, a response over the
-//! client's size limit `RESOURCE_EXHAUSTED`, an undecodable response
-//! `INTERNAL`. [`Status::rsocket_code`] tells which ERROR code a status came
+//! None of these affects the connection or other calls. On the client:
+//!
+//! | situation (core [`RequestError`](rsocket_core::RequestError)) | code |
+//! |---|---|
+//! | the connection ended (`Connection`) | `UNAVAILABLE` |
+//! | the connection is closing gracefully, the call was not sent (`ConnectionClosing`) | `UNAVAILABLE` |
+//! | no connection could take the call, e.g. a load balancer with no ready member (`Unavailable`) | `UNAVAILABLE` |
+//! | leasing is on and no lease allowed the call (`NoLease`) | `UNAVAILABLE` |
+//! | the stream was cancelled (`Cancelled`) | `CANCELLED` |
+//! | the peer broke the protocol on the stream (`Protocol`) | `INTERNAL` |
+//! | a passed deadline | `DEADLINE_EXCEEDED` |
+//! | a response over the client's size limit | `RESOURCE_EXHAUSTED` |
+//! | an undecodable response | `INTERNAL` |
+//!
+//! The message of the first four is the core error's text. [`Status::rsocket_code`] tells which ERROR code a status came
 //! in. (Custom codes in the application range are avoided on purpose:
 //! rsocket-py 0.4.20 drops ERROR frames with codes it does not know, and its
 //! calls then hang.)
