@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use rsocket_core::{ErrorCode, Payload, Requester};
-use rsocket_rpc::{interceptor_fn, Client, Code, Metadata, Request, Router, Status};
+use rsocket_core::{
+    ClientBuilder, ErrorCode, MimeType, Payload, RequestError, Requester, SetupParams,
+};
+use rsocket_rpc::codegen::prost::Message;
+use rsocket_rpc::{interceptor_fn, Client, Code, Interceptor, Metadata, Request, Router, Status};
 use rsocket_tests::{within, TestServer, TransportKind};
 use tokio::sync::mpsc;
 
@@ -426,6 +429,162 @@ pub async fn interceptors<K: TransportKind>() {
     );
 }
 
+/// An interceptor that appends `tag` to the request's [`REQUEST_ID`]
+/// entry (which the service echoes back).
+fn append_mark(tag: &'static str) -> impl Interceptor {
+    interceptor_fn(move |call| {
+        let marks = match call.metadata().get_str(REQUEST_ID) {
+            Some(before) => format!("{before},{tag}"),
+            None => tag.to_owned(),
+        };
+        call.metadata_mut()
+            .insert(REQUEST_ID, marks)
+            .map_err(|e| Status::internal(e.to_string()))
+    })
+}
+
+/// Interceptors run in the order they were added, on the client and then
+/// on the server, for unary and streaming calls.
+pub async fn interceptor_order<K: TransportKind>() {
+    let f = Fixture::<K>::start(|r| {
+        r.interceptor(append_mark("s1"))
+            .interceptor(append_mark("s2"))
+    })
+    .await;
+    let client = GreeterClient::new(f.requester.clone())
+        .with_interceptor(append_mark("c1"))
+        .with_interceptor(append_mark("c2"));
+    let response = within("unary", client.say_hello(hello("Ada")))
+        .await
+        .expect("answered");
+    assert_eq!(response.metadata().get_str(REQUEST_ID), Some("c1,c2,s1,s2"));
+    let mut stream = client
+        .lots_of_replies(HelloRequest {
+            name: "o".into(),
+            count: 1,
+        })
+        .await
+        .expect("started");
+    assert!(within("reply", stream.message())
+        .await
+        .expect("ok")
+        .is_some());
+    assert_eq!(stream.metadata().get_str(REQUEST_ID), Some("c1,c2,s1,s2"));
+}
+
+/// A server interceptor that removes an entry hides it from the handler;
+/// the other entries still reach it.
+pub async fn interceptor_strips<K: TransportKind>() {
+    let f = Fixture::<K>::start(|r| {
+        r.interceptor(interceptor_fn(|call| {
+            call.metadata_mut().remove(REQUEST_ID);
+            Ok(())
+        }))
+    })
+    .await;
+    let client = GreeterClient::new(f.requester.clone()).with_interceptor(interceptor_fn(|call| {
+        call.metadata_mut()
+            .set_bearer_token("kept")
+            .map_err(|e| Status::internal(e.to_string()))
+    }));
+    let mut request = Request::new(hello("Ada"));
+    request
+        .metadata_mut()
+        .insert(REQUEST_ID, "strip-me")
+        .expect("metadata");
+    let response = within("unary", client.say_hello(request))
+        .await
+        .expect("answered");
+    assert_eq!(response.metadata().get_str(SEEN_TOKEN), Some("kept"));
+    assert_eq!(response.metadata().get_str(REQUEST_ID), None);
+}
+
+/// A REQUEST_CHANNEL in the composite layout whose first payload carries
+/// data is refused with `ERROR[INVALID]`, for client-streaming and
+/// bidirectional methods; one with empty data is served.
+pub async fn channel_header_must_be_empty<K: TransportKind>() {
+    let f = Fixture::<K>::start(|r| r).await;
+    for route in ["greeter.Greeter/LotsOfGreetings", "greeter.Greeter/Chat"] {
+        let first = Payload {
+            metadata: Some(Metadata::new().encode_request(route).expect("route")),
+            data: Bytes::from(hello("a").encode_to_vec()),
+        };
+        let rest = futures::stream::iter([Payload::new(Bytes::from(hello("b").encode_to_vec()))]);
+        let mut responses = f.requester.request_channel(first, rest);
+        match within("the refusal", responses.next()).await {
+            Some(Err(RequestError::Stream(e))) => {
+                assert_eq!(e.code, ErrorCode::INVALID, "{route}");
+                assert_eq!(
+                    e.message,
+                    "INVALID_ARGUMENT: the first payload of a channel carries only metadata; \
+                     its data must be empty",
+                    "{route}"
+                );
+            }
+            other => panic!("{route}: expected ERROR[INVALID], got {other:?}"),
+        }
+        assert!(within("the end", responses.next()).await.is_none());
+    }
+
+    let first = Payload {
+        metadata: Some(
+            Metadata::new()
+                .encode_request("greeter.Greeter/LotsOfGreetings")
+                .expect("route"),
+        ),
+        data: Bytes::new(),
+    };
+    let rest = futures::stream::iter([Payload::new(Bytes::from(hello("r1").encode_to_vec()))]);
+    let mut responses = f.requester.request_channel(first, rest);
+    let payload = within("the answer", responses.next())
+        .await
+        .expect("one response")
+        .expect("ok");
+    let reply = HelloReply::decode(payload.data).expect("decodes");
+    assert_eq!(reply.message, "Hello r1 (1)");
+}
+
+/// In a client-streaming call, a message over the server's size limit
+/// reaches the handler as an `Err` item with `RESOURCE_EXHAUSTED`, after
+/// which its input ends; the test handler returns it, so it goes out as
+/// `ERROR[INVALID]`.
+pub async fn streamed_message_over_limit<K: TransportKind>() {
+    let mut f = Fixture::<K>::start(|r| r.max_decoding_message_size(64)).await;
+    let names = futures::stream::iter([hello("a"), hello(&"x".repeat(100))]);
+    let s = within("greetings", f.client.lots_of_greetings(names))
+        .await
+        .unwrap_err();
+    assert_status(
+        &s,
+        Code::ResourceExhausted,
+        ErrorCode::INVALID,
+        "exceeds the limit of 64 bytes",
+    );
+    assert_eq!(
+        f.event().await,
+        Event::InputFailed {
+            code: Code::ResourceExhausted,
+            ended: true
+        }
+    );
+}
+
+/// The server does not check the SETUP's MIME types: a client that
+/// announces JSON for data and metadata is served as any other.
+pub async fn other_setup_mime_types<K: TransportKind>() {
+    let (probe, _events) = Probe::new();
+    let server = serve::<K>(router(probe)).await;
+    let json = MimeType::from_static("application/json").expect("a valid MIME type");
+    let params = SetupParams {
+        data_mime_type: json.clone(),
+        metadata_mime_type: json,
+        ..rsocket_rpc::setup_params()
+    };
+    let requester = server.connect(ClientBuilder::new().setup(params)).await;
+    let client = GreeterClient::new(requester);
+    assert_eq!(say(&client, "json").await.expect("served"), "Hello json");
+}
+
 /// A per-call deadline fails the call and drops the server's handler.
 pub async fn deadline<K: TransportKind>() {
     let mut f = Fixture::<K>::start(|r| r).await;
@@ -580,7 +739,6 @@ pub async fn both_directions<K: TransportKind>() {
 /// The server accepts the rsocket-rpc-java version 1 metadata layout,
 /// including a channel whose first payload carries the first message.
 pub async fn rsocket_rpc_java_layout<K: TransportKind>() {
-    use rsocket_rpc::codegen::prost::Message;
     let f = Fixture::<K>::start(|r| r).await;
     // version 1, service "greeter.Greeter", method "SayHello", no tracing
     let metadata = rsocket_rpc::encode_rpc_v1("greeter.Greeter", "SayHello", b"", b"").expect("v1");
@@ -651,7 +809,9 @@ macro_rules! rpc_suite {
                 unary_with_metadata, server_streaming, client_streaming, bidi_streaming,
                 fire_and_forget, errors, interceptors, deadline, client_cancels,
                 server_cancels, backpressure, both_directions, rsocket_rpc_java_layout,
-                other_services);
+                other_services, interceptor_order, interceptor_strips,
+                channel_header_must_be_empty, streamed_message_over_limit,
+                other_setup_mime_types);
         }
     };
     (@tests $kind:ty; $($test:ident),*) => {$(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use futures::{Stream, StreamExt};
-use rsocket_rpc::{BoxStream, Request, Response, Status, Streaming};
+use rsocket_rpc::{BoxStream, Code, Request, Response, Status, Streaming};
 use tokio::sync::mpsc;
 
 use crate::greeter::greeter_server::Greeter;
@@ -31,6 +31,14 @@ pub enum Event {
     Logged(String),
     /// A client's outbound message stream was dropped.
     InputDropped,
+    /// `LotsOfGreetings` read an `Err` item from its input: its code, and
+    /// whether the input had ended after it (the next read gave `None`).
+    InputFailed {
+        /// The item's code.
+        code: Code,
+        /// The next read ended the input.
+        ended: bool,
+    },
 }
 
 /// What the tests observe: events in order, and how often the streaming
@@ -100,6 +108,8 @@ impl Drop for DropGuard {
 /// * `hang`: never answers (reports [`Event::Started`], then
 ///   [`Event::Dropped`] when its future is dropped);
 /// * `endless` (streaming): an endless stream that counts its polls;
+/// * an `Err` item in the `LotsOfGreetings` input: reported as
+///   [`Event::InputFailed`], then returned;
 /// * anything else: `Hello <name>`.
 ///
 /// Every reply's metadata echoes the request's [`REQUEST_ID`] entry and the
@@ -206,8 +216,19 @@ impl Greeter for TestGreeter {
         let metadata = echo_metadata(&request);
         let mut input = request.into_inner();
         let mut names = Vec::new();
-        while let Some(m) = input.message().await? {
-            names.push(m.name);
+        loop {
+            match input.message().await {
+                Ok(Some(m)) => names.push(m.name),
+                Ok(None) => break,
+                Err(status) => {
+                    let ended = matches!(input.message().await, Ok(None));
+                    self.probe.send(Event::InputFailed {
+                        code: status.code(),
+                        ended,
+                    });
+                    return Err(status);
+                }
+            }
         }
         let text = if names.is_empty() {
             "Hello nobody".to_owned()

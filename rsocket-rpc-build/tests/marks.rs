@@ -1,5 +1,6 @@
 //! Method marks given to the builder or as proto options: what they accept
-//! and the errors for routes they cannot apply to.
+//! and the errors for routes they cannot apply to; and leaving out the
+//! client or server modules.
 
 use std::path::PathBuf;
 
@@ -72,4 +73,70 @@ fn an_unknown_route_fails_the_build() {
         matches!(&err, Error::UnknownIdempotent { route } if route == "marks.S/Nope"),
         "{err}"
     );
+}
+
+#[test]
+fn an_unknown_fire_and_forget_route_fails_the_build() {
+    let (dir, out) = workspace("fnf-unknown");
+    let err = configure()
+        .out_dir(&out)
+        .emit_rerun_if_changed(false)
+        .fire_and_forget("marks.S/Nope")
+        .compile_protos(&[dir.join("marks.proto")], &[&dir])
+        .expect_err("no such method");
+    assert!(
+        matches!(&err, Error::UnknownFireAndForget { route } if route == "marks.S/Nope"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_streaming_method_cannot_be_fire_and_forget() {
+    for (name, route) in [
+        ("fnf-stream", "marks.S/List"),
+        ("fnf-channel", "marks.S/Talk"),
+    ] {
+        let (dir, out) = workspace(name);
+        let err = configure()
+            .out_dir(&out)
+            .emit_rerun_if_changed(false)
+            .fire_and_forget(route)
+            .compile_protos(&[dir.join("marks.proto")], &[&dir])
+            .expect_err("a streaming method");
+        assert!(
+            matches!(&err, Error::FireAndForgetNotUnary { route: r } if r == route),
+            "{err}"
+        );
+    }
+}
+
+/// The generated file with `client` and `server` as given.
+fn generated(name: &str, client: bool, server: bool) -> String {
+    let (dir, out) = workspace(name);
+    configure()
+        .out_dir(&out)
+        .emit_rerun_if_changed(false)
+        .build_client(client)
+        .build_server(server)
+        .compile_protos(&[dir.join("marks.proto")], &[&dir])
+        .expect("generated");
+    std::fs::read_to_string(out.join("marks.rs")).expect("generated file")
+}
+
+#[test]
+fn client_and_server_modules_can_be_left_out() {
+    let both = generated("both", true, true);
+    assert!(both.contains("pub mod s_client"), "{both}");
+    assert!(both.contains("pub mod s_server"), "{both}");
+
+    let server_only = generated("no-client", false, true);
+    assert!(!server_only.contains("s_client"), "{server_only}");
+    assert!(server_only.contains("pub mod s_server"), "{server_only}");
+
+    let client_only = generated("no-server", true, false);
+    assert!(client_only.contains("pub mod s_client"), "{client_only}");
+    assert!(!client_only.contains("s_server"), "{client_only}");
+    // The messages are generated either way.
+    assert!(client_only.contains("pub struct M"), "{client_only}");
+    assert!(server_only.contains("pub struct M"), "{server_only}");
 }

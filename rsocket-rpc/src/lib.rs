@@ -108,7 +108,7 @@
 //! | the handler returned `Err(status)` | `APPLICATION_ERROR` (0x201) | `<CODE>: <message>` | `UNKNOWN` |
 //! | the handler panicked | `APPLICATION_ERROR` | `INTERNAL: the handler panicked` | |
 //! | the request message does not decode | `INVALID` (0x204) | `INVALID_ARGUMENT: cannot decode the request message: …` | `INVALID_ARGUMENT` |
-//! | the request message is over the size limit | `INVALID` | `RESOURCE_EXHAUSTED: message of N bytes exceeds the limit of M bytes` | |
+//! | the single request message is over the size limit (for messages of a stream, see [Limits](#limits-and-tracing)) | `INVALID` | `RESOURCE_EXHAUSTED: message of N bytes exceeds the limit of M bytes` | |
 //! | a channel's first payload carries data | `INVALID` | `INVALID_ARGUMENT: the first payload of a channel carries only metadata; …` | |
 //! | unknown service or method | `REJECTED` (0x202) | `UNIMPLEMENTED: unknown method "<route>"` | `UNAVAILABLE` |
 //! | the method exists but not for this interaction | `REJECTED` | `UNIMPLEMENTED: <route> is a <kind> method; call it with …` | |
@@ -116,11 +116,21 @@
 //! | a server interceptor refused the call | `REJECTED` | `<CODE>: <message>` of its status | |
 //! | the server cancelled (core) | `CANCELED` (0x203) | as sent | `CANCELLED` |
 //!
-//! None of these affects the connection or other calls. On the client, a
-//! connection that ends gives `UNAVAILABLE`, a passed deadline
-//! `DEADLINE_EXCEEDED`, a dropped call `CANCELLED`, a response over the
-//! client's size limit `RESOURCE_EXHAUSTED`, an undecodable response
-//! `INTERNAL`. [`Status::rsocket_code`] tells which ERROR code a status came
+//! None of these affects the connection or other calls. On the client:
+//!
+//! | situation (core [`RequestError`](rsocket_core::RequestError)) | code |
+//! |---|---|
+//! | the connection ended (`Connection`) | `UNAVAILABLE` |
+//! | the connection is closing gracefully, the call was not sent (`ConnectionClosing`) | `UNAVAILABLE` |
+//! | no connection could take the call, e.g. a load balancer with no ready member (`Unavailable`) | `UNAVAILABLE` |
+//! | leasing is on and no lease allowed the call (`NoLease`) | `UNAVAILABLE` |
+//! | the stream was cancelled (`Cancelled`) | `CANCELLED` |
+//! | the peer broke the protocol on the stream (`Protocol`) | `INTERNAL` |
+//! | a passed deadline | `DEADLINE_EXCEEDED` |
+//! | a response over the client's size limit | `RESOURCE_EXHAUSTED` |
+//! | an undecodable response | `INTERNAL` |
+//!
+//! The message of the first four is the core error's text. [`Status::rsocket_code`] tells which ERROR code a status came
 //! in. (Custom codes in the application range are avoided on purpose:
 //! rsocket-py 0.4.20 drops ERROR frames with codes it does not know, and its
 //! calls then hang.)
@@ -139,18 +149,32 @@
 //! metadata becomes the call's [`Metadata`], and both raw parts are in
 //! [`Metadata::rsocket_rpc_v1`]. In this layout (as rsocket-rpc-java sends
 //! it) the first payload of a channel carries the first message. Metadata
-//! is read as this layout only when it starts with `00 01` and the three
-//! length-prefixed fields fit exactly; anything else is read as composite
-//! metadata. [`encode_rpc_v1`] writes it.
+//! is read as this layout only when it starts with `00 01`, the three
+//! length-prefixed fields fit inside it (whatever follows them is the user
+//! metadata) and the service and method names are UTF-8; anything else is
+//! read as composite metadata. [`encode_rpc_v1`] writes it.
 //!
 //! # Limits and tracing
 //!
 //! Decoded messages are limited to 4 MiB by default
 //! ([`Router::max_decoding_message_size`],
 //! [`Client::max_decoding_message_size`]), checked against the payload
-//! length before decoding. Every call runs in a `tracing` span `rpc` (at
-//! DEBUG) with the fields `side`, `route`, `kind`, `outcome` (`OK` or the
-//! code, `CANCELLED` when dropped) and `duration_us`.
+//! length before decoding. On the server, a single request message over
+//! the limit is answered `ERROR[INVALID]` with `RESOURCE_EXHAUSTED` and the
+//! handler does not run; in a client-streaming or bidirectional call, a
+//! message over the limit reaches the handler as an `Err` item of its
+//! [`Streaming`] with `RESOURCE_EXHAUSTED`, and the input ends there (a
+//! handler that returns that status sends it as `ERROR[INVALID]`).
+//!
+//! Every call on the client, and every call on the server whose route was
+//! resolved to a method callable with the request's interaction, runs in a
+//! `tracing` span `rpc` (at DEBUG) with the fields `side`, `route`, `kind`,
+//! `outcome` (`OK` or the code, `CANCELLED` when dropped) and
+//! `duration_us`; the span covers the server's interceptors and the
+//! refusal of a channel whose first payload carries data. A request the
+//! server refuses before that (no or malformed metadata, an unknown
+//! method, a method that does not take the interaction) gets no span,
+//! only a DEBUG event "refused a call" with its `code` and `message`.
 //!
 //! Panics in handlers are caught (with `panic = "unwind"`, the default) and
 //! answered as `INTERNAL`.

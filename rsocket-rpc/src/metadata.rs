@@ -594,6 +594,17 @@ mod tests {
     }
 
     #[test]
+    fn rpc_v1_needs_utf8_names() {
+        // Fields that fit, but the service name is the byte ff.
+        let md = hex("00 01 00 01 ff 00 01 4d 00 00");
+        let read_as_v1 = matches!(parse_request(Some(&md)), Ok(i) if i.layout == Layout::RpcV1);
+        assert!(!read_as_v1);
+        let md = hex("00 01 00 01 53 00 02 4d ff 00 00");
+        let read_as_v1 = matches!(parse_request(Some(&md)), Ok(i) if i.layout == Layout::RpcV1);
+        assert!(!read_as_v1);
+    }
+
+    #[test]
     fn missing_route() {
         assert_eq!(parse_request(None).unwrap_err(), RouteError::NoMetadata);
         let md = hex("02 78 2f 79 00 00 02 61 62");

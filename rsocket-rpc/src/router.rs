@@ -83,7 +83,9 @@ impl Default for Router {
 }
 
 impl Router {
-    /// A router with no services: every call is answered `UNIMPLEMENTED`.
+    /// A router with no services: a call that names a route is answered
+    /// `UNIMPLEMENTED` (unknown method), one with no metadata, no route or
+    /// malformed metadata `INVALID_ARGUMENT`.
     pub fn new() -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -126,8 +128,13 @@ impl Router {
         self
     }
 
-    /// The largest request message decoded (default 4 MiB); a larger one is
-    /// answered `ERROR[INVALID]` with `RESOURCE_EXHAUSTED` before decoding.
+    /// The largest request message decoded (default 4 MiB), checked before
+    /// decoding. A larger single request message (unary, server-streaming,
+    /// fire-and-forget) is answered `ERROR[INVALID]` with
+    /// `RESOURCE_EXHAUSTED` and the handler does not run; a larger message
+    /// of a client-streaming or bidirectional input reaches the handler as
+    /// an `Err` item of its [`Streaming`](crate::Streaming) with
+    /// `RESOURCE_EXHAUSTED`, after which the input ends.
     pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
         self.inner_mut().max_decode = limit;
         self
@@ -543,5 +550,80 @@ impl Hasher for RouteHasher {
     #[inline]
     fn write_usize(&mut self, n: usize) {
         self.add(n as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Notes the name of every span made and the message of every event.
+    #[derive(Default, Clone)]
+    struct Recorder(Arc<Mutex<Vec<String>>>);
+
+    struct Message<'a>(&'a mut Vec<String>);
+
+    impl tracing::field::Visit for Message<'_> {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+            if field.name() == "message" {
+                self.0.push(format!("event {value:?}"));
+            }
+        }
+    }
+
+    impl tracing::Subscriber for Recorder {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+
+        fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            if let Ok(mut log) = self.0.lock() {
+                log.push(format!("span {}", span.metadata().name()));
+            }
+            tracing::span::Id::from_u64(1)
+        }
+
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+        fn event(&self, event: &tracing::Event<'_>) {
+            if let Ok(mut log) = self.0.lock() {
+                event.record(&mut Message(&mut log));
+            }
+        }
+
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    /// Calls refused while reading the route get a debug event, no span;
+    /// on a router with no services, a call with no metadata is
+    /// `INVALID_ARGUMENT` and one naming a route `UNIMPLEMENTED`.
+    #[tokio::test]
+    async fn refusals_before_routing_are_events_not_spans() {
+        let recorder = Recorder::default();
+        let router = Router::new();
+        let routed = Metadata::new()
+            .encode_request("a.B/C")
+            .expect("a valid route");
+        let _guard = tracing::subscriber::set_default(recorder.clone());
+        let no_metadata = router.request_response(Payload::new(Bytes::new())).await;
+        let status = no_metadata.map_err(Status::from).err();
+        assert_eq!(status.map(|s| s.code()), Some(crate::Code::InvalidArgument));
+        let mut unknown = router.request_stream(Payload {
+            metadata: Some(routed),
+            data: Bytes::new(),
+        });
+        let status = match unknown.next().await {
+            Some(Err(e)) => Some(Status::from(e).code()),
+            _ => None,
+        };
+        assert_eq!(status, Some(crate::Code::Unimplemented));
+        let log = recorder.0.lock().map(|l| l.clone()).unwrap_or_default();
+        assert!(!log.iter().any(|l| l.starts_with("span ")), "{log:?}");
+        let refusals = log.iter().filter(|l| *l == "event refused a call");
+        assert_eq!(refusals.count(), 2, "{log:?}");
     }
 }

@@ -48,7 +48,9 @@ pub enum Code {
     Unimplemented = 12,
     /// An invariant of the system is broken (for example a handler panicked).
     Internal = 13,
-    /// The service is unavailable; the connection may have ended.
+    /// The service is unavailable: on the client, the connection ended or
+    /// is closing, no connection was available, or no lease allowed the
+    /// request. Usually worth retrying.
     Unavailable = 14,
     /// Unrecoverable data loss or corruption.
     DataLoss = 15,
@@ -301,6 +303,11 @@ impl From<RequestError> for Status {
         match err {
             RequestError::Stream(e) => Self::from_stream_error(&e),
             RequestError::Connection(e) => Self::unavailable(format!("connection: {e}")),
+            // Nothing was sent in these three: the call can be retried, on
+            // this connection later or on another one.
+            e @ (RequestError::ConnectionClosing { .. }
+            | RequestError::Unavailable(_)
+            | RequestError::NoLease(_)) => Self::unavailable(e.to_string()),
             RequestError::Cancelled => Self::cancelled("the call was cancelled"),
             other => Self::internal(other.to_string()),
         }
@@ -400,5 +407,35 @@ mod tests {
             Status::from(RequestError::from(conn)).code(),
             Code::Unavailable
         );
+    }
+
+    #[test]
+    fn requests_not_sent_are_unavailable() {
+        let none_ready: std::sync::Arc<dyn std::error::Error + Send + Sync> =
+            std::sync::Arc::new(std::io::Error::other("no ready member"));
+        let cases = [
+            (
+                RequestError::ConnectionClosing {
+                    initiator: rsocket_core::Initiator::Remote,
+                },
+                "connection is closing",
+            ),
+            (RequestError::Unavailable(none_ready), "no ready member"),
+            (
+                RequestError::NoLease(rsocket_core::NoLease::NotGranted),
+                "no valid lease",
+            ),
+        ];
+        for (err, text) in cases {
+            let s = Status::from(err.clone());
+            assert_eq!(s.code(), Code::Unavailable, "{err:?}");
+            assert!(s.message().contains(text), "{err:?}: {}", s.message());
+            assert_eq!(s.message(), err.to_string());
+        }
+        // A protocol violation is a bug somewhere, not unavailability.
+        let s = Status::from(RequestError::Protocol(
+            rsocket_core::StreamViolation::BeyondCredit,
+        ));
+        assert_eq!(s.code(), Code::Internal);
     }
 }
