@@ -105,9 +105,14 @@ async fn connect_errors_are_typed() {
         rsocket::connect(&format!("tcp://127.0.0.1:{port}")).await,
         Err(ConnectError::Io(_))
     ));
-    #[cfg(not(feature = "tls"))]
+    // wss:// without TLS settings, with the `tls` feature or without it;
+    // and a wss:// listener, which the facade does not offer.
     assert!(matches!(
         rsocket::connect("wss://127.0.0.1:1/").await,
+        Err(ConnectError::TlsNotConfigured)
+    ));
+    assert!(matches!(
+        rsocket::Listener::bind("wss://127.0.0.1:0/").await,
         Err(ConnectError::TlsNotConfigured)
     ));
     let bad = Config {
