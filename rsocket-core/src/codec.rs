@@ -57,7 +57,7 @@ impl FrameCodec {
     }
 
     /// A codec with a lower maximum frame size; values above 16,777,215 are
-    /// capped to it.
+    /// capped to it, values below 6 (a frame header) raised to 6.
     pub fn with_max_frame_len(max: usize) -> Self {
         Self {
             max_frame_len: max.clamp(HEADER_LEN, MAX_FRAME_LEN),
@@ -139,5 +139,30 @@ impl Encoder<Bytes> for FrameCodec {
         crate::frame::put_u24(dst, frame.len());
         dst.put_slice(&frame);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_maximum_frame_size_is_kept_between_a_header_and_2_pow_24_minus_1() {
+        assert_eq!(
+            FrameCodec::with_max_frame_len(0).max_frame_len(),
+            HEADER_LEN
+        );
+        assert_eq!(FrameCodec::with_max_frame_len(100).max_frame_len(), 100);
+        assert_eq!(
+            FrameCodec::with_max_frame_len(usize::MAX).max_frame_len(),
+            16_777_215
+        );
+        // At the lowest maximum a bare header still passes; one byte more
+        // does not.
+        let mut codec = FrameCodec::with_max_frame_len(0);
+        let mut header = BytesMut::from(&[0, 0, 6, 0, 0, 0, 0, 0x24, 0][..]);
+        assert!(matches!(codec.decode(&mut header), Ok(Some(f)) if f.len() == 6));
+        let mut longer = BytesMut::from(&[0, 0, 7][..]);
+        assert!(codec.decode(&mut longer).is_err());
     }
 }

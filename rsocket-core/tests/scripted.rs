@@ -438,6 +438,24 @@ async fn client_sends_setup_first_with_configured_fields() {
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
+async fn with_prefetch_takes_0_as_1_and_u32_max_as_everything() {
+    let (requester, mut raw) = scripted_client(ClientBuilder::new()).await;
+    let mut one = requester
+        .with_prefetch(0)
+        .request_stream(Payload::from("a"));
+    assert!(poll!(one.next()).is_pending());
+    assert_eq!(expect_frame(&mut raw).await, request_stream(1, 1, "a"));
+    let mut all = requester
+        .with_prefetch(u32::MAX)
+        .request_stream(Payload::from("b"));
+    assert!(poll!(all.next()).is_pending());
+    assert_eq!(
+        expect_frame(&mut raw).await,
+        request_stream(3, 0x7FFF_FFFF, "b")
+    );
+}
+
+#[tokio::test]
 async fn requester_stream_replenishes_half_window() {
     let (requester, mut raw) = scripted_client(ClientBuilder::new()).await;
     let mut s = requester

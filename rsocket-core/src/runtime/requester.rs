@@ -52,7 +52,7 @@ impl Requester {
     /// A handle whose request/stream and request/channel calls use `n` as
     /// the credit window (initial request-n; REQUEST_N when half is
     /// consumed) instead of `Config::default_prefetch`. `u32::MAX` or
-    /// 2^31 − 1 requests everything at once.
+    /// 2^31 − 1 requests everything at once; 0 is taken as 1.
     pub fn with_prefetch(&self, n: u32) -> Self {
         Self {
             shared: self.shared.clone(),
@@ -415,14 +415,23 @@ impl Future for OpenFuture {
     }
 }
 
-/// A wait bound in whole milliseconds (a sub-millisecond wait rounds up
-/// to 1 ms; at most about 49 days).
+/// A wait bound in whole milliseconds, rounded up (at most about 49
+/// days).
 fn wait_ms(d: Duration) -> u32 {
-    let ms = u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
-    if ms == 0 && !d.is_zero() {
-        1
-    } else {
-        ms
+    u32::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_waits_are_whole_milliseconds_rounded_up() {
+        assert_eq!(wait_ms(Duration::ZERO), 0);
+        assert_eq!(wait_ms(Duration::from_nanos(1)), 1);
+        assert_eq!(wait_ms(Duration::from_micros(1_900)), 2);
+        assert_eq!(wait_ms(Duration::from_millis(5)), 5);
+        assert_eq!(wait_ms(Duration::from_secs(100 * 86_400)), u32::MAX);
     }
 }
 
