@@ -421,20 +421,6 @@ fn wait_ms(d: Duration) -> u32 {
     u32::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u32::MAX)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lease_waits_are_whole_milliseconds_rounded_up() {
-        assert_eq!(wait_ms(Duration::ZERO), 0);
-        assert_eq!(wait_ms(Duration::from_nanos(1)), 1);
-        assert_eq!(wait_ms(Duration::from_micros(1_900)), 2);
-        assert_eq!(wait_ms(Duration::from_millis(5)), 5);
-        assert_eq!(wait_ms(Duration::from_secs(100 * 86_400)), u32::MAX);
-    }
-}
-
 /// Future of [`Requester::request_response`].
 ///
 /// Kept small (it is moved into whatever awaits it): only what opening the
@@ -612,5 +598,19 @@ impl Stream for ResponseStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.inner.poll_next(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_waits_are_whole_milliseconds_rounded_up() {
+        assert_eq!(wait_ms(Duration::ZERO), 0);
+        assert_eq!(wait_ms(Duration::from_nanos(1)), 1);
+        assert_eq!(wait_ms(Duration::from_micros(1_900)), 2);
+        assert_eq!(wait_ms(Duration::from_millis(5)), 5);
+        assert_eq!(wait_ms(Duration::from_secs(100 * 86_400)), u32::MAX);
     }
 }
