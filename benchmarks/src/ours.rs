@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use futures::{Sink, StreamExt};
 use rsocket_core::frame::Frame;
 use rsocket_core::{
-    async_trait, ClientBuilder, Payload, PayloadStream, RSocket, RequestError, Requester,
-    Server, ServerResumeOptions, Transport, TransportError,
+    async_trait, ClientBuilder, Payload, PayloadStream, RSocket, RequestError, Requester, Server,
+    ServerResumeOptions, Transport, TransportError, WireRead,
 };
 
 /// `RSOCKET_BENCH_RESUME=1`: run over a resumable session.
@@ -321,6 +321,13 @@ impl<T: Transport> Transport for CreditTap<T> {
                 granted: self.granted,
             },
         )
+    }
+
+    /// The reader is the socket's own: read in place, as on any TCP
+    /// connection, so that the consumer's credit check on runs of items is
+    /// the one measured.
+    fn wire_reader(reader: &mut Self::Reader) -> Option<&mut dyn WireRead> {
+        T::wire_reader(reader)
     }
 }
 
