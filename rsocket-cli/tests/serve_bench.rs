@@ -470,4 +470,31 @@ async fn lease_wait_bounds_how_long_a_request_waits_for_a_lease() {
     let ops = report["operations"].as_u64().unwrap();
     assert!((3..=8).contains(&ops), "{report}");
     assert_eq!(report["errors"], 0, "{report}");
+    // Without waiting, requests beyond the lease fail at once and are
+    // counted as NO_LEASE; the run still ends on time.
+    let r = run(
+        &[
+            "bench",
+            &two.uri,
+            "-c",
+            "4",
+            "--duration",
+            "1s",
+            "--lease",
+            "--lease-wait",
+            "0s",
+            "--json",
+        ],
+        "",
+    )
+    .await;
+    r.expect_code(0);
+    let report: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    let ops = report["operations"].as_u64().unwrap();
+    assert!((1..=4).contains(&ops), "{report}");
+    let refused = report["errors_by_code"]["NO_LEASE"].as_u64().unwrap_or(0);
+    assert!(
+        refused > 0 && refused == report["errors"].as_u64().unwrap(),
+        "{report}"
+    );
 }
