@@ -64,6 +64,7 @@ impl Tally {
             (None, RequestError::Connection(_)) => "CONNECTION_LOST".to_owned(),
             (None, RequestError::ConnectionClosing { .. }) => "CONNECTION_CLOSING".to_owned(),
             (None, RequestError::Cancelled) => "CANCELLED".to_owned(),
+            (None, RequestError::NoLease(_)) => "NO_LEASE".to_owned(),
             (None, _) => "OTHER".to_owned(),
         };
         *self.errors.entry(key).or_default() += 1;
@@ -135,7 +136,13 @@ async fn worker(
                     *tally.errors.entry("SHORT_STREAM".into()).or_default() += 1;
                 }
             }
-            Some(Err(e)) => tally.error(&e, &live),
+            Some(Err(e)) => {
+                tally.error(&e, &live);
+                // A request refused on the spot (no lease) completes
+                // without ever waiting: without a yield the workers would
+                // spin and starve the timers, the stop signal included.
+                tokio::task::yield_now().await;
+            }
         }
     }
     Ok(tally)

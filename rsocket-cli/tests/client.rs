@@ -91,20 +91,111 @@ async fn plain_metadata_and_data_from_a_file() {
         "setup text/plain application/octet-stream  -"
     );
     assert_eq!(next_event(&mut events).await, "rr - from a file");
+    // The metadata read from standard input went out as is (the server
+    // echoes it back).
+    let r = run(&[&uri, "-d", &at, "-m", "-", "--json"], "stdin-md").await;
+    r.expect_code(0);
+    let reply: Value = serde_json::from_str(r.lines()[0]).unwrap();
+    assert_eq!(reply["data"], "from a file", "{r:#?}");
+    assert_eq!(reply["metadata"], "stdin-md", "{r:#?}");
     let _ = std::fs::remove_file(file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_from_standard_input() {
+    let (uri, mut events) = serve_recorder("tcp://127.0.0.1:0").await;
+    let r = run(&[&uri, "-d", "-"], "all of\nstdin").await;
+    r.expect_code(0);
+    assert_eq!(r.stdout, "all of\nstdin\n");
+    wait_for(&mut events, "rr - all of\nstdin").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_shows_binary_data_in_hex() {
+    let (uri, mut events) = serve_recorder("tcp://127.0.0.1:0").await;
+    let file = std::env::temp_dir().join(format!("rsocket-cli-binary-{}", std::process::id()));
+    std::fs::write(&file, [0xff, 0x00, 0xfe, b'a']).unwrap();
+    let at = format!("@{}", file.display());
+    let r = run(&[&uri, "-d", &at, "--json"], "").await;
+    let _ = std::fs::remove_file(&file);
+    r.expect_code(0);
+    let reply: Value = serde_json::from_str(r.lines()[0]).unwrap();
+    assert_eq!(reply["event"], "next", "{r:#?}");
+    assert_eq!(reply["data_hex"], "ff00fe61", "{r:#?}");
+    assert!(reply.get("data").is_none(), "{r:#?}");
+    // The recorder saw the same bytes (lossily decoded).
+    assert_eq!(
+        wait_for(&mut events, "rr - \u{fffd}\0\u{fffd}a")
+            .await
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_authentication_is_encoded_in_the_composite_metadata() {
+    let (uri, mut events) = serve_recorder("tcp://127.0.0.1:0").await;
+    // The password may hold a colon: only the first one after the user
+    // separates.
+    let r = run(
+        &[&uri, "-d", "x", "--auth", "simple:alice:pa:ss", "--json"],
+        "",
+    )
+    .await;
+    r.expect_code(0);
+    assert_eq!(
+        next_event(&mut events).await,
+        "setup message/x.rsocket.composite-metadata.v0 application/octet-stream  -"
+    );
+    let reply: Value = serde_json::from_str(r.lines()[0]).unwrap();
+    let md = hex_decode(reply["metadata_hex"].as_str().expect("binary metadata"));
+    let entries = rsocket::metadata::CompositeMetadata::new(md)
+        .to_vec()
+        .unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(
+        entries[0].mime.as_str(),
+        Some("message/x.rsocket.authentication.v0")
+    );
+    // Simple (0x80 | 0), the user's length as a big-endian u16, the user,
+    // the password.
+    assert_eq!(&entries[0].content[..], b"\x80\x00\x05alicepa:ss");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fire_and_forget_and_metadata_push_arrive() {
     let (uri, mut events) = serve_recorder("tcp://127.0.0.1:0").await;
-    run(&[&uri, "--fnf", "-d", "fired"], "")
-        .await
-        .expect_code(0);
+    let r = run(&[&uri, "--fnf", "-d", "fired"], "").await;
+    r.expect_code(0);
+    assert_eq!(r.stdout, "");
     wait_for(&mut events, "fnf fired").await;
     run(&[&uri, "--metadata-push", "-m", "pushed"], "")
         .await
         .expect_code(0);
     wait_for(&mut events, "push pushed").await;
+    // With --json each prints one `sent` event.
+    for (args, interaction, event) in [
+        (
+            ["--fnf", "-d", "json-fired"],
+            "fire_and_forget",
+            "fnf json-fired",
+        ),
+        (
+            ["--metadata-push", "-m", "json-pushed"],
+            "metadata_push",
+            "push json-pushed",
+        ),
+    ] {
+        let mut argv = vec![uri.as_str(), "--json"];
+        argv.extend(args);
+        let r = run(&argv, "").await;
+        r.expect_code(0);
+        assert_eq!(r.lines().len(), 1, "{r:#?}");
+        let sent: Value = serde_json::from_str(r.lines()[0]).unwrap();
+        assert_eq!(sent["event"], "sent", "{r:#?}");
+        assert_eq!(sent["interaction"], interaction, "{r:#?}");
+        wait_for(&mut events, event).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 mod common;
 
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use common::{bin, run, serve_recorder};
 use serde_json::Value;
@@ -310,4 +311,190 @@ async fn lease_and_resume_are_negotiated_or_refused() {
     let r = run(&[&plain.uri, "--resume", "-d", "x"], "").await;
     r.expect_code(1);
     assert!(r.stderr.contains("REJECTED_SETUP"), "{}", r.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_debug_prints_the_frames_it_reads_and_writes() {
+    let mut child = tokio::process::Command::new(bin())
+        .args(["serve", "tcp://127.0.0.1:0", "--echo", "--debug"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn rsocket serve");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let uri = Served::next_line(&mut out).await.expect("the bound URI");
+    let mut err = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    run(&[&uri, "-d", "dbg"], "").await.expect_code(0);
+    // In this order: the SETUP and the request read, the reply written,
+    // each followed by its hex dump.
+    let want = [
+        "server <-- SETUP stream=0 ",
+        "    0000  00 00 00 00 04 00 ",
+        "server <-- REQUEST_RESPONSE stream=1 flags=0x000 [] length=9",
+        "    0000  00 00 00 01 10 00 64 62 67 ",
+        "server --> PAYLOAD stream=1 flags=0x060 [C N] length=9",
+        "    0000  00 00 00 01 28 60 64 62 67 ",
+    ];
+    let mut seen = Vec::new();
+    for prefix in want {
+        loop {
+            // The client is done: its frames are logged already.
+            let line = tokio::time::timeout(Duration::from_secs(10), err.next_line())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten()
+                .unwrap_or_else(|| panic!("no {prefix:?} in the server's log: {seen:#?}"));
+            let found = line.starts_with(prefix);
+            seen.push(line);
+            if found {
+                break;
+            }
+        }
+    }
+    let _ = child.start_kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_opens_the_connections_it_is_asked_for() {
+    let (uri, mut events) = serve_recorder("tcp://127.0.0.1:0").await;
+    let report = bench(&uri, "rr", &["--connections", "3"]).await;
+    assert_sane(&report);
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["connections"], 3, "{report}");
+    // The recorder reports one SETUP per connection; each connection
+    // carried requests, so its SETUP was handled before the run ended.
+    let mut setups = 0;
+    while let Ok(event) = events.try_recv() {
+        if event.starts_with("setup ") {
+            setups += 1;
+        }
+    }
+    assert_eq!(setups, 3);
+}
+
+/// One progress line of `bench`: `[  1.0s] 123 ops, 123/s, 0 errors`, as
+/// (seconds, operations, errors).
+fn progress_line(line: &str) -> Option<(f64, u64, u64)> {
+    let (secs, rest) = line.strip_prefix('[')?.split_once("s] ")?;
+    let mut parts = rest.split(", ");
+    let ops = parts.next()?.strip_suffix(" ops")?.parse().ok()?;
+    parts.next()?.strip_suffix("/s")?.parse::<u64>().ok()?;
+    let errors = parts.next()?.strip_suffix(" errors")?.parse().ok()?;
+    Some((secs.trim().parse().ok()?, ops, errors))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_prints_progress_every_second_to_standard_error() {
+    let (uri, _events) = serve_recorder("tcp://127.0.0.1:0").await;
+    let r = run(
+        &["bench", &uri, "-c", "4", "--duration", "3s", "--json"],
+        "",
+    )
+    .await;
+    r.expect_code(0);
+    let report: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    let lines: Vec<_> = r
+        .stderr
+        .lines()
+        .map(|l| progress_line(l).unwrap_or_else(|| panic!("not a progress line: {l:?}")))
+        .collect();
+    // After about 1 s and 2 s (3 s races with the end), then the final one.
+    assert!(lines.len() >= 3, "{}", r.stderr);
+    assert!((1.0..2.0).contains(&lines[0].0), "{}", r.stderr);
+    for pair in lines.windows(2) {
+        assert!(
+            pair[0].0 < pair[1].0 && pair[0].1 <= pair[1].1,
+            "{}",
+            r.stderr
+        );
+    }
+    let (secs, ops, errors) = lines[lines.len() - 1];
+    assert!(secs >= 3.0, "{}", r.stderr);
+    assert!(ops > 0 && errors == 0, "{}", r.stderr);
+    assert!(
+        ops <= report["operations"].as_u64().unwrap() + 4,
+        "{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_wait_bounds_how_long_a_request_waits_for_a_lease() {
+    // A server that grants no request at all.
+    let none = Served::start_with("tcp://127.0.0.1:0", &["--lease", "0/60s"]).await;
+    let started = Instant::now();
+    let r = run(&[&none.uri, "--lease", "--lease-wait", "0s", "-d", "x"], "").await;
+    let waited = started.elapsed();
+    r.expect_code(2);
+    assert!(
+        r.stderr.contains("no valid lease") && r.stderr.contains("request not sent"),
+        "{}",
+        r.stderr
+    );
+    // Not the default 10 s.
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    // A wait of 1.5 s sees the LEASE (of no request) arrive and then
+    // gives up.
+    let started = Instant::now();
+    let r = run(
+        &[&none.uri, "--lease", "--lease-wait", "1500ms", "-d", "x"],
+        "",
+    )
+    .await;
+    let waited = started.elapsed();
+    r.expect_code(2);
+    assert!(r.stderr.contains("requests are used up"), "{}", r.stderr);
+    assert!(waited >= Duration::from_millis(1500), "{waited:?}");
+    // Two requests a second: requests beyond a lease wait for the next
+    // one and go out then, none fails.
+    let two = Served::start_with("tcp://127.0.0.1:0", &["--lease", "2/1s"]).await;
+    let r = run(
+        &[
+            "bench",
+            &two.uri,
+            "-c",
+            "4",
+            "--duration",
+            "2500ms",
+            "--lease",
+            "--lease-wait",
+            "10s",
+            "--json",
+        ],
+        "",
+    )
+    .await;
+    r.expect_code(0);
+    let report: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    let ops = report["operations"].as_u64().unwrap();
+    assert!((3..=8).contains(&ops), "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    // Without waiting, requests beyond the lease fail at once and are
+    // counted as NO_LEASE; the run still ends on time.
+    let r = run(
+        &[
+            "bench",
+            &two.uri,
+            "-c",
+            "4",
+            "--duration",
+            "1s",
+            "--lease",
+            "--lease-wait",
+            "0s",
+            "--json",
+        ],
+        "",
+    )
+    .await;
+    r.expect_code(0);
+    let report: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    let ops = report["operations"].as_u64().unwrap();
+    assert!((1..=4).contains(&ops), "{report}");
+    let refused = report["errors_by_code"]["NO_LEASE"].as_u64().unwrap_or(0);
+    assert!(
+        refused > 0 && refused == report["errors"].as_u64().unwrap(),
+        "{report}"
+    );
 }
