@@ -112,7 +112,7 @@ async fn connect_errors_are_typed() {
         Err(ConnectError::TlsNotConfigured)
     ));
     assert!(matches!(
-        rsocket::Listener::bind("wss://127.0.0.1:0/").await,
+        Listener::bind("wss://127.0.0.1:0/").await,
         Err(ConnectError::TlsNotConfigured)
     ));
     let bad = Config {
