@@ -9,7 +9,8 @@
 //! Every (workload, runtime, implementation, run) is a child process of this
 //! binary (`--worker`), so its peak RSS (VmHWM) and CPU time are its own.
 //! Medians of the runs go into one markdown table, printed and written to
-//! `benchmarks/results.md`.
+//! `benchmarks/results.md` (a full run of everything) or
+//! `benchmarks/target/last-run.md` (a quick or partial run).
 
 mod common;
 mod grpc;
@@ -1020,7 +1021,18 @@ fn main() {
     }
     let table = render(&args, &res, started);
     println!("{table}");
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results.md");
+    // Only a full run of everything replaces the recorded results; a quick
+    // or partial one goes beside the build.
+    let full = !args.quick
+        && args.only.len() == Workload::ALL.len()
+        && args.impls.len() == Impl::ALL.len()
+        && args.flavors.len() == 2;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = if full {
+        dir.join("results.md")
+    } else {
+        dir.join("target").join("last-run.md")
+    };
     match std::fs::write(&path, &table) {
         Ok(()) => eprintln!("wrote {}", path.display()),
         Err(e) => eprintln!("could not write {}: {e}", path.display()),
