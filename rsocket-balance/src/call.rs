@@ -110,22 +110,30 @@ fn on_failure<K: Key>(
         return classified;
     }
     let now = core.clock.now();
-    core.on_picked(picked, |slot| {
-        if peer_closing {
-            slot.note_peer_close(picked);
-        }
-        let verdict = if rejected && slot.peer_began_close(picked) {
-            Verdict::Retry
-        } else {
-            classified
-        };
-        if verdict == Verdict::Retry && !matches!(err, RequestError::NoLease(_)) {
-            slot.stop_using(picked, &err.to_string(), now);
-            debug!(key = ?slot.key(), error = %err, sent, "retrying on another member");
-        }
-        verdict
-    })
-    .unwrap_or(classified)
+    let (verdict, stopped) = core
+        .on_picked(picked, |slot| {
+            if peer_closing {
+                slot.note_peer_close(picked);
+            }
+            let verdict = if rejected && slot.peer_began_close(picked) {
+                Verdict::Retry
+            } else {
+                classified
+            };
+            let mut stopped = false;
+            if verdict == Verdict::Retry && !matches!(err, RequestError::NoLease(_)) {
+                stopped = slot.stop_using(picked, &err.to_string(), now);
+                debug!(key = ?slot.key(), error = %err, sent, "retrying on another member");
+            }
+            (verdict, stopped)
+        })
+        .unwrap_or((classified, false));
+    if stopped {
+        // Out of the ready list before the retry picks, and seen by
+        // `state_changes` watchers.
+        core.changed();
+    }
+    verdict
 }
 
 /// A request/response through the balancer, written out by hand (rather

@@ -65,7 +65,9 @@ pub struct MemberInfo<K> {
     pub availability: f64,
     /// Successful dials so far.
     pub connects: u64,
-    /// Dials that failed since the last success.
+    /// Dials that failed, and connections that ended before a request
+    /// succeeded on them, since the last request that succeeded (what the
+    /// re-dial delay grows with).
     pub failed_dials: u32,
     /// The last dial or connection error, if any.
     pub last_error: Option<String>,
@@ -179,19 +181,24 @@ impl<K: Key> Slot<K> {
     }
 
     /// A snapshot for [`Balancer::members`](crate::Balancer::members).
+    /// Reading the estimates may update them (an idle member's latency
+    /// decays as it is read for a pick), so they are read from a copy:
+    /// looking changes nothing.
     pub(crate) fn info(&mut self, now: Micros, is_target: bool) -> MemberInfo<K> {
         let key = self.key.clone();
         let inner = self.inner.get_mut();
-        let availability = inner.stats.weighted_availability(now);
         let own = inner.own_availability();
-        let latency_us = inner.stats.predicted_latency(now);
+        let weight = inner.stats.clone().weight(now, own);
+        let mut stats = inner.stats.clone();
+        let availability = stats.weighted_availability(now);
+        let latency_us = stats.predicted_latency(now);
         MemberInfo {
             key,
             state: inner.state,
             is_target,
-            pending: inner.stats.pending(),
+            pending: stats.pending(),
             latency: Duration::from_secs_f64((latency_us / 1e6).clamp(0.0, 1e9)),
-            weight: inner.stats.weight(now, own),
+            weight,
             availability,
             connects: inner.connects,
             failed_dials: inner.failed_dials,
@@ -231,6 +238,7 @@ impl<K: Key> Slot<K> {
             .end_request(now, picked.started, ok, picked.timed);
         if ok && inner.current(picked.generation) {
             inner.healthy = true;
+            inner.failed_dials = 0;
         }
     }
 
@@ -255,6 +263,7 @@ impl<K: Key> Slot<K> {
         let inner = self.inner.get_mut();
         if inner.current(picked.generation) {
             inner.healthy = true;
+            inner.failed_dials = 0;
         }
     }
 
@@ -517,7 +526,9 @@ pub(crate) async fn run<K: Key>(
             inner.requester = Some(requester.clone());
             inner.generation += 1;
             inner.connects += 1;
-            inner.failed_dials = 0;
+            // Cleared by the first request that succeeds on it, not here:
+            // a server that accepts and drops at once backs off further
+            // each time.
             inner.healthy = false;
             slot.transition(MemberState::Ready, now);
         });

@@ -313,6 +313,71 @@ async fn a_sent_channel_is_not_retried_even_before_its_first_item() {
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn reading_the_members_changes_no_estimate() {
+    let a = MemServer::start("a", Duration::from_millis(10));
+    let b = Balancer::builder()
+        .clock(TokioClock)
+        .build_from_list(targets(std::slice::from_ref(&a)));
+    all_ready(&b, 1).await;
+    for _ in 0..20 {
+        b.request_response(Payload::from("x")).await.unwrap();
+    }
+    // Idle for long: an estimate read for a pick would decay now.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let first = b.members()[0].clone();
+    for _ in 0..10 {
+        let again = b.members()[0].clone();
+        assert_eq!(again.latency, first.latency);
+        assert_eq!(again.weight, first.weight);
+        assert_eq!(again.availability, first.availability);
+    }
+    assert!(first.latency > Duration::ZERO, "{first:?}");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_member_refusing_for_its_close_leaves_the_ready_list_at_once() {
+    let mut a = MemServer::start("a", Duration::ZERO);
+    let b_srv = MemServer::start("b", Duration::ZERO);
+    let (tx, rx) = tokio::sync::watch::channel(vec![("a".to_owned(), a.connector())]);
+    let both = vec![
+        ("a".to_owned(), a.connector()),
+        ("b".to_owned(), b_srv.connector()),
+    ];
+    // Round robin: requests go to a every other time, whatever its load.
+    let b = Balancer::builder()
+        .clock(TokioClock)
+        .strategy(RoundRobin::new())
+        .build_from_watch(rx);
+    all_ready(&b, 1).await;
+    // A stream in flight keeps a's connection open while a closes.
+    let mut held = b.request_stream(Payload::from("hang1"));
+    let first = within("the first item", held.next()).await;
+    assert_eq!(text(first.transpose().expect("ok")), "a:0");
+    tx.send(both).expect("the balancer watches");
+    all_ready(&b, 2).await;
+    let mut changes = b.state_changes();
+    changes.borrow_and_update();
+    a.shutdown();
+    // Requests go on; once a's CONNECTION_CLOSE has arrived, the first one
+    // routed to a is refused there and sent to b, and a is out of the
+    // ready list right then, while its connection is still open.
+    let a_state = |b: &Balancer<String>| b.members().iter().find(|m| m.key == "a").map(|m| m.state);
+    let mut sent = 0;
+    while a_state(&b) == Some(MemberState::Ready) && sent < 1000 {
+        let reply = b.request_response(Payload::from("x")).await;
+        assert!(reply.is_ok(), "{reply:?}");
+        sent += 1;
+    }
+    // Right after the request that a refused (nothing since):
+    assert_eq!(a_state(&b), Some(MemberState::Draining), "after {sent}");
+    assert_eq!(b.ready_count(), 1, "a left the ready list with its refusal");
+    assert!(changes.has_changed().unwrap(), "state_changes was bumped");
+    assert_eq!(a.open(), 1, "a's connection is still open (draining)");
+    assert!(b_srv.hits() >= 1);
+    drop(held);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn raw_requester_api_through_the_balancer() {
     let servers: Vec<_> = ["a", "b"]
         .iter()

@@ -138,7 +138,8 @@ async fn failed_dials_back_off_from_min_doubling_up_to_max() {
     // Equal jitter: each delay in the upper half of 100, 200, 400, 400, ...
     let ranges = [100, 200, 400, 400, 400, 400].map(|ms| {
         let top = Duration::from_millis(ms);
-        top / 2..top
+        // The timer rounds up to the millisecond.
+        top / 2..=top
     });
     for (i, (gap, range)) in gaps.iter().zip(&ranges).enumerate() {
         assert!(
@@ -146,6 +147,48 @@ async fn failed_dials_back_off_from_min_doubling_up_to_max() {
             "delay {i}: {gap:?} not in {range:?}: {gaps:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_server_that_accepts_and_drops_is_backed_off_further_each_time() {
+    // Every dial succeeds, and every connection ends at once, having
+    // served nothing: the delays grow as for failed dials.
+    let dials: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+    let connector = {
+        let dials = dials.clone();
+        move || {
+            dials.lock().unwrap().push(tokio::time::Instant::now());
+            async {
+                let (client_end, server_end) = memory_pair(1024);
+                drop(server_end);
+                Ok::<_, BoxError>(ClientBuilder::new().connect(client_end)?)
+            }
+        }
+    };
+    let b = Balancer::builder()
+        .clock(TokioClock)
+        .backoff(Duration::from_millis(100), Duration::from_millis(400))
+        .build_from_list([("x", connector)]);
+    within(
+        "six connections dropped",
+        b.wait_until(|m| m.first().is_some_and(|m| m.connects >= 6)),
+    )
+    .await;
+    let times = dials.lock().unwrap().clone();
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    let ranges = [100, 200, 400, 400, 400].map(|ms| {
+        let top = Duration::from_millis(ms);
+        // The timer rounds up to the millisecond.
+        top / 2..=top
+    });
+    for (i, (gap, range)) in gaps.iter().zip(&ranges).enumerate() {
+        assert!(
+            range.contains(gap),
+            "delay {i}: {gap:?} not in {range:?}: {gaps:?}"
+        );
+    }
+    let info = &b.members()[0];
+    assert!(info.failed_dials >= 5, "{info:?}");
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
