@@ -22,8 +22,8 @@ pub(crate) trait List {
 }
 
 /// The members a strategy chooses among: every member that is ready and
-/// not being removed, in a stable order (insertion order). Never empty
-/// when a strategy is asked.
+/// not being removed, in a stable order (insertion order). A strategy is
+/// only asked when there are two or more (see [`Strategy`]).
 pub struct Candidates<'a> {
     list: &'a dyn List,
     now: Micros,
@@ -87,10 +87,14 @@ impl<'a> Candidates<'a> {
     }
 }
 
-/// Chooses one member per request. Called with the balancer's lock held,
-/// so keep it short; it is never called with no candidate.
+/// Chooses one member per request when two or more are ready. With a
+/// single ready member the balancer sends to it without calling the
+/// strategy (so a strategy that counts its calls, or keeps a cursor as
+/// [`RoundRobin`] does, does not see those requests). Called with the
+/// balancer's lock held, so keep it short.
 pub trait Strategy: Send + fmt::Debug + 'static {
-    /// Returns an index into `candidates` (out of range is treated as 0).
+    /// Returns an index into `candidates`; an index out of range picks the
+    /// first candidate (index 0).
     fn select(&mut self, candidates: &Candidates<'_>, rng: &mut Rng) -> usize;
 }
 
