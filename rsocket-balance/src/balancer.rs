@@ -597,7 +597,9 @@ where
 
 /// One [`RSocket`](rsocket_core::RSocket) over many servers. Cheap to
 /// clone; every clone shares the members. Dropping the last clone closes
-/// every member gracefully.
+/// every member gracefully, as [`close`](Self::close) does but without
+/// waiting: streams still open then (they are not clones) run to their
+/// end before the connections close.
 pub struct Balancer<K: Key> {
     handle: Arc<Handle<K>>,
     pub(crate) defaults: CallOptions,
