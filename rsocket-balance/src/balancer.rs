@@ -72,8 +72,14 @@ pub struct BalancerConfig {
     /// How long a request waits for a ready member before failing with
     /// [`BalanceError::NoReadyMember`]. Default 5 s.
     pub wait_for_member: Duration,
-    /// How many times a request is sent again to another member when it
-    /// is safe to (see the crate docs on retries). Default 2.
+    /// How many times a request is sent again when it is safe to (see
+    /// the manual's [Retries](crate::manual#retries) section for which
+    /// failures are). Default 2. A retry is a new pick among the ready
+    /// members. A connection found closing or dead is taken out of use
+    /// first, so the retry does not go to it; but a member that refused
+    /// the request for want of a lease (`RequestError::NoLease`) stays in
+    /// use and may be picked again: with a single ready member every
+    /// attempt goes to it.
     pub max_retries: u32,
     /// Re-dial delays after a dial fails or a connection ends.
     pub backoff: Backoff,

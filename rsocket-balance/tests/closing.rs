@@ -1,6 +1,6 @@
 //! Closing the balancer with live members (`Balancer::close`, and dropping
 //! the last clone), and when the balancer consults its strategy (not with
-//! one ready member).
+//! one ready member; again on a retry after a refusal for want of a lease).
 
 mod common;
 
@@ -14,8 +14,8 @@ use rsocket_balance::{
     BalanceError, Balancer, BoxError, Candidates, Connect, MemberState, Rng, Strategy, TokioClock,
 };
 use rsocket_core::{
-    async_trait, memory_pair, ClientBuilder, ConnectionError, ErrorCode, MemoryTransport, Payload,
-    PayloadStream, RSocket, Requester, Server,
+    async_trait, memory_pair, ClientBuilder, ConnectionError, ErrorCode, LeaseConfig, LeasePolicy,
+    MemoryTransport, Payload, PayloadStream, RSocket, RequestError, Requester, Server,
 };
 use tokio::sync::{mpsc, Notify};
 
@@ -248,4 +248,42 @@ async fn an_index_out_of_range_picks_the_first_candidate() {
         assert_eq!(calls, 10);
         assert!(replies.iter().all(|r| r == "a"), "{pick}: {replies:?}");
     }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_request_refused_for_want_of_a_lease_may_be_retried_on_the_same_member() {
+    // a leases no request at all; b would answer anything.
+    let a = MemServer::start_with(
+        "a",
+        Duration::ZERO,
+        Some(LeaseConfig::new().policy(LeasePolicy::fixed(Duration::from_secs(3600), 0))),
+    );
+    let b = MemServer::start("b", Duration::ZERO);
+    let leasing = ClientBuilder::new()
+        .keepalive(Duration::from_secs(3600), Duration::from_secs(7200))
+        .lease(LeaseConfig::new());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let balancer = Balancer::builder()
+        .clock(TokioClock)
+        .max_retries(2)
+        .strategy(Counting {
+            calls: calls.clone(),
+            pick: 0,
+        })
+        .build_from_list([
+            ("a", a.connector_with(leasing)),
+            ("b", b.connector_with(ClientBuilder::new())),
+        ]);
+    within(
+        "both ready",
+        balancer.wait_until(|m| count(m, MemberState::Ready) == 2),
+    )
+    .await;
+    // The strategy picks a every time, and a stays ready after each
+    // refusal: three attempts, all on a.
+    let reply = balancer.request_response(Payload::from("x")).await;
+    assert!(matches!(reply, Err(RequestError::NoLease(_))), "{reply:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!((a.hits(), b.hits()), (0, 0));
+    assert_eq!(count(&balancer.members(), MemberState::Ready), 2);
 }
