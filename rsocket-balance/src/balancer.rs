@@ -473,8 +473,15 @@ impl BalancerBuilder {
         self
     }
 
-    /// Seeds every random choice (member picks, jitter, quantile
-    /// estimates), so a run can be replayed exactly.
+    /// Seeds every random choice (member picks, back-off jitter, quantile
+    /// estimates). The picks of [`WeightedP2c`] also depend on the
+    /// latencies read from the [clock](Self::clock), so a run replays
+    /// exactly when the clock is deterministic too:
+    /// [`TokioClock`](crate::TokioClock) on a paused current-thread tokio
+    /// runtime (as `weighted_p2c_starves_the_slow_server_exactly` in
+    /// `tests/balance.rs` checks), or a [`ManualClock`](crate::ManualClock).
+    /// The default clock reads real time, so with it the same seed can
+    /// give different picks.
     #[must_use]
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
