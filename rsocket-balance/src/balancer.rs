@@ -72,8 +72,14 @@ pub struct BalancerConfig {
     /// How long a request waits for a ready member before failing with
     /// [`BalanceError::NoReadyMember`]. Default 5 s.
     pub wait_for_member: Duration,
-    /// How many times a request is sent again to another member when it
-    /// is safe to (see the crate docs on retries). Default 2.
+    /// How many times a request is sent again when it is safe to (see
+    /// the manual's [Retries](crate::manual#retries) section for which
+    /// failures are). Default 2. A retry is a new pick among the ready
+    /// members. A connection found closing or dead is taken out of use
+    /// first, so the retry does not go to it; but a member that refused
+    /// the request for want of a lease (`RequestError::NoLease`) stays in
+    /// use and may be picked again: with a single ready member every
+    /// attempt goes to it.
     pub max_retries: u32,
     /// Re-dial delays after a dial fails or a connection ends.
     pub backoff: Backoff,
@@ -467,8 +473,15 @@ impl BalancerBuilder {
         self
     }
 
-    /// Seeds every random choice (member picks, jitter, quantile
-    /// estimates), so a run can be replayed exactly.
+    /// Seeds every random choice (member picks, back-off jitter, quantile
+    /// estimates). The picks of [`WeightedP2c`] also depend on the
+    /// latencies read from the [clock](Self::clock), so a run replays
+    /// exactly when the clock is deterministic too:
+    /// [`TokioClock`](crate::TokioClock) on a paused current-thread tokio
+    /// runtime (as `weighted_p2c_starves_the_slow_server_exactly` in
+    /// `tests/balance.rs` checks), or a [`ManualClock`](crate::ManualClock).
+    /// The default clock reads real time, so with it the same seed can
+    /// give different picks.
     #[must_use]
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -597,7 +610,9 @@ where
 
 /// One [`RSocket`](rsocket_core::RSocket) over many servers. Cheap to
 /// clone; every clone shares the members. Dropping the last clone closes
-/// every member gracefully.
+/// every member gracefully, as [`close`](Self::close) does but without
+/// waiting: streams still open then (they are not clones) run to their
+/// end before the connections close.
 pub struct Balancer<K: Key> {
     handle: Arc<Handle<K>>,
     pub(crate) defaults: CallOptions,

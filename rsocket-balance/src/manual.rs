@@ -37,8 +37,9 @@
 //! connector), its own availability is the lease's remaining share
 //! (`remaining / allowed`, 0 when spent or expired), so p2c stops sending
 //! to a server out of lease, and a request refused locally for want of a
-//! lease (`RequestError::NoLease`, nothing sent) is retried on another
-//! member without taking this one out of use.
+//! lease (`RequestError::NoLease`, nothing sent) is retried without taking
+//! this one out of use: the retry's pick usually finds another member, but
+//! may take the same one again (always, when it is the only one ready).
 //!
 //! The randomness is a seedable [`Rng`](crate::Rng) and the time comes from
 //! a [`Clock`](crate::Clock) (by default the CPU's time-stamp counter; a
@@ -97,9 +98,13 @@
 //!
 //! # Retries
 //!
-//! A failed attempt goes to another member, at most
+//! A failed attempt is sent again, at most
 //! [`BalancerConfig::max_retries`](crate::BalancerConfig::max_retries)
-//! times, when the server cannot have processed it:
+//! times, when the server cannot have processed it. Each retry is a new
+//! pick: every failure below except `NoLease` first takes the member's
+//! connection out of use, so the retry does not go to it; a member that
+//! refused for want of a lease stays ready and may be picked again
+//! (always, when it is the only ready member).
 //!
 //! | failure | retried |
 //! |---|---|
