@@ -349,9 +349,9 @@ pub mod admin_server {
     ///
     /// The `greeter.Admin` service. Implement it with `async fn`s and serve it with [`AdminServer`].
     pub trait Admin: Send + Sync + 'static {
-        /// Answers with the time and an item whose message type shares its name
-        /// with one in this package. Idempotent (by option): a load balancer may
-        /// send it again after a connection dies under it.
+        /// Answers with an item of the other package (`shared.v1.Item`, id
+        /// "pong"). Idempotent (by option): a load balancer may send it again
+        /// after a connection dies under it.
         ///
         /// Unary call (REQUEST_RESPONSE); route `greeter.Admin/Ping`.
         ///
@@ -483,9 +483,9 @@ pub mod admin_client {
         pub fn client(&self) -> &rpc::Client<R> {
             &self.inner
         }
-        /// Answers with the time and an item whose message type shares its name
-        /// with one in this package. Idempotent (by option): a load balancer may
-        /// send it again after a connection dies under it.
+        /// Answers with an item of the other package (`shared.v1.Item`, id
+        /// "pong"). Idempotent (by option): a load balancer may send it again
+        /// after a connection dies under it.
         ///
         /// Unary call (REQUEST_RESPONSE); route `greeter.Admin/Ping`.
         ///

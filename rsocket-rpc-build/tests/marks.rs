@@ -140,3 +140,47 @@ fn client_and_server_modules_can_be_left_out() {
     assert!(client_only.contains("pub struct M"), "{client_only}");
     assert!(server_only.contains("pub struct M"), "{server_only}");
 }
+
+#[test]
+fn a_fire_and_forget_method_cannot_be_idempotent() {
+    // Get is idempotent by its option; marking it fire-and-forget too is
+    // refused.
+    let (dir, out) = workspace("fnf-idempotent");
+    let err = configure()
+        .out_dir(&out)
+        .emit_rerun_if_changed(false)
+        .fire_and_forget("marks.S/Get")
+        .compile_protos(&[dir.join("marks.proto")], &[&dir])
+        .expect_err("fire-and-forget and idempotent");
+    assert!(
+        matches!(&err, Error::IdempotentNotAllowed { route, .. } if route == "marks.S/Get"),
+        "{err}"
+    );
+}
+
+#[test]
+fn prost_build_settings_reach_the_messages() {
+    let (dir, out) = workspace("prost-config");
+    configure()
+        .out_dir(&out)
+        .emit_rerun_if_changed(false)
+        .prost_config(|config| {
+            config.type_attribute("marks.M", "#[derive(Eq, Hash)]");
+        })
+        .compile_protos(&[dir.join("marks.proto")], &[&dir])
+        .expect("generated");
+    let code = std::fs::read_to_string(out.join("marks.rs")).expect("generated file");
+    assert!(code.contains("#[derive(Eq, Hash)]"), "{code}");
+
+    let (dir, out) = workspace("with-prost-config");
+    let mut config = prost_build::Config::new();
+    config.type_attribute("marks.M", "#[derive(PartialOrd)]");
+    configure()
+        .out_dir(&out)
+        .emit_rerun_if_changed(false)
+        .with_prost_config(config)
+        .compile_protos(&[dir.join("marks.proto")], &[&dir])
+        .expect("generated");
+    let code = std::fs::read_to_string(out.join("marks.rs")).expect("generated file");
+    assert!(code.contains("#[derive(PartialOrd)]"), "{code}");
+}

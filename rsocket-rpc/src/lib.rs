@@ -210,7 +210,8 @@ pub type BoxStream<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, S
 
 /// Includes the code generated for a protobuf package by
 /// `rsocket-rpc-build`: `include_proto!("greeter")` includes
-/// `$OUT_DIR/greeter.rs`.
+/// `$OUT_DIR/greeter.rs`. Code written elsewhere (the builder's `out_dir`)
+/// is included with `include!` and its path.
 #[macro_export]
 macro_rules! include_proto {
     ($package:tt) => {

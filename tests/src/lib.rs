@@ -7,18 +7,19 @@
 //!
 //! ```text
 //! // tests/tests/e2e.rs
-//! use rsocket_tests::{Memory, Tcp};
+//! use rsocket_tests::{Memory, Tcp, Ws};
 //! rsocket_tests::suite!(memory, Memory);
 //! rsocket_tests::suite!(tcp, Tcp);
+//! rsocket_tests::suite!(ws, Ws);
 //! ```
 //!
-//! Adding a transport (WebSocket, say) means implementing [`TransportKind`]:
-//! return the server's stream of incoming transports and a [`Connector`]
-//! that opens a client transport to it, then invoking [`suite!`] once more.
+//! Adding a transport means implementing [`TransportKind`]: return the
+//! server's stream of incoming transports and a [`Connector`] that opens a
+//! client transport to it, then invoking [`suite!`] once more.
 //!
 //! The pieces:
-//! * [`TransportKind`], [`Memory`], [`Tcp`]: how to get a server-side stream
-//!   of transports and a client connector.
+//! * [`TransportKind`], [`Memory`], [`Tcp`], [`Ws`]: how to get a
+//!   server-side stream of transports and a client connector.
 //! * [`TestServer`]: a running [`Server`] whose accepted connections hand
 //!   their server-side [`Requester`] to the test, with graceful shutdown and
 //!   hard abort.

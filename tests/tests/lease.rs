@@ -1,7 +1,8 @@
 //! Leasing end to end, real client against real server: over the in-memory
 //! pair with tokio's paused clock (the fixed policy's re-grant per TTL), and
-//! over in-memory, TCP and WebSocket with grants the application sends
-//! (`Requester::send_lease`), in both directions.
+//! over in-memory, TCP and WebSocket in both directions: the server's
+//! grants to the client sent by the application (`Requester::send_lease`),
+//! the client's to the server by its fixed policy.
 
 use std::sync::Arc;
 use std::time::Duration;

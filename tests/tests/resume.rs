@@ -1,6 +1,6 @@
 //! Session resumption end to end, through the fault-injection proxy
-//! (`rsocket_tests::proxy`): TCP and WebSocket transports are cut, stalled
-//! and refused while requests, streams and channels are open.
+//! (`rsocket_tests::proxy`): TCP transports are cut, stalled and refused,
+//! and WebSocket ones cut, while requests, streams and channels are open.
 //!
 //! No test orders events by sleeping: waits are on counters the responder
 //! or the proxy update, each under a timeout that only turns a hang into a
@@ -63,7 +63,8 @@ struct Probe {
 
 /// `count:N` streams N items (4-byte big-endian indexes), `big:N` streams
 /// N items of 1 KiB, `forever` counts without end (the probe sees what was
-/// produced); request/response waits for a gate permit; channels echo.
+/// produced), `bigforever` sends 1 KiB items without end;
+/// request/response waits for a gate permit; channels echo.
 struct Responder {
     probe: Arc<Probe>,
     gate: Arc<Semaphore>,
