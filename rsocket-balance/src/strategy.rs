@@ -221,39 +221,14 @@ impl Strategy for WeightedP2c {
 mod tests {
     use super::*;
 
-    struct Fixed(&'static str, f64);
-
-    impl View for Fixed {
-        fn key(&self) -> &dyn fmt::Debug {
-            &self.0
-        }
-        fn weight(&self, _now: Micros) -> f64 {
-            self.1
-        }
-        fn pending(&self) -> u32 {
-            0
-        }
-        fn availability(&self) -> f64 {
-            if self.1 > 0.0 {
-                1.0
-            } else {
-                0.0
-            }
-        }
-    }
-
-    impl List for Vec<Fixed> {
-        fn len(&self) -> usize {
-            Self::len(self)
-        }
-        fn view(&self, i: usize) -> &dyn View {
-            &self[i]
-        }
+    /// A candidate of weight `w`, available when `w` is above 0.
+    fn fixed(name: &'static str, w: f64) -> Split {
+        Split(name, w, if w > 0.0 { 1.0 } else { 0.0 })
     }
 
     #[test]
     fn round_robin_cycles() {
-        let list = vec![Fixed("a", 1.0), Fixed("b", 1.0), Fixed("c", 1.0)];
+        let list = vec![fixed("a", 1.0), fixed("b", 1.0), fixed("c", 1.0)];
         let c = Candidates::new(&list, 0);
         let mut rr = RoundRobin::new();
         let mut rng = Rng::seeded(0);
@@ -263,7 +238,7 @@ mod tests {
 
     #[test]
     fn p2c_never_picks_the_lightest_of_three() {
-        let list = vec![Fixed("a", 0.5), Fixed("b", 0.01), Fixed("c", 0.6)];
+        let list = vec![fixed("a", 0.5), fixed("b", 0.01), fixed("c", 0.6)];
         let c = Candidates::new(&list, 0);
         let mut p2c = WeightedP2c::new();
         let mut rng = Rng::seeded(3);
@@ -420,11 +395,11 @@ mod tests {
 
     #[test]
     fn p2c_with_two_takes_the_heavier_and_one_takes_it() {
-        let two = vec![Fixed("a", 0.1), Fixed("b", 0.2)];
+        let two = vec![fixed("a", 0.1), fixed("b", 0.2)];
         let mut rng = Rng::seeded(0);
         let mut p2c = WeightedP2c::new();
         assert_eq!(p2c.select(&Candidates::new(&two, 0), &mut rng), 1);
-        let one = vec![Fixed("a", 0.0)];
+        let one = vec![fixed("a", 0.0)];
         assert_eq!(p2c.select(&Candidates::new(&one, 0), &mut rng), 0);
         let c = Candidates::new(&one, 0);
         assert_eq!(c.weight(5), 0.0);

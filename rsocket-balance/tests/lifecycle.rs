@@ -109,21 +109,47 @@ async fn restarted_server_at_the_same_address_is_redialled() {
     assert_eq!(second.hits(), 1);
 }
 
+/// A connector that notes the (paused) time of each dial and then does
+/// what `dial` does.
+fn noting_dials<F, Fut>(dial: F) -> (Arc<Mutex<Vec<tokio::time::Instant>>>, impl Connect + Clone)
+where
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Requester, BoxError>> + Send + 'static,
+{
+    let dials: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+    let noted = dials.clone();
+    let connector = move || {
+        noted.lock().unwrap().push(tokio::time::Instant::now());
+        dial()
+    };
+    (dials, connector)
+}
+
+/// The gaps between the dials are the re-dial delays of a 100–400 ms
+/// back-off: each in the upper half of 100, 200, 400, 400, ... ms ("equal
+/// jitter"), the timer rounding up to the millisecond.
+fn assert_backoff_100_to_400(dials: &Mutex<Vec<tokio::time::Instant>>) {
+    let times = dials.lock().unwrap().clone();
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.len() >= 5, "{gaps:?}");
+    for (i, gap) in gaps.iter().enumerate() {
+        let top = Duration::from_millis(100 << i.min(2));
+        let range = top / 2..=top;
+        assert!(
+            range.contains(gap),
+            "delay {i}: {gap:?} not in {range:?}: {gaps:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn failed_dials_back_off_from_min_doubling_up_to_max() {
     // Every dial fails; the clock is paused, so the gaps are the delays.
-    let dials: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
-    let connector = {
-        let dials = dials.clone();
-        move || {
-            dials.lock().unwrap().push(tokio::time::Instant::now());
-            async {
-                Err::<Requester, BoxError>(Box::new(std::io::Error::from(
-                    std::io::ErrorKind::ConnectionRefused,
-                )))
-            }
-        }
-    };
+    let (dials, connector) = noting_dials(|| async {
+        Err::<Requester, BoxError>(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )))
+    });
     let b = Balancer::builder()
         .clock(TokioClock)
         .backoff(Duration::from_millis(100), Duration::from_millis(400))
@@ -133,38 +159,18 @@ async fn failed_dials_back_off_from_min_doubling_up_to_max() {
         b.wait_until(|m| m.first().is_some_and(|m| m.failed_dials >= 7)),
     )
     .await;
-    let times = dials.lock().unwrap().clone();
-    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
-    // Equal jitter: each delay in the upper half of 100, 200, 400, 400, ...
-    let ranges = [100, 200, 400, 400, 400, 400].map(|ms| {
-        let top = Duration::from_millis(ms);
-        // The timer rounds up to the millisecond.
-        top / 2..=top
-    });
-    for (i, (gap, range)) in gaps.iter().zip(&ranges).enumerate() {
-        assert!(
-            range.contains(gap),
-            "delay {i}: {gap:?} not in {range:?}: {gaps:?}"
-        );
-    }
+    assert_backoff_100_to_400(&dials);
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_server_that_accepts_and_drops_is_backed_off_further_each_time() {
     // Every dial succeeds, and every connection ends at once, having
     // served nothing: the delays grow as for failed dials.
-    let dials: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
-    let connector = {
-        let dials = dials.clone();
-        move || {
-            dials.lock().unwrap().push(tokio::time::Instant::now());
-            async {
-                let (client_end, server_end) = memory_pair(1024);
-                drop(server_end);
-                Ok::<_, BoxError>(ClientBuilder::new().connect(client_end)?)
-            }
-        }
-    };
+    let (dials, connector) = noting_dials(|| async {
+        let (client_end, server_end) = memory_pair(1024);
+        drop(server_end);
+        Ok::<_, BoxError>(ClientBuilder::new().connect(client_end)?)
+    });
     let b = Balancer::builder()
         .clock(TokioClock)
         .backoff(Duration::from_millis(100), Duration::from_millis(400))
@@ -174,19 +180,7 @@ async fn a_server_that_accepts_and_drops_is_backed_off_further_each_time() {
         b.wait_until(|m| m.first().is_some_and(|m| m.connects >= 6)),
     )
     .await;
-    let times = dials.lock().unwrap().clone();
-    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
-    let ranges = [100, 200, 400, 400, 400].map(|ms| {
-        let top = Duration::from_millis(ms);
-        // The timer rounds up to the millisecond.
-        top / 2..=top
-    });
-    for (i, (gap, range)) in gaps.iter().zip(&ranges).enumerate() {
-        assert!(
-            range.contains(gap),
-            "delay {i}: {gap:?} not in {range:?}: {gaps:?}"
-        );
-    }
+    assert_backoff_100_to_400(&dials);
     let info = &b.members()[0];
     assert!(info.failed_dials >= 5, "{info:?}");
 }
