@@ -41,8 +41,11 @@ impl CallHints {
 
 /// Something that handles RSocket requests.
 ///
-/// Every method has a default that answers `ERROR[REJECTED]` ("not
-/// processed"), so a responder implements only what it serves.
+/// Every method has a default, so a responder implements only what it
+/// serves: a request/response, stream or channel it does not serve is
+/// answered `ERROR[REJECTED]` ("not processed"); a fire-and-forget or
+/// metadata push it does not serve is dropped (neither has an answer to
+/// carry an error).
 ///
 /// # Why `async-trait`
 ///

@@ -10,9 +10,9 @@ use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use rsocket::prelude::*;
 use rsocket::{
-    request_response_fn, request_stream_fn, ClientBuilder, Config, ConnectError, ConnectionError,
-    ErrorCode, Initiator, Listener, Payload, PayloadStream, RequestError, Requester, Server,
-    SetupInfo,
+    fire_and_forget_fn, request_channel_fn, request_response_fn, request_stream_fn, ClientBuilder,
+    Config, ConnectError, ConnectionError, ErrorCode, Initiator, Listener, Payload, PayloadStream,
+    RequestError, Requester, Server, SetupInfo,
 };
 use tokio::sync::{mpsc, Semaphore};
 
@@ -149,6 +149,95 @@ async fn closure_responders_serve_one_interaction() {
         Err(RequestError::Stream(e)) => assert_eq!(e.code, ErrorCode::REJECTED),
         other => panic!("expected REJECTED, got {other:?}"),
     }
+    // A fire-and-forget or metadata push it does not serve is dropped:
+    // the connection goes on.
+    client
+        .fire_and_forget(Payload::from("f"))
+        .await
+        .expect("queued");
+    client
+        .metadata_push(Bytes::from_static(b"m"))
+        .await
+        .expect("queued");
+    let items: Vec<_> = within(
+        "a stream after them",
+        client.request_stream(Payload::from("2")).collect(),
+    )
+    .await;
+    assert_eq!(items.len(), 2);
+    assert!(!client.is_closed());
+}
+
+#[tokio::test]
+async fn fire_and_forget_and_channel_closures_serve_theirs_only() {
+    // Fire-and-forget: the closure gets each payload; other interactions
+    // are rejected.
+    let (tx, mut got) = mpsc::unbounded_channel::<Bytes>();
+    let listener = Listener::bind("tcp://127.0.0.1:0").await.expect("bind");
+    let uri = listener.local_uri();
+    let server = Server::new(move |_s: SetupInfo, _r| {
+        let tx = tx.clone();
+        async move {
+            Ok(fire_and_forget_fn(move |req: Payload| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(req.data);
+                }
+            }))
+        }
+    });
+    tokio::spawn(server.serve(listener));
+    let client = rsocket::connect(&uri).await.expect("connect");
+    client
+        .fire_and_forget(Payload::from("one-way"))
+        .await
+        .expect("queued");
+    assert_eq!(
+        within("the payload", got.recv()).await.as_deref(),
+        Some(&b"one-way"[..])
+    );
+    match client.request_response(Payload::from("x")).await {
+        Err(RequestError::Stream(e)) => assert_eq!(e.code, ErrorCode::REJECTED),
+        other => panic!("expected REJECTED, got {other:?}"),
+    }
+
+    // Channel: the closure gets the first payload and the rest.
+    let listener = Listener::bind("tcp://127.0.0.1:0").await.expect("bind");
+    let uri = listener.local_uri();
+    let server = Server::new(|_s: SetupInfo, _r| async {
+        Ok(request_channel_fn(|first: Payload, rest: PayloadStream| {
+            futures::stream::once(async { Ok(first) })
+                .chain(rest)
+                .map(|p| {
+                    let p = p?;
+                    Ok(Payload::from(format!(
+                        "echo {}",
+                        p.data_utf8().unwrap_or("")
+                    )))
+                })
+        }))
+    });
+    tokio::spawn(server.serve(listener));
+    let client = rsocket::connect(&uri).await.expect("connect");
+    let rest = futures::stream::iter(["b", "c"].map(Payload::from));
+    let echoed: Vec<String> = within(
+        "channel",
+        client
+            .request_channel(Payload::from("a"), rest)
+            .map(|p| p.expect("item").data_utf8().unwrap_or("").to_owned())
+            .collect(),
+    )
+    .await;
+    assert_eq!(echoed, ["echo a", "echo b", "echo c"]);
+    let items: Vec<_> = within(
+        "a stream the channel closure does not serve",
+        client.request_stream(Payload::from("s")).collect(),
+    )
+    .await;
+    assert!(
+        matches!(&items[..], [Err(RequestError::Stream(e))] if e.code == ErrorCode::REJECTED),
+        "{items:?}"
+    );
 }
 
 #[tokio::test]

@@ -177,3 +177,51 @@ async fn reconnects_with_backoff_and_gives_up_after_max_wait() {
         other => panic!("unexpected error {other}"),
     }
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn max_wait_bounds_each_request_even_when_connecting_hangs() {
+    // The first connection ends at once; every later connect hangs.
+    let dials = Arc::new(AtomicUsize::new(0));
+    let counted = dials.clone();
+    let client = ClientBuilder::new()
+        .connect_reconnecting(
+            move || {
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n > 0 {
+                        std::future::pending::<()>().await;
+                    }
+                    let (client_end, server_end) = rsocket_core::memory_pair(1024);
+                    drop(server_end);
+                    Ok(client_end)
+                }
+            },
+            ReconnectOptions {
+                min_backoff: Duration::from_millis(5),
+                max_backoff: Duration::from_millis(50),
+                max_wait: Duration::from_secs(1),
+            },
+        )
+        .await
+        .expect("first connection");
+    let first = client.current().expect("the first connection");
+    within("the first connection's end", first.closed()).await;
+    // Two requests at once: the second waits for the first's attempt, and
+    // both fail within their own bound, not one after the other.
+    let started = tokio::time::Instant::now();
+    let (a, b) = within("both requests", async {
+        tokio::join!(
+            client.request_response(Payload::from("a")),
+            client.request_response(Payload::from("b"))
+        )
+    })
+    .await;
+    assert!(matches!(a, Err(RequestError::Connection(_))), "{a:?}");
+    assert!(matches!(b, Err(RequestError::Connection(_))), "{b:?}");
+    let took = started.elapsed();
+    assert!(took <= Duration::from_millis(1100), "{took:?}");
+    // The first connection, then the hanging attempt (the second caller
+    // may start one too, as its own deadline is reached).
+    let n = dials.load(Ordering::SeqCst);
+    assert!((2..=3).contains(&n), "{n} dials");
+}

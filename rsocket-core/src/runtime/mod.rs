@@ -14,7 +14,9 @@
 //! Over a byte-stream transport ([`WireRead`], [`WireWrite`]) the driver
 //! reads runs of raw frames, which the state machine handles in place, and
 //! writes the runs of frames the state machine encoded when they were
-//! queued: no `Frame` value is built for a PAYLOAD either way.
+//! queued: on a connection without resumption, no `Frame` value is built
+//! for a PAYLOAD under 4 KiB either way (resumable connections keep frame
+//! values for the resume store).
 //!
 //! Modules, each importing only those below it: `driver` (the connection's
 //! task) and `server` / `handshake` / `resume` / `reconnect` (connection

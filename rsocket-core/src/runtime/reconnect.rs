@@ -26,8 +26,10 @@ pub struct ReconnectOptions {
     pub min_backoff: Duration,
     /// Largest delay between attempts. Default 5 s.
     pub max_backoff: Duration,
-    /// How long one request waits for a connection (attempts included)
-    /// before it fails with the last connection error. Default 30 s.
+    /// How long one request waits for a connection (waiting for another
+    /// caller's attempts, and each attempt, included) before it fails with
+    /// the last connection error, or a timeout when no attempt has failed
+    /// yet. Default 30 s.
     pub max_wait: Duration,
 }
 
@@ -86,49 +88,66 @@ impl Reconnecting {
     }
 
     /// The live connection: the current one while it is open, otherwise a
-    /// new one (attempts with backoff for at most
-    /// [`ReconnectOptions::max_wait`]; then the last error).
+    /// new one (attempts with backoff). Waiting for another caller's
+    /// attempts and each attempt itself count against
+    /// [`ReconnectOptions::max_wait`]: once it has passed, this fails with
+    /// the last connection error (a timeout when there is none).
     pub async fn requester(&self) -> Result<Requester, ConnectionError> {
-        let mut current = self.inner.current.lock().await;
+        let opts = &self.inner.options;
+        let deadline = super::resume::deadline(tokio::time::Instant::now(), opts.max_wait);
+        let timed_out = || {
+            ConnectionError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no connection within ReconnectOptions::max_wait",
+            ))
+        };
+        let Ok(mut current) = tokio::time::timeout_at(deadline, self.inner.current.lock()).await
+        else {
+            return Err(timed_out());
+        };
         if let Some(r) = current.as_ref() {
             if !r.is_closed() {
                 return Ok(r.clone());
             }
         }
-        let opts = &self.inner.options;
-        let deadline = super::resume::deadline(tokio::time::Instant::now(), opts.max_wait);
         let mut delay = opts.min_backoff;
         let mut rng = Rng::new();
+        let mut last = None;
         loop {
-            match (self.inner.connect)().await {
-                Ok(r) => {
+            let attempt = tokio::time::timeout_at(deadline, (self.inner.connect)()).await;
+            let e = match attempt {
+                Ok(Ok(r)) => {
                     *current = Some(r.clone());
                     return Ok(r);
                 }
-                Err(e) => {
-                    let half = delay / 2;
-                    let nanos = half.as_nanos().min(u128::from(u64::MAX)) as u64;
-                    let jitter = if nanos == 0 {
-                        0
-                    } else {
-                        rng.next_u64() % nanos
-                    };
-                    let wait = half + Duration::from_nanos(jitter);
-                    let now = tokio::time::Instant::now();
-                    if super::resume::deadline(now, wait) >= deadline {
-                        return Err(e);
-                    }
-                    debug!(error = %e, ?wait, "reconnect failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    delay = delay
-                        .saturating_mul(2)
-                        .min(opts.max_backoff.max(opts.min_backoff));
-                }
+                Ok(Err(e)) => e,
+                Err(_) => return Err(last.unwrap_or_else(timed_out)),
+            };
+            let half = delay / 2;
+            let nanos = half.as_nanos().min(u128::from(u64::MAX)) as u64;
+            let jitter = if nanos == 0 {
+                0
+            } else {
+                rng.next_u64() % nanos
+            };
+            let wait = half + Duration::from_nanos(jitter);
+            let now = tokio::time::Instant::now();
+            if super::resume::deadline(now, wait) >= deadline {
+                return Err(e);
             }
+            debug!(error = %e, ?wait, "reconnect failed; retrying");
+            last = Some(e);
+            tokio::time::sleep(wait).await;
+            delay = delay
+                .saturating_mul(2)
+                .min(opts.max_backoff.max(opts.min_backoff));
         }
     }
 
-    /// The current connection, if any, without reconnecting.
+    /// The current connection, without reconnecting and without waiting:
+    /// `None` while a caller is reconnecting (or waiting to); the
+    /// connection returned may have ended since (see
+    /// [`Requester::is_closed`]).
     pub fn current(&self) -> Option<Requester> {
         self.inner
             .current
