@@ -111,9 +111,14 @@ pub trait Transport: Send + 'static {
 
     /// The writer as a [`WireWrite`], when it writes the length-prefixed
     /// byte format: the engine then hands it runs of frames it encoded
-    /// itself (PAYLOAD, REQUEST_RESPONSE, REQUEST_FNF). The default,
-    /// `None`, makes the engine decode such runs and send their frames
-    /// through the writer's `Sink`.
+    /// itself. On a connection without resumption, every frame the
+    /// connection queues whose encoding (without the length prefix) is
+    /// under 4 KiB goes in such a run, whatever its type (SETUP, requests,
+    /// PAYLOAD, REQUEST_N, CANCEL, ERROR, KEEPALIVE, ...). Larger frames,
+    /// and every frame of a resumable connection, come through the
+    /// writer's `Sink` as [`Frame`] values: a `WireWrite` gets both. The
+    /// default, `None`, makes the engine decode runs and send their frames
+    /// through the `Sink`.
     fn wire_writer(writer: &mut Self::Writer) -> Option<&mut dyn WireWrite> {
         let _ = writer;
         None
