@@ -437,6 +437,55 @@ async fn peer_keepalive_position_releases_the_store() {
     }
 }
 
+// The clock is paused: the handshake timeout passes at once, and the
+// instants below are exact.
+#[tokio::test(start_paused = true)]
+async fn client_gives_up_an_unanswered_resume_after_the_handshake_timeout_and_retries() {
+    let options = ResumeOptions {
+        handshake_timeout: Duration::from_secs(3),
+        ..fast()
+    };
+    let (requester, mut conns) = resumable_client(ClientBuilder::new().resume(options)).await;
+    let mut raw = prompt("first transport", conns.recv())
+        .await
+        .expect("transport");
+    let _setup = expect_frame(&mut raw).await;
+    let mut stream = requester.request_stream_with_credit(Payload::from("s"), 10);
+    assert!(futures::poll!(stream.next()).is_pending());
+    let request = expect_non_keepalive(&mut raw).await;
+    drop(raw);
+    // The script reads the RESUME and never answers.
+    let mut silent = prompt("second transport", conns.recv())
+        .await
+        .expect("transport");
+    assert!(matches!(expect_frame(&mut silent).await, Frame::Resume(_)));
+    let asked = tokio::time::Instant::now();
+    expect_closed(&mut silent).await;
+    let given_up = tokio::time::Instant::now();
+    assert_eq!(
+        given_up - asked,
+        Duration::from_secs(3),
+        "dropped at the timeout"
+    );
+    // A failed attempt: the next one follows after the back-off (at most
+    // `max_backoff`), and it can still resume the session.
+    let mut raw = prompt("third transport", conns.recv())
+        .await
+        .expect("transport");
+    assert!(tokio::time::Instant::now() - given_up <= Duration::from_millis(10));
+    assert!(matches!(expect_frame(&mut raw).await, Frame::Resume(_)));
+    send(
+        &mut raw,
+        Frame::ResumeOk(rsocket_core::frame::ResumeOk {
+            last_received_client_position: len(&request),
+        }),
+    )
+    .await;
+    send(&mut raw, next(1, "after")).await;
+    let item = prompt("item", stream.next()).await.expect("item");
+    assert_eq!(item.expect("payload"), Payload::from("after"));
+}
+
 // ---------------------------------------------------------------------------
 // Server side
 // ---------------------------------------------------------------------------
@@ -701,6 +750,64 @@ async fn detached_sessions_over_the_count_limit_are_evicted() {
     let (raw, _request, x0, _x1) = session_with_two_items(&server, b"many").await;
     drop(raw);
     resume_until_rejected(&server, b"many", len(&x0)).await;
+}
+
+/// Two sessions with two items each, detached one after the other; the
+/// clock is paused, so each sleep ends only once the server has handled
+/// the end of the transport, and the second detaches later than the first.
+async fn two_sessions_detached_in_turn(
+    server: &mpsc::UnboundedSender<MemoryTransport>,
+) -> (Frame, Frame) {
+    let (first, _, x0, _) = session_with_two_items(server, b"first").await;
+    let (second, _, y0, _) = session_with_two_items(server, b"second").await;
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    drop(second);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    (x0, y0)
+}
+
+/// The session detached first is gone: its RESUME is refused as for an
+/// unknown token. The one detached last resumes, and gets its second item.
+async fn first_evicted_second_resumes(
+    server: &mpsc::UnboundedSender<MemoryTransport>,
+    x0: &Frame,
+    y0: &Frame,
+) {
+    let mut raw = connect_raw(server);
+    send(&mut raw, resume(b"first", len(x0), 0)).await;
+    let refused = expect_frame(&mut raw).await;
+    assert_connection_error(&refused, ErrorCode::REJECTED_RESUME);
+    let Frame::Error(e) = refused else {
+        unreachable!()
+    };
+    assert_eq!(e.message(), "unknown or expired resume token");
+    let mut raw = connect_raw(server);
+    send(&mut raw, resume(b"second", len(y0), 0)).await;
+    assert!(matches!(expect_frame(&mut raw).await, Frame::ResumeOk(_)));
+    assert_eq!(expect_non_keepalive(&mut raw).await, next(1, "x1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn over_the_count_limit_the_session_detached_longest_is_evicted() {
+    let server = resumable_server(ServerResumeOptions {
+        max_detached_sessions: 1,
+        ..ServerResumeOptions::default()
+    });
+    let (x0, y0) = two_sessions_detached_in_turn(&server).await;
+    first_evicted_second_resumes(&server, &x0, &y0).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn over_the_byte_limit_the_sessions_detached_longest_are_evicted() {
+    // Each session's store holds its two items: room for one session.
+    let one = 2 * len(&next(1, "x0")) as usize;
+    let server = resumable_server(ServerResumeOptions {
+        max_detached_bytes: one,
+        ..ServerResumeOptions::default()
+    });
+    let (x0, y0) = two_sessions_detached_in_turn(&server).await;
+    first_evicted_second_resumes(&server, &x0, &y0).await;
 }
 
 #[tokio::test]

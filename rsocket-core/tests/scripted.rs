@@ -433,6 +433,28 @@ async fn client_sends_setup_first_with_configured_fields() {
     assert_eq!(reply, Some(Payload::from("late")));
 }
 
+#[tokio::test]
+async fn a_default_client_sends_the_documented_setup() {
+    let (t, mut raw) = raw_pair();
+    let _requester = ClientBuilder::new().connect(t).expect("valid config");
+    let bytes = expect_bytes(&mut raw).await;
+    // Stream 0, type SETUP, no flags (no metadata, resume token or lease).
+    assert_eq!(&bytes[..6], &[0, 0, 0, 0, 0x04, 0x00], "{bytes:02x?}");
+    let Frame::Setup(s) = Frame::decode(bytes).expect("valid SETUP") else {
+        panic!("first frame is not SETUP");
+    };
+    // `ClientBuilder::new`: octet-stream MIME types, 20 s keepalive, 90 s
+    // lifetime; protocol 1.0 and an empty setup payload.
+    assert_eq!(s.version, Version::V1_0);
+    assert_eq!(s.keepalive_interval_ms, 20_000);
+    assert_eq!(s.max_lifetime_ms, 90_000);
+    assert_eq!(s.metadata_mime_type, mime("application/octet-stream"));
+    assert_eq!(s.data_mime_type, mime("application/octet-stream"));
+    assert_eq!(s.resume_token, None);
+    assert!(!s.lease);
+    assert_eq!(s.payload, Payload::default());
+}
+
 // ---------------------------------------------------------------------------
 // 2. Requester credit: the half-window rule
 // ---------------------------------------------------------------------------

@@ -227,7 +227,7 @@ impl<T: Transport> ConnectionDriver<T> {
 fn resumable(item: &Outgoing) -> bool {
     match item {
         Outgoing::Frame(f) => is_resumable(f),
-        // Only PAYLOAD and requests are encoded ahead.
+        // Runs are made only without resumption: never detached.
         Outgoing::Wire(_) => true,
     }
 }

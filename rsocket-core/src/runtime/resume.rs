@@ -53,7 +53,9 @@ pub struct ResumeOptions {
     /// Largest delay between attempts. Default 5 s.
     pub max_backoff: Duration,
     /// How long one attempt may wait for the server's answer to RESUME.
-    /// Default 10 s.
+    /// An attempt not answered by then is dropped with its transport and
+    /// counts as failed: the next one starts after the back-off, until the
+    /// session timeout. Default 10 s.
     pub handshake_timeout: Duration,
 }
 
@@ -76,10 +78,13 @@ pub struct ServerResumeOptions {
     /// to resume. Default 120 s (rsocket-java's default).
     pub session_timeout: Duration,
     /// Sessions kept without a transport at once; when one more detaches,
-    /// the one detached longest is dropped. Default 10,000.
+    /// the one detached longest is dropped (a RESUME for it is then
+    /// refused with `ERROR[REJECTED_RESUME]`, as for an unknown token).
+    /// Default 10,000.
     pub max_detached_sessions: usize,
     /// Bytes held by the resume stores of detached sessions together;
-    /// past it, the sessions detached longest are dropped. Default 256 MiB.
+    /// past it, the sessions detached longest are dropped, as for
+    /// `max_detached_sessions`. Default 256 MiB.
     pub max_detached_bytes: usize,
 }
 

@@ -111,9 +111,14 @@ pub trait Transport: Send + 'static {
 
     /// The writer as a [`WireWrite`], when it writes the length-prefixed
     /// byte format: the engine then hands it runs of frames it encoded
-    /// itself (PAYLOAD, REQUEST_RESPONSE, REQUEST_FNF). The default,
-    /// `None`, makes the engine decode such runs and send their frames
-    /// through the writer's `Sink`.
+    /// itself. On a connection without resumption, every frame the
+    /// connection queues whose encoding (without the length prefix) is
+    /// under 4 KiB goes in such a run, whatever its type (SETUP, requests,
+    /// PAYLOAD, REQUEST_N, CANCEL, ERROR, KEEPALIVE, ...). Larger frames,
+    /// and every frame of a resumable connection, come through the
+    /// writer's `Sink` as [`Frame`] values: a `WireWrite` gets both. The
+    /// default, `None`, makes the engine decode runs and send their frames
+    /// through the `Sink`.
     fn wire_writer(writer: &mut Self::Writer) -> Option<&mut dyn WireWrite> {
         let _ = writer;
         None
@@ -610,15 +615,26 @@ impl Queued {
     }
 }
 
-/// Writes length-prefixed frames to any [`AsyncWrite`], batching them in a
-/// buffer that is written out on flush (or when it passes 64 KiB).
+/// Writes length-prefixed frames to any [`AsyncWrite`], batching them: what
+/// is queued is written out on flush, or by `poll_ready` once 64 KiB or
+/// more wait (all of it is written before the next frame is taken).
 ///
-/// The buffer is released once a flush has written it all, so that an idle
-/// connection holds none; the next one is allocated with the size the last
-/// batch needed, so that a batch does not grow its buffer step by step.
-/// Runs of frames the engine encoded itself (see [`WireWrite`]) that are
-/// not small are queued behind the buffer as they are, without a copy, and
-/// written with it by vectored writes.
+/// Frames are encoded into a buffer. The buffer is released once a flush
+/// has written it all, so that an idle connection holds none; the next one
+/// is allocated with the size the last batch needed, so that a batch does
+/// not grow its buffer step by step.
+///
+/// Some bytes are queued behind the buffer instead, and written with it by
+/// vectored writes: the data of a PAYLOAD with 4 KiB of data or more, from
+/// the data's own buffer (behind its encoded head), and runs of frames the
+/// engine encoded itself (see [`WireWrite`]) of 512 bytes or more, as they
+/// are. A run goes into the buffer when it is smaller than that, or
+/// becomes the buffer (no copy) when the buffer is empty and the run has
+/// the room a batch needs. Once something is queued, what comes after it
+/// is added at the end of the queue: a frame is encoded into the last
+/// queued run (or a new one, after data), and a run of any length is
+/// copied into the last queued run when that has the spare room for it,
+/// and queued as it is otherwise.
 #[derive(Debug)]
 pub struct FrameWriter<W> {
     io: W,
@@ -1396,5 +1412,109 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(got, want);
+    }
+
+    /// Reads what `peer` holds now, without waiting.
+    async fn read_ready(peer: &mut tokio::io::DuplexStream) -> Vec<u8> {
+        use futures::FutureExt;
+        let mut got = Vec::new();
+        let mut chunk = vec![0u8; 1 << 16];
+        while let Some(n) = tokio::io::AsyncReadExt::read(peer, &mut chunk).now_or_never() {
+            let n = n.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn writer_writes_out_past_the_high_water_mark_before_any_flush() {
+        // Frames through the `Sink`, then runs through `WireWrite`, each
+        // after `poll_ready` as the engine does; never a flush.
+        for wire in [false, true] {
+            let (ours, mut peer) = tokio::io::duplex(1 << 20);
+            let (_reader, mut writer) = StreamTransport::new(tokio::io::empty(), ours).split();
+            let frames: Vec<Frame> = (0..100).map(|_| frame(1000)).collect();
+            let want = encoded(&frames);
+            let mut fed = 0;
+            for part in frames.chunks(4) {
+                futures::future::poll_fn(|cx| Pin::new(&mut writer).poll_ready(cx))
+                    .await
+                    .unwrap();
+                if wire {
+                    let mut run = BytesMut::from(&encoded(part)[..]);
+                    writer.start_send_wire(&mut run).unwrap();
+                } else {
+                    for f in part {
+                        Pin::new(&mut writer).start_send(f.clone()).unwrap();
+                    }
+                }
+                fed += encoded(part).len();
+                if fed < WRITE_HIGH_WATER {
+                    assert!(read_ready(&mut peer).await.is_empty(), "batched until then");
+                }
+            }
+            assert!(want.len() > 3 * WRITE_HIGH_WATER / 2);
+            let early = read_ready(&mut peer).await;
+            assert!(
+                early.len() >= WRITE_HIGH_WATER,
+                "wire {wire}: {}",
+                early.len()
+            );
+            assert_eq!(&early[..], &want[..early.len()]);
+            assert!(writer.buf.len() + writer.queued < WRITE_HIGH_WATER);
+            // The flush writes the rest.
+            writer.flush().await.unwrap();
+            let rest = read_ready(&mut peer).await;
+            assert_eq!([early, rest].concat(), want);
+        }
+    }
+
+    #[tokio::test]
+    async fn writer_copies_queues_or_keeps_runs_by_their_size_and_room() {
+        let (ours, mut peer) = tokio::io::duplex(1 << 20);
+        let (_reader, mut writer) = StreamTransport::new(tokio::io::empty(), ours).split();
+        let run = |frames: &[Frame], capacity: usize| {
+            let mut r = BytesMut::with_capacity(capacity);
+            r.extend_from_slice(&encoded(frames));
+            r
+        };
+        // Room for a batch while the buffer is empty: it becomes the
+        // buffer, and the caller gets the one it replaces (none).
+        let mut roomy = run(&[frame(600)], WRITE_CAPACITY);
+        let ptr = roomy.as_ptr();
+        writer.start_send_wire(&mut roomy).unwrap();
+        assert!(writer.runs.is_empty() && writer.buf.as_ptr() == ptr);
+        assert_eq!(roomy.capacity(), 0);
+        // Small: copied into the buffer.
+        let mut small = run(&[frame(100)], WRITE_CAPACITY);
+        assert!(small.len() < QUEUE_RUN_MIN);
+        writer.start_send_wire(&mut small).unwrap();
+        assert!(writer.runs.is_empty() && small.is_empty() && small.capacity() > 0);
+        writer.flush().await.unwrap();
+        assert_eq!(
+            read_ready(&mut peer).await,
+            encoded(&[frame(600), frame(100)])
+        );
+        let parts = [vec![frame(600)], vec![frame(700)], vec![frame(3000)]];
+        // Not small, with less room than a batch: queued as it is.
+        let mut first = run(&parts[0], 2048);
+        assert!(first.len() >= QUEUE_RUN_MIN && first.capacity() < WRITE_CAPACITY);
+        writer.start_send_wire(&mut first).unwrap();
+        assert_eq!((writer.runs.len(), first.capacity()), (1, 0), "taken");
+        // Fits in the room the first one has left: copied there, and the
+        // caller keeps its buffer.
+        let mut second = run(&parts[1], 1024);
+        writer.start_send_wire(&mut second).unwrap();
+        assert_eq!(writer.runs.len(), 1, "copied into the queued run");
+        assert!(second.is_empty() && second.capacity() >= 1024);
+        // Does not fit: queued after it.
+        let mut third = run(&parts[2], 4096);
+        writer.start_send_wire(&mut third).unwrap();
+        assert_eq!((writer.runs.len(), third.capacity()), (2, 0));
+        writer.flush().await.unwrap();
+        assert_eq!(read_ready(&mut peer).await, encoded(&parts.concat()));
     }
 }
