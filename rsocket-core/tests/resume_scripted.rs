@@ -97,6 +97,23 @@ async fn resumable_client(builder: ClientBuilder) -> (Requester, mpsc::Unbounded
     (requester, rx)
 }
 
+/// Reads the first transport's SETUP, opens a stream with a credit of 10
+/// on it and reads its request: the stream, the request and the transport.
+async fn stream_on_first_transport(
+    requester: &Requester,
+    conns: &mut mpsc::UnboundedReceiver<Raw>,
+) -> (rsocket_core::ResponseStream, Frame, Raw) {
+    let mut raw = prompt("first transport", conns.recv())
+        .await
+        .expect("transport");
+    let _setup = expect_frame(&mut raw).await;
+    let mut stream = requester.request_stream_with_credit(Payload::from("s"), 10);
+    // The request goes out when the stream is first polled.
+    assert!(futures::poll!(stream.next()).is_pending());
+    let request = expect_non_keepalive(&mut raw).await;
+    (stream, request, raw)
+}
+
 fn fast() -> ResumeOptions {
     ResumeOptions {
         token: Some(Bytes::from_static(b"token-1")),
@@ -185,14 +202,7 @@ async fn client_sends_setup_with_token_then_resume_with_positions() {
 #[tokio::test]
 async fn client_replays_nothing_the_server_already_has() {
     let (requester, mut conns) = resumable_client(ClientBuilder::new().resume(fast())).await;
-    let mut raw = prompt("first transport", conns.recv())
-        .await
-        .expect("transport");
-    let _setup = expect_frame(&mut raw).await;
-    let mut stream = requester.request_stream_with_credit(Payload::from("s"), 10);
-    // The request goes out when the stream is first polled.
-    assert!(futures::poll!(stream.next()).is_pending());
-    let request = expect_non_keepalive(&mut raw).await;
+    let (mut stream, request, raw) = stream_on_first_transport(&requester, &mut conns).await;
     drop(raw);
     let mut raw = prompt("second transport", conns.recv())
         .await
@@ -272,14 +282,7 @@ async fn client_fails_pending_requests_when_resume_is_rejected() {
 #[tokio::test]
 async fn client_refuses_a_resume_ok_position_it_cannot_honour() {
     let (requester, mut conns) = resumable_client(ClientBuilder::new().resume(fast())).await;
-    let mut raw = prompt("first transport", conns.recv())
-        .await
-        .expect("transport");
-    let _setup = expect_frame(&mut raw).await;
-    let mut stream = requester.request_stream_with_credit(Payload::from("s"), 10);
-    // The request goes out when the stream is first polled.
-    assert!(futures::poll!(stream.next()).is_pending());
-    let request = expect_non_keepalive(&mut raw).await;
+    let (mut stream, request, raw) = stream_on_first_transport(&requester, &mut conns).await;
     drop(raw);
     let mut raw = prompt("second transport", conns.recv())
         .await
@@ -406,13 +409,7 @@ async fn a_request_n_of_zero_counts_in_the_received_position() {
 #[tokio::test]
 async fn peer_keepalive_position_releases_the_store() {
     let (requester, mut conns) = resumable_client(ClientBuilder::new().resume(fast())).await;
-    let mut raw = prompt("first transport", conns.recv())
-        .await
-        .expect("transport");
-    let _setup = expect_frame(&mut raw).await;
-    let mut stream = requester.request_stream_with_credit(Payload::from("s"), 10);
-    assert!(futures::poll!(stream.next()).is_pending());
-    let request = expect_non_keepalive(&mut raw).await;
+    let (_stream, request, mut raw) = stream_on_first_transport(&requester, &mut conns).await;
     assert_eq!(requester.stats().resume_store_bytes as u64, len(&request));
     // Acknowledge the request; a sentinel round trip shows it was handled.
     send(
@@ -446,13 +443,7 @@ async fn client_gives_up_an_unanswered_resume_after_the_handshake_timeout_and_re
         ..fast()
     };
     let (requester, mut conns) = resumable_client(ClientBuilder::new().resume(options)).await;
-    let mut raw = prompt("first transport", conns.recv())
-        .await
-        .expect("transport");
-    let _setup = expect_frame(&mut raw).await;
-    let mut stream = requester.request_stream_with_credit(Payload::from("s"), 10);
-    assert!(futures::poll!(stream.next()).is_pending());
-    let request = expect_non_keepalive(&mut raw).await;
+    let (mut stream, request, raw) = stream_on_first_transport(&requester, &mut conns).await;
     drop(raw);
     // The script reads the RESUME and never answers.
     let mut silent = prompt("second transport", conns.recv())
