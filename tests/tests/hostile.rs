@@ -629,3 +629,393 @@ async fn ten_thousand_streams_opened_and_abandoned() {
     assert_eq!((s.open_streams, s.handlers_running), (0, 0), "{s:?}");
     arena.bystander_answers().await;
 }
+
+// ----- invalid frames (rsocket-protocol.md §2.14, §4.4, §4.5, §11) ------------
+//
+// Each test sends frames the encoder cannot produce, as raw bytes behind
+// their length prefix, and asserts the exact outcome: silently ignored
+// (the next frame the attacker gets is the answer to a request sent after
+// them), or `ERROR[code]` on stream 0 and the connection closed. Either
+// way the bystander and a brand-new connection are served afterwards.
+
+/// Writes one hand-made frame (no prefix in `frame`) behind its 24-bit
+/// length prefix.
+async fn send_bytes(raw: &mut Raw, frame: &[u8]) {
+    let mut buf = BytesMut::new();
+    buf.put_uint(frame.len() as u64, 3);
+    buf.put_slice(frame);
+    within("write", raw.get_mut().write_all_buf(&mut buf))
+        .await
+        .expect("write");
+}
+
+/// The next frame the server sends other than its own keepalive requests.
+async fn next_frame(raw: &mut Raw, what: &str) -> Frame {
+    read_until(
+        raw,
+        what,
+        |f| !matches!(f, Frame::Keepalive(k) if k.respond),
+    )
+    .await
+}
+
+/// Request/response on `id`: the very next frame must be its answer, so
+/// nothing (no ERROR, no answer to an ignored request) was sent before it.
+async fn ping(raw: &mut Raw, id: u32) {
+    let data = Bytes::from(format!("ping {id}"));
+    send(raw, rr(id, data.clone(), false)).await;
+    match next_frame(raw, "the answer to the ping").await {
+        Frame::Payload(p) if p.stream_id == sid(id) && p.next && p.complete => {
+            assert_eq!(p.payload.data, data);
+        }
+        other => panic!("expected the answer on stream {id}, got {other:?}"),
+    }
+}
+
+/// The next frame is `ERROR[code]` on stream 0, then the server closes the
+/// connection; the bystander and a new connection are still served.
+async fn expect_closed_with(arena: &Arena, mut raw: Raw, code: ErrorCode) {
+    match next_frame(&mut raw, "the connection-level ERROR").await {
+        Frame::Error(e) => {
+            assert_eq!((e.stream_id, e.code), (None, code), "{e:?}");
+        }
+        other => panic!("expected ERROR[{code}] on stream 0, got {other:?}"),
+    }
+    let rest = read_to_end(&mut raw, "the server to close").await;
+    assert!(
+        rest.is_none() || matches!(rest, Some(Frame::Keepalive(_))),
+        "{rest:?}"
+    );
+    others_still_served(arena).await;
+}
+
+/// The bystander is answered, the attacker's connection is gone, and a new
+/// connection to the same server is served.
+async fn others_still_served(arena: &Arena) {
+    arena
+        .wait("only the bystander left", |s| s.connections == 1)
+        .await;
+    arena.bystander_answers().await;
+    let mut fresh = arena.attacker(LONG).await;
+    ping(&mut fresh, 1).await;
+}
+
+/// Waits until the server holds no stream and runs no handler: nothing the
+/// attacker sent opened one.
+async fn nothing_opened(arena: &Arena) {
+    arena
+        .wait("no stream or handler left", |s| {
+            s.open_streams == 0 && s.handlers_running == 0 && s.partial_requests == 0
+        })
+        .await;
+}
+
+/// Stream frames on stream 0, and METADATA_PUSH on a stream, are ignored
+/// (§2.14, §4.5): no ERROR, no handler, the connection keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_frames_on_stream_0_are_ignored() {
+    let arena = Arena::start(Config::default()).await;
+    let mut raw = arena.attacker(LONG).await;
+    ping(&mut raw, 1).await;
+    let frames: [&[u8]; 9] = [
+        &[0, 0, 0, 0, 0x10, 0x00, b'r'],             // REQUEST_RESPONSE
+        &[0, 0, 0, 0, 0x14, 0x00, b'f'],             // REQUEST_FNF
+        &[0, 0, 0, 0, 0x18, 0x00, 0, 0, 0, 1, b's'], // REQUEST_STREAM n=1
+        &[0, 0, 0, 0, 0x1C, 0x00, 0, 0, 0, 1, b'c'], // REQUEST_CHANNEL n=1
+        &[0, 0, 0, 0, 0x20, 0x00, 0, 0, 0, 5],       // REQUEST_N 5
+        &[0, 0, 0, 0, 0x24, 0x00],                   // CANCEL
+        &[0, 0, 0, 0, 0x28, 0x60, b'p'],             // PAYLOAD N|C
+        &[0, 0, 0, 0, 0x28, 0xA0, b'p'],             // PAYLOAD N|F
+        &[0, 0, 0, 1, 0x31, 0x00, b'm'],             // METADATA_PUSH on 1
+    ];
+    for f in frames {
+        send_bytes(&mut raw, f).await;
+    }
+    ping(&mut raw, 3).await;
+    nothing_opened(&arena).await;
+    assert_eq!(arena.target.handled.load(Ordering::SeqCst), 0);
+    drop(raw);
+    others_still_served(&arena).await;
+}
+
+/// A request on an id of the server's own parity (even) is ignored: the
+/// server's requester owns those ids (§4.1, §4.3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_on_the_servers_parity_are_ignored() {
+    let arena = Arena::start(Config::default()).await;
+    let mut raw = arena.attacker(LONG).await;
+    send(&mut raw, rr(2, Bytes::from_static(b"even"), false)).await;
+    send(
+        &mut raw,
+        Frame::RequestStream(RequestStream {
+            stream_id: sid(4),
+            follows: false,
+            initial_request_n: RequestCount::ONE,
+            payload: Payload::from("even"),
+        }),
+    )
+    .await;
+    send(
+        &mut raw,
+        Frame::RequestFnf(RequestFnf {
+            stream_id: sid(6),
+            follows: false,
+            payload: Payload::from("even"),
+        }),
+    )
+    .await;
+    // The first fragment of a request on an even id takes no reassembly.
+    send(&mut raw, rr(8, Bytes::from_static(b"ev"), true)).await;
+    ping(&mut raw, 1).await;
+    nothing_opened(&arena).await;
+    drop(raw);
+    others_still_served(&arena).await;
+}
+
+/// REQUEST_N, CANCEL, PAYLOAD and ERROR for ids that are not open (never
+/// opened, of either parity, or already finished) are ignored (§4.5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_for_unknown_streams_are_ignored() {
+    let arena = Arena::start(Config::default()).await;
+    let mut raw = arena.attacker(LONG).await;
+    ping(&mut raw, 1).await;
+    let frames: [&[u8]; 8] = [
+        &[0, 0, 0, 101, 0x20, 0x00, 0, 0, 0, 5], // REQUEST_N on 101
+        &[0, 0, 0, 103, 0x24, 0x00],             // CANCEL on 103
+        &[0, 0, 0, 105, 0x28, 0x60, b'p'],       // PAYLOAD N|C on 105
+        &[0, 0, 0, 107, 0x2C, 0x00, 0, 0, 2, 1, b'e'], // ERROR[APPLICATION] on 107
+        &[0, 0, 0, 2, 0x28, 0x20, b'p'],         // PAYLOAD N on 2 (server's parity, never issued)
+        &[0, 0, 0, 4, 0x20, 0x00, 0, 0, 0, 1],   // REQUEST_N on 4
+        &[0, 0, 0, 6, 0x2C, 0x00, 0, 0, 2, 3, b'e'], // ERROR[CANCELED] on 6
+        &[0, 0, 0, 1, 0x20, 0x00, 0, 0, 0, 9],   // REQUEST_N on 1 (finished)
+    ];
+    for f in frames {
+        send_bytes(&mut raw, f).await;
+    }
+    ping(&mut raw, 3).await;
+    // Late frames after a CANCEL: the stream is gone, they are ignored.
+    send(
+        &mut raw,
+        Frame::RequestStream(RequestStream {
+            stream_id: sid(5),
+            follows: false,
+            initial_request_n: RequestCount::ONE,
+            payload: Payload::from("go"),
+        }),
+    )
+    .await;
+    match next_frame(&mut raw, "the first item").await {
+        Frame::Payload(p) if p.stream_id == sid(5) && p.next && !p.complete => {}
+        other => panic!("expected an item on stream 5, got {other:?}"),
+    }
+    send_bytes(&mut raw, &[0, 0, 0, 5, 0x24, 0x00]).await;
+    send_bytes(&mut raw, &[0, 0, 0, 5, 0x24, 0x00]).await;
+    send_bytes(&mut raw, &[0, 0, 0, 5, 0x20, 0x00, 0, 0, 0, 7]).await;
+    ping(&mut raw, 7).await;
+    nothing_opened(&arena).await;
+    drop(raw);
+    others_still_served(&arena).await;
+}
+
+/// Unknown frame types and EXT frames: dropped with the I flag (also when
+/// their body is malformed), ERROR[CONNECTION_ERROR] without it (§4.4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_types_and_ext_honour_the_ignore_flag() {
+    let arena = Arena::start(Config::default()).await;
+    let mut raw = arena.attacker(LONG).await;
+    let ignored: [&[u8]; 5] = [
+        &[0, 0, 0, 0, 0x82, 0x00, 1, 2, 3], // type 0x20 + I, stream 0
+        &[0, 0, 0, 1, 0x82, 0x00],          // type 0x20 + I, stream 1
+        &[0, 0, 0, 1, 0xFE, 0x00, 0, 0, 0, 7, b'x'], // EXT type 7 + I
+        &[0, 0, 0, 0, 0xFE, 0x00, 0, 0, 0, 0], // EXT type 0 (invalid) + I
+        &[0, 0, 0, 3, 0xFE, 0x00, 0, 0],    // EXT + I, truncated
+    ];
+    for f in ignored {
+        send_bytes(&mut raw, f).await;
+    }
+    ping(&mut raw, 1).await;
+    nothing_opened(&arena).await;
+    // EXT without I: not understood, so the connection ends.
+    send_bytes(&mut raw, &[0, 0, 0, 3, 0xFC, 0x00, 0, 0, 0, 7, b'x']).await;
+    expect_closed_with(&arena, raw, ErrorCode::CONNECTION_ERROR).await;
+    // An unknown type without I likewise.
+    let mut raw = arena.attacker(LONG).await;
+    ping(&mut raw, 1).await;
+    send_bytes(&mut raw, &[0, 0, 0, 0, 0x80, 0x00, 1, 2, 3]).await;
+    expect_closed_with(&arena, raw, ErrorCode::CONNECTION_ERROR).await;
+}
+
+/// Malformed frames after SETUP: ERROR[CONNECTION_ERROR] on stream 0 and
+/// the connection closed (§2.14); the server and its other connections go
+/// on. With the I flag, the same malformed body is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_end_only_their_connection() {
+    let arena = Arena::start(Config::default()).await;
+    let cases: [(&str, &[u8]); 9] = [
+        ("empty frame", &[]),
+        ("truncated header", &[0, 0, 0, 1, 0x10]),
+        (
+            "metadata length overrun",
+            &[0, 0, 0, 1, 0x11, 0x00, 0, 0, 0x10, b'a', b'b'],
+        ),
+        (
+            "metadata length field truncated",
+            &[0, 0, 0, 1, 0x29, 0x20, 0, 1],
+        ),
+        ("REQUEST_N body of 2 bytes", &[0, 0, 0, 1, 0x20, 0x00, 0, 1]),
+        (
+            "reserved bit in the stream id",
+            &[0x80, 0, 0, 1, 0x10, 0x00, b'x'],
+        ),
+        (
+            "KEEPALIVE on stream 1",
+            &[0, 0, 0, 1, 0x0C, 0x80, 0, 0, 0, 0, 0, 0, 0, 0],
+        ),
+        (
+            "PAYLOAD with neither N nor C",
+            &[0, 0, 0, 1, 0x28, 0x00, b'p'],
+        ),
+        ("ERROR with a 2-byte code", &[0, 0, 0, 1, 0x2C, 0x00, 0, 1]),
+    ];
+    for (what, bytes) in cases {
+        let mut raw = arena.attacker(LONG).await;
+        ping(&mut raw, 1).await;
+        send_bytes(&mut raw, bytes).await;
+        eprintln!("case: {what}");
+        expect_closed_with(&arena, raw, ErrorCode::CONNECTION_ERROR).await;
+    }
+    // With I, a malformed request is dropped and the connection stays.
+    let mut raw = arena.attacker(LONG).await;
+    send_bytes(&mut raw, &[0, 0, 0, 1, 0x13, 0x00, 0, 0, 0x10, b'a', b'b']).await;
+    send_bytes(&mut raw, &[0, 0, 0, 3, 0x22, 0x00, 0, 1]).await;
+    ping(&mut raw, 5).await;
+    nothing_opened(&arena).await;
+}
+
+/// KEEPALIVE with R from the client is answered with R clear and the same
+/// data; without R it is not answered (§2.3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_is_answered_only_with_the_respond_flag() {
+    let arena = Arena::start(Config::default()).await;
+    let mut raw = arena.attacker(LONG).await;
+    // R clear, then R set with data "hb".
+    send_bytes(
+        &mut raw,
+        &[0, 0, 0, 0, 0x0C, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, b'n', b'o'],
+    )
+    .await;
+    send_bytes(
+        &mut raw,
+        &[0, 0, 0, 0, 0x0C, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, b'h', b'b'],
+    )
+    .await;
+    match next_frame(&mut raw, "the keepalive answer").await {
+        Frame::Keepalive(k) => {
+            assert!(!k.respond, "{k:?}");
+            assert_eq!(k.data, Bytes::from_static(b"hb"));
+            assert_eq!(k.last_received_position, 0);
+        }
+        other => panic!("expected the KEEPALIVE answer, got {other:?}"),
+    }
+    ping(&mut raw, 1).await;
+    drop(raw);
+    others_still_served(&arena).await;
+}
+
+/// After SETUP: a second SETUP, a LEASE (not negotiated) and the setup
+/// error codes on stream 0 are ignored (§11.5); RESUME is a
+/// CONNECTION_ERROR (§11.3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_twice_lease_and_resume_after_setup() {
+    let arena = Arena::start(Config::default()).await;
+    let mut raw = arena.attacker(LONG).await;
+    ping(&mut raw, 1).await;
+    send(&mut raw, setup(Duration::from_millis(1))).await;
+    // LEASE ttl 1000 ms, 0 requests: it would refuse every request.
+    send_bytes(
+        &mut raw,
+        &[0, 0, 0, 0, 0x08, 0x00, 0, 0, 0x03, 0xe8, 0, 0, 0, 0],
+    )
+    .await;
+    for code in 1..=4u8 {
+        send_bytes(&mut raw, &[0, 0, 0, 0, 0x2C, 0x00, 0, 0, 0, code, b'?']).await;
+    }
+    ping(&mut raw, 3).await;
+    nothing_opened(&arena).await;
+    // RESUME v1.0, token "t", positions 0.
+    let mut resume = vec![0, 0, 0, 0, 0x34, 0x00, 0, 1, 0, 0, 0, 1, b't'];
+    resume.extend_from_slice(&[0; 16]);
+    send_bytes(&mut raw, &resume).await;
+    expect_closed_with(&arena, raw, ErrorCode::CONNECTION_ERROR).await;
+}
+
+/// Before SETUP: a first frame that is not SETUP or RESUME, a SETUP on a
+/// stream, or a SETUP that does not decode, gets ERROR[INVALID_SETUP] on
+/// stream 0 and the connection closed (§11.1, §11.3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_first_frames_are_invalid_setup() {
+    let arena = Arena::start(Config::default()).await;
+    let mut good = BytesMut::new();
+    setup(LONG).encode(&mut good);
+    let mut on_stream_1 = good.to_vec();
+    on_stream_1[3] = 1;
+    let truncated = good[..good.len() - 3].to_vec();
+    let cases: [(&str, Vec<u8>); 6] = [
+        ("REQUEST_RESPONSE first", vec![0, 0, 0, 1, 0x10, 0x00, b'x']),
+        (
+            "KEEPALIVE first",
+            vec![0, 0, 0, 0, 0x0C, 0x80, 0, 0, 0, 0, 0, 0, 0, 0],
+        ),
+        ("unknown type with I first", vec![0, 0, 0, 0, 0x82, 0x00]),
+        ("SETUP on stream 1", on_stream_1),
+        ("truncated SETUP", truncated),
+        ("truncated header", vec![0, 0, 0]),
+    ];
+    for (what, bytes) in cases {
+        eprintln!("case: {what}");
+        let mut raw = arena.connect_raw().await;
+        send_bytes(&mut raw, &bytes).await;
+        expect_closed_with(&arena, raw, ErrorCode::INVALID_SETUP).await;
+    }
+}
+
+/// A fragmented request whose follow-ups arrive on another stream: those
+/// are PAYLOADs for an unknown stream (ignored), a REQUEST on the id being
+/// reassembled is a request on an id in use (ignored), and the request is
+/// completed by its own follow-up (§8, §4.5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragment_follow_ups_on_another_stream_are_ignored() {
+    let arena = Arena::start(Config::default()).await;
+    let mut raw = arena.attacker(LONG).await;
+    send(&mut raw, rr(1, Bytes::from_static(b"he"), true)).await;
+    let follow_up = |id: u32, data: &'static [u8], follows: bool| {
+        Frame::Payload(PayloadFrame {
+            stream_id: sid(id),
+            follows,
+            complete: false,
+            next: true,
+            payload: Payload::new(Bytes::from_static(data)),
+        })
+    };
+    send(&mut raw, follow_up(3, b"XX", true)).await;
+    send(&mut raw, follow_up(3, b"YY", false)).await;
+    send(&mut raw, rr(1, Bytes::from_static(b"ZZ"), false)).await;
+    ping(&mut raw, 5).await;
+    // Only stream 1's first fragment is held.
+    arena
+        .wait("stream 1's fragment alone to be held", |s| {
+            (s.partial_requests, s.reassembly_bytes) == (1, 2)
+        })
+        .await;
+    send(&mut raw, follow_up(1, b"llo", false)).await;
+    match next_frame(&mut raw, "the reassembled answer").await {
+        Frame::Payload(p) if p.stream_id == sid(1) => {
+            assert_eq!(p.payload.data, Bytes::from_static(b"hello"));
+        }
+        other => panic!("expected the answer on stream 1, got {other:?}"),
+    }
+    ping(&mut raw, 7).await;
+    nothing_opened(&arena).await;
+    drop(raw);
+    others_still_served(&arena).await;
+}
