@@ -170,3 +170,129 @@ async fn client_streaming_answer_is_one_payload_next_complete() {
         }
     }
 }
+
+/// A live `Server` with the test router, fed in-memory connections.
+fn live_server() -> futures::channel::mpsc::Sender<std::io::Result<rsocket_core::MemoryTransport>> {
+    let (probe, _events) = Probe::new();
+    let responder: Arc<dyn RSocket> = Arc::new(router(probe));
+    let server = rsocket_core::Server::new(move |_: SetupInfo, _: Requester| {
+        let responder = responder.clone();
+        async move { Ok::<_, StreamError>(responder) }
+    });
+    let (tx, incoming) = futures::channel::mpsc::channel(1);
+    tokio::spawn(server.serve_with_shutdown(incoming, futures::future::pending()));
+    tx
+}
+
+/// A raw connection to the live server, SETUP sent.
+async fn connect_live(
+    tx: &mut futures::channel::mpsc::Sender<std::io::Result<rsocket_core::MemoryTransport>>,
+) -> Raw {
+    let (engine, script) = tokio::io::duplex(64 << 10);
+    let (r, w) = tokio::io::split(engine);
+    tx.send(Ok(StreamTransport::new(r, w)))
+        .await
+        .expect("the server takes connections");
+    let mut raw = Framed::new(script, FrameCodec::new());
+    let params = rsocket_rpc::setup_params();
+    let setup = Setup {
+        version: Version::V1_0,
+        keepalive_interval_ms: 20_000,
+        max_lifetime_ms: 90_000,
+        resume_token: None,
+        lease: false,
+        metadata_mime_type: params.metadata_mime_type,
+        data_mime_type: MimeType::from_static(rsocket_rpc::DATA_MIME_TYPE).expect("valid"),
+        payload: Payload::default(),
+    };
+    send(&mut raw, Frame::Setup(Box::new(setup))).await;
+    raw
+}
+
+/// A unary call on `id` that must be answered by the very next frame.
+async fn hello_answered(raw: &mut Raw, id: u32) {
+    send(
+        raw,
+        Frame::RequestResponse(RequestResponse {
+            stream_id: sid(id),
+            follows: false,
+            payload: routed("greeter.Greeter/SayHello", &hello("ok")),
+        }),
+    )
+    .await;
+    match next_frame(raw).await {
+        Frame::Payload(p) if p.stream_id == sid(id) && p.next && p.complete => {
+            let reply = HelloReply::decode(p.payload.data).expect("decodes");
+            assert!(reply.message.starts_with("Hello ok"), "{reply:?}");
+        }
+        other => panic!("expected the answer on stream {id}, got {other:?}"),
+    }
+}
+
+/// Route metadata that does not parse, or names an enormous route, is
+/// refused on its own stream with `ERROR[REJECTED]` (the call was not
+/// processed); the connection and the server's other connections go on.
+#[tokio::test]
+async fn malformed_or_huge_route_metadata_is_rejected_on_its_stream() {
+    let mut tx = live_server();
+    let mut raw = connect_live(&mut tx).await;
+    let mut other = connect_live(&mut tx).await;
+    hello_answered(&mut raw, 1).await;
+    // rsocket-rpc-java layout: version 1, a 65,535-byte service name,
+    // method "M", no tracing.
+    let mut v1 = vec![0, 1, 0xFF, 0xFF];
+    v1.extend(std::iter::repeat_n(b's', 0xFFFF));
+    v1.extend_from_slice(&[0, 1, b'M', 0, 0]);
+    // Composite: a routing entry whose one 255-byte tag names no method,
+    // after 1 MiB of another entry.
+    let mut huge = vec![0x80 | 0x7A, 0x10, 0x00, 0x00];
+    huge.extend(std::iter::repeat_n(b'x', 1 << 20));
+    huge.extend_from_slice(&[0x80 | 0x7E, 0, 1, 0]);
+    huge.push(255);
+    huge.extend(std::iter::repeat_n(b'r', 255));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("entry length past the end", vec![0xFE, 0, 0, 100, 3, b'a']),
+        ("entry header truncated", vec![0xFE, 0, 0]),
+        ("custom MIME name past the end", vec![0x10, b'a']),
+        (
+            "routing tag past its entry",
+            vec![0xFE, 0, 0, 3, 10, b'a', b'b'],
+        ),
+        ("routing entry with no tag", vec![0xFE, 0, 0, 0]),
+        (
+            "composite without a routing entry",
+            vec![0xFA, 0, 0, 1, b'x'],
+        ),
+        ("65,535-byte service name", v1),
+        ("a 255-byte route after 1 MiB", huge),
+    ];
+    let mut id = 3;
+    for (what, metadata) in cases {
+        send(
+            &mut raw,
+            Frame::RequestResponse(RequestResponse {
+                stream_id: sid(id),
+                follows: false,
+                payload: Payload {
+                    metadata: Some(Bytes::from(metadata)),
+                    data: Bytes::from(hello("x").encode_to_vec()),
+                },
+            }),
+        )
+        .await;
+        match next_frame(&mut raw).await {
+            Frame::Error(e) => assert_eq!(
+                (e.stream_id, e.code),
+                (Some(sid(id)), rsocket_core::ErrorCode::REJECTED),
+                "{what}: {}",
+                e.message()
+            ),
+            other => panic!("{what}: expected ERROR[REJECTED] on {id}, got {other:?}"),
+        }
+        hello_answered(&mut raw, id + 2).await;
+        id += 4;
+    }
+    hello_answered(&mut other, 1).await;
+    let mut fresh = connect_live(&mut tx).await;
+    hello_answered(&mut fresh, 1).await;
+}
