@@ -21,8 +21,8 @@ use rsocket_core::frame::{
 };
 use rsocket_core::runtime::ServerStatsHandle;
 use rsocket_core::{
-    ClientBuilder, Config, ErrorCode, Frame, MimeType, Payload, PayloadStream, RSocket,
-    RequestCount, RequestError, Requester, Server, ServerStats, StreamId,
+    ClientBuilder, Config, ConnectionError, ErrorCode, Frame, MimeType, Payload, PayloadStream,
+    RSocket, RequestCount, RequestError, Requester, Server, ServerStats, StreamId,
 };
 use rsocket_tests::within;
 use tokio::io::AsyncWriteExt;
@@ -82,6 +82,17 @@ impl RSocket for Target {
     async fn metadata_push(&self, _metadata: Bytes) -> Result<(), RequestError> {
         self.one_way().await
     }
+
+    /// Echoes the first payload, then never reads the requester's items
+    /// (it holds them, so the inbound half stays open) and never ends.
+    fn request_channel(&self, first: Payload, rest: PayloadStream) -> PayloadStream {
+        futures::stream::once(async move { Ok(first) })
+            .chain(futures::stream::poll_fn(move |_| {
+                let _held = &rest;
+                std::task::Poll::Pending
+            }))
+            .boxed()
+    }
 }
 
 /// A server under attack and a bystander connected to it.
@@ -101,6 +112,14 @@ impl Arena {
         config: Config,
         listener: impl FnOnce(rsocket_transport_tcp::TcpListener) -> rsocket_transport_tcp::TcpListener,
     ) -> Self {
+        Self::start_server(config, listener, |s| s).await
+    }
+
+    async fn start_server(
+        config: Config,
+        listener: impl FnOnce(rsocket_transport_tcp::TcpListener) -> rsocket_transport_tcp::TcpListener,
+        customize: impl FnOnce(Server) -> Server,
+    ) -> Self {
         let tcp = rsocket_transport_tcp::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -112,6 +131,7 @@ impl Arena {
             async move { Ok(Arc::new(responder) as Arc<dyn RSocket>) }
         })
         .config(config);
+        let server = customize(server);
         let stats = server.stats_handle();
         tokio::spawn(server.serve_with_shutdown(listener(tcp), futures::future::pending()));
         let bystander = ClientBuilder::new()
@@ -1018,4 +1038,226 @@ async fn fragment_follow_ups_on_another_stream_are_ignored() {
     nothing_opened(&arena).await;
     drop(raw);
     others_still_served(&arena).await;
+}
+
+// ----- a live client attacked by a raw server ------------------------------------
+//
+// A real `ClientBuilder` connection over TCP to a listener the test
+// controls: the script is the server, reads the client's frames and writes
+// raw ones. The client's own requests, answered by the script, show the
+// connection still works; the next frame the script reads after an attack
+// being the client's request shows nothing was sent in between.
+
+/// A real client connected to the script, which has read its SETUP.
+async fn attacked_client() -> (Requester, Raw) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (transport, accepted) = within("the client to connect", async {
+        tokio::join!(rsocket_transport_tcp::connect(addr), listener.accept())
+    })
+    .await;
+    let client = ClientBuilder::new()
+        .keepalive(Duration::from_secs(600), Duration::from_secs(1200))
+        .connect(transport.expect("connect"))
+        .expect("client");
+    let mut raw = Framed::new(accepted.expect("accept").0, FrameCodec::new());
+    match next_frame(&mut raw, "the client's SETUP").await {
+        Frame::Setup(_) => {}
+        other => panic!("expected SETUP first, got {other:?}"),
+    }
+    (client, raw)
+}
+
+/// The client's request/response, answered by the script with its own
+/// data: the next frame the client sends must be that request.
+async fn client_round_trip(client: &Requester, raw: &mut Raw, text: &str) {
+    let data = Bytes::from(text.to_owned());
+    let request = within(
+        "the client's answer",
+        client.request_response(Payload::new(data.clone())),
+    );
+    let script = async {
+        match next_frame(raw, "the client's request").await {
+            Frame::RequestResponse(r) if !r.follows => {
+                assert_eq!(r.payload.data, data);
+                send(
+                    raw,
+                    Frame::Payload(PayloadFrame {
+                        stream_id: r.stream_id,
+                        follows: false,
+                        complete: true,
+                        next: true,
+                        payload: r.payload,
+                    }),
+                )
+                .await;
+            }
+            other => panic!("expected the client's REQUEST_RESPONSE, got {other:?}"),
+        }
+    };
+    let (reply, ()) = tokio::join!(request, script);
+    assert_eq!(reply.expect("answered").map(|p| p.data), Some(data));
+}
+
+/// At a client, a SETUP is ignored (§11.5), a request on the client's own
+/// parity (odd) is ignored (§4.1, §4.3), and PAYLOAD, REQUEST_N, CANCEL
+/// and ERROR for streams the client never opened are ignored (§4.5):
+/// nothing is sent back and the client's requests keep working. A
+/// KEEPALIVE with R is answered with R clear and the same data (§2.3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_ignores_setup_its_own_parity_and_unknown_streams() {
+    let (client, mut raw) = attacked_client().await;
+    client_round_trip(&client, &mut raw, "first").await;
+    send(&mut raw, setup(Duration::from_millis(1))).await;
+    // Requests on odd ids the client has not issued.
+    send(&mut raw, rr(101, Bytes::from_static(b"odd"), false)).await;
+    send(
+        &mut raw,
+        Frame::RequestStream(RequestStream {
+            stream_id: sid(103),
+            follows: false,
+            initial_request_n: RequestCount::ONE,
+            payload: Payload::from("odd"),
+        }),
+    )
+    .await;
+    send(
+        &mut raw,
+        Frame::RequestFnf(RequestFnf {
+            stream_id: sid(105),
+            follows: false,
+            payload: Payload::from("odd"),
+        }),
+    )
+    .await;
+    let frames: [&[u8]; 7] = [
+        &[0, 0, 0, 1, 0x28, 0x60, b'p'],        // PAYLOAD N|C on 1 (finished)
+        &[0, 0, 0, 99, 0x28, 0x60, b'p'],       // PAYLOAD N|C on 99 (never issued)
+        &[0, 0, 0, 99, 0x28, 0xA0, b'p'],       // PAYLOAD N|F on 99 (a fragment)
+        &[0, 0, 0, 2, 0x28, 0x20, b'p'],        // PAYLOAD N on 2 (server's parity)
+        &[0, 0, 0, 97, 0x20, 0x00, 0, 0, 0, 5], // REQUEST_N on 97
+        &[0, 0, 0, 95, 0x24, 0x00],             // CANCEL on 95
+        &[0, 0, 0, 93, 0x2C, 0x00, 0, 0, 2, 1, b'e'], // ERROR[APPLICATION] on 93
+    ];
+    for f in frames {
+        send_bytes(&mut raw, f).await;
+    }
+    client_round_trip(&client, &mut raw, "second").await;
+    // KEEPALIVE R with data "hb": answered at once, R clear, same data.
+    send_bytes(
+        &mut raw,
+        &[0, 0, 0, 0, 0x0C, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, b'h', b'b'],
+    )
+    .await;
+    match next_frame(&mut raw, "the client's keepalive answer").await {
+        Frame::Keepalive(k) => {
+            assert!(!k.respond, "{k:?}");
+            assert_eq!(k.data, Bytes::from_static(b"hb"));
+            assert_eq!(k.last_received_position, 0);
+        }
+        other => panic!("expected the KEEPALIVE answer, got {other:?}"),
+    }
+    client_round_trip(&client, &mut raw, "third").await;
+    assert!(!client.is_closed());
+    assert_eq!(client.open_streams(), 0);
+}
+
+/// An unknown frame type without the I flag from the server ends the
+/// client's connection with ERROR[CONNECTION_ERROR] on stream 0 (§4.4);
+/// a request pending at that moment fails, and later ones fail at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_ends_the_connection_on_an_unknown_type_without_ignore() {
+    let (client, mut raw) = attacked_client().await;
+    client_round_trip(&client, &mut raw, "first").await;
+    // With I: dropped.
+    send_bytes(&mut raw, &[0, 0, 0, 0, 0x82, 0x00, 1, 2, 3]).await;
+    client_round_trip(&client, &mut raw, "second").await;
+    // A request the script reads but never answers.
+    let pending = tokio::spawn({
+        let client = client.clone();
+        async move { client.request_response(Payload::from("pending")).await }
+    });
+    match next_frame(&mut raw, "the pending request").await {
+        Frame::RequestResponse(_) => {}
+        other => panic!("expected the pending REQUEST_RESPONSE, got {other:?}"),
+    }
+    send_bytes(&mut raw, &[0, 0, 0, 0, 0x80, 0x00, 1, 2, 3]).await;
+    match next_frame(&mut raw, "the client's connection ERROR").await {
+        Frame::Error(e) => {
+            assert_eq!(
+                (e.stream_id, e.code),
+                (None, ErrorCode::CONNECTION_ERROR),
+                "{e:?}"
+            );
+        }
+        other => panic!("expected ERROR[CONNECTION_ERROR] on stream 0, got {other:?}"),
+    }
+    let rest = read_to_end(&mut raw, "the client to close").await;
+    assert!(rest.is_none(), "{rest:?}");
+    let reason = within("the client to close", client.closed()).await;
+    assert!(
+        matches!(reason, ConnectionError::Protocol { .. }),
+        "{reason:?}"
+    );
+    let failed = within("the pending request to fail", pending)
+        .await
+        .expect("join");
+    assert!(
+        matches!(failed, Err(RequestError::Connection(_))),
+        "{failed:?}"
+    );
+    let later = within(
+        "a later request to fail",
+        client.request_response(Payload::from("later")),
+    )
+    .await;
+    assert!(
+        matches!(later, Err(RequestError::Connection(_))),
+        "{later:?}"
+    );
+}
+
+// ----- connection-level ERROR from the client ----------------------------------
+
+/// An ERROR on stream 0 after SETUP that is not a setup error ends the
+/// connection (§3, §2.14: any stream-0 ERROR is connection termination,
+/// APPLICATION_ERROR included although it is invalid there): the server
+/// sends nothing back, closes, and frees the attacker's open streams;
+/// the bystander and a new connection are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_level_errors_from_the_client_end_the_connection() {
+    let arena = Arena::start(Config::default()).await;
+    // The code's third byte: 0x0101 and 0x0201.
+    for (what, hi) in [("CONNECTION_ERROR", 1u8), ("APPLICATION_ERROR", 2)] {
+        eprintln!("case: {what}");
+        let mut raw = arena.attacker(LONG).await;
+        // An open stream, parked on its credit.
+        send(
+            &mut raw,
+            Frame::RequestStream(RequestStream {
+                stream_id: sid(1),
+                follows: false,
+                initial_request_n: RequestCount::ONE,
+                payload: Payload::from("go"),
+            }),
+        )
+        .await;
+        match next_frame(&mut raw, "the first item").await {
+            Frame::Payload(p) if p.stream_id == sid(1) && !p.complete => {}
+            other => panic!("expected an item on stream 1, got {other:?}"),
+        }
+        arena
+            .wait("the stream to be open", |s| s.open_streams == 1)
+            .await;
+        send_bytes(&mut raw, &[0, 0, 0, 0, 0x2C, 0x00, 0, 0, hi, 1, b'x']).await;
+        let rest = read_to_end(&mut raw, "the server to close").await;
+        assert!(
+            rest.is_none() || matches!(rest, Some(Frame::Keepalive(_))),
+            "nothing but keepalives after the peer's ERROR: {rest:?}"
+        );
+        nothing_opened(&arena).await;
+        others_still_served(&arena).await;
+    }
 }
