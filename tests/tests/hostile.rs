@@ -17,7 +17,8 @@ use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
 use rsocket_core::codec::FrameCodec;
 use rsocket_core::frame::{
-    MetadataPush, PayloadFrame, RequestFnf, RequestResponse, RequestStream, Setup, Version,
+    MetadataPush, PayloadFrame, RequestChannel, RequestFnf, RequestResponse, RequestStream, Setup,
+    Version,
 };
 use rsocket_core::runtime::ServerStatsHandle;
 use rsocket_core::{
@@ -83,12 +84,18 @@ impl RSocket for Target {
         self.one_way().await
     }
 
-    /// Echoes the first payload, then never reads the requester's items
-    /// (it holds them, so the inbound half stays open) and never ends.
-    fn request_channel(&self, first: Payload, rest: PayloadStream) -> PayloadStream {
+    /// Echoes the first payload, polls the requester's items once (the
+    /// first poll grants the window), then never reads them (it holds
+    /// them, so the inbound half stays open) and never ends.
+    fn request_channel(&self, first: Payload, mut rest: PayloadStream) -> PayloadStream {
+        let mut polled = false;
         futures::stream::once(async move { Ok(first) })
-            .chain(futures::stream::poll_fn(move |_| {
-                let _held = &rest;
+            .chain(futures::stream::poll_fn(move |cx| {
+                if !polled {
+                    polled = true;
+                    let nothing_yet = rest.poll_next_unpin(cx).is_pending();
+                    assert!(nothing_yet, "no item before the window is granted");
+                }
                 std::task::Poll::Pending
             }))
             .boxed()
@@ -1260,4 +1267,79 @@ async fn connection_level_errors_from_the_client_end_the_connection() {
         nothing_opened(&arena).await;
         others_still_served(&arena).await;
     }
+}
+
+// ----- a requester channel past the credit it was granted -----------------------
+
+fn channel_item(id: u32, data: &'static [u8]) -> Frame {
+    Frame::Payload(PayloadFrame {
+        stream_id: sid(id),
+        follows: false,
+        complete: false,
+        next: true,
+        payload: Payload::new(Bytes::from_static(data)),
+    })
+}
+
+/// A requester channel whose responder never reads: the server grants the
+/// window (`default_prefetch`) and no more; items within it are taken, the
+/// first item beyond it is a protocol violation of that stream only: the
+/// server CANCELs it (rsocket-protocol.md §5.5, §2.14; proto/mod.rs
+/// "Credit"), frees it, and the connection goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_past_its_credit_is_cancelled() {
+    const WINDOW: u32 = 4;
+    let config = Config {
+        default_prefetch: WINDOW,
+        max_prefetch: WINDOW,
+        ..Config::default()
+    };
+    let arena = Arena::start(config).await;
+    let mut raw = arena.attacker(LONG).await;
+    send(
+        &mut raw,
+        Frame::RequestChannel(RequestChannel {
+            stream_id: sid(1),
+            follows: false,
+            complete: false,
+            initial_request_n: RequestCount::ONE,
+            payload: Payload::from("first"),
+        }),
+    )
+    .await;
+    let mut granted = 0;
+    let mut echoed = false;
+    while granted == 0 || !echoed {
+        match next_frame(&mut raw, "the grant and the echo").await {
+            Frame::RequestN(n) if n.stream_id == sid(1) => granted += n.request_n.get(),
+            Frame::Payload(p) if p.stream_id == sid(1) && p.next && !p.complete && !echoed => {
+                assert_eq!(p.payload.data, Bytes::from_static(b"first"));
+                echoed = true;
+            }
+            other => panic!("expected REQUEST_N or the echo on stream 1, got {other:?}"),
+        }
+    }
+    assert_eq!(granted, WINDOW);
+    for _ in 0..WINDOW {
+        send(&mut raw, channel_item(1, b"item")).await;
+    }
+    // Within credit: nothing is sent back, the stream stays open.
+    ping(&mut raw, 3).await;
+    let s = arena
+        .wait("the items to be held", |s| s.open_streams == 1)
+        .await;
+    assert_eq!(s.queued_in_bytes, 4 * WINDOW as usize, "{s:?}");
+    // One beyond: the stream is cancelled, and nothing else is sent.
+    send(&mut raw, channel_item(1, b"over")).await;
+    match next_frame(&mut raw, "the CANCEL").await {
+        Frame::Cancel(c) => assert_eq!(c.stream_id, sid(1)),
+        other => panic!("expected CANCEL on stream 1, got {other:?}"),
+    }
+    // Late items on the cancelled stream are ignored.
+    send(&mut raw, channel_item(1, b"late")).await;
+    ping(&mut raw, 5).await;
+    nothing_opened(&arena).await;
+    assert_eq!(arena.stats.snapshot().queued_in_bytes, 0);
+    drop(raw);
+    others_still_served(&arena).await;
 }
