@@ -17,13 +17,14 @@ use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
 use rsocket_core::codec::FrameCodec;
 use rsocket_core::frame::{
-    MetadataPush, PayloadFrame, RequestChannel, RequestFnf, RequestResponse, RequestStream, Setup,
-    Version,
+    Keepalive, MetadataPush, PayloadFrame, RequestChannel, RequestFnf, RequestResponse,
+    RequestStream, Resume, Setup, Version,
 };
 use rsocket_core::runtime::ServerStatsHandle;
 use rsocket_core::{
     ClientBuilder, Config, ConnectionError, ErrorCode, Frame, MimeType, Payload, PayloadStream,
-    RSocket, RequestCount, RequestError, Requester, Server, ServerStats, StreamId,
+    RSocket, RequestCount, RequestError, Requester, Server, ServerResumeOptions, ServerStats,
+    StreamId,
 };
 use rsocket_tests::within;
 use tokio::io::AsyncWriteExt;
@@ -1342,4 +1343,140 @@ async fn a_channel_past_its_credit_is_cancelled() {
     assert_eq!(arena.stats.snapshot().queued_in_bytes, 0);
     drop(raw);
     others_still_served(&arena).await;
+}
+
+// ----- resumption on a live server ---------------------------------------------
+
+/// A server with resumption on, its bystander, and raw resumable sessions.
+async fn resumable_arena() -> Arena {
+    Arena::start_server(
+        Config::default(),
+        |l| l,
+        |s| s.resumption(ServerResumeOptions::default()),
+    )
+    .await
+}
+
+/// SETUP with a resume token (R flag).
+fn resumable_setup(token: &'static [u8]) -> Frame {
+    let Frame::Setup(mut s) = setup(LONG) else {
+        unreachable!()
+    };
+    s.resume_token = Some(Bytes::from_static(token));
+    Frame::Setup(s)
+}
+
+fn resume(token: &'static [u8], last_received_server: u64, first_available_client: u64) -> Frame {
+    Frame::Resume(Resume {
+        version: Version::V1_0,
+        resume_token: Bytes::from_static(token),
+        last_received_server_position: last_received_server,
+        first_available_client_position: first_available_client,
+    })
+}
+
+fn position(frames: &[&Frame]) -> u64 {
+    frames.iter().map(|f| f.encoded_len() as u64).sum()
+}
+
+/// The answer `ping` gets on `id`, as the server encodes it.
+fn pong(id: u32) -> Frame {
+    Frame::Payload(PayloadFrame {
+        stream_id: sid(id),
+        follows: false,
+        complete: true,
+        next: true,
+        payload: Payload::from(format!("ping {id}")),
+    })
+}
+
+fn ping_request(id: u32) -> Frame {
+    rr(id, Bytes::from(format!("ping {id}")), false)
+}
+
+/// A resumable session `token` whose first transport was answered two
+/// pings (streams 1 and 3); returns that transport, still open.
+async fn session_with_two_answers(arena: &Arena, token: &'static [u8]) -> Raw {
+    let mut raw = arena.connect_raw().await;
+    send(&mut raw, resumable_setup(token)).await;
+    ping(&mut raw, 1).await;
+    ping(&mut raw, 3).await;
+    raw
+}
+
+/// A new transport resumes `token`, having received nothing: RESUME_OK
+/// with the server's received position, then the server's whole store
+/// replayed (`expected`).
+async fn resume_and_expect_replay(
+    arena: &Arena,
+    token: &'static [u8],
+    client_sent: u64,
+    expected: &[Frame],
+) -> Raw {
+    let mut raw = arena.connect_raw().await;
+    send(&mut raw, resume(token, 0, 0)).await;
+    match next_frame(&mut raw, "RESUME_OK").await {
+        Frame::ResumeOk(ok) => assert_eq!(ok.last_received_client_position, client_sent),
+        other => panic!("expected RESUME_OK, got {other:?}"),
+    }
+    for want in expected {
+        assert_eq!(&next_frame(&mut raw, "the replay").await, want);
+    }
+    raw
+}
+
+/// Over TCP, with a bystander: a RESUME on a connection that already
+/// resumed is ERROR[CONNECTION_ERROR] (§9.3, §2.14); a RESUME for a token
+/// that was never set up is ERROR[REJECTED_RESUME] (§9.3). Each closes
+/// only its own connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_resume_and_an_unknown_token_on_a_live_server() {
+    let arena = resumable_arena().await;
+    let first = session_with_two_answers(&arena, b"twice").await;
+    drop(first);
+    let sent = position(&[&ping_request(1), &ping_request(3)]);
+    let mut raw = resume_and_expect_replay(&arena, b"twice", sent, &[pong(1), pong(3)]).await;
+    // The resumed session serves.
+    ping(&mut raw, 5).await;
+    // The same RESUME again, on the connection that resumed.
+    let sent = sent + position(&[&ping_request(5)]);
+    let received = position(&[&pong(1), &pong(3), &pong(5)]);
+    send(&mut raw, resume(b"twice", received, sent)).await;
+    expect_closed_with(&arena, raw, ErrorCode::CONNECTION_ERROR).await;
+    // A token nobody set up, as the first frame of a new connection.
+    let mut raw = arena.connect_raw().await;
+    send(&mut raw, resume(b"never set up", 0, 0)).await;
+    expect_closed_with(&arena, raw, ErrorCode::REJECTED_RESUME).await;
+}
+
+/// On a resumable connection, a KEEPALIVE acknowledging more than the
+/// server ever sent is ignored (proto/resume.rs `release`: "a position
+/// beyond what was sent is ignored"; rsocket-protocol.md §9.2 lets the
+/// receiver trim only up to a position it sent): the connection goes on
+/// serving and nothing is released from the store, so a later resume from
+/// position 0 still gets every answer replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keepalive_position_beyond_what_was_sent_releases_nothing() {
+    let arena = resumable_arena().await;
+    let mut raw = session_with_two_answers(&arena, b"beyond").await;
+    let beyond = position(&[&pong(1), &pong(3)]) + 1;
+    for last_received_position in [beyond, 1 << 40, (1 << 63) - 1] {
+        send(
+            &mut raw,
+            Frame::Keepalive(Keepalive {
+                respond: false,
+                last_received_position,
+                data: Bytes::new(),
+            }),
+        )
+        .await;
+    }
+    ping(&mut raw, 5).await;
+    drop(raw);
+    let sent = position(&[&ping_request(1), &ping_request(3), &ping_request(5)]);
+    let mut raw =
+        resume_and_expect_replay(&arena, b"beyond", sent, &[pong(1), pong(3), pong(5)]).await;
+    ping(&mut raw, 7).await;
+    drop(raw);
+    arena.bystander_answers().await;
 }
