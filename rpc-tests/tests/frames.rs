@@ -79,6 +79,11 @@ async fn server() -> Raw {
             let _ = driver.await;
         }
     });
+    set_up(script).await
+}
+
+/// The raw end of a connection to the router, after an RPC client's SETUP.
+async fn set_up(script: DuplexStream) -> Raw {
     let mut raw = Framed::new(script, FrameCodec::new());
     let params = rsocket_rpc::setup_params();
     let setup = Setup {
@@ -193,20 +198,7 @@ async fn connect_live(
     tx.send(Ok(StreamTransport::new(r, w)))
         .await
         .expect("the server takes connections");
-    let mut raw = Framed::new(script, FrameCodec::new());
-    let params = rsocket_rpc::setup_params();
-    let setup = Setup {
-        version: Version::V1_0,
-        keepalive_interval_ms: 20_000,
-        max_lifetime_ms: 90_000,
-        resume_token: None,
-        lease: false,
-        metadata_mime_type: params.metadata_mime_type,
-        data_mime_type: MimeType::from_static(rsocket_rpc::DATA_MIME_TYPE).expect("valid"),
-        payload: Payload::default(),
-    };
-    send(&mut raw, Frame::Setup(Box::new(setup))).await;
-    raw
+    set_up(script).await
 }
 
 /// A unary call on `id` that must be answered by the very next frame.
