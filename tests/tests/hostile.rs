@@ -22,9 +22,9 @@ use rsocket_core::frame::{
 };
 use rsocket_core::runtime::ServerStatsHandle;
 use rsocket_core::{
-    ClientBuilder, Config, ConnectionError, ErrorCode, Frame, MimeType, Payload, PayloadStream,
-    RSocket, RequestCount, RequestError, Requester, Server, ServerResumeOptions, ServerStats,
-    StreamId,
+    ClientBuilder, Config, ConnectionError, ErrorCode, Frame, LeaseConfig, LeasePolicy, MimeType,
+    Payload, PayloadStream, RSocket, RequestCount, RequestError, Requester, Server,
+    ServerResumeOptions, ServerStats, StreamId,
 };
 use rsocket_tests::within;
 use tokio::io::AsyncWriteExt;
@@ -1478,5 +1478,118 @@ async fn a_keepalive_position_beyond_what_was_sent_releases_nothing() {
         resume_and_expect_replay(&arena, b"beyond", sent, &[pong(1), pong(3), pong(5)]).await;
     ping(&mut raw, 7).await;
     drop(raw);
+    arena.bystander_answers().await;
+}
+
+// ----- leasing on a live server ------------------------------------------------
+
+/// KEEPALIVE with R and `data`, then its answer: everything the server
+/// does with frames sent before it has been done (one connection, in
+/// order), without relying on a request that a lease could refuse.
+async fn keepalive_barrier(raw: &mut Raw, data: &'static [u8]) {
+    let mut frame = vec![0, 0, 0, 0, 0x0C, 0x80, 0, 0, 0, 0, 0, 0, 0, 0];
+    frame.extend_from_slice(data);
+    send_bytes(raw, &frame).await;
+    read_until(
+        raw,
+        "the keepalive answer",
+        |f| matches!(f, Frame::Keepalive(k) if !k.respond && k.data == data),
+    )
+    .await;
+}
+
+fn assert_rejected(f: &Frame, id: u32) {
+    match f {
+        Frame::Error(e) if e.stream_id == Some(sid(id)) && e.code == ErrorCode::REJECTED => {}
+        other => panic!("expected ERROR[REJECTED] on stream {id}, got {other:?}"),
+    }
+}
+
+/// A live server leasing 2 requests per minute to clients that ask for
+/// leasing (SETUP with L): a raw client's requests beyond the lease get
+/// ERROR[REJECTED] on their stream and run no handler, a fire-and-forget
+/// beyond it is dropped and counted (rsocket-protocol.md §7, §5.2); the
+/// connection keeps serving (its
+/// keepalives are answered), and the bystander, which did not ask for
+/// leasing, is served without limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_lease_are_rejected_on_a_live_server() {
+    let lease = LeaseConfig::new().policy(LeasePolicy::fixed(Duration::from_secs(60), 2));
+    let arena = Arena::start_server(Config::default(), |l| l, |s| s.lease(lease)).await;
+    let mut raw = arena.connect_raw().await;
+    let Frame::Setup(mut s) = setup(LONG) else {
+        unreachable!()
+    };
+    s.lease = true;
+    send(&mut raw, Frame::Setup(s)).await;
+    match next_frame(&mut raw, "the lease").await {
+        Frame::Lease(l) => assert_eq!((l.ttl_ms, l.number_of_requests), (60_000, 2)),
+        other => panic!("expected the LEASE first, got {other:?}"),
+    }
+    // Within the lease: a request/response and a fire-and-forget.
+    ping(&mut raw, 1).await;
+    send(
+        &mut raw,
+        Frame::RequestFnf(RequestFnf {
+            stream_id: sid(3),
+            follows: false,
+            payload: Payload::from("admitted"),
+        }),
+    )
+    .await;
+    // Beyond it: every kind of request.
+    send(&mut raw, rr(5, Bytes::from_static(b"over"), false)).await;
+    assert_rejected(&next_frame(&mut raw, "the rejection").await, 5);
+    send(
+        &mut raw,
+        Frame::RequestStream(RequestStream {
+            stream_id: sid(7),
+            follows: false,
+            initial_request_n: RequestCount::ONE,
+            payload: Payload::from("over"),
+        }),
+    )
+    .await;
+    assert_rejected(&next_frame(&mut raw, "the rejection").await, 7);
+    send(
+        &mut raw,
+        Frame::RequestChannel(RequestChannel {
+            stream_id: sid(9),
+            follows: false,
+            complete: false,
+            initial_request_n: RequestCount::ONE,
+            payload: Payload::from("over"),
+        }),
+    )
+    .await;
+    assert_rejected(&next_frame(&mut raw, "the rejection").await, 9);
+    send(
+        &mut raw,
+        Frame::RequestFnf(RequestFnf {
+            stream_id: sid(11),
+            follows: false,
+            payload: Payload::from("dropped"),
+        }),
+    )
+    .await;
+    keepalive_barrier(&mut raw, b"after").await;
+    let stats = arena
+        .wait("the admitted fire-and-forget's handler", |s| {
+            s.handlers_running == 1
+        })
+        .await;
+    assert_eq!((stats.lease_rejected, stats.lease_dropped_fnf), (3, 1));
+    assert_eq!(stats.open_streams, 0, "{stats:?}");
+    // The admitted one completes; nothing else reached a handler.
+    arena.target.gate.add_permits(10);
+    arena
+        .wait("the handler to finish", |s| s.handlers_running == 0)
+        .await;
+    assert_eq!(arena.target.handled.load(Ordering::SeqCst), 1);
+    // The attacker's connection is still up, and the bystander is served
+    // without limit.
+    keepalive_barrier(&mut raw, b"still up").await;
+    assert_eq!(arena.stats.snapshot().connections, 2);
+    arena.bystander_answers().await;
     arena.bystander_answers().await;
 }
