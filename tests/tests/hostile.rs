@@ -1481,7 +1481,7 @@ async fn a_keepalive_position_beyond_what_was_sent_releases_nothing() {
     arena.bystander_answers().await;
 }
 
-// ----- leasing on a live server ------------------------------------------------
+// ----- leasing, credit overflow, metadata length at the frame end --------------
 
 /// KEEPALIVE with R and `data`, then its answer: everything the server
 /// does with frames sent before it has been done (one connection, in
@@ -1592,4 +1592,53 @@ async fn requests_beyond_the_lease_are_rejected_on_a_live_server() {
     assert_eq!(arena.stats.snapshot().connections, 2);
     arena.bystander_answers().await;
     arena.bystander_answers().await;
+}
+
+/// REQUEST_N of 2^31 − 1, repeated, on a live stream (rsocket-protocol.md
+/// §5.5: keep credits saturating, an accumulated 2^31 − 1 is unbounded): the credit saturates, nothing panics, the
+/// stream keeps flowing past any finite window, and the connection and
+/// the bystander are served afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_n_overflow_saturates_on_a_live_stream() {
+    let arena = Arena::start(Config::default()).await;
+    let mut raw = arena.attacker(LONG).await;
+    send(
+        &mut raw,
+        Frame::RequestStream(RequestStream {
+            stream_id: sid(1),
+            follows: false,
+            initial_request_n: RequestCount::ONE,
+            payload: Payload::from("go"),
+        }),
+    )
+    .await;
+    match next_frame(&mut raw, "the first item").await {
+        Frame::Payload(p) if p.stream_id == sid(1) && p.next && !p.complete => {}
+        other => panic!("expected an item on stream 1, got {other:?}"),
+    }
+    let max_n: &[u8] = &[0, 0, 0, 1, 0x20, 0x00, 0x7F, 0xFF, 0xFF, 0xFF];
+    for _ in 0..3 {
+        send_bytes(&mut raw, max_n).await;
+    }
+    // Far more items than a wrapped (or ignored) credit would allow.
+    for i in 1..=5000u64 {
+        match next_frame(&mut raw, "the next item").await {
+            Frame::Payload(p) if p.stream_id == sid(1) && p.next && !p.complete => {
+                assert_eq!(p.payload.data, Bytes::from(i.to_string()));
+            }
+            other => panic!("expected item {i} on stream 1, got {other:?}"),
+        }
+    }
+    send_bytes(&mut raw, max_n).await;
+    send_bytes(&mut raw, &[0, 0, 0, 1, 0x24, 0x00]).await; // CANCEL
+    send(&mut raw, rr(3, Bytes::from_static(b"after"), false)).await;
+    read_until(
+        &mut raw,
+        "the answer after the cancel",
+        |f| matches!(f, Frame::Payload(p) if p.stream_id == sid(3) && p.complete),
+    )
+    .await;
+    nothing_opened(&arena).await;
+    drop(raw);
+    others_still_served(&arena).await;
 }
