@@ -1642,3 +1642,51 @@ async fn request_n_overflow_saturates_on_a_live_stream() {
     drop(raw);
     others_still_served(&arena).await;
 }
+
+/// The metadata length field against the frame end (rsocket-protocol.md
+/// §1.6, §2.14): equal to what
+/// is left is valid (all metadata, empty data), one past it is
+/// ERROR[CONNECTION_ERROR]; a PAYLOAD with M and a zero metadata length
+/// carries present-but-empty metadata (not "no metadata").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_length_at_and_past_the_frame_end() {
+    let arena = Arena::start(Config::default()).await;
+    let mut raw = arena.attacker(LONG).await;
+    // REQUEST_RESPONSE M, metadata length 3 = exactly what is left.
+    send_bytes(
+        &mut raw,
+        &[0, 0, 0, 1, 0x11, 0x00, 0, 0, 3, b'a', b'b', b'c'],
+    )
+    .await;
+    match next_frame(&mut raw, "the echo").await {
+        Frame::Payload(p) if p.stream_id == sid(1) && p.complete => {
+            assert_eq!(p.payload.metadata, Some(Bytes::from_static(b"abc")));
+            assert!(p.payload.data.is_empty(), "{p:?}");
+        }
+        other => panic!("expected the echo on stream 1, got {other:?}"),
+    }
+    // A fragmented request completed by a PAYLOAD with M and metadata
+    // length 0: reassembled with present, empty metadata.
+    send(&mut raw, rr(3, Bytes::from_static(b"ab"), true)).await;
+    send_bytes(&mut raw, &[0, 0, 0, 3, 0x29, 0x20, 0, 0, 0, b'c', b'd']).await;
+    match next_frame(&mut raw, "the echo").await {
+        Frame::Payload(p) if p.stream_id == sid(3) && p.complete => {
+            assert_eq!(p.payload.metadata, Some(Bytes::new()), "{p:?}");
+            assert_eq!(p.payload.data, Bytes::from_static(b"abcd"));
+        }
+        other => panic!("expected the echo on stream 3, got {other:?}"),
+    }
+    nothing_opened(&arena).await;
+    // Metadata length 4 with 3 bytes left: one past the frame end.
+    send_bytes(
+        &mut raw,
+        &[0, 0, 0, 5, 0x11, 0x00, 0, 0, 4, b'a', b'b', b'c'],
+    )
+    .await;
+    expect_closed_with(&arena, raw, ErrorCode::CONNECTION_ERROR).await;
+    // The same on a PAYLOAD (of an open stream).
+    let mut raw = arena.attacker(LONG).await;
+    send(&mut raw, rr(1, Bytes::from_static(b"ab"), true)).await;
+    send_bytes(&mut raw, &[0, 0, 0, 1, 0x29, 0x20, 0, 0, 1]).await;
+    expect_closed_with(&arena, raw, ErrorCode::CONNECTION_ERROR).await;
+}
