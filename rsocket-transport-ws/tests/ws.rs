@@ -612,3 +612,127 @@ async fn server_close_ends_client_cleanly() {
         .expect_err("closed");
     assert!(matches!(err, RequestError::Connection(_)), "{err:?}");
 }
+
+/// The next frame the server sends on a raw WebSocket client, skipping
+/// its keepalives.
+async fn next_ws_frame(ws: &mut WebSocketStream<tokio::net::TcpStream>) -> Frame {
+    loop {
+        match within(ws.next()).await {
+            Some(Ok(Message::Binary(b))) => match Frame::decode(b) {
+                Ok(Frame::Keepalive(_)) => {}
+                Ok(f) => return f,
+                Err(e) => panic!("the server sent an invalid frame: {e}"),
+            },
+            other => panic!("expected a binary message, got {other:?}"),
+        }
+    }
+}
+
+/// A request/response sent as its own message is answered with its data.
+async fn ws_ping(ws: &mut WebSocketStream<tokio::net::TcpStream>, id: u32, data: &'static str) {
+    let req = Frame::RequestResponse(rsocket_core::frame::RequestResponse {
+        stream_id: rsocket_core::StreamId::new(id).unwrap(),
+        follows: false,
+        payload: Payload::from(data),
+    });
+    ws.send(Message::Binary(encode(&req))).await.unwrap();
+    match next_ws_frame(ws).await {
+        Frame::Payload(p) if p.stream_id.get() == id && p.complete => {
+            assert_eq!(p.payload.data, data);
+        }
+        other => panic!("expected the answer on stream {id}, got {other:?}"),
+    }
+}
+
+async fn echoes(client: &rsocket_core::Requester) {
+    let reply = within(client.request_response(Payload::from("bystander")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.data_utf8(), Some("bystander"));
+}
+
+/// The bystander, connected all along, and a new WebSocket connection to
+/// the same listener are served.
+async fn others_are_served(addr: std::net::SocketAddr, bystander: &rsocket_core::Requester) {
+    echoes(bystander).await;
+    let client = ClientBuilder::new()
+        .connect(connect(&format!("ws://{addr}/")).await.unwrap())
+        .unwrap();
+    echoes(&client).await;
+}
+
+/// A binary message is exactly one RSocket frame, without a length prefix
+/// (rsocket-protocol.md §1.2): frames packed into one message are not
+/// split apart. Where the first frame's body has a fixed size (REQUEST_N,
+/// CANCEL), what follows it is trailing bytes: the frame is malformed,
+/// so the server answers ERROR[CONNECTION_ERROR] on stream 0, like any
+/// other broken frame, and closes with 1000: the WebSocket close code
+/// speaks only of WebSocket framing (1002 / 1003 / 1009, `WsWriter`'s
+/// `poll_close`), the RSocket error travels in the ERROR frame. Where the
+/// first frame's data runs to the end of its frame (a request), the rest
+/// of the message is its data: one request, answered with all of it, and
+/// the packed second request is never opened. Other connections to the
+/// listener are served throughout.
+#[tokio::test]
+async fn two_frames_or_a_frame_and_a_half_in_one_message() {
+    let listener = WsListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut server = serve(listener);
+    let bystander = ClientBuilder::new()
+        .connect(connect(&format!("ws://{addr}/")).await.unwrap())
+        .unwrap();
+    echoes(&bystander).await;
+    let _ = within(server.setups.recv()).await.unwrap();
+    let request_n: &[u8] = &[0, 0, 0, 1, 0x20, 0x00, 0, 0, 0, 5];
+    let cancel: &[u8] = &[0, 0, 0, 1, 0x24, 0x00];
+    let cases: [(&str, Vec<u8>); 2] = [
+        ("two frames", [request_n, cancel].concat()),
+        ("a frame and a half", [request_n, &cancel[..3]].concat()),
+    ];
+    for (what, message) in cases {
+        eprintln!("case: {what}");
+        let mut ws = raw_client(addr).await;
+        let (_setup, requester) = within(server.setups.recv()).await.unwrap();
+        ws_ping(&mut ws, 1, "before").await;
+        ws.send(Message::Binary(Bytes::from(message)))
+            .await
+            .unwrap();
+        expect_error_then_close(&mut ws, CloseCode::Normal).await;
+        match requester.closed_reason() {
+            Some(ConnectionError::Protocol { code, .. }) => {
+                assert_eq!(code, ErrorCode::CONNECTION_ERROR);
+            }
+            other => panic!("expected a connection error, got {other:?}"),
+        }
+        others_are_served(addr, &bystander).await;
+        let _ = within(server.setups.recv()).await.unwrap();
+    }
+    // Two requests in one message: one request whose data is the rest.
+    let mut ws = raw_client(addr).await;
+    let _ = within(server.setups.recv()).await.unwrap();
+    let first: &[u8] = &[0, 0, 0, 1, 0x10, 0x00, b'a'];
+    let second: &[u8] = &[0, 0, 0, 3, 0x10, 0x00, b'b'];
+    for (id, message) in [
+        (1, [first, second].concat()),
+        (
+            5,
+            [&first[..3], &[5, 0x10, 0x00, b'c'], &second[..3]].concat(),
+        ),
+    ] {
+        ws.send(Message::Binary(Bytes::from(message.clone())))
+            .await
+            .unwrap();
+        match next_ws_frame(&mut ws).await {
+            Frame::Payload(p) if p.stream_id.get() == id && p.complete => {
+                assert_eq!(p.payload.data, message[6..]);
+            }
+            other => panic!("expected one answer on stream {id}, got {other:?}"),
+        }
+    }
+    // Stream 3 was never opened: a request on it now is a new one, and
+    // its answer is the very next frame.
+    ws_ping(&mut ws, 3, "three").await;
+    ws_ping(&mut ws, 7, "after").await;
+    others_are_served(addr, &bystander).await;
+}
