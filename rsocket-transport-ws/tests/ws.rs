@@ -736,3 +736,51 @@ async fn two_frames_or_a_frame_and_a_half_in_one_message() {
     ws_ping(&mut ws, 7, "after").await;
     others_are_served(addr, &bystander).await;
 }
+
+/// `Config::max_frame_len` and `WsConfig::max_frame_len` at their exact
+/// boundary on a served connection: a message of exactly the limit is a
+/// frame like any other (answered), one byte more is
+/// ERROR[CONNECTION_ERROR] and a close with 1009; the bystander and a new
+/// connection are served.
+#[tokio::test]
+async fn a_frame_at_max_frame_len_is_served_and_one_byte_more_is_refused() {
+    const MAX: usize = 1024;
+    for ws_limit in [false, true] {
+        let mut ws_config = WsConfig::default();
+        let mut config = rsocket_core::Config::default();
+        if ws_limit {
+            ws_config.max_frame_len = MAX;
+        } else {
+            config.max_frame_len = MAX;
+        }
+        let listener = WsListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .with_config(ws_config);
+        let addr = listener.local_addr().unwrap();
+        let mut server = common::serve_with(listener, config);
+        let bystander = ClientBuilder::new()
+            .connect(connect(&format!("ws://{addr}/")).await.unwrap())
+            .unwrap();
+        echoes(&bystander).await;
+        let _ = within(server.setups.recv()).await.unwrap();
+        let mut ws = raw_client(addr).await;
+        let (_setup, requester) = within(server.setups.recv()).await.unwrap();
+        for (id, len) in [(1u32, MAX), (3, MAX + 1)] {
+            let mut frame = BytesMut::new();
+            frame.put_u32(id);
+            frame.put_u16(0x10 << 8); // REQUEST_RESPONSE, no flags
+            frame.put_bytes(b'x', len - 6);
+            ws.send(Message::Binary(frame.freeze())).await.unwrap();
+        }
+        match next_ws_frame(&mut ws).await {
+            Frame::Payload(p) if p.stream_id.get() == 1 && p.complete => {
+                assert_eq!(p.payload.data.len(), MAX - 6);
+            }
+            other => panic!("expected the answer at the limit, got {other:?}"),
+        }
+        expect_error_then_close(&mut ws, CloseCode::Size).await;
+        assert!(requester.closed_reason().is_some());
+        others_are_served(addr, &bystander).await;
+    }
+}
