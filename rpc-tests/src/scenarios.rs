@@ -569,6 +569,219 @@ pub async fn streamed_message_over_limit<K: TransportKind>() {
     );
 }
 
+/// A message that does not decode in the middle of a client-streaming or
+/// bidirectional input (valid messages before it) reaches the handler as an
+/// `Err` item with `INVALID_ARGUMENT`, after which its input ends; the test
+/// handlers return it, so it goes out as `ERROR[INVALID]`. The connection
+/// stays up.
+pub async fn undecodable_streamed_message<K: TransportKind>() {
+    let mut f = Fixture::<K>::start(|r| r).await;
+    // Field 1 (string) with a length running past the end.
+    let garbage = Bytes::from_static(&[0x0A, 0x05, b'a']);
+    let header = |route: &str| Payload {
+        metadata: Some(Metadata::new().encode_request(route).expect("route")),
+        data: Bytes::new(),
+    };
+    let message = |name: &str| Payload::new(Bytes::from(hello(name).encode_to_vec()));
+    let expect_invalid = |item: Option<Result<Payload, RequestError>>, route: &str| match item {
+        Some(Err(RequestError::Stream(e))) => {
+            assert_eq!(e.code, ErrorCode::INVALID, "{route}: {e:?}");
+            assert!(
+                e.message
+                    .starts_with("INVALID_ARGUMENT: cannot decode the request message: "),
+                "{route}: {e:?}"
+            );
+            let s = Status::from_stream_error(&e);
+            assert_eq!(s.code(), Code::InvalidArgument, "{route}");
+            assert_eq!(s.rsocket_code(), Some(ErrorCode::INVALID), "{route}");
+        }
+        other => panic!("{route}: expected ERROR[INVALID], got {other:?}"),
+    };
+
+    // Client streaming: the handler sees the error, then the end of its
+    // input, though a valid message follows the garbage.
+    let route = "greeter.Greeter/LotsOfGreetings";
+    let rest = futures::stream::iter([
+        message("a"),
+        message("b"),
+        Payload::new(garbage.clone()),
+        message("c"),
+    ]);
+    let mut responses = f.requester.request_channel(header(route), rest);
+    expect_invalid(within("the answer", responses.next()).await, route);
+    assert!(within("the end", responses.next()).await.is_none());
+    assert_eq!(
+        f.event().await,
+        Event::InputFailed {
+            code: Code::InvalidArgument,
+            ended: true
+        }
+    );
+
+    // Bidirectional: the answer to the valid message, then the error; the
+    // message after the garbage is not answered.
+    let route = "greeter.Greeter/Chat";
+    let rest = futures::stream::iter([message("a"), Payload::new(garbage), message("c")]);
+    let mut responses = f.requester.request_channel(header(route), rest);
+    let first = within("the first answer", responses.next())
+        .await
+        .expect("an answer")
+        .expect("ok");
+    let reply = HelloReply::decode(first.data).expect("decodes");
+    assert_eq!(reply.message, "Hello a");
+    expect_invalid(within("the error", responses.next()).await, route);
+    assert!(within("the end", responses.next()).await.is_none());
+
+    assert_eq!(say(&f.client, "after").await.expect("works"), "Hello after");
+}
+
+/// A responder that is not the router: answers every request with `reply`
+/// unless its name is `valid`.
+struct RawResponder {
+    reply: Bytes,
+}
+
+fn raw_answer(request: &Payload, reply: &Bytes) -> Payload {
+    let name = HelloRequest::decode(request.data.clone())
+        .map(|r| r.name)
+        .unwrap_or_default();
+    if name == "valid" {
+        Payload::new(Bytes::from(
+            HelloReply {
+                message: "fine".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ))
+    } else {
+        Payload::new(reply.clone())
+    }
+}
+
+#[rsocket_core::async_trait]
+impl rsocket_core::RSocket for RawResponder {
+    async fn request_response(&self, request: Payload) -> Result<Option<Payload>, RequestError> {
+        Ok(Some(raw_answer(&request, &self.reply)))
+    }
+
+    /// A valid `ok`, the answer, and `ok` again.
+    fn request_stream(&self, request: Payload) -> rsocket_core::PayloadStream {
+        let ok = HelloReply {
+            message: "ok".into(),
+            ..Default::default()
+        };
+        let ok = Payload::new(Bytes::from(ok.encode_to_vec()));
+        let items = [
+            Ok(ok.clone()),
+            Ok(raw_answer(&request, &self.reply)),
+            Ok(ok),
+        ];
+        futures::stream::iter(items).boxed()
+    }
+}
+
+/// A generated client's unary call and server stream, answered by
+/// `reply`: the status of the answer (and of the stream's second item,
+/// after which the stream ends, though the server sends a third), then a
+/// valid call on the same connection.
+async fn raw_answers<K: TransportKind>(
+    reply: &'static [u8],
+    limit: usize,
+    check: impl Fn(&Status),
+) {
+    let server = serve::<K>(RawResponder {
+        reply: Bytes::from_static(reply),
+    })
+    .await;
+    let requester = connect(&server, None).await;
+    let client = GreeterClient::new(requester).max_decoding_message_size(limit);
+
+    let s = say(&client, "x").await.unwrap_err();
+    check(&s);
+
+    let mut stream = within("start", client.lots_of_replies(hello("x")))
+        .await
+        .expect("started");
+    let first = within("#0", stream.message()).await.expect("#0");
+    assert_eq!(first.map(|m| m.message), Some("ok".into()));
+    let s = within("#1", stream.message()).await.unwrap_err();
+    check(&s);
+    assert!(stream.message().await.expect("ended").is_none());
+
+    assert_eq!(say(&client, "valid").await.expect("works"), "fine");
+}
+
+/// A response that does not decode fails the client's call with
+/// `INTERNAL`; it came in no ERROR frame, so `rsocket_code` is `None`.
+pub async fn undecodable_response<K: TransportKind>() {
+    // Field 1 (string) with a length running past the end.
+    raw_answers::<K>(&[0x0A, 0x05, b'a'], 64, |s| {
+        assert_eq!(s.code(), Code::Internal, "{s:?}");
+        assert_eq!(s.rsocket_code(), None, "{s:?}");
+        assert!(
+            s.message()
+                .starts_with("cannot decode the response message: "),
+            "{s:?}"
+        );
+    })
+    .await;
+}
+
+/// A response over the client's size limit fails the call with
+/// `RESOURCE_EXHAUSTED`, checked on the length before decoding: the
+/// 9-byte answer does not decode, yet the status is the limit's.
+pub async fn response_over_client_limit<K: TransportKind>() {
+    raw_answers::<K>(&[0x0A, 0x20, 1, 2, 3, 4, 5, 6, 7], 8, |s| {
+        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+        assert_eq!(s.rsocket_code(), None, "{s:?}");
+        assert_eq!(
+            s.message(),
+            "message of 9 bytes exceeds the limit of 8 bytes",
+            "{s:?}"
+        );
+    })
+    .await;
+}
+
+/// A server stream whose handler panics after two items: the client gets
+/// the two, then `INTERNAL: the handler panicked` in `ERROR[APPLICATION_ERROR]`,
+/// and the stream ends; the connection and later calls are unaffected.
+pub async fn server_stream_panics<K: TransportKind>() {
+    let f = Fixture::<K>::start(|r| r).await;
+    let mut stream = within("start", f.client.lots_of_replies(hello("panic-after-2")))
+        .await
+        .expect("started");
+    for expected in ["#0", "#1"] {
+        let item = within(expected, stream.message()).await.expect(expected);
+        assert_eq!(item.map(|m| m.message), Some(expected.into()));
+    }
+    let s = within("the panic", stream.message()).await.unwrap_err();
+    assert_eq!(s.code(), Code::Internal, "{s:?}");
+    assert_eq!(
+        s.rsocket_code(),
+        Some(ErrorCode::APPLICATION_ERROR),
+        "{s:?}"
+    );
+    assert_eq!(s.message(), "the handler panicked", "{s:?}");
+    assert!(stream.message().await.expect("ended").is_none());
+
+    assert_eq!(say(&f.client, "after").await.expect("works"), "Hello after");
+    let replies: Vec<String> = within("a later stream", async {
+        let request = HelloRequest {
+            name: "n".into(),
+            count: 2,
+        };
+        let mut stream = f.client.lots_of_replies(request).await.expect("started");
+        let mut out = Vec::new();
+        while let Some(m) = stream.message().await.expect("an item") {
+            out.push(m.message);
+        }
+        out
+    })
+    .await;
+    assert_eq!(replies, ["Hello n #0", "Hello n #1"]);
+}
+
 /// The server does not check the SETUP's MIME types: a client that
 /// announces JSON for data and metadata is served as any other.
 pub async fn other_setup_mime_types<K: TransportKind>() {
@@ -811,7 +1024,8 @@ macro_rules! rpc_suite {
                 server_cancels, backpressure, both_directions, rsocket_rpc_java_layout,
                 other_services, interceptor_order, interceptor_strips,
                 channel_header_must_be_empty, streamed_message_over_limit,
-                other_setup_mime_types);
+                other_setup_mime_types, undecodable_streamed_message, undecodable_response,
+                response_over_client_limit, server_stream_panics);
         }
     };
     (@tests $kind:ty; $($test:ident),*) => {$(

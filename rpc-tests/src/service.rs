@@ -108,6 +108,7 @@ impl Drop for DropGuard {
 /// * `hang`: never answers (reports [`Event::Started`], then
 ///   [`Event::Dropped`] when its future is dropped);
 /// * `endless` (streaming): an endless stream that counts its polls;
+/// * `panic-after-2` (streaming): yields `#0` and `#1`, then panics;
 /// * an `Err` item in the `LotsOfGreetings` input: reported as
 ///   [`Event::InputFailed`], then returned;
 /// * anything else: `Hello <name>`.
@@ -201,6 +202,13 @@ impl Greeter for TestGreeter {
                 Ok(reply("#1".into())),
                 Err(Status::aborted("stopped after 2")),
             ]))
+        } else if name == "panic-after-2" {
+            let items = futures::stream::iter(vec![Ok(reply("#0".into())), Ok(reply("#1".into()))]);
+            let panics =
+                futures::stream::poll_fn(|_| -> Poll<Option<Result<HelloReply, Status>>> {
+                    panic!("the test stream panics on purpose")
+                });
+            Box::pin(items.chain(panics))
         } else {
             Box::pin(futures::stream::iter(
                 (0..count).map(move |i| Ok(reply(format!("Hello {name} #{i}")))),
