@@ -164,7 +164,11 @@
 //! handler does not run; in a client-streaming or bidirectional call, a
 //! message over the limit reaches the handler as an `Err` item of its
 //! [`Streaming`] with `RESOURCE_EXHAUSTED`, and the input ends there (a
-//! handler that returns that status sends it as `ERROR[INVALID]`).
+//! handler that returns that status sends it as `ERROR[INVALID]`). A
+//! message of such an input that does not decode is handled the same way,
+//! with `INVALID_ARGUMENT: cannot decode the request message: …`. On the
+//! client, a response message over the limit or undecodable (see the table
+//! above) fails a unary call, and is the last item of a response stream.
 //!
 //! Every call on the client, and every call on the server whose route was
 //! resolved to a method callable with the request's interaction, runs in a
@@ -177,7 +181,8 @@
 //! only a DEBUG event "refused a call" with its `code` and `message`.
 //!
 //! Panics in handlers are caught (with `panic = "unwind"`, the default) and
-//! answered as `INTERNAL`.
+//! answered as `INTERNAL`; a panic while a response stream is polled ends
+//! that stream with it, after the items already sent.
 #![forbid(unsafe_code)]
 
 mod call;
