@@ -1012,6 +1012,60 @@ pub async fn other_services<K: TransportKind>() {
     assert_eq!(echoed.id, "k");
 }
 
+/// A server interceptor that panics: the call is answered `INTERNAL`, like
+/// a handler's panic, and the connection goes on serving.
+pub async fn interceptor_panics<K: TransportKind>() {
+    let f = Fixture::<K>::start(|r| {
+        r.interceptor(interceptor_fn(|call| {
+            if call.metadata().bearer_token().is_none() {
+                panic!("an interceptor's bug");
+            }
+            Ok(())
+        }))
+    })
+    .await;
+    let s = say(&f.client, "Ada").await.unwrap_err();
+    assert_status(
+        &s,
+        Code::Internal,
+        ErrorCode::APPLICATION_ERROR,
+        "an interceptor panicked",
+    );
+    let mut stream = within(
+        "a server stream through the panicking interceptor",
+        f.client.lots_of_replies(HelloRequest {
+            name: "s".into(),
+            count: 1,
+        }),
+    )
+    .await;
+    let failed = match &mut stream {
+        Ok(s) => within("its first item", s.next()).await,
+        Err(e) => Some(Err(e.clone())),
+    };
+    match failed {
+        Some(Err(s)) => assert_status(
+            &s,
+            Code::Internal,
+            ErrorCode::APPLICATION_ERROR,
+            "an interceptor panicked",
+        ),
+        other => panic!("expected INTERNAL, got {other:?}"),
+    }
+    let authed = GreeterClient::new(f.requester.clone()).with_interceptor(interceptor_fn(|call| {
+        call.metadata_mut()
+            .set_bearer_token("ok")
+            .map_err(|e| Status::internal(e.to_string()))
+    }));
+    let response = within(
+        "a call the interceptor lets through",
+        authed.say_hello(hello("Ada")),
+    )
+    .await
+    .expect("served on the same connection");
+    assert!(response.into_inner().message.contains("Ada"));
+}
+
 /// Instantiates every scenario as a `#[tokio::test]` for one transport.
 #[macro_export]
 macro_rules! rpc_suite {
@@ -1025,7 +1079,7 @@ macro_rules! rpc_suite {
                 other_services, interceptor_order, interceptor_strips,
                 channel_header_must_be_empty, streamed_message_over_limit,
                 other_setup_mime_types, undecodable_streamed_message, undecodable_response,
-                response_over_client_limit, server_stream_panics);
+                response_over_client_limit, server_stream_panics, interceptor_panics);
         }
     };
     (@tests $kind:ty; $($test:ident),*) => {$(

@@ -180,9 +180,10 @@
 //! method, a method that does not take the interaction) gets no span,
 //! only a DEBUG event "refused a call" with its `code` and `message`.
 //!
-//! Panics in handlers are caught (with `panic = "unwind"`, the default) and
-//! answered as `INTERNAL`; a panic while a response stream is polled ends
-//! that stream with it, after the items already sent.
+//! Panics in handlers and in server interceptors are caught (with
+//! `panic = "unwind"`, the default) and answered as `INTERNAL` (`the handler
+//! panicked`, `an interceptor panicked`); a panic while a response stream
+//! is polled ends that stream with it, after the items already sent.
 #![forbid(unsafe_code)]
 
 mod call;

@@ -202,7 +202,7 @@ impl Inner {
     }
 
     /// Runs the interceptors (in the call's span); a rejection goes out
-    /// as `ERROR[REJECTED]`.
+    /// as `ERROR[REJECTED]`, a panic as `INTERNAL`, like a handler's.
     async fn intercept(
         &self,
         target: &Target,
@@ -210,11 +210,14 @@ impl Inner {
         span: &CallSpan,
     ) -> Result<Metadata, Status> {
         let mut info = CallInfo::new(target.method.route, target.method.kind, metadata);
-        self.interceptors
+        let run = self
+            .interceptors
             .run(&mut info)
-            .instrument(span.span().clone())
-            .await
-            .map_err(Status::rejected)?;
+            .instrument(span.span().clone());
+        match AssertUnwindSafe(run).catch_unwind().await {
+            Ok(verdict) => verdict.map_err(Status::rejected)?,
+            Err(_) => return Err(Status::internal("an interceptor panicked")),
+        }
         Ok(info.into_metadata())
     }
 
