@@ -199,3 +199,104 @@ async fn a_lent_request_is_sent_and_stays_with_the_caller() {
         .expect("answered");
     assert_eq!(reply, Some(Payload::default()));
 }
+
+/// Panics at every point a handler can: at once (polled on the
+/// connection's task), after an await (on a task of its own), while
+/// building a stream or channel, and in the middle of a stream.
+struct Panicky;
+
+#[async_trait]
+impl RSocket for Panicky {
+    async fn request_response(&self, req: Payload) -> Result<Option<Payload>, RequestError> {
+        match req.data_utf8() {
+            Some("now") => panic!("a handler's bug, at once"),
+            Some("later") => {
+                tokio::task::yield_now().await;
+                panic!("a handler's bug, after an await")
+            }
+            _ => Ok(Some(req)),
+        }
+    }
+    async fn fire_and_forget(&self, _req: Payload) -> Result<(), RequestError> {
+        panic!("a fire-and-forget handler's bug")
+    }
+    async fn metadata_push(&self, _metadata: bytes::Bytes) -> Result<(), RequestError> {
+        panic!("a metadata-push handler's bug")
+    }
+    fn request_stream(&self, req: Payload) -> PayloadStream {
+        if req.data_utf8() == Some("build") {
+            panic!("a bug while building the stream");
+        }
+        futures::stream::iter(0..3)
+            .map(|i| {
+                if i == 2 {
+                    panic!("a bug in the middle of the stream");
+                }
+                Ok(Payload::from(i.to_string()))
+            })
+            .boxed()
+    }
+    fn request_channel(&self, _first: Payload, _rest: PayloadStream) -> PayloadStream {
+        panic!("a bug while building the channel")
+    }
+}
+
+fn panicked(r: &Result<Option<Payload>, RequestError>) -> bool {
+    matches!(r, Err(RequestError::Stream(e))
+        if e.code == rsocket_core::ErrorCode::APPLICATION_ERROR && e.message == "the handler panicked")
+}
+
+#[tokio::test]
+async fn a_panicking_handler_fails_its_own_request_only() {
+    let (c, s) = memory_pair(64 * 1024);
+    let server = Server::new(|_s, _r| async { Ok(Arc::new(Panicky) as Arc<dyn RSocket>) });
+    tokio::spawn(server.serve_with_shutdown(
+        futures::stream::iter([Ok::<_, std::io::Error>(s)]),
+        futures::future::pending(),
+    ));
+    let r = ClientBuilder::new().connect(c).unwrap();
+    let alive = || async {
+        let ok = within(
+            "a request after the panic",
+            r.request_response(Payload::from("ok")),
+        )
+        .await;
+        assert_eq!(ok.expect("served").expect("an answer").data, "ok");
+    };
+    for when in ["now", "later"] {
+        let out = within(when, r.request_response(Payload::from(when))).await;
+        assert!(panicked(&out), "{when}: {out:?}");
+        alive().await;
+    }
+    r.fire_and_forget(Payload::from("f")).await.expect("queued");
+    r.metadata_push(bytes::Bytes::from_static(b"m"))
+        .await
+        .expect("queued");
+    alive().await;
+    let built: Vec<_> = within("stream", r.request_stream(Payload::from("build")).collect()).await;
+    assert!(
+        matches!(&built[..], [e] if panicked(&e.clone().map(Some))),
+        "{built:?}"
+    );
+    alive().await;
+    let midway: Vec<_> = within("stream", r.request_stream(Payload::from("mid")).collect()).await;
+    let last = midway.last().cloned().map(|e| e.map(Some));
+    assert!(last.as_ref().is_some_and(panicked), "{midway:?}");
+    assert!(
+        midway[..midway.len() - 1].iter().all(Result::is_ok),
+        "{midway:?}"
+    );
+    alive().await;
+    let channel: Vec<_> = within(
+        "channel",
+        r.request_channel(Payload::from("a"), futures::stream::empty())
+            .collect(),
+    )
+    .await;
+    assert!(
+        matches!(&channel[..], [e] if panicked(&e.clone().map(Some))),
+        "{channel:?}"
+    );
+    alive().await;
+    assert!(!r.is_closed());
+}

@@ -4,20 +4,21 @@
 //! stream only while the peer has granted credit.
 
 use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use tracing::{debug_span, Instrument};
+use tracing::{debug_span, warn, Instrument};
 
 use super::shared::Shared;
-use super::stream::{ChannelInbound, Pump};
+use super::stream::{handler_panicked, ChannelInbound, Pump};
 use crate::error::RequestError;
 use crate::frame::StreamId;
 use crate::proto::{Event, Interaction, SendReady};
-use crate::rsocket::RSocket;
+use crate::rsocket::{error_stream, RSocket};
 use crate::Payload;
 
 /// What [`dispatch`] left for the caller to do once it holds the
@@ -98,13 +99,18 @@ pub(crate) fn dispatch(
                     }
                 }
                 Interaction::RequestStream => {
-                    let stream = (**responder).request_stream(payload);
+                    let stream =
+                        catch_unwind(AssertUnwindSafe(|| (**responder).request_stream(payload)))
+                            .unwrap_or_else(|_| error_stream(handler_panicked()));
                     let _g = span.enter();
                     Pump::spawn(shared.clone(), stream_id, stream, interaction, false);
                 }
                 Interaction::RequestChannel => {
                     let inbound = ChannelInbound::new(shared.clone(), stream_id);
-                    let stream = (**responder).request_channel(payload, inbound.boxed());
+                    let stream = catch_unwind(AssertUnwindSafe(|| {
+                        (**responder).request_channel(payload, inbound.boxed())
+                    }))
+                    .unwrap_or_else(|_| error_stream(handler_panicked()));
                     let _g = span.enter();
                     // Look ahead like a requester's channel: a channel's
                     // output usually ends when its inbound does, which no
@@ -202,14 +208,16 @@ where
         let mut boxed = self.fill(responder, payload);
         let ready = {
             let _g = span.enter();
-            boxed.as_mut().poll(cx)
+            catch_unwind(AssertUnwindSafe(|| boxed.as_mut().poll(cx)))
         };
         match ready {
-            Poll::Ready(out) => {
+            Ok(Poll::Ready(out)) => {
                 self.slot = Some(boxed);
                 Ok(out)
             }
-            Poll::Pending => Err(boxed),
+            Ok(Poll::Pending) => Err(boxed),
+            // The future is dropped, not reused.
+            Err(_) => Ok(Err(handler_panicked())),
         }
     }
 }
@@ -280,7 +288,14 @@ where
         let span = debug_span!("fnf");
         let ready = {
             let _g = span.enter();
-            boxed.as_mut().poll(cx).is_ready()
+            match catch_unwind(AssertUnwindSafe(|| boxed.as_mut().poll(cx))) {
+                Ok(poll) => poll.is_ready(),
+                Err(_) => {
+                    // Done, with nobody to tell; the future is not reused.
+                    warn!("a fire-and-forget handler panicked");
+                    return true;
+                }
+            }
         };
         if ready {
             self.slot = Some(boxed);
@@ -331,7 +346,13 @@ fn oneway(
 ) -> bool {
     let ready = {
         let _g = span.enter();
-        fut.poll_unpin(cx).is_ready()
+        match catch_unwind(AssertUnwindSafe(|| fut.poll_unpin(cx))) {
+            Ok(poll) => poll.is_ready(),
+            Err(_) => {
+                warn!("a metadata-push handler panicked");
+                return true;
+            }
+        }
     };
     if !ready {
         spawn_oneway(shared, fut, span);
@@ -429,7 +450,13 @@ impl Respond {
     fn release(&mut self) {
         if !self.released {
             self.released = true;
-            self.shared.lock().release_send(self.id);
+            let mut conn = self.shared.lock();
+            if std::thread::panicking() {
+                // The handler panicked on this task: the requester gets an
+                // error, not a cancellation.
+                answer(&mut conn, self.id, Err(handler_panicked()));
+            }
+            conn.release_send(self.id);
         }
     }
 }

@@ -342,6 +342,14 @@ impl Stream for ChannelInbound {
     }
 }
 
+/// What the peer gets from a handler (or a handler's stream) that panicked:
+/// `ERROR[APPLICATION_ERROR]` "the handler panicked".
+pub(crate) fn handler_panicked() -> RequestError {
+    RequestError::Stream(crate::error::StreamError::application(
+        "the handler panicked",
+    ))
+}
+
 /// Sends a user stream's items on a stream, polling it only while the peer
 /// has granted credit and the outbound queue has room. Used for a
 /// responder's stream and channel output and a requester's channel output.
@@ -387,7 +395,13 @@ impl Pump {
     fn release(&mut self) {
         if !self.released {
             self.released = true;
-            self.shared.lock().release_send(self.id);
+            let mut conn = self.shared.lock();
+            if std::thread::panicking() {
+                // The user stream panicked on this task: the peer gets an
+                // error, not a cancellation.
+                conn.send_error(self.id, &handler_panicked().to_stream_error());
+            }
+            conn.release_send(self.id);
         }
     }
 
