@@ -300,3 +300,48 @@ async fn a_panicking_handler_fails_its_own_request_only() {
     alive().await;
     assert!(!r.is_closed());
 }
+
+#[tokio::test]
+async fn a_panicking_acceptor_refuses_that_setup_only() {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let incoming = futures::stream::unfold(rx, |mut rx: mpsc::UnboundedReceiver<_>| async move {
+        rx.recv().await.map(|t| (Ok::<_, std::io::Error>(t), rx))
+    });
+    let server = Server::new(|setup: rsocket_core::SetupInfo, _r| {
+        // A panic in the acceptor itself, or in the future it returns.
+        if setup.payload.data.as_ref() == b"at once" {
+            panic!("an acceptor's bug, at once");
+        }
+        async move {
+            if setup.payload.data.as_ref() == b"later" {
+                panic!("an acceptor's bug, in its future");
+            }
+            Ok(Arc::new(Panicky) as Arc<dyn RSocket>)
+        }
+    });
+    tokio::spawn(server.serve_with_shutdown(incoming, futures::future::pending()));
+    for when in ["at once", "later"] {
+        let (c, s) = memory_pair(4096);
+        tx.send(s).unwrap();
+        let r = ClientBuilder::new()
+            .setup_payload(Payload::from(when))
+            .connect(c)
+            .unwrap();
+        let refused = within(when, r.closed()).await;
+        assert!(
+            matches!(&refused, rsocket_core::ConnectionError::SetupRejected { code, message, .. }
+                if *code == rsocket_core::ErrorCode::REJECTED_SETUP && message == "the acceptor panicked"),
+            "{when}: {refused:?}"
+        );
+    }
+    // The server goes on accepting.
+    let (c, s) = memory_pair(4096);
+    tx.send(s).unwrap();
+    let r = ClientBuilder::new().connect(c).unwrap();
+    let ok = within(
+        "a later connection",
+        r.request_response(Payload::from("ok")),
+    )
+    .await;
+    assert_eq!(ok.expect("served").expect("an answer").data, "ok");
+}

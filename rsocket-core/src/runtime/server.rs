@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -234,7 +235,19 @@ async fn accept_inner<T: Transport>(
     }
     let shared = Shared::new(conn, span);
     let requester = Requester::new(shared.clone());
-    match acceptor.accept(info, requester.clone()).await {
+    // An acceptor that panics refuses the SETUP, like one that errs: the
+    // connection's task (and the server) go on.
+    let panicked = || Err(StreamError::rejected("the acceptor panicked"));
+    let accepted = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+        acceptor.accept(info, requester.clone())
+    })) {
+        Ok(fut) => AssertUnwindSafe(fut)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| panicked()),
+        Err(_) => panicked(),
+    };
+    match accepted {
         Ok(responder) => {
             let mut driver = ConnectionDriver::new(shared, reader, writer, responder);
             if let Some(grants) = lease.as_ref().and_then(|l| l.policy.as_ref()?.grants()) {
