@@ -80,7 +80,8 @@
 //!   ([`Backoff`](crate::Backoff): from `min`, doubling up to `max`, each
 //!   delay drawn from the upper half of its range). A connection that ends
 //!   before any request succeeded on it counts as a failed dial, so a
-//!   server that accepts and drops at once is not hammered. The member
+//!   server that accepts and drops at once is not hammered; so does a
+//!   connector that panics. The member
 //!   takes no traffic until it is ready again; nobody needs to re-send the
 //!   target list.
 //! * Removing a target (or inserting its key again with a new connector)

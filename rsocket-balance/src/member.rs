@@ -11,9 +11,11 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use rsocket_core::{ConnectionError, ErrorCode, Requester};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -486,6 +488,19 @@ impl Backoff {
     }
 }
 
+/// Dials once with `connector`; a connector that panics (in the call or
+/// its future) is a failed dial, so that the member goes on re-dialling.
+async fn dial(connector: &dyn Connect) -> Result<Requester, crate::connect::BoxError> {
+    let panicked = || -> crate::connect::BoxError { "the connector panicked".into() };
+    match std::panic::catch_unwind(AssertUnwindSafe(|| connector.connect())) {
+        Ok(fut) => AssertUnwindSafe(fut)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Err(panicked())),
+        Err(_) => Err(panicked()),
+    }
+}
+
 /// The member's task: dial, serve while connected, re-dial with back-off
 /// after the connection ends, drain and close once removed.
 pub(crate) async fn run<K: Key>(
@@ -503,7 +518,7 @@ pub(crate) async fn run<K: Key>(
             }
         }
         let dialled = tokio::select! {
-            r = connector.connect() => r,
+            r = dial(&*connector) => r,
             () = member.removed.cancelled() => break,
         };
         let requester = match dialled {

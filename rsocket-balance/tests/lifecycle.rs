@@ -186,6 +186,40 @@ async fn a_server_that_accepts_and_drops_is_backed_off_further_each_time() {
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_connector_that_panics_counts_as_a_failed_dial() {
+    // The first dial panics in the call, the second in its future; the
+    // third connects.
+    let server = MemServer::start("a", Duration::ZERO);
+    let good = server.connector();
+    let dials = Arc::new(AtomicUsize::new(0));
+    let counted = dials.clone();
+    let connector = move || {
+        let n = counted.fetch_add(1, Ordering::SeqCst);
+        if n == 0 {
+            panic!("a connector's bug, in the call");
+        }
+        let next = good.connect();
+        async move {
+            if n == 1 {
+                panic!("a connector's bug, in its future");
+            }
+            next.await
+        }
+    };
+    let b = Balancer::builder()
+        .clock(TokioClock)
+        .backoff(Duration::from_millis(10), Duration::from_millis(40))
+        .build_from_list([("a", connector)]);
+    within("ready after two panicking dials", async {
+        b.wait_until(|m| count(m, MemberState::Ready) == 1).await;
+    })
+    .await;
+    assert_eq!(dials.load(Ordering::SeqCst), 3);
+    let reply = b.request_response(Payload::from("x")).await.unwrap();
+    assert_eq!(text(reply), "a");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn backpressure_holds_through_the_balancer() {
     let servers = [
         MemServer::start("a", Duration::ZERO),
