@@ -678,6 +678,25 @@ async fn send_bytes(raw: &mut Raw, frame: &[u8]) {
 }
 
 /// The next frame the server sends other than its own keepalive requests.
+/// Opens stream `id` with a credit of one and reads its first item: a
+/// stream that stays open, parked on its credit.
+async fn open_with_one_credit(raw: &mut Raw, id: u32) {
+    send(
+        raw,
+        Frame::RequestStream(RequestStream {
+            stream_id: sid(id),
+            follows: false,
+            initial_request_n: RequestCount::ONE,
+            payload: Payload::from("go"),
+        }),
+    )
+    .await;
+    match next_frame(raw, "the first item").await {
+        Frame::Payload(p) if p.stream_id == sid(id) && p.next && !p.complete => {}
+        other => panic!("expected an item on stream {id}, got {other:?}"),
+    }
+}
+
 async fn next_frame(raw: &mut Raw, what: &str) -> Frame {
     read_until(
         raw,
@@ -822,20 +841,7 @@ async fn frames_for_unknown_streams_are_ignored() {
     }
     ping(&mut raw, 3).await;
     // Late frames after a CANCEL: the stream is gone, they are ignored.
-    send(
-        &mut raw,
-        Frame::RequestStream(RequestStream {
-            stream_id: sid(5),
-            follows: false,
-            initial_request_n: RequestCount::ONE,
-            payload: Payload::from("go"),
-        }),
-    )
-    .await;
-    match next_frame(&mut raw, "the first item").await {
-        Frame::Payload(p) if p.stream_id == sid(5) && p.next && !p.complete => {}
-        other => panic!("expected an item on stream 5, got {other:?}"),
-    }
+    open_with_one_credit(&mut raw, 5).await;
     send_bytes(&mut raw, &[0, 0, 0, 5, 0x24, 0x00]).await;
     send_bytes(&mut raw, &[0, 0, 0, 5, 0x24, 0x00]).await;
     send_bytes(&mut raw, &[0, 0, 0, 5, 0x20, 0x00, 0, 0, 0, 7]).await;
@@ -1242,20 +1248,7 @@ async fn connection_level_errors_from_the_client_end_the_connection() {
         eprintln!("case: {what}");
         let mut raw = arena.attacker(LONG).await;
         // An open stream, parked on its credit.
-        send(
-            &mut raw,
-            Frame::RequestStream(RequestStream {
-                stream_id: sid(1),
-                follows: false,
-                initial_request_n: RequestCount::ONE,
-                payload: Payload::from("go"),
-            }),
-        )
-        .await;
-        match next_frame(&mut raw, "the first item").await {
-            Frame::Payload(p) if p.stream_id == sid(1) && !p.complete => {}
-            other => panic!("expected an item on stream 1, got {other:?}"),
-        }
+        open_with_one_credit(&mut raw, 1).await;
         arena
             .wait("the stream to be open", |s| s.open_streams == 1)
             .await;
@@ -1602,20 +1595,7 @@ async fn requests_beyond_the_lease_are_rejected_on_a_live_server() {
 async fn request_n_overflow_saturates_on_a_live_stream() {
     let arena = Arena::start(Config::default()).await;
     let mut raw = arena.attacker(LONG).await;
-    send(
-        &mut raw,
-        Frame::RequestStream(RequestStream {
-            stream_id: sid(1),
-            follows: false,
-            initial_request_n: RequestCount::ONE,
-            payload: Payload::from("go"),
-        }),
-    )
-    .await;
-    match next_frame(&mut raw, "the first item").await {
-        Frame::Payload(p) if p.stream_id == sid(1) && p.next && !p.complete => {}
-        other => panic!("expected an item on stream 1, got {other:?}"),
-    }
+    open_with_one_credit(&mut raw, 1).await;
     let max_n: &[u8] = &[0, 0, 0, 1, 0x20, 0x00, 0x7F, 0xFF, 0xFF, 0xFF];
     for _ in 0..3 {
         send_bytes(&mut raw, max_n).await;
