@@ -141,7 +141,9 @@ impl LeasePolicy {
 
     /// Grants the application computes: `make` is called once per
     /// connection and every item of the stream it returns is sent as a
-    /// LEASE as it comes. When the stream ends, no more grants are sent.
+    /// LEASE as it comes. When the stream ends, no more grants are sent;
+    /// a stream that panics ends the same way (logged), and the connection
+    /// goes on.
     pub fn stream<F, S>(make: F) -> Self
     where
         F: Fn() -> S + Send + Sync + 'static,

@@ -360,6 +360,24 @@ async fn stream_policy_sends_every_grant_of_its_stream() {
     s.task.abort();
 }
 
+#[tokio::test]
+async fn a_stream_policy_that_panics_ends_the_grants_not_the_connection() {
+    let counting = Arc::new(Counting::default());
+    let policy = LeasePolicy::stream(|| {
+        futures::stream::iter(0..2).map(|i| {
+            if i == 1 {
+                panic!("a lease policy's bug");
+            }
+            Lease::new(Duration::from_secs(1), 1)
+        })
+    });
+    let mut s = scripted_server(lease_config(Some(policy)), true, counting).await;
+    assert_eq!(expect_frame(&mut s.raw).await, lease_frame(1_000, 1));
+    // The connection goes on: it answers what comes next.
+    barrier(&mut s.raw, "after the policy's panic").await;
+    s.task.abort();
+}
+
 // ---------------------------------------------------------------------------
 // Client side
 // ---------------------------------------------------------------------------

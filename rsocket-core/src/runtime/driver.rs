@@ -568,15 +568,25 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                 // Only the newest grant counts; a stream that is always
                 // ready must not hold the driver.
                 for _ in 0..16 {
-                    match grants.poll_next_unpin(cx) {
-                        Poll::Ready(Some(lease)) => {
+                    // The application's stream: a panic in it ends the
+                    // grants, not the connection.
+                    let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        grants.poll_next_unpin(cx)
+                    }));
+                    match next {
+                        Ok(Poll::Ready(Some(lease))) => {
                             conn.grant_lease(&lease, now.into_std());
                         }
-                        Poll::Ready(None) => {
+                        Ok(Poll::Ready(None)) => {
                             this.lease_source = None;
                             break;
                         }
-                        Poll::Pending => break,
+                        Ok(Poll::Pending) => break,
+                        Err(_) => {
+                            tracing::warn!("the lease policy's stream panicked; no more grants");
+                            this.lease_source = None;
+                            break;
+                        }
                     }
                 }
             }
