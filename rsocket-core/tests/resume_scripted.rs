@@ -114,6 +114,42 @@ async fn stream_on_first_transport(
     (stream, request, raw)
 }
 
+#[tokio::test]
+async fn a_reconnect_function_that_panics_is_a_failed_attempt() {
+    // The second call (the first reconnect) panics; the third connects.
+    let (tx, mut conns) = mpsc::unbounded_channel();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let requester = prompt(
+        "connect",
+        ClientBuilder::new()
+            .resume(fast())
+            .connect_resumable(move || {
+                let tx = tx.clone();
+                let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    if n == 1 {
+                        panic!("a reconnect function's bug");
+                    }
+                    let (engine, script) = raw_pair();
+                    tx.send(script)
+                        .map_err(|_| std::io::Error::other("script gone"))?;
+                    Ok(engine)
+                }
+            }),
+    )
+    .await
+    .expect("connected");
+    let (_stream, _request, raw) = stream_on_first_transport(&requester, &mut conns).await;
+    drop(raw);
+    let mut raw = prompt("the transport after the failed attempt", conns.recv())
+        .await
+        .expect("transport");
+    assert!(matches!(expect_frame(&mut raw).await, Frame::Resume(_)));
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert!(!requester.is_closed(), "the session waits to be resumed");
+}
+
 fn fast() -> ResumeOptions {
     ResumeOptions {
         token: Some(Bytes::from_static(b"token-1")),

@@ -269,7 +269,8 @@ impl ClientBuilder {
     /// [`ConnectionError::ResumeFailed`].
     ///
     /// SETUP carries the token (R flag). An error opening the first
-    /// transport is returned as is.
+    /// transport is returned as is; a later call that fails, or panics, is
+    /// a failed attempt and retried.
     ///
     /// ```
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

@@ -262,8 +262,11 @@ async fn attempt<T: Transport>(
     max_frame_len: usize,
     wait: Duration,
 ) -> Result<Resumed<T>, AttemptError> {
-    let mut transport = reconnect()
+    // The application's function: a panic in it is a failed attempt.
+    let mut transport = std::panic::AssertUnwindSafe(async { reconnect().await })
+        .catch_unwind()
         .await
+        .map_err(|_| AttemptError::Retry("the reconnect function panicked".to_owned()))?
         .map_err(|e| AttemptError::Retry(format!("reconnect failed: {e}")))?;
     transport.limit_frame_len(max_frame_len);
     let (mut reader, mut writer) = transport.split();
