@@ -79,10 +79,21 @@ fn assert_connection_error(f: &Frame, code: ErrorCode) {
 /// A resumable client whose transports are raw pipes: each time it
 /// connects, the script gets the other end from the returned receiver.
 async fn resumable_client(builder: ClientBuilder) -> (Requester, mpsc::UnboundedReceiver<Raw>) {
+    resumable_client_with(builder, |_| {}).await
+}
+
+/// [`resumable_client`], with `before` called with the number of the
+/// connection (0 for the first) before it is made.
+async fn resumable_client_with(
+    builder: ClientBuilder,
+    before: impl Fn(usize) + Send + Sync + 'static,
+) -> (Requester, mpsc::UnboundedReceiver<Raw>) {
     let (tx, rx) = mpsc::unbounded_channel();
+    let calls = std::sync::atomic::AtomicUsize::new(0);
     let requester = prompt(
         "connect",
         builder.connect_resumable(move || {
+            before(calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
             let tx = tx.clone();
             async move {
                 let (engine, script) = raw_pair();
@@ -117,29 +128,16 @@ async fn stream_on_first_transport(
 #[tokio::test]
 async fn a_reconnect_function_that_panics_is_a_failed_attempt() {
     // The second call (the first reconnect) panics; the third connects.
-    let (tx, mut conns) = mpsc::unbounded_channel();
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = calls.clone();
-    let requester = prompt(
-        "connect",
-        ClientBuilder::new()
-            .resume(fast())
-            .connect_resumable(move || {
-                let tx = tx.clone();
-                let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                async move {
-                    if n == 1 {
-                        panic!("a reconnect function's bug");
-                    }
-                    let (engine, script) = raw_pair();
-                    tx.send(script)
-                        .map_err(|_| std::io::Error::other("script gone"))?;
-                    Ok(engine)
-                }
-            }),
-    )
-    .await
-    .expect("connected");
+    let (requester, mut conns) =
+        resumable_client_with(ClientBuilder::new().resume(fast()), move |n| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n == 1 {
+                panic!("a reconnect function's bug");
+            }
+        })
+        .await;
     let (_stream, _request, raw) = stream_on_first_transport(&requester, &mut conns).await;
     drop(raw);
     let mut raw = prompt("the transport after the failed attempt", conns.recv())
