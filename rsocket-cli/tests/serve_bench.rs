@@ -451,47 +451,35 @@ async fn lease_wait_bounds_how_long_a_request_waits_for_a_lease() {
     // Two requests a second: requests beyond a lease wait for the next
     // one and go out then, none fails.
     let two = Served::start_with("tcp://127.0.0.1:0", &["--lease", "2/1s"]).await;
-    let r = run(
-        &[
-            "bench",
-            &two.uri,
-            "-c",
-            "4",
-            "--duration",
-            "2500ms",
-            "--lease",
-            "--lease-wait",
-            "10s",
-            "--json",
-        ],
-        "",
-    )
-    .await;
-    r.expect_code(0);
-    let report: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    // A leasing bench run of four in flight for `duration`, each request
+    // waiting up to `wait` for a lease: its report.
+    let leased_bench = |duration: &'static str, wait: &'static str| {
+        let uri = two.uri.clone();
+        async move {
+            let args = [
+                "bench",
+                &uri,
+                "-c",
+                "4",
+                "--duration",
+                duration,
+                "--lease",
+                "--lease-wait",
+                wait,
+                "--json",
+            ];
+            let r = run(&args, "").await;
+            r.expect_code(0);
+            serde_json::from_str::<Value>(r.stdout.trim()).unwrap()
+        }
+    };
+    let report = leased_bench("2500ms", "10s").await;
     let ops = report["operations"].as_u64().unwrap();
     assert!((3..=8).contains(&ops), "{report}");
     assert_eq!(report["errors"], 0, "{report}");
     // Without waiting, requests beyond the lease fail at once and are
     // counted as NO_LEASE; the run still ends on time.
-    let r = run(
-        &[
-            "bench",
-            &two.uri,
-            "-c",
-            "4",
-            "--duration",
-            "1s",
-            "--lease",
-            "--lease-wait",
-            "0s",
-            "--json",
-        ],
-        "",
-    )
-    .await;
-    r.expect_code(0);
-    let report: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    let report = leased_bench("1s", "0s").await;
     let ops = report["operations"].as_u64().unwrap();
     assert!((1..=4).contains(&ops), "{report}");
     let refused = report["errors_by_code"]["NO_LEASE"].as_u64().unwrap_or(0);

@@ -267,14 +267,7 @@ async fn client_replays_nothing_the_server_already_has() {
 #[tokio::test]
 async fn client_fails_pending_requests_when_resume_is_rejected() {
     let (requester, mut conns) = resumable_client(ClientBuilder::new().resume(fast())).await;
-    let mut raw = prompt("first transport", conns.recv())
-        .await
-        .expect("transport");
-    let _setup = expect_frame(&mut raw).await;
-    let mut stream = requester.request_stream_with_credit(Payload::from("s"), 10);
-    // The request goes out when the stream is first polled.
-    assert!(futures::poll!(stream.next()).is_pending());
-    let _request = expect_non_keepalive(&mut raw).await;
+    let (mut stream, _request, raw) = stream_on_first_transport(&requester, &mut conns).await;
     drop(raw);
     let mut raw = prompt("second transport", conns.recv())
         .await
