@@ -33,6 +33,7 @@ pub mod greeter_server {
     /// is not HTML.
     ///
     /// The `greeter.Greeter` service. Implement it with `async fn`s and serve it with [`GreeterServer`].
+    #[allow(clippy::wrong_self_convention)]
     pub trait Greeter: Send + Sync + 'static {
         /// One greeting for one request.
         ///
@@ -171,7 +172,7 @@ pub mod greeter_server {
                     rpc::unary(
                         call,
                         move |request: rpc::Request<super::HelloRequest>| async move {
-                            inner.say_hello(request).await
+                            <T as Greeter>::say_hello(&*inner, request).await
                         },
                     )
                 }
@@ -179,7 +180,7 @@ pub mod greeter_server {
                     rpc::server_streaming(
                         call,
                         move |request: rpc::Request<super::HelloRequest>| async move {
-                            inner.lots_of_replies(request).await
+                            <T as Greeter>::lots_of_replies(&*inner, request).await
                         },
                     )
                 }
@@ -188,7 +189,9 @@ pub mod greeter_server {
                         call,
                         move |
                             request: rpc::Request<rpc::Streaming<super::HelloRequest>>|
-                        async move { inner.lots_of_greetings(request).await },
+                        async move {
+                            <T as Greeter>::lots_of_greetings(&*inner, request).await
+                        },
                     )
                 }
                 3 => {
@@ -196,14 +199,14 @@ pub mod greeter_server {
                         call,
                         move |
                             request: rpc::Request<rpc::Streaming<super::HelloRequest>>|
-                        async move { inner.chat(request).await },
+                        async move { <T as Greeter>::chat(&*inner, request).await },
                     )
                 }
                 4 => {
                     rpc::fire_and_forget(
                         call,
                         move |request: rpc::Request<super::HelloRequest>| async move {
-                            inner.notify(request).await
+                            <T as Greeter>::notify(&*inner, request).await
                         },
                     )
                 }
@@ -211,7 +214,7 @@ pub mod greeter_server {
                     rpc::fire_and_forget(
                         call,
                         move |request: rpc::Request<super::HelloRequest>| async move {
-                            inner.log(request).await
+                            <T as Greeter>::log(&*inner, request).await
                         },
                     )
                 }
@@ -233,6 +236,7 @@ pub mod greeter_client {
     pub struct GreeterClient<R> {
         inner: rpc::Client<R>,
     }
+    #[allow(clippy::wrong_self_convention)]
     impl<R: rpc::RSocket> GreeterClient<R> {
         /// A client with default options over `rsocket`.
         pub fn new(rsocket: R) -> Self {
@@ -348,6 +352,7 @@ pub mod admin_server {
     /// A second service in the same file.
     ///
     /// The `greeter.Admin` service. Implement it with `async fn`s and serve it with [`AdminServer`].
+    #[allow(clippy::wrong_self_convention)]
     pub trait Admin: Send + Sync + 'static {
         /// Answers with an item of the other package (`shared.v1.Item`, id
         /// "pong"). Idempotent (by option): a load balancer may send it again
@@ -421,7 +426,7 @@ pub mod admin_server {
                     rpc::unary(
                         call,
                         move |request: rpc::Request<()>| async move {
-                            inner.ping(request).await
+                            <T as Admin>::ping(&*inner, request).await
                         },
                     )
                 }
@@ -432,7 +437,7 @@ pub mod admin_server {
                             request: rpc::Request<
                                 super::super::shared::v1::HelloRequest,
                             >|
-                        async move { inner.lookup(request).await },
+                        async move { <T as Admin>::lookup(&*inner, request).await },
                     )
                 }
                 _ => rpc::ServerReply::unimplemented(method),
@@ -450,6 +455,7 @@ pub mod admin_client {
     pub struct AdminClient<R> {
         inner: rpc::Client<R>,
     }
+    #[allow(clippy::wrong_self_convention)]
     impl<R: rpc::RSocket> AdminClient<R> {
         /// A client with default options over `rsocket`.
         pub fn new(rsocket: R) -> Self {

@@ -22,6 +22,7 @@ pub mod inventory_server {
     /// keyword.
     ///
     /// The `shared.v1.Inventory` service. Implement it with `async fn`s and serve it with [`InventoryServer`].
+    #[allow(clippy::wrong_self_convention)]
     pub trait Inventory: Send + Sync + 'static {
         /// Gets an item.
         ///
@@ -88,7 +89,7 @@ pub mod inventory_server {
                     rpc::unary(
                         call,
                         move |request: rpc::Request<super::HelloRequest>| async move {
-                            inner.get(request).await
+                            <T as Inventory>::get(&*inner, request).await
                         },
                     )
                 }
@@ -96,7 +97,7 @@ pub mod inventory_server {
                     rpc::unary(
                         call,
                         move |request: rpc::Request<super::Item>| async move {
-                            inner.r#type(request).await
+                            <T as Inventory>::r#type(&*inner, request).await
                         },
                     )
                 }
@@ -116,6 +117,7 @@ pub mod inventory_client {
     pub struct InventoryClient<R> {
         inner: rpc::Client<R>,
     }
+    #[allow(clippy::wrong_self_convention)]
     impl<R: rpc::RSocket> InventoryClient<R> {
         /// A client with default options over `rsocket`.
         pub fn new(rsocket: R) -> Self {

@@ -86,6 +86,9 @@ struct MethodModel {
     /// Called with `CallHints::IDEMPOTENT`.
     idempotent: bool,
     ident: Ident,
+    /// The client's method: `ident`, with a `_` added when that would be
+    /// one of the client's own methods ([`CLIENT_OWN_METHODS`]).
+    client_ident: Ident,
     stream_type: Ident,
     input: TokenStream,
     output: TokenStream,
@@ -113,6 +116,7 @@ impl RpcGenerator {
             .iter()
             .map(|m| self.model(&full_name, m))
             .collect::<Result<Vec<_>, _>>()?;
+        check_unique_names(&full_name, &methods)?;
         let mut out = TokenStream::new();
         if self.build_server {
             out.extend(server(service, &full_name, &methods));
@@ -156,6 +160,11 @@ impl RpcGenerator {
             kind,
             idempotent,
             ident: ident(&m.name),
+            client_ident: if CLIENT_OWN_METHODS.contains(&m.name.as_str()) {
+                format_ident!("{}_", m.name)
+            } else {
+                ident(&m.name)
+            },
             stream_type: format_ident!("{}Stream", bare.to_upper_camel_case()),
             input: type_path(&m.input_type, &route)?,
             output: type_path(&m.output_type, &route)?,
@@ -163,6 +172,37 @@ impl RpcGenerator {
             route,
         })
     }
+}
+
+/// The methods every generated client has besides the RPCs; an RPC whose
+/// snake_case name is one of them gets a `_` added on the client.
+const CLIENT_OWN_METHODS: &[&str] = &[
+    "new",
+    "from_client",
+    "with_interceptor",
+    "with_timeout",
+    "max_decoding_message_size",
+    "client",
+];
+
+/// Fails when two methods of a service would get the same Rust name (on
+/// the server trait or on the client), which proto allows (`GetHTTPStatus`
+/// and `GetHttpStatus` are both `get_http_status`).
+fn check_unique_names(service: &str, methods: &[MethodModel]) -> Result<(), Error> {
+    let sides: [fn(&MethodModel) -> &Ident; 2] = [|m| &m.ident, |m| &m.client_ident];
+    for name_of in sides {
+        for (i, m) in methods.iter().enumerate() {
+            let name = name_of(m);
+            if let Some(first) = methods[..i].iter().find(|f| name_of(f) == name) {
+                return Err(Error::DuplicateMethodName {
+                    service: service.to_owned(),
+                    name: name.to_string().trim_start_matches("r#").to_owned(),
+                    methods: [first.proto_name.clone(), m.proto_name.clone()],
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An identifier, raw (`r#type`) when prost made it one.
@@ -191,14 +231,16 @@ fn type_path(resolved: &str, route: &str) -> Result<TokenStream, Error> {
 
 /// Proto comments as doc lines, made safe for rustdoc: brackets and angle
 /// brackets are escaped (so no broken links or HTML tags), URLs become
-/// autolinks, and indentation is dropped (so nothing turns into a doctest).
+/// autolinks, indentation is dropped (so nothing turns into a doctest),
+/// and fenced code blocks are kept verbatim but marked `text` unless they
+/// name a language other than Rust (so none is compiled as a doctest).
 fn doc_lines(comments: &Comments) -> Vec<String> {
     let mut lines: Vec<String> = Vec::new();
     let mut push_block = |block: &[String]| {
         if !lines.is_empty() && !block.is_empty() {
             lines.push(String::new());
         }
-        lines.extend(block.iter().map(|l| sanitize(l)));
+        sanitize_block(block, &mut lines);
     };
     push_block(&comments.leading);
     push_block(&comments.trailing);
@@ -206,6 +248,92 @@ fn doc_lines(comments: &Comments) -> Vec<String> {
         lines.pop();
     }
     lines
+}
+
+/// One comment block's lines, sanitized, with its fenced code blocks kept
+/// as they are (an unclosed one is closed at the end of the block, so it
+/// does not swallow the generated docs that follow).
+fn sanitize_block(block: &[String], out: &mut Vec<String>) {
+    // The open fence: its marker (```` ``` ```` or `~~~`, maybe longer)
+    // and the indentation of its opening line, removed from its lines.
+    let mut fence: Option<(String, usize)> = None;
+    for line in block {
+        let trimmed = line.trim();
+        match &fence {
+            None => match fence_open(trimmed) {
+                Some((marker, info)) => {
+                    out.push(format!("{marker}{}", fence_info(info)));
+                    let indent = line.len() - line.trim_start().len();
+                    fence = Some((marker.to_owned(), indent));
+                }
+                None => out.push(sanitize(line)),
+            },
+            Some((marker, indent)) => {
+                if closes_fence(trimmed, marker) {
+                    out.push(marker.clone());
+                    fence = None;
+                } else {
+                    let cut = line
+                        .char_indices()
+                        .take_while(|&(i, c)| i < *indent && c.is_whitespace())
+                        .map(|(i, c)| i + c.len_utf8())
+                        .last()
+                        .unwrap_or(0);
+                    out.push(line[cut..].trim_end().to_owned());
+                }
+            }
+        }
+    }
+    if let Some((marker, _)) = fence {
+        out.push(marker);
+    }
+}
+
+/// The marker and info string of a line that opens a fenced code block:
+/// three or more backticks (with no backtick in the info string) or
+/// tildes.
+fn fence_open(line: &str) -> Option<(&str, &str)> {
+    let c = line.chars().next().filter(|c| matches!(c, '`' | '~'))?;
+    let len = line.len() - line.trim_start_matches(c).len();
+    if len < 3 {
+        return None;
+    }
+    let (marker, info) = line.split_at(len);
+    (c == '~' || !info.contains('`')).then_some((marker, info.trim()))
+}
+
+/// Whether `line` closes the fence opened with `marker`.
+fn closes_fence(line: &str, marker: &str) -> bool {
+    let c = marker.chars().next().unwrap_or('`');
+    line.len() >= marker.len() && line.chars().all(|x| x == c)
+}
+
+/// The info string to write for a fenced block: as given when it names a
+/// language other than Rust (`json`), else `text`, since rustdoc would
+/// compile an unmarked or Rust block as a doctest of the generated code.
+fn fence_info(info: &str) -> &str {
+    let is_rust_tag = |t: &str| {
+        matches!(
+            t,
+            "rust"
+                | "ignore"
+                | "should_panic"
+                | "no_run"
+                | "compile_fail"
+                | "test_harness"
+                | "standalone_crate"
+        ) || t.starts_with("edition")
+            || t.starts_with("ignore-")
+    };
+    let mut tags = info
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+        .peekable();
+    if tags.peek().is_none() || tags.any(is_rust_tag) {
+        "text"
+    } else {
+        info
+    }
 }
 
 fn sanitize(line: &str) -> String {
@@ -326,9 +454,12 @@ fn server(service: &Service, full_name: &str, methods: &[MethodModel]) -> TokenS
         } else {
             quote! { rpc::Request<#input> }
         };
+        // Called by its path, not as `inner.method(..)`: on the `Arc`, a
+        // method named `clone` (or `as_ref`, `into`, ...) would be the
+        // `Arc`'s own.
         quote! {
             #index => rpc::#helper(call, move |request: #request| async move {
-                inner.#ident(request).await
+                <T as #trait_name>::#ident(&*inner, request).await
             }),
         }
     });
@@ -354,6 +485,8 @@ fn server(service: &Service, full_name: &str, methods: &[MethodModel]) -> TokenS
             use ::rsocket_rpc::codegen as rpc;
 
             #trait_docs
+            // Method names come from the proto: `FromFile` is `from_file(&self)`.
+            #[allow(clippy::wrong_self_convention)]
             pub trait #trait_name: Send + Sync + 'static {
                 #(#trait_items)*
             }
@@ -494,6 +627,7 @@ fn client(service: &Service, full_name: &str, methods: &[MethodModel]) -> TokenS
                 inner: rpc::Client<R>,
             }
 
+            #[allow(clippy::wrong_self_convention)]
             impl<R: rpc::RSocket> #client_name<R> {
                 /// A client with default options over `rsocket`.
                 pub fn new(rsocket: R) -> Self {
@@ -532,7 +666,7 @@ fn client(service: &Service, full_name: &str, methods: &[MethodModel]) -> TokenS
 }
 
 fn client_method(m: &MethodModel) -> TokenStream {
-    let ident = &m.ident;
+    let ident = &m.client_ident;
     let input = &m.input;
     let output = &m.output;
     let route = &m.route;
@@ -610,6 +744,55 @@ mod tests {
         assert_eq!(sanitize("see <https://x.y/z>."), "see <https://x.y/z>.");
         assert_eq!(sanitize("snake_case *bold*"), "snake_case *bold*");
         assert_eq!(sanitize("a `list<T>` of [x]"), "a `list<T>` of \\[x\\]");
+    }
+
+    fn block(lines: &[&str]) -> Vec<String> {
+        let lines: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();
+        let mut out = Vec::new();
+        sanitize_block(&lines, &mut out);
+        out
+    }
+
+    #[test]
+    fn fenced_code_is_kept_and_never_a_doctest() {
+        // Unmarked and Rust blocks become `text`; their lines are kept as
+        // they are, less the fence's indentation.
+        assert_eq!(
+            block(&[
+                " see [x]:",
+                " ```",
+                " let a = [1];",
+                "   indented <b>",
+                " ```"
+            ]),
+            [
+                "see \\[x\\]:",
+                "```text",
+                "let a = [1];",
+                "  indented <b>",
+                "```"
+            ]
+        );
+        assert_eq!(
+            block(&[" ```rust,no_run", " f()", " ```"]),
+            ["```text", "f()", "```"]
+        );
+        assert_eq!(
+            block(&[" ~~~ rust", " f()", " ~~~"]),
+            ["~~~text", "f()", "~~~"]
+        );
+        // Another language is kept.
+        assert_eq!(
+            block(&[" ```json", " [1]", " ````"]),
+            ["```json", "[1]", "```"]
+        );
+        // An unclosed fence is closed; a shorter run does not close it.
+        assert_eq!(
+            block(&[" ````", " ```", " x"]),
+            ["````text", "```", "x", "````"]
+        );
+        // Inline code spans are not fences.
+        assert_eq!(block(&[" ``a`` [b]"]), ["``a`` \\[b\\]"]);
     }
 
     #[test]

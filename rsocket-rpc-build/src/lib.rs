@@ -39,8 +39,19 @@
 //!   returns the call's future (`client.say_hello(request).await`), over
 //!   any `R: RSocket`.
 //!
-//! Proto comments become doc comments. The code only wires names, routes
-//! and types to `rsocket-rpc`, where the logic lives.
+//! Method names become snake_case as prost-build makes field names
+//! (`GetHTTPStatus` is `get_http_status`, `Type` is `r#type`, `Self` is
+//! `self_`). A method named like one of the client's own methods (`new`,
+//! `from_client`, `with_interceptor`, `with_timeout`,
+//! `max_decoding_message_size`, `client`) gets a `_` on the client only
+//! (`new_`). Two methods of a service that would get the same name fail the
+//! build with [`Error::DuplicateMethodName`].
+//!
+//! Proto comments become doc comments, escaped so that rustdoc reads no
+//! links or HTML in them; a fenced code block is kept as it is, marked
+//! `text` unless it names a language other than Rust, so that none is
+//! compiled as a doctest. The code only wires names, routes and types to
+//! `rsocket-rpc`, where the logic lives.
 //!
 //! # Fire-and-forget methods
 //!
@@ -146,6 +157,17 @@ pub enum Error {
     FireAndForgetNotUnary {
         /// The method's route.
         route: String,
+    },
+    /// Two methods of a service would get the same Rust name, for example
+    /// `GetHTTPStatus` and `GetHttpStatus` (both `get_http_status`).
+    #[error("{service}: methods {} and {} would both be named `{name}` in Rust", methods[0], methods[1])]
+    DuplicateMethodName {
+        /// The fully qualified service name.
+        service: String,
+        /// The Rust name they share.
+        name: String,
+        /// The two methods, as named in the `.proto` file.
+        methods: [String; 2],
     },
     /// prost-build resolved a message type to something that is not a path.
     #[error("{route}: cannot use the type path {path:?}")]
