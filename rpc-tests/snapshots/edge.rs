@@ -29,7 +29,7 @@ pub mod repo_server {
     ///
     /// The `edge.Repo` service. Implement it with `async fn`s and serve it with [`RepoServer`].
     #[allow(clippy::wrong_self_convention)]
-    pub trait Repo: Send + Sync + 'static {
+    pub trait Repo: ::core::marker::Send + ::core::marker::Sync + 'static {
         /// Copies a thing (a method named like `Clone::clone`).
         ///
         /// Unary call (REQUEST_RESPONSE); route `edge.Repo/Clone`.
@@ -37,8 +37,8 @@ pub mod repo_server {
             &self,
             request: rpc::Request<super::Thing>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::Thing>, rpc::Status>,
-        > + Send;
+            Output = ::core::result::Result<rpc::Response<super::Thing>, rpc::Status>,
+        > + ::core::marker::Send;
         /// Makes a thing (named like the client's `new`).
         ///
         /// Unary call (REQUEST_RESPONSE); route `edge.Repo/New`.
@@ -46,8 +46,8 @@ pub mod repo_server {
             &self,
             request: rpc::Request<super::Thing>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::Thing>, rpc::Status>,
-        > + Send;
+            Output = ::core::result::Result<rpc::Response<super::Thing>, rpc::Status>,
+        > + ::core::marker::Send;
         /// Named like the client's `client` accessor.
         ///
         /// Unary call (REQUEST_RESPONSE); route `edge.Repo/Client`.
@@ -55,8 +55,8 @@ pub mod repo_server {
             &self,
             request: rpc::Request<super::Thing>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::Thing>, rpc::Status>,
-        > + Send;
+            Output = ::core::result::Result<rpc::Response<super::Thing>, rpc::Status>,
+        > + ::core::marker::Send;
         /// Named like a constructor (clippy expects no `self`).
         ///
         /// Unary call (REQUEST_RESPONSE); route `edge.Repo/FromFile`.
@@ -64,8 +64,8 @@ pub mod repo_server {
             &self,
             request: rpc::Request<super::Thing>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::Thing>, rpc::Status>,
-        > + Send;
+            Output = ::core::result::Result<rpc::Response<super::Thing>, rpc::Status>,
+        > + ::core::marker::Send;
         /// A keyword.
         ///
         /// Unary call (REQUEST_RESPONSE); route `edge.Repo/Type`.
@@ -73,8 +73,8 @@ pub mod repo_server {
             &self,
             request: rpc::Request<super::Thing>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::Thing>, rpc::Status>,
-        > + Send;
+            Output = ::core::result::Result<rpc::Response<super::Thing>, rpc::Status>,
+        > + ::core::marker::Send;
         /// A keyword that cannot be a raw identifier.
         ///
         /// Unary call (REQUEST_RESPONSE); route `edge.Repo/Self`.
@@ -82,8 +82,8 @@ pub mod repo_server {
             &self,
             request: rpc::Request<super::Thing>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::Thing>, rpc::Status>,
-        > + Send;
+            Output = ::core::result::Result<rpc::Response<super::Thing>, rpc::Status>,
+        > + ::core::marker::Send;
         /// Odd case.
         ///
         /// Unary call (REQUEST_RESPONSE); route `edge.Repo/GetHTTPStatus`.
@@ -91,11 +91,13 @@ pub mod repo_server {
             &self,
             request: rpc::Request<super::Thing>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::Thing>, rpc::Status>,
-        > + Send;
+            Output = ::core::result::Result<rpc::Response<super::Thing>, rpc::Status>,
+        > + ::core::marker::Send;
         /// The stream of messages [`Repo::xml_parse2`] answers with; `rsocket_rpc::BoxStream<Thing>` fits any stream.
-        type XmlParse2Stream: rpc::Stream<Item = Result<super::Thing, rpc::Status>>
-            + Send
+        type XmlParse2Stream: rpc::Stream<
+                Item = ::core::result::Result<super::Thing, rpc::Status>,
+            >
+            + ::core::marker::Send
             + 'static;
         /// Odd case with a digit.
         ///
@@ -104,10 +106,15 @@ pub mod repo_server {
             &self,
             request: rpc::Request<super::Thing>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<Self::XmlParse2Stream>, rpc::Status>,
-        > + Send;
+            Output = ::core::result::Result<
+                rpc::Response<Self::XmlParse2Stream>,
+                rpc::Status,
+            >,
+        > + ::core::marker::Send;
         /// The stream of messages [`Repo::pings`] answers with; `rsocket_rpc::BoxStream<()>` fits any stream.
-        type PingsStream: rpc::Stream<Item = Result<(), rpc::Status>> + Send + 'static;
+        type PingsStream: rpc::Stream<Item = ::core::result::Result<(), rpc::Status>>
+            + ::core::marker::Send
+            + 'static;
         /// Empty in, empty out, both streamed.
         ///
         /// Bidirectional streaming call (REQUEST_CHANNEL); route `edge.Repo/Pings`.
@@ -115,8 +122,11 @@ pub mod repo_server {
             &self,
             request: rpc::Request<rpc::Streaming<()>>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<Self::PingsStream>, rpc::Status>,
-        > + Send;
+            Output = ::core::result::Result<
+                rpc::Response<Self::PingsStream>,
+                rpc::Status,
+            >,
+        > + ::core::marker::Send;
         /// Empty in, streamed.
         ///
         /// Client-streaming call (REQUEST_CHANNEL answered with one message); route `edge.Repo/Count`.
@@ -124,8 +134,8 @@ pub mod repo_server {
             &self,
             request: rpc::Request<rpc::Streaming<()>>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::Thing>, rpc::Status>,
-        > + Send;
+            Output = ::core::result::Result<rpc::Response<super::Thing>, rpc::Status>,
+        > + ::core::marker::Send;
     }
     /// Serves a [`Repo`] implementation: add it to a `rsocket_rpc::Router`.
     pub struct RepoServer<T> {
@@ -141,7 +151,7 @@ pub mod repo_server {
             Self { inner }
         }
     }
-    impl<T> Clone for RepoServer<T> {
+    impl<T> ::core::clone::Clone for RepoServer<T> {
         fn clone(&self) -> Self {
             Self {
                 inner: rpc::Arc::clone(&self.inner),
@@ -340,7 +350,7 @@ pub mod repo_client {
             &self,
             request: impl rpc::IntoRequest<super::Thing>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::Thing>, rpc::Status>,
+            Output = ::core::result::Result<rpc::Response<super::Thing>, rpc::Status>,
         > + '_ {
             self.inner.unary("edge.Repo/Clone", request.into_request())
         }
@@ -351,7 +361,7 @@ pub mod repo_client {
             &self,
             request: impl rpc::IntoRequest<super::Thing>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::Thing>, rpc::Status>,
+            Output = ::core::result::Result<rpc::Response<super::Thing>, rpc::Status>,
         > + '_ {
             self.inner.unary("edge.Repo/New", request.into_request())
         }
@@ -362,7 +372,7 @@ pub mod repo_client {
             &self,
             request: impl rpc::IntoRequest<super::Thing>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::Thing>, rpc::Status>,
+            Output = ::core::result::Result<rpc::Response<super::Thing>, rpc::Status>,
         > + '_ {
             self.inner.unary("edge.Repo/Client", request.into_request())
         }
@@ -373,7 +383,7 @@ pub mod repo_client {
             &self,
             request: impl rpc::IntoRequest<super::Thing>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::Thing>, rpc::Status>,
+            Output = ::core::result::Result<rpc::Response<super::Thing>, rpc::Status>,
         > + '_ {
             self.inner.unary("edge.Repo/FromFile", request.into_request())
         }
@@ -384,7 +394,7 @@ pub mod repo_client {
             &self,
             request: impl rpc::IntoRequest<super::Thing>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::Thing>, rpc::Status>,
+            Output = ::core::result::Result<rpc::Response<super::Thing>, rpc::Status>,
         > + '_ {
             self.inner.unary("edge.Repo/Type", request.into_request())
         }
@@ -395,7 +405,7 @@ pub mod repo_client {
             &self,
             request: impl rpc::IntoRequest<super::Thing>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::Thing>, rpc::Status>,
+            Output = ::core::result::Result<rpc::Response<super::Thing>, rpc::Status>,
         > + '_ {
             self.inner.unary("edge.Repo/Self", request.into_request())
         }
@@ -406,7 +416,7 @@ pub mod repo_client {
             &self,
             request: impl rpc::IntoRequest<super::Thing>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::Thing>, rpc::Status>,
+            Output = ::core::result::Result<rpc::Response<super::Thing>, rpc::Status>,
         > + '_ {
             self.inner.unary("edge.Repo/GetHTTPStatus", request.into_request())
         }
@@ -417,7 +427,7 @@ pub mod repo_client {
             &self,
             request: impl rpc::IntoRequest<super::Thing>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Streaming<super::Thing>, rpc::Status>,
+            Output = ::core::result::Result<rpc::Streaming<super::Thing>, rpc::Status>,
         > + '_ {
             self.inner.server_streaming("edge.Repo/XMLParse2", request.into_request())
         }
@@ -427,7 +437,9 @@ pub mod repo_client {
         pub fn pings(
             &self,
             request: impl rpc::IntoStreamingRequest<Message = ()>,
-        ) -> impl rpc::Future<Output = Result<rpc::Streaming<()>, rpc::Status>> + '_ {
+        ) -> impl rpc::Future<
+            Output = ::core::result::Result<rpc::Streaming<()>, rpc::Status>,
+        > + '_ {
             self.inner
                 .bidi_streaming("edge.Repo/Pings", request.into_streaming_request())
         }
@@ -438,7 +450,7 @@ pub mod repo_client {
             &self,
             request: impl rpc::IntoStreamingRequest<Message = ()>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::Thing>, rpc::Status>,
+            Output = ::core::result::Result<rpc::Response<super::Thing>, rpc::Status>,
         > + '_ {
             self.inner
                 .client_streaming("edge.Repo/Count", request.into_streaming_request())
@@ -452,7 +464,7 @@ pub mod nothing_server {
     ///
     /// The `edge.Nothing` service. Implement it with `async fn`s and serve it with [`NothingServer`].
     #[allow(clippy::wrong_self_convention)]
-    pub trait Nothing: Send + Sync + 'static {}
+    pub trait Nothing: ::core::marker::Send + ::core::marker::Sync + 'static {}
     /// Serves a [`Nothing`] implementation: add it to a `rsocket_rpc::Router`.
     pub struct NothingServer<T> {
         inner: rpc::Arc<T>,
@@ -467,7 +479,7 @@ pub mod nothing_server {
             Self { inner }
         }
     }
-    impl<T> Clone for NothingServer<T> {
+    impl<T> ::core::clone::Clone for NothingServer<T> {
         fn clone(&self) -> Self {
             Self {
                 inner: rpc::Arc::clone(&self.inner),
@@ -507,6 +519,366 @@ pub mod nothing_client {
     }
     #[allow(clippy::wrong_self_convention)]
     impl<R: rpc::RSocket> NothingClient<R> {
+        /// A client with default options over `rsocket`.
+        pub fn new(rsocket: R) -> Self {
+            Self {
+                inner: rpc::Client::new(rsocket),
+            }
+        }
+        /// A client over a configured `rsocket_rpc::Client`.
+        pub fn from_client(inner: rpc::Client<R>) -> Self {
+            Self { inner }
+        }
+        /// Adds an interceptor that runs before every call.
+        pub fn with_interceptor(self, interceptor: impl rpc::Interceptor) -> Self {
+            Self {
+                inner: self.inner.interceptor(interceptor),
+            }
+        }
+        /// Sets the deadline of calls that do not set their own.
+        pub fn with_timeout(self, timeout: rpc::Duration) -> Self {
+            Self {
+                inner: self.inner.timeout(timeout),
+            }
+        }
+        /// Limits the size of response messages this client decodes.
+        pub fn max_decoding_message_size(self, limit: usize) -> Self {
+            Self {
+                inner: self.inner.max_decoding_message_size(limit),
+            }
+        }
+        /// The untyped client underneath.
+        pub fn client(&self) -> &rpc::Client<R> {
+            &self.inner
+        }
+    }
+}
+/// Server side of `edge.Result`: implement [`Result`](result_server::Result), then add [`ResultServer`](result_server::ResultServer) to a `rsocket_rpc::Router`.
+pub mod result_server {
+    use ::rsocket_rpc::codegen as rpc;
+    /// Named like a type of the prelude, which the generated code uses.
+    ///
+    /// The `edge.Result` service. Implement it with `async fn`s and serve it with [`ResultServer`].
+    #[allow(clippy::wrong_self_convention)]
+    pub trait Result: ::core::marker::Send + ::core::marker::Sync + 'static {
+        /// One result.
+        ///
+        /// Unary call (REQUEST_RESPONSE); route `edge.Result/Get`.
+        fn get(
+            &self,
+            request: rpc::Request<super::Thing>,
+        ) -> impl rpc::Future<
+            Output = ::core::result::Result<rpc::Response<super::Thing>, rpc::Status>,
+        > + ::core::marker::Send;
+        /// The stream of messages [`Result::list`] answers with; `rsocket_rpc::BoxStream<Thing>` fits any stream.
+        type ListStream: rpc::Stream<
+                Item = ::core::result::Result<super::Thing, rpc::Status>,
+            >
+            + ::core::marker::Send
+            + 'static;
+        /// Results, streamed.
+        ///
+        /// Server-streaming call (REQUEST_STREAM); route `edge.Result/List`.
+        fn list(
+            &self,
+            request: rpc::Request<super::Thing>,
+        ) -> impl rpc::Future<
+            Output = ::core::result::Result<rpc::Response<Self::ListStream>, rpc::Status>,
+        > + ::core::marker::Send;
+    }
+    /// Serves a [`Result`] implementation: add it to a `rsocket_rpc::Router`.
+    pub struct ResultServer<T> {
+        inner: rpc::Arc<T>,
+    }
+    impl<T> ResultServer<T> {
+        /// Wraps an implementation.
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(rpc::Arc::new(inner))
+        }
+        /// Wraps an implementation that is shared with other code.
+        pub fn from_arc(inner: rpc::Arc<T>) -> Self {
+            Self { inner }
+        }
+    }
+    impl<T> ::core::clone::Clone for ResultServer<T> {
+        fn clone(&self) -> Self {
+            Self {
+                inner: rpc::Arc::clone(&self.inner),
+            }
+        }
+    }
+    impl<T> ::core::fmt::Debug for ResultServer<T> {
+        fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+            f.write_str(stringify!(ResultServer))
+        }
+    }
+    /// The fully qualified service name.
+    pub const SERVICE_NAME: &str = "edge.Result";
+    const METHODS: &[rpc::MethodInfo] = &[
+        rpc::MethodInfo::new("Get", "edge.Result/Get", rpc::MethodKind::Unary),
+        rpc::MethodInfo::new(
+            "List",
+            "edge.Result/List",
+            rpc::MethodKind::ServerStreaming,
+        ),
+    ];
+    impl<T: Result> rpc::Service for ResultServer<T> {
+        fn name(&self) -> &'static str {
+            SERVICE_NAME
+        }
+        fn methods(&self) -> &'static [rpc::MethodInfo] {
+            METHODS
+        }
+        fn call(&self, method: usize, call: rpc::ServerCall) -> rpc::ServerReply {
+            let inner = rpc::Arc::clone(&self.inner);
+            match method {
+                0 => {
+                    rpc::unary(
+                        call,
+                        move |request: rpc::Request<super::Thing>| async move {
+                            <T as Result>::get(&*inner, request).await
+                        },
+                    )
+                }
+                1 => {
+                    rpc::server_streaming(
+                        call,
+                        move |request: rpc::Request<super::Thing>| async move {
+                            <T as Result>::list(&*inner, request).await
+                        },
+                    )
+                }
+                _ => rpc::ServerReply::unimplemented(method),
+            }
+        }
+    }
+}
+/// Client side of `edge.Result`: [`ResultClient`](result_client::ResultClient).
+pub mod result_client {
+    use ::rsocket_rpc::codegen as rpc;
+    /// Named like a type of the prelude, which the generated code uses.
+    ///
+    /// Calls `edge.Result` over any `RSocket`: a connection's requester, a router, a load balancer.
+    #[derive(Debug, Clone)]
+    pub struct ResultClient<R> {
+        inner: rpc::Client<R>,
+    }
+    #[allow(clippy::wrong_self_convention)]
+    impl<R: rpc::RSocket> ResultClient<R> {
+        /// A client with default options over `rsocket`.
+        pub fn new(rsocket: R) -> Self {
+            Self {
+                inner: rpc::Client::new(rsocket),
+            }
+        }
+        /// A client over a configured `rsocket_rpc::Client`.
+        pub fn from_client(inner: rpc::Client<R>) -> Self {
+            Self { inner }
+        }
+        /// Adds an interceptor that runs before every call.
+        pub fn with_interceptor(self, interceptor: impl rpc::Interceptor) -> Self {
+            Self {
+                inner: self.inner.interceptor(interceptor),
+            }
+        }
+        /// Sets the deadline of calls that do not set their own.
+        pub fn with_timeout(self, timeout: rpc::Duration) -> Self {
+            Self {
+                inner: self.inner.timeout(timeout),
+            }
+        }
+        /// Limits the size of response messages this client decodes.
+        pub fn max_decoding_message_size(self, limit: usize) -> Self {
+            Self {
+                inner: self.inner.max_decoding_message_size(limit),
+            }
+        }
+        /// The untyped client underneath.
+        pub fn client(&self) -> &rpc::Client<R> {
+            &self.inner
+        }
+        /// One result.
+        ///
+        /// Unary call (REQUEST_RESPONSE); route `edge.Result/Get`.
+        pub fn get(
+            &self,
+            request: impl rpc::IntoRequest<super::Thing>,
+        ) -> impl rpc::Future<
+            Output = ::core::result::Result<rpc::Response<super::Thing>, rpc::Status>,
+        > + '_ {
+            self.inner.unary("edge.Result/Get", request.into_request())
+        }
+        /// Results, streamed.
+        ///
+        /// Server-streaming call (REQUEST_STREAM); route `edge.Result/List`.
+        pub fn list(
+            &self,
+            request: impl rpc::IntoRequest<super::Thing>,
+        ) -> impl rpc::Future<
+            Output = ::core::result::Result<rpc::Streaming<super::Thing>, rpc::Status>,
+        > + '_ {
+            self.inner.server_streaming("edge.Result/List", request.into_request())
+        }
+    }
+}
+/// Server side of `edge.Clone`: implement [`Clone`](clone_server::Clone), then add [`CloneServer`](clone_server::CloneServer) to a `rsocket_rpc::Router`.
+pub mod clone_server {
+    use ::rsocket_rpc::codegen as rpc;
+    /// Named like a trait of the prelude.
+    ///
+    /// The `edge.Clone` service. Implement it with `async fn`s and serve it with [`CloneServer`].
+    #[allow(clippy::wrong_self_convention)]
+    pub trait Clone: ::core::marker::Send + ::core::marker::Sync + 'static {}
+    /// Serves a [`Clone`] implementation: add it to a `rsocket_rpc::Router`.
+    pub struct CloneServer<T> {
+        inner: rpc::Arc<T>,
+    }
+    impl<T> CloneServer<T> {
+        /// Wraps an implementation.
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(rpc::Arc::new(inner))
+        }
+        /// Wraps an implementation that is shared with other code.
+        pub fn from_arc(inner: rpc::Arc<T>) -> Self {
+            Self { inner }
+        }
+    }
+    impl<T> ::core::clone::Clone for CloneServer<T> {
+        fn clone(&self) -> Self {
+            Self {
+                inner: rpc::Arc::clone(&self.inner),
+            }
+        }
+    }
+    impl<T> ::core::fmt::Debug for CloneServer<T> {
+        fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+            f.write_str(stringify!(CloneServer))
+        }
+    }
+    /// The fully qualified service name.
+    pub const SERVICE_NAME: &str = "edge.Clone";
+    const METHODS: &[rpc::MethodInfo] = &[];
+    impl<T: Clone> rpc::Service for CloneServer<T> {
+        fn name(&self) -> &'static str {
+            SERVICE_NAME
+        }
+        fn methods(&self) -> &'static [rpc::MethodInfo] {
+            METHODS
+        }
+        fn call(&self, method: usize, call: rpc::ServerCall) -> rpc::ServerReply {
+            let _ = call;
+            rpc::ServerReply::unimplemented(method)
+        }
+    }
+}
+/// Client side of `edge.Clone`: [`CloneClient`](clone_client::CloneClient).
+pub mod clone_client {
+    use ::rsocket_rpc::codegen as rpc;
+    /// Named like a trait of the prelude.
+    ///
+    /// Calls `edge.Clone` over any `RSocket`: a connection's requester, a router, a load balancer.
+    #[derive(Debug, Clone)]
+    pub struct CloneClient<R> {
+        inner: rpc::Client<R>,
+    }
+    #[allow(clippy::wrong_self_convention)]
+    impl<R: rpc::RSocket> CloneClient<R> {
+        /// A client with default options over `rsocket`.
+        pub fn new(rsocket: R) -> Self {
+            Self {
+                inner: rpc::Client::new(rsocket),
+            }
+        }
+        /// A client over a configured `rsocket_rpc::Client`.
+        pub fn from_client(inner: rpc::Client<R>) -> Self {
+            Self { inner }
+        }
+        /// Adds an interceptor that runs before every call.
+        pub fn with_interceptor(self, interceptor: impl rpc::Interceptor) -> Self {
+            Self {
+                inner: self.inner.interceptor(interceptor),
+            }
+        }
+        /// Sets the deadline of calls that do not set their own.
+        pub fn with_timeout(self, timeout: rpc::Duration) -> Self {
+            Self {
+                inner: self.inner.timeout(timeout),
+            }
+        }
+        /// Limits the size of response messages this client decodes.
+        pub fn max_decoding_message_size(self, limit: usize) -> Self {
+            Self {
+                inner: self.inner.max_decoding_message_size(limit),
+            }
+        }
+        /// The untyped client underneath.
+        pub fn client(&self) -> &rpc::Client<R> {
+            &self.inner
+        }
+    }
+}
+/// Server side of `edge.Send`: implement [`Send`](send_server::Send), then add [`SendServer`](send_server::SendServer) to a `rsocket_rpc::Router`.
+pub mod send_server {
+    use ::rsocket_rpc::codegen as rpc;
+    /// Named like a marker trait of the prelude.
+    ///
+    /// The `edge.Send` service. Implement it with `async fn`s and serve it with [`SendServer`].
+    #[allow(clippy::wrong_self_convention)]
+    pub trait Send: ::core::marker::Send + ::core::marker::Sync + 'static {}
+    /// Serves a [`Send`] implementation: add it to a `rsocket_rpc::Router`.
+    pub struct SendServer<T> {
+        inner: rpc::Arc<T>,
+    }
+    impl<T> SendServer<T> {
+        /// Wraps an implementation.
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(rpc::Arc::new(inner))
+        }
+        /// Wraps an implementation that is shared with other code.
+        pub fn from_arc(inner: rpc::Arc<T>) -> Self {
+            Self { inner }
+        }
+    }
+    impl<T> ::core::clone::Clone for SendServer<T> {
+        fn clone(&self) -> Self {
+            Self {
+                inner: rpc::Arc::clone(&self.inner),
+            }
+        }
+    }
+    impl<T> ::core::fmt::Debug for SendServer<T> {
+        fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+            f.write_str(stringify!(SendServer))
+        }
+    }
+    /// The fully qualified service name.
+    pub const SERVICE_NAME: &str = "edge.Send";
+    const METHODS: &[rpc::MethodInfo] = &[];
+    impl<T: Send> rpc::Service for SendServer<T> {
+        fn name(&self) -> &'static str {
+            SERVICE_NAME
+        }
+        fn methods(&self) -> &'static [rpc::MethodInfo] {
+            METHODS
+        }
+        fn call(&self, method: usize, call: rpc::ServerCall) -> rpc::ServerReply {
+            let _ = call;
+            rpc::ServerReply::unimplemented(method)
+        }
+    }
+}
+/// Client side of `edge.Send`: [`SendClient`](send_client::SendClient).
+pub mod send_client {
+    use ::rsocket_rpc::codegen as rpc;
+    /// Named like a marker trait of the prelude.
+    ///
+    /// Calls `edge.Send` over any `RSocket`: a connection's requester, a router, a load balancer.
+    #[derive(Debug, Clone)]
+    pub struct SendClient<R> {
+        inner: rpc::Client<R>,
+    }
+    #[allow(clippy::wrong_self_convention)]
+    impl<R: rpc::RSocket> SendClient<R> {
         /// A client with default options over `rsocket`.
         pub fn new(rsocket: R) -> Self {
             Self {

@@ -23,7 +23,7 @@ pub mod inventory_server {
     ///
     /// The `shared.v1.Inventory` service. Implement it with `async fn`s and serve it with [`InventoryServer`].
     #[allow(clippy::wrong_self_convention)]
-    pub trait Inventory: Send + Sync + 'static {
+    pub trait Inventory: ::core::marker::Send + ::core::marker::Sync + 'static {
         /// Gets an item.
         ///
         /// Unary call (REQUEST_RESPONSE); route `shared.v1.Inventory/Get`.
@@ -31,8 +31,8 @@ pub mod inventory_server {
             &self,
             request: rpc::Request<super::HelloRequest>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::Item>, rpc::Status>,
-        > + Send;
+            Output = ::core::result::Result<rpc::Response<super::Item>, rpc::Status>,
+        > + ::core::marker::Send;
         /// Named like a Rust keyword.
         ///
         /// Unary call (REQUEST_RESPONSE); route `shared.v1.Inventory/Type`.
@@ -40,8 +40,8 @@ pub mod inventory_server {
             &self,
             request: rpc::Request<super::Item>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::Item>, rpc::Status>,
-        > + Send;
+            Output = ::core::result::Result<rpc::Response<super::Item>, rpc::Status>,
+        > + ::core::marker::Send;
     }
     /// Serves a [`Inventory`] implementation: add it to a `rsocket_rpc::Router`.
     pub struct InventoryServer<T> {
@@ -57,7 +57,7 @@ pub mod inventory_server {
             Self { inner }
         }
     }
-    impl<T> Clone for InventoryServer<T> {
+    impl<T> ::core::clone::Clone for InventoryServer<T> {
         fn clone(&self) -> Self {
             Self {
                 inner: rpc::Arc::clone(&self.inner),
@@ -158,7 +158,7 @@ pub mod inventory_client {
             &self,
             request: impl rpc::IntoRequest<super::HelloRequest>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::Item>, rpc::Status>,
+            Output = ::core::result::Result<rpc::Response<super::Item>, rpc::Status>,
         > + '_ {
             self.inner.unary("shared.v1.Inventory/Get", request.into_request())
         }
@@ -169,7 +169,7 @@ pub mod inventory_client {
             &self,
             request: impl rpc::IntoRequest<super::Item>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::Item>, rpc::Status>,
+            Output = ::core::result::Result<rpc::Response<super::Item>, rpc::Status>,
         > + '_ {
             self.inner.unary("shared.v1.Inventory/Type", request.into_request())
         }

@@ -7,8 +7,8 @@
 //! `google.protobuf.Empty` and `Timestamp`, a method named like a Rust
 //! keyword, and two services in one file; `edge.proto` has the names and
 //! comments that are easy to get wrong (methods named like `Clone::clone`
-//! or the client's `new`, Markdown code fences, a service with no methods,
-//! `Empty` streamed both ways). `#![deny(missing_docs)]` below
+//! or the client's `new`, Markdown code fences, services with no methods
+//! or named like `Result` and `Send`, `Empty` streamed both ways). `#![deny(missing_docs)]` below
 //! checks that the generated code is documented.
 #![deny(missing_docs)]
 

@@ -487,7 +487,7 @@ fn server(service: &Service, full_name: &str, methods: &[MethodModel]) -> TokenS
             #trait_docs
             // Method names come from the proto: `FromFile` is `from_file(&self)`.
             #[allow(clippy::wrong_self_convention)]
-            pub trait #trait_name: Send + Sync + 'static {
+            pub trait #trait_name: ::core::marker::Send + ::core::marker::Sync + 'static {
                 #(#trait_items)*
             }
 
@@ -508,7 +508,7 @@ fn server(service: &Service, full_name: &str, methods: &[MethodModel]) -> TokenS
                 }
             }
 
-            impl<T> Clone for #server_name<T> {
+            impl<T> ::core::clone::Clone for #server_name<T> {
                 fn clone(&self) -> Self {
                     Self { inner: rpc::Arc::clone(&self.inner) }
                 }
@@ -577,13 +577,17 @@ fn trait_item(trait_name: &Ident, m: &MethodModel) -> TokenStream {
         );
         quote! {
             #[doc = #stream_doc]
-            type #stream: rpc::Stream<Item = Result<#output, rpc::Status>> + Send + 'static;
+            type #stream: rpc::Stream<Item = ::core::result::Result<#output, rpc::Status>>
+                + ::core::marker::Send
+                + 'static;
 
             #method_docs
             fn #ident(
                 &self,
                 request: #request,
-            ) -> impl rpc::Future<Output = Result<rpc::Response<Self::#stream>, rpc::Status>> + Send;
+            ) -> impl rpc::Future<
+                Output = ::core::result::Result<rpc::Response<Self::#stream>, rpc::Status>,
+            > + ::core::marker::Send;
         }
     } else if m.kind == Kind::FireAndForget {
         quote! {
@@ -591,7 +595,8 @@ fn trait_item(trait_name: &Ident, m: &MethodModel) -> TokenStream {
             fn #ident(
                 &self,
                 request: #request,
-            ) -> impl rpc::Future<Output = Result<(), rpc::Status>> + Send;
+            ) -> impl rpc::Future<Output = ::core::result::Result<(), rpc::Status>>
+                   + ::core::marker::Send;
         }
     } else {
         quote! {
@@ -599,7 +604,9 @@ fn trait_item(trait_name: &Ident, m: &MethodModel) -> TokenStream {
             fn #ident(
                 &self,
                 request: #request,
-            ) -> impl rpc::Future<Output = Result<rpc::Response<#output>, rpc::Status>> + Send;
+            ) -> impl rpc::Future<
+                Output = ::core::result::Result<rpc::Response<#output>, rpc::Status>,
+            > + ::core::marker::Send;
         }
     }
 }
@@ -710,7 +717,7 @@ fn client_method(m: &MethodModel) -> TokenStream {
             pub fn #ident(
                 &self,
                 request: #arg,
-            ) -> impl rpc::Future<Output = Result<#ret, rpc::Status>> + '_ {
+            ) -> impl rpc::Future<Output = ::core::result::Result<#ret, rpc::Status>> + '_ {
                 self.inner.#hinted(#route, #request, rpc::CallHints::IDEMPOTENT)
             }
         };
@@ -720,7 +727,7 @@ fn client_method(m: &MethodModel) -> TokenStream {
         pub fn #ident(
             &self,
             request: #arg,
-        ) -> impl rpc::Future<Output = Result<#ret, rpc::Status>> + '_ {
+        ) -> impl rpc::Future<Output = ::core::result::Result<#ret, rpc::Status>> + '_ {
             self.inner.#call(#route, #request)
         }
     }
