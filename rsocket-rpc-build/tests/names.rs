@@ -68,3 +68,44 @@ service S {
         );
     }
 }
+
+#[test]
+fn a_message_module_named_like_a_service_module_fails_the_build() {
+    // prost-build puts `GameServer`'s nested enum in `mod game_server`.
+    let proto = |nested: &str| {
+        format!(
+            r#"syntax = "proto3";
+package names;
+message GameServer {{ {nested} }}
+service Game {{ rpc Join (GameServer) returns (GameServer); }}
+"#
+        )
+    };
+    for (name, nested) in [
+        ("clash-enum", "enum State { UP = 0; } State state = 1;"),
+        (
+            "clash-message",
+            "message Player { string id = 1; } Player p = 1;",
+        ),
+        ("clash-oneof", "oneof which { string a = 1; int32 b = 2; }"),
+    ] {
+        let err = generate(name, &proto(nested)).expect_err(name);
+        assert!(
+            matches!(
+                &err,
+                Error::ModuleNameClash { module, service, message }
+                    if module == "game_server" && service == "names.Game"
+                        && message == "names.GameServer"
+            ),
+            "{name}: {err}"
+        );
+    }
+    // No module for the message: no clash.
+    for (name, nested) in [
+        ("no-clash-plain", "string id = 1;"),
+        ("no-clash-map", "map<string, int32> scores = 1;"),
+        ("no-clash-optional", "optional string id = 1;"),
+    ] {
+        generate(name, &proto(nested)).expect(name);
+    }
+}
