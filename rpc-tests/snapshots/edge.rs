@@ -25,7 +25,11 @@ pub mod repo_server {
     /// {"name": [1, 2]}
     /// ```
     ///
-    /// Code spans across `a [x]` and brackets: \[not a link\].
+    /// Code spans across `a [x]` and brackets: \[not a link\]. A span that
+    /// wraps, `first
+    /// second`, then \[brackets\], and ``a `double` span`` \[x\].
+    ///
+    /// A lone backtick is text: it`s \[text\].
     ///
     /// The `edge.Repo` service. Implement it with `async fn`s and serve it with [`RepoServer`].
     #[allow(clippy::wrong_self_convention)]
@@ -302,7 +306,11 @@ pub mod repo_client {
     /// {"name": [1, 2]}
     /// ```
     ///
-    /// Code spans across `a [x]` and brackets: \[not a link\].
+    /// Code spans across `a [x]` and brackets: \[not a link\]. A span that
+    /// wraps, `first
+    /// second`, then \[brackets\], and ``a `double` span`` \[x\].
+    ///
+    /// A lone backtick is text: it`s \[text\].
     ///
     /// Calls `edge.Repo` over any `RSocket`: a connection's requester, a router, a load balancer.
     #[derive(Debug, Clone)]

@@ -257,16 +257,25 @@ fn sanitize_block(block: &[String], out: &mut Vec<String>) {
     // The open fence: its marker (```` ``` ```` or `~~~`, maybe longer)
     // and the indentation of its opening line, removed from its lines.
     let mut fence: Option<(String, usize)> = None;
+    // The lines of the paragraph being read: code spans may wrap.
+    let mut paragraph: Vec<&str> = Vec::new();
     for line in block {
         let trimmed = line.trim();
         match &fence {
             None => match fence_open(trimmed) {
                 Some((marker, info)) => {
+                    out.extend(sanitize_paragraph(&paragraph));
+                    paragraph.clear();
                     out.push(format!("{marker}{}", fence_info(info)));
                     let indent = line.len() - line.trim_start().len();
                     fence = Some((marker.to_owned(), indent));
                 }
-                None => out.push(sanitize(line)),
+                None if trimmed.is_empty() => {
+                    out.extend(sanitize_paragraph(&paragraph));
+                    paragraph.clear();
+                    out.push(String::new());
+                }
+                None => paragraph.push(trimmed),
             },
             Some((marker, indent)) => {
                 if closes_fence(trimmed, marker) {
@@ -284,6 +293,7 @@ fn sanitize_block(block: &[String], out: &mut Vec<String>) {
             }
         }
     }
+    out.extend(sanitize_paragraph(&paragraph));
     if let Some((marker, _)) = fence {
         out.push(marker);
     }
@@ -336,20 +346,69 @@ fn fence_info(info: &str) -> &str {
     }
 }
 
-fn sanitize(line: &str) -> String {
-    let mut out = String::with_capacity(line.len() + 8);
-    // Odd segments are inside `code spans`, which rustdoc shows verbatim.
-    for (i, segment) in line.trim().split('`').enumerate() {
-        if i > 0 {
-            out.push('`');
-        }
-        if i % 2 == 1 {
-            out.push_str(segment);
-        } else {
-            sanitize_text(segment, &mut out);
+/// The lines of a paragraph (trimmed), sanitized: text outside code
+/// spans is escaped; code spans, which rustdoc shows verbatim, are kept,
+/// also when they wrap to the next line.
+fn sanitize_paragraph(lines: &[&str]) -> Vec<String> {
+    if lines.is_empty() {
+        return Vec::new();
+    }
+    let text = lines.join("\n");
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut pos = 0;
+    for (start, end) in code_spans(&text) {
+        sanitize_text(&text[pos..start], &mut out);
+        out.push_str(&text[start..end]);
+        pos = end;
+    }
+    sanitize_text(&text[pos..], &mut out);
+    out.split('\n').map(str::to_owned).collect()
+}
+
+/// The byte ranges of the code spans of `text`, as CommonMark finds them:
+/// a run of backticks opens one only if a run of the same length follows
+/// (else it is literal text); a backslash-escaped backtick opens none.
+fn code_spans(text: &str) -> Vec<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let run_at = |i: usize| bytes[i..].iter().take_while(|&&b| b == b'`').count();
+    let mut spans = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'`' => {
+                let len = run_at(i);
+                let mut j = i + len;
+                let close = loop {
+                    match bytes[j.min(bytes.len())..].iter().position(|&b| b == b'`') {
+                        None => break None,
+                        Some(at) => {
+                            let run = run_at(j + at);
+                            if run == len {
+                                break Some(j + at + run);
+                            }
+                            j += at + run;
+                        }
+                    }
+                };
+                match close {
+                    Some(end) => {
+                        spans.push((i, end));
+                        i = end;
+                    }
+                    None => i += len,
+                }
+            }
+            _ => i += 1,
         }
     }
-    out
+    spans
+}
+
+/// One line, sanitized as a paragraph of its own.
+#[cfg(test)]
+fn sanitize(line: &str) -> String {
+    sanitize_paragraph(&[line.trim()]).concat()
 }
 
 /// Escapes brackets and turns URLs into autolinks, word by word.
@@ -357,6 +416,13 @@ fn sanitize_text(text: &str, out: &mut String) {
     for (i, word) in text.split(' ').enumerate() {
         if i > 0 {
             out.push(' ');
+        }
+        // A word may hold a line break (in a paragraph's text).
+        if let Some((first, rest)) = word.split_once('\n') {
+            sanitize_text(first, out);
+            out.push('\n');
+            sanitize_text(rest, out);
+            continue;
         }
         let scheme = word.find("https://").or_else(|| word.find("http://"));
         match scheme {
@@ -800,6 +866,30 @@ mod tests {
         );
         // Inline code spans are not fences.
         assert_eq!(block(&[" ``a`` [b]"]), ["``a`` \\[b\\]"]);
+    }
+
+    #[test]
+    fn code_spans_as_markdown_reads_them() {
+        // A span that wraps to the next line of its paragraph.
+        assert_eq!(
+            block(&[" a `b [c]", " d` [e]", "", " `f [g]", " `"]),
+            ["a `b [c]", "d` \\[e\\]", "", "`f [g]", "`"]
+        );
+        // A paragraph break ends an unclosed span: it was literal.
+        assert_eq!(
+            block(&[" a `b [c]", "", " d` [e]"]),
+            ["a `b \\[c\\]", "", "d` \\[e\\]"]
+        );
+        // Runs pair by length; an escaped backtick opens nothing.
+        assert_eq!(
+            block(&[" ``a ` [b]`` [c] \\` [d] `x`"]),
+            ["``a ` [b]`` \\[c\\] \\` \\[d\\] `x`"]
+        );
+        // A URL at the end of a line that goes on.
+        assert_eq!(
+            block(&[" see https://x.y/z", " next [a]"]),
+            ["see <https://x.y/z>", "next \\[a\\]"]
+        );
     }
 
     #[test]
