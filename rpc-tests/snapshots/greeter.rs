@@ -33,7 +33,8 @@ pub mod greeter_server {
     /// is not HTML.
     ///
     /// The `greeter.Greeter` service. Implement it with `async fn`s and serve it with [`GreeterServer`].
-    pub trait Greeter: Send + Sync + 'static {
+    #[allow(clippy::wrong_self_convention)]
+    pub trait Greeter: ::core::marker::Send + ::core::marker::Sync + 'static {
         /// One greeting for one request.
         ///
         /// Unary call (REQUEST_RESPONSE); route `greeter.Greeter/SayHello`.
@@ -41,13 +42,16 @@ pub mod greeter_server {
             &self,
             request: rpc::Request<super::HelloRequest>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::HelloReply>, rpc::Status>,
-        > + Send;
+            Output = ::core::result::Result<
+                rpc::Response<super::HelloReply>,
+                rpc::Status,
+            >,
+        > + ::core::marker::Send;
         /// The stream of messages [`Greeter::lots_of_replies`] answers with; `rsocket_rpc::BoxStream<HelloReply>` fits any stream.
         type LotsOfRepliesStream: rpc::Stream<
-                Item = Result<super::HelloReply, rpc::Status>,
+                Item = ::core::result::Result<super::HelloReply, rpc::Status>,
             >
-            + Send
+            + ::core::marker::Send
             + 'static;
         /// `count` greetings for one request, streamed.
         ///
@@ -58,8 +62,11 @@ pub mod greeter_server {
             &self,
             request: rpc::Request<super::HelloRequest>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<Self::LotsOfRepliesStream>, rpc::Status>,
-        > + Send;
+            Output = ::core::result::Result<
+                rpc::Response<Self::LotsOfRepliesStream>,
+                rpc::Status,
+            >,
+        > + ::core::marker::Send;
         /// One greeting for a stream of names.
         ///
         /// Client-streaming call (REQUEST_CHANNEL answered with one message); route `greeter.Greeter/LotsOfGreetings`.
@@ -67,11 +74,16 @@ pub mod greeter_server {
             &self,
             request: rpc::Request<rpc::Streaming<super::HelloRequest>>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::HelloReply>, rpc::Status>,
-        > + Send;
+            Output = ::core::result::Result<
+                rpc::Response<super::HelloReply>,
+                rpc::Status,
+            >,
+        > + ::core::marker::Send;
         /// The stream of messages [`Greeter::chat`] answers with; `rsocket_rpc::BoxStream<HelloReply>` fits any stream.
-        type ChatStream: rpc::Stream<Item = Result<super::HelloReply, rpc::Status>>
-            + Send
+        type ChatStream: rpc::Stream<
+                Item = ::core::result::Result<super::HelloReply, rpc::Status>,
+            >
+            + ::core::marker::Send
             + 'static;
         /// A greeting for each name, as they come.
         ///
@@ -80,22 +92,26 @@ pub mod greeter_server {
             &self,
             request: rpc::Request<rpc::Streaming<super::HelloRequest>>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<Self::ChatStream>, rpc::Status>,
-        > + Send;
+            Output = ::core::result::Result<rpc::Response<Self::ChatStream>, rpc::Status>,
+        > + ::core::marker::Send;
         /// Records the name; nothing comes back.
         ///
         /// Fire-and-forget call (REQUEST_FNF): nothing comes back; route `greeter.Greeter/Notify`.
         fn notify(
             &self,
             request: rpc::Request<super::HelloRequest>,
-        ) -> impl rpc::Future<Output = Result<(), rpc::Status>> + Send;
+        ) -> impl rpc::Future<
+            Output = ::core::result::Result<(), rpc::Status>,
+        > + ::core::marker::Send;
         /// Marked fire-and-forget by the build script, not by an option.
         ///
         /// Fire-and-forget call (REQUEST_FNF): nothing comes back; route `greeter.Greeter/Log`.
         fn log(
             &self,
             request: rpc::Request<super::HelloRequest>,
-        ) -> impl rpc::Future<Output = Result<(), rpc::Status>> + Send;
+        ) -> impl rpc::Future<
+            Output = ::core::result::Result<(), rpc::Status>,
+        > + ::core::marker::Send;
     }
     /// Serves a [`Greeter`] implementation: add it to a `rsocket_rpc::Router`.
     pub struct GreeterServer<T> {
@@ -111,7 +127,7 @@ pub mod greeter_server {
             Self { inner }
         }
     }
-    impl<T> Clone for GreeterServer<T> {
+    impl<T> ::core::clone::Clone for GreeterServer<T> {
         fn clone(&self) -> Self {
             Self {
                 inner: rpc::Arc::clone(&self.inner),
@@ -171,7 +187,7 @@ pub mod greeter_server {
                     rpc::unary(
                         call,
                         move |request: rpc::Request<super::HelloRequest>| async move {
-                            inner.say_hello(request).await
+                            <T as Greeter>::say_hello(&*inner, request).await
                         },
                     )
                 }
@@ -179,7 +195,7 @@ pub mod greeter_server {
                     rpc::server_streaming(
                         call,
                         move |request: rpc::Request<super::HelloRequest>| async move {
-                            inner.lots_of_replies(request).await
+                            <T as Greeter>::lots_of_replies(&*inner, request).await
                         },
                     )
                 }
@@ -188,7 +204,9 @@ pub mod greeter_server {
                         call,
                         move |
                             request: rpc::Request<rpc::Streaming<super::HelloRequest>>|
-                        async move { inner.lots_of_greetings(request).await },
+                        async move {
+                            <T as Greeter>::lots_of_greetings(&*inner, request).await
+                        },
                     )
                 }
                 3 => {
@@ -196,14 +214,14 @@ pub mod greeter_server {
                         call,
                         move |
                             request: rpc::Request<rpc::Streaming<super::HelloRequest>>|
-                        async move { inner.chat(request).await },
+                        async move { <T as Greeter>::chat(&*inner, request).await },
                     )
                 }
                 4 => {
                     rpc::fire_and_forget(
                         call,
                         move |request: rpc::Request<super::HelloRequest>| async move {
-                            inner.notify(request).await
+                            <T as Greeter>::notify(&*inner, request).await
                         },
                     )
                 }
@@ -211,7 +229,7 @@ pub mod greeter_server {
                     rpc::fire_and_forget(
                         call,
                         move |request: rpc::Request<super::HelloRequest>| async move {
-                            inner.log(request).await
+                            <T as Greeter>::log(&*inner, request).await
                         },
                     )
                 }
@@ -233,6 +251,7 @@ pub mod greeter_client {
     pub struct GreeterClient<R> {
         inner: rpc::Client<R>,
     }
+    #[allow(clippy::wrong_self_convention)]
     impl<R: rpc::RSocket> GreeterClient<R> {
         /// A client with default options over `rsocket`.
         pub fn new(rsocket: R) -> Self {
@@ -273,7 +292,10 @@ pub mod greeter_client {
             &self,
             request: impl rpc::IntoRequest<super::HelloRequest>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::HelloReply>, rpc::Status>,
+            Output = ::core::result::Result<
+                rpc::Response<super::HelloReply>,
+                rpc::Status,
+            >,
         > + '_ {
             self.inner.unary("greeter.Greeter/SayHello", request.into_request())
         }
@@ -286,7 +308,10 @@ pub mod greeter_client {
             &self,
             request: impl rpc::IntoRequest<super::HelloRequest>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Streaming<super::HelloReply>, rpc::Status>,
+            Output = ::core::result::Result<
+                rpc::Streaming<super::HelloReply>,
+                rpc::Status,
+            >,
         > + '_ {
             self.inner
                 .server_streaming_hinted(
@@ -302,7 +327,10 @@ pub mod greeter_client {
             &self,
             request: impl rpc::IntoStreamingRequest<Message = super::HelloRequest>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::HelloReply>, rpc::Status>,
+            Output = ::core::result::Result<
+                rpc::Response<super::HelloReply>,
+                rpc::Status,
+            >,
         > + '_ {
             self.inner
                 .client_streaming(
@@ -317,7 +345,10 @@ pub mod greeter_client {
             &self,
             request: impl rpc::IntoStreamingRequest<Message = super::HelloRequest>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Streaming<super::HelloReply>, rpc::Status>,
+            Output = ::core::result::Result<
+                rpc::Streaming<super::HelloReply>,
+                rpc::Status,
+            >,
         > + '_ {
             self.inner
                 .bidi_streaming("greeter.Greeter/Chat", request.into_streaming_request())
@@ -328,7 +359,7 @@ pub mod greeter_client {
         pub fn notify(
             &self,
             request: impl rpc::IntoRequest<super::HelloRequest>,
-        ) -> impl rpc::Future<Output = Result<(), rpc::Status>> + '_ {
+        ) -> impl rpc::Future<Output = ::core::result::Result<(), rpc::Status>> + '_ {
             self.inner.fire_and_forget("greeter.Greeter/Notify", request.into_request())
         }
         /// Marked fire-and-forget by the build script, not by an option.
@@ -337,7 +368,7 @@ pub mod greeter_client {
         pub fn log(
             &self,
             request: impl rpc::IntoRequest<super::HelloRequest>,
-        ) -> impl rpc::Future<Output = Result<(), rpc::Status>> + '_ {
+        ) -> impl rpc::Future<Output = ::core::result::Result<(), rpc::Status>> + '_ {
             self.inner.fire_and_forget("greeter.Greeter/Log", request.into_request())
         }
     }
@@ -348,7 +379,8 @@ pub mod admin_server {
     /// A second service in the same file.
     ///
     /// The `greeter.Admin` service. Implement it with `async fn`s and serve it with [`AdminServer`].
-    pub trait Admin: Send + Sync + 'static {
+    #[allow(clippy::wrong_self_convention)]
+    pub trait Admin: ::core::marker::Send + ::core::marker::Sync + 'static {
         /// Answers with an item of the other package (`shared.v1.Item`, id
         /// "pong"). Idempotent (by option): a load balancer may send it again
         /// after a connection dies under it.
@@ -360,8 +392,11 @@ pub mod admin_server {
             &self,
             request: rpc::Request<()>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::super::shared::v1::Item>, rpc::Status>,
-        > + Send;
+            Output = ::core::result::Result<
+                rpc::Response<super::super::shared::v1::Item>,
+                rpc::Status,
+            >,
+        > + ::core::marker::Send;
         /// Takes the other package's `HelloRequest`.
         ///
         /// Unary call (REQUEST_RESPONSE); route `greeter.Admin/Lookup`.
@@ -369,11 +404,11 @@ pub mod admin_server {
             &self,
             request: rpc::Request<super::super::shared::v1::HelloRequest>,
         ) -> impl rpc::Future<
-            Output = Result<
+            Output = ::core::result::Result<
                 rpc::Response<::rsocket_rpc::codegen::prost_types::Timestamp>,
                 rpc::Status,
             >,
-        > + Send;
+        > + ::core::marker::Send;
     }
     /// Serves a [`Admin`] implementation: add it to a `rsocket_rpc::Router`.
     pub struct AdminServer<T> {
@@ -389,7 +424,7 @@ pub mod admin_server {
             Self { inner }
         }
     }
-    impl<T> Clone for AdminServer<T> {
+    impl<T> ::core::clone::Clone for AdminServer<T> {
         fn clone(&self) -> Self {
             Self {
                 inner: rpc::Arc::clone(&self.inner),
@@ -421,7 +456,7 @@ pub mod admin_server {
                     rpc::unary(
                         call,
                         move |request: rpc::Request<()>| async move {
-                            inner.ping(request).await
+                            <T as Admin>::ping(&*inner, request).await
                         },
                     )
                 }
@@ -432,7 +467,7 @@ pub mod admin_server {
                             request: rpc::Request<
                                 super::super::shared::v1::HelloRequest,
                             >|
-                        async move { inner.lookup(request).await },
+                        async move { <T as Admin>::lookup(&*inner, request).await },
                     )
                 }
                 _ => rpc::ServerReply::unimplemented(method),
@@ -450,6 +485,7 @@ pub mod admin_client {
     pub struct AdminClient<R> {
         inner: rpc::Client<R>,
     }
+    #[allow(clippy::wrong_self_convention)]
     impl<R: rpc::RSocket> AdminClient<R> {
         /// A client with default options over `rsocket`.
         pub fn new(rsocket: R) -> Self {
@@ -494,7 +530,10 @@ pub mod admin_client {
             &self,
             request: impl rpc::IntoRequest<()>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::super::shared::v1::Item>, rpc::Status>,
+            Output = ::core::result::Result<
+                rpc::Response<super::super::shared::v1::Item>,
+                rpc::Status,
+            >,
         > + '_ {
             self.inner
                 .unary_hinted(
@@ -510,7 +549,7 @@ pub mod admin_client {
             &self,
             request: impl rpc::IntoRequest<super::super::shared::v1::HelloRequest>,
         ) -> impl rpc::Future<
-            Output = Result<
+            Output = ::core::result::Result<
                 rpc::Response<::rsocket_rpc::codegen::prost_types::Timestamp>,
                 rpc::Status,
             >,

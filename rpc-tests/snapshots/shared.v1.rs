@@ -22,7 +22,8 @@ pub mod inventory_server {
     /// keyword.
     ///
     /// The `shared.v1.Inventory` service. Implement it with `async fn`s and serve it with [`InventoryServer`].
-    pub trait Inventory: Send + Sync + 'static {
+    #[allow(clippy::wrong_self_convention)]
+    pub trait Inventory: ::core::marker::Send + ::core::marker::Sync + 'static {
         /// Gets an item.
         ///
         /// Unary call (REQUEST_RESPONSE); route `shared.v1.Inventory/Get`.
@@ -30,8 +31,8 @@ pub mod inventory_server {
             &self,
             request: rpc::Request<super::HelloRequest>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::Item>, rpc::Status>,
-        > + Send;
+            Output = ::core::result::Result<rpc::Response<super::Item>, rpc::Status>,
+        > + ::core::marker::Send;
         /// Named like a Rust keyword.
         ///
         /// Unary call (REQUEST_RESPONSE); route `shared.v1.Inventory/Type`.
@@ -39,8 +40,8 @@ pub mod inventory_server {
             &self,
             request: rpc::Request<super::Item>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::Item>, rpc::Status>,
-        > + Send;
+            Output = ::core::result::Result<rpc::Response<super::Item>, rpc::Status>,
+        > + ::core::marker::Send;
     }
     /// Serves a [`Inventory`] implementation: add it to a `rsocket_rpc::Router`.
     pub struct InventoryServer<T> {
@@ -56,7 +57,7 @@ pub mod inventory_server {
             Self { inner }
         }
     }
-    impl<T> Clone for InventoryServer<T> {
+    impl<T> ::core::clone::Clone for InventoryServer<T> {
         fn clone(&self) -> Self {
             Self {
                 inner: rpc::Arc::clone(&self.inner),
@@ -88,7 +89,7 @@ pub mod inventory_server {
                     rpc::unary(
                         call,
                         move |request: rpc::Request<super::HelloRequest>| async move {
-                            inner.get(request).await
+                            <T as Inventory>::get(&*inner, request).await
                         },
                     )
                 }
@@ -96,7 +97,7 @@ pub mod inventory_server {
                     rpc::unary(
                         call,
                         move |request: rpc::Request<super::Item>| async move {
-                            inner.r#type(request).await
+                            <T as Inventory>::r#type(&*inner, request).await
                         },
                     )
                 }
@@ -116,6 +117,7 @@ pub mod inventory_client {
     pub struct InventoryClient<R> {
         inner: rpc::Client<R>,
     }
+    #[allow(clippy::wrong_self_convention)]
     impl<R: rpc::RSocket> InventoryClient<R> {
         /// A client with default options over `rsocket`.
         pub fn new(rsocket: R) -> Self {
@@ -156,7 +158,7 @@ pub mod inventory_client {
             &self,
             request: impl rpc::IntoRequest<super::HelloRequest>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::Item>, rpc::Status>,
+            Output = ::core::result::Result<rpc::Response<super::Item>, rpc::Status>,
         > + '_ {
             self.inner.unary("shared.v1.Inventory/Get", request.into_request())
         }
@@ -167,7 +169,7 @@ pub mod inventory_client {
             &self,
             request: impl rpc::IntoRequest<super::Item>,
         ) -> impl rpc::Future<
-            Output = Result<rpc::Response<super::Item>, rpc::Status>,
+            Output = ::core::result::Result<rpc::Response<super::Item>, rpc::Status>,
         > + '_ {
             self.inner.unary("shared.v1.Inventory/Type", request.into_request())
         }

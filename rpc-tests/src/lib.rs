@@ -5,7 +5,10 @@
 //! method kind, fire-and-forget by proto option and by builder option,
 //! imports, a nested package, the same message name in two packages,
 //! `google.protobuf.Empty` and `Timestamp`, a method named like a Rust
-//! keyword, and two services in one file. `#![deny(missing_docs)]` below
+//! keyword, and two services in one file; `edge.proto` has the names and
+//! comments that are easy to get wrong (methods named like `Clone::clone`
+//! or the client's `new`, Markdown code fences, services with no methods
+//! or named like `Result` and `Send`, `Empty` streamed both ways). `#![deny(missing_docs)]` below
 //! checks that the generated code is documented.
 #![deny(missing_docs)]
 
@@ -30,6 +33,11 @@ pub mod shared {
     pub mod v1 {
         rsocket_rpc::include_proto!("shared.v1");
     }
+}
+
+/// Package `edge`: names and comments that are easy to get wrong.
+pub mod edge {
+    rsocket_rpc::include_proto!("edge");
 }
 
 /// `greeter.Admin`: answers from fixed data.
@@ -76,6 +84,92 @@ impl shared::v1::inventory_server::Inventory for TestInventory {
     }
 }
 
+/// `edge.Repo`: methods named like Rust's and the client's own, keywords,
+/// and `google.protobuf.Empty` streamed. Each answers with its own name.
+#[derive(Debug, Clone, Copy)]
+pub struct TestRepo;
+
+fn named(request: Request<edge::Thing>, method: &str) -> Result<Response<edge::Thing>, Status> {
+    Ok(Response::new(edge::Thing {
+        name: format!("{method} {}", request.into_inner().name),
+    }))
+}
+
+impl edge::repo_server::Repo for TestRepo {
+    async fn clone(&self, request: Request<edge::Thing>) -> Result<Response<edge::Thing>, Status> {
+        named(request, "clone")
+    }
+
+    async fn new(&self, request: Request<edge::Thing>) -> Result<Response<edge::Thing>, Status> {
+        named(request, "new")
+    }
+
+    async fn client(&self, request: Request<edge::Thing>) -> Result<Response<edge::Thing>, Status> {
+        named(request, "client")
+    }
+
+    async fn from_file(
+        &self,
+        request: Request<edge::Thing>,
+    ) -> Result<Response<edge::Thing>, Status> {
+        named(request, "from_file")
+    }
+
+    async fn r#type(&self, request: Request<edge::Thing>) -> Result<Response<edge::Thing>, Status> {
+        named(request, "type")
+    }
+
+    async fn self_(&self, request: Request<edge::Thing>) -> Result<Response<edge::Thing>, Status> {
+        named(request, "self")
+    }
+
+    async fn get_http_status(
+        &self,
+        request: Request<edge::Thing>,
+    ) -> Result<Response<edge::Thing>, Status> {
+        named(request, "get_http_status")
+    }
+
+    type XmlParse2Stream = rsocket_rpc::BoxStream<edge::Thing>;
+
+    async fn xml_parse2(
+        &self,
+        request: Request<edge::Thing>,
+    ) -> Result<Response<Self::XmlParse2Stream>, Status> {
+        let reply = named(request, "xml_parse2")?.into_inner();
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(reply)]))))
+    }
+
+    type PingsStream = rsocket_rpc::BoxStream<()>;
+
+    async fn pings(
+        &self,
+        request: Request<rsocket_rpc::Streaming<()>>,
+    ) -> Result<Response<Self::PingsStream>, Status> {
+        Ok(Response::new(Box::pin(request.into_inner())))
+    }
+
+    async fn count(
+        &self,
+        request: Request<rsocket_rpc::Streaming<()>>,
+    ) -> Result<Response<edge::Thing>, Status> {
+        let mut pings = request.into_inner();
+        let mut n = 0_u32;
+        while pings.message().await?.is_some() {
+            n += 1;
+        }
+        Ok(Response::new(edge::Thing {
+            name: n.to_string(),
+        }))
+    }
+}
+
+/// `edge.Nothing`, which has no methods.
+#[derive(Debug, Clone, Copy)]
+pub struct NothingAtAll;
+
+impl edge::nothing_server::Nothing for NothingAtAll {}
+
 /// A router with every test service.
 pub fn router(probe: service::Probe) -> Router {
     Router::new()
@@ -86,6 +180,8 @@ pub fn router(probe: service::Probe) -> Router {
         .add_service(shared::v1::inventory_server::InventoryServer::new(
             TestInventory,
         ))
+        .add_service(edge::repo_server::RepoServer::new(TestRepo))
+        .add_service(edge::nothing_server::NothingServer::new(NothingAtAll))
 }
 
 /// A server on transport `K` whose connections are served by `responder`.

@@ -15,6 +15,8 @@ use rsocket_rpc::{interceptor_fn, Client, Code, Interceptor, Metadata, Request, 
 use rsocket_tests::{within, TestServer, TransportKind};
 use tokio::sync::mpsc;
 
+use crate::edge::repo_client::RepoClient;
+use crate::edge::Thing;
 use crate::greeter::admin_client::AdminClient;
 use crate::greeter::greeter_client::GreeterClient;
 use crate::greeter::{HelloReply, HelloRequest};
@@ -1012,6 +1014,62 @@ pub async fn other_services<K: TransportKind>() {
     assert_eq!(echoed.id, "k");
 }
 
+/// `edge.Repo`: methods named like `Clone::clone` and like the client's
+/// own methods (`new_` and `client_` on the client), keywords, odd case,
+/// and `google.protobuf.Empty` streamed both ways (zero-length messages;
+/// none at all for the client-streaming count).
+pub async fn edge_names<K: TransportKind>() {
+    let f = Fixture::<K>::start(|r| r).await;
+    let repo = RepoClient::new(f.requester.clone());
+    let thing = || Thing { name: "x".into() };
+    let answers = [
+        within("clone", repo.clone(thing())).await,
+        within("new_", repo.new_(thing())).await,
+        within("client_", repo.client_(thing())).await,
+        within("from_file", repo.from_file(thing())).await,
+        within("type", repo.r#type(thing())).await,
+        within("self_", repo.self_(thing())).await,
+        within("get_http_status", repo.get_http_status(thing())).await,
+    ];
+    let names: Vec<String> = answers
+        .into_iter()
+        .map(|r| r.expect("answered").into_inner().name)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "clone x",
+            "new x",
+            "client x",
+            "from_file x",
+            "type x",
+            "self x",
+            "get_http_status x"
+        ]
+    );
+    let mut parsed = within("xml_parse2", repo.xml_parse2(thing()))
+        .await
+        .expect("a stream");
+    let first = within("its item", parsed.message()).await.expect("ok");
+    assert_eq!(first.map(|t| t.name).as_deref(), Some("xml_parse2 x"));
+
+    let pings = within("pings", repo.pings(futures::stream::iter([(), (), ()])))
+        .await
+        .expect("a stream");
+    let echoed: Vec<_> = within("every pong", pings.collect::<Vec<_>>()).await;
+    assert_eq!(echoed, [Ok(()), Ok(()), Ok(())]);
+    for n in [0, 2] {
+        let counted = within(
+            "count",
+            repo.count(futures::stream::iter(std::iter::repeat_n((), n))),
+        )
+        .await
+        .expect("counted")
+        .into_inner();
+        assert_eq!(counted.name, n.to_string());
+    }
+}
+
 /// A server interceptor that panics: the call is answered `INTERNAL`, like
 /// a handler's panic, and the connection goes on serving.
 pub async fn interceptor_panics<K: TransportKind>() {
@@ -1079,7 +1137,8 @@ macro_rules! rpc_suite {
                 other_services, interceptor_order, interceptor_strips,
                 channel_header_must_be_empty, streamed_message_over_limit,
                 other_setup_mime_types, undecodable_streamed_message, undecodable_response,
-                response_over_client_limit, server_stream_panics, interceptor_panics);
+                response_over_client_limit, server_stream_panics, interceptor_panics,
+                edge_names);
         }
     };
     (@tests $kind:ty; $($test:ident),*) => {$(

@@ -43,3 +43,8 @@ fn greeter_matches_snapshot() {
 fn shared_v1_matches_snapshot() {
     check("shared.v1.rs");
 }
+
+#[test]
+fn edge_matches_snapshot() {
+    check("edge.rs");
+}

@@ -86,6 +86,9 @@ struct MethodModel {
     /// Called with `CallHints::IDEMPOTENT`.
     idempotent: bool,
     ident: Ident,
+    /// The client's method: `ident`, with a `_` added when that would be
+    /// one of the client's own methods ([`CLIENT_OWN_METHODS`]).
+    client_ident: Ident,
     stream_type: Ident,
     input: TokenStream,
     output: TokenStream,
@@ -113,6 +116,7 @@ impl RpcGenerator {
             .iter()
             .map(|m| self.model(&full_name, m))
             .collect::<Result<Vec<_>, _>>()?;
+        check_unique_names(&full_name, &methods)?;
         let mut out = TokenStream::new();
         if self.build_server {
             out.extend(server(service, &full_name, &methods));
@@ -156,6 +160,11 @@ impl RpcGenerator {
             kind,
             idempotent,
             ident: ident(&m.name),
+            client_ident: if CLIENT_OWN_METHODS.contains(&m.name.as_str()) {
+                format_ident!("{}_", m.name)
+            } else {
+                ident(&m.name)
+            },
             stream_type: format_ident!("{}Stream", bare.to_upper_camel_case()),
             input: type_path(&m.input_type, &route)?,
             output: type_path(&m.output_type, &route)?,
@@ -163,6 +172,37 @@ impl RpcGenerator {
             route,
         })
     }
+}
+
+/// The methods every generated client has besides the RPCs; an RPC whose
+/// snake_case name is one of them gets a `_` added on the client.
+const CLIENT_OWN_METHODS: &[&str] = &[
+    "new",
+    "from_client",
+    "with_interceptor",
+    "with_timeout",
+    "max_decoding_message_size",
+    "client",
+];
+
+/// Fails when two methods of a service would get the same Rust name (on
+/// the server trait or on the client), which proto allows (`GetHTTPStatus`
+/// and `GetHttpStatus` are both `get_http_status`).
+fn check_unique_names(service: &str, methods: &[MethodModel]) -> Result<(), Error> {
+    let sides: [fn(&MethodModel) -> &Ident; 2] = [|m| &m.ident, |m| &m.client_ident];
+    for name_of in sides {
+        for (i, m) in methods.iter().enumerate() {
+            let name = name_of(m);
+            if let Some(first) = methods[..i].iter().find(|f| name_of(f) == name) {
+                return Err(Error::DuplicateMethodName {
+                    service: service.to_owned(),
+                    name: name.to_string().trim_start_matches("r#").to_owned(),
+                    methods: [first.proto_name.clone(), m.proto_name.clone()],
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An identifier, raw (`r#type`) when prost made it one.
@@ -191,14 +231,16 @@ fn type_path(resolved: &str, route: &str) -> Result<TokenStream, Error> {
 
 /// Proto comments as doc lines, made safe for rustdoc: brackets and angle
 /// brackets are escaped (so no broken links or HTML tags), URLs become
-/// autolinks, and indentation is dropped (so nothing turns into a doctest).
+/// autolinks, indentation is dropped (so nothing turns into a doctest),
+/// and fenced code blocks are kept verbatim but marked `text` unless they
+/// name a language other than Rust (so none is compiled as a doctest).
 fn doc_lines(comments: &Comments) -> Vec<String> {
     let mut lines: Vec<String> = Vec::new();
     let mut push_block = |block: &[String]| {
         if !lines.is_empty() && !block.is_empty() {
             lines.push(String::new());
         }
-        lines.extend(block.iter().map(|l| sanitize(l)));
+        sanitize_block(block, &mut lines);
     };
     push_block(&comments.leading);
     push_block(&comments.trailing);
@@ -208,20 +250,165 @@ fn doc_lines(comments: &Comments) -> Vec<String> {
     lines
 }
 
-fn sanitize(line: &str) -> String {
-    let mut out = String::with_capacity(line.len() + 8);
-    // Odd segments are inside `code spans`, which rustdoc shows verbatim.
-    for (i, segment) in line.trim().split('`').enumerate() {
-        if i > 0 {
-            out.push('`');
-        }
-        if i % 2 == 1 {
-            out.push_str(segment);
-        } else {
-            sanitize_text(segment, &mut out);
+/// One comment block's lines, sanitized, with its fenced code blocks kept
+/// as they are (an unclosed one is closed at the end of the block, so it
+/// does not swallow the generated docs that follow).
+fn sanitize_block(block: &[String], out: &mut Vec<String>) {
+    // The open fence: its marker (```` ``` ```` or `~~~`, maybe longer)
+    // and the indentation of its opening line, removed from its lines.
+    let mut fence: Option<(String, usize)> = None;
+    // The lines of the paragraph being read: code spans may wrap.
+    let mut paragraph: Vec<&str> = Vec::new();
+    for line in block {
+        let trimmed = line.trim();
+        match &fence {
+            None => match fence_open(trimmed) {
+                Some((marker, info)) => {
+                    out.extend(sanitize_paragraph(&paragraph));
+                    paragraph.clear();
+                    out.push(format!("{marker}{}", fence_info(info)));
+                    let indent = line.len() - line.trim_start().len();
+                    fence = Some((marker.to_owned(), indent));
+                }
+                None if trimmed.is_empty() => {
+                    out.extend(sanitize_paragraph(&paragraph));
+                    paragraph.clear();
+                    out.push(String::new());
+                }
+                None => paragraph.push(trimmed),
+            },
+            Some((marker, indent)) => {
+                if closes_fence(trimmed, marker) {
+                    out.push(marker.clone());
+                    fence = None;
+                } else {
+                    let cut = line
+                        .char_indices()
+                        .take_while(|&(i, c)| i < *indent && c.is_whitespace())
+                        .map(|(i, c)| i + c.len_utf8())
+                        .last()
+                        .unwrap_or(0);
+                    out.push(line[cut..].trim_end().to_owned());
+                }
+            }
         }
     }
-    out
+    out.extend(sanitize_paragraph(&paragraph));
+    if let Some((marker, _)) = fence {
+        out.push(marker);
+    }
+}
+
+/// The marker and info string of a line that opens a fenced code block:
+/// three or more backticks (with no backtick in the info string) or
+/// tildes.
+fn fence_open(line: &str) -> Option<(&str, &str)> {
+    let c = line.chars().next().filter(|c| matches!(c, '`' | '~'))?;
+    let len = line.len() - line.trim_start_matches(c).len();
+    if len < 3 {
+        return None;
+    }
+    let (marker, info) = line.split_at(len);
+    (c == '~' || !info.contains('`')).then_some((marker, info.trim()))
+}
+
+/// Whether `line` closes the fence opened with `marker`.
+fn closes_fence(line: &str, marker: &str) -> bool {
+    let c = marker.chars().next().unwrap_or('`');
+    line.len() >= marker.len() && line.chars().all(|x| x == c)
+}
+
+/// The info string to write for a fenced block: as given when it names a
+/// language other than Rust (`json`), else `text`, since rustdoc would
+/// compile an unmarked or Rust block as a doctest of the generated code.
+fn fence_info(info: &str) -> &str {
+    let is_rust_tag = |t: &str| {
+        matches!(
+            t,
+            "rust"
+                | "ignore"
+                | "should_panic"
+                | "no_run"
+                | "compile_fail"
+                | "test_harness"
+                | "standalone_crate"
+        ) || t.starts_with("edition")
+            || t.starts_with("ignore-")
+    };
+    let mut tags = info
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+        .peekable();
+    if tags.peek().is_none() || tags.any(is_rust_tag) {
+        "text"
+    } else {
+        info
+    }
+}
+
+/// The lines of a paragraph (trimmed), sanitized: text outside code
+/// spans is escaped; code spans, which rustdoc shows verbatim, are kept,
+/// also when they wrap to the next line.
+fn sanitize_paragraph(lines: &[&str]) -> Vec<String> {
+    if lines.is_empty() {
+        return Vec::new();
+    }
+    let text = lines.join("\n");
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut pos = 0;
+    for (start, end) in code_spans(&text) {
+        sanitize_text(&text[pos..start], &mut out);
+        out.push_str(&text[start..end]);
+        pos = end;
+    }
+    sanitize_text(&text[pos..], &mut out);
+    out.split('\n').map(str::to_owned).collect()
+}
+
+/// The byte ranges of the code spans of `text`, as CommonMark finds them:
+/// a run of backticks opens one only if a run of the same length follows
+/// (else it is literal text); a backslash-escaped backtick opens none.
+fn code_spans(text: &str) -> Vec<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let run_at = |i: usize| bytes[i..].iter().take_while(|&&b| b == b'`').count();
+    let mut spans = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'`' => {
+                let len = run_at(i);
+                let mut j = i + len;
+                let close = loop {
+                    match bytes[j.min(bytes.len())..].iter().position(|&b| b == b'`') {
+                        None => break None,
+                        Some(at) => {
+                            let run = run_at(j + at);
+                            if run == len {
+                                break Some(j + at + run);
+                            }
+                            j += at + run;
+                        }
+                    }
+                };
+                match close {
+                    Some(end) => {
+                        spans.push((i, end));
+                        i = end;
+                    }
+                    None => i += len,
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    spans
+}
+
+/// One line, sanitized as a paragraph of its own.
+#[cfg(test)]
+fn sanitize(line: &str) -> String {
+    sanitize_paragraph(&[line.trim()]).concat()
 }
 
 /// Escapes brackets and turns URLs into autolinks, word by word.
@@ -229,6 +416,13 @@ fn sanitize_text(text: &str, out: &mut String) {
     for (i, word) in text.split(' ').enumerate() {
         if i > 0 {
             out.push(' ');
+        }
+        // A word may hold a line break (in a paragraph's text).
+        if let Some((first, rest)) = word.split_once('\n') {
+            sanitize_text(first, out);
+            out.push('\n');
+            sanitize_text(rest, out);
+            continue;
         }
         let scheme = word.find("https://").or_else(|| word.find("http://"));
         match scheme {
@@ -326,9 +520,12 @@ fn server(service: &Service, full_name: &str, methods: &[MethodModel]) -> TokenS
         } else {
             quote! { rpc::Request<#input> }
         };
+        // Called by its path, not as `inner.method(..)`: on the `Arc`, a
+        // method named `clone` (or `as_ref`, `into`, ...) would be the
+        // `Arc`'s own.
         quote! {
             #index => rpc::#helper(call, move |request: #request| async move {
-                inner.#ident(request).await
+                <T as #trait_name>::#ident(&*inner, request).await
             }),
         }
     });
@@ -354,7 +551,9 @@ fn server(service: &Service, full_name: &str, methods: &[MethodModel]) -> TokenS
             use ::rsocket_rpc::codegen as rpc;
 
             #trait_docs
-            pub trait #trait_name: Send + Sync + 'static {
+            // Method names come from the proto: `FromFile` is `from_file(&self)`.
+            #[allow(clippy::wrong_self_convention)]
+            pub trait #trait_name: ::core::marker::Send + ::core::marker::Sync + 'static {
                 #(#trait_items)*
             }
 
@@ -375,7 +574,7 @@ fn server(service: &Service, full_name: &str, methods: &[MethodModel]) -> TokenS
                 }
             }
 
-            impl<T> Clone for #server_name<T> {
+            impl<T> ::core::clone::Clone for #server_name<T> {
                 fn clone(&self) -> Self {
                     Self { inner: rpc::Arc::clone(&self.inner) }
                 }
@@ -444,13 +643,17 @@ fn trait_item(trait_name: &Ident, m: &MethodModel) -> TokenStream {
         );
         quote! {
             #[doc = #stream_doc]
-            type #stream: rpc::Stream<Item = Result<#output, rpc::Status>> + Send + 'static;
+            type #stream: rpc::Stream<Item = ::core::result::Result<#output, rpc::Status>>
+                + ::core::marker::Send
+                + 'static;
 
             #method_docs
             fn #ident(
                 &self,
                 request: #request,
-            ) -> impl rpc::Future<Output = Result<rpc::Response<Self::#stream>, rpc::Status>> + Send;
+            ) -> impl rpc::Future<
+                Output = ::core::result::Result<rpc::Response<Self::#stream>, rpc::Status>,
+            > + ::core::marker::Send;
         }
     } else if m.kind == Kind::FireAndForget {
         quote! {
@@ -458,7 +661,8 @@ fn trait_item(trait_name: &Ident, m: &MethodModel) -> TokenStream {
             fn #ident(
                 &self,
                 request: #request,
-            ) -> impl rpc::Future<Output = Result<(), rpc::Status>> + Send;
+            ) -> impl rpc::Future<Output = ::core::result::Result<(), rpc::Status>>
+                   + ::core::marker::Send;
         }
     } else {
         quote! {
@@ -466,7 +670,9 @@ fn trait_item(trait_name: &Ident, m: &MethodModel) -> TokenStream {
             fn #ident(
                 &self,
                 request: #request,
-            ) -> impl rpc::Future<Output = Result<rpc::Response<#output>, rpc::Status>> + Send;
+            ) -> impl rpc::Future<
+                Output = ::core::result::Result<rpc::Response<#output>, rpc::Status>,
+            > + ::core::marker::Send;
         }
     }
 }
@@ -494,6 +700,7 @@ fn client(service: &Service, full_name: &str, methods: &[MethodModel]) -> TokenS
                 inner: rpc::Client<R>,
             }
 
+            #[allow(clippy::wrong_self_convention)]
             impl<R: rpc::RSocket> #client_name<R> {
                 /// A client with default options over `rsocket`.
                 pub fn new(rsocket: R) -> Self {
@@ -532,7 +739,7 @@ fn client(service: &Service, full_name: &str, methods: &[MethodModel]) -> TokenS
 }
 
 fn client_method(m: &MethodModel) -> TokenStream {
-    let ident = &m.ident;
+    let ident = &m.client_ident;
     let input = &m.input;
     let output = &m.output;
     let route = &m.route;
@@ -576,7 +783,7 @@ fn client_method(m: &MethodModel) -> TokenStream {
             pub fn #ident(
                 &self,
                 request: #arg,
-            ) -> impl rpc::Future<Output = Result<#ret, rpc::Status>> + '_ {
+            ) -> impl rpc::Future<Output = ::core::result::Result<#ret, rpc::Status>> + '_ {
                 self.inner.#hinted(#route, #request, rpc::CallHints::IDEMPOTENT)
             }
         };
@@ -586,7 +793,7 @@ fn client_method(m: &MethodModel) -> TokenStream {
         pub fn #ident(
             &self,
             request: #arg,
-        ) -> impl rpc::Future<Output = Result<#ret, rpc::Status>> + '_ {
+        ) -> impl rpc::Future<Output = ::core::result::Result<#ret, rpc::Status>> + '_ {
             self.inner.#call(#route, #request)
         }
     }
@@ -610,6 +817,79 @@ mod tests {
         assert_eq!(sanitize("see <https://x.y/z>."), "see <https://x.y/z>.");
         assert_eq!(sanitize("snake_case *bold*"), "snake_case *bold*");
         assert_eq!(sanitize("a `list<T>` of [x]"), "a `list<T>` of \\[x\\]");
+    }
+
+    fn block(lines: &[&str]) -> Vec<String> {
+        let lines: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();
+        let mut out = Vec::new();
+        sanitize_block(&lines, &mut out);
+        out
+    }
+
+    #[test]
+    fn fenced_code_is_kept_and_never_a_doctest() {
+        // Unmarked and Rust blocks become `text`; their lines are kept as
+        // they are, less the fence's indentation.
+        assert_eq!(
+            block(&[
+                " see [x]:",
+                " ```",
+                " let a = [1];",
+                "   indented <b>",
+                " ```"
+            ]),
+            [
+                "see \\[x\\]:",
+                "```text",
+                "let a = [1];",
+                "  indented <b>",
+                "```"
+            ]
+        );
+        assert_eq!(
+            block(&[" ```rust,no_run", " f()", " ```"]),
+            ["```text", "f()", "```"]
+        );
+        assert_eq!(
+            block(&[" ~~~ rust", " f()", " ~~~"]),
+            ["~~~text", "f()", "~~~"]
+        );
+        // Another language is kept.
+        assert_eq!(
+            block(&[" ```json", " [1]", " ````"]),
+            ["```json", "[1]", "```"]
+        );
+        // An unclosed fence is closed; a shorter run does not close it.
+        assert_eq!(
+            block(&[" ````", " ```", " x"]),
+            ["````text", "```", "x", "````"]
+        );
+        // Inline code spans are not fences.
+        assert_eq!(block(&[" ``a`` [b]"]), ["``a`` \\[b\\]"]);
+    }
+
+    #[test]
+    fn code_spans_as_markdown_reads_them() {
+        // A span that wraps to the next line of its paragraph.
+        assert_eq!(
+            block(&[" a `b [c]", " d` [e]", "", " `f [g]", " `"]),
+            ["a `b [c]", "d` \\[e\\]", "", "`f [g]", "`"]
+        );
+        // A paragraph break ends an unclosed span: it was literal.
+        assert_eq!(
+            block(&[" a `b [c]", "", " d` [e]"]),
+            ["a `b \\[c\\]", "", "d` \\[e\\]"]
+        );
+        // Runs pair by length; an escaped backtick opens nothing.
+        assert_eq!(
+            block(&[" ``a ` [b]`` [c] \\` [d] `x`"]),
+            ["``a ` [b]`` \\[c\\] \\` \\[d\\] `x`"]
+        );
+        // A URL at the end of a line that goes on.
+        assert_eq!(
+            block(&[" see https://x.y/z", " next [a]"]),
+            ["see <https://x.y/z>", "next \\[a\\]"]
+        );
     }
 
     #[test]

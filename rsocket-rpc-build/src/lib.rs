@@ -39,8 +39,22 @@
 //!   returns the call's future (`client.say_hello(request).await`), over
 //!   any `R: RSocket`.
 //!
-//! Proto comments become doc comments. The code only wires names, routes
-//! and types to `rsocket-rpc`, where the logic lives.
+//! Method names become snake_case as prost-build makes field names
+//! (`GetHTTPStatus` is `get_http_status`, `Type` is `r#type`, `Self` is
+//! `self_`). A method named like one of the client's own methods (`new`,
+//! `from_client`, `with_interceptor`, `with_timeout`,
+//! `max_decoding_message_size`, `client`) gets a `_` on the client only
+//! (`new_`). Two methods of a service that would get the same name fail the
+//! build with [`Error::DuplicateMethodName`], and a service whose module
+//! would have the name of a message's module of nested types (service
+//! `Game`, message `GameServer` with a nested enum) with
+//! [`Error::ModuleNameClash`].
+//!
+//! Proto comments become doc comments, escaped so that rustdoc reads no
+//! links or HTML in them; a fenced code block is kept as it is, marked
+//! `text` unless it names a language other than Rust, so that none is
+//! compiled as a doctest. The code only wires names, routes and types to
+//! `rsocket-rpc`, where the logic lives.
 //!
 //! # Fire-and-forget methods
 //!
@@ -78,6 +92,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use heck::ToSnakeCase;
 use prost_reflect::DescriptorPool;
 use protox::file::{
     ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver,
@@ -146,6 +161,33 @@ pub enum Error {
     FireAndForgetNotUnary {
         /// The method's route.
         route: String,
+    },
+    /// Two methods of a service would get the same Rust name, for example
+    /// `GetHTTPStatus` and `GetHttpStatus` (both `get_http_status`).
+    #[error("{service}: methods {} and {} would both be named `{name}` in Rust", methods[0], methods[1])]
+    DuplicateMethodName {
+        /// The fully qualified service name.
+        service: String,
+        /// The Rust name they share.
+        name: String,
+        /// The two methods, as named in the `.proto` file.
+        methods: [String; 2],
+    },
+    /// A message's module of nested types (prost-build makes one for a
+    /// message with nested messages, enums or a `oneof`) would have the
+    /// name of a service's generated module: message `GameServer` with a
+    /// nested enum, and service `Game`, both want `game_server`.
+    #[error(
+        "message {message} and service {service} would both generate `mod {module}`; \
+         rename one of them"
+    )]
+    ModuleNameClash {
+        /// The module name.
+        module: String,
+        /// The fully qualified service name.
+        service: String,
+        /// The fully qualified message name.
+        message: String,
     },
     /// prost-build resolved a message type to something that is not a path.
     #[error("{route}: cannot use the type path {path:?}")]
@@ -294,6 +336,7 @@ impl Builder {
         }
 
         let pool = compiler.descriptor_pool();
+        check_modules(&pool, self.build_server, self.build_client)?;
         let mut fire_and_forget: HashSet<String> = self.fire_and_forget.iter().cloned().collect();
         fire_and_forget.extend(marked(&pool, "fire_and_forget"));
         let mut idempotent: HashSet<String> = self.idempotent.iter().cloned().collect();
@@ -354,6 +397,37 @@ impl FileResolver for OptionsResolver {
             Err(protox::Error::file_not_found(name))
         }
     }
+}
+
+/// Fails when a service's `xxx_server` or `xxx_client` module would have
+/// the name of a module prost-build makes for a message of the same
+/// package: its nested messages, enums and `oneof`s.
+fn check_modules(pool: &DescriptorPool, server: bool, client: bool) -> Result<(), Error> {
+    for service in pool.services() {
+        let snake = service.name().to_snake_case();
+        let modules = [(server, "_server"), (client, "_client")]
+            .into_iter()
+            .filter(|(enabled, _)| *enabled)
+            .map(|(_, suffix)| format!("{snake}{suffix}"));
+        for module in modules {
+            let clash = pool.all_messages().find(|m| {
+                m.parent_message().is_none()
+                    && m.package_name() == service.package_name()
+                    && m.name().to_snake_case() == module
+                    && (m.child_enums().len() > 0
+                        || m.child_messages().any(|c| !c.is_map_entry())
+                        || m.oneofs().any(|o| !o.is_synthetic()))
+            });
+            if let Some(message) = clash {
+                return Err(Error::ModuleNameClash {
+                    module,
+                    service: service.full_name().to_owned(),
+                    message: message.full_name().to_owned(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Routes of methods whose options set the boolean `field` of

@@ -370,7 +370,8 @@ impl<R: RSocket> Client<R> {
     }
 
     /// Starts a channel whose first payload is the header (route and
-    /// metadata, no data) and whose other payloads are the messages.
+    /// metadata, no data) and whose other payloads are the messages. The
+    /// callers apply the request's deadline.
     async fn channel<S, M, T>(
         &self,
         route: &'static str,
@@ -382,7 +383,6 @@ impl<R: RSocket> Client<R> {
         S: Stream<Item = M> + Send + 'static,
         M: Message + 'static,
     {
-        let deadline = self.deadline(&request);
         let (metadata, messages) = request.into_parts();
         let p = self
             .prepare(route, kind, metadata, messages)
@@ -398,12 +398,14 @@ impl<R: RSocket> Client<R> {
             .map(move |m| Ok(Payload::new(encoder.encode(&m))))
             .boxed();
         let stream = self.rsocket.request_channel(header, rest);
-        Ok(Streaming::new(stream, self.max_decode, Side::Client).with_deadline(deadline))
+        Ok(Streaming::new(stream, self.max_decode, Side::Client))
     }
 
     /// A client-streaming call: REQUEST_CHANNEL answered with exactly one
     /// message. Waits for the server to complete after that message; a
-    /// second message fails the call with `INTERNAL`.
+    /// second message fails the call with `INTERNAL`. Its deadline works
+    /// as a unary call's: an answer that arrived in time is not lost to a
+    /// deadline that passed before the call's task ran again.
     pub async fn client_streaming<S, M, T>(
         &self,
         route: &'static str,
@@ -416,7 +418,8 @@ impl<R: RSocket> Client<R> {
     {
         let kind = MethodKind::ClientStreaming;
         let mut span = CallSpan::new("client", route, kind);
-        let result = async {
+        let deadline = self.deadline(&request);
+        let call = async {
             let mut responses = self
                 .channel::<S, M, T>(route, kind, request, &tracing::Span::current())
                 .await?;
@@ -429,9 +432,10 @@ impl<R: RSocket> Client<R> {
                 ));
             }
             Ok(Response::from_parts(responses.metadata().clone(), message))
-        }
-        .instrument(span.span().clone())
-        .await;
+        };
+        let result = with_deadline(deadline, call)
+            .instrument(span.span().clone())
+            .await;
         span.finish(&result);
         result
     }
@@ -450,8 +454,9 @@ impl<R: RSocket> Client<R> {
     {
         let kind = MethodKind::BidiStreaming;
         let mut span = CallSpan::new("client", route, kind);
+        let deadline = self.deadline(&request);
         match self.channel(route, kind, request, span.span()).await {
-            Ok(stream) => Ok(stream.with_span(span)),
+            Ok(stream) => Ok(stream.with_deadline(deadline).with_span(span)),
             Err(status) => {
                 span.fail(&status);
                 Err(status)
@@ -534,21 +539,33 @@ fn polled_after_completion() -> Status {
 
 /// Runs `call` until `deadline`; when it passes, `call` is dropped (which
 /// cancels the request on the wire) and the result is `DEADLINE_EXCEEDED`.
-/// The timer is boxed and only made when there is a deadline, so that a
-/// call without one carries no timer state.
+/// Once started, `call` is polled once more when the deadline has passed,
+/// so that an answer that arrived before the task ran is not thrown away;
+/// a call whose deadline passed before its first poll is not started. The
+/// timer is boxed and only made when there is a deadline, so that a call
+/// without one carries no timer state.
 async fn with_deadline<T>(
     deadline: Option<Instant>,
     call: impl Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
     let mut call = std::pin::pin!(call);
     let mut timer = deadline.map(|d| Box::pin(tokio::time::sleep_until(d)));
+    let mut started = false;
     std::future::poll_fn(move |cx| {
-        if let Some(timer) = timer.as_mut() {
-            if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(Status::deadline_exceeded("the call's deadline passed")));
+        let passed = timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+        if started || !passed {
+            started = true;
+            if let Poll::Ready(result) = call.as_mut().poll(cx) {
+                return Poll::Ready(result);
             }
         }
-        call.as_mut().poll(cx)
+        if passed {
+            Poll::Ready(Err(Status::deadline_exceeded("the call's deadline passed")))
+        } else {
+            Poll::Pending
+        }
     })
     .await
 }
@@ -566,4 +583,123 @@ fn request_payload<M: Message>(
         metadata: Some(metadata),
         data,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use futures::channel::oneshot;
+    use rsocket_core::async_trait;
+
+    use super::*;
+    use crate::Code;
+
+    /// Answers its one request/response with what is sent on the channel.
+    struct Answers(Mutex<Option<oneshot::Receiver<Payload>>>);
+
+    #[async_trait]
+    impl RSocket for Answers {
+        async fn request_response(&self, _: Payload) -> Result<Option<Payload>, RequestError> {
+            let answer = self.0.lock().ok().and_then(|mut a| a.take());
+            match answer {
+                Some(answer) => Ok(answer.await.ok()),
+                None => Err(RequestError::Cancelled),
+            }
+        }
+    }
+
+    /// Answers its one request/channel with what is sent on the channel,
+    /// then completes.
+    struct ChannelAnswers(Mutex<Option<oneshot::Receiver<Payload>>>);
+
+    impl RSocket for ChannelAnswers {
+        fn request_channel(&self, _: Payload, _: PayloadStream) -> PayloadStream {
+            match self.0.lock().ok().and_then(|mut a| a.take()) {
+                Some(answer) => futures::FutureExt::into_stream(answer)
+                    .filter_map(|a| async { a.ok().map(Ok) })
+                    .boxed(),
+                None => rsocket_core::error_stream(RequestError::Cancelled),
+            }
+        }
+    }
+
+    /// As [`an_answer_in_hand_beats_a_deadline_passed_since`], for a
+    /// client-streaming call.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_streaming_answer_in_hand_beats_a_deadline_passed_since() {
+        let (tx, rx) = oneshot::channel();
+        let client = Client::new(ChannelAnswers(Mutex::new(Some(rx))));
+        let mut request = Request::new(futures::stream::iter([prost_types::Timestamp::default()]));
+        request.set_timeout(Duration::from_millis(100));
+        let call = client.client_streaming::<_, _, prost_types::Timestamp>("a.B/C", request);
+        let mut call = std::pin::pin!(call);
+        assert!(futures::poll!(call.as_mut()).is_pending(), "sent, waiting");
+        let reply = prost_types::Timestamp {
+            seconds: 9,
+            nanos: 0,
+        };
+        assert!(tx.send(Payload::new(codec::encode(&reply))).is_ok());
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let seconds = call.await.map(|r| r.into_inner().seconds);
+        assert_eq!(seconds, Ok(9));
+
+        // Without an answer, the deadline fails it.
+        let (_tx, rx) = oneshot::channel();
+        let client = Client::new(ChannelAnswers(Mutex::new(Some(rx))));
+        let mut request = Request::new(futures::stream::iter([prost_types::Timestamp::default()]));
+        request.set_timeout(Duration::from_millis(100));
+        let call = client.client_streaming::<_, _, prost_types::Timestamp>("a.B/C", request);
+        let code = call.await.map(drop).map_err(|s| s.code());
+        assert_eq!(code, Err(Code::DeadlineExceeded));
+    }
+
+    fn answered() -> (Client<Answers>, oneshot::Sender<Payload>) {
+        let (tx, rx) = oneshot::channel();
+        (Client::new(Answers(Mutex::new(Some(rx)))), tx)
+    }
+
+    fn timed(timeout: Duration) -> Request<prost_types::Timestamp> {
+        let mut request = Request::new(prost_types::Timestamp::default());
+        request.set_timeout(timeout);
+        request
+    }
+
+    /// The answer arrives before the deadline, and the call's task is
+    /// polled only once the deadline has passed too (a busy runtime): the
+    /// answer is the call's result, not `DEADLINE_EXCEEDED`.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_in_hand_beats_a_deadline_passed_since() {
+        let (client, answer) = answered();
+        let call =
+            client.unary::<_, prost_types::Timestamp>("a.B/C", timed(Duration::from_millis(100)));
+        let mut call = std::pin::pin!(call);
+        assert!(futures::poll!(call.as_mut()).is_pending(), "sent, waiting");
+        let reply = prost_types::Timestamp {
+            seconds: 7,
+            nanos: 0,
+        };
+        assert!(answer.send(Payload::new(codec::encode(&reply))).is_ok());
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let seconds = call.await.map(|r| r.into_inner().seconds);
+        assert_eq!(seconds, Ok(7));
+    }
+
+    /// Without an answer, the deadline still fails the call; a deadline
+    /// already passed when the call starts sends nothing.
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_fails_a_call_without_an_answer() {
+        let (client, _answer) = answered();
+        let call =
+            client.unary::<_, prost_types::Timestamp>("a.B/C", timed(Duration::from_millis(100)));
+        let code = call.await.map(drop).map_err(|s| s.code());
+        assert_eq!(code, Err(Code::DeadlineExceeded));
+
+        let (client, _answer) = answered();
+        let call = client.unary::<_, prost_types::Timestamp>("a.B/C", timed(Duration::ZERO));
+        let code = call.await.map(drop).map_err(|s| s.code());
+        assert_eq!(code, Err(Code::DeadlineExceeded));
+        let unsent = client.rsocket().0.lock().map(|a| a.is_some());
+        assert_eq!(unsent.ok(), Some(true), "nothing was sent");
+    }
 }
