@@ -84,7 +84,8 @@
 //! `ERROR[INVALID]`. The cost is one small frame per channel call.
 //!
 //! **Response metadata** is composite metadata on the response PAYLOAD
-//! (for streams, on the first one), absent when empty.
+//! (for streams, on the first one, so a stream that yields no message
+//! carries none), absent when empty.
 //!
 //! **Flow control** is RSocket's: REQUEST_N on streams in both directions.
 //! A server-streaming handler's stream is polled only while the client has
