@@ -1997,3 +1997,44 @@ mod model {
         }
     }
 }
+
+#[test]
+fn a_close_begun_by_both_sides_at_once_still_lets_open_streams_finish() {
+    let mut p = connected(PairConfig::default());
+    let rs = p
+        .client()
+        .open(Interaction::RequestStream, Payload::from("s"), 16, false)
+        .expect("open");
+    p.settle();
+    the_request(&mut p, Peer::Server);
+    // Each side sends its CONNECTION_CLOSE before it sees the other's.
+    p.stall();
+    p.client().start_drain(30 * SEC);
+    p.server().start_drain(30 * SEC);
+    p.unstall();
+    p.settle();
+    for peer in Peer::BOTH {
+        assert!(
+            p.closed(peer).is_none(),
+            "{peer:?} closed while a stream is open: {:?}",
+            p.closed(peer)
+        );
+    }
+    p.server().send(rs, (0..3).map(item).collect(), true);
+    p.server().release_send(rs);
+    p.settle();
+    match p.client().recv(rs, 0, 16) {
+        Recv::Items(v) => assert_eq!(v.iter().map(seq_of).collect::<Vec<_>>(), [0, 1, 2]),
+        other => panic!("expected the items, got {other:?}"),
+    }
+    assert!(matches!(p.client().recv(rs, 3, 16), Recv::End));
+    p.settle();
+    for peer in Peer::BOTH {
+        assert!(
+            matches!(p.closed(peer), Some(ConnectionError::LocallyClosed)),
+            "{peer:?}: {:?}",
+            p.closed(peer)
+        );
+    }
+    assert_idle(&mut p);
+}

@@ -511,8 +511,13 @@ impl Connection {
                 self.enter_drain(Initiator::Remote, deadline, message);
                 return;
             }
-            if e.code == ErrorCode::CONNECTION_CLOSE && self.drained() {
-                return self.finish_drain();
+            if e.code == ErrorCode::CONNECTION_CLOSE && self.drained_state() {
+                // Both sides began a graceful close (their CONNECTION_CLOSE
+                // frames crossed): still graceful, the open streams finish.
+                if self.is_idle() {
+                    self.finish_drain();
+                }
+                return;
             }
             self.close_streams(ConnectionError::Remote {
                 code: e.code,
