@@ -2038,3 +2038,64 @@ fn a_close_begun_by_both_sides_at_once_still_lets_open_streams_finish() {
     }
     assert_idle(&mut p);
 }
+
+#[test]
+fn request_n_while_a_request_stream_is_reassembled_adds_to_its_credit() {
+    use rsocket_core::frame::{PayloadFrame, RequestCount, RequestN, RequestStream};
+    let mut p = connected(PairConfig::default());
+    let id = StreamId::new(1).expect("non-zero");
+    let count = |n| RequestCount::new(n).expect("non-zero");
+    let server = p.server();
+    // The client's REQUEST_STREAM in two fragments, a REQUEST_N between
+    // them (the requester may send REQUEST_N at any time).
+    assert!(server.frame_in(Frame::RequestStream(RequestStream {
+        stream_id: id,
+        follows: true,
+        initial_request_n: count(1),
+        payload: Payload::from("a"),
+    })));
+    assert!(server.frame_in(Frame::RequestN(RequestN {
+        stream_id: id,
+        request_n: count(2),
+    })));
+    assert!(server.frame_in(Frame::Payload(PayloadFrame {
+        stream_id: id,
+        follows: false,
+        complete: false,
+        next: true,
+        payload: Payload::from("b"),
+    })));
+    let (stream, interaction, payload) = the_request(&mut p, Peer::Server);
+    assert_eq!(
+        (stream, interaction, payload),
+        (id, Interaction::RequestStream, Payload::from("ab"))
+    );
+    assert_eq!(p.server().send_ready(id, false), Ready::Credit(3));
+
+    // The sum saturates at 2^31 - 1 (unbounded).
+    let id = StreamId::new(3).expect("non-zero");
+    let server = p.server();
+    assert!(server.frame_in(Frame::RequestStream(RequestStream {
+        stream_id: id,
+        follows: true,
+        initial_request_n: count(MAX_U31 - 1),
+        payload: Payload::from("a"),
+    })));
+    assert!(server.frame_in(Frame::RequestN(RequestN {
+        stream_id: id,
+        request_n: count(MAX_U31),
+    })));
+    assert!(server.frame_in(Frame::Payload(PayloadFrame {
+        stream_id: id,
+        follows: false,
+        complete: false,
+        next: true,
+        payload: Payload::from("b"),
+    })));
+    the_request(&mut p, Peer::Server);
+    assert_eq!(
+        p.server().send_ready(id, false),
+        Ready::Credit(u64::from(MAX_U31))
+    );
+    p.check_consistency().expect("consistent");
+}

@@ -763,8 +763,19 @@ impl Connection {
 
     fn on_request_n(&mut self, n: RequestN) {
         let key = n.stream_id.get();
-        if let Some(s) = self.streams.get_mut(&key).and_then(|st| st.send.as_mut()) {
-            s.add_credit(n.request_n.get(), key, &mut self.wakeups);
+        if let Some(st) = self.streams.get_mut(&key) {
+            if let Some(s) = st.send.as_mut() {
+                s.add_credit(n.request_n.get(), key, &mut self.wakeups);
+            }
+            return;
+        }
+        // The requester may send REQUEST_N at any time, also between the
+        // fragments of its request: the credit adds to the request's.
+        if self.frags.is_empty() {
+            return;
+        }
+        if let Some(r) = self.frags.get_mut(&key) {
+            r.add_credit(n.request_n);
         }
     }
 
