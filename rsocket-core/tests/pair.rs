@@ -2099,3 +2099,40 @@ fn request_n_while_a_request_stream_is_reassembled_adds_to_its_credit() {
     );
     p.check_consistency().expect("consistent");
 }
+
+#[test]
+fn a_channel_requester_that_sends_beyond_credit_learns_that_its_stream_ended() {
+    use rsocket_core::frame::PayloadFrame;
+    let mut p = connected(PairConfig::default());
+    let id = p
+        .client()
+        .open(Interaction::RequestChannel, Payload::from("c"), 4, false)
+        .expect("open");
+    p.settle();
+    the_request(&mut p, Peer::Server);
+    // The server's channel has granted nothing yet (its inbound grants on
+    // the first poll): an item from the client now is beyond its credit.
+    assert!(p
+        .server()
+        .frame_in(Frame::Payload(PayloadFrame::next(id, Payload::from("x")))));
+    assert!(
+        matches!(
+            p.server().recv(id, 0, 4),
+            Recv::Failed(RequestError::Protocol(_))
+        ),
+        "the server's handler sees the violation"
+    );
+    // The whole stream is over at the server: its handler stops.
+    assert_eq!(p.server().send_ready(id, false), Ready::Stopped);
+    p.server().release_send(id);
+    p.settle();
+    // ... and the client is told so: its inbound half does not wait for
+    // items or a COMPLETE that will never come.
+    match p.client().recv(id, 0, 4) {
+        Recv::Failed(RequestError::Stream(e)) => assert_eq!(e.code, ErrorCode::CANCELED),
+        other => panic!("expected the stream to fail, got {other:?}"),
+    }
+    assert_eq!(p.client().send_ready(id, true), Ready::Stopped);
+    p.client().release_send(id);
+    assert_idle(&mut p);
+}

@@ -851,7 +851,8 @@ impl Connection {
         }
         if next {
             if r.outstanding == 0 {
-                // More than we asked for: cancel and fail locally.
+                // More than we asked for: the stream ends, and fails
+                // locally.
                 st.terminated = true;
                 let w = &mut self.wakeups;
                 r.finish(
@@ -859,10 +860,25 @@ impl Connection {
                     key,
                     w,
                 );
+                let mut sending = false;
                 if let Some(s) = st.send.as_mut() {
+                    sending = s.open();
                     s.stop(key, w);
                 }
-                self.push_control(Frame::Cancel(Cancel { stream_id: id }));
+                // A requester cancels. So does a channel's responder whose
+                // half is done; one still sending answers ERROR: its
+                // CANCEL would end only the requester's outbound half, and
+                // the requester would wait for the rest of ours for ever.
+                let frame = if st.local() || !sending {
+                    Frame::Cancel(Cancel { stream_id: id })
+                } else {
+                    Frame::Error(ErrorFrame::new(
+                        Some(id),
+                        ErrorCode::CANCELED,
+                        "more items than the credit granted",
+                    ))
+                };
+                self.push_control(frame);
                 return;
             }
             self.in_bytes += payload.len();
