@@ -2136,3 +2136,41 @@ fn a_channel_requester_that_sends_beyond_credit_learns_that_its_stream_ended() {
     p.client().release_send(id);
     assert_idle(&mut p);
 }
+
+#[test]
+fn a_stream_error_never_goes_out_with_a_connection_level_code() {
+    let mut p = connected(PairConfig::default());
+    // A requester's channel and a responder's stream both fail with a code
+    // that is only valid on stream 0 (one forwarded from elsewhere).
+    let ch = p
+        .client()
+        .open(Interaction::RequestChannel, Payload::from("c"), 4, false)
+        .expect("open");
+    let rs = p
+        .client()
+        .open(Interaction::RequestStream, Payload::from("s"), 4, false)
+        .expect("open");
+    p.settle();
+    assert_eq!(p.events(Peer::Server).len(), 2);
+    let bad = StreamError::new(ErrorCode::CONNECTION_ERROR, "forwarded");
+    p.client().send_error(ch, &bad);
+    p.client().release_send(ch);
+    p.server().send_error(rs, &bad);
+    p.server().release_send(rs);
+    p.settle();
+    let codes: Vec<(Peer, ErrorCode)> = p
+        .log()
+        .iter()
+        .filter_map(|d| match &d.frame {
+            Frame::Error(e) if e.stream_id.is_some() => Some((d.from, e.code)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            (Peer::Client, ErrorCode::APPLICATION_ERROR),
+            (Peer::Server, ErrorCode::APPLICATION_ERROR)
+        ]
+    );
+}
