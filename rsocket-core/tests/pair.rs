@@ -2174,3 +2174,34 @@ fn a_stream_error_never_goes_out_with_a_connection_level_code() {
         ]
     );
 }
+
+#[test]
+fn a_fragmented_item_whose_last_fragment_carries_only_c_is_delivered() {
+    use rsocket_core::frame::PayloadFrame;
+    let mut p = connected(PairConfig::default());
+    let id = p
+        .client()
+        .open(Interaction::RequestStream, Payload::from("s"), 4, false)
+        .expect("open");
+    p.settle();
+    the_request(&mut p, Peer::Server);
+    // N (the item) comes from the first fragment, C from the last
+    // (rsocket-protocol.md §8, reassembly): one item, then completion.
+    let fragment = |follows, next, complete, data: &'static str| {
+        Frame::Payload(PayloadFrame {
+            stream_id: id,
+            follows,
+            complete,
+            next,
+            payload: Payload::from(data),
+        })
+    };
+    assert!(p.client().frame_in(fragment(true, true, false, "ab")));
+    assert!(p.client().frame_in(fragment(false, false, true, "cd")));
+    match p.client().recv(id, 0, 4) {
+        Recv::Items(v) => assert_eq!(v, vec![Payload::from("abcd")]),
+        other => panic!("expected the reassembled item, got {other:?}"),
+    }
+    assert!(matches!(p.client().recv(id, 1, 4), Recv::End));
+    p.check_consistency().expect("consistent");
+}

@@ -821,7 +821,11 @@ impl Connection {
             return;
         };
         match kind {
-            FragKind::Payload { .. } => self.on_payload(id, payload, next, complete),
+            // N as the first fragment had it (every fragment of an item
+            // should carry it; C alone on the last still ends an item).
+            FragKind::Payload { next: first } => {
+                self.on_payload(id, payload, first || next, complete);
+            }
             // The last follow-up of a fragmented request: the request is
             // whole now (C on a channel's last fragment completes its
             // requester half).
