@@ -2205,3 +2205,51 @@ fn a_fragmented_item_whose_last_fragment_carries_only_c_is_delivered() {
     assert!(matches!(p.client().recv(id, 1, 4), Recv::End));
     p.check_consistency().expect("consistent");
 }
+
+#[test]
+fn a_request_with_request_n_0_on_an_id_it_may_not_open_is_ignored() {
+    use rsocket_core::frame::{PayloadFrame, RequestCount, RequestStream};
+    let mut p = connected(PairConfig::default());
+    let id = StreamId::new(1).expect("non-zero");
+    let server = p.server();
+    server.new_frames();
+    assert!(server.frame_in(Frame::RequestStream(RequestStream {
+        stream_id: id,
+        follows: true,
+        initial_request_n: RequestCount::ONE,
+        payload: Payload::from("a"),
+    })));
+    // REQUEST_STREAM with request-n 0: on stream 1, whose request is still
+    // arriving in fragments, then on stream 2, of the server's own parity.
+    // Each is a request on an id it may not open: ignored, as any such
+    // request is (rsocket-protocol.md §2.14), not answered ERROR[INVALID].
+    for hex in [
+        [0, 0, 0, 1, 0x18, 0, 0, 0, 0, 0],
+        [0, 0, 0, 2, 0x18, 0, 0, 0, 0, 0],
+    ] {
+        assert!(server.bytes_in(Bytes::copy_from_slice(&hex)));
+    }
+    assert_eq!(server.new_frames(), Vec::<Frame>::new());
+    assert!(server.frame_in(Frame::Payload(PayloadFrame {
+        stream_id: id,
+        follows: false,
+        complete: false,
+        next: true,
+        payload: Payload::from("b"),
+    })));
+    let (stream, _, payload) = the_request(&mut p, Peer::Server);
+    assert_eq!((stream, payload), (id, Payload::from("ab")));
+    // On an id it may open, such a request is refused with ERROR[INVALID].
+    let server = p.server();
+    assert!(server.bytes_in(Bytes::from_static(&[0, 0, 0, 3, 0x18, 0, 0, 0, 0, 0])));
+    match &server.new_frames()[..] {
+        [Frame::Error(e)] => {
+            assert_eq!(
+                (e.stream_id, e.code),
+                (StreamId::new(3), ErrorCode::INVALID)
+            );
+        }
+        other => panic!("expected ERROR[INVALID] on stream 3, got {other:?}"),
+    }
+    p.check_consistency().expect("consistent");
+}

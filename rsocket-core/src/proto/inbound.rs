@@ -48,10 +48,13 @@ impl Connection {
                 frame: FrameType::RequestN,
                 ..
             } => debug!("ignoring REQUEST_N of 0"),
-            // A request with initial request-n 0: ERROR[INVALID] on it.
+            // A request with initial request-n 0: ERROR[INVALID] on it,
+            // unless it may not open a stream there (id in use, also by a
+            // request still in fragments, or of our parity): ignored then,
+            // as any such request.
             DecodeError::ZeroRequestN { stream_id, .. } => {
                 if let Some(id) = StreamId::new(stream_id) {
-                    if !self.streams.contains_key(&stream_id) {
+                    if self.opens_new_stream(id) {
                         self.push_control(Frame::Error(ErrorFrame::new(
                             Some(id),
                             ErrorCode::INVALID,
