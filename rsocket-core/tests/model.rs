@@ -317,6 +317,9 @@ struct Model {
     /// The initial request-n of requests that random bytes formed (not
     /// the one `initial_n` gives), by stream, until the request is seen.
     raw_initial: BTreeMap<u32, u32>,
+    /// Credit REQUEST_N frames granted requests still arriving in
+    /// fragments, added to their initial request-n once whole.
+    early_credit: BTreeMap<u32, u64>,
     /// The peer's next fresh stream id (its parity).
     next_peer_id: u32,
     draining: bool,
@@ -343,6 +346,7 @@ impl Model {
             oneway: 0,
             last_in: None,
             raw_initial: BTreeMap::new(),
+            early_credit: BTreeMap::new(),
             next_peer_id: if client { 2 } else { 1 },
             draining: false,
             inputs: 0,
@@ -538,9 +542,11 @@ impl Model {
                         "request accepted on stream {id}, which is still open"
                     );
                     let initial = self.raw_initial.remove(&id);
+                    let early = self.early_credit.remove(&id).unwrap_or(0);
                     let credit = match interaction {
                         Interaction::RequestResponse => 1,
-                        _ => u64::from(initial.unwrap_or_else(|| initial_n(id))),
+                        _ => (u64::from(initial.unwrap_or_else(|| initial_n(id))) + early)
+                            .min(UNBOUNDED),
                     };
                     let channel = interaction == Interaction::RequestChannel;
                     self.remote.insert(
@@ -563,6 +569,10 @@ impl Model {
                 Event::FireAndForget(_) | Event::MetadataPush(_) => self.oneway += 1,
             }
         }
+        // Requests dropped before they were whole take their credit along.
+        let h = &self.h;
+        self.early_credit
+            .retain(|id, _| sid(*id).is_some_and(|s| h.partial_request(s)));
         self.observe();
     }
 
@@ -589,6 +599,12 @@ impl Model {
             }
             if let Some(l) = self.local.get_mut(&id) {
                 l.send_credit = add(l.send_credit, n.request_n.get());
+            }
+            if self.h.partial_request(n.stream_id) {
+                // A REQUEST_STREAM / REQUEST_CHANNEL still in fragments: its
+                // credit grows.
+                let c = self.early_credit.entry(id).or_insert(0);
+                *c = add(*c, n.request_n.get());
             }
         }
     }

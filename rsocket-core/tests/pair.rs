@@ -1997,3 +1997,259 @@ mod model {
         }
     }
 }
+
+#[test]
+fn a_close_begun_by_both_sides_at_once_still_lets_open_streams_finish() {
+    let mut p = connected(PairConfig::default());
+    let rs = p
+        .client()
+        .open(Interaction::RequestStream, Payload::from("s"), 16, false)
+        .expect("open");
+    p.settle();
+    the_request(&mut p, Peer::Server);
+    // Each side sends its CONNECTION_CLOSE before it sees the other's.
+    p.stall();
+    p.client().start_drain(30 * SEC);
+    p.server().start_drain(30 * SEC);
+    p.unstall();
+    p.settle();
+    for peer in Peer::BOTH {
+        assert!(
+            p.closed(peer).is_none(),
+            "{peer:?} closed while a stream is open: {:?}",
+            p.closed(peer)
+        );
+    }
+    p.server().send(rs, (0..3).map(item).collect(), true);
+    p.server().release_send(rs);
+    p.settle();
+    match p.client().recv(rs, 0, 16) {
+        Recv::Items(v) => assert_eq!(v.iter().map(seq_of).collect::<Vec<_>>(), [0, 1, 2]),
+        other => panic!("expected the items, got {other:?}"),
+    }
+    assert!(matches!(p.client().recv(rs, 3, 16), Recv::End));
+    p.settle();
+    for peer in Peer::BOTH {
+        assert!(
+            matches!(p.closed(peer), Some(ConnectionError::LocallyClosed)),
+            "{peer:?}: {:?}",
+            p.closed(peer)
+        );
+    }
+    assert_idle(&mut p);
+}
+
+#[test]
+fn request_n_while_a_request_stream_is_reassembled_adds_to_its_credit() {
+    use rsocket_core::frame::{PayloadFrame, RequestCount, RequestN, RequestStream};
+    let mut p = connected(PairConfig::default());
+    let id = StreamId::new(1).expect("non-zero");
+    let count = |n| RequestCount::new(n).expect("non-zero");
+    let server = p.server();
+    // The client's REQUEST_STREAM in two fragments, a REQUEST_N between
+    // them (the requester may send REQUEST_N at any time).
+    assert!(server.frame_in(Frame::RequestStream(RequestStream {
+        stream_id: id,
+        follows: true,
+        initial_request_n: count(1),
+        payload: Payload::from("a"),
+    })));
+    assert!(server.frame_in(Frame::RequestN(RequestN {
+        stream_id: id,
+        request_n: count(2),
+    })));
+    assert!(server.frame_in(Frame::Payload(PayloadFrame {
+        stream_id: id,
+        follows: false,
+        complete: false,
+        next: true,
+        payload: Payload::from("b"),
+    })));
+    let (stream, interaction, payload) = the_request(&mut p, Peer::Server);
+    assert_eq!(
+        (stream, interaction, payload),
+        (id, Interaction::RequestStream, Payload::from("ab"))
+    );
+    assert_eq!(p.server().send_ready(id, false), Ready::Credit(3));
+
+    // The sum saturates at 2^31 - 1 (unbounded).
+    let id = StreamId::new(3).expect("non-zero");
+    let server = p.server();
+    assert!(server.frame_in(Frame::RequestStream(RequestStream {
+        stream_id: id,
+        follows: true,
+        initial_request_n: count(MAX_U31 - 1),
+        payload: Payload::from("a"),
+    })));
+    assert!(server.frame_in(Frame::RequestN(RequestN {
+        stream_id: id,
+        request_n: count(MAX_U31),
+    })));
+    assert!(server.frame_in(Frame::Payload(PayloadFrame {
+        stream_id: id,
+        follows: false,
+        complete: false,
+        next: true,
+        payload: Payload::from("b"),
+    })));
+    the_request(&mut p, Peer::Server);
+    assert_eq!(
+        p.server().send_ready(id, false),
+        Ready::Credit(u64::from(MAX_U31))
+    );
+    p.check_consistency().expect("consistent");
+}
+
+#[test]
+fn a_channel_requester_that_sends_beyond_credit_learns_that_its_stream_ended() {
+    use rsocket_core::frame::PayloadFrame;
+    let mut p = connected(PairConfig::default());
+    let id = p
+        .client()
+        .open(Interaction::RequestChannel, Payload::from("c"), 4, false)
+        .expect("open");
+    p.settle();
+    the_request(&mut p, Peer::Server);
+    // The server's channel has granted nothing yet (its inbound grants on
+    // the first poll): an item from the client now is beyond its credit.
+    assert!(p
+        .server()
+        .frame_in(Frame::Payload(PayloadFrame::next(id, Payload::from("x")))));
+    assert!(
+        matches!(
+            p.server().recv(id, 0, 4),
+            Recv::Failed(RequestError::Protocol(_))
+        ),
+        "the server's handler sees the violation"
+    );
+    // The whole stream is over at the server: its handler stops.
+    assert_eq!(p.server().send_ready(id, false), Ready::Stopped);
+    p.server().release_send(id);
+    p.settle();
+    // ... and the client is told so: its inbound half does not wait for
+    // items or a COMPLETE that will never come.
+    match p.client().recv(id, 0, 4) {
+        Recv::Failed(RequestError::Stream(e)) => assert_eq!(e.code, ErrorCode::CANCELED),
+        other => panic!("expected the stream to fail, got {other:?}"),
+    }
+    assert_eq!(p.client().send_ready(id, true), Ready::Stopped);
+    p.client().release_send(id);
+    assert_idle(&mut p);
+}
+
+#[test]
+fn a_stream_error_never_goes_out_with_a_connection_level_code() {
+    let mut p = connected(PairConfig::default());
+    // A requester's channel and a responder's stream both fail with a code
+    // that is only valid on stream 0 (one forwarded from elsewhere).
+    let ch = p
+        .client()
+        .open(Interaction::RequestChannel, Payload::from("c"), 4, false)
+        .expect("open");
+    let rs = p
+        .client()
+        .open(Interaction::RequestStream, Payload::from("s"), 4, false)
+        .expect("open");
+    p.settle();
+    assert_eq!(p.events(Peer::Server).len(), 2);
+    let bad = StreamError::new(ErrorCode::CONNECTION_ERROR, "forwarded");
+    p.client().send_error(ch, &bad);
+    p.client().release_send(ch);
+    p.server().send_error(rs, &bad);
+    p.server().release_send(rs);
+    p.settle();
+    let codes: Vec<(Peer, ErrorCode)> = p
+        .log()
+        .iter()
+        .filter_map(|d| match &d.frame {
+            Frame::Error(e) if e.stream_id.is_some() => Some((d.from, e.code)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            (Peer::Client, ErrorCode::APPLICATION_ERROR),
+            (Peer::Server, ErrorCode::APPLICATION_ERROR)
+        ]
+    );
+}
+
+#[test]
+fn a_fragmented_item_whose_last_fragment_carries_only_c_is_delivered() {
+    use rsocket_core::frame::PayloadFrame;
+    let mut p = connected(PairConfig::default());
+    let id = p
+        .client()
+        .open(Interaction::RequestStream, Payload::from("s"), 4, false)
+        .expect("open");
+    p.settle();
+    the_request(&mut p, Peer::Server);
+    // N (the item) comes from the first fragment, C from the last
+    // (rsocket-protocol.md §8, reassembly): one item, then completion.
+    let fragment = |follows, next, complete, data: &'static str| {
+        Frame::Payload(PayloadFrame {
+            stream_id: id,
+            follows,
+            complete,
+            next,
+            payload: Payload::from(data),
+        })
+    };
+    assert!(p.client().frame_in(fragment(true, true, false, "ab")));
+    assert!(p.client().frame_in(fragment(false, false, true, "cd")));
+    match p.client().recv(id, 0, 4) {
+        Recv::Items(v) => assert_eq!(v, vec![Payload::from("abcd")]),
+        other => panic!("expected the reassembled item, got {other:?}"),
+    }
+    assert!(matches!(p.client().recv(id, 1, 4), Recv::End));
+    p.check_consistency().expect("consistent");
+}
+
+#[test]
+fn a_request_with_request_n_0_on_an_id_it_may_not_open_is_ignored() {
+    use rsocket_core::frame::{PayloadFrame, RequestCount, RequestStream};
+    let mut p = connected(PairConfig::default());
+    let id = StreamId::new(1).expect("non-zero");
+    let server = p.server();
+    server.new_frames();
+    assert!(server.frame_in(Frame::RequestStream(RequestStream {
+        stream_id: id,
+        follows: true,
+        initial_request_n: RequestCount::ONE,
+        payload: Payload::from("a"),
+    })));
+    // REQUEST_STREAM with request-n 0: on stream 1, whose request is still
+    // arriving in fragments, then on stream 2, of the server's own parity.
+    // Each is a request on an id it may not open: ignored, as any such
+    // request is (rsocket-protocol.md §2.14), not answered ERROR[INVALID].
+    for hex in [
+        [0, 0, 0, 1, 0x18, 0, 0, 0, 0, 0],
+        [0, 0, 0, 2, 0x18, 0, 0, 0, 0, 0],
+    ] {
+        assert!(server.bytes_in(Bytes::copy_from_slice(&hex)));
+    }
+    assert_eq!(server.new_frames(), Vec::<Frame>::new());
+    assert!(server.frame_in(Frame::Payload(PayloadFrame {
+        stream_id: id,
+        follows: false,
+        complete: false,
+        next: true,
+        payload: Payload::from("b"),
+    })));
+    let (stream, _, payload) = the_request(&mut p, Peer::Server);
+    assert_eq!((stream, payload), (id, Payload::from("ab")));
+    // On an id it may open, such a request is refused with ERROR[INVALID].
+    let server = p.server();
+    assert!(server.bytes_in(Bytes::from_static(&[0, 0, 0, 3, 0x18, 0, 0, 0, 0, 0])));
+    match &server.new_frames()[..] {
+        [Frame::Error(e)] => {
+            assert_eq!(
+                (e.stream_id, e.code),
+                (StreamId::new(3), ErrorCode::INVALID)
+            );
+        }
+        other => panic!("expected ERROR[INVALID] on stream 3, got {other:?}"),
+    }
+    p.check_consistency().expect("consistent");
+}

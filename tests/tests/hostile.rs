@@ -1278,8 +1278,10 @@ fn channel_item(id: u32, data: &'static [u8]) -> Frame {
 /// A requester channel whose responder never reads: the server grants the
 /// window (`default_prefetch`) and no more; items within it are taken, the
 /// first item beyond it is a protocol violation of that stream only: the
-/// server CANCELs it (rsocket-protocol.md §5.5, §2.14; proto/mod.rs
-/// "Credit"), frees it, and the connection goes on serving.
+/// server ends it (rsocket-protocol.md §5.5, §2.14; proto/mod.rs
+/// "Credit") with ERROR[CANCELED], which ends both halves (a CANCEL from a
+/// responder would end only the requester's), frees it, and the
+/// connection goes on serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_past_its_credit_is_cancelled() {
     const WINDOW: u32 = 4;
@@ -1323,11 +1325,13 @@ async fn a_channel_past_its_credit_is_cancelled() {
         .wait("the items to be held", |s| s.open_streams == 1)
         .await;
     assert_eq!(s.queued_in_bytes, 4 * WINDOW as usize, "{s:?}");
-    // One beyond: the stream is cancelled, and nothing else is sent.
+    // One beyond: the stream ends, and nothing else is sent.
     send(&mut raw, channel_item(1, b"over")).await;
-    match next_frame(&mut raw, "the CANCEL").await {
-        Frame::Cancel(c) => assert_eq!(c.stream_id, sid(1)),
-        other => panic!("expected CANCEL on stream 1, got {other:?}"),
+    match next_frame(&mut raw, "the ERROR").await {
+        Frame::Error(e) if e.stream_id == Some(sid(1)) => {
+            assert_eq!(e.code, ErrorCode::CANCELED);
+        }
+        other => panic!("expected ERROR[CANCELED] on stream 1, got {other:?}"),
     }
     // Late items on the cancelled stream are ignored.
     send(&mut raw, channel_item(1, b"late")).await;

@@ -74,4 +74,10 @@ impl Connection {
         }
         Ok(())
     }
+
+    /// A request on `key` is still arriving in fragments (for the test
+    /// harness).
+    pub(crate) fn partial_request(&self, key: u32) -> bool {
+        self.frags.get(&key).is_some_and(|r| r.is_request())
+    }
 }

@@ -16,7 +16,7 @@ use bytes::BytesMut;
 
 use crate::frame::{
     Frame, PayloadFrame, RequestChannel, RequestCount, RequestFnf, RequestResponse, RequestStream,
-    StreamId, HEADER_LEN,
+    StreamId, HEADER_LEN, MAX_U31,
 };
 use crate::Payload;
 
@@ -181,6 +181,19 @@ impl Reassembly {
     /// A request being reassembled (not a PAYLOAD on an open stream).
     pub(crate) fn is_request(&self) -> bool {
         !matches!(self.kind, FragKind::Payload { .. })
+    }
+
+    /// Credit from a REQUEST_N that arrived while a REQUEST_STREAM or
+    /// REQUEST_CHANNEL was reassembled: added to its initial request-n,
+    /// saturating at 2^31 - 1 (unbounded). Ignored for other kinds.
+    pub(crate) fn add_credit(&mut self, n: RequestCount) {
+        let add = |c: RequestCount| {
+            RequestCount::new(c.get().saturating_add(n.get()).min(MAX_U31)).unwrap_or(c)
+        };
+        match &mut self.kind {
+            FragKind::RequestStream(c) | FragKind::RequestChannel(c) => *c = add(*c),
+            _ => {}
+        }
     }
 
     /// Bytes buffered so far.

@@ -477,6 +477,11 @@ impl Harness {
         self.conn.stats()
     }
 
+    /// A request on `stream` is still arriving in fragments.
+    pub fn partial_request(&self, stream: StreamId) -> bool {
+        self.conn.partial_request(stream.get())
+    }
+
     /// Why the connection ended, once it has.
     pub fn closed(&self) -> Option<ConnectionError> {
         self.conn.closed().cloned()

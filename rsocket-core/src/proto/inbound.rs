@@ -48,10 +48,13 @@ impl Connection {
                 frame: FrameType::RequestN,
                 ..
             } => debug!("ignoring REQUEST_N of 0"),
-            // A request with initial request-n 0: ERROR[INVALID] on it.
+            // A request with initial request-n 0: ERROR[INVALID] on it,
+            // unless it may not open a stream there (id in use, also by a
+            // request still in fragments, or of our parity): ignored then,
+            // as any such request.
             DecodeError::ZeroRequestN { stream_id, .. } => {
                 if let Some(id) = StreamId::new(stream_id) {
-                    if !self.streams.contains_key(&stream_id) {
+                    if self.opens_new_stream(id) {
                         self.push_control(Frame::Error(ErrorFrame::new(
                             Some(id),
                             ErrorCode::INVALID,
@@ -511,8 +514,13 @@ impl Connection {
                 self.enter_drain(Initiator::Remote, deadline, message);
                 return;
             }
-            if e.code == ErrorCode::CONNECTION_CLOSE && self.drained() {
-                return self.finish_drain();
+            if e.code == ErrorCode::CONNECTION_CLOSE && self.drained_state() {
+                // Both sides began a graceful close (their CONNECTION_CLOSE
+                // frames crossed): still graceful, the open streams finish.
+                if self.is_idle() {
+                    self.finish_drain();
+                }
+                return;
             }
             self.close_streams(ConnectionError::Remote {
                 code: e.code,
@@ -758,8 +766,19 @@ impl Connection {
 
     fn on_request_n(&mut self, n: RequestN) {
         let key = n.stream_id.get();
-        if let Some(s) = self.streams.get_mut(&key).and_then(|st| st.send.as_mut()) {
-            s.add_credit(n.request_n.get(), key, &mut self.wakeups);
+        if let Some(st) = self.streams.get_mut(&key) {
+            if let Some(s) = st.send.as_mut() {
+                s.add_credit(n.request_n.get(), key, &mut self.wakeups);
+            }
+            return;
+        }
+        // The requester may send REQUEST_N at any time, also between the
+        // fragments of its request: the credit adds to the request's.
+        if self.frags.is_empty() {
+            return;
+        }
+        if let Some(r) = self.frags.get_mut(&key) {
+            r.add_credit(n.request_n);
         }
     }
 
@@ -805,7 +824,11 @@ impl Connection {
             return;
         };
         match kind {
-            FragKind::Payload { .. } => self.on_payload(id, payload, next, complete),
+            // N as the first fragment had it (every fragment of an item
+            // should carry it; C alone on the last still ends an item).
+            FragKind::Payload { next: first } => {
+                self.on_payload(id, payload, first || next, complete);
+            }
             // The last follow-up of a fragmented request: the request is
             // whole now (C on a channel's last fragment completes its
             // requester half).
@@ -835,7 +858,8 @@ impl Connection {
         }
         if next {
             if r.outstanding == 0 {
-                // More than we asked for: cancel and fail locally.
+                // More than we asked for: the stream ends, and fails
+                // locally.
                 st.terminated = true;
                 let w = &mut self.wakeups;
                 r.finish(
@@ -843,10 +867,25 @@ impl Connection {
                     key,
                     w,
                 );
+                let mut sending = false;
                 if let Some(s) = st.send.as_mut() {
+                    sending = s.open();
                     s.stop(key, w);
                 }
-                self.push_control(Frame::Cancel(Cancel { stream_id: id }));
+                // A requester cancels. So does a channel's responder whose
+                // half is done; one still sending answers ERROR: its
+                // CANCEL would end only the requester's outbound half, and
+                // the requester would wait for the rest of ours for ever.
+                let frame = if st.local() || !sending {
+                    Frame::Cancel(Cancel { stream_id: id })
+                } else {
+                    Frame::Error(ErrorFrame::new(
+                        Some(id),
+                        ErrorCode::CANCELED,
+                        "more items than the credit granted",
+                    ))
+                };
+                self.push_control(frame);
                 return;
             }
             self.in_bytes += payload.len();

@@ -715,7 +715,9 @@ impl Connection {
         if let Some(r) = st.recv.as_mut() {
             r.finish(Err(RequestError::Cancelled), key, &mut self.wakeups);
         }
-        let code = if !st.local() && err.code.is_connection_level() {
+        // Codes that are valid on stream 0 only never go out on a stream,
+        // whichever side sends it.
+        let code = if err.code.is_connection_level() {
             ErrorCode::APPLICATION_ERROR
         } else {
             err.code

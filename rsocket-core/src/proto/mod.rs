@@ -47,7 +47,8 @@
 //! consumed, REQUEST_N(consumed) is queued (plus the window's growth for a
 //! default window, see `Config::max_prefetch`). A window of 2^31 − 1 is
 //! unbounded and never replenished. An item beyond the credit granted is a
-//! protocol violation: the stream is cancelled and fails locally.
+//! protocol violation: the stream ends (CANCEL, or ERROR[CANCELED] from a
+//! channel's responder still sending) and fails locally.
 //!
 //! Outbound: credit accumulates with saturation; at 2^31 − 1 it is treated as
 //! unbounded (rsocket-java's convention). Producers are polled only while

@@ -167,8 +167,9 @@ impl RecvHalf {
     }
 
     /// Where the window goes at a replenishment: an adaptive window
-    /// doubles towards `budget / largest item`, at most `max_prefetch`; it
-    /// never shrinks (credit granted cannot be taken back).
+    /// doubles towards `budget / largest item`, at most `max_prefetch`,
+    /// and below 2^31 - 1 (which would mean unbounded, and stop the
+    /// grants); it never shrinks (credit granted cannot be taken back).
     fn next_window(&self, max_prefetch: u32, budget: usize) -> u32 {
         if self.replenish != Replenish::Adaptive {
             return self.window;
@@ -177,6 +178,7 @@ impl RecvHalf {
         let target = u32::try_from(fits)
             .unwrap_or(u32::MAX)
             .min(max_prefetch)
+            .min(MAX_U31 - 1)
             .min(self.window.saturating_mul(2));
         target.max(self.window)
     }
@@ -683,5 +685,23 @@ mod tests {
             .chain(std::iter::from_fn(|| second.pop_front()))
             .collect();
         assert_eq!(got, (0..6).map(item).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_adaptive_window_never_grows_into_the_unbounded_value() {
+        use super::{RecvHalf, Replenish};
+        use crate::frame::MAX_U31;
+        // A window near 2^31 - 1 with no limit on its growth: each grant
+        // must still fit a REQUEST_N, and the window must stay counted
+        // (2^31 - 1 would mean unbounded, which the peer was never told).
+        let mut r = RecvHalf::new(1 << 30, true, Replenish::Adaptive);
+        for _ in 0..4 {
+            let half = r.window / 2;
+            r.outstanding -= u64::from(half);
+            let grant = r.consume(half, false, u32::MAX, usize::MAX);
+            assert!(grant > 0 && grant <= MAX_U31, "grant {grant}");
+            assert!(r.window < MAX_U31, "window {}", r.window);
+            assert!(r.report_after(false) > 0);
+        }
     }
 }
