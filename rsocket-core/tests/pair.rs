@@ -2139,6 +2139,18 @@ fn a_channel_requester_that_sends_beyond_credit_learns_that_its_stream_ended() {
 
 #[test]
 fn a_stream_error_never_goes_out_with_a_connection_level_code() {
+    for bad in [
+        ErrorCode::CONNECTION_ERROR,
+        ErrorCode(0),
+        ErrorCode(u32::MAX),
+    ] {
+        a_stream_error_with(bad);
+    }
+}
+
+/// A requester's channel and a responder's stream fail with `bad`: both go
+/// out as APPLICATION_ERROR.
+fn a_stream_error_with(bad: ErrorCode) {
     let mut p = connected(PairConfig::default());
     // A requester's channel and a responder's stream both fail with a code
     // that is only valid on stream 0 (one forwarded from elsewhere).
@@ -2152,7 +2164,7 @@ fn a_stream_error_never_goes_out_with_a_connection_level_code() {
         .expect("open");
     p.settle();
     assert_eq!(p.events(Peer::Server).len(), 2);
-    let bad = StreamError::new(ErrorCode::CONNECTION_ERROR, "forwarded");
+    let bad = StreamError::new(bad, "forwarded");
     p.client().send_error(ch, &bad);
     p.client().release_send(ch);
     p.server().send_error(rs, &bad);
@@ -2171,7 +2183,8 @@ fn a_stream_error_never_goes_out_with_a_connection_level_code() {
         [
             (Peer::Client, ErrorCode::APPLICATION_ERROR),
             (Peer::Server, ErrorCode::APPLICATION_ERROR)
-        ]
+        ],
+        "{bad:?}"
     );
 }
 

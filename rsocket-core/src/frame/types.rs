@@ -177,6 +177,12 @@ impl ErrorCode {
         matches!(self.0, 0x001..=0x004 | 0x101 | 0x102)
     }
 
+    /// True for the two reserved codes: 0 (never sent) and 0xFFFF_FFFF
+    /// (reserved for extension).
+    pub const fn is_reserved(self) -> bool {
+        matches!(self.0, 0 | 0xFFFF_FFFF)
+    }
+
     /// True for application-defined codes (0x301 ..= 0xFFFF_FFFE).
     pub const fn is_application_defined(self) -> bool {
         self.0 >= Self::MIN_APPLICATION.0 && self.0 <= Self::MAX_APPLICATION.0

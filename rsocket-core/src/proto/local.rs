@@ -715,9 +715,10 @@ impl Connection {
         if let Some(r) = st.recv.as_mut() {
             r.finish(Err(RequestError::Cancelled), key, &mut self.wakeups);
         }
-        // Codes that are valid on stream 0 only never go out on a stream,
-        // whichever side sends it.
-        let code = if err.code.is_connection_level() {
+        // Codes that are valid on stream 0 only, and the two reserved ones
+        // (0, never sent, and 0xFFFFFFFF, for extension), never go out on a
+        // stream, whichever side sends it.
+        let code = if err.code.is_connection_level() || err.code.is_reserved() {
             ErrorCode::APPLICATION_ERROR
         } else {
             err.code
