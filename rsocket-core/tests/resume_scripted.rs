@@ -835,3 +835,58 @@ async fn server_refuses_an_empty_resume_token() {
     send(&mut raw, Frame::Setup(Box::new(setup_with_token(b"")))).await;
     assert_connection_error(&expect_frame(&mut raw).await, ErrorCode::REJECTED_SETUP);
 }
+
+// The clock is paused: the keepalive interval passes as soon as every task
+// is idle.
+#[tokio::test(start_paused = true)]
+async fn a_full_store_does_not_hold_back_the_keepalive() {
+    // A store smaller than two requests, and a peer that reports its
+    // position only when asked (a KEEPALIVE(R)), as a server whose own
+    // store is larger does: the client's KEEPALIVE must still go out.
+    let config = Config {
+        resume_store_bytes: 64,
+        ..Config::default()
+    };
+    let (requester, mut conns) = resumable_client(
+        ClientBuilder::new()
+            .config(config)
+            .keepalive(Duration::from_secs(1), Duration::from_secs(90))
+            .resume(fast()),
+    )
+    .await;
+    let mut raw = prompt("first transport", conns.recv())
+        .await
+        .expect("transport");
+    let _setup = expect_frame(&mut raw).await;
+    let data = "0123456789012345678901234567890123456789";
+    for _ in 0..3 {
+        prompt("queued", requester.fire_and_forget(Payload::from(data)))
+            .await
+            .expect("queued");
+    }
+    // The first request fills the store; the others wait for room.
+    let first = expect_non_keepalive(&mut raw).await;
+    assert!(matches!(first, Frame::RequestFnf(_)), "{first:?}");
+    let asked = tokio::time::Instant::now();
+    match expect_frame(&mut raw).await {
+        Frame::Keepalive(k) => {
+            assert!(k.respond, "the periodic KEEPALIVE(R)");
+            assert!(tokio::time::Instant::now() - asked <= Duration::from_secs(1));
+        }
+        other => panic!("expected KEEPALIVE, got {other:?}"),
+    }
+    // Its answer acknowledges the first request: the next one goes.
+    send(
+        &mut raw,
+        Frame::Keepalive(Keepalive {
+            respond: false,
+            last_received_position: len(&first),
+            data: Bytes::new(),
+        }),
+    )
+    .await;
+    assert!(matches!(
+        expect_non_keepalive(&mut raw).await,
+        Frame::RequestFnf(_)
+    ));
+}
