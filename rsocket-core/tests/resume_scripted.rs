@@ -890,3 +890,50 @@ async fn a_full_store_does_not_hold_back_the_keepalive() {
         Frame::RequestFnf(_)
     ));
 }
+
+// The clock is paused: the handshake timeout passes as soon as every task
+// is idle.
+#[tokio::test(start_paused = true)]
+async fn a_reconnect_that_never_finishes_is_a_failed_attempt() {
+    // The second call (the first reconnect) never finishes, as a TCP or
+    // TLS handshake with a peer gone silent; the third connects.
+    let options = ResumeOptions {
+        handshake_timeout: Duration::from_secs(3),
+        ..fast()
+    };
+    let (tx, mut conns) = mpsc::unbounded_channel();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let requester = prompt(
+        "connect",
+        ClientBuilder::new()
+            .resume(options)
+            .connect_resumable(move || {
+                let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let tx = tx.clone();
+                async move {
+                    if n == 1 {
+                        std::future::pending::<()>().await;
+                    }
+                    let (engine, script) = raw_pair();
+                    tx.send(script)
+                        .map_err(|_| std::io::Error::other("script gone"))?;
+                    Ok(engine)
+                }
+            }),
+    )
+    .await
+    .expect("connected");
+    let (_stream, _request, raw) = stream_on_first_transport(&requester, &mut conns).await;
+    let lost = tokio::time::Instant::now();
+    drop(raw);
+    let mut raw = prompt("the transport after the stuck attempt", conns.recv())
+        .await
+        .expect("transport");
+    assert!(matches!(expect_frame(&mut raw).await, Frame::Resume(_)));
+    assert!(
+        tokio::time::Instant::now() - lost <= Duration::from_secs(3) + Duration::from_millis(10)
+    );
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert!(!requester.is_closed(), "the session waits to be resumed");
+}
