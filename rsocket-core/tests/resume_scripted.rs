@@ -937,3 +937,56 @@ async fn a_reconnect_that_never_finishes_is_a_failed_attempt() {
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
     assert!(!requester.is_closed(), "the session waits to be resumed");
 }
+
+// The clock is paused: it moves on only when both engines are idle, so a
+// stream that stalls until the next keepalive shows as simulated seconds.
+#[tokio::test(start_paused = true)]
+async fn a_small_server_store_does_not_stall_a_stream_until_the_keepalive() {
+    // The server keeps 256 bytes of unacknowledged frames, the client the
+    // default 4 MiB (so it reports its position every 256 KiB received,
+    // or when asked).
+    let (tx, mut rx) = mpsc::unbounded_channel::<MemoryTransport>();
+    let incoming = futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|t| t.map(Ok)));
+    let server = Server::new(|_setup, _requester| async {
+        Ok(request_stream_fn(|_req: Payload| {
+            futures::stream::iter((0..200).map(|i| Ok(Payload::from(format!("x{i:03}"))))).boxed()
+        }))
+    })
+    .config(Config {
+        resume_store_bytes: 256,
+        ..Config::default()
+    })
+    .resumption(ServerResumeOptions::default());
+    tokio::spawn(server.serve(incoming));
+    let requester = prompt(
+        "connect",
+        ClientBuilder::new()
+            .keepalive(Duration::from_secs(20), Duration::from_secs(90))
+            .resume(fast())
+            .connect_resumable(move || {
+                let (client, server) = rsocket_core::memory_pair(64 << 10);
+                let sent = tx.send(server);
+                async move {
+                    sent.map_err(|_| std::io::Error::other("server gone"))?;
+                    Ok(client)
+                }
+            }),
+    )
+    .await
+    .expect("connected");
+    let started = tokio::time::Instant::now();
+    let items: Vec<_> = prompt(
+        "the stream",
+        requester
+            .request_stream(Payload::from("go"))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(items.len(), 200);
+    assert!(items.iter().all(Result::is_ok));
+    let took = tokio::time::Instant::now() - started;
+    assert!(
+        took < Duration::from_secs(1),
+        "the stream took {took:?}: it waited for keepalives"
+    );
+}

@@ -650,6 +650,11 @@ impl Connection {
                 // KEEPALIVE(R)) before it acknowledges anything, which is
                 // what frees the store.
                 let Some(q) = self.out.take_keepalive() else {
+                    // Nothing may pass: ask the peer for its position,
+                    // which frees the store.
+                    if let Some(ask) = self.resume.as_mut().and_then(ResumeState::solicit) {
+                        into.push_back(Outgoing::Frame(ask));
+                    }
                     break;
                 };
                 q
