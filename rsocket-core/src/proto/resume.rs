@@ -60,8 +60,8 @@ pub(crate) struct ResumeState {
     /// An acknowledgement is due (see `ack_every`).
     ack_due: bool,
     /// A KEEPALIVE(R) asked the peer for its position because the store
-    /// was full (see [`ResumeState::solicit`]); cleared by the peer's next
-    /// KEEPALIVE, and when the transport changes.
+    /// was full (see [`ResumeState::solicit`]); cleared by a KEEPALIVE of
+    /// the peer that releases frames, and when the transport changes.
     solicited: bool,
 }
 
@@ -141,11 +141,18 @@ impl ResumeState {
     }
 
     /// A KEEPALIVE from the peer reported its received position: frames
-    /// before it are released (see [`ResumeState::release`]), and the store
-    /// may ask again when it fills.
+    /// before it are released (see [`ResumeState::release`]). When that
+    /// freed some, the store may ask again once it fills: the answer to a
+    /// question always does, since the question went out after every
+    /// stored frame; a peer that answers with a stale position is not asked
+    /// again and again.
     pub(crate) fn peer_reported(&mut self, position: u64) -> bool {
-        self.solicited = false;
-        self.release(position)
+        let before = self.first_available();
+        let valid = self.release(position);
+        if self.first_available() != before {
+            self.solicited = false;
+        }
+        valid
     }
 
     /// The transport changed: a question asked on the old one has no
@@ -353,8 +360,9 @@ mod tests {
     }
 
     #[test]
-    fn a_full_store_asks_once_until_the_peer_reports() {
+    fn a_full_store_asks_once_until_the_peer_reports_progress() {
         let mut s = ResumeState::new(10);
+        let a = send(&mut s, &item("0123456789"));
         s.record_received(7);
         match s.solicit() {
             Some(Frame::Keepalive(k)) => {
@@ -365,9 +373,13 @@ mod tests {
         }
         assert!(s.solicit().is_none(), "one question at a time");
         assert!(s.peer_reported(0));
+        assert!(s.solicit().is_none(), "a stale answer: not asked again");
+        assert!(s.peer_reported(a));
+        let b = send(&mut s, &item("0123456789"));
         assert!(s.solicit().is_some(), "answered: may ask again");
         s.new_transport();
         assert!(s.solicit().is_some(), "asked on a transport now gone");
+        assert!(s.peer_reported(a + b));
     }
 
     #[test]
