@@ -89,15 +89,18 @@ pub struct Config {
     /// Resumable connections only: bytes of sent resumable frames (requests,
     /// REQUEST_N, CANCEL, stream ERROR, PAYLOAD) kept until the peer
     /// acknowledges them, so that they can be sent again after a
-    /// reconnect. When the store is full, nothing more is handed to the
-    /// transport until an acknowledgement frees room (one frame may pass
-    /// the cap when the store is empty): the outbound queue then fills
-    /// and producers wait, as they do for `max_outbound_queue_bytes`. The
-    /// session never ends because of it. This side reports its own
-    /// received position (a KEEPALIVE) after every quarter of this many
-    /// bytes received, and at least every 256 KiB, so that the peer's store
-    /// is released before it fills; a peer whose store is smaller than
-    /// that interval waits for the next keepalive. Default 4 MiB.
+    /// reconnect. When the store is full, no more resumable frames are
+    /// handed to the transport until an acknowledgement frees room (one
+    /// frame may pass the cap when the store is empty): the outbound queue
+    /// then fills and producers wait, as they do for
+    /// `max_outbound_queue_bytes`; KEEPALIVEs still go. The session never
+    /// ends because of it. This side reports its own received position (a
+    /// KEEPALIVE) after every quarter of this many bytes received, and at
+    /// least every 256 KiB, so that the peer's store is released before it
+    /// fills; a side whose store fills first (it is smaller than the
+    /// peer's reporting interval) asks the peer for its position with a
+    /// KEEPALIVE(R), one at a time, rather than wait for the next
+    /// keepalive. Default 4 MiB.
     pub resume_store_bytes: usize,
 }
 

@@ -380,3 +380,33 @@ async fn frames_over_max_frame_len_are_refused_from_their_length() {
     expect_error(&mut s.raw, None, ErrorCode::CONNECTION_ERROR).await;
     expect_closed(&mut s.raw).await;
 }
+
+// ----- 4. Accept errors -----------------------------------------------------
+
+/// Serves a listener whose accepts fail three times with `err`, then that
+/// ends: how long (on the paused clock) the server took.
+async fn serve_three_failed_accepts(err: fn() -> std::io::Error) -> Duration {
+    let server = Server::new(|_setup, _requester| async { Ok(Arc::new(Echo) as Arc<dyn RSocket>) });
+    let incoming =
+        futures::stream::iter((0..3).map(move |_| Err::<rsocket_core::MemoryTransport, _>(err())));
+    let started = tokio::time::Instant::now();
+    within("serve", server.serve(incoming))
+        .await
+        .expect("served");
+    started.elapsed()
+}
+
+#[tokio::test(start_paused = true)]
+async fn accept_errors_that_are_not_about_one_connection_pause_accepting() {
+    let _watchdog =
+        Watchdog::arm("accept_errors_that_are_not_about_one_connection_pause_accepting");
+    // Out of file descriptors (EMFILE): the listener fails again at once
+    // for as long as it lasts, so accepting again at once would spin.
+    let emfile = serve_three_failed_accepts(|| std::io::Error::from_raw_os_error(24)).await;
+    assert!(emfile >= Duration::from_millis(5), "paused {emfile:?}");
+    // A connection reset before it was accepted concerns that one only.
+    let reset =
+        serve_three_failed_accepts(|| std::io::Error::from(std::io::ErrorKind::ConnectionAborted))
+            .await;
+    assert_eq!(reset, Duration::ZERO);
+}

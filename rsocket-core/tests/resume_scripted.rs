@@ -835,3 +835,158 @@ async fn server_refuses_an_empty_resume_token() {
     send(&mut raw, Frame::Setup(Box::new(setup_with_token(b"")))).await;
     assert_connection_error(&expect_frame(&mut raw).await, ErrorCode::REJECTED_SETUP);
 }
+
+// The clock is paused: the keepalive interval passes as soon as every task
+// is idle.
+#[tokio::test(start_paused = true)]
+async fn a_full_store_does_not_hold_back_the_keepalive() {
+    // A store smaller than two requests, and a peer that reports its
+    // position only when asked (a KEEPALIVE(R)), as a server whose own
+    // store is larger does: the client's KEEPALIVE must still go out.
+    let config = Config {
+        resume_store_bytes: 64,
+        ..Config::default()
+    };
+    let (requester, mut conns) = resumable_client(
+        ClientBuilder::new()
+            .config(config)
+            .keepalive(Duration::from_secs(1), Duration::from_secs(90))
+            .resume(fast()),
+    )
+    .await;
+    let mut raw = prompt("first transport", conns.recv())
+        .await
+        .expect("transport");
+    let _setup = expect_frame(&mut raw).await;
+    let data = "0123456789012345678901234567890123456789";
+    for _ in 0..3 {
+        prompt("queued", requester.fire_and_forget(Payload::from(data)))
+            .await
+            .expect("queued");
+    }
+    // The first request fills the store; the others wait for room.
+    let first = expect_non_keepalive(&mut raw).await;
+    assert!(matches!(first, Frame::RequestFnf(_)), "{first:?}");
+    let asked = tokio::time::Instant::now();
+    match expect_frame(&mut raw).await {
+        Frame::Keepalive(k) => {
+            assert!(k.respond, "the periodic KEEPALIVE(R)");
+            assert!(tokio::time::Instant::now() - asked <= Duration::from_secs(1));
+        }
+        other => panic!("expected KEEPALIVE, got {other:?}"),
+    }
+    // Its answer acknowledges the first request: the next one goes.
+    send(
+        &mut raw,
+        Frame::Keepalive(Keepalive {
+            respond: false,
+            last_received_position: len(&first),
+            data: Bytes::new(),
+        }),
+    )
+    .await;
+    assert!(matches!(
+        expect_non_keepalive(&mut raw).await,
+        Frame::RequestFnf(_)
+    ));
+}
+
+// The clock is paused: the handshake timeout passes as soon as every task
+// is idle.
+#[tokio::test(start_paused = true)]
+async fn a_reconnect_that_never_finishes_is_a_failed_attempt() {
+    // The second call (the first reconnect) never finishes, as a TCP or
+    // TLS handshake with a peer gone silent; the third connects.
+    let options = ResumeOptions {
+        handshake_timeout: Duration::from_secs(3),
+        ..fast()
+    };
+    let (tx, mut conns) = mpsc::unbounded_channel();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let requester = prompt(
+        "connect",
+        ClientBuilder::new()
+            .resume(options)
+            .connect_resumable(move || {
+                let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let tx = tx.clone();
+                async move {
+                    if n == 1 {
+                        std::future::pending::<()>().await;
+                    }
+                    let (engine, script) = raw_pair();
+                    tx.send(script)
+                        .map_err(|_| std::io::Error::other("script gone"))?;
+                    Ok(engine)
+                }
+            }),
+    )
+    .await
+    .expect("connected");
+    let (_stream, _request, raw) = stream_on_first_transport(&requester, &mut conns).await;
+    let lost = tokio::time::Instant::now();
+    drop(raw);
+    let mut raw = prompt("the transport after the stuck attempt", conns.recv())
+        .await
+        .expect("transport");
+    assert!(matches!(expect_frame(&mut raw).await, Frame::Resume(_)));
+    assert!(
+        tokio::time::Instant::now() - lost <= Duration::from_secs(3) + Duration::from_millis(10)
+    );
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert!(!requester.is_closed(), "the session waits to be resumed");
+}
+
+// The clock is paused: it moves on only when both engines are idle, so a
+// stream that stalls until the next keepalive shows as simulated seconds.
+#[tokio::test(start_paused = true)]
+async fn a_small_server_store_does_not_stall_a_stream_until_the_keepalive() {
+    // The server keeps 256 bytes of unacknowledged frames, the client the
+    // default 4 MiB (so it reports its position every 256 KiB received,
+    // or when asked).
+    let (tx, mut rx) = mpsc::unbounded_channel::<MemoryTransport>();
+    let incoming = futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|t| t.map(Ok)));
+    let server = Server::new(|_setup, _requester| async {
+        Ok(request_stream_fn(|_req: Payload| {
+            futures::stream::iter((0..200).map(|i| Ok(Payload::from(format!("x{i:03}"))))).boxed()
+        }))
+    })
+    .config(Config {
+        resume_store_bytes: 256,
+        ..Config::default()
+    })
+    .resumption(ServerResumeOptions::default());
+    tokio::spawn(server.serve(incoming));
+    let requester = prompt(
+        "connect",
+        ClientBuilder::new()
+            .keepalive(Duration::from_secs(20), Duration::from_secs(90))
+            .resume(fast())
+            .connect_resumable(move || {
+                let (client, server) = rsocket_core::memory_pair(64 << 10);
+                let sent = tx.send(server);
+                async move {
+                    sent.map_err(|_| std::io::Error::other("server gone"))?;
+                    Ok(client)
+                }
+            }),
+    )
+    .await
+    .expect("connected");
+    let started = tokio::time::Instant::now();
+    let items: Vec<_> = prompt(
+        "the stream",
+        requester
+            .request_stream(Payload::from("go"))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(items.len(), 200);
+    assert!(items.iter().all(Result::is_ok));
+    let took = tokio::time::Instant::now() - started;
+    assert!(
+        took < Duration::from_secs(1),
+        "the stream took {took:?}: it waited for keepalives"
+    );
+}

@@ -784,3 +784,59 @@ async fn a_frame_at_max_frame_len_is_served_and_one_byte_more_is_refused() {
         others_are_served(addr, &bystander).await;
     }
 }
+
+/// A request sent as a fragmented WebSocket message (a binary frame
+/// without FIN, then a continuation), with a ping between the fragments
+/// (control frames may come inside a fragmented message, RFC 6455 §5.4):
+/// the ping is answered with a pong carrying its payload, and the request,
+/// reassembled by the WebSocket layer, is answered.
+#[tokio::test]
+async fn a_fragmented_message_with_a_ping_inside_is_one_frame() {
+    let listener = WsListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut server = serve(listener);
+    let (mut tcp, head) = raw_handshake(addr, "/", &[]).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tcp.write_all(&raw_ws_frame(0x80 | 0x02, &encode(&setup_frame())))
+        .await
+        .unwrap();
+    let _ = within(server.setups.recv()).await.unwrap();
+    let request = encode(&Frame::RequestResponse(
+        rsocket_core::frame::RequestResponse {
+            stream_id: rsocket_core::StreamId::new(1).unwrap(),
+            follows: false,
+            payload: Payload::from("in two parts"),
+        },
+    ));
+    let (first, rest) = request.split_at(8);
+    tcp.write_all(&raw_ws_frame(0x02, first)).await.unwrap(); // binary, no FIN
+    tcp.write_all(&raw_ws_frame(0x80 | 0x09, b"hi"))
+        .await
+        .unwrap(); // ping
+    tcp.write_all(&raw_ws_frame(0x80, rest)).await.unwrap(); // continuation, FIN
+    let mut ws = WebSocketStream::from_raw_socket(tcp, Role::Client, None).await;
+    let mut ponged = false;
+    loop {
+        match within(ws.next()).await {
+            Some(Ok(Message::Pong(p))) => {
+                assert_eq!(&p[..], b"hi");
+                ponged = true;
+            }
+            Some(Ok(Message::Binary(b))) => match Frame::decode(b) {
+                Ok(Frame::Keepalive(_)) => {}
+                Ok(Frame::Payload(p)) if p.stream_id.get() == 1 && p.complete => {
+                    assert_eq!(p.payload.data, "in two parts");
+                    break;
+                }
+                other => panic!("expected the answer, got {other:?}"),
+            },
+            other => panic!("expected a pong or the answer, got {other:?}"),
+        }
+    }
+    if !ponged {
+        match within(ws.next()).await {
+            Some(Ok(Message::Pong(p))) => assert_eq!(&p[..], b"hi"),
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    }
+}

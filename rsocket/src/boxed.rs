@@ -9,12 +9,33 @@ use rsocket_core::{Frame, PeerInfo, Transport, TransportError};
 type BoxReader = Pin<Box<dyn Stream<Item = Result<Frame, TransportError>> + Send>>;
 type BoxWriter = Pin<Box<dyn Sink<Frame, Error = TransportError> + Send>>;
 
-/// Any [`Transport`], boxed: one allocation per connection, one virtual
-/// call per poll.
+/// Any [`Transport`], boxed: the transport, then its two halves, each in
+/// an allocation of its own; one virtual call per poll.
+///
+/// The transport is kept whole until [`Transport::split`], so that
+/// [`Transport::limit_frame_len`] (the engine applies `Config::max_frame_len`
+/// with it) reaches the boxed transport's own frame limit: a length prefix
+/// over it is refused before the frame is read.
 pub struct BoxedTransport {
-    reader: BoxReader,
-    writer: BoxWriter,
+    inner: Box<dyn Unsplit>,
     peer: PeerInfo,
+}
+
+/// A transport not split yet, its type erased.
+trait Unsplit: Send {
+    fn limit(&mut self, max: usize);
+    fn split_boxed(self: Box<Self>) -> (BoxReader, BoxWriter);
+}
+
+impl<T: Transport> Unsplit for T {
+    fn limit(&mut self, max: usize) {
+        self.limit_frame_len(max);
+    }
+
+    fn split_boxed(self: Box<Self>) -> (BoxReader, BoxWriter) {
+        let (reader, writer) = (*self).split();
+        (Box::pin(reader), Box::pin(writer))
+    }
 }
 
 impl std::fmt::Debug for BoxedTransport {
@@ -29,10 +50,8 @@ impl BoxedTransport {
     /// Boxes a transport.
     pub fn new<T: Transport>(transport: T) -> Self {
         let peer = transport.peer_info();
-        let (reader, writer) = transport.split();
         Self {
-            reader: Box::pin(reader),
-            writer: Box::pin(writer),
+            inner: Box::new(transport),
             peer,
         }
     }
@@ -43,10 +62,14 @@ impl Transport for BoxedTransport {
     type Writer = BoxWriter;
 
     fn split(self) -> (Self::Reader, Self::Writer) {
-        (self.reader, self.writer)
+        self.inner.split_boxed()
     }
 
     fn peer_info(&self) -> PeerInfo {
         self.peer.clone()
+    }
+
+    fn limit_frame_len(&mut self, max: usize) {
+        self.inner.limit(max);
     }
 }

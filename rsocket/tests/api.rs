@@ -468,3 +468,62 @@ async fn closed_resolves_after_what_was_queued_is_written() {
         "{frames:?}"
     );
 }
+
+/// A raw TCP peer: SETUP, then the length prefix of a frame one byte over
+/// the server's `Config::max_frame_len` (and nothing of the frame): the
+/// server must refuse it from the prefix, with `ERROR[CONNECTION_ERROR]`,
+/// not wait to buffer it.
+#[tokio::test]
+async fn a_uri_listener_applies_the_servers_max_frame_len() {
+    use bytes::BufMut;
+    use rsocket::frame::{Frame, Setup, Version};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const MAX: usize = 1024;
+    let listener = Listener::bind("tcp://127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr();
+    let server = Server::new(|_setup: SetupInfo, _requester: Requester| async {
+        Ok(request_response_fn(|req| async move { Ok(Some(req)) }))
+    })
+    .config(Config {
+        max_frame_len: MAX,
+        ..Config::default()
+    });
+    tokio::spawn(server.serve(listener));
+    let mut tcp = within("connect", tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect");
+    let setup = Frame::Setup(Box::new(Setup {
+        version: Version::V1_0,
+        keepalive_interval_ms: 20_000,
+        max_lifetime_ms: 90_000,
+        resume_token: None,
+        lease: false,
+        metadata_mime_type: rsocket::MimeType::OCTET_STREAM,
+        data_mime_type: rsocket::MimeType::OCTET_STREAM,
+        payload: Payload::default(),
+    }));
+    let mut out = bytes::BytesMut::new();
+    out.put_uint(setup.encoded_len() as u64, 3);
+    setup.encode(&mut out);
+    // The prefix of a frame one byte too long, and the start of its header.
+    out.put_uint(MAX as u64 + 1, 3);
+    out.put_u32(3);
+    within("send", tcp.write_all(&out)).await.expect("write");
+    let mut prefix = [0u8; 3];
+    within("the server's answer", tcp.read_exact(&mut prefix))
+        .await
+        .expect("a frame");
+    let len = usize::from(prefix[0]) << 16 | usize::from(prefix[1]) << 8 | usize::from(prefix[2]);
+    let mut body = vec![0u8; len];
+    within("the rest of it", tcp.read_exact(&mut body))
+        .await
+        .expect("the frame");
+    match Frame::decode(Bytes::from(body)) {
+        Ok(Frame::Error(e)) => {
+            assert_eq!(e.stream_id, None);
+            assert_eq!(e.code, ErrorCode::CONNECTION_ERROR);
+        }
+        other => panic!("expected ERROR[CONNECTION_ERROR], got {other:?}"),
+    }
+}

@@ -18,7 +18,9 @@ impl Connection {
             .sum();
         let out_bytes: usize = self.out.iter_meta().map(|(len, _)| len).sum();
         let unpaced: usize = self.out.iter_meta().map(|(_, unpaced)| unpaced).sum();
+        let (keepalives, keepalives_counted) = self.out.keepalive_counts();
         let totals = [
+            ("queued_keepalives", keepalives, keepalives_counted),
             ("reassembly_bytes", self.reassembly_bytes, frag_bytes),
             ("partial_requests", self.partial_requests, partial),
             ("inbound_streams", self.inbound_streams, inbound),

@@ -422,7 +422,7 @@ impl Connection {
                     self.wakeups.driver();
                 }
             } else if let Frame::Keepalive(k) = &frame {
-                if !r.release(k.last_received_position) {
+                if !r.peer_reported(k.last_received_position) {
                     debug!(
                         position = k.last_received_position,
                         sent = r.sent(),

@@ -288,6 +288,9 @@ impl Connection {
         self.detached = true;
         self.link_lost = false;
         self.stalled_since = None;
+        if let Some(r) = self.resume.as_mut() {
+            r.new_transport();
+        }
     }
 
     /// A new transport took over: the liveness timers start afresh.
@@ -297,6 +300,10 @@ impl Connection {
         self.last_received = now;
         self.stalled_since = None;
         self.next_keepalive = self.keepalive.send_interval.map(|i| now + i);
+        if let Some(r) = self.resume.as_mut() {
+            // A transport taken over without a detach (the server's) too.
+            r.new_transport();
+        }
         self.regrant_after_resume(now);
         self.wakeups.driver();
     }

@@ -146,6 +146,10 @@ pub(super) struct OutQueue {
     meta: VecDeque<Meta>,
     /// Frames in `items`.
     frames: usize,
+    /// KEEPALIVE frames in `items` (kept as values: a resumable
+    /// connection's, which may pass a frame held back by a full resume
+    /// store; see [`OutQueue::take_keepalive`]).
+    keepalives: usize,
     /// An empty buffer for the next run (see [`Connection::recycle_run`]).
     spare: Option<BytesMut>,
 }
@@ -153,6 +157,9 @@ pub(super) struct OutQueue {
 impl OutQueue {
     #[inline]
     pub(super) fn push_back(&mut self, frame: Frame, len: usize, pace: Pace) {
+        if matches!(frame, Frame::Keepalive(_)) {
+            self.keepalives += 1;
+        }
         self.items.push_back(Outgoing::Frame(frame));
         self.meta.push_back(Meta {
             len,
@@ -226,6 +233,31 @@ impl OutQueue {
         let item = self.items.pop_front()?;
         let m = self.meta.pop_front()?;
         self.frames -= m.frames;
+        if matches!(item, Outgoing::Frame(Frame::Keepalive(_))) {
+            self.keepalives -= 1;
+        }
+        Some(Queued {
+            item,
+            len: m.len,
+            unpaced: m.unpaced(),
+            frames: m.frames,
+        })
+    }
+
+    /// Takes the first KEEPALIVE queued as a value, wherever it is (a
+    /// full resume store holds back the frames before it).
+    fn take_keepalive(&mut self) -> Option<Queued> {
+        if self.keepalives == 0 {
+            return None;
+        }
+        let i = self
+            .items
+            .iter()
+            .position(|item| matches!(item, Outgoing::Frame(Frame::Keepalive(_))))?;
+        let item = self.items.remove(i)?;
+        let m = self.meta.remove(i)?;
+        self.frames -= m.frames;
+        self.keepalives -= 1;
         Some(Queued {
             item,
             len: m.len,
@@ -286,6 +318,18 @@ impl OutQueue {
         self.items.clear();
         self.meta.clear();
         self.frames = 0;
+        self.keepalives = 0;
+    }
+
+    /// KEEPALIVE frames held as values: the running count and a recount
+    /// (for the self-checks).
+    pub(super) fn keepalive_counts(&self) -> (usize, usize) {
+        let counted = self
+            .items
+            .iter()
+            .filter(|item| matches!(item, Outgoing::Frame(Frame::Keepalive(_))))
+            .count();
+        (self.keepalives, counted)
     }
 
     /// Each entry's length and its unpaced part, in order.
@@ -312,6 +356,7 @@ impl OutQueue {
         std::mem::swap(&mut self.items, into);
         self.meta.clear();
         self.frames = 0;
+        self.keepalives = 0;
     }
 }
 
@@ -532,10 +577,11 @@ impl Connection {
     }
 
     /// Frames are waiting for the writer and may be taken now (a full
-    /// resume store holds back a resumable frame at the head).
+    /// resume store holds back a resumable frame at the head, but not the
+    /// KEEPALIVEs behind it).
     pub(crate) fn has_queued(&self) -> bool {
         if let Some(r) = &self.resume {
-            if r.ack_due() {
+            if r.ack_due() || self.out.keepalives > 0 {
                 return true;
             }
             return self
@@ -593,15 +639,31 @@ impl Connection {
             if taken >= max_bytes {
                 break;
             }
-            if let Some(r) = &self.resume {
-                match self.out.front() {
-                    Some((f, len)) if !self.may_take(r, f, len) => break,
-                    _ => {}
-                }
-            }
-            self.out.split_front(max_bytes - taken, max - frames);
-            let Some(mut q) = self.out.pop_front() else {
-                break;
+            let held = match (&self.resume, self.out.front()) {
+                (Some(r), Some((f, len))) => !self.may_take(r, f, len),
+                _ => false,
+            };
+            let mut q = if held {
+                // A full store holds back the stream frames, not the
+                // KEEPALIVEs queued behind them: they carry this side's
+                // position, and the peer may be waiting for one (a
+                // KEEPALIVE(R)) before it acknowledges anything, which is
+                // what frees the store.
+                let Some(q) = self.out.take_keepalive() else {
+                    // Nothing may pass: ask the peer for its position,
+                    // which frees the store.
+                    if let Some(ask) = self.resume.as_mut().and_then(ResumeState::solicit) {
+                        into.push_back(Outgoing::Frame(ask));
+                    }
+                    break;
+                };
+                q
+            } else {
+                self.out.split_front(max_bytes - taken, max - frames);
+                let Some(q) = self.out.pop_front() else {
+                    break;
+                };
+                q
             };
             if let (Some(r), Outgoing::Frame(frame)) = (self.resume.as_mut(), &mut q.item) {
                 if is_resumable(frame) {

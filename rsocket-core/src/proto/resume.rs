@@ -59,6 +59,10 @@ pub(crate) struct ResumeState {
     ack_every: u64,
     /// An acknowledgement is due (see `ack_every`).
     ack_due: bool,
+    /// A KEEPALIVE(R) asked the peer for its position because the store
+    /// was full (see [`ResumeState::solicit`]); cleared by a KEEPALIVE of
+    /// the peer that releases frames, and when the transport changes.
+    solicited: bool,
 }
 
 impl ResumeState {
@@ -72,6 +76,7 @@ impl ResumeState {
             acked: 0,
             ack_every: (cap as u64 / 4).clamp(1, ACK_EVERY_MAX),
             ack_due: false,
+            solicited: false,
         }
     }
 
@@ -133,6 +138,46 @@ impl ResumeState {
             self.store.pop_front();
         }
         true
+    }
+
+    /// A KEEPALIVE from the peer reported its received position: frames
+    /// before it are released (see [`ResumeState::release`]). When that
+    /// freed some, the store may ask again once it fills: the answer to a
+    /// question always does, since the question went out after every
+    /// stored frame; a peer that answers with a stale position is not asked
+    /// again and again.
+    pub(crate) fn peer_reported(&mut self, position: u64) -> bool {
+        let before = self.first_available();
+        let valid = self.release(position);
+        if self.first_available() != before {
+            self.solicited = false;
+        }
+        valid
+    }
+
+    /// The transport changed: a question asked on the old one has no
+    /// answer coming.
+    pub(crate) fn new_transport(&mut self) {
+        self.solicited = false;
+    }
+
+    /// The store is full and holds back a frame: a KEEPALIVE(R) asking the
+    /// peer for its received position, unless one is unanswered. The peer
+    /// reports it on its own only after a quarter of *its* store (at most
+    /// 256 KiB), or at its keepalive interval: a store smaller than that
+    /// would otherwise stall the connection until then.
+    pub(crate) fn solicit(&mut self) -> Option<Frame> {
+        if self.solicited {
+            return None;
+        }
+        self.solicited = true;
+        self.ack_due = false;
+        self.acked = self.implied;
+        Some(Frame::Keepalive(Keepalive {
+            respond: true,
+            last_received_position: self.implied,
+            data: bytes::Bytes::new(),
+        }))
     }
 
     /// Takes the due acknowledgement, if any, as a KEEPALIVE (R = 0).
@@ -312,6 +357,29 @@ mod tests {
             s.server_resume(&gap).is_err(),
             "client cannot resend 40..41"
         );
+    }
+
+    #[test]
+    fn a_full_store_asks_once_until_the_peer_reports_progress() {
+        let mut s = ResumeState::new(10);
+        let a = send(&mut s, &item("0123456789"));
+        s.record_received(7);
+        match s.solicit() {
+            Some(Frame::Keepalive(k)) => {
+                assert!(k.respond, "a question");
+                assert_eq!(k.last_received_position, 7);
+            }
+            other => panic!("expected KEEPALIVE, got {other:?}"),
+        }
+        assert!(s.solicit().is_none(), "one question at a time");
+        assert!(s.peer_reported(0));
+        assert!(s.solicit().is_none(), "a stale answer: not asked again");
+        assert!(s.peer_reported(a));
+        let b = send(&mut s, &item("0123456789"));
+        assert!(s.solicit().is_some(), "answered: may ask again");
+        s.new_transport();
+        assert!(s.solicit().is_some(), "asked on a transport now gone");
+        assert!(s.peer_reported(a + b));
     }
 
     #[test]

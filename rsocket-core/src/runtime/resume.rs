@@ -52,10 +52,11 @@ pub struct ResumeOptions {
     pub min_backoff: Duration,
     /// Largest delay between attempts. Default 5 s.
     pub max_backoff: Duration,
-    /// How long one attempt may wait for the server's answer to RESUME.
-    /// An attempt not answered by then is dropped with its transport and
-    /// counts as failed: the next one starts after the back-off, until the
-    /// session timeout. Default 10 s.
+    /// How long one attempt may take: opening the transport (the
+    /// reconnect function) and the server's answer to RESUME. An attempt
+    /// not done by then is dropped with its transport and counts as
+    /// failed: the next one starts after the back-off, until the session
+    /// timeout. Default 10 s.
     pub handshake_timeout: Duration,
 }
 
@@ -256,11 +257,35 @@ impl<T: Transport> ClientResume<T> {
     }
 }
 
+/// One reconnect attempt, within `wait` (a reconnect function that never
+/// finishes, a TCP or TLS handshake with a peer gone silent, must not hold
+/// up the attempts after it until the session timeout).
 async fn attempt<T: Transport>(
     reconnect: Reconnect<T>,
     resume: Resume,
     max_frame_len: usize,
     wait: Duration,
+) -> Result<Resumed<T>, AttemptError> {
+    let mut connected = false;
+    let exchange = resume_on_new_transport(reconnect, resume, max_frame_len, &mut connected);
+    match tokio::time::timeout(wait, exchange).await {
+        Ok(outcome) => outcome,
+        Err(_) if connected => Err(AttemptError::Retry(format!(
+            "no answer to RESUME within {wait:?}"
+        ))),
+        Err(_) => Err(AttemptError::Retry(format!(
+            "the reconnect function did not finish within {wait:?}"
+        ))),
+    }
+}
+
+/// Opens a transport (`connected` is set once it is open), sends RESUME
+/// and reads the answer.
+async fn resume_on_new_transport<T: Transport>(
+    reconnect: Reconnect<T>,
+    resume: Resume,
+    max_frame_len: usize,
+    connected: &mut bool,
 ) -> Result<Resumed<T>, AttemptError> {
     // The application's function: a panic in it is a failed attempt.
     let mut transport = std::panic::AssertUnwindSafe(async { reconnect().await })
@@ -268,35 +293,33 @@ async fn attempt<T: Transport>(
         .await
         .map_err(|_| AttemptError::Retry("the reconnect function panicked".to_owned()))?
         .map_err(|e| AttemptError::Retry(format!("reconnect failed: {e}")))?;
+    *connected = true;
     transport.limit_frame_len(max_frame_len);
     let (mut reader, mut writer) = transport.split();
-    let answer = tokio::time::timeout(wait, async {
+    let answer = async {
         writer.send(Frame::Resume(resume)).await?;
         Ok::<_, TransportError>(reader.next().await)
-    })
+    }
     .await;
     match answer {
-        Err(_) => Err(AttemptError::Retry(format!(
-            "no answer to RESUME within {wait:?}"
-        ))),
-        Ok(Err(e)) | Ok(Ok(Some(Err(e)))) => Err(AttemptError::Retry(format!(
+        Err(e) | Ok(Some(Err(e))) => Err(AttemptError::Retry(format!(
             "transport failed during RESUME: {e}"
         ))),
-        Ok(Ok(None)) => Err(AttemptError::Retry(
+        Ok(None) => Err(AttemptError::Retry(
             "transport closed before the answer to RESUME".into(),
         )),
-        Ok(Ok(Some(Ok(Frame::ResumeOk(ok))))) => Ok(Resumed {
+        Ok(Some(Ok(Frame::ResumeOk(ok)))) => Ok(Resumed {
             reader,
             writer,
             position: ok.last_received_client_position,
         }),
-        Ok(Ok(Some(Ok(Frame::Error(e))))) if e.stream_id.is_none() => {
+        Ok(Some(Ok(Frame::Error(e)))) if e.stream_id.is_none() => {
             Err(AttemptError::Final(ResumeFailure::Rejected {
                 code: e.code,
                 message: e.message(),
             }))
         }
-        Ok(Ok(Some(Ok(other)))) => Err(AttemptError::Final(ResumeFailure::Protocol(format!(
+        Ok(Some(Ok(other))) => Err(AttemptError::Final(ResumeFailure::Protocol(format!(
             "{:?} frame instead of RESUME_OK",
             other.frame_type()
         )))),

@@ -469,7 +469,10 @@ impl Server {
 
     /// Serves every connection from `incoming` until the listener ends (a
     /// TCP or WebSocket listener never does: this runs until the process
-    /// stops). Accept errors are logged and skipped.
+    /// stops). Accept errors are logged and skipped; after one that is not
+    /// about a single connection (out of file descriptors, say) accepting
+    /// pauses, from 5 ms doubling up to 1 s, instead of failing again at
+    /// once in a busy loop.
     pub async fn serve<S, T>(self, incoming: S) -> Result<(), ServeError>
     where
         S: Stream<Item = io::Result<T>>,
@@ -484,7 +487,7 @@ impl Server {
     /// finish (new ones are refused: locally on the client, with
     /// `ERROR[REJECTED]` here for requests already on the way) for the grace
     /// period, and closes what is left with `ERROR[CONNECTION_ERROR]`.
-    /// Accept errors are logged and skipped.
+    /// Accept errors are handled as in [`Server::serve`].
     pub async fn serve_with_shutdown<S, T>(
         self,
         incoming: S,
@@ -502,11 +505,19 @@ impl Server {
         let mut incoming = Box::pin(incoming.fuse());
         let mut shutdown = pin!(shutdown.fuse());
         let mut accepting = true;
+        // After an accept error that is not about one connection, accepting
+        // pauses (see `AcceptPause`).
+        let mut pause = AcceptPause::new();
+        let resume_accepting = tokio::time::sleep(Duration::ZERO);
+        let mut resume_accepting = pin!(resume_accepting);
+        let mut paused = false;
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                next = incoming.next(), if accepting => match next {
+                () = &mut resume_accepting, if paused => paused = false,
+                next = incoming.next(), if accepting && !paused => match next {
                     Some(Ok(transport)) => {
+                        pause.reset();
                         let acceptor = self.acceptor.clone();
                         let config = self.config.clone();
                         let rx = drain_rx.clone();
@@ -515,7 +526,18 @@ impl Server {
                         let sessions = sessions.clone();
                         tasks.spawn(serve_one(transport, config, acceptor, rx, pending, grace, sessions));
                     }
-                    Some(Err(e)) => warn!(error = %e, "accept failed"),
+                    Some(Err(e)) => {
+                        if is_connection_error(&e) {
+                            debug!(error = %e, "accept failed for one connection");
+                        } else {
+                            let wait = pause.next();
+                            warn!(error = %e, ?wait, "accept failed; pausing accepting");
+                            resume_accepting
+                                .as_mut()
+                                .reset(tokio::time::Instant::now() + wait);
+                            paused = true;
+                        }
+                    }
                     // The listener ended: serve what is open, then return.
                     None => accepting = false,
                 },
@@ -541,6 +563,45 @@ impl Server {
             .await;
         }
         Ok(())
+    }
+}
+
+/// An accept error about one connection only (reset or aborted before it
+/// was accepted): the next accept may succeed at once.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// How long accepting pauses after an accept error that is not about one
+/// connection: out of file descriptors (`EMFILE`), say, the listener fails
+/// again at once for as long as that lasts, and accepting again at once
+/// would spin. From 5 ms, doubling after each error, up to 1 s; back to
+/// 5 ms once a connection is accepted.
+#[derive(Debug)]
+struct AcceptPause(Duration);
+
+impl AcceptPause {
+    const MIN: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn new() -> Self {
+        Self(Self::MIN)
+    }
+
+    fn reset(&mut self) {
+        self.0 = Self::MIN;
+    }
+
+    fn next(&mut self) -> Duration {
+        let wait = self.0;
+        self.0 = (wait * 2).min(Self::MAX);
+        wait
     }
 }
 
