@@ -60,7 +60,7 @@ pub use rsocket_transport_tcp;
 #[cfg(feature = "ws")]
 pub use rsocket_transport_ws;
 
-pub use boxed::BoxedTransport;
+pub use boxed::{BoxedReader, BoxedTransport, BoxedWriter};
 pub use listener::Listener;
 pub use uri::{TransportUri, UriError};
 

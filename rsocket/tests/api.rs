@@ -527,3 +527,36 @@ async fn a_uri_listener_applies_the_servers_max_frame_len() {
         other => panic!("expected ERROR[CONNECTION_ERROR], got {other:?}"),
     }
 }
+
+/// A TCP connection made or accepted through a URI reads and writes runs of
+/// frames as raw bytes, as an unboxed TCP transport does (a WebSocket
+/// transport has no such path: its messages are whole frames).
+#[tokio::test]
+async fn boxed_transports_keep_the_raw_bytes_paths() {
+    use rsocket::{BoxedTransport, Transport, TransportOptions};
+    {
+        let uri = "tcp://127.0.0.1:0";
+        let mut listener = Listener::bind(uri).await.expect("bind");
+        let bound = listener.local_uri();
+        let (client, server) = within(
+            "connect",
+            futures::future::join(
+                rsocket::open_transport(&bound, &TransportOptions::default()),
+                listener.next(),
+            ),
+        )
+        .await;
+        let server = server.expect("an accepted connection").expect("accept");
+        for transport in [client.expect("open"), server] {
+            let (mut reader, mut writer) = transport.split();
+            assert!(
+                BoxedTransport::wire_reader(&mut reader).is_some(),
+                "{uri}: the reader's raw-bytes path"
+            );
+            assert!(
+                BoxedTransport::wire_writer(&mut writer).is_some(),
+                "{uri}: the writer's raw-bytes path"
+            );
+        }
+    }
+}

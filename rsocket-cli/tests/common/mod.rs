@@ -148,7 +148,7 @@ impl Spy {
         });
         Self {
             reader: Box::pin(reader),
-            writer,
+            writer: Box::pin(writer),
             peer,
         }
     }
