@@ -394,3 +394,34 @@ async fn bad_input_fails_cleanly() {
     assert_eq!(r.code, 2, "{r:#?}");
     assert!(r.stderr.contains("connecting to"), "{}", r.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_message_says_each_cause_once() {
+    // The URI error's text includes its cause, which is also its source.
+    let r = run(&["udp://127.0.0.1:1"], "").await;
+    r.expect_code(2);
+    assert_eq!(
+        r.stderr,
+        "error: connecting to udp://127.0.0.1:1: invalid transport URI: \
+         unsupported scheme \"udp\": expected tcp, ws or wss\n"
+    );
+    let r = run(&["serve", "127.0.0.1:0", "--echo"], "").await;
+    r.expect_code(2);
+    assert_eq!(
+        r.stderr,
+        "error: listening on 127.0.0.1:0: invalid transport URI: \
+         missing scheme: expected tcp://, ws:// or wss://\n"
+    );
+    // So does the WebSocket handshake's.
+    let (uri, _events) = serve_recorder("ws://127.0.0.1:0/rs").await;
+    let wrong = format!("{}/elsewhere", uri.trim_end_matches("/rs"));
+    let r = run(&[&wrong, "-d", "x"], "").await;
+    r.expect_code(2);
+    assert_eq!(
+        r.stderr,
+        format!(
+            "error: connecting to {wrong}: WebSocket handshake failed: \
+             HTTP error: 404 Not Found\n"
+        )
+    );
+}
