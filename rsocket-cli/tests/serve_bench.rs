@@ -139,6 +139,20 @@ async fn serve_without_echo_or_on_a_bad_uri_fails() {
         .expect_code(2);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_refuses_a_request_size_it_cannot_send() {
+    // Checked before connecting: nothing listens there.
+    for size in ["99999999999999", "67108865", "64k"] {
+        let r = run(&["bench", "tcp://127.0.0.1:1", "--size", size], "").await;
+        r.expect_code(2);
+        assert!(
+            r.stderr.contains("invalid value") && r.stderr.contains("--size"),
+            "--size {size}: {}",
+            r.stderr
+        );
+    }
+}
+
 /// Runs a one-second benchmark and returns its JSON report.
 async fn bench(uri: &str, interaction: &str, extra: &[&str]) -> Value {
     let mut args = vec![
