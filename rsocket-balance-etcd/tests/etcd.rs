@@ -330,3 +330,21 @@ async fn changed_values_lost_leases_and_an_etcd_restart_are_followed() {
     reg_v2.deregister().await.unwrap();
     assert_eq!(next_change(&mut changes).await, "-/services/echo/a");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_prefix_lists_and_follows_every_key() {
+    let etcd_process = EtcdProcess::start();
+    let etcd = Etcd::connect(&etcd_process.endpoint).await.unwrap();
+    let ttl = Duration::from_secs(5);
+    let reg_a = etcd.register("", "a", "1", ttl).await.unwrap();
+    let (kvs, _revision) = etcd.list("").await.expect("list every key");
+    assert_eq!(kvs, [("a".to_owned(), "1".to_owned())]);
+    let mut changes = Box::pin(etcd.watch("", |v: &str| Some(v.to_owned())));
+    assert_eq!(next_change(&mut changes).await, "+a=1");
+    let reg_b = etcd.register("/deep/", "b", "2", ttl).await.unwrap();
+    assert_eq!(next_change(&mut changes).await, "+/deep/b=2");
+    reg_a.deregister().await.unwrap();
+    assert_eq!(next_change(&mut changes).await, "-a");
+    reg_b.deregister().await.unwrap();
+    assert_eq!(next_change(&mut changes).await, "-/deep/b");
+}
