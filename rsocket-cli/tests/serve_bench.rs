@@ -137,6 +137,14 @@ async fn serve_without_echo_or_on_a_bad_uri_fails() {
     run(&["serve", "http://127.0.0.1:0", "--echo"], "")
         .await
         .expect_code(2);
+    // The library's advice (a crate feature, TransportOptions::tls) is no
+    // use to someone at a shell.
+    let r = run(&["serve", "wss://127.0.0.1:0/rs", "--echo"], "").await;
+    r.expect_code(2);
+    assert_eq!(
+        r.stderr,
+        "error: serve does not do TLS yet: listen on tcp:// or ws://\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
