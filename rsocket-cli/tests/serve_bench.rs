@@ -396,6 +396,44 @@ async fn bench_opens_the_connections_it_is_asked_for() {
     assert_eq!(setups, 3);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bench_connection_sends_the_same_setup() {
+    let (uri, mut events) = serve_recorder("tcp://127.0.0.1:0").await;
+    let args = [
+        "bench",
+        &uri,
+        "--connections",
+        "3",
+        "--concurrency",
+        "3",
+        "--duration",
+        "300ms",
+        "--setup-data",
+        "-",
+        "--json",
+    ];
+    let r = run(&args, "from stdin").await;
+    r.expect_code(0);
+    let mut setups = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if event.starts_with("setup ") {
+            setups.push(event);
+        }
+    }
+    let want = "setup application/octet-stream application/octet-stream from stdin -";
+    assert_eq!(setups, [want, want, want]);
+    // Both from standard input: refused, as the client does.
+    let mut args = args.to_vec();
+    args.extend(["--setup-metadata", "-"]);
+    let r = run(&args, "from stdin").await;
+    r.expect_code(2);
+    assert!(
+        r.stderr.contains("standard input can feed only one thing"),
+        "{}",
+        r.stderr
+    );
+}
+
 /// One progress line of `bench`: `[  1.0s] 123 ops, 123/s, 0 errors`, as
 /// (seconds, operations, errors).
 fn progress_line(line: &str) -> Option<(f64, u64, u64)> {
