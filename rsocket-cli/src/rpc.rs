@@ -348,16 +348,26 @@ async fn streamed_messages(
     input: MessageDescriptor,
     failed: Arc<AtomicBool>,
 ) -> Result<futures::stream::BoxStream<'static, Result<Payload, RequestError>>> {
-    let lines: futures::stream::BoxStream<'static, std::io::Result<String>> =
-        match args.data.as_deref() {
-            Some(d) => {
-                let text = String::from_utf8(read_value(d).await?.to_vec())
-                    .context("--data is not UTF-8")?;
-                let owned: Vec<_> = text.lines().map(|l| Ok(l.to_owned())).collect();
-                futures::stream::iter(owned).boxed()
-            }
-            None => stdin_lines().boxed(),
-        };
+    let lines: futures::stream::BoxStream<'static, std::io::Result<String>> = match args
+        .data
+        .as_deref()
+    {
+        Some(d) => {
+            let text =
+                String::from_utf8(read_value(d).await?.to_vec()).context("--data is not UTF-8")?;
+            let owned: Vec<_> = text.lines().map(|l| Ok(l.to_owned())).collect();
+            futures::stream::iter(owned).boxed()
+        }
+        None => stdin_lines()
+            .map(|line| {
+                line.and_then(|l| {
+                    String::from_utf8(l.to_vec()).map_err(|_| {
+                        std::io::Error::new(std::io::ErrorKind::InvalidData, "a line is not UTF-8")
+                    })
+                })
+            })
+            .boxed(),
+    };
     let mut stopped = false;
     Ok(lines
         .filter(|l| futures::future::ready(!matches!(l, Ok(s) if s.trim().is_empty())))

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{next_event, run, serve_recorder, wait_for};
+use common::{next_event, run, run_bytes, serve_recorder, wait_for};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,6 +99,37 @@ async fn plain_metadata_and_data_from_a_file() {
     assert_eq!(reply["data"], "from a file", "{r:#?}");
     assert_eq!(reply["metadata"], "stdin-md", "{r:#?}");
     let _ = std::fs::remove_file(file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_sends_lines_that_are_not_utf8() {
+    let (uri, mut events) = serve_recorder("tcp://127.0.0.1:0").await;
+    let r = run_bytes(&[&uri, "--channel", "--json"], b"a\n\xff\x00\nb\r\n").await;
+    r.expect_code(0);
+    assert_eq!(
+        r.lines(),
+        [
+            r#"{"data":"a","event":"next"}"#,
+            r#"{"data_hex":"ff00","event":"next"}"#,
+            r#"{"data":"b","event":"next"}"#,
+            r#"{"event":"complete","items":3}"#,
+        ],
+        "{r:#?}"
+    );
+    wait_for(&mut events, "channel a").await;
+    // Standard input that cannot be read (a directory): the channel is
+    // cut short and the run fails.
+    let out = tokio::process::Command::new(common::bin())
+        .args([&uri, "--channel", "-d", "first"])
+        .stdin(std::fs::File::open("/").unwrap())
+        .output();
+    let out = tokio::time::timeout(common::RUN_LIMIT, out)
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("reading standard input"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
