@@ -416,6 +416,12 @@ async fn bad_input_fails_cleanly() {
         assert!(!r.stderr.contains("panicked"), "{args:?}: {r:#?}");
         assert!(!r.stderr.is_empty(), "{args:?}");
     }
+    // Longer than SETUP's 31 bits of milliseconds: refused, not cut short.
+    for flag in ["--keepalive", "--lifetime"] {
+        let r = run(&["tcp://127.0.0.1:1", flag, "1000h"], "").await;
+        assert_eq!(r.code, 2, "{r:#?}");
+        assert!(r.stderr.contains("at most 2147483647ms"), "{r:#?}");
+    }
     // Nobody listening: a connection error, exit 2.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
