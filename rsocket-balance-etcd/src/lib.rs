@@ -224,7 +224,8 @@ impl Etcd {
     /// `ttl` (whole seconds, at least 1) and keeps the lease alive from a
     /// spawned task until the [`Registration`] is dropped or
     /// [`deregister`](Registration::deregister)ed. If the lease is lost
-    /// (etcd restarted, a long pause), the key is registered again.
+    /// (etcd restarted, a long pause), the key is registered again under a
+    /// new lease, once every `ttl / 3` until etcd takes it.
     pub async fn register(
         &self,
         prefix: &str,
@@ -355,19 +356,30 @@ async fn keep_alive(
         };
         if lost {
             warn!(%key, "lease expired; registering again");
-            match etcd.grant(ttl).await {
-                Ok(id) => {
-                    if let Err(e) = etcd.put(&key, &value, id).await {
-                        warn!(%key, error = %e, "re-registration failed");
-                    }
-                    let _ = lease.send(id);
-                }
-                Err(e) => warn!(%key, error = %e, "lease grant failed"),
+            // Until a new lease carries the key. etcd may refuse for a
+            // while (no space, no leader): once a period, not in a tight
+            // loop, and a lease whose put failed is left to expire.
+            while let Err(e) = register_once(&etcd, &key, &value, ttl, &lease).await {
+                warn!(%key, error = %e, "re-registration failed; trying again");
+                tokio::time::sleep(period).await;
             }
         } else {
             tokio::time::sleep(period).await;
         }
     }
+}
+
+/// Grants a lease, publishes it and puts the key under it.
+async fn register_once(
+    etcd: &Etcd,
+    key: &str,
+    value: &str,
+    ttl: Duration,
+    lease: &tokio::sync::watch::Sender<i64>,
+) -> Result<(), EtcdError> {
+    let id = etcd.grant(ttl).await?;
+    let _ = lease.send(id);
+    etcd.put(key, value, id).await
 }
 
 /// Lists, then watches from the revision after the listing; on any break,
