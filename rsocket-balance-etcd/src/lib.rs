@@ -80,6 +80,16 @@ fn codec<A, B>() -> tonic_prost::ProstCodec<A, B> {
     tonic_prost::ProstCodec::default()
 }
 
+/// The key and range end of every key with `prefix`, as etcd takes them.
+/// The empty prefix is every key: etcd refuses an empty key, and `\0` to
+/// `\0` is its whole key space.
+fn prefix_range(prefix: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    if prefix.is_empty() {
+        return (vec![0], vec![0]);
+    }
+    (prefix.to_vec(), prefix_end(prefix))
+}
+
 /// The key just after every key with `prefix`, as etcd's range end.
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -149,16 +159,14 @@ impl Etcd {
         Ok(reply.into_inner())
     }
 
-    /// Every key under `prefix` with its value, and the revision read.
+    /// Every key under `prefix` (every key at all when it is empty) with
+    /// its value, and the revision read.
     pub async fn list(&self, prefix: &str) -> Result<(Vec<(String, String)>, i64), EtcdError> {
         let reply: RangeResponse = self
-            .unary(
-                "/etcdserverpb.KV/Range",
-                RangeRequest {
-                    key: prefix.as_bytes().to_vec(),
-                    range_end: prefix_end(prefix.as_bytes()),
-                },
-            )
+            .unary("/etcdserverpb.KV/Range", {
+                let (key, range_end) = prefix_range(prefix.as_bytes());
+                RangeRequest { key, range_end }
+            })
             .await?;
         let revision = reply.header.map_or(0, |h| h.revision);
         let kvs = reply
@@ -216,7 +224,8 @@ impl Etcd {
     /// `ttl` (whole seconds, at least 1) and keeps the lease alive from a
     /// spawned task until the [`Registration`] is dropped or
     /// [`deregister`](Registration::deregister)ed. If the lease is lost
-    /// (etcd restarted, a long pause), the key is registered again.
+    /// (etcd restarted, a long pause), the key is registered again under a
+    /// new lease, once every `ttl / 3` until etcd takes it.
     pub async fn register(
         &self,
         prefix: &str,
@@ -244,7 +253,9 @@ impl Etcd {
         })
     }
 
-    /// Follows every key under `prefix`: an insert per key (its value
+    /// Follows every key under `prefix` (a plain string prefix, so end it
+    /// with `/`: `/svc/a` also matches `/svc/ab/1`; the empty prefix
+    /// matches every key): an insert per key (its value
     /// turned into a connector by `connector`; a value it refuses is
     /// skipped with a warning), a removal when the key is deleted or its
     /// lease expires, and an insert again when its value changes. Runs on
@@ -345,19 +356,30 @@ async fn keep_alive(
         };
         if lost {
             warn!(%key, "lease expired; registering again");
-            match etcd.grant(ttl).await {
-                Ok(id) => {
-                    if let Err(e) = etcd.put(&key, &value, id).await {
-                        warn!(%key, error = %e, "re-registration failed");
-                    }
-                    let _ = lease.send(id);
-                }
-                Err(e) => warn!(%key, error = %e, "lease grant failed"),
+            // Until a new lease carries the key. etcd may refuse for a
+            // while (no space, no leader): once a period, not in a tight
+            // loop, and a lease whose put failed is left to expire.
+            while let Err(e) = register_once(&etcd, &key, &value, ttl, &lease).await {
+                warn!(%key, error = %e, "re-registration failed; trying again");
+                tokio::time::sleep(period).await;
             }
         } else {
             tokio::time::sleep(period).await;
         }
     }
+}
+
+/// Grants a lease, publishes it and puts the key under it.
+async fn register_once(
+    etcd: &Etcd,
+    key: &str,
+    value: &str,
+    ttl: Duration,
+    lease: &tokio::sync::watch::Sender<i64>,
+) -> Result<(), EtcdError> {
+    let id = etcd.grant(ttl).await?;
+    let _ = lease.send(id);
+    etcd.put(key, value, id).await
 }
 
 /// Lists, then watches from the revision after the listing; on any break,
@@ -443,10 +465,11 @@ where
         upsert(key, value, connector, out, known).await;
     }
 
+    let (key, range_end) = prefix_range(prefix.as_bytes());
     let create = WatchRequest {
         create_request: Some(WatchCreateRequest {
-            key: prefix.as_bytes().to_vec(),
-            range_end: prefix_end(prefix.as_bytes()),
+            key,
+            range_end,
             start_revision: revision + 1,
         }),
     };
@@ -479,7 +502,13 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_end;
+    use super::{prefix_end, prefix_range};
+
+    #[test]
+    fn the_empty_prefix_is_the_whole_key_space() {
+        assert_eq!(prefix_range(b""), (vec![0], vec![0]));
+        assert_eq!(prefix_range(b"/a/"), (b"/a/".to_vec(), b"/a0".to_vec()));
+    }
 
     #[test]
     fn prefix_end_is_the_next_key() {

@@ -330,3 +330,115 @@ async fn changed_values_lost_leases_and_an_etcd_restart_are_followed() {
     reg_v2.deregister().await.unwrap();
     assert_eq!(next_change(&mut changes).await, "-/services/echo/a");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_prefix_lists_and_follows_every_key() {
+    let etcd_process = EtcdProcess::start();
+    let etcd = Etcd::connect(&etcd_process.endpoint).await.unwrap();
+    let ttl = Duration::from_secs(5);
+    let reg_a = etcd.register("", "a", "1", ttl).await.unwrap();
+    let (kvs, _revision) = etcd.list("").await.expect("list every key");
+    assert_eq!(kvs, [("a".to_owned(), "1".to_owned())]);
+    let mut changes = Box::pin(etcd.watch("", |v: &str| Some(v.to_owned())));
+    assert_eq!(next_change(&mut changes).await, "+a=1");
+    let reg_b = etcd.register("/deep/", "b", "2", ttl).await.unwrap();
+    assert_eq!(next_change(&mut changes).await, "+/deep/b=2");
+    reg_a.deregister().await.unwrap();
+    assert_eq!(next_change(&mut changes).await, "-a");
+    reg_b.deregister().await.unwrap();
+    assert_eq!(next_change(&mut changes).await, "-/deep/b");
+}
+
+/// etcd's `AlarmRequest`: `action` 1 activates, 2 deactivates; `alarm` 1
+/// is NOSPACE, under which etcd refuses every put (leases still work).
+#[derive(Clone, PartialEq, prost::Message)]
+struct Alarm {
+    #[prost(int32, tag = "1")]
+    action: i32,
+    #[prost(uint64, tag = "2")]
+    member_id: u64,
+    #[prost(int32, tag = "3")]
+    alarm: i32,
+}
+
+/// etcd's `AlarmResponse` (not needed).
+#[derive(Clone, PartialEq, prost::Message)]
+struct AlarmAnswer {}
+
+async fn no_space_alarm(endpoint: &str, on: bool) {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let request = Alarm {
+        action: if on { 1 } else { 2 },
+        member_id: 0,
+        alarm: 1,
+    };
+    let _: tonic::Response<AlarmAnswer> = grpc
+        .unary(
+            tonic::Request::new(request),
+            tonic::codegen::http::uri::PathAndQuery::from_static("/etcdserverpb.Maintenance/Alarm"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect("alarm set");
+}
+
+/// How many LeaseGrant calls etcd has handled, from its `/metrics`.
+async fn lease_grants(endpoint: &str) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = endpoint.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut body = String::new();
+    tcp.read_to_string(&mut body).await.unwrap();
+    body.lines()
+        .filter(|l| {
+            l.starts_with("grpc_server_handled_total{") && l.contains("grpc_method=\"LeaseGrant\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_registration_retries_at_its_pace_while_etcd_refuses_it() {
+    let etcd_process = EtcdProcess::start();
+    let etcd = Etcd::connect(&etcd_process.endpoint).await.unwrap();
+    let prefix = "/services/echo/";
+    // Keep-alive (and retry) period: a third of the TTL.
+    let reg = etcd
+        .register(prefix, "a", "v", Duration::from_secs(1))
+        .await
+        .unwrap();
+    let mut changes = Box::pin(etcd.watch(prefix, |v: &str| Some(v.to_owned())));
+    assert_eq!(next_change(&mut changes).await, "+/services/echo/a=v");
+    // etcd refuses new leases and puts; the registration's lease is lost.
+    no_space_alarm(&etcd_process.endpoint, true).await;
+    assert!(
+        etcd.register(prefix, "probe", "x", Duration::from_secs(1))
+            .await
+            .is_err(),
+        "etcd refuses registrations under the NOSPACE alarm"
+    );
+    let before = lease_grants(&etcd_process.endpoint).await;
+    revoke_lease(&etcd_process.endpoint, reg.lease_id()).await;
+    assert_eq!(next_change(&mut changes).await, "-/services/echo/a");
+    // Over one second, about three attempts (one per period), not a
+    // tight loop of calls.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let grants = lease_grants(&etcd_process.endpoint).await - before;
+    assert!(
+        (1..=10).contains(&grants),
+        "{grants} lease grants asked for in one second"
+    );
+    // etcd takes them again: the key is back.
+    no_space_alarm(&etcd_process.endpoint, false).await;
+    assert_eq!(next_change(&mut changes).await, "+/services/echo/a=v");
+    reg.deregister().await.unwrap();
+    assert_eq!(next_change(&mut changes).await, "-/services/echo/a");
+}

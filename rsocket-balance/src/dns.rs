@@ -24,7 +24,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::proto::rr::RData;
+use hickory_resolver::proto::rr::{IntoName, RData, RecordType};
 use hickory_resolver::TokioResolver;
 use tracing::{debug, warn};
 
@@ -144,7 +144,9 @@ impl DnsDiscovery {
 
     /// The changes to the set of endpoints: the first resolution at once,
     /// then one every interval. A failed lookup changes nothing (members
-    /// stay); an empty answer (no records, NXDOMAIN) removes them all.
+    /// stay), and a lookup fails when any of its queries does (the A or
+    /// the AAAA query of a name, the addresses of one SRV target); an
+    /// empty answer (no records, NXDOMAIN) removes them all.
     pub fn changes<C, F>(
         self,
         connector: F,
@@ -222,11 +224,14 @@ async fn resolve(
     };
     let mut out = BTreeSet::new();
     match mode {
-        Mode::Ip { port } => match resolver.lookup_ip(name).await {
-            Ok(ips) => out.extend(ips.iter().map(|ip| SocketAddr::new(ip, port))),
-            Err(e) if e.is_no_records_found() => {}
-            Err(e) => return Err(err(&e)),
-        },
+        Mode::Ip { port } => {
+            if let Ok(ip) = name.trim_end_matches('.').parse::<IpAddr>() {
+                out.insert(SocketAddr::new(ip, port));
+            } else {
+                let ips = lookup_ips(resolver, name).await.map_err(|e| err(&e))?;
+                out.extend(ips.into_iter().map(|ip| SocketAddr::new(ip, port)));
+            }
+        }
         Mode::Srv => {
             let lookup = match resolver.srv_lookup(name).await {
                 Ok(l) => l,
@@ -243,13 +248,41 @@ async fn resolve(
                     out.insert(SocketAddr::new(ip, srv.port));
                     continue;
                 }
-                match resolver.lookup_ip(srv.target.clone()).await {
-                    Ok(ips) => out.extend(ips.iter().map(|ip| SocketAddr::new(ip, srv.port))),
-                    Err(e) if e.is_no_records_found() => {}
-                    Err(e) => return Err(err(&e)),
-                }
+                let ips = lookup_ips(resolver, srv.target.clone())
+                    .await
+                    .map_err(|e| err(&e))?;
+                out.extend(ips.into_iter().map(|ip| SocketAddr::new(ip, srv.port)));
             }
         }
     }
     Ok(out)
+}
+
+/// The A and AAAA records of `host`, asked for in parallel. A family
+/// without records adds nothing; a failed query (timeout, SERVFAIL) fails
+/// the whole lookup. The resolver's `lookup_ip` would not do: it answers
+/// with the other family's records (or its "no records") when one query
+/// fails, which would drop the endpoints of the failed family.
+async fn lookup_ips(
+    resolver: &TokioResolver,
+    host: impl IntoName + Clone,
+) -> Result<Vec<IpAddr>, hickory_resolver::net::NetError> {
+    let (v4, v6) = futures::future::join(
+        resolver.lookup(host.clone(), RecordType::A),
+        resolver.lookup(host, RecordType::AAAA),
+    )
+    .await;
+    let mut ips = Vec::new();
+    for answer in [v4, v6] {
+        match answer {
+            Ok(lookup) => ips.extend(lookup.answers().iter().filter_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
+                _ => None,
+            })),
+            Err(e) if e.is_no_records_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(ips)
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,19 +12,21 @@ use std::time::Duration;
 use common::{count, text, within, TcpServer};
 use futures::{Stream, StreamExt};
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::rdata::{A, SRV};
-use hickory_proto::rr::{Name, RData, Record};
+use hickory_proto::rr::rdata::{A, AAAA, SRV};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 use rsocket_balance::dns::DnsDiscovery;
 use rsocket_balance::{Balancer, Change, MemberState, RoundRobin};
 use rsocket_core::{Payload, RSocket};
 use tokio::net::UdpSocket;
 
 /// The records the responder serves; tests change them as they go. While
-/// `failing`, every query gets SERVFAIL, counted in `failed`.
+/// `failing`, every query gets SERVFAIL, counted in `failed`; queries of
+/// the type in `failing_type` too.
 #[derive(Clone)]
 struct Zone {
     records: Arc<Mutex<Vec<Record>>>,
     failing: Arc<AtomicBool>,
+    failing_type: Arc<Mutex<Option<RecordType>>>,
     failed: Arc<tokio::sync::watch::Sender<usize>>,
 }
 
@@ -33,6 +35,7 @@ impl Default for Zone {
         Self {
             records: Arc::default(),
             failing: Arc::default(),
+            failing_type: Arc::default(),
             failed: Arc::new(tokio::sync::watch::channel(0).0),
         }
     }
@@ -50,6 +53,10 @@ fn name(s: &str) -> Name {
 
 fn a(host: &str, ip: [u8; 4]) -> Record {
     Record::from_rdata(name(host), 0, RData::A(A(Ipv4Addr::from(ip))))
+}
+
+fn aaaa(host: &str, ip: Ipv6Addr) -> Record {
+    Record::from_rdata(name(host), 0, RData::AAAA(AAAA(ip)))
 }
 
 fn srv(service: &str, port: u16, target: &str) -> Record {
@@ -82,7 +89,13 @@ async fn start_dns(zone: Zone) -> SocketAddr {
             response.metadata.recursion_desired = request.metadata.recursion_desired;
             response.metadata.recursion_available = true;
             response.metadata.authoritative = true;
-            if zone.failing.load(Ordering::SeqCst) {
+            let failing_type = *zone.failing_type.lock().unwrap();
+            if zone.failing.load(Ordering::SeqCst)
+                || request
+                    .queries
+                    .iter()
+                    .any(|q| Some(q.query_type) == failing_type)
+            {
                 response.metadata.response_code = ResponseCode::ServFail;
                 for q in &request.queries {
                     response.add_query(q.clone());
@@ -219,6 +232,71 @@ async fn a_failing_lookup_keeps_the_members() {
     ]);
     zone.failing.store(false, Ordering::SeqCst);
     assert_eq!(next_changes(&mut s, 1).await, ["+127.0.0.2:7000"]);
+}
+
+/// Polls `s` until the nameserver has failed `n` more queries: a change
+/// taken from the stream meanwhile is returned.
+async fn no_change_while_failing<S>(zone: &Zone, s: &mut S, n: usize) -> Option<String>
+where
+    S: Stream<Item = Change<SocketAddr, SocketAddr>> + Unpin,
+{
+    let mut failed = zone.failed.subscribe();
+    let target = *failed.borrow_and_update() + n;
+    within("failed queries", async {
+        tokio::select! {
+            r = failed.wait_for(|f| *f >= target) => r.map(|_| None).unwrap_or(None),
+            change = s.next() => Some(change.map(|c| match c {
+                Change::Insert(k, _) => format!("+{k}"),
+                Change::Remove(k) => format!("-{k}"),
+            }).unwrap_or_else(|| "end".to_owned())),
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_lookup_failing_for_one_address_family_keeps_the_members() {
+    let zone = Zone::default();
+    zone.set(vec![
+        a("svc.test.", [127, 0, 0, 1]),
+        aaaa("svc.test.", Ipv6Addr::LOCALHOST),
+    ]);
+    let ns = start_dns(zone.clone()).await;
+    let mut s = Box::pin(
+        DnsDiscovery::ip("svc.test.", 7000)
+            .nameserver(ns)
+            .interval(Duration::from_millis(20))
+            .changes(|addr| addr)
+            .unwrap(),
+    );
+    assert_eq!(
+        next_changes(&mut s, 2).await,
+        ["+127.0.0.1:7000", "+[::1]:7000"]
+    );
+    // The A query fails (a lost UDP answer, a SERVFAIL) while the AAAA
+    // query is answered: the IPv4 endpoint is not gone.
+    *zone.failing_type.lock().unwrap() = Some(RecordType::A);
+    let change = no_change_while_failing(&zone, &mut s, 8).await;
+    assert_eq!(change, None, "a failed A lookup must change nothing");
+    // The same for AAAA.
+    *zone.failing_type.lock().unwrap() = Some(RecordType::AAAA);
+    let change = no_change_while_failing(&zone, &mut s, 8).await;
+    assert_eq!(change, None, "a failed AAAA lookup must change nothing");
+    // An IPv4-only name whose A query fails while AAAA has no record.
+    zone.set(vec![a("svc.test.", [127, 0, 0, 1])]);
+    *zone.failing_type.lock().unwrap() = Some(RecordType::A);
+    let change = no_change_while_failing(&zone, &mut s, 8).await;
+    assert_eq!(change, None, "a failed A lookup must change nothing");
+    // Answered again: the IPv6 endpoint is gone, a new one is there.
+    zone.set(vec![
+        a("svc.test.", [127, 0, 0, 1]),
+        a("svc.test.", [127, 0, 0, 2]),
+    ]);
+    *zone.failing_type.lock().unwrap() = None;
+    assert_eq!(
+        next_changes(&mut s, 2).await,
+        ["+127.0.0.2:7000", "-[::1]:7000"]
+    );
 }
 
 #[tokio::test]

@@ -246,10 +246,21 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
     };
     let request = crate::input::payload(data, &plan);
 
+    if args.conn.setup_data.as_deref() == Some("-")
+        && args.conn.setup_metadata.as_deref() == Some("-")
+    {
+        bail!("standard input can feed only one thing");
+    }
+    // Read once (standard input can be read only once): every connection
+    // sends the same SETUP.
+    let setup = setup_params(&args.conn, &args.mime, plan.setup_mime.clone()).await?;
     let mut clients = Vec::new();
     for _ in 0..args.connections {
-        let setup = setup_params(&args.conn, &args.mime, plan.setup_mime.clone()).await?;
-        clients.push(connect(&args.uri, &args.conn, setup).await?.requester);
+        clients.push(
+            connect(&args.uri, &args.conn, setup.clone())
+                .await?
+                .requester,
+        );
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let live = Arc::new(Live::default());

@@ -235,8 +235,9 @@ pub(crate) struct BenchArgs {
     /// How long to run (`10s`, `500ms`, `1m`).
     #[arg(short, long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub(crate) duration: Duration,
-    /// Request data size in bytes (rr, fnf, channel).
-    #[arg(short, long, default_value_t = 64)]
+    /// Request data size in bytes (rr, fnf, channel), at most 64 MiB (the
+    /// largest request a server takes by default).
+    #[arg(short, long, default_value_t = 64, value_parser = parse_size)]
     pub(crate) size: usize,
     /// Items per stream (stream).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
@@ -283,6 +284,24 @@ pub(crate) struct RpcArgs {
     pub(crate) take: Option<u64>,
     #[command(flatten)]
     pub(crate) conn: ConnArgs,
+}
+
+/// The largest `bench --size`: a server's default reassembly limit
+/// (`Config::max_reassembly_bytes`).
+pub(crate) const MAX_BENCH_SIZE: usize = 64 << 20;
+
+/// A request size for `bench --size`: bytes, at most [`MAX_BENCH_SIZE`].
+fn parse_size(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: not a number of bytes"))?;
+    if n > MAX_BENCH_SIZE {
+        return Err(format!(
+            "{n} bytes is more than a server takes by default ({MAX_BENCH_SIZE}, 64 MiB)"
+        ));
+    }
+    Ok(n)
 }
 
 /// Parses `1500ms`, `10s`, `2m`, `1h` or a bare number of seconds.

@@ -1,6 +1,8 @@
 //! One interaction with a server: request/response, fire-and-forget,
 //! request/stream, request/channel or metadata push.
 
+use std::sync::{Arc, Mutex};
+
 use anyhow::{bail, Context as _, Result};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -14,12 +16,18 @@ use crate::connect::connect;
 use crate::input::{parse_auth, payload, plan_metadata, read_opt, setup_params};
 use crate::output::{classify, Output, RemoteError};
 
-/// Lines of standard input as payloads, read as the channel asks for them.
-pub(crate) fn stdin_lines() -> impl Stream<Item = std::io::Result<String>> + Send + 'static {
-    let lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+/// Lines of standard input (any bytes, without the `\n` or `\r\n` that
+/// ends them), read as the channel asks for them.
+pub(crate) fn stdin_lines() -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    let lines = tokio::io::BufReader::new(tokio::io::stdin()).split(b'\n');
     futures::stream::unfold(lines, |mut lines| async move {
-        match lines.next_line().await {
-            Ok(Some(line)) => Some((Ok(line), lines)),
+        match lines.next_segment().await {
+            Ok(Some(mut line)) => {
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                Some((Ok(Bytes::from(line)), lines))
+            }
             Ok(None) => None,
             Err(e) => Some((Err(e), lines)),
         }
@@ -169,23 +177,34 @@ async fn channel(
     let first = match data {
         Some(d) => d,
         None => match lines.next().await {
-            Some(line) => Bytes::from(line.context("reading standard input")?),
+            Some(line) => line.context("reading standard input")?,
             None => bail!("--channel needs a first payload: --data or a line of standard input"),
         },
     };
-    // A read error ends the outbound side (COMPLETE) after a message.
+    // A read error ends the outbound side (COMPLETE); the run then fails
+    // with it once the replies have ended.
+    let read_error = Arc::new(Mutex::new(None::<std::io::Error>));
+    let seen = read_error.clone();
     let rest = lines
-        .take_while(|l| {
+        .take_while(move |l| {
             if let Err(e) = l {
-                eprintln!("error: reading standard input: {e}");
+                let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                *seen = Some(std::io::Error::new(e.kind(), e.to_string()));
             }
             futures::future::ready(l.is_ok())
         })
-        .filter_map(|l| futures::future::ready(l.ok().map(Payload::from)));
+        .filter_map(|l| futures::future::ready(l.ok().map(Payload::new)));
     let requester = match args.request_n.or(args.prefetch) {
         Some(window) => client.with_prefetch(window),
         None => client.clone(),
     };
     let items = requester.request_channel(payload(first, plan), rest);
-    consume(items, None, args.take, out).await
+    let outcome = consume(items, None, args.take, out).await;
+    let failed = read_error.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match failed {
+        Some(e) => {
+            Err(anyhow::Error::new(e).context("reading standard input (the channel was cut short)"))
+        }
+        None => outcome,
+    }
 }

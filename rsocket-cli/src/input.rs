@@ -133,6 +133,11 @@ pub(crate) async fn setup_params(
     if conn.keepalive.is_zero() || conn.lifetime.is_zero() {
         bail!("--keepalive and --lifetime must be greater than zero");
     }
+    // SETUP carries them as 31-bit milliseconds.
+    let max = std::time::Duration::from_millis(0x7FFF_FFFF);
+    if conn.keepalive > max || conn.lifetime > max {
+        bail!("--keepalive and --lifetime can be at most 2147483647ms (about 24.8 days)");
+    }
     Ok(SetupParams {
         metadata_mime_type: metadata_mime,
         data_mime_type: data_mime,

@@ -20,6 +20,25 @@ use clap::Parser as _;
 use crate::cli::{Cli, Command};
 use crate::output::{OutputClosed, RemoteError};
 
+/// The error and its causes, `: `-separated, as `{:#}` prints them, but
+/// without a cause whose text the message already ends with: many errors
+/// (`invalid transport URI: {0}`, `WebSocket handshake failed: {0}`)
+/// print their source and also return it as their source.
+fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.is_empty() && out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -50,7 +69,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<OutputClosed>().is_some() => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", message(&e));
             if e.downcast_ref::<RemoteError>().is_some() {
                 ExitCode::from(1)
             } else {
@@ -62,4 +81,30 @@ fn main() -> ExitCode {
     // normal runtime shutdown: leave it behind.
     runtime.shutdown_background();
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::message;
+
+    #[test]
+    fn causes_already_in_the_message_are_not_repeated() {
+        /// Prints its source and returns it as its source.
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "outer: {}", self.0)
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = anyhow::Error::new(Outer(std::io::Error::other("inner"))).context("doing");
+        assert_eq!(message(&e), "doing: outer: inner");
+        let e = anyhow::Error::new(std::io::Error::other("inner")).context("doing");
+        assert_eq!(message(&e), "doing: inner");
+    }
 }

@@ -205,6 +205,7 @@ pub(crate) async fn run(args: RpcArgs) -> Result<()> {
     if args.fnf && (method.is_client_streaming() || method.is_server_streaming()) {
         bail!("--fnf needs a method that is not streaming");
     }
+    check_stdin_use(&args, method.is_client_streaming())?;
     let auth = args.conn.auth.as_deref().map(parse_auth).transpose()?;
     let composite = MimeType::COMPOSITE_METADATA;
     let composite_name = String::from_utf8_lossy(composite.as_bytes()).into_owned();
@@ -245,6 +246,27 @@ pub(crate) async fn run(args: RpcArgs) -> Result<()> {
     let last = result.as_ref().ok().copied().flatten();
     conn.close_after(last.map(|t| (t, 1))).await;
     result.map(|_| ())
+}
+
+/// At most one thing may read standard input: `--data -`, the SETUP's
+/// `-`, or the messages of a client stream given without `--data`.
+fn check_stdin_use(args: &RpcArgs, client_streaming: bool) -> Result<()> {
+    let dashes = [
+        args.data.as_deref(),
+        args.conn.setup_data.as_deref(),
+        args.conn.setup_metadata.as_deref(),
+    ]
+    .iter()
+    .filter(|a| **a == Some("-"))
+    .count();
+    let stream_reads_stdin = client_streaming && args.data.is_none();
+    if dashes + usize::from(stream_reads_stdin) > 1 {
+        bail!(
+            "standard input can feed only one thing (a client stream without --data \
+             reads its messages from it)"
+        );
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
@@ -326,16 +348,26 @@ async fn streamed_messages(
     input: MessageDescriptor,
     failed: Arc<AtomicBool>,
 ) -> Result<futures::stream::BoxStream<'static, Result<Payload, RequestError>>> {
-    let lines: futures::stream::BoxStream<'static, std::io::Result<String>> =
-        match args.data.as_deref() {
-            Some(d) => {
-                let text = String::from_utf8(read_value(d).await?.to_vec())
-                    .context("--data is not UTF-8")?;
-                let owned: Vec<_> = text.lines().map(|l| Ok(l.to_owned())).collect();
-                futures::stream::iter(owned).boxed()
-            }
-            None => stdin_lines().boxed(),
-        };
+    let lines: futures::stream::BoxStream<'static, std::io::Result<String>> = match args
+        .data
+        .as_deref()
+    {
+        Some(d) => {
+            let text =
+                String::from_utf8(read_value(d).await?.to_vec()).context("--data is not UTF-8")?;
+            let owned: Vec<_> = text.lines().map(|l| Ok(l.to_owned())).collect();
+            futures::stream::iter(owned).boxed()
+        }
+        None => stdin_lines()
+            .map(|line| {
+                line.and_then(|l| {
+                    String::from_utf8(l.to_vec()).map_err(|_| {
+                        std::io::Error::new(std::io::ErrorKind::InvalidData, "a line is not UTF-8")
+                    })
+                })
+            })
+            .boxed(),
+    };
     let mut stopped = false;
     Ok(lines
         .filter(|l| futures::future::ready(!matches!(l, Ok(s) if s.trim().is_empty())))

@@ -33,6 +33,9 @@ pub(crate) async fn run(args: ServeArgs) -> Result<()> {
     if !args.echo {
         bail!("nothing to serve: pass --echo");
     }
+    if args.uri.starts_with("wss://") {
+        bail!("serve does not do TLS yet: listen on tcp:// or ws://");
+    }
     let listener = Listener::bind(&args.uri)
         .await
         .with_context(|| format!("listening on {}", args.uri))?;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{next_event, run, serve_recorder, wait_for};
+use common::{next_event, run, run_bytes, serve_recorder, wait_for};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,6 +99,37 @@ async fn plain_metadata_and_data_from_a_file() {
     assert_eq!(reply["data"], "from a file", "{r:#?}");
     assert_eq!(reply["metadata"], "stdin-md", "{r:#?}");
     let _ = std::fs::remove_file(file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_sends_lines_that_are_not_utf8() {
+    let (uri, mut events) = serve_recorder("tcp://127.0.0.1:0").await;
+    let r = run_bytes(&[&uri, "--channel", "--json"], b"a\n\xff\x00\nb\r\n").await;
+    r.expect_code(0);
+    assert_eq!(
+        r.lines(),
+        [
+            r#"{"data":"a","event":"next"}"#,
+            r#"{"data_hex":"ff00","event":"next"}"#,
+            r#"{"data":"b","event":"next"}"#,
+            r#"{"event":"complete","items":3}"#,
+        ],
+        "{r:#?}"
+    );
+    wait_for(&mut events, "channel a").await;
+    // Standard input that cannot be read (a directory): the channel is
+    // cut short and the run fails.
+    let out = tokio::process::Command::new(common::bin())
+        .args([&uri, "--channel", "-d", "first"])
+        .stdin(std::fs::File::open("/").unwrap())
+        .output();
+    let out = tokio::time::timeout(common::RUN_LIMIT, out)
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("reading standard input"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,6 +416,12 @@ async fn bad_input_fails_cleanly() {
         assert!(!r.stderr.contains("panicked"), "{args:?}: {r:#?}");
         assert!(!r.stderr.is_empty(), "{args:?}");
     }
+    // Longer than SETUP's 31 bits of milliseconds: refused, not cut short.
+    for flag in ["--keepalive", "--lifetime"] {
+        let r = run(&["tcp://127.0.0.1:1", flag, "1000h"], "").await;
+        assert_eq!(r.code, 2, "{r:#?}");
+        assert!(r.stderr.contains("at most 2147483647ms"), "{r:#?}");
+    }
     // Nobody listening: a connection error, exit 2.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -393,4 +430,35 @@ async fn bad_input_fails_cleanly() {
     let r = run(&[&format!("tcp://127.0.0.1:{port}")], "").await;
     assert_eq!(r.code, 2, "{r:#?}");
     assert!(r.stderr.contains("connecting to"), "{}", r.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_message_says_each_cause_once() {
+    // The URI error's text includes its cause, which is also its source.
+    let r = run(&["udp://127.0.0.1:1"], "").await;
+    r.expect_code(2);
+    assert_eq!(
+        r.stderr,
+        "error: connecting to udp://127.0.0.1:1: invalid transport URI: \
+         unsupported scheme \"udp\": expected tcp, ws or wss\n"
+    );
+    let r = run(&["serve", "127.0.0.1:0", "--echo"], "").await;
+    r.expect_code(2);
+    assert_eq!(
+        r.stderr,
+        "error: listening on 127.0.0.1:0: invalid transport URI: \
+         missing scheme: expected tcp://, ws:// or wss://\n"
+    );
+    // So does the WebSocket handshake's.
+    let (uri, _events) = serve_recorder("ws://127.0.0.1:0/rs").await;
+    let wrong = format!("{}/elsewhere", uri.trim_end_matches("/rs"));
+    let r = run(&[&wrong, "-d", "x"], "").await;
+    r.expect_code(2);
+    assert_eq!(
+        r.stderr,
+        format!(
+            "error: connecting to {wrong}: WebSocket handshake failed: \
+             HTTP error: 404 Not Found\n"
+        )
+    );
 }

@@ -404,3 +404,27 @@ async fn errors_are_reported_with_exit_status() {
         r.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_input_feeds_one_thing() {
+    let (_dir, file) = proto_file("stdin");
+    let (uri, _events) = serve(&file).await;
+    let proto = file.to_str().unwrap();
+    // A client stream reads its messages from standard input: --setup-data
+    // may not take it first (the stream would be sent empty).
+    for extra in [
+        &["greeter.Greeter/LotsOfGreetings", "--setup-data", "-"][..],
+        &["greeter.Greeter/Chat", "--setup-metadata", "-"],
+        &["greeter.Greeter/SayHello", "-d", "-", "--setup-data", "-"],
+    ] {
+        let mut args = vec!["rpc", &uri, "--proto", proto];
+        args.extend_from_slice(extra);
+        let r = run(&args, "{\"name\":\"a\"}\n").await;
+        r.expect_code(2);
+        assert!(
+            r.stderr.contains("standard input can feed only one thing"),
+            "{extra:?}: {}",
+            r.stderr
+        );
+    }
+}

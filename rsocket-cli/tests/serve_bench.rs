@@ -137,6 +137,28 @@ async fn serve_without_echo_or_on_a_bad_uri_fails() {
     run(&["serve", "http://127.0.0.1:0", "--echo"], "")
         .await
         .expect_code(2);
+    // The library's advice (a crate feature, TransportOptions::tls) is no
+    // use to someone at a shell.
+    let r = run(&["serve", "wss://127.0.0.1:0/rs", "--echo"], "").await;
+    r.expect_code(2);
+    assert_eq!(
+        r.stderr,
+        "error: serve does not do TLS yet: listen on tcp:// or ws://\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_refuses_a_request_size_it_cannot_send() {
+    // Checked before connecting: nothing listens there.
+    for size in ["99999999999999", "67108865", "64k"] {
+        let r = run(&["bench", "tcp://127.0.0.1:1", "--size", size], "").await;
+        r.expect_code(2);
+        assert!(
+            r.stderr.contains("invalid value") && r.stderr.contains("--size"),
+            "--size {size}: {}",
+            r.stderr
+        );
+    }
 }
 
 /// Runs a one-second benchmark and returns its JSON report.
@@ -372,6 +394,44 @@ async fn bench_opens_the_connections_it_is_asked_for() {
         }
     }
     assert_eq!(setups, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bench_connection_sends_the_same_setup() {
+    let (uri, mut events) = serve_recorder("tcp://127.0.0.1:0").await;
+    let args = [
+        "bench",
+        &uri,
+        "--connections",
+        "3",
+        "--concurrency",
+        "3",
+        "--duration",
+        "300ms",
+        "--setup-data",
+        "-",
+        "--json",
+    ];
+    let r = run(&args, "from stdin").await;
+    r.expect_code(0);
+    let mut setups = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if event.starts_with("setup ") {
+            setups.push(event);
+        }
+    }
+    let want = "setup application/octet-stream application/octet-stream from stdin -";
+    assert_eq!(setups, [want, want, want]);
+    // Both from standard input: refused, as the client does.
+    let mut args = args.to_vec();
+    args.extend(["--setup-metadata", "-"]);
+    let r = run(&args, "from stdin").await;
+    r.expect_code(2);
+    assert!(
+        r.stderr.contains("standard input can feed only one thing"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// One progress line of `bench`: `[  1.0s] 123 ops, 123/s, 0 errors`, as

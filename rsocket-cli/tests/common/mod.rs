@@ -47,6 +47,11 @@ pub fn bin() -> &'static str {
 
 /// Runs the binary with `args`, feeding `stdin`.
 pub async fn run(args: &[&str], stdin: &str) -> Run {
+    run_bytes(args, stdin.as_bytes()).await
+}
+
+/// Runs the binary with `args`, feeding `stdin` (any bytes).
+pub async fn run_bytes(args: &[&str], stdin: &[u8]) -> Run {
     let mut child = tokio::process::Command::new(bin())
         .args(args)
         .stdin(Stdio::piped())
@@ -56,9 +61,9 @@ pub async fn run(args: &[&str], stdin: &str) -> Run {
         .spawn()
         .expect("spawn rsocket");
     let mut input = child.stdin.take().expect("stdin");
-    let text = stdin.to_owned();
+    let bytes = stdin.to_owned();
     tokio::spawn(async move {
-        let _ = input.write_all(text.as_bytes()).await;
+        let _ = input.write_all(&bytes).await;
         // Dropping closes standard input.
     });
     let out = tokio::time::timeout(RUN_LIMIT, child.wait_with_output())
