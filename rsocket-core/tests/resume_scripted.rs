@@ -990,3 +990,30 @@ async fn a_small_server_store_does_not_stall_a_stream_until_the_keepalive() {
         "the stream took {took:?}: it waited for keepalives"
     );
 }
+
+/// RESUMEs beyond the few one session queues are closed without an answer:
+/// the client tries again. `REJECTED_RESUME` would be final for it, and it
+/// is only early.
+#[tokio::test]
+async fn resumes_beyond_a_sessions_queue_are_closed_not_rejected() {
+    let server = resumable_server(ServerResumeOptions::default());
+    let (raw, _request, x0, x1) = session_with_two_items(&server, b"busy").await;
+    drop(raw);
+    // Five RESUMEs reach the server before its session runs: it queues four.
+    let mut raws = Vec::new();
+    for _ in 0..5 {
+        let mut raw = connect_raw(&server);
+        send(&mut raw, resume(b"busy", len(&x0) + len(&x1), 0)).await;
+        raws.push(raw);
+    }
+    let mut last = raws.pop().expect("five");
+    expect_closed(&mut last).await;
+    // The session is still there: a later RESUME takes it.
+    drop(raws);
+    let mut raw = connect_raw(&server);
+    send(&mut raw, resume(b"busy", len(&x0) + len(&x1), 0)).await;
+    assert!(
+        matches!(expect_non_keepalive(&mut raw).await, Frame::ResumeOk(_)),
+        "RESUME_OK"
+    );
+}

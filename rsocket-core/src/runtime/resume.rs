@@ -347,7 +347,8 @@ pub(crate) struct Mailbox<T: Transport> {
     waker: AtomicWaker,
 }
 
-/// RESUMEs waiting for one session at most (more are refused as busy).
+/// RESUMEs waiting for one session at most (more are closed without an
+/// answer, and their clients try again).
 const MAILBOX_CAP: usize = 4;
 
 impl<T: Transport> Mailbox<T> {

@@ -164,7 +164,17 @@ async fn accept_inner<T: Transport>(
             let (msg, why) = match sessions.offer(&token, msg) {
                 Ok(()) => return Ok(Accepted::Resumed),
                 Err(OfferError::UnknownToken(m)) => (m, "unknown or expired resume token"),
-                Err(OfferError::Busy(m)) => (m, "the session is busy resuming"),
+                Err(OfferError::Busy(m)) => {
+                    // Not a refusal: REJECTED_RESUME is final for the client,
+                    // and the session may well take its next attempt.
+                    debug!(
+                        "closing a RESUME for a session with RESUMEs queued; the client may retry"
+                    );
+                    if let SessionMsg::Resume { mut writer, .. } = m {
+                        let _ = futures::SinkExt::close(&mut writer).await;
+                    }
+                    return Err(ConnectionError::LocallyClosed);
+                }
             };
             let SessionMsg::Resume { mut writer, .. } = msg else {
                 return Err(ConnectionError::LocallyClosed);
