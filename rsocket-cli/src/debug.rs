@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{Sink, Stream};
 use rsocket::frame::{FrameType, MimeType};
 use rsocket::metadata::{Authentication, CompositeMetadata, RoutingMetadata, WellKnownMimeType};
-use rsocket::{Frame, Payload, PeerInfo, Transport, TransportError};
+use rsocket::{Frame, Payload, PeerInfo, Transport, TransportError, WireRead, WireWrite};
 
 /// Hex is printed for at most this many bytes of a frame.
 const HEX_LIMIT: usize = 1024;
@@ -115,7 +115,7 @@ impl<T: Transport> Tap<T> {
 
 impl<T: Transport> Transport for Tap<T> {
     type Reader = TapReader<T::Reader>;
-    type Writer = TapWriter<T::Writer>;
+    type Writer = TapWriter<T>;
 
     fn split(self) -> (Self::Reader, Self::Writer) {
         let (r, w) = self.inner.split();
@@ -135,6 +135,28 @@ impl<T: Transport> Transport for Tap<T> {
 
     fn peer_info(&self) -> PeerInfo {
         self.inner.peer_info()
+    }
+
+    fn limit_frame_len(&mut self, max: usize) {
+        self.inner.limit_frame_len(max);
+    }
+
+    /// The inner transport's raw-bytes reader, unless frames are logged
+    /// (the log shows them one by one, decoded).
+    fn wire_reader(reader: &mut Self::Reader) -> Option<&mut dyn WireRead> {
+        if reader.log.is_some() {
+            return None;
+        }
+        T::wire_reader(&mut reader.inner)
+    }
+
+    /// The writer itself, counting the frames of each run it passes on to
+    /// the inner transport's raw-bytes writer, unless frames are logged.
+    fn wire_writer(writer: &mut Self::Writer) -> Option<&mut dyn WireWrite> {
+        if writer.log.is_some() || T::wire_writer(&mut writer.inner).is_none() {
+            return None;
+        }
+        Some(writer)
     }
 }
 
@@ -163,15 +185,34 @@ impl<R: Stream<Item = Result<Frame, TransportError>> + Unpin> Stream for TapRead
 }
 
 /// The outbound half of a [`Tap`].
-pub(crate) struct TapWriter<W> {
-    inner: W,
+pub(crate) struct TapWriter<T: Transport> {
+    inner: T::Writer,
     log: Option<Arc<FrameLog>>,
     sent: Arc<SentFrames>,
     /// Types of the frames written since the last flush.
     pending: Vec<u8>,
 }
 
-impl<W: Sink<Frame, Error = TransportError> + Unpin> Sink<Frame> for TapWriter<W> {
+impl<T: Transport> WireWrite for TapWriter<T> {
+    fn start_send_wire(&mut self, frames: &mut BytesMut) -> Result<(), TransportError> {
+        // Each frame: a 24-bit length, the stream id, then the type in the
+        // top six bits of the next two bytes.
+        let mut at = 0;
+        while let Some(head) = frames.get(at..at + 9) {
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            self.pending.push(head[7] >> 2);
+            at += 3 + len;
+        }
+        match T::wire_writer(&mut self.inner) {
+            Some(wire) => wire.start_send_wire(frames),
+            None => Err(TransportError::Framing(
+                "the tapped transport stopped writing raw frames".into(),
+            )),
+        }
+    }
+}
+
+impl<T: Transport> Sink<Frame> for TapWriter<T> {
     type Error = TransportError;
 
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -485,5 +526,62 @@ mod tests {
         let mut out = String::new();
         describe_payload(&p, true, &mut out);
         assert!(out.contains("malformed"), "{out}");
+    }
+
+    /// Runs of raw frames pass a tap that does not log, counted by type;
+    /// a tap that logs keeps the frame-by-frame path.
+    #[tokio::test]
+    async fn a_quiet_tap_passes_raw_runs_and_counts_their_frames() {
+        use bytes::BufMut;
+        use futures::{SinkExt, StreamExt};
+        use rsocket::frame::{Cancel, RequestFnf};
+
+        type Pipe = rsocket::StreamTransport<
+            tokio::io::ReadHalf<tokio::io::DuplexStream>,
+            tokio::io::WriteHalf<tokio::io::DuplexStream>,
+        >;
+        fn tap(log: Option<Arc<FrameLog>>, sent: Arc<SentFrames>) -> (Tap<Pipe>, Pipe) {
+            let (a, b) = tokio::io::duplex(1 << 16);
+            let (ar, aw) = tokio::io::split(a);
+            let (br, bw) = tokio::io::split(b);
+            (
+                Tap::new(rsocket::StreamTransport::new(ar, aw), log, sent),
+                rsocket::StreamTransport::new(br, bw),
+            )
+        }
+
+        let sent = Arc::new(SentFrames::default());
+        let (quiet, far) = tap(None, sent.clone());
+        let (mut reader, mut writer) = quiet.split();
+        assert!(Tap::<Pipe>::wire_reader(&mut reader).is_some());
+        let frames = [
+            Frame::RequestFnf(RequestFnf {
+                stream_id: StreamId::new(1).unwrap(),
+                follows: false,
+                payload: Payload::from("fire"),
+            }),
+            Frame::Cancel(Cancel {
+                stream_id: StreamId::new(3).unwrap(),
+            }),
+        ];
+        let mut run = BytesMut::new();
+        for f in &frames {
+            run.put_uint(f.encoded_len() as u64, 3);
+            f.encode(&mut run);
+        }
+        let wire = Tap::<Pipe>::wire_writer(&mut writer).expect("the raw path");
+        wire.start_send_wire(&mut run).expect("queued");
+        writer.flush().await.expect("flushed");
+        assert_eq!(sent.count(FrameType::RequestFnf), 1);
+        assert_eq!(sent.count(FrameType::Cancel), 1);
+        let (mut far_reader, _far_writer) = far.split();
+        for f in frames {
+            assert_eq!(far_reader.next().await.expect("a frame").expect("whole"), f);
+        }
+
+        let (logged, _far) = tap(Some(FrameLog::new("test")), Arc::default());
+        let (mut reader, mut writer) = logged.split();
+        assert!(Tap::<Pipe>::wire_reader(&mut reader).is_none());
+        assert!(Tap::<Pipe>::wire_writer(&mut writer).is_none());
     }
 }

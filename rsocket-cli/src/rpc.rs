@@ -411,8 +411,14 @@ service Greeter {
 }
 "#;
 
-    fn pool() -> DescriptorPool {
-        let dir = std::env::temp_dir().join(format!("rsocket-cli-rpc-unit-{}", std::process::id()));
+    /// The test proto compiled; each test writes it to a folder of its own
+    /// (tests run in parallel, and one truncating the file another is
+    /// reading made that one find no service).
+    fn pool(test: &str) -> DescriptorPool {
+        let dir = std::env::temp_dir().join(format!(
+            "rsocket-cli-rpc-unit-{}-{test}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("greeter.proto");
         std::fs::write(&file, PROTO).unwrap();
@@ -421,7 +427,7 @@ service Greeter {
 
     #[test]
     fn kinds_listing_and_json_round_trip() {
-        let pool = pool();
+        let pool = pool("kinds");
         let listed = list(&pool);
         assert!(
             listed.contains(
@@ -464,7 +470,7 @@ service Greeter {
 
     #[test]
     fn bad_input_is_an_error_not_a_panic() {
-        let pool = pool();
+        let pool = pool("bad-input");
         assert!(find_method(&pool, "greeter.Greeter/Nope").is_err());
         assert!(find_method(&pool, "nope").is_err());
         let m = find_method(&pool, "greeter.Greeter/SayHello").unwrap();
