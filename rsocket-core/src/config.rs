@@ -19,7 +19,8 @@ pub struct Config {
     /// Largest frame accepted or sent, in bytes (prefix excluded). Default and
     /// hard cap: 16,777,215. Longer inbound frames are a transport error;
     /// longer outbound payloads are fragmented. Frames that cannot be
-    /// fragmented are never sent longer: a METADATA_PUSH fails with
+    /// fragmented are never sent longer: a client's SETUP fails `connect`
+    /// with `ConfigError::SetupFrameTooLong`, a METADATA_PUSH fails with
     /// `RequestError::FrameTooLarge`, a LEASE is not granted
     /// (`Requester::send_lease` returns false) and an ERROR's message is
     /// cut to fit.

@@ -321,6 +321,15 @@ pub enum ConfigError {
     /// A setting that must be greater than zero is zero.
     #[error("{0} must be greater than 0")]
     Zero(&'static str),
+    /// The client's SETUP frame (its payload, MIME types and resume token)
+    /// is longer than `max_frame_len`; SETUP cannot be fragmented.
+    #[error("the SETUP frame is {len} bytes, over max_frame_len {max}")]
+    SetupFrameTooLong {
+        /// The SETUP frame's length.
+        len: usize,
+        /// `max_frame_len`.
+        max: usize,
+    },
     /// The fixed lease policy's LEASE frame (its metadata) is longer than
     /// `max_frame_len`, so it could never be sent.
     #[error("the fixed lease policy's LEASE frame is {len} bytes, over max_frame_len {max}")]

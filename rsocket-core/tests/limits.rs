@@ -535,3 +535,25 @@ async fn accept_errors_that_are_not_about_one_connection_pause_accepting() {
             .await;
     assert_eq!(reset, Duration::ZERO);
 }
+
+#[tokio::test]
+async fn a_setup_over_max_frame_len_is_refused_before_connecting() {
+    const MAX: usize = 1024;
+    let (engine, _script) = tokio::io::duplex(64 << 10);
+    let (r, w) = tokio::io::split(engine);
+    let result = rsocket_core::ClientBuilder::new()
+        .config(Config {
+            max_frame_len: MAX,
+            ..Config::default()
+        })
+        .setup_payload(Payload::new(Bytes::from(vec![0u8; MAX])))
+        .connect(StreamTransport::new(r, w));
+    match result {
+        Err(rsocket_core::ConfigError::SetupFrameTooLong { len, max }) => {
+            assert!(len > MAX);
+            assert_eq!(max, MAX);
+        }
+        Err(other) => panic!("expected SetupFrameTooLong, got {other:?}"),
+        Ok(_) => panic!("a SETUP longer than max_frame_len was accepted"),
+    }
+}

@@ -545,11 +545,8 @@ impl Connection {
             return;
         }
         let msg = err.to_string();
-        self.push(Frame::Error(ErrorFrame::new(
-            None,
-            ErrorCode::CONNECTION_ERROR,
-            &msg,
-        )));
+        let frame = self.error_frame(None, ErrorCode::CONNECTION_ERROR, &msg);
+        self.push(Frame::Error(frame));
         self.close_streams(err);
     }
 

@@ -196,13 +196,23 @@ impl ClientBuilder {
         };
         let max_frame_len = self.config.max_frame_len;
         let lease = self.config.lease.clone();
-        let now = tokio_now();
-        let mut conn = Connection::new(Side::Client, self.config, keepalive, now);
-        if resume_token.is_some() {
-            conn.enable_resume();
-        }
+        let resumable = resume_token.is_some();
         let mut setup = self.setup.to_frame_with_token(resume_token);
         setup.lease = lease.is_some();
+        // SETUP cannot be fragmented: one over the limit would only be
+        // refused on the way out, closing the connection.
+        let len = crate::frame::Frame::Setup(Box::new(setup.clone())).encoded_len();
+        if len > max_frame_len {
+            return Err(ConfigError::SetupFrameTooLong {
+                len,
+                max: max_frame_len,
+            });
+        }
+        let now = tokio_now();
+        let mut conn = Connection::new(Side::Client, self.config, keepalive, now);
+        if resumable {
+            conn.enable_resume();
+        }
         conn.queue_setup(setup);
         if let Some(lease) = &lease {
             // The client's responder grants too; its first LEASE follows
