@@ -557,3 +557,29 @@ async fn a_setup_over_max_frame_len_is_refused_before_connecting() {
         Ok(_) => panic!("a SETUP longer than max_frame_len was accepted"),
     }
 }
+
+#[tokio::test]
+async fn a_keepalive_interval_or_lifetime_below_one_millisecond_is_refused() {
+    for (interval, lifetime) in [
+        (Duration::ZERO, Duration::from_secs(90)),
+        (Duration::from_micros(999), Duration::from_secs(90)),
+        (Duration::from_secs(20), Duration::ZERO),
+    ] {
+        let (engine, _script) = tokio::io::duplex(64 << 10);
+        let (r, w) = tokio::io::split(engine);
+        let result = rsocket_core::ClientBuilder::new()
+            .keepalive(interval, lifetime)
+            .connect(StreamTransport::new(r, w));
+        assert!(
+            matches!(result, Err(rsocket_core::ConfigError::Zero(_))),
+            "keepalive({interval:?}, {lifetime:?}) was accepted"
+        );
+    }
+    // One millisecond each is the least SETUP carries.
+    let (engine, _script) = tokio::io::duplex(64 << 10);
+    let (r, w) = tokio::io::split(engine);
+    assert!(rsocket_core::ClientBuilder::new()
+        .keepalive(Duration::from_millis(1), Duration::from_millis(1))
+        .connect(StreamTransport::new(r, w))
+        .is_ok());
+}
