@@ -18,7 +18,12 @@ pub const MIN_MTU: usize = 64;
 pub struct Config {
     /// Largest frame accepted or sent, in bytes (prefix excluded). Default and
     /// hard cap: 16,777,215. Longer inbound frames are a transport error;
-    /// longer outbound payloads are fragmented.
+    /// longer outbound payloads are fragmented. Frames that cannot be
+    /// fragmented are never sent longer: a client's SETUP fails `connect`
+    /// with `ConfigError::SetupFrameTooLong`, a METADATA_PUSH fails with
+    /// `RequestError::FrameTooLarge`, a LEASE is not granted
+    /// (`Requester::send_lease` returns false) and an ERROR's message is
+    /// cut to fit.
     pub max_frame_len: usize,
     /// Fragment outbound payloads whose frame would exceed this many bytes
     /// (at least [`MIN_MTU`]). `None` fragments only at `max_frame_len`.
@@ -170,6 +175,14 @@ impl Config {
             .and_then(|l| l.policy.as_ref()?.fixed_grant());
         if fixed.is_some_and(|l| l.wire_ttl().is_zero()) {
             return Err(ConfigError::Zero("the fixed lease policy's ttl"));
+        }
+        if let Some(len) = fixed.map(|l| crate::frame::Frame::Lease(l.to_frame()).encoded_len()) {
+            if len > self.max_frame_len {
+                return Err(ConfigError::LeaseFrameTooLong {
+                    len,
+                    max: self.max_frame_len,
+                });
+            }
         }
         Ok(())
     }

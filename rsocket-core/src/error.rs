@@ -207,6 +207,16 @@ pub enum RequestError {
     /// `LeaseConfig::wait`. The request was not sent.
     #[error("no valid lease: {0}; request not sent")]
     NoLease(NoLease),
+    /// The frame would be longer than `Config::max_frame_len` and its type
+    /// cannot be fragmented (METADATA_PUSH). Nothing was sent; the
+    /// connection goes on.
+    #[error("a frame of {len} bytes exceeds max_frame_len {max}; not sent")]
+    FrameTooLarge {
+        /// The frame's length (length prefix excluded).
+        len: usize,
+        /// `Config::max_frame_len`.
+        max: usize,
+    },
 }
 
 /// Why the requester had no valid lease ([`RequestError::NoLease`]).
@@ -311,4 +321,22 @@ pub enum ConfigError {
     /// A setting that must be greater than zero is zero.
     #[error("{0} must be greater than 0")]
     Zero(&'static str),
+    /// The client's SETUP frame (its payload, MIME types and resume token)
+    /// is longer than `max_frame_len`; SETUP cannot be fragmented.
+    #[error("the SETUP frame is {len} bytes, over max_frame_len {max}")]
+    SetupFrameTooLong {
+        /// The SETUP frame's length.
+        len: usize,
+        /// `max_frame_len`.
+        max: usize,
+    },
+    /// The fixed lease policy's LEASE frame (its metadata) is longer than
+    /// `max_frame_len`, so it could never be sent.
+    #[error("the fixed lease policy's LEASE frame is {len} bytes, over max_frame_len {max}")]
+    LeaseFrameTooLong {
+        /// The LEASE frame's length.
+        len: usize,
+        /// `max_frame_len`.
+        max: usize,
+    },
 }

@@ -371,6 +371,26 @@ fn a_fixed_policy_needs_a_ttl_of_at_least_one_millisecond() {
         .is_ok());
 }
 
+#[test]
+fn a_fixed_policy_whose_lease_frame_does_not_fit_max_frame_len_is_refused() {
+    let policy = |md: usize| {
+        LeasePolicy::fixed_lease(Lease::new(Duration::from_secs(1), 1).with_metadata(vec![0; md]))
+    };
+    let with_max = |md: usize| Config {
+        max_frame_len: 1024,
+        ..leasing(Some(policy(md)))
+    };
+    // A LEASE frame is 14 bytes before its metadata.
+    assert!(with_max(1024 - 14).validate().is_ok());
+    assert_eq!(
+        with_max(1024 - 14 + 1).validate(),
+        Err(rsocket_core::ConfigError::LeaseFrameTooLong {
+            len: 1025,
+            max: 1024
+        })
+    );
+}
+
 mod model {
     //! Arbitrary sequences of grants, requests and time against a plain
     //! model of the lease: the engine admits (responder) and sends

@@ -360,6 +360,28 @@ async fn stream_policy_sends_every_grant_of_its_stream() {
     s.task.abort();
 }
 
+/// A policy stream with more grants ready at once than the driver takes
+/// in one go: the rest (the newest among them) still go out without
+/// waiting for some other event to wake the connection.
+#[tokio::test]
+async fn a_stream_policy_with_many_grants_ready_sends_them_all() {
+    let counting = Arc::new(Counting::default());
+    let policy = LeasePolicy::stream(|| {
+        futures::stream::iter((1..=40).map(|n| Lease::new(Duration::from_secs(60), n)))
+            .chain(futures::stream::pending())
+    });
+    let mut s = scripted_server(lease_config(Some(policy)), true, counting).await;
+    for n in 1..=40 {
+        assert_eq!(
+            expect_frame(&mut s.raw).await,
+            lease_frame(60_000, n),
+            "grant {n}"
+        );
+    }
+    barrier(&mut s.raw, "all grants sent").await;
+    s.task.abort();
+}
+
 #[tokio::test]
 async fn a_stream_policy_that_panics_ends_the_grants_not_the_connection() {
     let counting = Arc::new(Counting::default());

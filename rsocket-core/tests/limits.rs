@@ -381,6 +381,131 @@ async fn frames_over_max_frame_len_are_refused_from_their_length() {
     expect_closed(&mut s.raw).await;
 }
 
+// ----- 3b. Outbound frames that cannot be fragmented ----------------------
+//
+// METADATA_PUSH, LEASE and ERROR frames have no fragments: one longer than
+// `max_frame_len` must neither close the connection nor go out.
+
+/// A client with `config` (and `responder`) on an in-memory pipe whose
+/// other end is the script's; the script has read the SETUP.
+async fn scripted_client(
+    config: Config,
+    responder: Option<Arc<dyn RSocket>>,
+) -> (rsocket_core::Requester, Raw) {
+    let (engine, script) = tokio::io::duplex(64 << 10);
+    let (r, w) = tokio::io::split(engine);
+    let mut builder = rsocket_core::ClientBuilder::new().config(config);
+    if let Some(responder) = responder {
+        builder = builder.responder(responder);
+    }
+    let requester = builder
+        .connect(StreamTransport::new(r, w))
+        .expect("valid config");
+    let mut raw = Framed::new(script, FrameCodec::new());
+    assert!(matches!(expect_frame(&mut raw).await, Frame::Setup(_)));
+    (requester, raw)
+}
+
+#[tokio::test]
+async fn a_metadata_push_over_max_frame_len_fails_and_the_connection_goes_on() {
+    const MAX: usize = 1024;
+    let config = Config {
+        max_frame_len: MAX,
+        ..Config::default()
+    };
+    let (requester, mut raw) = scripted_client(config, None).await;
+    match requester
+        .metadata_push(Bytes::from(vec![b'm'; MAX - 6 + 1]))
+        .await
+    {
+        Err(RequestError::FrameTooLarge { len, max }) => assert_eq!((len, max), (MAX + 1, MAX)),
+        other => panic!("expected FrameTooLarge, got {other:?}"),
+    }
+    // Exactly at the limit it goes, and it is the next frame: the one
+    // over it was not sent, and the connection is still open.
+    let fits = Bytes::from(vec![b'k'; MAX - 6]);
+    within("push", requester.metadata_push(fits.clone()))
+        .await
+        .expect("sent");
+    match expect_frame(&mut raw).await {
+        Frame::MetadataPush(m) => assert_eq!(m.metadata, fits),
+        other => panic!("expected the METADATA_PUSH that fits, got {other:?}"),
+    }
+    assert!(!requester.is_closed());
+}
+
+struct LongError;
+
+#[async_trait]
+impl RSocket for LongError {
+    async fn request_response(&self, _req: Payload) -> Result<Option<Payload>, RequestError> {
+        // Two bytes a character: the cut must fall on a boundary.
+        Err(rsocket_core::StreamError::application("é".repeat(4000)).into())
+    }
+}
+
+#[tokio::test]
+async fn an_error_message_longer_than_max_frame_len_is_cut_to_fit() {
+    const MAX: usize = 1025;
+    let config = Config {
+        max_frame_len: MAX,
+        ..Config::default()
+    };
+    let (requester, mut raw) =
+        scripted_client(config, Some(Arc::new(LongError) as Arc<dyn RSocket>)).await;
+    send(&mut raw, rr(2, Bytes::from_static(b"q"), false)).await;
+    let bytes = match within("the ERROR", raw.next()).await {
+        Some(Ok(b)) => b,
+        other => panic!("expected a frame, got {other:?}"),
+    };
+    assert!(
+        bytes.len() <= MAX,
+        "an ERROR frame of {} bytes",
+        bytes.len()
+    );
+    match Frame::decode(bytes).expect("valid frame") {
+        Frame::Error(e) => {
+            assert_eq!(e.stream_id, Some(sid(2)));
+            assert_eq!(e.code, ErrorCode::APPLICATION_ERROR);
+            let message = std::str::from_utf8(&e.data).expect("UTF-8");
+            // 1025 - 10 bytes of room hold 507 two-byte characters.
+            assert_eq!(message, "é".repeat(507));
+        }
+        other => panic!("expected ERROR, got {other:?}"),
+    }
+    within(
+        "push",
+        requester.metadata_push(Bytes::from_static(b"after")),
+    )
+    .await
+    .expect("still open");
+    assert!(matches!(
+        expect_frame(&mut raw).await,
+        Frame::MetadataPush(_)
+    ));
+}
+
+#[tokio::test]
+async fn a_lease_over_max_frame_len_is_not_granted() {
+    const MAX: usize = 1024;
+    let config = Config {
+        max_frame_len: MAX,
+        lease: Some(rsocket_core::LeaseConfig::new()),
+        ..Config::default()
+    };
+    let (requester, mut raw) = scripted_client(config, None).await;
+    let ttl = Duration::from_secs(60);
+    let too_long = rsocket_core::Lease::new(ttl, 1).with_metadata(vec![0u8; MAX - 14 + 1]);
+    assert!(!requester.send_lease(&too_long));
+    let fits = rsocket_core::Lease::new(ttl, 2).with_metadata(vec![0u8; MAX - 14]);
+    assert!(requester.send_lease(&fits));
+    match expect_frame(&mut raw).await {
+        Frame::Lease(l) => assert_eq!(l.number_of_requests, 2),
+        other => panic!("expected the LEASE that fits, got {other:?}"),
+    }
+    assert!(!requester.is_closed());
+}
+
 // ----- 4. Accept errors -----------------------------------------------------
 
 /// Serves a listener whose accepts fail three times with `err`, then that
@@ -409,4 +534,52 @@ async fn accept_errors_that_are_not_about_one_connection_pause_accepting() {
         serve_three_failed_accepts(|| std::io::Error::from(std::io::ErrorKind::ConnectionAborted))
             .await;
     assert_eq!(reset, Duration::ZERO);
+}
+
+#[tokio::test]
+async fn a_setup_over_max_frame_len_is_refused_before_connecting() {
+    const MAX: usize = 1024;
+    let (engine, _script) = tokio::io::duplex(64 << 10);
+    let (r, w) = tokio::io::split(engine);
+    let result = rsocket_core::ClientBuilder::new()
+        .config(Config {
+            max_frame_len: MAX,
+            ..Config::default()
+        })
+        .setup_payload(Payload::new(Bytes::from(vec![0u8; MAX])))
+        .connect(StreamTransport::new(r, w));
+    match result {
+        Err(rsocket_core::ConfigError::SetupFrameTooLong { len, max }) => {
+            assert!(len > MAX);
+            assert_eq!(max, MAX);
+        }
+        Err(other) => panic!("expected SetupFrameTooLong, got {other:?}"),
+        Ok(_) => panic!("a SETUP longer than max_frame_len was accepted"),
+    }
+}
+
+#[tokio::test]
+async fn a_keepalive_interval_or_lifetime_below_one_millisecond_is_refused() {
+    for (interval, lifetime) in [
+        (Duration::ZERO, Duration::from_secs(90)),
+        (Duration::from_micros(999), Duration::from_secs(90)),
+        (Duration::from_secs(20), Duration::ZERO),
+    ] {
+        let (engine, _script) = tokio::io::duplex(64 << 10);
+        let (r, w) = tokio::io::split(engine);
+        let result = rsocket_core::ClientBuilder::new()
+            .keepalive(interval, lifetime)
+            .connect(StreamTransport::new(r, w));
+        assert!(
+            matches!(result, Err(rsocket_core::ConfigError::Zero(_))),
+            "keepalive({interval:?}, {lifetime:?}) was accepted"
+        );
+    }
+    // One millisecond each is the least SETUP carries.
+    let (engine, _script) = tokio::io::duplex(64 << 10);
+    let (r, w) = tokio::io::split(engine);
+    assert!(rsocket_core::ClientBuilder::new()
+        .keepalive(Duration::from_millis(1), Duration::from_millis(1))
+        .connect(StreamTransport::new(r, w))
+        .is_ok());
 }

@@ -6,7 +6,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tracing::{debug, trace};
+use tracing::{debug, trace, warn};
 
 use super::Connection;
 use crate::error::{NoLease, RequestError};
@@ -103,9 +103,25 @@ impl Connection {
     }
 
     /// Sends a LEASE to the peer, replacing what we granted before. False
-    /// when leasing is off or the connection has ended.
+    /// when leasing is off, the connection has ended or the frame would
+    /// exceed `max_frame_len`.
     pub(crate) fn grant_lease(&mut self, lease: &Lease, now: Instant) -> bool {
         if self.closed().is_some() {
+            return false;
+        }
+        if self.lease.is_none() {
+            return false;
+        }
+        // LEASE cannot be fragmented: one over the limit is not sent (the
+        // transport or the peer would close the connection over it).
+        let frame = Frame::Lease(lease.to_frame());
+        let len = frame.encoded_len();
+        if len > self.config.max_frame_len {
+            warn!(
+                len,
+                max = self.config.max_frame_len,
+                "not granting a lease whose frame exceeds max_frame_len"
+            );
             return false;
         }
         let Some(l) = self.lease.as_mut() else {
@@ -113,7 +129,7 @@ impl Connection {
         };
         l.granted = Some(Grant::new(lease, now));
         debug!(ttl = ?lease.ttl, requests = lease.requests, "granting a lease");
-        self.push_control(Frame::Lease(lease.to_frame()));
+        self.push_control(frame);
         true
     }
 

@@ -279,6 +279,16 @@ impl Connection {
         if let Some(e) = self.closed() {
             return Poll::Ready(Err(RequestError::Connection(e.clone())));
         }
+        // METADATA_PUSH cannot be fragmented: one over the limit would be
+        // refused by the transport (closing the connection) or by the peer.
+        let len = crate::frame::HEADER_LEN + metadata.as_ref().map_or(0, Bytes::len);
+        if len > self.config.max_frame_len {
+            *metadata = None;
+            return Poll::Ready(Err(RequestError::FrameTooLarge {
+                len,
+                max: self.config.max_frame_len,
+            }));
+        }
         if !self.has_space() {
             self.wait_space();
             return Poll::Pending;
@@ -724,7 +734,8 @@ impl Connection {
             err.code
         };
         self.drop_reassembly(id.get());
-        self.push(Frame::Error(ErrorFrame::new(Some(id), code, &err.message)));
+        let frame = self.error_frame(Some(id), code, &err.message);
+        self.push(Frame::Error(frame));
     }
 
     /// The producer of an outbound half went away.

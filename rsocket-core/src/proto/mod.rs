@@ -545,11 +545,8 @@ impl Connection {
             return;
         }
         let msg = err.to_string();
-        self.push(Frame::Error(ErrorFrame::new(
-            None,
-            ErrorCode::CONNECTION_ERROR,
-            &msg,
-        )));
+        let frame = self.error_frame(None, ErrorCode::CONNECTION_ERROR, &msg);
+        self.push(Frame::Error(frame));
         self.close_streams(err);
     }
 
@@ -568,12 +565,39 @@ impl Connection {
         self.protocol_violation(message);
     }
 
+    /// An ERROR frame with `message` cut (at a character boundary) so that
+    /// the frame fits `max_frame_len`: ERROR frames cannot be fragmented,
+    /// and the message may come from the application.
+    pub(super) fn error_frame(
+        &self,
+        id: Option<StreamId>,
+        code: ErrorCode,
+        message: &str,
+    ) -> ErrorFrame {
+        // Header and error code.
+        const FIXED: usize = crate::frame::HEADER_LEN + 4;
+        let room = self.config.max_frame_len.saturating_sub(FIXED);
+        let mut end = message.len().min(room);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        if end < message.len() {
+            debug!(
+                len = message.len(),
+                kept = end,
+                "error message cut to fit max_frame_len"
+            );
+        }
+        ErrorFrame::new(id, code, message.get(..end).unwrap_or_default())
+    }
+
     /// Closes from this side with the given code on stream 0.
     pub(crate) fn close(&mut self, code: ErrorCode, message: &str, err: ConnectionError) {
         if self.closed().is_some() {
             return;
         }
-        self.push(Frame::Error(ErrorFrame::new(None, code, message)));
+        let frame = self.error_frame(None, code, message);
+        self.push(Frame::Error(frame));
         self.close_streams(err);
     }
 
@@ -611,11 +635,8 @@ impl Connection {
     /// finished or `timeout` has passed.
     pub(crate) fn start_drain(&mut self, now: Instant, timeout: Duration, message: &str) {
         if matches!(self.state, State::Open) {
-            self.push_control(Frame::Error(ErrorFrame::new(
-                None,
-                ErrorCode::CONNECTION_CLOSE,
-                message,
-            )));
+            let frame = self.error_frame(None, ErrorCode::CONNECTION_CLOSE, message);
+            self.push_control(Frame::Error(frame));
             if self.closed().is_some() {
                 return;
             }

@@ -565,8 +565,11 @@ impl<T: Transport> Future for ConnectionDriver<T> {
             // Grants the application computed go out before the frames
             // read are judged against them.
             if let Some(grants) = this.lease_source.as_mut() {
-                // Only the newest grant counts; a stream that is always
-                // ready must not hold the driver.
+                // At most 16 grants per round: a stream that is always
+                // ready must not hold the driver. One still ready after
+                // them registered no waker, so this task asks to be
+                // polled again for the rest.
+                let mut budget_used = true;
                 for _ in 0..16 {
                     // The application's stream: a panic in it ends the
                     // grants, not the connection.
@@ -579,15 +582,23 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                         }
                         Ok(Poll::Ready(None)) => {
                             this.lease_source = None;
+                            budget_used = false;
                             break;
                         }
-                        Ok(Poll::Pending) => break,
+                        Ok(Poll::Pending) => {
+                            budget_used = false;
+                            break;
+                        }
                         Err(_) => {
                             tracing::warn!("the lease policy's stream panicked; no more grants");
                             this.lease_source = None;
+                            budget_used = false;
                             break;
                         }
                     }
+                }
+                if budget_used {
+                    cx.waker().wake_by_ref();
                 }
             }
             let mut handled = 0;

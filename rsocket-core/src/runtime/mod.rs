@@ -123,7 +123,9 @@ impl ClientBuilder {
         self
     }
 
-    /// Keepalive interval and max lifetime.
+    /// Keepalive interval and max lifetime, in whole milliseconds (at
+    /// least 1 ms each, or connecting fails with `ConfigError::Zero`; at
+    /// most 2^31 − 1 ms, longer values are capped as SETUP carries them).
     pub fn keepalive(
         mut self,
         interval: std::time::Duration,
@@ -189,20 +191,46 @@ impl ClientBuilder {
         resume_token: Option<bytes::Bytes>,
     ) -> Result<(Requester, ConnectionDriver<T>), ConfigError> {
         self.config.validate()?;
+        // SETUP carries whole milliseconds, 1 ..= 2^31 - 1 (0 is invalid):
+        // the local timers use the values the server sees. Below 1 ms, the
+        // interval would re-arm at once and the lifetime end at once.
+        let (interval, lifetime) = (self.setup.keepalive_interval, self.setup.max_lifetime);
+        if interval.as_millis() == 0 {
+            return Err(ConfigError::Zero("the keepalive interval (in whole ms)"));
+        }
+        if lifetime.as_millis() == 0 {
+            return Err(ConfigError::Zero(
+                "the keepalive max lifetime (in whole ms)",
+            ));
+        }
         let span = info_span!("rsocket.conn", side = "client");
         let keepalive = KeepaliveParams {
-            send_interval: Some(self.setup.keepalive_interval),
-            max_lifetime: self.setup.max_lifetime,
+            send_interval: Some(std::time::Duration::from_millis(u64::from(
+                crate::config::duration_ms(interval),
+            ))),
+            max_lifetime: std::time::Duration::from_millis(u64::from(crate::config::duration_ms(
+                lifetime,
+            ))),
         };
         let max_frame_len = self.config.max_frame_len;
         let lease = self.config.lease.clone();
-        let now = tokio_now();
-        let mut conn = Connection::new(Side::Client, self.config, keepalive, now);
-        if resume_token.is_some() {
-            conn.enable_resume();
-        }
+        let resumable = resume_token.is_some();
         let mut setup = self.setup.to_frame_with_token(resume_token);
         setup.lease = lease.is_some();
+        // SETUP cannot be fragmented: one over the limit would only be
+        // refused on the way out, closing the connection.
+        let len = crate::frame::Frame::Setup(Box::new(setup.clone())).encoded_len();
+        if len > max_frame_len {
+            return Err(ConfigError::SetupFrameTooLong {
+                len,
+                max: max_frame_len,
+            });
+        }
+        let now = tokio_now();
+        let mut conn = Connection::new(Side::Client, self.config, keepalive, now);
+        if resumable {
+            conn.enable_resume();
+        }
         conn.queue_setup(setup);
         if let Some(lease) = &lease {
             // The client's responder grants too; its first LEASE follows

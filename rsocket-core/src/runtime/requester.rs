@@ -86,7 +86,9 @@ impl Requester {
 
     /// Sends a LEASE to the peer now, replacing this side's previous grant
     /// (in addition to what the lease policy sends). False when leasing is
-    /// off on this connection or it has ended.
+    /// off on this connection or it has ended, or when the LEASE frame
+    /// (with its metadata) would exceed `Config::max_frame_len`; then
+    /// nothing is sent and the previous grant stands.
     pub fn send_lease(&self, lease: &Lease) -> bool {
         self.shared.lock().grant_lease(lease, super::tokio_now())
     }
@@ -217,7 +219,9 @@ impl Requester {
 
     /// Metadata push on stream 0: resolves once the frame is queued,
     /// waiting while the outbound queue is over
-    /// `Config::max_outbound_queue_bytes`, like fire-and-forget.
+    /// `Config::max_outbound_queue_bytes`, like fire-and-forget. A
+    /// METADATA_PUSH cannot be fragmented: one longer than
+    /// `Config::max_frame_len` fails with `RequestError::FrameTooLarge`.
     pub fn metadata_push(&self, metadata: Bytes) -> MetadataPushFuture {
         MetadataPushFuture {
             shared: self.shared.clone(),
