@@ -330,6 +330,18 @@ pub enum ConfigError {
         /// `max_frame_len`.
         max: usize,
     },
+    /// The keepalive max lifetime is not longer than the keepalive
+    /// interval: an idle connection would be judged dead (by both sides)
+    /// between two KEEPALIVEs.
+    #[error(
+        "the keepalive max lifetime ({lifetime:?}) must be longer than its interval ({interval:?})"
+    )]
+    KeepaliveLifetime {
+        /// The keepalive interval.
+        interval: std::time::Duration,
+        /// The max lifetime.
+        lifetime: std::time::Duration,
+    },
     /// The fixed lease policy's LEASE frame (its metadata) is longer than
     /// `max_frame_len`, so it could never be sent.
     #[error("the fixed lease policy's LEASE frame is {len} bytes, over max_frame_len {max}")]

@@ -575,11 +575,36 @@ async fn a_keepalive_interval_or_lifetime_below_one_millisecond_is_refused() {
             "keepalive({interval:?}, {lifetime:?}) was accepted"
         );
     }
-    // One millisecond each is the least SETUP carries.
+    // One millisecond is the least SETUP carries.
     let (engine, _script) = tokio::io::duplex(64 << 10);
     let (r, w) = tokio::io::split(engine);
     assert!(rsocket_core::ClientBuilder::new()
-        .keepalive(Duration::from_millis(1), Duration::from_millis(1))
+        .keepalive(Duration::from_millis(1), Duration::from_millis(2))
         .connect(StreamTransport::new(r, w))
         .is_ok());
+}
+
+/// A max lifetime not longer than the keepalive interval would have both
+/// sides judge an idle connection dead between two KEEPALIVEs.
+#[tokio::test]
+async fn a_keepalive_lifetime_not_longer_than_the_interval_is_refused() {
+    for (interval, lifetime) in [
+        (Duration::from_secs(20), Duration::from_secs(5)),
+        (Duration::from_secs(20), Duration::from_secs(20)),
+        // Equal in the whole milliseconds SETUP carries.
+        (Duration::from_millis(20), Duration::from_micros(20_900)),
+    ] {
+        let (engine, _script) = tokio::io::duplex(64 << 10);
+        let (r, w) = tokio::io::split(engine);
+        let result = rsocket_core::ClientBuilder::new()
+            .keepalive(interval, lifetime)
+            .connect(StreamTransport::new(r, w));
+        assert!(
+            matches!(
+                result,
+                Err(rsocket_core::ConfigError::KeepaliveLifetime { .. })
+            ),
+            "keepalive({interval:?}, {lifetime:?}) was accepted"
+        );
+    }
 }

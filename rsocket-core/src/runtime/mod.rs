@@ -126,6 +126,10 @@ impl ClientBuilder {
     /// Keepalive interval and max lifetime, in whole milliseconds (at
     /// least 1 ms each, or connecting fails with `ConfigError::Zero`; at
     /// most 2^31 − 1 ms, longer values are capped as SETUP carries them).
+    /// The lifetime must be longer than the interval, or connecting fails
+    /// with `ConfigError::KeepaliveLifetime`: both sides judge the peer dead
+    /// after the lifetime without a frame, which on an idle connection
+    /// would happen between two KEEPALIVEs.
     pub fn keepalive(
         mut self,
         interval: std::time::Duration,
@@ -202,6 +206,9 @@ impl ClientBuilder {
             return Err(ConfigError::Zero(
                 "the keepalive max lifetime (in whole ms)",
             ));
+        }
+        if crate::config::duration_ms(lifetime) <= crate::config::duration_ms(interval) {
+            return Err(ConfigError::KeepaliveLifetime { interval, lifetime });
         }
         let span = info_span!("rsocket.conn", side = "client");
         let keepalive = KeepaliveParams {
