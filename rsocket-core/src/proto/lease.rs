@@ -24,10 +24,12 @@ struct Grant {
 
 impl Grant {
     fn new(lease: &Lease, from: Instant) -> Self {
+        // As the LEASE frame carries it (a struct literal may say more).
+        let requests = lease.requests.min(crate::frame::MAX_U31);
         Self {
             expires_at: from + lease.wire_ttl(),
-            remaining: lease.requests,
-            allowed: lease.requests,
+            remaining: requests,
+            allowed: requests,
             metadata: lease.metadata.clone(),
         }
     }
