@@ -1,7 +1,7 @@
 //! A reconnecting client for servers without resumption: when the
-//! connection ends, the next request opens a new one (with backoff); what
-//! was pending on the old connection fails with its
-//! [`ConnectionError`](crate::ConnectionError), nothing is replayed.
+//! connection ends or begins a graceful close, the next request opens a new
+//! one (with backoff); what was pending on an ended connection fails with
+//! its [`ConnectionError`](crate::ConnectionError), nothing is replayed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,7 +54,8 @@ struct Inner {
     current: tokio::sync::Mutex<Option<Requester>>,
 }
 
-/// A client that replaces its connection when it ends (see
+/// A client that replaces its connection when it ends or begins a
+/// graceful close (see
 /// [`ClientBuilder::connect_reconnecting`](crate::ClientBuilder::connect_reconnecting)).
 /// Cheap to clone; implements [`RSocket`], each request going to the
 /// current connection.
@@ -87,8 +88,10 @@ impl Reconnecting {
         }
     }
 
-    /// The live connection: the current one while it is open, otherwise a
-    /// new one (attempts with backoff). Waiting for another caller's
+    /// The live connection: the current one while it takes requests,
+    /// otherwise (it has ended, or is closing gracefully: the server sent
+    /// CONNECTION_CLOSE) a new one (attempts with backoff; a closing
+    /// connection lets what is open on it finish). Waiting for another caller's
     /// attempts and each attempt itself count against
     /// [`ReconnectOptions::max_wait`]: once it has passed, this fails with
     /// the last connection error (a timeout when there is none).
@@ -105,8 +108,12 @@ impl Reconnecting {
         else {
             return Err(timed_out());
         };
+        // A connection closing gracefully (the server sent CONNECTION_CLOSE,
+        // or the application closed it) refuses new requests until it has
+        // drained, which can take its whole close timeout: it is replaced
+        // now, and drains on its own.
         if let Some(r) = current.as_ref() {
-            if !r.is_closed() {
+            if r.takes_requests() {
                 return Ok(r.clone());
             }
         }
