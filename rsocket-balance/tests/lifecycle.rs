@@ -502,7 +502,9 @@ async fn a_rejection_after_the_servers_close_is_retried_whatever_its_text() {
     assert_eq!(x.hits(), 1, "nothing more reached x");
     let members = b.members();
     assert_eq!(members[0].key, "x");
-    assert_eq!(members[0].state, MemberState::Draining, "{members:?}");
+    // Out of use: it re-dials while its old connection drains.
+    assert_eq!(members[0].state, MemberState::Connecting, "{members:?}");
+    assert_eq!(b.ready_count(), 1);
 
     // x now rejects the request that crossed its close, with its own
     // text: retried on y, not handed to the caller.
@@ -537,4 +539,81 @@ async fn a_rejection_from_a_server_that_is_not_closing_reaches_the_caller() {
     assert_eq!(err.message, "going away");
     assert_eq!(x.hits(), 1, "not sent again");
     assert_eq!(b.members()[0].state, MemberState::Ready);
+}
+
+/// Answers request/responses with "ok"; its streams send nothing and never
+/// end.
+struct Holding;
+
+#[async_trait]
+impl RSocket for Holding {
+    async fn request_response(&self, _req: Payload) -> Result<Option<Payload>, RequestError> {
+        Ok(Some(Payload::from("ok")))
+    }
+
+    fn request_stream(&self, _req: Payload) -> rsocket_core::PayloadStream {
+        futures::stream::pending().boxed()
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_connection_the_server_closes_is_replaced_while_it_drains() {
+    // A server that stays up but closes one connection gracefully (as a
+    // server rotating its connections does); it hands out its side of
+    // each connection for that.
+    let (tx, mut rx) = mpsc::unbounded_channel::<MemoryTransport>();
+    let (sides_tx, mut sides) = mpsc::unbounded_channel::<Requester>();
+    let incoming = futures::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|t| t.map(Ok::<_, std::io::Error>))
+    });
+    tokio::spawn(
+        Server::new(move |_setup, requester| {
+            let _ = sides_tx.send(requester);
+            async { Ok(Holding) }
+        })
+        .serve(incoming),
+    );
+    let dials = Arc::new(AtomicUsize::new(0));
+    let counted = dials.clone();
+    let connector = move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        let (client_end, server_end) = memory_pair(64 * 1024);
+        let sent = tx.send(server_end);
+        async move {
+            sent.map_err(|_| std::io::Error::from(std::io::ErrorKind::ConnectionRefused))?;
+            Ok::<_, BoxError>(ClientBuilder::new().connect(client_end)?)
+        }
+    };
+    // The old connection drains for its close timeout (30 s): far longer
+    // than a request waits for a member.
+    let b = Balancer::builder()
+        .clock(TokioClock)
+        .wait_for_member(Duration::from_secs(2))
+        .build_from_list(vec![("only", connector)]);
+    within("ready", b.wait_until(|m| count(m, MemberState::Ready) == 1)).await;
+    // A stream open on the first connection keeps it open while it drains.
+    let mut held = b.request_stream(Payload::from("hold"));
+    assert!(futures::poll!(held.next()).is_pending());
+    let reply = within("a round trip", b.request_response(Payload::from("x"))).await;
+    assert_eq!(text(reply.expect("answered")), "ok");
+    let server_side = within("the server's side", sides.recv())
+        .await
+        .expect("a connection");
+    server_side.close();
+    // Every request is answered: the ones that crossed the close or found
+    // the connection closing are sent again, to a new connection.
+    for i in 0..20 {
+        let reply = within("a request", b.request_response(Payload::from("x"))).await;
+        assert_eq!(
+            text(reply.unwrap_or_else(|e| panic!("request {i}: {e}"))),
+            "ok"
+        );
+    }
+    assert_eq!(dials.load(Ordering::SeqCst), 2, "re-dialled once");
+    let members = b.members();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].state, MemberState::Ready);
+    // The stream on the old connection is still open.
+    assert!(futures::poll!(held.next()).is_pending());
+    drop(held);
 }
