@@ -463,7 +463,8 @@ fn closed_by_peer_close(reason: &ConnectionError) -> bool {
 }
 
 /// Re-dial delays: exponential from `min` to `max`, each drawn uniformly
-/// from its upper half ("equal jitter").
+/// from its upper half ("equal jitter"). A `min` of zero re-dials at once
+/// after each failure, yielding to the runtime between dials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
     /// The first delay (before jitter).
@@ -526,6 +527,7 @@ pub(crate) async fn run<K: Key>(
     // Connections left while they close gracefully (the server's
     // CONNECTION_CLOSE): what is open on them finishes there.
     let mut left: Vec<Requester> = Vec::new();
+    let mut first = true;
     loop {
         left.retain(|r| !r.is_closed());
         if !wait.is_zero() {
@@ -533,7 +535,12 @@ pub(crate) async fn run<K: Key>(
                 () = tokio::time::sleep(wait) => {}
                 () = member.removed.cancelled() => break,
             }
+        } else if !first {
+            // A zero back-off re-dials at once, but a connector that fails
+            // without waiting must not hold the runtime's thread.
+            tokio::task::yield_now().await;
         }
+        first = false;
         let dialled = tokio::select! {
             r = dial(&*connector) => r,
             () = member.removed.cancelled() => break,

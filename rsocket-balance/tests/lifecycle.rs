@@ -617,3 +617,32 @@ async fn a_connection_the_server_closes_is_replaced_while_it_drains() {
     assert!(futures::poll!(held.next()).is_pending());
     drop(held);
 }
+
+#[test]
+fn a_zero_back_off_does_not_starve_the_runtime() {
+    // Every dial fails at once, and the back-off is zero: the member
+    // re-dials at once, but must let the rest of the (one-thread) runtime
+    // run. The runtime runs on its own thread so that a starved one fails
+    // this test instead of hanging it.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let result = rt.block_on(async {
+            let refused = || async { Err::<Requester, BoxError>("refused".into()) };
+            let b = Balancer::builder()
+                .backoff(Duration::ZERO, Duration::ZERO)
+                .wait_for_member(Duration::from_millis(100))
+                .build_from_list([("x", refused)]);
+            b.request_response(Payload::from("x")).await
+        });
+        let _ = done_tx.send(result.map(text).map_err(|e| e.to_string()));
+    });
+    let got = done_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the request ended (the runtime was starved)");
+    let err = got.expect_err("no member can be ready");
+    assert!(err.contains("no member was ready"), "{err}");
+}
