@@ -491,3 +491,27 @@ async fn a_waiting_request_is_served_when_a_member_comes() {
     let reply = within("the late member", waiting).await.unwrap().unwrap();
     assert_eq!(text(reply), "late");
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_unbounded_wait_for_a_member_waits_instead_of_panicking() {
+    // `Duration::MAX`: wait as long as it takes (no deadline to overflow).
+    let s = MemServer::start("late", Duration::ZERO);
+    let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+    let b = Balancer::builder()
+        .clock(TokioClock)
+        .wait_for_member(Duration::MAX)
+        .build_from_watch(rx);
+    let request = {
+        let b = b.clone();
+        async move { b.request_response(Payload::from("x")).await }
+    };
+    let stream = b.request_stream(Payload::from("2")).collect::<Vec<_>>();
+    let waiting = tokio::spawn(async move { tokio::join!(request, stream) });
+    // A day of waiting: still waiting.
+    tokio::time::sleep(Duration::from_secs(86_400)).await;
+    assert!(!waiting.is_finished());
+    tx.send(vec![("late", s.connector())]).unwrap();
+    let (reply, items) = within("the late member", waiting).await.expect("no panic");
+    assert_eq!(text(reply.expect("answered")), "late");
+    assert_eq!(items.len(), 2);
+}
