@@ -590,10 +590,12 @@ pub(crate) async fn run<K: Key>(
                     // A request found this connection closing (or dead) and
                     // took it out of use; a permit left from an earlier
                     // connection finds this one still ready, and is spent.
+                    // A connection that has ended goes the usual way (the
+                    // `closed` branch, at once).
                     let draining = core
                         .update(&member, |slot, _| slot.inner().state == MemberState::Draining)
                         .unwrap_or(false);
-                    if draining {
+                    if draining && !requester.is_closed() {
                         debug!(key = ?member.key, "connection out of use; re-dialling while it drains");
                         left.push(requester.clone());
                         break false;
