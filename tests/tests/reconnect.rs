@@ -315,3 +315,44 @@ async fn a_connection_the_server_is_closing_is_replaced_at_once() {
     assert!(futures::poll!(held.next()).is_pending());
     assert!(!first.is_closed());
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_server_that_accepts_and_drops_is_backed_off_further_each_time() {
+    // Every connection ends at once, having received nothing: each request
+    // fails, but the reconnects are paced as failed attempts are (5 ms,
+    // doubling up to 50 ms, each in the upper half of its range), not one
+    // at once per request.
+    let dials: Arc<std::sync::Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+    let noted = dials.clone();
+    let client = ClientBuilder::new()
+        .connect_reconnecting(
+            move || {
+                noted.lock().unwrap().push(tokio::time::Instant::now());
+                async move {
+                    let (client_end, server_end) = rsocket_core::memory_pair(1024);
+                    drop(server_end);
+                    Ok(client_end)
+                }
+            },
+            fast(),
+        )
+        .await
+        .expect("first connection");
+    for _ in 0..8 {
+        let err = client
+            .request_response(Payload::from("a"))
+            .await
+            .expect_err("dropped");
+        assert!(matches!(err, RequestError::Connection(_)), "{err}");
+    }
+    let times = dials.lock().unwrap().clone();
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.len() >= 6, "{gaps:?}");
+    for (i, gap) in gaps.iter().enumerate() {
+        let top = Duration::from_millis(5 << i.min(4)).min(Duration::from_millis(50));
+        assert!(
+            (top / 2..=top + Duration::from_millis(1)).contains(gap),
+            "gap {i}: {gap:?}: {gaps:?}"
+        );
+    }
+}
