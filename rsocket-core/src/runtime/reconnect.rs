@@ -143,16 +143,19 @@ impl Reconnecting {
         // A connection that ended having received nothing counts as a
         // failed attempt (once), so that a server that accepts and drops is
         // not dialled again at once by every request.
+        // (One closing gracefully, or that received something, resets the
+        // count.)
         if let Some(old) = current.requester.as_ref().filter(|_| !current.judged) {
-            if let Some(reason) = old.closed_reason() {
-                current.judged = true;
-                let refused = matches!(reason, ConnectionError::SetupRejected { .. });
-                if old.stats().frames_in == 0 || refused {
-                    current.dropped = current.dropped.saturating_add(1);
-                } else {
-                    current.dropped = 0;
-                }
-            }
+            current.judged = true;
+            let silent = old.closed_reason().is_some_and(|reason| {
+                matches!(reason, ConnectionError::SetupRejected { .. })
+                    || old.stats().frames_in == 0
+            });
+            current.dropped = if silent {
+                current.dropped.saturating_add(1)
+            } else {
+                0
+            };
         }
         if current.dropped > 0 {
             for _ in 1..current.dropped.min(32) {
