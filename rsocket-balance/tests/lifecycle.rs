@@ -646,3 +646,55 @@ fn a_zero_back_off_does_not_starve_the_runtime() {
     let err = got.expect_err("no member can be ready");
     assert!(err.contains("no member was ready"), "{err}");
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_insert_for_a_present_key_replaces_its_connector_and_drains_the_old() {
+    let a = MemServer::start("a", Duration::ZERO);
+    let b_srv = MemServer::start("b", Duration::ZERO);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let changes = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let b = Balancer::builder().clock(TokioClock).build(changes);
+    tx.send(rsocket_balance::Change::Insert("k", a.connector()))
+        .unwrap();
+    within(
+        "a ready",
+        b.wait_until(|m| count(m, MemberState::Ready) == 1),
+    )
+    .await;
+    // A stream in flight on a when the key gets b's connector.
+    let mut held = b.request_stream(Payload::from("3"));
+    let first = within("a's first item", held.next()).await;
+    assert_eq!(text(first.transpose().expect("ok")), "a:0");
+    tx.send(rsocket_balance::Change::Insert("k", b_srv.connector()))
+        .unwrap();
+    within(
+        "the new member ready, the old one out of use",
+        b.wait_until(|m| {
+            b_srv.open() == 1
+                && m.iter()
+                    .any(|m| m.is_target && m.state == MemberState::Ready)
+                && m.iter()
+                    .all(|m| m.is_target || m.state != MemberState::Ready)
+        }),
+    )
+    .await;
+    for _ in 0..4 {
+        let reply = b.request_response(Payload::from("x")).await;
+        assert_eq!(text(reply.expect("answered")), "b");
+    }
+    // The old stream runs to its end on a, then a's member goes.
+    let rest: Vec<_> = within("the rest of the stream", held.collect::<Vec<_>>()).await;
+    let rest: Vec<_> = rest
+        .into_iter()
+        .map(|r| text(Some(r.expect("ok"))))
+        .collect();
+    assert_eq!(rest, ["a:1", "a:2"]);
+    within("a's member forgotten", b.wait_until(|m| m.len() == 1)).await;
+    assert_eq!(b.members()[0].connects, 1);
+    within("a's connection closed", async {
+        while a.open() > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
