@@ -70,7 +70,8 @@ impl From<BalanceError> for RequestError {
 #[non_exhaustive]
 pub struct BalancerConfig {
     /// How long a request waits for a ready member before failing with
-    /// [`BalanceError::NoReadyMember`]. Default 5 s.
+    /// [`BalanceError::NoReadyMember`]. Default 5 s; `Duration::MAX` waits
+    /// as long as it takes.
     pub wait_for_member: Duration,
     /// How many times a request is sent again when it is safe to (see
     /// the manual's [Retries](crate::manual#retries) section for which
@@ -99,6 +100,9 @@ impl Default for BalancerConfig {
         }
     }
 }
+
+/// What a wait for a member too long to be added to the clock becomes.
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 struct State<K> {
     /// The members whose keys are in the target list.
@@ -392,7 +396,11 @@ impl<K: Key> Core<K> {
     /// Waits until some member is ready (then [`try_begin`](Self::try_begin)
     /// again), failing once `wait_for_member` has passed since `since`.
     pub(crate) async fn wait_ready(&self, since: tokio::time::Instant) -> Result<(), RequestError> {
-        let deadline = since + self.config.wait_for_member;
+        // A wait too long to add (`Duration::MAX`) is as good as forever.
+        let deadline = since
+            .checked_add(self.config.wait_for_member)
+            .or_else(|| since.checked_add(FOREVER))
+            .unwrap_or(since);
         loop {
             let mut notified = pin!(self.ready_notify.notified());
             notified.as_mut().enable();

@@ -91,7 +91,11 @@
 //!   forgotten.
 //! * A request that finds its member's connection closing or dead takes
 //!   that member out of the ready list at once, without waiting for its
-//!   task to notice.
+//!   task to notice, and the member re-dials (after the back-off) while it
+//!   is still a target, without waiting for that connection to end: a
+//!   connection the server is closing gracefully lets what is open on it
+//!   finish (within its close timeout), and new requests go to the new
+//!   connection.
 //! * With no ready member a request waits up to
 //!   [`BalancerConfig::wait_for_member`](crate::BalancerConfig::wait_for_member),
 //!   then fails with [`RequestError::Unavailable`](rsocket_core::RequestError::Unavailable)

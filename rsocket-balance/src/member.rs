@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use rsocket_core::{ConnectionError, ErrorCode, Requester};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -40,7 +41,8 @@ pub enum MemberState {
     /// Takes no new requests; those in flight finish. Either the target
     /// was removed (the member closes once they are done) or its
     /// connection is going away (a graceful close from the server, or a
-    /// failure): then it re-dials while it is still a target.
+    /// failure): then it re-dials while it is still a target, without
+    /// waiting for a connection the server is closing to finish draining.
     Draining,
     /// Removed and closed; about to be forgotten.
     Closed,
@@ -89,6 +91,7 @@ impl Inner {
             healthy: false,
             last_error: None,
             peer_closed: 0,
+            out_of_use: Arc::new(Notify::new()),
             rng,
         }
     }
@@ -152,6 +155,10 @@ pub(crate) struct Inner {
     /// The latest connection (generation) known to have received the
     /// server's CONNECTION_CLOSE; 0 for none.
     peer_closed: u64,
+    /// Wakes the member's task when a request took its connection out of
+    /// use (see [`Slot::stop_using`]): it re-dials without waiting for that
+    /// connection to end.
+    out_of_use: Arc<Notify>,
     rng: Rng,
 }
 
@@ -304,6 +311,8 @@ impl<K: Key> Slot<K> {
             return false;
         }
         inner.last_error = Some(why.to_owned());
+        // A permit is kept if the task is not waiting yet.
+        inner.out_of_use.notify_one();
         self.transition(MemberState::Draining, now);
         true
     }
@@ -454,7 +463,8 @@ fn closed_by_peer_close(reason: &ConnectionError) -> bool {
 }
 
 /// Re-dial delays: exponential from `min` to `max`, each drawn uniformly
-/// from its upper half ("equal jitter").
+/// from its upper half ("equal jitter"). A `min` of zero re-dials at once
+/// after each failure, yielding to the runtime between dials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
     /// The first delay (before jitter).
@@ -510,13 +520,27 @@ pub(crate) async fn run<K: Key>(
 ) {
     let backoff = core.config.backoff;
     let mut wait = Duration::ZERO;
+    let Some(out_of_use) = core.update(&member, |slot, _| slot.inner().out_of_use.clone()) else {
+        core.forget(&member);
+        return;
+    };
+    // Connections left while they close gracefully (the server's
+    // CONNECTION_CLOSE): what is open on them finishes there.
+    let mut left: Vec<Requester> = Vec::new();
+    let mut first = true;
     loop {
+        left.retain(|r| !r.is_closed());
         if !wait.is_zero() {
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = member.removed.cancelled() => break,
             }
+        } else if !first {
+            // A zero back-off re-dials at once, but a connector that fails
+            // without waiting must not hold the runtime's thread.
+            tokio::task::yield_now().await;
         }
+        first = false;
         let dialled = tokio::select! {
             r = dial(&*connector) => r,
             () = member.removed.cancelled() => break,
@@ -548,19 +572,36 @@ pub(crate) async fn run<K: Key>(
             slot.transition(MemberState::Ready, now);
         });
         core.changed();
-        let removed = tokio::select! {
-            reason = requester.closed() => {
-                debug!(key = ?member.key, %reason, "connection ended");
-                core.update(&member, |slot, _| {
-                    let inner = slot.inner();
-                    inner.last_error = Some(reason.to_string());
-                    if closed_by_peer_close(&reason) {
-                        inner.peer_closed = inner.generation;
+        let removed = loop {
+            tokio::select! {
+                reason = requester.closed() => {
+                    debug!(key = ?member.key, %reason, "connection ended");
+                    core.update(&member, |slot, _| {
+                        let inner = slot.inner();
+                        inner.last_error = Some(reason.to_string());
+                        if closed_by_peer_close(&reason) {
+                            inner.peer_closed = inner.generation;
+                        }
+                    });
+                    break false;
+                }
+                () = member.removed.cancelled() => break true,
+                () = out_of_use.notified() => {
+                    // A request found this connection closing (or dead) and
+                    // took it out of use; a permit left from an earlier
+                    // connection finds this one still ready, and is spent.
+                    // A connection that has ended goes the usual way (the
+                    // `closed` branch, at once).
+                    let draining = core
+                        .update(&member, |slot, _| slot.inner().state == MemberState::Draining)
+                        .unwrap_or(false);
+                    if draining && !requester.is_closed() {
+                        debug!(key = ?member.key, "connection out of use; re-dialling while it drains");
+                        left.push(requester.clone());
+                        break false;
                     }
-                });
-                false
+                }
             }
-            () = member.removed.cancelled() => true,
         };
         core.update(&member, |slot, now| {
             slot.inner().requester = None;
@@ -585,6 +626,10 @@ pub(crate) async fn run<K: Key>(
             let _ = requester.closed().await;
             break;
         }
+    }
+    // Connections left while closing end within their close timeout.
+    for r in left {
+        let _ = r.closed().await;
     }
     core.update(&member, |slot, now| {
         slot.inner().requester = None;

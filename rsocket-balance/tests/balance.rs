@@ -368,8 +368,16 @@ async fn a_member_refusing_for_its_close_leaves_the_ready_list_at_once() {
         assert!(reply.is_ok(), "{reply:?}");
         sent += 1;
     }
-    // Right after the request that a refused (nothing since):
-    assert_eq!(a_state(&b), Some(MemberState::Draining), "after {sent}");
+    // Right after the request that a refused: out of use (draining, or
+    // already re-dialling while its old connection drains).
+    assert!(
+        matches!(
+            a_state(&b),
+            Some(MemberState::Draining | MemberState::Connecting)
+        ),
+        "after {sent}: {:?}",
+        a_state(&b)
+    );
     assert_eq!(b.ready_count(), 1, "a left the ready list with its refusal");
     assert!(changes.has_changed().unwrap(), "state_changes was bumped");
     assert_eq!(a.open(), 1, "a's connection is still open (draining)");
@@ -482,4 +490,28 @@ async fn a_waiting_request_is_served_when_a_member_comes() {
     tx.send(vec![("late", s.connector())]).unwrap();
     let reply = within("the late member", waiting).await.unwrap().unwrap();
     assert_eq!(text(reply), "late");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_unbounded_wait_for_a_member_waits_instead_of_panicking() {
+    // `Duration::MAX`: wait as long as it takes (no deadline to overflow).
+    let s = MemServer::start("late", Duration::ZERO);
+    let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+    let b = Balancer::builder()
+        .clock(TokioClock)
+        .wait_for_member(Duration::MAX)
+        .build_from_watch(rx);
+    let request = {
+        let b = b.clone();
+        async move { b.request_response(Payload::from("x")).await }
+    };
+    let stream = b.request_stream(Payload::from("2")).collect::<Vec<_>>();
+    let waiting = tokio::spawn(async move { tokio::join!(request, stream) });
+    // A day of waiting: still waiting.
+    tokio::time::sleep(Duration::from_secs(86_400)).await;
+    assert!(!waiting.is_finished());
+    tx.send(vec![("late", s.connector())]).unwrap();
+    let (reply, items) = within("the late member", waiting).await.expect("no panic");
+    assert_eq!(text(reply.expect("answered")), "late");
+    assert_eq!(items.len(), 2);
 }

@@ -287,3 +287,32 @@ async fn a_request_refused_for_want_of_a_lease_may_be_retried_on_the_same_member
     assert_eq!((a.hits(), b.hits()), (0, 0));
     assert_eq!(count(&balancer.members(), MemberState::Ready), 2);
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn dropping_the_last_clone_fails_the_streams_waiting_for_a_member() {
+    // No target will ever be ready: the stream and channel wait for a
+    // member when the last clone goes.
+    let b = Balancer::builder()
+        .clock(TokioClock)
+        .wait_for_member(Duration::from_secs(3600))
+        .build(futures::stream::pending::<
+            rsocket_balance::Change<String, MemServerless>,
+        >());
+    let mut stream = b.request_stream(Payload::from("1"));
+    let mut channel =
+        RSocket::request_channel(&b, Payload::from("1"), futures::stream::empty().boxed());
+    assert!(futures::poll!(stream.next()).is_pending());
+    assert!(futures::poll!(channel.next()).is_pending());
+    drop(b);
+    for s in [&mut stream, &mut channel] {
+        let err = within("the waiting stream to fail", s.next())
+            .await
+            .expect("an error")
+            .expect_err("no member");
+        assert_eq!(BalanceError::of(&err), Some(&BalanceError::Closed), "{err}");
+        assert!(s.next().await.is_none());
+    }
+}
+
+/// A connector type for a balancer that never gets a target.
+type MemServerless = fn() -> futures::future::Ready<Result<Requester, BoxError>>;

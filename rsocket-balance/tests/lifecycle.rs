@@ -502,7 +502,9 @@ async fn a_rejection_after_the_servers_close_is_retried_whatever_its_text() {
     assert_eq!(x.hits(), 1, "nothing more reached x");
     let members = b.members();
     assert_eq!(members[0].key, "x");
-    assert_eq!(members[0].state, MemberState::Draining, "{members:?}");
+    // Out of use: it re-dials while its old connection drains.
+    assert_eq!(members[0].state, MemberState::Connecting, "{members:?}");
+    assert_eq!(b.ready_count(), 1);
 
     // x now rejects the request that crossed its close, with its own
     // text: retried on y, not handed to the caller.
@@ -537,4 +539,162 @@ async fn a_rejection_from_a_server_that_is_not_closing_reaches_the_caller() {
     assert_eq!(err.message, "going away");
     assert_eq!(x.hits(), 1, "not sent again");
     assert_eq!(b.members()[0].state, MemberState::Ready);
+}
+
+/// Answers request/responses with "ok"; its streams send nothing and never
+/// end.
+struct Holding;
+
+#[async_trait]
+impl RSocket for Holding {
+    async fn request_response(&self, _req: Payload) -> Result<Option<Payload>, RequestError> {
+        Ok(Some(Payload::from("ok")))
+    }
+
+    fn request_stream(&self, _req: Payload) -> rsocket_core::PayloadStream {
+        futures::stream::pending().boxed()
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_connection_the_server_closes_is_replaced_while_it_drains() {
+    // A server that stays up but closes one connection gracefully (as a
+    // server rotating its connections does); it hands out its side of
+    // each connection for that.
+    let (tx, mut rx) = mpsc::unbounded_channel::<MemoryTransport>();
+    let (sides_tx, mut sides) = mpsc::unbounded_channel::<Requester>();
+    let incoming = futures::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|t| t.map(Ok::<_, std::io::Error>))
+    });
+    tokio::spawn(
+        Server::new(move |_setup, requester| {
+            let _ = sides_tx.send(requester);
+            async { Ok(Holding) }
+        })
+        .serve(incoming),
+    );
+    let dials = Arc::new(AtomicUsize::new(0));
+    let counted = dials.clone();
+    let connector = move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        let (client_end, server_end) = memory_pair(64 * 1024);
+        let sent = tx.send(server_end);
+        async move {
+            sent.map_err(|_| std::io::Error::from(std::io::ErrorKind::ConnectionRefused))?;
+            Ok::<_, BoxError>(ClientBuilder::new().connect(client_end)?)
+        }
+    };
+    // The old connection drains for its close timeout (30 s): far longer
+    // than a request waits for a member.
+    let b = Balancer::builder()
+        .clock(TokioClock)
+        .wait_for_member(Duration::from_secs(2))
+        .build_from_list(vec![("only", connector)]);
+    within("ready", b.wait_until(|m| count(m, MemberState::Ready) == 1)).await;
+    // A stream open on the first connection keeps it open while it drains.
+    let mut held = b.request_stream(Payload::from("hold"));
+    assert!(futures::poll!(held.next()).is_pending());
+    let reply = within("a round trip", b.request_response(Payload::from("x"))).await;
+    assert_eq!(text(reply.expect("answered")), "ok");
+    let server_side = within("the server's side", sides.recv())
+        .await
+        .expect("a connection");
+    server_side.close();
+    // Every request is answered: the ones that crossed the close or found
+    // the connection closing are sent again, to a new connection.
+    for i in 0..20 {
+        let reply = within("a request", b.request_response(Payload::from("x"))).await;
+        assert_eq!(
+            text(reply.unwrap_or_else(|e| panic!("request {i}: {e}"))),
+            "ok"
+        );
+    }
+    assert_eq!(dials.load(Ordering::SeqCst), 2, "re-dialled once");
+    let members = b.members();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].state, MemberState::Ready);
+    // The stream on the old connection is still open.
+    assert!(futures::poll!(held.next()).is_pending());
+    drop(held);
+}
+
+#[test]
+fn a_zero_back_off_does_not_starve_the_runtime() {
+    // Every dial fails at once, and the back-off is zero: the member
+    // re-dials at once, but must let the rest of the (one-thread) runtime
+    // run. The runtime runs on its own thread so that a starved one fails
+    // this test instead of hanging it.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let result = rt.block_on(async {
+            let refused = || async { Err::<Requester, BoxError>("refused".into()) };
+            let b = Balancer::builder()
+                .backoff(Duration::ZERO, Duration::ZERO)
+                .wait_for_member(Duration::from_millis(100))
+                .build_from_list([("x", refused)]);
+            b.request_response(Payload::from("x")).await
+        });
+        let _ = done_tx.send(result.map(text).map_err(|e| e.to_string()));
+    });
+    let got = done_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the request ended (the runtime was starved)");
+    let err = got.expect_err("no member can be ready");
+    assert!(err.contains("no member was ready"), "{err}");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_insert_for_a_present_key_replaces_its_connector_and_drains_the_old() {
+    let a = MemServer::start("a", Duration::ZERO);
+    let b_srv = MemServer::start("b", Duration::ZERO);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let changes = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let b = Balancer::builder().clock(TokioClock).build(changes);
+    tx.send(rsocket_balance::Change::Insert("k", a.connector()))
+        .unwrap();
+    within(
+        "a ready",
+        b.wait_until(|m| count(m, MemberState::Ready) == 1),
+    )
+    .await;
+    // A stream in flight on a when the key gets b's connector.
+    let mut held = b.request_stream(Payload::from("3"));
+    let first = within("a's first item", held.next()).await;
+    assert_eq!(text(first.transpose().expect("ok")), "a:0");
+    tx.send(rsocket_balance::Change::Insert("k", b_srv.connector()))
+        .unwrap();
+    within(
+        "the new member ready, the old one out of use",
+        b.wait_until(|m| {
+            b_srv.open() == 1
+                && m.iter()
+                    .any(|m| m.is_target && m.state == MemberState::Ready)
+                && m.iter()
+                    .all(|m| m.is_target || m.state != MemberState::Ready)
+        }),
+    )
+    .await;
+    for _ in 0..4 {
+        let reply = b.request_response(Payload::from("x")).await;
+        assert_eq!(text(reply.expect("answered")), "b");
+    }
+    // The old stream runs to its end on a, then a's member goes.
+    let rest: Vec<_> = within("the rest of the stream", held.collect::<Vec<_>>()).await;
+    let rest: Vec<_> = rest
+        .into_iter()
+        .map(|r| text(Some(r.expect("ok"))))
+        .collect();
+    assert_eq!(rest, ["a:1", "a:2"]);
+    within("a's member forgotten", b.wait_until(|m| m.len() == 1)).await;
+    assert_eq!(b.members()[0].connects, 1);
+    within("a's connection closed", async {
+        while a.open() > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
 }

@@ -225,3 +225,134 @@ async fn max_wait_bounds_each_request_even_when_connecting_hangs() {
     let n = dials.load(Ordering::SeqCst);
     assert!((2..=3).contains(&n), "{n} dials");
 }
+
+/// Answers request/responses; its streams never send anything nor end.
+struct Holding;
+
+#[async_trait]
+impl RSocket for Holding {
+    async fn request_response(&self, req: Payload) -> Result<Option<Payload>, RequestError> {
+        Ok(Some(req))
+    }
+
+    fn request_stream(&self, _req: Payload) -> PayloadStream {
+        futures::stream::pending().boxed()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_server_is_closing_is_replaced_at_once() {
+    // An in-memory server that hands out its side of each connection, so
+    // that the test can close one gracefully.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<rsocket_core::MemoryTransport>();
+    let (sides_tx, mut sides) = tokio::sync::mpsc::unbounded_channel();
+    let incoming = futures::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|t| t.map(Ok::<_, std::io::Error>))
+    });
+    tokio::spawn(
+        Server::new(move |_setup, requester| {
+            let _ = sides_tx.send(requester);
+            async { Ok(Holding) }
+        })
+        .serve(incoming),
+    );
+    let dials = Arc::new(AtomicUsize::new(0));
+    let counted = dials.clone();
+    let client = within(
+        "connect",
+        ClientBuilder::new().connect_reconnecting(
+            move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let (client_end, server_end) = rsocket_core::memory_pair(64 * 1024);
+                let sent = tx.send(server_end);
+                async move {
+                    sent.map_err(|_| std::io::Error::from(std::io::ErrorKind::ConnectionRefused))?;
+                    Ok(client_end)
+                }
+            },
+            fast(),
+        ),
+    )
+    .await
+    .expect("connected");
+    let first = client.current().expect("a connection");
+    // A stream open on the first connection keeps it open while it drains.
+    let mut held = first.request_stream(Payload::from("hold"));
+    assert!(futures::poll!(held.next()).is_pending());
+    within("a round trip", client.request_response(Payload::from("x")))
+        .await
+        .expect("answered");
+    let server_side = within("the server's side", sides.recv())
+        .await
+        .expect("a connection");
+    server_side.close();
+    // Once the server's CONNECTION_CLOSE has arrived, the first connection
+    // takes no new request ...
+    let mut refused = None;
+    for _ in 0..10_000 {
+        match within("a request", first.request_response(Payload::from("y"))).await {
+            // Answered, or refused by the server for crossing its close.
+            Ok(_) | Err(RequestError::Stream(_)) => continue,
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    assert!(
+        matches!(refused, Some(RequestError::ConnectionClosing { .. })),
+        "{refused:?}"
+    );
+    assert!(!first.is_closed(), "the held stream keeps it open");
+    // ... so the client opens a new one instead of refusing every request
+    // until the old one has drained.
+    let reply = within("a request", client.request_response(Payload::from("z")))
+        .await
+        .expect("answered on a new connection");
+    assert_eq!(reply.expect("payload").data, "z");
+    assert_eq!(dials.load(Ordering::SeqCst), 2);
+    // The stream on the old connection is still open.
+    assert!(futures::poll!(held.next()).is_pending());
+    assert!(!first.is_closed());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_server_that_accepts_and_drops_is_backed_off_further_each_time() {
+    // Every connection ends at once, having received nothing: each request
+    // fails, but the reconnects are paced as failed attempts are (5 ms,
+    // doubling up to 50 ms, each in the upper half of its range), not one
+    // at once per request.
+    let dials: Arc<std::sync::Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+    let noted = dials.clone();
+    let client = ClientBuilder::new()
+        .connect_reconnecting(
+            move || {
+                noted.lock().unwrap().push(tokio::time::Instant::now());
+                async move {
+                    let (client_end, server_end) = rsocket_core::memory_pair(1024);
+                    drop(server_end);
+                    Ok(client_end)
+                }
+            },
+            fast(),
+        )
+        .await
+        .expect("first connection");
+    for _ in 0..8 {
+        let err = client
+            .request_response(Payload::from("a"))
+            .await
+            .expect_err("dropped");
+        assert!(matches!(err, RequestError::Connection(_)), "{err}");
+    }
+    let times = dials.lock().unwrap().clone();
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.len() >= 6, "{gaps:?}");
+    for (i, gap) in gaps.iter().enumerate() {
+        let top = Duration::from_millis(5 << i.min(4)).min(Duration::from_millis(50));
+        assert!(
+            (top / 2..=top + Duration::from_millis(1)).contains(gap),
+            "gap {i}: {gap:?}: {gaps:?}"
+        );
+    }
+}

@@ -348,6 +348,11 @@ impl Connection {
         self.peer_closing
     }
 
+    /// Takes new requests: neither draining nor closed.
+    pub(crate) fn is_open(&self) -> bool {
+        matches!(self.state, State::Open)
+    }
+
     pub(crate) fn config(&self) -> &Config {
         &self.config
     }

@@ -259,7 +259,9 @@ impl ClientBuilder {
     /// ends: the returned [`Reconnecting`] client sends each request over
     /// the current connection, opening a new one (calling `connect` again,
     /// with jittered exponential backoff, see [`ReconnectOptions`]) when
-    /// the current one has ended. Requests that were open on a connection
+    /// the current one has ended or is closing gracefully (the server sent
+    /// CONNECTION_CLOSE: what is open on it finishes there, new requests
+    /// go to the new connection). Requests that were open on a connection
     /// that ended fail with its [`ConnectionError`]; nothing is replayed.
     /// Any server works. An error opening the first transport is returned.
     pub async fn connect_reconnecting<T, F, Fut>(

@@ -1,7 +1,7 @@
 //! A reconnecting client for servers without resumption: when the
-//! connection ends, the next request opens a new one (with backoff); what
-//! was pending on the old connection fails with its
-//! [`ConnectionError`](crate::ConnectionError), nothing is replayed.
+//! connection ends or begins a graceful close, the next request opens a new
+//! one (with backoff); what was pending on an ended connection fails with
+//! its [`ConnectionError`](crate::ConnectionError), nothing is replayed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +22,11 @@ use crate::Payload;
 pub struct ReconnectOptions {
     /// First delay between failed connection attempts (doubled after each,
     /// with jitter: each delay is drawn between half and all of the current
-    /// value). The first attempt starts at once. Default 100 ms.
+    /// value). The first attempt starts at once, unless the connection
+    /// being replaced ended having received nothing from the server (or
+    /// only its refusal of the SETUP): such connections in a row count as
+    /// failed attempts, so that a server that accepts and drops is not
+    /// dialled again at once by every request. Default 100 ms.
     pub min_backoff: Duration,
     /// Largest delay between attempts. Default 5 s.
     pub max_backoff: Duration,
@@ -51,10 +55,21 @@ struct Inner {
     options: ReconnectOptions,
     /// The current connection; the async lock lets one caller reconnect
     /// while the others wait for it.
-    current: tokio::sync::Mutex<Option<Requester>>,
+    current: tokio::sync::Mutex<Current>,
 }
 
-/// A client that replaces its connection when it ends (see
+struct Current {
+    requester: Option<Requester>,
+    /// The current connection has been counted in `dropped`.
+    judged: bool,
+    /// Connections in a row that ended having received nothing from the
+    /// server (or only its refusal of the SETUP): a server that accepts
+    /// and drops. The next attempt waits as after as many failed ones.
+    dropped: u32,
+}
+
+/// A client that replaces its connection when it ends or begins a
+/// graceful close (see
 /// [`ClientBuilder::connect_reconnecting`](crate::ClientBuilder::connect_reconnecting)).
 /// Cheap to clone; implements [`RSocket`], each request going to the
 /// current connection.
@@ -82,13 +97,19 @@ impl Reconnecting {
             inner: Arc::new(Inner {
                 connect,
                 options,
-                current: tokio::sync::Mutex::new(Some(first)),
+                current: tokio::sync::Mutex::new(Current {
+                    requester: Some(first),
+                    judged: false,
+                    dropped: 0,
+                }),
             }),
         }
     }
 
-    /// The live connection: the current one while it is open, otherwise a
-    /// new one (attempts with backoff). Waiting for another caller's
+    /// The live connection: the current one while it takes requests,
+    /// otherwise (it has ended, or is closing gracefully: the server sent
+    /// CONNECTION_CLOSE) a new one (attempts with backoff; a closing
+    /// connection lets what is open on it finish). Waiting for another caller's
     /// attempts and each attempt itself count against
     /// [`ReconnectOptions::max_wait`]: once it has passed, this fails with
     /// the last connection error (a timeout when there is none).
@@ -105,32 +126,71 @@ impl Reconnecting {
         else {
             return Err(timed_out());
         };
-        if let Some(r) = current.as_ref() {
-            if !r.is_closed() {
+        // A connection closing gracefully (the server sent CONNECTION_CLOSE,
+        // or the application closed it) refuses new requests until it has
+        // drained, which can take its whole close timeout: it is replaced
+        // now, and drains on its own.
+        let current = &mut *current;
+        if let Some(r) = current.requester.as_ref() {
+            if r.takes_requests() {
                 return Ok(r.clone());
             }
         }
+        let max_backoff = opts.max_backoff.max(opts.min_backoff);
         let mut delay = opts.min_backoff;
         let mut rng = Rng::new();
         let mut last = None;
+        // A connection that ended having received nothing counts as a
+        // failed attempt (once), so that a server that accepts and drops is
+        // not dialled again at once by every request.
+        // (One closing gracefully, or that received something, resets the
+        // count.)
+        if let Some(old) = current.requester.as_ref().filter(|_| !current.judged) {
+            current.judged = true;
+            let silent = old.closed_reason().is_some_and(|reason| {
+                matches!(reason, ConnectionError::SetupRejected { .. })
+                    || old.stats().frames_in == 0
+            });
+            current.dropped = if silent {
+                current.dropped.saturating_add(1)
+            } else {
+                0
+            };
+        }
+        if current.dropped > 0 {
+            for _ in 1..current.dropped.min(32) {
+                delay = delay.saturating_mul(2).min(max_backoff);
+            }
+            let wait = jittered(delay, &mut rng);
+            let now = tokio::time::Instant::now();
+            let reason = current
+                .requester
+                .as_ref()
+                .and_then(Requester::closed_reason);
+            if super::resume::deadline(now, wait) >= deadline {
+                return Err(reason.unwrap_or_else(timed_out));
+            }
+            debug!(
+                dropped = current.dropped,
+                ?wait,
+                "the last connection served nothing; reconnecting after a back-off"
+            );
+            tokio::time::sleep(wait).await;
+            last = reason;
+            delay = delay.saturating_mul(2).min(max_backoff);
+        }
         loop {
             let attempt = tokio::time::timeout_at(deadline, (self.inner.connect)()).await;
             let e = match attempt {
                 Ok(Ok(r)) => {
-                    *current = Some(r.clone());
+                    current.requester = Some(r.clone());
+                    current.judged = false;
                     return Ok(r);
                 }
                 Ok(Err(e)) => e,
                 Err(_) => return Err(last.unwrap_or_else(timed_out)),
             };
-            let half = delay / 2;
-            let nanos = half.as_nanos().min(u128::from(u64::MAX)) as u64;
-            let jitter = if nanos == 0 {
-                0
-            } else {
-                rng.next_u64() % nanos
-            };
-            let wait = half + Duration::from_nanos(jitter);
+            let wait = jittered(delay, &mut rng);
             let now = tokio::time::Instant::now();
             if super::resume::deadline(now, wait) >= deadline {
                 return Err(e);
@@ -138,9 +198,7 @@ impl Reconnecting {
             debug!(error = %e, ?wait, "reconnect failed; retrying");
             last = Some(e);
             tokio::time::sleep(wait).await;
-            delay = delay
-                .saturating_mul(2)
-                .min(opts.max_backoff.max(opts.min_backoff));
+            delay = delay.saturating_mul(2).min(max_backoff);
         }
     }
 
@@ -153,8 +211,20 @@ impl Reconnecting {
             .current
             .try_lock()
             .ok()
-            .and_then(|c| c.as_ref().cloned())
+            .and_then(|c| c.requester.clone())
     }
+}
+
+/// A delay drawn between half of `delay` and all of it.
+fn jittered(delay: Duration, rng: &mut Rng) -> Duration {
+    let half = delay / 2;
+    let nanos = half.as_nanos().min(u128::from(u64::MAX)) as u64;
+    let jitter = if nanos == 0 {
+        0
+    } else {
+        rng.next_u64() % nanos
+    };
+    half + Duration::from_nanos(jitter)
 }
 
 #[async_trait::async_trait]

@@ -306,6 +306,12 @@ impl Requester {
         self.shared.lock().peer_closing()
     }
 
+    /// Takes new requests: not closing gracefully (either side) and not
+    /// ended.
+    pub(crate) fn takes_requests(&self) -> bool {
+        self.shared.lock().is_open()
+    }
+
     /// Number of streams currently open on the connection.
     pub fn open_streams(&self) -> usize {
         self.shared.lock().stream_count()
