@@ -27,7 +27,8 @@ pub enum TransportUri {
     },
     /// WebSocket, one frame per binary message; `tls` for `wss://`.
     Ws {
-        /// The whole URL, as given.
+        /// The whole URL, as given but for the scheme, which is in lower
+        /// case (the WebSocket client accepts no other spelling).
         url: String,
         /// Host name or address (IPv6 without brackets).
         host: String,
@@ -99,7 +100,7 @@ impl FromStr for TransportUri {
                     p => p.to_owned(),
                 };
                 Ok(Self::Ws {
-                    url: s.to_owned(),
+                    url: format!("{scheme}://{rest}"),
                     host,
                     port: port.unwrap_or(if tls { 443 } else { 80 }),
                     path,
@@ -163,6 +164,7 @@ mod tests {
         assert!(
             matches!(w, TransportUri::Ws { ref path, port: 1, tls: false, .. } if path == "/?q")
         );
+        assert_eq!(w.to_string(), "ws://h:1?q");
     }
 
     #[test]

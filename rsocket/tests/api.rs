@@ -90,6 +90,24 @@ async fn connect_by_uri_over_tcp_and_websocket() {
     assert!(client.request_response(Payload::from("x")).await.is_ok());
 }
 
+/// Schemes are case-insensitive (RFC 3986): `WS://` and `TCP://` connect
+/// like their lower-case spellings.
+#[tokio::test]
+async fn upper_case_schemes_connect() {
+    for uri in ["tcp://127.0.0.1:0", "ws://127.0.0.1:0/rsocket"] {
+        let (bound, _rx) = serve_gated(uri, Arc::new(Semaphore::new(0))).await;
+        let (scheme, rest) = bound.split_once("://").expect("a scheme");
+        let upper = format!("{}://{rest}", scheme.to_ascii_uppercase());
+        let client = within("connect", rsocket::connect(&upper))
+            .await
+            .expect(&upper);
+        let reply = within("reply", client.request_response(Payload::from("x")))
+            .await
+            .expect("reply");
+        assert_eq!(reply.expect("payload").data_utf8(), Some("x"), "{upper}");
+    }
+}
+
 #[tokio::test]
 async fn connect_errors_are_typed() {
     assert!(matches!(
