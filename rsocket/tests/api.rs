@@ -133,6 +133,15 @@ async fn connect_errors_are_typed() {
         Listener::bind("wss://127.0.0.1:0/").await,
         Err(ConnectError::TlsNotConfigured)
     ));
+    // The same for a resumable connection, whose transports are opened
+    // later too: the missing settings are reported as such.
+    let resumable = ClientBuilder::new()
+        .connect_resumable_to("wss://127.0.0.1:1/")
+        .await;
+    assert!(
+        matches!(resumable, Err(ConnectError::TlsNotConfigured)),
+        "{resumable:?}"
+    );
     let bad = Config {
         default_prefetch: 0,
         ..Config::default()
