@@ -106,6 +106,13 @@ async fn upper_case_schemes_connect() {
             .expect("reply");
         assert_eq!(reply.expect("payload").data_utf8(), Some("x"), "{upper}");
     }
+    // The WebSocket transport itself, called with the URL as it is.
+    let (bound, _rx) = serve_gated("ws://127.0.0.1:0/p", Arc::new(Semaphore::new(0))).await;
+    let upper = bound.replacen("ws://", "Ws://", 1);
+    let client = within("connect_ws", rsocket::connect_ws(&upper))
+        .await
+        .expect(&upper);
+    assert!(client.request_response(Payload::from("x")).await.is_ok());
 }
 
 #[tokio::test]
