@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use rsocket_core::{
-    ClientBuilder, ErrorCode, MimeType, Payload, RequestError, Requester, SetupParams,
+    ClientBuilder, Config, ErrorCode, MimeType, Payload, RequestError, Requester, SetupParams,
 };
 use rsocket_rpc::codegen::prost::Message;
 use rsocket_rpc::{interceptor_fn, Client, Code, Interceptor, Metadata, Request, Router, Status};
@@ -361,6 +361,49 @@ pub async fn errors<K: TransportKind>() {
     assert_eq!(s.code(), Code::ResourceExhausted);
 
     // The connection is still fine.
+    assert_eq!(say(&f.client, "after").await.expect("works"), "Hello after");
+}
+
+/// A status whose message is longer than an ERROR frame can carry reaches
+/// the client cut short (at a character boundary), and the connection
+/// stays up; with `Config::max_frame_len` lowered on both sides, cut to
+/// that.
+pub async fn status_longer_than_a_frame<K: TransportKind>() {
+    const MAX: usize = 1024;
+    let config = Config {
+        max_frame_len: MAX,
+        ..Config::default()
+    };
+    let (probe, _events) = Probe::new();
+    let server = TestServer::<K>::start(
+        Arc::new(router(probe)),
+        config.clone(),
+        Duration::from_secs(1),
+    )
+    .await;
+    let builder = ClientBuilder::new()
+        .setup(rsocket_rpc::setup_params())
+        .config(config);
+    let client = GreeterClient::new(server.connect(builder).await);
+    let s = say(&client, "long-error:1000").await.unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    let frame = 10 + "INVALID_ARGUMENT: ".len() + s.message().len();
+    assert!((MAX - 1..=MAX).contains(&frame), "a frame of {frame} bytes");
+    assert!(s.message().chars().all(|c| c == 'é'));
+    assert_eq!(say(&client, "after").await.expect("works"), "Hello after");
+
+    let f = Fixture::<K>::start(|r| r).await;
+    let s = say(&f.client, "long-error").await.unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument, "{:?}", s.rsocket_code());
+    assert_eq!(s.rsocket_code(), Some(ErrorCode::APPLICATION_ERROR));
+    // A frame of at most 16 MiB - 1: a 6-byte header, the 4-byte code,
+    // the message, cut short by at most part of a character.
+    let frame = 10 + "INVALID_ARGUMENT: ".len() + s.message().len();
+    assert!(
+        (0xFF_FFFF - 1..=0xFF_FFFF).contains(&frame),
+        "a frame of {frame} bytes"
+    );
+    assert!(s.message().chars().all(|c| c == 'é'));
     assert_eq!(say(&f.client, "after").await.expect("works"), "Hello after");
 }
 
@@ -1138,7 +1181,7 @@ macro_rules! rpc_suite {
                 channel_header_must_be_empty, streamed_message_over_limit,
                 other_setup_mime_types, undecodable_streamed_message, undecodable_response,
                 response_over_client_limit, server_stream_panics, interceptor_panics,
-                edge_names);
+                edge_names, status_longer_than_a_frame);
         }
     };
     (@tests $kind:ty; $($test:ident),*) => {$(

@@ -15,6 +15,9 @@ use crate::shared::v1::Item;
 
 /// Request metadata entry the service echoes back in its response metadata.
 pub const REQUEST_ID: &str = "text/x.request-id";
+/// Characters (two bytes each) of the `long-error` status message: more
+/// than the 16 MiB an ERROR frame can hold.
+pub const LONG_ERROR_CHARS: usize = 9 << 20;
 /// Response metadata entry holding the bearer token the handler saw.
 pub const SEEN_TOKEN: &str = "text/x.seen-token";
 
@@ -104,6 +107,9 @@ impl Drop for DropGuard {
 /// The test greeter. Behaviour by request name:
 ///
 /// * `not-found`: fails with `NOT_FOUND: no such user`;
+/// * `long-error`: fails with `INVALID_ARGUMENT` and a message of
+///   [`LONG_ERROR_CHARS`] `é`s, longer than an ERROR frame can carry
+///   (`long-error:N`: of `N` of them);
 /// * `panic`: panics;
 /// * `hang`: never answers (reports [`Event::Started`], then
 ///   [`Event::Dropped`] when its future is dropped);
@@ -164,6 +170,14 @@ impl Greeter for TestGreeter {
         let name = request.into_inner().name;
         match name.as_str() {
             "not-found" => Err(Status::not_found("no such user")),
+            long if long.starts_with("long-error") => {
+                let chars = long
+                    .strip_prefix("long-error:")
+                    .and_then(|n| n.parse().ok());
+                Err(Status::invalid_argument(
+                    "é".repeat(chars.unwrap_or(LONG_ERROR_CHARS)),
+                ))
+            }
             "panic" => panic!("the test handler panics on purpose"),
             "hang" => {
                 let _guard = self.probe.guard("hang");

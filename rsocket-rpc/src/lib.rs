@@ -45,8 +45,9 @@
 //!
 //! **Requests.** The metadata of every request frame (REQUEST_RESPONSE,
 //! REQUEST_FNF, REQUEST_STREAM, REQUEST_CHANNEL) is composite metadata whose
-//! first routing entry (`message/x.rsocket.routing.v0`, id `0x7E`) holds the
-//! route as its first tag: `package.Service/Method`, with the package and
+//! first routing entry (`message/x.rsocket.routing.v0`, id `0x7E`; the
+//! server also accepts the type spelled out as a string) holds the route as
+//! its first tag: `package.Service/Method`, with the package and
 //! names exactly as in the `.proto` file (`greeter.Greeter/SayHello`). Other
 //! entries are the call's [`Metadata`] (for example an authentication entry,
 //! `0x7C`). Example, route `a.B/C` plus a custom entry `x/y` = `ab`:

@@ -123,11 +123,12 @@ impl Metadata {
             .map(|e| &e.content)
     }
 
-    /// The content of the first entry of a well-known type.
+    /// The content of the first entry of a well-known type, whether the
+    /// entry names it by its id or spells it out.
     pub fn get_well_known(&self, mime: WellKnownMimeType) -> Option<&Bytes> {
         self.entries
             .iter()
-            .find(|e| e.mime.well_known() == Some(mime))
+            .find(|e| is_type(&e.mime, mime))
             .map(|e| &e.content)
     }
 
@@ -189,7 +190,7 @@ impl Metadata {
     pub fn set_authentication(&mut self, auth: &Authentication) -> Result<(), MetadataError> {
         let content = auth.encode()?;
         let mime = WellKnownMimeType::MessageRSocketAuthentication;
-        self.entries.retain(|e| e.mime.well_known() != Some(mime));
+        self.entries.retain(|e| !is_type(&e.mime, mime));
         self.push(CompositeEntry::new(mime, content))
     }
 
@@ -309,6 +310,16 @@ impl Metadata {
     }
 }
 
+/// Whether an entry's type is the well-known `mime`, named by its id or
+/// spelled out as a string (composite metadata allows both).
+fn is_type(entry: &EntryMime, mime: WellKnownMimeType) -> bool {
+    match entry {
+        EntryMime::WellKnown(m) => *m == mime,
+        EntryMime::Custom(c) => c.as_str() == mime.as_str(),
+        EntryMime::UnknownReserved(_) => false,
+    }
+}
+
 /// The route of request metadata that is exactly one composite entry, a
 /// routing entry with one tag: what this crate's clients send for a call
 /// without metadata of its own. Borrowed, nothing allocated or validated
@@ -402,9 +413,7 @@ pub(crate) fn parse_request(metadata: Option<&Bytes>) -> Result<Inbound, RouteEr
     let mut entries = Vec::new();
     for entry in CompositeMetadata::new(bytes.clone()).iter() {
         let entry = entry?;
-        if route.is_none()
-            && entry.mime.well_known() == Some(WellKnownMimeType::MessageRSocketRouting)
-        {
+        if route.is_none() && is_type(&entry.mime, WellKnownMimeType::MessageRSocketRouting) {
             let first = RoutingMetadata::new(entry.content).iter().next();
             match first {
                 Some(tag) => route = Some(tag?),
@@ -602,6 +611,37 @@ mod tests {
         let md = hex("00 01 00 01 53 00 02 4d ff 00 00");
         let read_as_v1 = matches!(parse_request(Some(&md)), Ok(i) if i.layout == Layout::RpcV1);
         assert!(!read_as_v1);
+    }
+
+    /// Composite metadata may spell a well-known MIME type out as a
+    /// string instead of its one-byte id: the routing entry and the
+    /// authentication entry are still recognised.
+    #[test]
+    fn well_known_types_spelled_out() {
+        let routing = WellKnownMimeType::MessageRSocketRouting.as_str();
+        let auth = WellKnownMimeType::MessageRSocketAuthentication;
+        let mut md = Metadata::new();
+        md.push(CompositeEntry::new(
+            EntryMime::custom(routing).unwrap(),
+            RoutingMetadata::encode(["a.B/C"]).unwrap(),
+        ))
+        .unwrap();
+        md.push(CompositeEntry::new(
+            EntryMime::custom(auth.as_str()).unwrap(),
+            Authentication::bearer("t").encode().unwrap(),
+        ))
+        .unwrap();
+        let wire = md.encode(None).unwrap();
+        let inbound = parse_request(Some(&wire)).unwrap();
+        assert_eq!(inbound.route.as_str(), "a.B/C");
+        assert_eq!(inbound.metadata.len(), 1);
+        assert_eq!(inbound.metadata.bearer_token().as_deref(), Some("t"));
+        assert!(inbound.metadata.get_well_known(auth).is_some());
+        // Setting a token replaces the spelled-out entry.
+        let mut back = inbound.metadata;
+        back.set_bearer_token("u").unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back.bearer_token().as_deref(), Some("u"));
     }
 
     #[test]

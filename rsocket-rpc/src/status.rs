@@ -251,6 +251,9 @@ impl Status {
     /// call refused before its handler ran), and the message
     /// `"<CODE>: <message>"`. A status with code
     /// [`Code::Ok`] is sent as `UNKNOWN`, since an error must not read OK.
+    /// A message too long for one ERROR frame (the connection's
+    /// `Config::max_frame_len`, at most 16 MiB, less 10 bytes; code prefix
+    /// included) is cut to fit when the frame is built.
     pub fn to_stream_error(&self) -> StreamError {
         let code = match self.code {
             Code::Ok => Code::Unknown,

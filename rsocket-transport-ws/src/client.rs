@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::transport::WsTransport;
-use crate::{header_list, WsConfig, WsError};
+use crate::{header_list, http, WsConfig, WsError};
 
 /// A client connection over plain TCP (`ws://`).
 pub type WsClientTransport = WsTransport<TcpStream>;
@@ -71,14 +71,25 @@ where
     F: FnOnce(TcpStream, String) -> Fut,
     Fut: Future<Output = std::io::Result<S>>,
 {
-    let request = request.into_client_request()?;
-    let uri = request.uri();
+    let mut request = request.into_client_request()?;
     let (expected, default_port) = match scheme {
         Scheme::Ws => ("ws", 80),
         Scheme::Wss => ("wss", 443),
     };
-    match uri.scheme_str() {
-        Some(s) if s.eq_ignore_ascii_case(expected) => {}
+    match request.uri().scheme_str() {
+        Some(s) if s == expected => {}
+        Some(s) if s.eq_ignore_ascii_case(expected) => {
+            // Schemes are case-insensitive, but the handshake accepts only
+            // the lower-case spelling.
+            let mut parts = request.uri().clone().into_parts();
+            parts.scheme = Some(
+                expected
+                    .parse()
+                    .map_err(|e: http::uri::InvalidUri| WsError::InvalidRequest(e.to_string()))?,
+            );
+            *request.uri_mut() =
+                http::Uri::from_parts(parts).map_err(|e| WsError::InvalidRequest(e.to_string()))?;
+        }
         Some("wss") => {
             return Err(WsError::InvalidRequest(
                 "wss:// needs TLS: use rsocket_transport_ws::tls (feature `tls`)".into(),
@@ -90,6 +101,7 @@ where
             )))
         }
     }
+    let uri = request.uri();
     let host = uri
         .host()
         .ok_or_else(|| WsError::InvalidRequest("URL has no host".into()))?;

@@ -190,6 +190,28 @@ pub async fn open_transport(
     }
 }
 
+/// The errors [`open_transport`] gives for `uri` before trying the
+/// network: a transport whose feature is off, `wss://` without TLS
+/// settings.
+fn can_open(uri: &TransportUri, options: &TransportOptions) -> Result<(), ConnectError> {
+    let _ = &options; // unused without the `tls` feature
+    match uri {
+        TransportUri::Tcp { .. } if cfg!(not(feature = "tcp")) => {
+            Err(ConnectError::TransportDisabled("tcp"))
+        }
+        TransportUri::Ws { .. } if cfg!(not(feature = "ws")) => {
+            Err(ConnectError::TransportDisabled("ws"))
+        }
+        #[cfg(feature = "tls")]
+        TransportUri::Ws { tls: true, .. } if options.tls.is_none() => {
+            Err(ConnectError::TlsNotConfigured)
+        }
+        #[cfg(not(feature = "tls"))]
+        TransportUri::Ws { tls: true, .. } => Err(ConnectError::TlsNotConfigured),
+        _ => Ok(()),
+    }
+}
+
 /// Connecting a [`ClientBuilder`] by URI (in the [`prelude`]).
 pub trait ConnectExt: Sized {
     /// Opens a transport to `uri` and connects over it; the driver runs on
@@ -251,8 +273,10 @@ impl ConnectExt for ClientBuilder {
         uri: &str,
         options: &TransportOptions,
     ) -> Result<Requester, ConnectError> {
-        // A bad URI is reported as such, not as a failed connection.
-        let _: TransportUri = uri.parse()?;
+        // A bad URI, or one this build or these options cannot open, is
+        // reported as such, not as a failed connection.
+        let parsed: TransportUri = uri.parse()?;
+        can_open(&parsed, options)?;
         let uri = uri.to_owned();
         let options = options.clone();
         let open = move || {

@@ -27,7 +27,8 @@ pub enum TransportUri {
     },
     /// WebSocket, one frame per binary message; `tls` for `wss://`.
     Ws {
-        /// The whole URL, as given.
+        /// The whole URL, as given but for the scheme, which is in lower
+        /// case (the WebSocket client accepts no other spelling).
         url: String,
         /// Host name or address (IPv6 without brackets).
         host: String,
@@ -53,6 +54,11 @@ pub enum UriError {
     /// No host.
     #[error("missing host")]
     MissingHost,
+    /// An authority that is not `host[:port]` or `[ipv6][:port]`: an IPv6
+    /// address without brackets, or something other than `:port` after
+    /// the closing bracket.
+    #[error("invalid host {0:?}: expected host[:port] or [ipv6][:port]")]
+    InvalidHost(String),
     /// `tcp://` needs a port.
     #[error("missing port")]
     MissingPort,
@@ -99,7 +105,7 @@ impl FromStr for TransportUri {
                     p => p.to_owned(),
                 };
                 Ok(Self::Ws {
-                    url: s.to_owned(),
+                    url: format!("{scheme}://{rest}"),
                     host,
                     port: port.unwrap_or(if tls { 443 } else { 80 }),
                     path,
@@ -113,20 +119,32 @@ impl FromStr for TransportUri {
 
 /// `host[:port]`, `[v6][:port]`.
 fn split_authority(authority: &str) -> Result<(String, Option<u16>), UriError> {
+    let invalid = || UriError::InvalidHost(authority.to_owned());
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
         let (host, after) = rest.split_once(']').ok_or(UriError::MissingHost)?;
-        (host, after.strip_prefix(':'))
+        match after {
+            "" => (host, None),
+            after => (host, Some(after.strip_prefix(':').ok_or_else(invalid)?)),
+        }
     } else {
-        match authority.rsplit_once(':') {
+        let (host, port) = match authority.split_once(':') {
             Some((h, p)) => (h, Some(p)),
             None => (authority, None),
+        };
+        // A second colon: an IPv6 address without its brackets.
+        if port.is_some_and(|p| p.contains(':')) {
+            return Err(invalid());
         }
+        (host, port)
     };
     if host.is_empty() {
         return Err(UriError::MissingHost);
     }
     let port = port
-        .map(|p| p.parse().map_err(|_| UriError::InvalidPort(p.to_owned())))
+        .map(|p| match p.bytes().all(|b| b.is_ascii_digit()) {
+            true => p.parse().map_err(|_| UriError::InvalidPort(p.to_owned())),
+            false => Err(UriError::InvalidPort(p.to_owned())),
+        })
         .transpose()?;
     Ok((host.to_owned(), port))
 }
@@ -163,6 +181,7 @@ mod tests {
         assert!(
             matches!(w, TransportUri::Ws { ref path, port: 1, tls: false, .. } if path == "/?q")
         );
+        assert_eq!(w.to_string(), "ws://h:1?q");
     }
 
     #[test]
@@ -184,5 +203,28 @@ mod tests {
             "udp://h:1".parse::<TransportUri>(),
             Err(UriError::UnsupportedScheme(_))
         ));
+    }
+
+    /// An authority that is not `host[:port]` or `[v6][:port]` is refused,
+    /// not read as some other address.
+    #[test]
+    fn rejects_malformed_authorities() {
+        let cases = [
+            // An IPv6 address needs brackets: `fe80::1` is not host
+            // `fe80:` and port 1.
+            ("tcp://fe80::1", UriError::InvalidHost("fe80::1".into())),
+            ("ws://::1/p", UriError::InvalidHost("::1".into())),
+            // Something other than `:port` after the brackets.
+            ("ws://[::1]x/p", UriError::InvalidHost("[::1]x".into())),
+            ("tcp://[::1]9", UriError::InvalidHost("[::1]9".into())),
+            // A port is digits only.
+            ("tcp://h:+9", UriError::InvalidPort("+9".into())),
+            ("ws://h: 9/", UriError::InvalidPort(" 9".into())),
+        ];
+        for (uri, err) in cases {
+            assert_eq!(uri.parse::<TransportUri>(), Err(err), "{uri}");
+        }
+        let ok: TransportUri = "ws://[fe80::1]/p".parse().unwrap();
+        assert_eq!(ok.authority(), "[fe80::1]:80");
     }
 }

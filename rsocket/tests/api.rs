@@ -90,6 +90,31 @@ async fn connect_by_uri_over_tcp_and_websocket() {
     assert!(client.request_response(Payload::from("x")).await.is_ok());
 }
 
+/// Schemes are case-insensitive (RFC 3986): `WS://` and `TCP://` connect
+/// like their lower-case spellings.
+#[tokio::test]
+async fn upper_case_schemes_connect() {
+    for uri in ["tcp://127.0.0.1:0", "ws://127.0.0.1:0/rsocket"] {
+        let (bound, _rx) = serve_gated(uri, Arc::new(Semaphore::new(0))).await;
+        let (scheme, rest) = bound.split_once("://").expect("a scheme");
+        let upper = format!("{}://{rest}", scheme.to_ascii_uppercase());
+        let client = within("connect", rsocket::connect(&upper))
+            .await
+            .expect(&upper);
+        let reply = within("reply", client.request_response(Payload::from("x")))
+            .await
+            .expect("reply");
+        assert_eq!(reply.expect("payload").data_utf8(), Some("x"), "{upper}");
+    }
+    // The WebSocket transport itself, called with the URL as it is.
+    let (bound, _rx) = serve_gated("ws://127.0.0.1:0/p", Arc::new(Semaphore::new(0))).await;
+    let upper = bound.replacen("ws://", "Ws://", 1);
+    let client = within("connect_ws", rsocket::connect_ws(&upper))
+        .await
+        .expect(&upper);
+    assert!(client.request_response(Payload::from("x")).await.is_ok());
+}
+
 #[tokio::test]
 async fn connect_errors_are_typed() {
     assert!(matches!(
@@ -115,6 +140,15 @@ async fn connect_errors_are_typed() {
         Listener::bind("wss://127.0.0.1:0/").await,
         Err(ConnectError::TlsNotConfigured)
     ));
+    // The same for a resumable connection, whose transports are opened
+    // later too: the missing settings are reported as such.
+    let resumable = ClientBuilder::new()
+        .connect_resumable_to("wss://127.0.0.1:1/")
+        .await;
+    assert!(
+        matches!(resumable, Err(ConnectError::TlsNotConfigured)),
+        "{resumable:?}"
+    );
     let bad = Config {
         default_prefetch: 0,
         ..Config::default()
