@@ -232,16 +232,21 @@ impl OutQueue {
     pub(super) fn pop_front(&mut self) -> Option<Queued> {
         let item = self.items.pop_front()?;
         let m = self.meta.pop_front()?;
+        Some(self.taken(item, m))
+    }
+
+    /// An entry just taken out of the queue, with the counts updated.
+    fn taken(&mut self, item: Outgoing, m: Meta) -> Queued {
         self.frames -= m.frames;
         if matches!(item, Outgoing::Frame(Frame::Keepalive(_))) {
             self.keepalives -= 1;
         }
-        Some(Queued {
+        Queued {
             item,
             len: m.len,
             unpaced: m.unpaced(),
             frames: m.frames,
-        })
+        }
     }
 
     /// Takes the first KEEPALIVE queued as a value, wherever it is (a
@@ -256,14 +261,7 @@ impl OutQueue {
             .position(|item| matches!(item, Outgoing::Frame(Frame::Keepalive(_))))?;
         let item = self.items.remove(i)?;
         let m = self.meta.remove(i)?;
-        self.frames -= m.frames;
-        self.keepalives -= 1;
-        Some(Queued {
-            item,
-            len: m.len,
-            unpaced: m.unpaced(),
-            frames: m.frames,
-        })
+        Some(self.taken(item, m))
     }
 
     /// Splits the first entry, a run, so that it holds no more than
