@@ -248,6 +248,20 @@ struct LeaseRevoke {
 struct LeaseRevoked {}
 
 async fn revoke_lease(endpoint: &str, id: i64) {
+    let _: LeaseRevoked = etcd_call(
+        endpoint,
+        "/etcdserverpb.Lease/LeaseRevoke",
+        LeaseRevoke { id },
+    )
+    .await;
+}
+
+/// One unary call to etcd's gRPC API, with messages written by hand.
+async fn etcd_call<Q, A>(endpoint: &str, path: &'static str, request: Q) -> A
+where
+    Q: prost::Message + Send + Sync + 'static,
+    A: prost::Message + Default + Send + Sync + 'static,
+{
     let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
         .unwrap()
         .connect()
@@ -255,14 +269,14 @@ async fn revoke_lease(endpoint: &str, id: i64) {
         .unwrap();
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
-    let _: tonic::Response<LeaseRevoked> = grpc
-        .unary(
-            tonic::Request::new(LeaseRevoke { id }),
-            tonic::codegen::http::uri::PathAndQuery::from_static("/etcdserverpb.Lease/LeaseRevoke"),
-            tonic_prost::ProstCodec::default(),
-        )
-        .await
-        .expect("lease revoked");
+    grpc.unary(
+        tonic::Request::new(request),
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        tonic_prost::ProstCodec::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{path}: {e}"))
+    .into_inner()
 }
 
 /// The next change of a raw watch, as `+key=value` or `-key`.
@@ -366,26 +380,12 @@ struct Alarm {
 struct AlarmAnswer {}
 
 async fn no_space_alarm(endpoint: &str, on: bool) {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
     let request = Alarm {
         action: if on { 1 } else { 2 },
         member_id: 0,
         alarm: 1,
     };
-    let _: tonic::Response<AlarmAnswer> = grpc
-        .unary(
-            tonic::Request::new(request),
-            tonic::codegen::http::uri::PathAndQuery::from_static("/etcdserverpb.Maintenance/Alarm"),
-            tonic_prost::ProstCodec::default(),
-        )
-        .await
-        .expect("alarm set");
+    let _: AlarmAnswer = etcd_call(endpoint, "/etcdserverpb.Maintenance/Alarm", request).await;
 }
 
 /// How many LeaseGrant calls etcd has handled, from its `/metrics`.

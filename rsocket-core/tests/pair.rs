@@ -2152,8 +2152,8 @@ fn a_stream_error_never_goes_out_with_a_connection_level_code() {
 /// out as APPLICATION_ERROR.
 fn a_stream_error_with(bad: ErrorCode) {
     let mut p = connected(PairConfig::default());
-    // A requester's channel and a responder's stream both fail with a code
-    // that is only valid on stream 0 (one forwarded from elsewhere).
+    // Both fail with a code that may not go out on a stream (one forwarded
+    // from elsewhere).
     let ch = p
         .client()
         .open(Interaction::RequestChannel, Payload::from("c"), 4, false)
