@@ -492,8 +492,10 @@ impl Server {
             .await
     }
 
-    /// Serves until `shutdown` resolves; then stops accepting, sends
-    /// `ERROR[CONNECTION_CLOSE]` on every connection, lets open streams
+    /// Serves until `shutdown` resolves; then stops accepting, closes the
+    /// connections whose SETUP has not been accepted yet (nothing is open
+    /// on them; a SETUP that comes later is not taken), sends
+    /// `ERROR[CONNECTION_CLOSE]` on every other connection, lets open streams
     /// finish (new ones are refused: locally on the client, with
     /// `ERROR[REJECTED]` here for requests already on the way) for the grace
     /// period, and closes what is left with `ERROR[CONNECTION_ERROR]`.
@@ -654,7 +656,18 @@ async fn serve_accepted<T: Transport>(
     pending: PendingSetup,
     grace: Duration,
 ) {
-    let (requester, mut driver) = match setup.await {
+    // A connection still in setup when shutdown begins has nothing open
+    // to finish: it is dropped (closing its transport) instead of holding
+    // the shutdown for the grace period, and a SETUP that comes later is
+    // not accepted.
+    let setup = tokio::select! {
+        r = setup => r,
+        _ = phase.wait_for(|p| *p != Phase::Running) => {
+            debug!("server shutting down; dropping a connection still in setup");
+            return;
+        }
+    };
+    let (requester, mut driver) = match setup {
         Ok(Accepted::New(requester, driver)) => (requester, driver),
         Ok(Accepted::Resumed) => {
             debug!("transport handed to the session it resumes");

@@ -1,0 +1,313 @@
+//! Probes of the tokio runtime layer: futures and streams dropped mid-way,
+//! channels whose outbound half fails, credit extremes, many streams opened
+//! and cancelled. Every wait is guarded, so a bug fails a test instead of
+//! hanging it.
+use rsocket_core::async_trait;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use rsocket_core::runtime::ServerStatsHandle;
+use rsocket_core::{
+    memory_pair, ClientBuilder, Payload, PayloadStream, RSocket, RequestError, Requester, Server,
+};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+async fn within<F: Future>(what: &str, fut: F) -> F::Output {
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not done within {WAIT:?}"))
+}
+
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    within(what, async {
+        while !cond() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+/// Counts live handler futures and streams.
+struct Live(Arc<AtomicUsize>);
+impl Live {
+    fn new(n: &Arc<AtomicUsize>) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Self(n.clone())
+    }
+}
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+struct Probe {
+    live: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl RSocket for Probe {
+    async fn request_response(&self, req: Payload) -> Result<Option<Payload>, RequestError> {
+        let live = Live::new(&self.live);
+        if req.data == "never" {
+            futures::future::pending::<()>().await;
+        }
+        drop(live);
+        Ok(Some(req))
+    }
+    fn request_stream(&self, req: Payload) -> PayloadStream {
+        let live = Live::new(&self.live);
+        match req.data_utf8().unwrap_or("") {
+            "forever" => futures::stream::repeat_with(move || {
+                let _ = &live;
+                Ok(Payload::from("x"))
+            })
+            .boxed(),
+            "err-after-3" => {
+                futures::stream::iter((0..3).map(|i| Ok(Payload::from(i.to_string()))).chain(
+                    std::iter::once(Err(RequestError::Stream(
+                        rsocket_core::StreamError::application("boom"),
+                    ))),
+                ))
+                .chain(futures::stream::poll_fn(move |_| {
+                    let _ = &live;
+                    std::task::Poll::Ready(None)
+                }))
+                .boxed()
+            }
+            n => {
+                let n: usize = n.parse().unwrap_or(0);
+                futures::stream::iter((0..n).map(|i| Ok(Payload::from(i.to_string())))).boxed()
+            }
+        }
+    }
+    fn request_channel(&self, first: Payload, rest: PayloadStream) -> PayloadStream {
+        let live = Live::new(&self.live);
+        futures::stream::once(async move { Ok(first) })
+            .chain(rest)
+            .chain(futures::stream::poll_fn(move |_| {
+                let _ = &live;
+                std::task::Poll::Ready(None)
+            }))
+            .boxed()
+    }
+}
+
+struct Fixture {
+    client: Requester,
+    stats: ServerStatsHandle,
+    live: Arc<AtomicUsize>,
+}
+
+fn start() -> Fixture {
+    let live = Arc::new(AtomicUsize::new(0));
+    let (c, s) = memory_pair(64 * 1024);
+    let l = live.clone();
+    let server = Server::new(move |_s, _r| {
+        let live = l.clone();
+        async move { Ok(Arc::new(Probe { live }) as Arc<dyn RSocket>) }
+    });
+    let stats = server.stats_handle();
+    tokio::spawn(server.serve_with_shutdown(
+        futures::stream::iter([Ok::<_, std::io::Error>(s)]),
+        futures::future::pending(),
+    ));
+    let client = ClientBuilder::new().connect(c).unwrap();
+    Fixture {
+        client,
+        stats,
+        live,
+    }
+}
+
+impl Fixture {
+    async fn settled(&self, what: &str) {
+        until(what, || {
+            self.client.open_streams() == 0
+                && self.stats.snapshot().open_streams == 0
+                && self.live.load(Ordering::SeqCst) == 0
+        })
+        .await;
+        // And the connection still works.
+        let r = within("round trip", self.client.request_response("ok".into())).await;
+        assert_eq!(r.unwrap().unwrap().data, "ok");
+    }
+}
+
+#[tokio::test]
+async fn a_response_future_dropped_after_its_request_was_queued_cancels() {
+    let f = start();
+    let mut fut = f.client.request_response("never".into());
+    // Queued, not yet written (the driver has not run).
+    assert!(futures::poll!(&mut fut).is_pending());
+    assert!(fut.stream_id().is_some());
+    drop(fut);
+    f.settled("a dropped request/response").await;
+}
+
+#[tokio::test]
+async fn a_response_stream_dropped_after_request_n_cancels() {
+    let f = start();
+    let mut s = f.client.request_stream_with_credit("forever".into(), 1);
+    let first = within("first", s.next()).await;
+    assert!(first.unwrap().is_ok());
+    s.request(u32::MAX);
+    s.request(u32::MAX);
+    drop(s);
+    f.settled("a dropped stream").await;
+}
+
+#[tokio::test]
+async fn huge_credit_before_and_after_the_first_poll() {
+    let f = start();
+    let mut s = f.client.request_stream_with_credit("100".into(), 1);
+    s.request(u32::MAX);
+    s.request(u32::MAX);
+    s.request(0);
+    let items: Vec<_> = within("all items", (&mut s).collect::<Vec<_>>()).await;
+    assert_eq!(items.len(), 100);
+    let mut s = f
+        .client
+        .with_prefetch(u32::MAX)
+        .request_stream("100".into());
+    let items: Vec<_> = within("all items", (&mut s).collect::<Vec<_>>()).await;
+    assert_eq!(items.len(), 100);
+    let mut s = f.client.with_prefetch(0).request_stream("10".into());
+    let items: Vec<_> = within("all items", (&mut s).collect::<Vec<_>>()).await;
+    assert_eq!(items.len(), 10);
+    f.settled("after huge credit").await;
+}
+
+#[tokio::test]
+async fn a_responder_stream_that_fails_after_items() {
+    let f = start();
+    let s = f.client.request_stream("err-after-3".into());
+    let items: Vec<_> = within("items then error", s.collect::<Vec<_>>()).await;
+    assert_eq!(items.len(), 4, "{items:?}");
+    assert!(items[..3].iter().all(Result::is_ok));
+    assert!(items[3].is_err());
+    f.settled("after a failed stream").await;
+}
+
+#[tokio::test]
+async fn a_channel_whose_outbound_fails_ends() {
+    let f = start();
+    let rest = futures::stream::iter([
+        Ok(Payload::from("a")),
+        Err(RequestError::Stream(
+            rsocket_core::StreamError::application("out failed"),
+        )),
+    ]);
+    let s = f.client.request_channel_fallible("first".into(), rest);
+    let items: Vec<_> = within("channel ends", s.collect::<Vec<_>>()).await;
+    assert!(!items.is_empty());
+    f.settled("after a failed channel").await;
+}
+
+#[tokio::test]
+async fn a_channel_whose_outbound_panics_ends() {
+    let f = start();
+    let rest = futures::stream::iter([Ok(Payload::from("a"))]).chain(futures::stream::poll_fn(
+        |_| -> std::task::Poll<Option<Result<Payload, RequestError>>> { panic!("outbound") },
+    ));
+    let s = f.client.request_channel_fallible("first".into(), rest);
+    let items: Vec<_> = within("channel ends", s.collect::<Vec<_>>()).await;
+    assert!(!items.is_empty());
+    f.settled("after a panicked channel").await;
+}
+
+#[tokio::test]
+async fn a_channel_whose_outbound_never_ends_is_cancelled_on_drop() {
+    let f = start();
+    let rest = futures::stream::iter([Ok(Payload::from("a"))]).chain(futures::stream::pending());
+    let mut s = f.client.request_channel_fallible("first".into(), rest);
+    let one = within("first", s.next()).await;
+    assert!(one.unwrap().is_ok());
+    let two = within("second", s.next()).await;
+    assert!(two.unwrap().is_ok());
+    drop(s);
+    f.settled("after dropping a never-ending channel").await;
+}
+
+#[tokio::test]
+async fn thousands_of_streams_opened_and_cancelled() {
+    let f = start();
+    for round in 0..3 {
+        let mut streams = Vec::new();
+        for _ in 0..2000 {
+            let mut s = f.client.request_stream("forever".into());
+            let _ = futures::poll!(s.next());
+            streams.push(s);
+        }
+        for s in streams.iter_mut().take(10) {
+            assert!(within("an item", s.next()).await.unwrap().is_ok());
+        }
+        drop(streams);
+        let mut futs = Vec::new();
+        for _ in 0..2000 {
+            let mut r = f.client.request_response("never".into());
+            let _ = futures::poll!(&mut r);
+            futs.push(r);
+        }
+        drop(futs);
+        f.settled(&format!("round {round}")).await;
+    }
+}
+
+#[tokio::test]
+async fn closed_resolves_when_racing_the_end() {
+    for _ in 0..200 {
+        let f = start();
+        let c = f.client.clone();
+        let waiter = tokio::spawn(async move { c.closed().await });
+        f.client.abort();
+        within("closed", waiter).await.unwrap();
+        within("closed again", f.client.closed()).await;
+        let _ = f.client.closed().now_or_never();
+    }
+}
+
+/// Shutdown with a connection whose SETUP has not come: nothing is open on
+/// it, so the server does not wait the grace period (and more) for it, and
+/// a SETUP that comes once shutdown has begun is not accepted.
+#[tokio::test(start_paused = true)]
+async fn shutdown_does_not_wait_for_connections_still_in_setup() {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let a = accepted.clone();
+    let server = Server::new(move |_s, _r| {
+        a.fetch_add(1, Ordering::SeqCst);
+        let live = Arc::new(AtomicUsize::new(0));
+        async move { Ok(Arc::new(Probe { live }) as Arc<dyn RSocket>) }
+    })
+    .grace_period(Duration::from_secs(10));
+    let stats = server.stats_handle();
+    let (silent, s) = memory_pair(64 * 1024);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = tokio::spawn(server.serve_with_shutdown(
+        futures::stream::iter([Ok::<_, std::io::Error>(s)]).chain(futures::stream::pending()),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    until("the connection is pending setup", || {
+        stats.snapshot().pending_setup == 1
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(1), serve)
+        .await
+        .expect("the server returns without waiting for a connection in setup")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // The silent client's SETUP comes too late.
+    let late = ClientBuilder::new().connect(silent).unwrap();
+    let r = within("refused", late.request_response("x".into())).await;
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 0);
+}
