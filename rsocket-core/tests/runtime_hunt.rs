@@ -311,3 +311,67 @@ async fn shutdown_does_not_wait_for_connections_still_in_setup() {
     assert!(r.is_err(), "{r:?}");
     assert_eq!(accepted.load(Ordering::SeqCst), 0);
 }
+
+/// A transport whose reader waits for ever and whose writer takes every
+/// frame but never finishes closing.
+struct StuckClose;
+struct NeverRead;
+struct CloseNever;
+
+impl futures::Stream for NeverRead {
+    type Item = Result<rsocket_core::Frame, rsocket_core::TransportError>;
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::task::Poll::Pending
+    }
+}
+
+impl futures::Sink<rsocket_core::Frame> for CloseNever {
+    type Error = rsocket_core::TransportError;
+    fn poll_ready(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn start_send(
+        self: std::pin::Pin<&mut Self>,
+        _item: rsocket_core::Frame,
+    ) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Pending
+    }
+}
+
+impl rsocket_core::Transport for StuckClose {
+    type Reader = NeverRead;
+    type Writer = CloseNever;
+    fn split(self) -> (Self::Reader, Self::Writer) {
+        (NeverRead, CloseNever)
+    }
+}
+
+/// A writer that never finishes closing does not keep the driver (and
+/// `closed()`) waiting past `Config::outbound_stall_timeout`.
+#[tokio::test(start_paused = true)]
+async fn a_writer_that_never_closes_is_dropped_after_the_stall_timeout() {
+    let client = ClientBuilder::new().connect(StuckClose).unwrap();
+    client.abort();
+    let started = tokio::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(300), client.closed()).await;
+    assert!(closed.is_ok(), "closed() did not resolve");
+    assert!(started.elapsed() <= Duration::from_secs(31));
+}

@@ -754,17 +754,21 @@ impl<T: Transport> Future for ConnectionDriver<T> {
             }
 
             // 5. Done once closed and everything queued has been written.
+            // A writer still closing waits under the close deadline (the
+            // timer below): one that never finishes must not keep the
+            // driver alive.
+            let mut closing = false;
             if finished && this.outbox.is_empty() && !this.needs_flush {
                 if let Some(link) = this.link.as_mut() {
-                    if Pin::new(&mut link.writer).poll_close(cx).is_pending() {
-                        return Poll::Pending;
-                    }
+                    closing = Pin::new(&mut link.writer).poll_close(cx).is_pending();
                 }
-                this.shared.driver_finished();
-                return Poll::Ready(match ended {
-                    Some(ConnectionError::LocallyClosed) | None => Ok(()),
-                    Some(e) => Err(e),
-                });
+                if !closing {
+                    this.shared.driver_finished();
+                    return Poll::Ready(match ended {
+                        Some(ConnectionError::LocallyClosed) | None => Ok(()),
+                        Some(e) => Err(e),
+                    });
+                }
             }
 
             // 6. Timer.
@@ -776,6 +780,9 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                 if this.sleep.as_mut().poll(cx).is_ready() {
                     continue;
                 }
+            }
+            if closing {
+                return Poll::Pending;
             }
 
             // Frames still queued in the state machine once the staged ones
