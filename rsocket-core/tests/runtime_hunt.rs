@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use rsocket_core::runtime::ServerStatsHandle;
 use rsocket_core::{
     memory_pair, ClientBuilder, Payload, PayloadStream, RSocket, RequestError, Requester, Server,
@@ -67,6 +67,12 @@ impl RSocket for Probe {
                 Ok(Payload::from("x"))
             })
             .boxed(),
+            "silent" => futures::stream::pending()
+                .chain(futures::stream::poll_fn(move |_| {
+                    let _ = &live;
+                    std::task::Poll::Ready(None)
+                }))
+                .boxed(),
             "err-after-3" => {
                 futures::stream::iter((0..3).map(|i| Ok(Payload::from(i.to_string()))).chain(
                     std::iter::once(Err(RequestError::Stream(
@@ -318,7 +324,7 @@ struct StuckClose;
 struct NeverRead;
 struct CloseNever;
 
-impl futures::Stream for NeverRead {
+impl Stream for NeverRead {
     type Item = Result<rsocket_core::Frame, rsocket_core::TransportError>;
     fn poll_next(
         self: std::pin::Pin<&mut Self>,
@@ -374,4 +380,101 @@ async fn a_writer_that_never_closes_is_dropped_after_the_stall_timeout() {
     let closed = tokio::time::timeout(Duration::from_secs(300), client.closed()).await;
     assert!(closed.is_ok(), "closed() did not resolve");
     assert!(started.elapsed() <= Duration::from_secs(31));
+}
+
+/// Reads keep coming (a KEEPALIVE asking for an answer, over and over)
+/// while every write fails: the connection ends, requests fail.
+struct WriteFails;
+struct Chatty;
+struct FailingWriter;
+
+impl Stream for Chatty {
+    type Item = Result<rsocket_core::Frame, rsocket_core::TransportError>;
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::task::Poll::Ready(Some(Ok(rsocket_core::Frame::Keepalive(
+            rsocket_core::frame::Keepalive {
+                respond: true,
+                last_received_position: 0,
+                data: bytes::Bytes::from_static(b"ping"),
+            },
+        ))))
+    }
+}
+
+impl futures::Sink<rsocket_core::Frame> for FailingWriter {
+    type Error = rsocket_core::TransportError;
+    fn poll_ready(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Err(std::io::Error::other("write side broken").into()))
+    }
+    fn start_send(
+        self: std::pin::Pin<&mut Self>,
+        _item: rsocket_core::Frame,
+    ) -> Result<(), Self::Error> {
+        Err(std::io::Error::other("write side broken").into())
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Err(std::io::Error::other("write side broken").into()))
+    }
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Err(std::io::Error::other("write side broken").into()))
+    }
+}
+
+impl rsocket_core::Transport for WriteFails {
+    type Reader = Chatty;
+    type Writer = FailingWriter;
+    fn split(self) -> (Self::Reader, Self::Writer) {
+        (Chatty, FailingWriter)
+    }
+}
+
+#[tokio::test]
+async fn a_broken_write_side_ends_the_connection_while_reads_go_on() {
+    let client = ClientBuilder::new().connect(WriteFails).unwrap();
+    let r = within("request fails", client.request_response("x".into())).await;
+    assert!(r.is_err(), "{r:?}");
+    let e = within("closed", client.closed()).await;
+    assert!(
+        e.to_string().contains("broken") || client.is_closed(),
+        "{e}"
+    );
+}
+
+struct Counted;
+impl futures::task::ArcWake for Counted {
+    fn wake_by_ref(_arc_self: &Arc<Self>) {}
+}
+
+/// A handle dropped while it waits leaves no waker behind in the
+/// connection (one per cancelled stream would pile up for the
+/// connection's life).
+#[tokio::test]
+async fn dropped_handles_leave_no_wakers_behind() {
+    let f = start();
+    let w = Arc::new(Counted);
+    let waker = futures::task::waker(w.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    let base = Arc::strong_count(&w);
+    {
+        let mut s = f.client.request_stream_with_credit("silent".into(), 1);
+        let _ = std::pin::Pin::new(&mut s).poll_next(&mut cx);
+        let mut r = f.client.request_response("never".into());
+        let _ = std::pin::Pin::new(&mut r).poll(&mut cx);
+        let _ = std::pin::Pin::new(&mut r).poll(&mut cx);
+        assert!(Arc::strong_count(&w) > base);
+    }
+    f.settled("both cancelled").await;
+    assert_eq!(Arc::strong_count(&w), base, "wakers left behind");
 }
