@@ -478,3 +478,149 @@ async fn dropped_handles_leave_no_wakers_behind() {
     f.settled("both cancelled").await;
     assert_eq!(Arc::strong_count(&w), base, "wakers left behind");
 }
+
+/// Many tasks on two workers share a connection whose outbound queue is
+/// tiny (everyone waits for room) and whose pipe is small: no task may
+/// sleep for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_on_a_tiny_queue_never_stalls() {
+    for _ in 0..3 {
+        let live = Arc::new(AtomicUsize::new(0));
+        let (c, s) = memory_pair(2048);
+        let l = live.clone();
+        let config = rsocket_core::Config {
+            max_outbound_queue_bytes: 700,
+            ..Default::default()
+        };
+        let server = Server::new(move |_s, _r| {
+            let live = l.clone();
+            async move { Ok(Arc::new(Probe { live }) as Arc<dyn RSocket>) }
+        })
+        .config(config.clone());
+        tokio::spawn(server.serve_with_shutdown(
+            futures::stream::iter([Ok::<_, std::io::Error>(s)]),
+            futures::future::pending(),
+        ));
+        let client = ClientBuilder::new().config(config).connect(c).unwrap();
+        let mut tasks = Vec::new();
+        for t in 0..48 {
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let body = Payload::from(vec![b'a' + (t % 26) as u8; 300 + t * 7]);
+                for i in 0..60 {
+                    match (t + i) % 4 {
+                        0 => {
+                            let r = client.request_response(body.clone()).await.unwrap();
+                            assert_eq!(r.unwrap().data, body.data);
+                        }
+                        1 => {
+                            let n = client
+                                .with_prefetch(((t + i) % 5) as u32)
+                                .request_stream("37".into())
+                                .count()
+                                .await;
+                            assert_eq!(n, 37);
+                        }
+                        2 => {
+                            client.fire_and_forget(body.clone()).await.unwrap();
+                        }
+                        _ => {
+                            let rest = futures::stream::iter(
+                                (0..9).map(|_| Ok(body.clone())).collect::<Vec<_>>(),
+                            );
+                            let n = client
+                                .with_prefetch(2)
+                                .request_channel_fallible(body.clone(), rest)
+                                .count()
+                                .await;
+                            assert_eq!(n, 10);
+                        }
+                    }
+                }
+            }));
+        }
+        within("the crowd", async {
+            for t in tasks {
+                t.await.unwrap();
+            }
+        })
+        .await;
+    }
+}
+
+/// The requester an acceptor receives is for calling the client back: a
+/// call the acceptor awaits before it answers is answered.
+#[tokio::test(start_paused = true)]
+async fn an_acceptor_that_awaits_a_call_to_the_client() {
+    let (c, s) = memory_pair(64 * 1024);
+    let server = Server::new(move |_s, requester: Requester| async move {
+        let who = tokio::time::timeout(WAIT, requester.request_response("who?".into()))
+            .await
+            .map_err(|_| rsocket_core::StreamError::rejected("no answer to who?"))?
+            .map_err(|e| rsocket_core::StreamError::rejected(e.to_string()))?;
+        let live = Arc::new(AtomicUsize::new(0));
+        let _ = who;
+        Ok(Arc::new(Probe { live }) as Arc<dyn RSocket>)
+    });
+    tokio::spawn(server.serve_with_shutdown(
+        futures::stream::iter([Ok::<_, std::io::Error>(s)]),
+        futures::future::pending(),
+    ));
+    let client = ClientBuilder::new()
+        .responder(rsocket_core::request_response_fn(|_req| async move {
+            Ok(Some(Payload::from("me")))
+        }))
+        .connect(c)
+        .unwrap();
+    let r = tokio::time::timeout(2 * WAIT, client.request_response("hi".into()))
+        .await
+        .expect("answered");
+    assert_eq!(r.unwrap().unwrap().data, "hi");
+}
+
+/// Requests that come while the acceptor decides wait for its responder
+/// (fire-and-forgets up to the handler limit, then reading pauses), and
+/// are all handled once it is given.
+#[tokio::test(start_paused = true)]
+async fn requests_sent_while_the_acceptor_decides_are_handled_after() {
+    let (c, s) = memory_pair(64 * 1024);
+    let (fnf_tx, mut fnf_rx) = tokio::sync::mpsc::unbounded_channel::<Payload>();
+    let config = rsocket_core::Config {
+        max_concurrent_inbound_streams: 4,
+        ..Default::default()
+    };
+    let server = Server::new(move |_s, requester: Requester| {
+        let fnf_tx = fnf_tx.clone();
+        async move {
+            // Held: counted as running, and reading paused at the limit.
+            while requester.stats().handlers_running < 4 {
+                tokio::task::yield_now().await;
+            }
+            assert!(requester.stats().read_paused);
+            let responder = rsocket_core::fire_and_forget_fn(move |p| {
+                let _ = fnf_tx.send(p);
+                async {}
+            });
+            Ok(responder)
+        }
+    })
+    .config(config);
+    tokio::spawn(server.serve_with_shutdown(
+        futures::stream::iter([Ok::<_, std::io::Error>(s)]),
+        futures::future::pending(),
+    ));
+    let client = ClientBuilder::new().connect(c).unwrap();
+    for i in 0..10 {
+        within("queued", client.fire_and_forget(i.to_string().into()))
+            .await
+            .unwrap();
+    }
+    for i in 0..10 {
+        let got = within("handled", fnf_rx.recv()).await.unwrap();
+        assert_eq!(got.data, i.to_string());
+    }
+    // A request held as well: answered (rejected: this responder has no
+    // request/response) once the responder is there.
+    let r = within("answered", client.request_response("x".into())).await;
+    assert!(r.is_err());
+}
