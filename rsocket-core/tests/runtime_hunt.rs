@@ -624,3 +624,31 @@ async fn requests_sent_while_the_acceptor_decides_are_handled_after() {
     let r = within("answered", client.request_response("x".into())).await;
     assert!(r.is_err());
 }
+
+/// `closed()` awaited from other workers while the connection ends
+/// (aborted, or its transport dropped) always resolves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_resolves_on_every_worker_when_racing_the_end() {
+    for i in 0..300 {
+        let f = start();
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let c = f.client.clone();
+                tokio::spawn(async move { c.closed().await })
+            })
+            .collect();
+        let c = f.client.clone();
+        let ender = tokio::spawn(async move {
+            if i % 2 == 0 {
+                c.abort();
+            } else {
+                c.close();
+            }
+        });
+        within("closed", f.client.closed()).await;
+        for w in waiters {
+            within("closed on a worker", w).await.unwrap();
+        }
+        ender.await.unwrap();
+    }
+}
