@@ -652,3 +652,50 @@ async fn closed_resolves_on_every_worker_when_racing_the_end() {
         ender.await.unwrap();
     }
 }
+
+/// The grace period ends with a stream still running (its handler never
+/// finishes) and a request/response handler that never answers: the
+/// server returns at the end of the grace period, and the handlers are
+/// dropped.
+#[tokio::test(start_paused = true)]
+async fn the_grace_period_ends_handlers_that_never_finish() {
+    let live = Arc::new(AtomicUsize::new(0));
+    let (c, s) = memory_pair(64 * 1024);
+    let l = live.clone();
+    let server = Server::new(move |_s, _r| {
+        let live = l.clone();
+        async move { Ok(Arc::new(Probe { live }) as Arc<dyn RSocket>) }
+    })
+    .grace_period(Duration::from_secs(10));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = tokio::spawn(server.serve_with_shutdown(
+        futures::stream::iter([Ok::<_, std::io::Error>(s)]).chain(futures::stream::pending()),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let client = ClientBuilder::new().connect(c).unwrap();
+    let mut stream = client.request_stream("silent".into());
+    let mut rr = client.request_response("never".into());
+    assert!(futures::poll!(stream.next()).is_pending());
+    assert!(futures::poll!(&mut rr).is_pending());
+    until("both handlers run", || live.load(Ordering::SeqCst) == 2).await;
+    let started = tokio::time::Instant::now();
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), serve)
+        .await
+        .expect("the server returns")
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(10) && took < Duration::from_secs(11),
+        "{took:?}"
+    );
+    assert!(within("stream fails", stream.next())
+        .await
+        .unwrap()
+        .is_err());
+    assert!(within("request fails", rr).await.is_err());
+    until("handlers dropped", || live.load(Ordering::SeqCst) == 0).await;
+}
