@@ -57,7 +57,7 @@ pub struct Config {
     /// what we queued in reply (see `max_outbound_queue_bytes`) before the
     /// transport is dropped: a peer that reads nothing cannot be sent an
     /// ERROR frame either. Also the longest the driver waits to flush its
-    /// last frames after any close. Default 30 s.
+    /// last frames and close the transport after any close. Default 30 s.
     pub outbound_stall_timeout: Duration,
     /// Default credit window of request/stream and channel inbound halves:
     /// the initial request-n, replenished with REQUEST_N when half of it has

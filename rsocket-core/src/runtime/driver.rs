@@ -77,6 +77,11 @@ pub struct ConnectionDriver<T: Transport> {
     needs_flush: bool,
     /// Grants from a stream lease policy, sent as they come.
     lease_source: Option<BoxStream<'static, Lease>>,
+    /// Requests the peer sends are kept in the state machine, not
+    /// dispatched (the server's acceptor has not given the responder yet).
+    hold_requests: bool,
+    /// Requests were held and may now be dispatched.
+    release_held: bool,
     /// Once the connection has closed: when to stop waiting for the writer
     /// to flush the last frames (a peer that reads nothing must not keep
     /// the driver alive).
@@ -121,7 +126,25 @@ impl<T: Transport> ConnectionDriver<T> {
             needs_flush: false,
             close_deadline: None,
             lease_source: None,
+            hold_requests: false,
+            release_held: false,
         }
+    }
+
+    /// Runs the connection without dispatching the peer's requests (they
+    /// wait in the state machine, within its limits) until
+    /// [`respond_with`](Self::respond_with): a server's driver runs while
+    /// its acceptor decides, so that calls the acceptor makes to the client
+    /// are sent and answered.
+    pub(crate) fn hold_requests(&mut self) {
+        self.hold_requests = true;
+    }
+
+    /// The responder for the requests held, and all later ones.
+    pub(crate) fn respond_with(&mut self, responder: Arc<dyn RSocket>) {
+        self.responder = responder;
+        self.hold_requests = false;
+        self.release_held = true;
     }
 
     /// Sends every grant of `grants` as a LEASE (stream lease policies).
@@ -171,6 +194,56 @@ impl<T: Transport> ConnectionDriver<T> {
                 conn.handle_transport_closed(e.into());
             }
             Err(other) => conn.handle_transport_violation(other.to_string()),
+        }
+    }
+
+    /// Dispatches the requests the state machine has given (without the
+    /// lock, a run of fire-and-forgets (see `handle_wire`) in one unlock);
+    /// what a handler left to do (an answer given at once) is done in the
+    /// next lock, before any later request is dispatched. Returns the lock.
+    #[inline]
+    fn dispatch_events<'a>(
+        shared: &'a Arc<Shared>,
+        events: &mut VecDeque<Event>,
+        runners: &mut Runners,
+        responder: &Arc<dyn RSocket>,
+        mut conn: Locked<'a>,
+        cx: &mut Context<'_>,
+    ) -> Locked<'a> {
+        loop {
+            if events.is_empty() && !conn.take_events(events) {
+                return conn;
+            }
+            drop(conn);
+            let mut oneways_done = 0;
+            let mut answered = None;
+            while let Some(ev) = events.pop_front() {
+                let ev = match ev {
+                    // The common case, without `dispatch`.
+                    Event::FireAndForget(payload) => {
+                        if runners.fire_and_forget(shared, responder, payload, cx) {
+                            oneways_done += 1;
+                        }
+                        continue;
+                    }
+                    ev => ev,
+                };
+                match responder::dispatch(shared, responder, runners, ev, cx) {
+                    Dispatched::Started => {}
+                    Dispatched::OnewayDone => oneways_done += 1,
+                    Dispatched::Answered(id, out) => {
+                        answered = Some((id, out));
+                        break;
+                    }
+                }
+            }
+            conn = shared.lock();
+            if oneways_done > 0 {
+                conn.oneways_done(oneways_done);
+            }
+            if let Some((id, out)) = answered {
+                responder::answer_now(&mut conn, id, out);
+            }
         }
     }
 
@@ -602,6 +675,19 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                 }
             }
             let mut handled = 0;
+            let hold = this.hold_requests;
+            if std::mem::take(&mut this.release_held) {
+                // The requests held while the acceptor decided (reading may
+                // be paused by them).
+                conn = Self::dispatch_events(
+                    shared,
+                    &mut this.events,
+                    &mut this.runners,
+                    &this.responder,
+                    conn,
+                    cx,
+                );
+            }
             while !conn.read_paused() {
                 if !this.wire.is_empty() {
                     // Raw frames: the common ones are handled in place.
@@ -625,56 +711,17 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                         break;
                     }
                 }
-                // Requests are dispatched without the lock, a run of
-                // fire-and-forgets (see `handle_wire`) in one unlock; what a
-                // handler left to do (an answer given at once) is done in
-                // the next lock, before any later request is dispatched.
-                let events = &mut this.events;
-                loop {
-                    if events.is_empty() && !conn.take_events(events) {
-                        break;
-                    }
-                    drop(conn);
-                    let mut oneways_done = 0;
-                    let mut answered = None;
-                    while let Some(ev) = events.pop_front() {
-                        let ev = match ev {
-                            // The common case, without `dispatch`.
-                            Event::FireAndForget(payload) => {
-                                if this.runners.fire_and_forget(
-                                    shared,
-                                    &this.responder,
-                                    payload,
-                                    cx,
-                                ) {
-                                    oneways_done += 1;
-                                }
-                                continue;
-                            }
-                            ev => ev,
-                        };
-                        match responder::dispatch(
-                            shared,
-                            &this.responder,
-                            &mut this.runners,
-                            ev,
-                            cx,
-                        ) {
-                            Dispatched::Started => {}
-                            Dispatched::OnewayDone => oneways_done += 1,
-                            Dispatched::Answered(id, out) => {
-                                answered = Some((id, out));
-                                break;
-                            }
-                        }
-                    }
-                    conn = shared.lock();
-                    if oneways_done > 0 {
-                        conn.oneways_done(oneways_done);
-                    }
-                    if let Some((id, out)) = answered {
-                        responder::answer_now(&mut conn, id, out);
-                    }
+                // Requests are dispatched at once (see `dispatch_events`),
+                // unless held while a server's acceptor decides.
+                if !hold {
+                    conn = Self::dispatch_events(
+                        shared,
+                        &mut this.events,
+                        &mut this.runners,
+                        &this.responder,
+                        conn,
+                        cx,
+                    );
                 }
             }
             if this.eof && this.inbox.is_empty() && this.wire.is_empty() && lost.is_none() {
@@ -754,17 +801,21 @@ impl<T: Transport> Future for ConnectionDriver<T> {
             }
 
             // 5. Done once closed and everything queued has been written.
+            // A writer still closing waits under the close deadline (the
+            // timer below): one that never finishes must not keep the
+            // driver alive.
+            let mut closing = false;
             if finished && this.outbox.is_empty() && !this.needs_flush {
                 if let Some(link) = this.link.as_mut() {
-                    if Pin::new(&mut link.writer).poll_close(cx).is_pending() {
-                        return Poll::Pending;
-                    }
+                    closing = Pin::new(&mut link.writer).poll_close(cx).is_pending();
                 }
-                this.shared.driver_finished();
-                return Poll::Ready(match ended {
-                    Some(ConnectionError::LocallyClosed) | None => Ok(()),
-                    Some(e) => Err(e),
-                });
+                if !closing {
+                    this.shared.driver_finished();
+                    return Poll::Ready(match ended {
+                        Some(ConnectionError::LocallyClosed) | None => Ok(()),
+                        Some(e) => Err(e),
+                    });
+                }
             }
 
             // 6. Timer.
@@ -776,6 +827,9 @@ impl<T: Transport> Future for ConnectionDriver<T> {
                 if this.sleep.as_mut().poll(cx).is_ready() {
                     continue;
                 }
+            }
+            if closing {
+                return Poll::Pending;
             }
 
             // Frames still queued in the state machine once the staged ones

@@ -8,6 +8,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -36,6 +37,11 @@ use crate::stats::ServerStats;
 
 /// Decides whether to take a connection, given the client's SETUP and a
 /// requester for calling the client back; returns the responder for it.
+///
+/// The connection runs while the acceptor decides: calls it makes on the
+/// requester (and awaits) go out and are answered, and KEEPALIVEs are
+/// answered. Requests the client sends meanwhile wait for the responder
+/// (within the connection's limits; reading pauses past them).
 ///
 /// Implemented for closures `Fn(SetupInfo, Requester) -> impl Future<Output =
 /// Result<R, StreamError>>` where `R` is any [`RSocket`]; a rejection is
@@ -245,38 +251,61 @@ async fn accept_inner<T: Transport>(
     }
     let shared = Shared::new(conn, span);
     let requester = Requester::new(shared.clone());
+    // The driver runs while the acceptor decides, holding the client's
+    // requests: calls the acceptor makes on its requester (to the client)
+    // go out and are answered, and KEEPALIVEs are answered.
+    let mut driver =
+        ConnectionDriver::new(shared.clone(), reader, writer, Arc::new(crate::RejectAll));
+    driver.hold_requests();
+    if let Some((guard, mailbox)) = session {
+        driver = driver.with_resumer(Resumer::Server(ServerResume { guard, mailbox }));
+    }
     // An acceptor that panics refuses the SETUP, like one that errs: the
     // connection's task (and the server) go on.
     let panicked = || Err(StreamError::rejected("the acceptor panicked"));
-    let accepted = match std::panic::catch_unwind(AssertUnwindSafe(|| {
-        acceptor.accept(info, requester.clone())
-    })) {
-        Ok(fut) => AssertUnwindSafe(fut)
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|_| panicked()),
-        Err(_) => panicked(),
+    let for_acceptor = requester.clone();
+    let accepting = async move {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| acceptor.accept(info, for_acceptor))) {
+            Ok(fut) => AssertUnwindSafe(fut)
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| panicked()),
+            Err(_) => panicked(),
+        }
     };
+    let mut accepting = pin!(accepting);
+    let accepted = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = accepting.as_mut().poll(cx) {
+            return Poll::Ready(Ok(r));
+        }
+        Pin::new(&mut driver).poll(cx).map(Err)
+    })
+    .await;
     match accepted {
-        Ok(responder) => {
-            let mut driver = ConnectionDriver::new(shared, reader, writer, responder);
+        Ok(Ok(responder)) => {
+            driver.respond_with(responder);
             if let Some(grants) = lease.as_ref().and_then(|l| l.policy.as_ref()?.grants()) {
                 driver.set_lease_source(grants);
             }
-            if let Some((guard, mailbox)) = session {
-                driver = driver.with_resumer(Resumer::Server(ServerResume { guard, mailbox }));
-            }
             Ok(Accepted::New(requester, Box::new(driver)))
         }
-        Err(e) => {
-            let frame = Frame::Error(ErrorFrame::new(None, ErrorCode::REJECTED_SETUP, &e.message));
-            let _ = flush_and_close(&mut writer, frame).await;
-            Err(ConnectionError::SetupRejected {
+        Ok(Err(e)) => {
+            let err = ConnectionError::SetupRejected {
                 code: ErrorCode::REJECTED_SETUP,
-                message: e.message,
+                message: e.message.clone(),
                 initiator: Initiator::Local,
-            })
+            };
+            // The ERROR goes out before the transport is closed (within
+            // `Config::outbound_stall_timeout`).
+            shared
+                .lock()
+                .close(ErrorCode::REJECTED_SETUP, &e.message, err.clone());
+            let _ = (&mut driver).await;
+            Err(err)
         }
+        // The connection ended while the acceptor decided (the client
+        // left, or broke the protocol).
+        Err(ended) => Err(ended.err().unwrap_or(ConnectionError::LocallyClosed)),
     }
 }
 
@@ -492,8 +521,10 @@ impl Server {
             .await
     }
 
-    /// Serves until `shutdown` resolves; then stops accepting, sends
-    /// `ERROR[CONNECTION_CLOSE]` on every connection, lets open streams
+    /// Serves until `shutdown` resolves; then stops accepting, closes the
+    /// connections whose SETUP has not been accepted yet (nothing is open
+    /// on them; a SETUP that comes later is not taken), sends
+    /// `ERROR[CONNECTION_CLOSE]` on every other connection, lets open streams
     /// finish (new ones are refused: locally on the client, with
     /// `ERROR[REJECTED]` here for requests already on the way) for the grace
     /// period, and closes what is left with `ERROR[CONNECTION_ERROR]`.
@@ -654,7 +685,18 @@ async fn serve_accepted<T: Transport>(
     pending: PendingSetup,
     grace: Duration,
 ) {
-    let (requester, mut driver) = match setup.await {
+    // A connection still in setup when shutdown begins has nothing open
+    // to finish: it is dropped (closing its transport) instead of holding
+    // the shutdown for the grace period, and a SETUP that comes later is
+    // not accepted.
+    let setup = tokio::select! {
+        r = setup => r,
+        _ = phase.wait_for(|p| *p != Phase::Running) => {
+            debug!("server shutting down; dropping a connection still in setup");
+            return;
+        }
+    };
+    let (requester, mut driver) = match setup {
         Ok(Accepted::New(requester, driver)) => (requester, driver),
         Ok(Accepted::Resumed) => {
             debug!("transport handed to the session it resumes");
