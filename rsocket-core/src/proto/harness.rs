@@ -129,6 +129,58 @@ impl Harness {
         Self::wrap(conn, now)
     }
 
+    /// Makes the connection resumable (a store of
+    /// `Config::resume_store_bytes`), as a client built with resumption or
+    /// a server that accepted a SETUP with a resume token is.
+    pub fn resumable(mut self) -> Self {
+        self.conn.enable_resume();
+        self
+    }
+
+    /// The transport was lost under a resumable connection: the session
+    /// waits for a RESUME (see [`Harness::server_resume`],
+    /// [`Harness::client_resumed`]).
+    pub fn detach(&mut self) {
+        self.observe();
+        self.conn.detach();
+        self.observe();
+    }
+
+    /// Server side of a RESUME carrying these positions: on success the
+    /// new transport is attached and the number of frames to send first
+    /// (RESUME_OK and the replay) is returned; `Err` is the reason the
+    /// RESUME is refused.
+    pub fn server_resume(
+        &mut self,
+        last_received_server_position: u64,
+        first_available_client_position: u64,
+    ) -> Result<usize, String> {
+        let frame = crate::frame::Resume {
+            version: crate::frame::Version::V1_0,
+            resume_token: Bytes::new(),
+            last_received_server_position,
+            first_available_client_position,
+        };
+        let r = self.conn.server_resume(&frame).map(|first| first.len());
+        if r.is_ok() {
+            self.conn.attach(self.now);
+        }
+        self.observe();
+        r
+    }
+
+    /// Client side of a RESUME_OK carrying `position`: on success the new
+    /// transport is attached and the number of frames to send again is
+    /// returned.
+    pub fn client_resumed(&mut self, position: u64) -> Result<usize, String> {
+        let r = self.conn.client_resumed(position).map(|first| first.len());
+        if r.is_ok() {
+            self.conn.attach(self.now);
+        }
+        self.observe();
+        r
+    }
+
     fn wrap(conn: Connection, now: Instant) -> Self {
         let mut h = Self {
             conn,
